@@ -1,0 +1,105 @@
+// gRPC length-prefixed messages: [1 byte compressed flag][4 bytes big-endian length][bytes].
+// The deframer checks the prefix before buffering anything, so a length over the limit
+// is refused without allocating it.
+
+/// One deframed message.
+public struct GRPCMessage: Sendable, Equatable {
+  public var compressed: Bool
+  public var bytes: [UInt8]
+}
+
+/// Reassembles messages from DATA chunks of any size, one byte at a time included.
+public struct GRPCMessageDeframer {
+  public let maxMessageBytes: Int
+  private var header: [UInt8] = []
+  private var body: [UInt8] = []
+  private var expected = -1  // body length once the prefix is read, else -1
+  private var compressed = false
+
+  public init(maxMessageBytes: Int) {
+    self.maxMessageBytes = maxMessageBytes
+    header.reserveCapacity(5)
+  }
+
+  /// True when no partial message is buffered.
+  public var isIdle: Bool { header.isEmpty && expected < 0 }
+
+  /// Consumes `bytes`, calling `onMessage` for each complete message. Throws
+  /// RESOURCE_EXHAUSTED for a prefix over the limit and INTERNAL for a bad flag.
+  public mutating func process(
+    _ bytes: UnsafeRawBufferPointer, _ onMessage: (GRPCMessage) throws(RPCStatus) -> Void
+  ) throws(RPCStatus) {
+    var i = 0
+    let n = bytes.count
+    while i < n {
+      if expected < 0 {
+        // Fast path: a whole prefix in this chunk.
+        if header.isEmpty && n - i >= 5 {
+          try startMessage(
+            flag: bytes[i],
+            length: Int(bytes[i + 1]) << 24 | Int(bytes[i + 2]) << 16 | Int(bytes[i + 3]) << 8
+              | Int(bytes[i + 4]))
+          i += 5
+        } else {
+          header.append(bytes[i])
+          i += 1
+          if header.count == 5 {
+            let h = header
+            header.removeAll(keepingCapacity: true)
+            try startMessage(
+              flag: h[0], length: Int(h[1]) << 24 | Int(h[2]) << 16 | Int(h[3]) << 8 | Int(h[4]))
+          }
+        }
+        if expected == 0 {
+          expected = -1
+          try onMessage(GRPCMessage(compressed: compressed, bytes: []))
+        }
+        continue
+      }
+      let take = min(expected - body.count, n - i)
+      body.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[i..<(i + take)]))
+      i += take
+      if body.count == expected {
+        let message = GRPCMessage(compressed: compressed, bytes: body)
+        body = []
+        expected = -1
+        try onMessage(message)
+      }
+    }
+  }
+
+  private mutating func startMessage(flag: UInt8, length: Int) throws(RPCStatus) {
+    guard flag <= 1 else {
+      throw RPCStatus(.internal, "invalid gRPC message flag \(flag)")
+    }
+    guard length <= maxMessageBytes else {
+      throw RPCStatus(
+        .resourceExhausted,
+        "request message of \(length) bytes exceeds the limit of \(maxMessageBytes) bytes")
+    }
+    compressed = flag == 1
+    expected = length
+    if length > 0 { body.reserveCapacity(length) }
+  }
+}
+
+public enum GRPCMessageFramer {
+  /// Appends `message` with its 5-byte prefix (never compressed) to `buffer`.
+  public static func frame(_ message: [UInt8], into buffer: inout [UInt8]) {
+    let n = UInt32(message.count)
+    buffer.append(0)
+    buffer.append(UInt8(truncatingIfNeeded: n >> 24))
+    buffer.append(UInt8(truncatingIfNeeded: n >> 16))
+    buffer.append(UInt8(truncatingIfNeeded: n >> 8))
+    buffer.append(UInt8(truncatingIfNeeded: n))
+    buffer.append(contentsOf: message)
+  }
+
+  /// `message` with its 5-byte prefix.
+  public static func frame(_ message: [UInt8]) -> [UInt8] {
+    var out: [UInt8] = []
+    out.reserveCapacity(message.count + 5)
+    frame(message, into: &out)
+    return out
+  }
+}

@@ -1,0 +1,510 @@
+// The server's protocol engine for one connection: an nghttp2 server session that turns
+// HTTP/2 bytes into gRPC calls and call results back into bytes. No I/O: bytes in
+// (`receive`), bytes out (`produce`). Owned by one thread, the connection's loop.
+
+import CNGHTTP2
+import Glibc
+
+/// Limits a server session enforces.
+public struct SessionLimits: Sendable {
+  public var maxMessageBytes = 4 * 1024 * 1024
+  public var maxConcurrentStreams = 256
+  public var maxHeaderListBytes = 16 * 1024
+  public init() {}
+}
+
+/// One request stream and its response state. Loop thread only.
+final class HTTP2Stream {
+  let id: Int32
+  unowned let session: HTTP2ServerSession
+  // Request.
+  var method = ""
+  var path = ""
+  var contentType: String?
+  var grpcEncoding: String?
+  var timeoutNanos: UInt64?
+  var metadata = Metadata()
+  var headerBytes = 0
+  var headersTooLarge = false
+  var deframer: GRPCMessageDeframer
+  var requestMessage: [UInt8]?
+  var requestEnded = false
+  var route: ServiceMethod?
+  var call: ServerCall?
+  var deadlineTimer: LoopTimer?
+  // Response.
+  var headersSent = false
+  var finished = false
+  var outbound: [UInt8] = []
+  var outOffset = 0
+  var pendingTrailers: HeaderList?
+  var deferred = false
+  var drainedCallbacks: [@Sendable () -> Void] = []
+
+  init(id: Int32, session: HTTP2ServerSession, maxMessageBytes: Int) {
+    self.id = id
+    self.session = session
+    deframer = GRPCMessageDeframer(maxMessageBytes: maxMessageBytes)
+  }
+
+  func sendHeaders(_ metadata: Metadata) { session.sendHeaders(self, metadata) }
+  func sendMessage(_ message: [UInt8], whenDrained: (@Sendable () -> Void)?) {
+    session.sendMessage(self, message, whenDrained: whenDrained)
+  }
+  func finish(_ status: RPCStatus, trailers: Metadata) {
+    session.finish(self, status, trailers: trailers)
+  }
+}
+
+/// The nghttp2 server session of one connection.
+final class HTTP2ServerSession {
+  private var session: OpaquePointer!
+  private let router: Router
+  let limits: SessionLimits
+  let loop: any CallLoop
+  /// Called when there is output to produce outside of a receive/produce cycle (a call
+  /// answered later). The owner flushes soon.
+  var onOutputPending: () -> Void = {}
+  private var streams: [Int32: HTTP2Stream] = [:]
+  private(set) var isDraining = false
+  /// Counts answered calls (OK or not) for the server's metrics.
+  var onCallFinished: (RPCStatus.Code) -> Void = { _ in }
+
+  init(router: Router, limits: SessionLimits, loop: any CallLoop) throws(HTTP2Error) {
+    self.router = router
+    self.limits = limits
+    self.loop = loop
+    var callbacks: OpaquePointer?
+    nghttp2_session_callbacks_new(&callbacks)
+    defer { nghttp2_session_callbacks_del(callbacks) }
+    nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, onBeginHeaders)
+    nghttp2_session_callbacks_set_on_header_callback(callbacks, onHeader)
+    nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, onFrameRecv)
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, onDataChunk)
+    nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, onStreamClose)
+    nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, onFrameSend)
+
+    var option: OpaquePointer?
+    nghttp2_option_new(&option)
+    defer { nghttp2_option_del(option) }
+    // Rapid reset (CVE-2023-44487) and CONTINUATION flood (CVE-2024-27316) limits.
+    nghttp2_option_set_stream_reset_rate_limit(option, 1000, 33)
+    nghttp2_option_set_max_continuations(option, 8)
+    nghttp2_option_set_no_http_messaging(option, 0)
+
+    var s: OpaquePointer?
+    let rv = nghttp2_session_server_new2(
+      &s, callbacks, Unmanaged.passUnretained(self).toOpaque(), option)
+    guard rv == 0, let s else { throw HTTP2Error(code: Int(rv), what: "nghttp2_session_server_new2") }
+    session = s
+
+    var settings = [
+      nghttp2_settings_entry(
+        settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
+        value: UInt32(limits.maxConcurrentStreams)),
+      nghttp2_settings_entry(
+        settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
+        value: UInt32(limits.maxHeaderListBytes)),
+      nghttp2_settings_entry(
+        settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: 1 << 20),
+    ]
+    let srv = nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
+    guard srv == 0 else { throw HTTP2Error(code: Int(srv), what: "nghttp2_submit_settings") }
+    nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, 8 << 20)
+  }
+
+  deinit { nghttp2_session_del(session) }
+
+  // MARK: Bytes in and out
+
+  /// Feeds plaintext HTTP/2 bytes. Returns false on a fatal protocol error: the owner
+  /// flushes what is queued (GOAWAY) and closes.
+  func receive(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    let rv = nghttp2_session_mem_recv(
+      session, bytes.baseAddress!.assumingMemoryBound(to: UInt8.self), bytes.count)
+    return rv >= 0
+  }
+
+  /// Appends outgoing HTTP/2 bytes to `out` until nghttp2 has no more or `out` holds at
+  /// least `limit` bytes. Returns false on a fatal error.
+  func produce(into out: inout [UInt8], limit: Int) -> Bool {
+    while out.count < limit {
+      var data: UnsafePointer<UInt8>?
+      let n = nghttp2_session_mem_send(session, &data)
+      if n < 0 { return false }
+      if n == 0 { break }
+      out.append(contentsOf: UnsafeBufferPointer(start: data, count: n))
+    }
+    return true
+  }
+
+  var wantsRead: Bool { nghttp2_session_want_read(session) != 0 }
+  var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }
+  var activeStreams: Int { streams.count }
+
+  /// Graceful shutdown, step 1: a GOAWAY announcing the end, streams still accepted.
+  func beginDrain() {
+    guard !isDraining else { return }
+    isDraining = true
+    nghttp2_submit_shutdown_notice(session)
+  }
+
+  /// Graceful shutdown, step 2: the final GOAWAY; streams above the last one processed
+  /// are refused, those below finish.
+  func finalGoAway() {
+    nghttp2_submit_goaway(
+      session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(session),
+      UInt32(NGHTTP2_NO_ERROR.rawValue), nil, 0)
+  }
+
+  /// A GOAWAY for an abrupt close (protocol error).
+  func terminate(_ code: UInt32 = UInt32(NGHTTP2_PROTOCOL_ERROR.rawValue)) {
+    nghttp2_session_terminate_session(session, code)
+  }
+
+  /// The connection is gone: cancel every call still running.
+  func cancelAll() {
+    let all = streams.values
+    streams.removeAll()
+    for s in all { detach(s) }
+  }
+
+  private func detach(_ s: HTTP2Stream) {
+    s.deadlineTimer?.cancel()
+    s.deadlineTimer = nil
+    if let call = s.call {
+      call.stream = nil
+      s.call = nil
+      if !s.finished { call.cancel() }
+    }
+  }
+
+  // MARK: Request events (nghttp2 callbacks land here)
+
+  fileprivate func beginHeaders(_ streamID: Int32) {
+    let s = HTTP2Stream(id: streamID, session: self, maxMessageBytes: limits.maxMessageBytes)
+    streams[streamID] = s
+    nghttp2_session_set_stream_user_data(session, streamID, Unmanaged.passUnretained(s).toOpaque())
+  }
+
+  fileprivate func header(
+    _ s: HTTP2Stream, _ name: UnsafePointer<UInt8>, _ nlen: Int, _ value: UnsafePointer<UInt8>,
+    _ vlen: Int
+  ) {
+    s.headerBytes += nlen + vlen + 32
+    if s.headerBytes > limits.maxHeaderListBytes {
+      s.headersTooLarge = true
+      return
+    }
+    if name[0] == UInt8(ascii: ":") {
+      if bytesEqual(name, nlen, ":path") {
+        s.path = makeString(value, vlen)
+      } else if bytesEqual(name, nlen, ":method") {
+        s.method = makeString(value, vlen)
+      }
+      return
+    }
+    if bytesEqual(name, nlen, "content-type") {
+      s.contentType = makeString(value, vlen)
+    } else if bytesEqual(name, nlen, "grpc-timeout") {
+      s.timeoutNanos = GRPCTimeout.parse(makeString(value, vlen))
+    } else if bytesEqual(name, nlen, "grpc-encoding") {
+      s.grpcEncoding = makeString(value, vlen)
+    } else if bytesEqual(name, nlen, "te") || bytesEqual(name, nlen, "grpc-accept-encoding") {
+      return
+    } else {
+      s.metadata.add(makeString(name, nlen), makeString(value, vlen))
+    }
+  }
+
+  /// Request headers complete: validate, route, and arm the deadline.
+  fileprivate func requestHeadersDone(_ s: HTTP2Stream, endStream: Bool) {
+    if s.headersTooLarge {
+      respondImmediately(
+        s,
+        RPCStatus(
+          .resourceExhausted, "request header list exceeds \(limits.maxHeaderListBytes) bytes"))
+      return
+    }
+    if s.method != "POST" {
+      respondHTTP(s, status: "405")
+      return
+    }
+    guard let ct = s.contentType, Self.isGRPCContentType(ct) else {
+      respondHTTP(s, status: "415")
+      return
+    }
+    guard let route = router.method(for: s.path) else {
+      respondImmediately(s, RPCStatus(.unimplemented, "unknown method \(s.path)"))
+      return
+    }
+    s.route = route
+    if let t = s.timeoutNanos {
+      s.deadlineTimer = loop.scheduleTimer(after: t) { [unowned self, unowned s] in
+        s.deadlineTimer = nil
+        self.deadlineExceeded(s)
+      }
+    }
+    if endStream { requestEnded(s) }
+  }
+
+  static func isGRPCContentType(_ ct: String) -> Bool {
+    guard ct.hasPrefix("application/grpc") else { return false }
+    let rest = ct.utf8.dropFirst(16)
+    return rest.isEmpty || rest.first == UInt8(ascii: "+") || rest.first == UInt8(ascii: ";")
+  }
+
+  fileprivate func data(_ s: HTTP2Stream, _ bytes: UnsafeRawBufferPointer) {
+    guard s.route != nil, !s.finished else { return }
+    do {
+      try s.deframer.process(bytes) { (m) throws(RPCStatus) in
+        if m.compressed {
+          guard let enc = s.grpcEncoding, enc != "identity" else {
+            throw RPCStatus(.internal, "compressed message without grpc-encoding")
+          }
+          throw RPCStatus(.unimplemented, "grpc-encoding \(enc) is not supported")
+        }
+        guard s.requestMessage == nil else {
+          throw RPCStatus(.internal, "more than one request message for \(s.path)")
+        }
+        s.requestMessage = m.bytes
+      }
+    } catch {
+      respondImmediately(s, error)
+    }
+  }
+
+  fileprivate func requestEnded(_ s: HTTP2Stream) {
+    s.requestEnded = true
+    guard let route = s.route, !s.finished, s.call == nil else { return }
+    guard s.deframer.isIdle, let request = s.requestMessage else {
+      respondImmediately(
+        s,
+        RPCStatus(
+          .internal,
+          s.deframer.isIdle ? "no request message for \(s.path)" : "truncated request message"))
+      return
+    }
+    s.requestMessage = nil
+    let call = ServerCall(
+      path: s.path, metadata: s.metadata, request: request,
+      deadline: s.timeoutNanos.map { monotonicNanos() &+ $0 }, loop: loop, stream: s)
+    s.call = call
+    route.handler(call)
+  }
+
+  private func deadlineExceeded(_ s: HTTP2Stream) {
+    guard !s.finished else { return }
+    finish(s, RPCStatus(.deadlineExceeded, "deadline exceeded"), trailers: Metadata())
+    if let call = s.call { call.cancel() }
+  }
+
+  fileprivate func streamClosed(_ id: Int32) {
+    guard let s = streams.removeValue(forKey: id) else { return }
+    detach(s)
+  }
+
+  /// Our side ended the stream while the client was still sending: tell it to stop.
+  fileprivate func frameSent(_ streamID: Int32, endStream: Bool) {
+    guard endStream, let s = streams[streamID], !s.requestEnded else { return }
+    if nghttp2_session_get_stream_remote_close(session, streamID) == 0 {
+      nghttp2_submit_rst_stream(
+        session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, UInt32(NGHTTP2_NO_ERROR.rawValue))
+    }
+  }
+
+  // MARK: Responses
+
+  private static let okHeaders = HeaderList([(":status", "200"), ("content-type", "application/grpc")])
+
+  func sendHeaders(_ s: HTTP2Stream, _ metadata: Metadata) {
+    guard !s.headersSent, !s.finished else { return }
+    s.headersSent = true
+    var headers = Self.okHeaders
+    for (k, v) in metadata { headers.add(k, v) }
+    var provider = nghttp2_data_provider(
+      source: nghttp2_data_source(ptr: nil), read_callback: readResponseData)
+    headers.withNVs { nv, n in _ = nghttp2_submit_response(session, s.id, nv, n, &provider) }
+    onOutputPending()
+  }
+
+  func sendMessage(_ s: HTTP2Stream, _ message: [UInt8], whenDrained: (@Sendable () -> Void)?) {
+    guard !s.finished else {
+      s.call?.noteHandedOff(message.count + 5)
+      return
+    }
+    if s.outOffset == s.outbound.count {
+      s.outbound.removeAll(keepingCapacity: true)
+      s.outOffset = 0
+    }
+    GRPCMessageFramer.frame(message, into: &s.outbound)
+    if let w = whenDrained { s.drainedCallbacks.append(w) }
+    if !s.headersSent {
+      sendHeaders(s, Metadata())
+    } else if s.deferred {
+      s.deferred = false
+      nghttp2_session_resume_data(session, s.id)
+      onOutputPending()
+    }
+  }
+
+  func finish(_ s: HTTP2Stream, _ status: RPCStatus, trailers: Metadata) {
+    guard !s.finished else { return }
+    s.finished = true
+    s.deadlineTimer?.cancel()
+    s.deadlineTimer = nil
+    onCallFinished(status.code)
+    var list = HeaderList()
+    if !s.headersSent {
+      // Trailers-Only: one HEADERS frame with END_STREAM.
+      s.headersSent = true
+      list = Self.okHeaders
+      appendStatus(&list, status, trailers)
+      list.withNVs { nv, n in _ = nghttp2_submit_response(session, s.id, nv, n, nil) }
+    } else {
+      appendStatus(&list, status, trailers)
+      s.pendingTrailers = list
+      if s.deferred {
+        s.deferred = false
+        nghttp2_session_resume_data(session, s.id)
+      }
+    }
+    onOutputPending()
+  }
+
+  private func appendStatus(_ list: inout HeaderList, _ status: RPCStatus, _ trailers: Metadata) {
+    list.add("grpc-status", String(status.code.rawValue))
+    if !status.message.isEmpty { list.add("grpc-message", PercentEncoding.encode(status.message)) }
+    if status.code == .unimplemented && status.message.hasPrefix("grpc-encoding") {
+      list.add("grpc-accept-encoding", "identity")
+    }
+    for (k, v) in trailers { list.add(k, v) }
+  }
+
+  /// An error known before the handler ran: Trailers-Only, and the stream reset with
+  /// NO_ERROR if the client is still sending.
+  private func respondImmediately(_ s: HTTP2Stream, _ status: RPCStatus) {
+    s.route = nil
+    finish(s, status, trailers: Metadata())
+  }
+
+  /// A non-gRPC HTTP answer (405, 415): headers only.
+  private func respondHTTP(_ s: HTTP2Stream, status: String) {
+    s.route = nil
+    s.finished = true
+    s.headersSent = true
+    HeaderList([(":status", status)]).withNVs { nv, n in
+      _ = nghttp2_submit_response(session, s.id, nv, n, nil)
+    }
+    onCallFinished(.unknown)
+  }
+
+  /// nghttp2 asks for response body bytes of `s`.
+  fileprivate func readData(
+    _ s: HTTP2Stream, _ buf: UnsafeMutablePointer<UInt8>, _ length: Int,
+    _ flags: UnsafeMutablePointer<UInt32>
+  ) -> Int {
+    let available = s.outbound.count - s.outOffset
+    var n = 0
+    if available > 0 {
+      n = min(length, available)
+      s.outbound.withUnsafeBytes { src in
+        buf.update(from: src.baseAddress!.assumingMemoryBound(to: UInt8.self) + s.outOffset, count: n)
+      }
+      s.outOffset += n
+      s.call?.noteHandedOff(n)
+      if s.outOffset == s.outbound.count {
+        s.outbound.removeAll(keepingCapacity: s.outbound.count <= 64 * 1024)
+        s.outOffset = 0
+        if !s.drainedCallbacks.isEmpty {
+          let cbs = s.drainedCallbacks
+          s.drainedCallbacks = []
+          loop.execute { for cb in cbs { cb() } }
+        }
+      } else {
+        return n
+      }
+    }
+    if let trailers = s.pendingTrailers {
+      s.pendingTrailers = nil
+      flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
+      trailers.withNVs { nv, count in _ = nghttp2_submit_trailer(session, s.id, nv, count) }
+      return n
+    }
+    if n > 0 { return n }
+    s.deferred = true
+    return errDeferred
+  }
+}
+
+// MARK: - nghttp2 callbacks: find the session or stream, hand off to Swift at once.
+
+@inline(__always)
+private func sessionOf(_ user: UnsafeMutableRawPointer?) -> HTTP2ServerSession {
+  Unmanaged<HTTP2ServerSession>.fromOpaque(user!).takeUnretainedValue()
+}
+
+@inline(__always)
+private func streamOf(_ session: OpaquePointer?, _ id: Int32) -> HTTP2Stream? {
+  guard let p = nghttp2_session_get_stream_user_data(session, id) else { return nil }
+  return Unmanaged<HTTP2Stream>.fromOpaque(p).takeUnretainedValue()
+}
+
+private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, user in
+  let hd = frame!.pointee.hd
+  if hd.type == frameHeaders && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
+    sessionOf(user).beginHeaders(hd.stream_id)
+  }
+  return 0
+}
+
+private let onHeader: nghttp2_on_header_callback = { session, frame, name, nlen, value, vlen, _, user in
+  let hd = frame!.pointee.hd
+  // Request headers only; trailers from a client carry nothing we use.
+  guard frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST, let s = streamOf(session, hd.stream_id)
+  else { return 0 }
+  sessionOf(user).header(s, name!, nlen, value!, vlen)
+  return 0
+}
+
+private let onFrameRecv: nghttp2_on_frame_recv_callback = { session, frame, user in
+  let hd = frame!.pointee.hd
+  guard hd.type == frameHeaders || hd.type == frameData, let s = streamOf(session, hd.stream_id)
+  else { return 0 }
+  let endStream = hd.flags & flagEndStream != 0
+  let me = sessionOf(user)
+  if hd.type == frameHeaders && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
+    me.requestHeadersDone(s, endStream: endStream)
+  } else if endStream {
+    me.requestEnded(s)
+  }
+  return 0
+}
+
+private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { session, _, id, data, len, user in
+  if let s = streamOf(session, id) {
+    sessionOf(user).data(s, UnsafeRawBufferPointer(start: data, count: len))
+  }
+  return 0
+}
+
+private let onStreamClose: nghttp2_on_stream_close_callback = { _, id, _, user in
+  sessionOf(user).streamClosed(id)
+  return 0
+}
+
+private let onFrameSend: nghttp2_on_frame_send_callback = { _, frame, user in
+  let hd = frame!.pointee.hd
+  if hd.type == frameHeaders || hd.type == frameData {
+    sessionOf(user).frameSent(hd.stream_id, endStream: hd.flags & flagEndStream != 0)
+  }
+  return 0
+}
+
+private let readResponseData: nghttp2_data_source_read_callback = {
+  session, id, buf, length, flags, _, user in
+  guard let s = streamOf(session, id) else {
+    return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+  }
+  return sessionOf(user).readData(s, buf!, length, flags!)
+}

@@ -1,0 +1,204 @@
+// One event-loop thread: its own epoll, its own SO_REUSEPORT listener, the connections it
+// accepted (for life), an eventfd through which other threads hand it work, and timers.
+
+import CLinux
+import Glibc
+import Synchronization
+
+/// An event loop. `execute` may be called from any thread; everything else runs on the
+/// loop's own thread.
+public final class EventLoop: @unchecked Sendable {
+  // Mutable state below is touched only on the loop thread, except `tasks` (Mutex) and
+  // `threadID` (written once before any task runs).
+  let index: Int
+  private let epfd: Int32
+  private let wakeFD: Int32
+  private let tasks = Mutex<[@Sendable () -> Void]>([])
+  private let wakePending = Atomic<Bool>(false)
+  private var threadID: UInt = 0
+  private var timers = TimerHeap()
+  private var connections: [ServerConnection?] = []
+  private var dirty: [ServerConnection] = []
+  private var listenFD: Int32 = -1
+  private var running = true
+  private var draining = false
+  unowned(unsafe) var server: GRPCServer!
+
+  /// Shared buffers for socket reads and TLS plaintext (one loop, one call at a time).
+  let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 16)
+  let plainBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+  /// Reused buffer for outgoing HTTP/2 frames before encryption.
+  var outScratch: [UInt8] = []
+
+  init(index: Int) throws(SystemError) {
+    self.index = index
+    epfd = try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
+    wakeFD = try syscall("eventfd") { eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC)) }
+    try register(fd: wakeFD, events: EPOLLIN.rawValue)
+  }
+
+  deinit {
+    close(epfd)
+    close(wakeFD)
+    readBuffer.deallocate()
+    plainBuffer.deallocate()
+  }
+
+  /// True when called on this loop's thread.
+  public var inLoop: Bool { CLinux_pthread_self() == threadID }
+
+  /// Runs `task` on the loop thread, soon. Safe from any thread.
+  public func execute(_ task: @escaping @Sendable () -> Void) {
+    tasks.withLock { $0.append(task) }
+    if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
+      var one: UInt64 = 1
+      _ = Glibc.write(wakeFD, &one, 8)
+    }
+  }
+
+  /// Schedules `action` on the loop thread after `nanoseconds`. Loop thread only.
+  func schedule(after nanoseconds: UInt64, _ action: @escaping () -> Void) -> LoopTimer {
+    let t = LoopTimer(deadline: monotonicNanos() &+ nanoseconds, action: action)
+    timers.insert(t)
+    return t
+  }
+
+  /// Asks for `conn` to be flushed at the end of this loop iteration.
+  func markDirty(_ conn: ServerConnection) {
+    if !conn.isDirty {
+      conn.isDirty = true
+      dirty.append(conn)
+    }
+  }
+
+  func setListener(_ fd: Int32) throws(SystemError) {
+    listenFD = fd
+    try register(fd: fd, events: EPOLLIN.rawValue)
+  }
+
+  private func register(fd: Int32, events: UInt32) throws(SystemError) {
+    var ev = epoll_event()
+    ev.events = events
+    ev.data.fd = fd
+    try syscall("epoll_ctl(ADD)") { epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) }
+  }
+
+  func setInterest(fd: Int32, writable: Bool) {
+    var ev = epoll_event()
+    ev.events = EPOLLIN.rawValue | (writable ? EPOLLOUT.rawValue : 0)
+    ev.data.fd = fd
+    _ = epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev)
+  }
+
+  /// The loop body; returns when the loop has drained after shutdown.
+  func run() {
+    threadID = CLinux_pthread_self()
+    let maxEvents = 256
+    let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: maxEvents)
+    defer { events.deallocate() }
+    while running {
+      var timeout: Int32 = -1
+      if let next = timers.nextDeadline() {
+        let now = monotonicNanos()
+        timeout = next <= now ? 0 : Int32(min((next - now + 999_999) / 1_000_000, 60_000))
+      }
+      let n = epoll_wait(epfd, events, Int32(maxEvents), timeout)
+      if n < 0 && errno != EINTR {
+        fatalError("epoll_wait: \(SystemError(call: "epoll_wait", errno: errno))")
+      }
+      for i in 0..<max(Int(n), 0) {
+        let ev = events[i]
+        let fd = ev.data.fd
+        if fd == wakeFD {
+          var v: UInt64 = 0
+          _ = Glibc.read(wakeFD, &v, 8)
+        } else if fd == listenFD {
+          acceptAll()
+        } else if Int(fd) < connections.count, let conn = connections[Int(fd)] {
+          if ev.events & EPOLLOUT.rawValue != 0 { conn.socketWritable() }
+          if ev.events & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
+            conn.socketReadable()
+          }
+        }
+      }
+      runTasks()
+      let now = monotonicNanos()
+      for t in timers.popDue(now: now) { t.fire() }
+      flushDirty()
+      if draining && liveConnections == 0 { running = false }
+    }
+    for case let c? in connections { c.close() }
+  }
+
+  private func runTasks() {
+    wakePending.store(false, ordering: .releasing)
+    let batch = tasks.withLock { t -> [@Sendable () -> Void] in
+      let b = t
+      t.removeAll(keepingCapacity: true)
+      return b
+    }
+    for task in batch { task() }
+  }
+
+  private func flushDirty() {
+    while !dirty.isEmpty {
+      let batch = dirty
+      dirty.removeAll(keepingCapacity: true)
+      for c in batch {
+        c.isDirty = false
+        c.flush()
+      }
+    }
+  }
+
+  private var liveConnections = 0
+
+  private func acceptAll() {
+    while !draining {
+      let fd: Int32?
+      do { fd = try Socket.accept(listenFD) } catch {
+        server.log("accept failed: \(error)")
+        return
+      }
+      guard let fd else { return }
+      do {
+        try register(fd: fd, events: EPOLLIN.rawValue)
+      } catch {
+        close(fd)
+        continue
+      }
+      let conn = ServerConnection(fd: fd, loop: self, server: server)
+      if Int(fd) >= connections.count {
+        connections.append(contentsOf: repeatElement(nil, count: Int(fd) + 64 - connections.count))
+      }
+      connections[Int(fd)] = conn
+      liveConnections += 1
+      server.connectionOpened()
+    }
+  }
+
+  /// Called by a connection as it closes its socket.
+  func connectionClosed(_ conn: ServerConnection) {
+    if Int(conn.fd) < connections.count, connections[Int(conn.fd)] === conn {
+      connections[Int(conn.fd)] = nil
+      liveConnections -= 1
+      server.connectionClosed()
+    }
+  }
+
+  /// Stops accepting and drains every connection (GOAWAY, calls finish); after
+  /// `gracePeriod` nanoseconds, closes whatever is left. Loop thread only.
+  func beginShutdown(gracePeriod: UInt64) {
+    guard !draining else { return }
+    draining = true
+    if listenFD >= 0 {
+      _ = epoll_ctl(epfd, EPOLL_CTL_DEL, listenFD, nil)
+      close(listenFD)
+      listenFD = -1
+    }
+    for case let c? in connections { c.beginDrain() }
+    _ = schedule(after: gracePeriod) { [unowned self] in
+      for case let c? in self.connections { c.close() }
+    }
+  }
+}

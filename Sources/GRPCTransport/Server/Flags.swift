@@ -1,0 +1,172 @@
+// Command-line flags with environment fallback: `--name VALUE` or `--name=VALUE`, else
+// `<PREFIX>NAME` (upper case, dashes as underscores). Flags win over the environment.
+// Every bad value is refused with a message naming the flag.
+
+import Glibc
+
+/// A flag a program accepts.
+public struct FlagSpec: Sendable {
+  public let name: String
+  public let takesValue: Bool
+  public let defaultValue: String?
+  public let help: String
+
+  public init(_ name: String, value: Bool = true, default defaultValue: String? = nil, help: String) {
+    self.name = name
+    takesValue = value
+    self.defaultValue = defaultValue
+    self.help = help
+  }
+}
+
+/// A refused flag or value; the description names the flag.
+public struct FlagError: Error, CustomStringConvertible, Sendable {
+  public let description: String
+  public init(_ description: String) { self.description = description }
+}
+
+/// Parsed flags.
+public struct Flags: Sendable {
+  /// The process environment as a dictionary.
+  public static func processEnvironment() -> [String: String] {
+    var out: [String: String] = [:]
+    var p = environ
+    while let entry = p.pointee {
+      let s = String(cString: entry)
+      if let eq = s.firstIndex(of: "=") { out[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+      p += 1
+    }
+    return out
+  }
+
+  /// Cores online: the default count of event loops.
+  public static var onlineCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
+  private var values: [String: String] = [:]
+  private var sources: [String: String] = [:]
+  public let specs: [FlagSpec]
+  public let envPrefix: String
+
+  /// Parses `arguments` (without the program name), then fills unset flags from
+  /// `environment`, then from defaults.
+  public init(
+    arguments: [String], environment: [String: String], specs: [FlagSpec],
+    envPrefix: String = "SUBCENTER_"
+  ) throws(FlagError) {
+    self.specs = specs
+    self.envPrefix = envPrefix
+    let byName = Dictionary(specs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+    var i = 0
+    while i < arguments.count {
+      let arg = arguments[i]
+      guard arg.hasPrefix("--") else { throw FlagError("unexpected argument '\(arg)'") }
+      var name = String(arg.dropFirst(2))
+      var inline: String?
+      if let eq = name.firstIndex(of: "=") {
+        inline = String(name[name.index(after: eq)...])
+        name = String(name[..<eq])
+      }
+      guard let spec = byName[name] else { throw FlagError("unknown flag --\(name)") }
+      if spec.takesValue {
+        if let inline {
+          values[name] = inline
+        } else {
+          guard i + 1 < arguments.count else { throw FlagError("--\(name) needs a value") }
+          values[name] = arguments[i + 1]
+          i += 1
+        }
+      } else {
+        values[name] = inline ?? "true"
+      }
+      sources[name] = "--\(name)"
+      i += 1
+    }
+    for spec in specs where values[spec.name] == nil {
+      let env = envPrefix + String(spec.name.uppercased().map { $0 == "-" ? "_" : $0 })
+      if let v = environment[env] {
+        values[spec.name] = v
+        sources[spec.name] = "\(env) (--\(spec.name))"
+      } else if let d = spec.defaultValue {
+        values[spec.name] = d
+        sources[spec.name] = "--\(spec.name)"
+      }
+    }
+  }
+
+  /// How to name the flag in an error: the flag, or the environment variable it came from.
+  public func origin(_ name: String) -> String { sources[name] ?? "--\(name)" }
+
+  public func string(_ name: String) -> String? { values[name] }
+
+  /// A boolean flag: set without value, or `true`/`false`/`1`/`0`.
+  public func bool(_ name: String) throws(FlagError) -> Bool {
+    switch values[name] {
+    case nil, "false", "0": return false
+    case "true", "1", "": return true
+    case let v?: throw FlagError("\(origin(name)): expected true or false, got '\(v)'")
+    }
+  }
+
+  /// An integer in `range`, or nil when unset.
+  public func int(_ name: String, in range: ClosedRange<Int>) throws(FlagError) -> Int? {
+    guard let v = values[name] else { return nil }
+    guard let n = Int(v), range.contains(n) else {
+      throw FlagError(
+        "\(origin(name)): expected an integer from \(range.lowerBound) to \(range.upperBound), got '\(v)'")
+    }
+    return n
+  }
+
+  /// A `HOST:PORT` address, or nil when unset.
+  public func address(_ name: String) throws(FlagError) -> SocketAddress? {
+    guard let v = values[name] else { return nil }
+    guard let a = SocketAddress(parsing: v) else {
+      throw FlagError("\(origin(name)): expected HOST:PORT with a numeric host, got '\(v)'")
+    }
+    return a
+  }
+
+  /// Usage text for `--help`.
+  public func usage(program: String) -> String {
+    var out = "usage: \(program) [flags]\n"
+    for s in specs {
+      let left = s.takesValue ? "--\(s.name) VALUE" : "--\(s.name)"
+      let def = s.defaultValue.map { " (default \($0))" } ?? ""
+      let pad = String(repeating: " ", count: max(1, 34 - left.count))
+      out += "  \(left)\(pad)\(s.help)\(def)\n"
+    }
+    out += "Each flag can also be set as \(envPrefix)<FLAG>, e.g. \(envPrefix)LISTEN; flags win.\n"
+    return out
+  }
+}
+
+extension ServerConfiguration {
+  /// The transport flags every server shares.
+  public static let flagSpecs: [FlagSpec] = [
+    FlagSpec("listen", default: "127.0.0.1:50051", help: "gRPC over TLS address"),
+    FlagSpec("loops", help: "event-loop threads (default: number of cores)"),
+    FlagSpec("tls-cert", default: "certs/dev/server.pem", help: "server certificate chain (PEM)"),
+    FlagSpec("tls-key", default: "certs/dev/server.key", help: "server private key (PEM)"),
+    FlagSpec("client-ca", help: "require client certificates signed by this CA (PEM)"),
+    FlagSpec("max-message-bytes", default: "4194304", help: "largest request message"),
+    FlagSpec("max-concurrent-streams", default: "256", help: "concurrent streams per connection"),
+  ]
+
+  /// Builds a configuration from parsed flags; loads the TLS files.
+  public init(flags: Flags, defaultLoops: Int) throws(FlagError) {
+    let listen = try flags.address("listen") ?? SocketAddress(host: "127.0.0.1", port: 50051)
+    let loops = try flags.int("loops", in: 1...256) ?? defaultLoops
+    let cert = flags.string("tls-cert") ?? "certs/dev/server.pem"
+    let key = flags.string("tls-key") ?? "certs/dev/server.key"
+    let tls: TLSContext
+    do {
+      tls = try TLSContext.server(
+        certificateChainFile: cert, privateKeyFile: key, clientCAFile: flags.string("client-ca"))
+    } catch {
+      throw FlagError("--tls-cert/--tls-key/--client-ca: \(error)")
+    }
+    self.init(listen: listen, loops: loops, tls: tls)
+    limits.maxMessageBytes = try flags.int("max-message-bytes", in: 1...(1 << 30)) ?? 4_194_304
+    limits.maxConcurrentStreams = try flags.int("max-concurrent-streams", in: 1...65_535) ?? 256
+  }
+}

@@ -1,0 +1,119 @@
+// The gRPC server: N event loops each with a SO_REUSEPORT listener, a routing table,
+// the health service, counters, and graceful shutdown.
+
+import Glibc
+import Synchronization
+
+/// How a server listens and what it enforces.
+public struct ServerConfiguration: Sendable {
+  public var listen: SocketAddress
+  public var loops: Int
+  public var tls: TLSContext
+  public var limits = SessionLimits()
+  public var handshakeTimeoutNanos: UInt64 = 10_000_000_000
+  public var shutdownGraceNanos: UInt64 = 10_000_000_000
+
+  public init(listen: SocketAddress, loops: Int, tls: TLSContext) {
+    self.listen = listen
+    self.loops = loops
+    self.tls = tls
+  }
+}
+
+/// A running gRPC server. Start it, then `wait` or `shutdown`.
+public final class GRPCServer: @unchecked Sendable {
+  // Immutable after init except the atomics and `threads` (start/wait on one thread).
+  public let configuration: ServerConfiguration
+  let router: Router
+  let tlsContext: TLSContext
+  /// The standard health service, always served.
+  public let health: HealthService
+  private var loops: [EventLoop] = []
+  private var threads: [pthread_t] = []
+  private let shuttingDown = Atomic<Bool>(false)
+  private let openConnections = Atomic<Int>(0)
+  private let callsOK = Atomic<Int>(0)
+  private let callsFailed = Atomic<Int>(0)
+  private let logger: @Sendable (String) -> Void
+  /// The port actually bound (differs from the configuration when it asked for port 0).
+  public private(set) var port: UInt16 = 0
+
+  /// A server for `services` (plus `grpc.health.v1.Health`).
+  public init(
+    configuration: ServerConfiguration, services: [any GRPCService],
+    logger: @escaping @Sendable (String) -> Void = writeStderrLine
+  ) {
+    self.configuration = configuration
+    tlsContext = configuration.tls
+    health = HealthService(serviceNames: services.map(\.serviceName))
+    router = Router(services + [health])
+    self.logger = logger
+  }
+
+  /// Binds every loop's listener and starts the loop threads.
+  public func start() throws(SystemError) {
+    var port = configuration.listen.port
+    for i in 0..<max(configuration.loops, 1) {
+      let loop = try EventLoop(index: i)
+      loop.server = self
+      let l = try Socket.listen(SocketAddress(host: configuration.listen.host, port: port))
+      port = l.port
+      try loop.setListener(l.fd)
+      loops.append(loop)
+    }
+    self.port = port
+    for loop in loops {
+      let box = Unmanaged.passRetained(loop).toOpaque()
+      var tid = pthread_t()
+      let rc = pthread_create(&tid, nil, loopThreadMain, box)
+      if rc != 0 { throw SystemError(call: "pthread_create", errno: rc) }
+      threads.append(tid)
+    }
+  }
+
+  /// Graceful shutdown: stop accepting, GOAWAY every connection, let calls in flight
+  /// finish for up to the grace period, then close the rest. Returns at once; `wait`
+  /// returns when it is done.
+  public func shutdown() {
+    guard !shuttingDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
+    health.setAll(.notServing)
+    let grace = configuration.shutdownGraceNanos
+    for loop in loops { loop.execute { loop.beginShutdown(gracePeriod: grace) } }
+  }
+
+  /// Blocks until every loop thread has ended (after `shutdown`).
+  public func wait() {
+    for t in threads { pthread_join(t, nil) }
+    threads = []
+  }
+
+  var isShuttingDown: Bool { shuttingDown.load(ordering: .relaxed) }
+
+  /// Counters for metrics and benchmarks.
+  public struct Stats: Sendable {
+    public var openConnections: Int
+    public var callsOK: Int
+    public var callsFailed: Int
+  }
+
+  public var stats: Stats {
+    Stats(
+      openConnections: openConnections.load(ordering: .relaxed),
+      callsOK: callsOK.load(ordering: .relaxed), callsFailed: callsFailed.load(ordering: .relaxed))
+  }
+
+  func connectionOpened() { openConnections.add(1, ordering: .relaxed) }
+  func connectionClosed() { openConnections.subtract(1, ordering: .relaxed) }
+  func callFinished(_ code: RPCStatus.Code) {
+    if code == .ok { callsOK.add(1, ordering: .relaxed) } else { callsFailed.add(1, ordering: .relaxed) }
+  }
+
+  func log(_ line: String) { logger(line) }
+}
+
+/// Thread entry point of a loop (kept out of main.swift: see NOTES.md).
+private func loopThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+  let loop = Unmanaged<EventLoop>.fromOpaque(arg!).takeRetainedValue()
+  loop.run()
+  return nil
+}

@@ -1,0 +1,249 @@
+// One accepted socket: TLS over memory BIOs, then an HTTP/2 server session. Owned by
+// the loop that accepted it, for life.
+
+import CLinux
+import Glibc
+
+final class ServerConnection {
+  let fd: Int32
+  unowned let loop: EventLoop
+  unowned let server: GRPCServer
+  private var tls: TLSSession?
+  private var http2: HTTP2ServerSession?
+  private var handshakeTimer: LoopTimer?
+  private var drainTimer: LoopTimer?
+  /// Ciphertext the socket did not take yet.
+  private var pendingOut: [UInt8] = []
+  private var pendingOffset = 0
+  private var wantWritable = false
+  private var closed = false
+  private var peerClosed = false
+  var isDirty = false
+
+  /// Plaintext frames gathered before one TLS write (fewer, fuller TLS records).
+  private static let plainBatch = 16 * 1024 - 64
+  /// Ciphertext gathered before one socket write.
+  private static let cipherBatch = 64 * 1024
+
+  init(fd: Int32, loop: EventLoop, server: GRPCServer) {
+    self.fd = fd
+    self.loop = loop
+    self.server = server
+    do {
+      tls = try TLSSession(context: server.tlsContext)
+    } catch {
+      server.log("TLS session setup failed: \(error)")
+      close()
+      return
+    }
+    handshakeTimer = loop.schedule(after: server.configuration.handshakeTimeoutNanos) {
+      [unowned self] in
+      self.handshakeTimer = nil
+      self.close()
+    }
+  }
+
+  // MARK: Socket events
+
+  func socketReadable() {
+    guard !closed, let tls else { return }
+    var total = 0
+    while total < 1 << 20 {
+      let n = Glibc.read(fd, loop.readBuffer.baseAddress, loop.readBuffer.count)
+      if n > 0 {
+        tls.feed(UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n]))
+        total += n
+        if n < loop.readBuffer.count { break }
+      } else if n == 0 {
+        peerClosed = true
+        break
+      } else {
+        if errno == EINTR { continue }
+        if errno == EAGAIN { break }
+        close()
+        return
+      }
+    }
+    if total > 0 { processTLSInput() }
+    if closed { return }
+    if peerClosed {
+      close()
+      return
+    }
+    flush()
+  }
+
+  func socketWritable() {
+    guard !closed else { return }
+    flush()
+  }
+
+  private func processTLSInput() {
+    guard let tls else { return }
+    if http2 == nil {
+      do {
+        guard try tls.handshake() else {
+          writeCiphertext()
+          return
+        }
+      } catch {
+        writeCiphertext()
+        close()
+        return
+      }
+      handshakeTimer?.cancel()
+      handshakeTimer = nil
+      guard tls.negotiatedProtocol == "h2" else {
+        // A client that offered no ALPN (or not h2): gRPC needs HTTP/2.
+        tls.shutdown()
+        writeCiphertext()
+        close()
+        return
+      }
+      do {
+        let session = try HTTP2ServerSession(
+          router: server.router, limits: server.configuration.limits, loop: loop)
+        session.onOutputPending = { [unowned self] in self.loop.markDirty(self) }
+        session.onCallFinished = { [unowned self] code in self.server.callFinished(code) }
+        http2 = session
+        if server.isShuttingDown { beginDrain() }
+      } catch {
+        server.log("HTTP/2 session setup failed: \(error)")
+        close()
+        return
+      }
+    }
+    guard let http2 else { return }
+    while !closed {
+      let result: TLSSession.ReadResult
+      do { result = try tls.read(into: loop.plainBuffer) } catch {
+        close()
+        return
+      }
+      switch result {
+      case .bytes(let n):
+        if !http2.receive(UnsafeRawBufferPointer(rebasing: loop.plainBuffer[0..<n])) {
+          flush()
+          close()
+          return
+        }
+      case .wantMore:
+        return
+      case .closed:
+        peerClosed = true
+        return
+      }
+    }
+  }
+
+  // MARK: Output
+
+  /// Moves HTTP/2 output through TLS to the socket, as far as the socket takes it; closes
+  /// the connection when HTTP/2 is done with it.
+  func flush() {
+    guard !closed, let tls else { return }
+    if let http2 {
+      var plain: [UInt8] = []
+      swap(&plain, &loop.outScratch)
+      defer { swap(&plain, &loop.outScratch) }
+      while pendingBytes == 0 {
+        plain.removeAll(keepingCapacity: true)
+        guard http2.produce(into: &plain, limit: Self.plainBatch) else {
+          close()
+          return
+        }
+        if plain.isEmpty { break }
+        do { try plain.withUnsafeBytes { try tls.write($0) } } catch {
+          close()
+          return
+        }
+        if tls.pendingOutput >= Self.cipherBatch { writeCiphertext() }
+        if closed { return }
+      }
+    }
+    writeCiphertext()
+    if closed { return }
+    if let http2, !http2.wantsRead, !http2.wantsWrite, pendingBytes == 0 {
+      close()
+    }
+  }
+
+  private var pendingBytes: Int { pendingOut.count - pendingOffset }
+
+  /// Writes queued ciphertext, then what TLS produced, to the socket.
+  private func writeCiphertext() {
+    guard let tls else { return }
+    if pendingBytes > 0 {
+      let n = pendingOut.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + pendingOffset, pendingBytes) }
+      if n > 0 { pendingOffset += n }
+      if n < 0 && errno != EAGAIN && errno != EINTR {
+        close()
+        return
+      }
+      if pendingBytes > 0 {
+        setWritable(true)
+        // Keep TLS output in the BIO until the socket drains.
+        return
+      }
+      pendingOut.removeAll(keepingCapacity: false)
+      pendingOffset = 0
+    }
+    let buf = loop.readBuffer
+    while tls.pendingOutput > 0 {
+      let count = tls.takeOutput(into: buf)
+      var off = 0
+      while off < count {
+        let n = Glibc.write(fd, buf.baseAddress! + off, count - off)
+        if n > 0 {
+          off += n
+        } else if n < 0 && errno == EINTR {
+          continue
+        } else if n < 0 && errno == EAGAIN {
+          pendingOut.append(contentsOf: UnsafeRawBufferPointer(rebasing: buf[off..<count]))
+          setWritable(true)
+          return
+        } else {
+          close()
+          return
+        }
+      }
+    }
+    setWritable(false)
+  }
+
+  private func setWritable(_ on: Bool) {
+    guard on != wantWritable, !closed else { return }
+    wantWritable = on
+    loop.setInterest(fd: fd, writable: on)
+  }
+
+  // MARK: Lifecycle
+
+  /// Graceful shutdown of this connection: GOAWAY now, the final GOAWAY shortly after.
+  func beginDrain() {
+    guard !closed else { return }
+    guard let http2 else {
+      close()
+      return
+    }
+    http2.beginDrain()
+    drainTimer = loop.schedule(after: 100_000_000) { [unowned self] in
+      self.drainTimer = nil
+      self.http2?.finalGoAway()
+      self.loop.markDirty(self)
+    }
+    loop.markDirty(self)
+  }
+
+  func close() {
+    guard !closed else { return }
+    closed = true
+    handshakeTimer?.cancel()
+    drainTimer?.cancel()
+    http2?.cancelAll()
+    http2 = nil
+    tls = nil
+    Glibc.close(fd)
+    loop.connectionClosed(self)
+  }
+}

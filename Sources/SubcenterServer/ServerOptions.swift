@@ -1,0 +1,74 @@
+// subcenterd's flags (SPEC §6), each also read from SUBCENTER_<FLAG>. Parsing validates
+// every value and names the flag in its error.
+
+import GRPCTransport
+
+/// When the write-ahead log is fsync'd (SPEC §4).
+public enum FsyncPolicy: Equatable, Sendable {
+  case always
+  case interval(milliseconds: Int)
+  case none
+
+  init?(parsing text: String) {
+    switch text {
+    case "always": self = .always
+    case "none": self = .none
+    default:
+      guard text.hasPrefix("interval:"), let ms = Int(text.dropFirst(9)), (1...60_000).contains(ms)
+      else { return nil }
+      self = .interval(milliseconds: ms)
+    }
+  }
+}
+
+/// Everything subcenterd is configured with.
+public struct ServerOptions: Sendable {
+  public var transport: ServerConfiguration
+  public var adminListen: SocketAddress
+  public var dataDirectory: String
+  public var tokensFile: String
+  public var fsync: FsyncPolicy
+  public var snapshotIntervalSeconds: Int
+  public var erasureDeadlineSeconds: Int
+  public var changeRetentionSeconds: Int
+  public var anonymousTTLSeconds: Int
+  public var recoverTruncate: Bool
+
+  /// Every flag of SPEC §6.
+  public static let flagSpecs: [FlagSpec] =
+    ServerConfiguration.flagSpecs + [
+      FlagSpec(
+        "admin-listen", default: "127.0.0.1:9090",
+        help: "plain HTTP: /metrics, /healthz, /readyz"),
+      FlagSpec("data", default: "./data", help: "data directory (created)"),
+      FlagSpec("tokens", default: "certs/dev/tokens.json", help: "bearer tokens file (JSON)"),
+      FlagSpec("fsync", default: "always", help: "always | interval:MS | none"),
+      FlagSpec("snapshot-interval", default: "300", help: "seconds between snapshots with changes"),
+      FlagSpec("erasure-deadline", default: "60", help: "seconds until a forgotten person is off disk"),
+      FlagSpec("change-retention", default: "86400", help: "seconds WatchChanges can replay"),
+      FlagSpec("anonymous-ttl", default: "2592000", help: "seconds before idle anonymous profiles go"),
+      FlagSpec("recover-truncate", value: false, help: "start from the last good record after damage"),
+      FlagSpec("help", value: false, help: "print this text"),
+    ]
+
+  /// Parses and validates flags; TLS files are loaded here so a bad path fails at start.
+  public init(flags: Flags) throws(FlagError) {
+    transport = try ServerConfiguration(flags: flags, defaultLoops: Flags.onlineCores)
+    adminListen = try flags.address("admin-listen") ?? SocketAddress(host: "127.0.0.1", port: 9090)
+    dataDirectory = flags.string("data") ?? "./data"
+    guard !dataDirectory.isEmpty else { throw FlagError("\(flags.origin("data")): must not be empty") }
+    tokensFile = flags.string("tokens") ?? "certs/dev/tokens.json"
+    let fsyncText = flags.string("fsync") ?? "always"
+    guard let fsync = FsyncPolicy(parsing: fsyncText) else {
+      throw FlagError(
+        "\(flags.origin("fsync")): expected always, none or interval:MS (1-60000), got '\(fsyncText)'")
+    }
+    self.fsync = fsync
+    let year = 31_536_000
+    snapshotIntervalSeconds = try flags.int("snapshot-interval", in: 1...year) ?? 300
+    erasureDeadlineSeconds = try flags.int("erasure-deadline", in: 1...year) ?? 60
+    changeRetentionSeconds = try flags.int("change-retention", in: 1...(10 * year)) ?? 86_400
+    anonymousTTLSeconds = try flags.int("anonymous-ttl", in: 1...(10 * year)) ?? 2_592_000
+    recoverTruncate = try flags.bool("recover-truncate")
+  }
+}

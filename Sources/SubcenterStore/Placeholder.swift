@@ -1,0 +1,1 @@
+// Placeholder: this module arrives with a later issue.
