@@ -1,1 +1,3 @@
-print("subcenterctl: not yet")
+import Glibc
+
+exit(Ctl.run())

@@ -4,6 +4,7 @@
 import GRPCTransport
 import Glibc
 import SubcenterServer
+import Synchronization
 
 enum Daemon {
   static func run() -> Int32 {
@@ -33,14 +34,35 @@ enum Daemon {
       writeStderrLine("subcenterd: cannot listen on \(options.transport.listen) (--listen): \(error)")
       return 1
     }
+    let ready = ReadyFlag()
+    let admin = AdminHTTPServer(
+      handler: AdminEndpoints.handler(server: server, isReady: { ready.value }))
+    do { try admin.start(options.adminListen) } catch {
+      writeStderrLine(
+        "subcenterd: cannot listen on \(options.adminListen) (--admin-listen): \(error)")
+      return 1
+    }
+    ready.value = true
+    writeStderrLine("subcenterd: admin HTTP on \(options.adminListen.host):\(admin.port)")
     writeStderrLine(
       "subcenterd: listening on \(options.transport.listen.host):\(server.port) "
         + "(\(options.transport.loops) loops, TLS, gRPC)")
     let sig = TerminationSignals.wait()
     writeStderrLine("subcenterd: signal \(sig): stopping; finishing calls in flight")
+    ready.value = false
     server.shutdown()
     server.wait()
+    admin.stop()
     writeStderrLine("subcenterd: stopped")
     return 0
+  }
+}
+
+/// Whether /readyz answers 200.
+final class ReadyFlag: Sendable {
+  private let state = Mutex(false)
+  var value: Bool {
+    get { state.withLock { $0 } }
+    set { state.withLock { $0 = newValue } }
   }
 }

@@ -28,10 +28,31 @@ enum ProtobufWire {
     return varint(UInt64(field << 3 | 2)) + varint(UInt64(bytes.count)) + bytes
   }
 
-  /// Reads string field `field` from a message, skipping others; nil if malformed.
+  /// Reads varint field `field` (0 when absent); nil if the message is malformed.
+  static func varint(field: Int, in bytes: [UInt8]) -> UInt64? {
+    var result: UInt64 = 0
+    return scan(bytes, field: field, onVarint: { result = $0 }, onBytes: { _ in true })
+      ? result : nil
+  }
+
+  /// Reads string field `field` ("" when absent); nil if malformed or not UTF-8.
   static func string(field: Int, in bytes: [UInt8]) -> String? {
-    var i = 0
     var result = ""
+    return scan(
+      bytes, field: field, onVarint: { _ in },
+      onBytes: { slice in
+        guard let s = String(validating: slice, as: UTF8.self) else { return false }
+        result = s
+        return true
+      }) ? result : nil
+  }
+
+  /// Walks the fields of a message, reporting those numbered `field`.
+  private static func scan(
+    _ bytes: [UInt8], field: Int, onVarint: (UInt64) -> Void,
+    onBytes: (ArraySlice<UInt8>) -> Bool
+  ) -> Bool {
+    var i = 0
     func readVarint() -> UInt64? {
       var v: UInt64 = 0
       var shift: UInt64 = 0
@@ -45,23 +66,22 @@ enum ProtobufWire {
       return nil
     }
     while i < bytes.count {
-      guard let key = readVarint() else { return nil }
+      guard let key = readVarint() else { return false }
       switch key & 7 {
-      case 0: guard readVarint() != nil else { return nil }
+      case 0:
+        guard let v = readVarint() else { return false }
+        if Int(key >> 3) == field { onVarint(v) }
       case 1: i += 8
       case 5: i += 4
       case 2:
-        guard let len = readVarint(), len <= UInt64(bytes.count - i) else { return nil }
+        guard let len = readVarint(), len <= UInt64(bytes.count - i) else { return false }
         let end = i + Int(len)
-        if Int(key >> 3) == field {
-          guard let s = String(validating: bytes[i..<end], as: UTF8.self) else { return nil }
-          result = s
-        }
+        if Int(key >> 3) == field, !onBytes(bytes[i..<end]) { return false }
         i = end
-      default: return nil
+      default: return false
       }
-      if i > bytes.count { return nil }
+      if i > bytes.count { return false }
     }
-    return result
+    return true
   }
 }

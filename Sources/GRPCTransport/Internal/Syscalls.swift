@@ -162,13 +162,18 @@ enum Socket {
 }
 
 /// Writes one line to standard error, unbuffered (safe from any thread).
-public func writeStderrLine(_ line: String) {
+public func writeStderrLine(_ line: String) { writeLine(line, fd: 2) }
+
+/// Writes one line to standard output, unbuffered.
+public func writeStdoutLine(_ line: String) { writeLine(line, fd: 1) }
+
+private func writeLine(_ line: String, fd: Int32) {
   var bytes = Array(line.utf8)
   bytes.append(UInt8(ascii: "\n"))
   bytes.withUnsafeBytes { b in
     var off = 0
     while off < b.count {
-      let n = Glibc.write(2, b.baseAddress! + off, b.count - off)
+      let n = Glibc.write(fd, b.baseAddress! + off, b.count - off)
       if n <= 0 { return }
       off += n
     }

@@ -76,7 +76,7 @@ public final class GRPCServer: @unchecked Sendable {
   /// returns when it is done.
   public func shutdown() {
     guard !shuttingDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
-    health.setAll(.notServing)
+    health.shutdown()
     let grace = configuration.shutdownGraceNanos
     for loop in loops { loop.execute { loop.beginShutdown(gracePeriod: grace) } }
   }

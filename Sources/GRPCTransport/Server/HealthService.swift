@@ -48,10 +48,21 @@ public final class HealthService: GRPCService, @unchecked Sendable {
     for call in toNotify { call.send(message) }
   }
 
-  /// Sets every known service to `status` (NOT_SERVING on shutdown).
+  /// Sets every known service to `status`.
   public func setAll(_ status: ServingStatus) {
     let names = state.withLock { Array($0.statuses.keys) }
     for n in names { setStatus(status, for: n) }
+  }
+
+  /// Server shutdown: every service NOT_SERVING, and each Watch stream ends (UNAVAILABLE)
+  /// so it does not hold the graceful shutdown open.
+  func shutdown() {
+    setAll(.notServing)
+    let calls = state.withLock { s -> [ServerCall] in
+      defer { s.watchers = [] }
+      return s.watchers.map(\.call)
+    }
+    for c in calls { c.finish(RPCStatus(.unavailable, "server shutting down")) }
   }
 
   public var methods: [ServiceMethod] {

@@ -1,0 +1,103 @@
+// A tiny plain-HTTP/1.1 server for operators: GET requests only, one short answer each,
+// one thread. It serves /metrics, /healthz and /readyz beside the gRPC port; it is not on
+// any hot path.
+
+import Glibc
+
+/// One answer of the admin server.
+public struct AdminResponse: Sendable {
+  public var status: Int
+  public var contentType: String
+  public var body: String
+
+  public init(status: Int, contentType: String = "text/plain; charset=utf-8", body: String) {
+    self.status = status
+    self.contentType = contentType
+    self.body = body
+  }
+}
+
+/// Serves GET requests on one blocking thread.
+public final class AdminHTTPServer: @unchecked Sendable {
+  // `fd` and `thread` are set in start() and read by stop() on the same controlling thread.
+  private let handler: @Sendable (String) -> AdminResponse
+  private var fd: Int32 = -1
+  private var thread = pthread_t()
+  /// The bound port.
+  public private(set) var port: UInt16 = 0
+
+  /// `handler` maps a request path (query dropped) to an answer.
+  public init(handler: @escaping @Sendable (String) -> AdminResponse) {
+    self.handler = handler
+  }
+
+  public func start(_ address: SocketAddress) throws(SystemError) {
+    let l = try Socket.listen(address, backlog: 64)
+    fd = l.fd
+    port = l.port
+    let box = Unmanaged.passRetained(self).toOpaque()
+    let rc = pthread_create(&thread, nil, adminThreadMain, box)
+    if rc != 0 { throw SystemError(call: "pthread_create", errno: rc) }
+  }
+
+  /// Stops accepting (the thread ends at its next poll).
+  public func stop() {
+    let f = fd
+    fd = -1
+    if f >= 0 { shutdown(f, Int32(SHUT_RDWR)) }
+  }
+
+  fileprivate func serve() {
+    let listener = fd
+    while fd >= 0 {
+      var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+      if poll(&p, 1, 200) <= 0 { continue }
+      guard let c = try? Socket.accept(listener) else { continue }
+      handle(c)
+      close(c)
+    }
+    close(listener)
+  }
+
+  private func handle(_ c: Int32) {
+    var request: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 4096)
+    let deadline = monotonicNanos() + 2_000_000_000
+    while request.count < 16384, monotonicNanos() < deadline {
+      var p = pollfd(fd: c, events: Int16(POLLIN), revents: 0)
+      if poll(&p, 1, 200) <= 0 { continue }
+      let n = buf.withUnsafeMutableBytes { read(c, $0.baseAddress, $0.count) }
+      if n <= 0 { break }
+      request.append(contentsOf: buf[0..<n])
+      if request.count >= 4, request.suffix(4).elementsEqual([13, 10, 13, 10]) { break }
+    }
+    let line = String(decoding: request.prefix { $0 != 13 && $0 != 10 }, as: UTF8.self)
+    let parts = line.split(separator: " ")
+    let response: AdminResponse
+    if parts.count >= 2, parts[0] == "GET" {
+      let path = String(parts[1].split(separator: "?", maxSplits: 1).first ?? "")
+      response = handler(path)
+    } else {
+      response = AdminResponse(status: 405, body: "only GET is served\n")
+    }
+    let reason = [200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"][
+      response.status] ?? "Status"
+    let body = Array(response.body.utf8)
+    let head =
+      "HTTP/1.1 \(response.status) \(reason)\r\nContent-Type: \(response.contentType)\r\n"
+      + "Content-Length: \(body.count)\r\nConnection: close\r\n\r\n"
+    let all = Array(head.utf8) + body
+    var off = 0
+    while off < all.count {
+      let n = all.withUnsafeBytes { write(c, $0.baseAddress! + off, all.count - off) }
+      if n <= 0 { break }
+      off += n
+    }
+  }
+}
+
+private func adminThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+  let server = Unmanaged<AdminHTTPServer>.fromOpaque(arg!).takeRetainedValue()
+  server.serve()
+  return nil
+}
