@@ -44,10 +44,13 @@ public struct ServerOptions: Sendable {
       FlagSpec("tokens", default: "certs/dev/tokens.json", help: "bearer tokens file (JSON)"),
       FlagSpec("fsync", default: "always", help: "always | interval:MS | none"),
       FlagSpec("snapshot-interval", default: "300", help: "seconds between snapshots with changes"),
-      FlagSpec("erasure-deadline", default: "60", help: "seconds until a forgotten person is off disk"),
+      FlagSpec(
+        "erasure-deadline", default: "60", help: "seconds until a forgotten person is off disk"),
       FlagSpec("change-retention", default: "86400", help: "seconds WatchChanges can replay"),
-      FlagSpec("anonymous-ttl", default: "2592000", help: "seconds before idle anonymous profiles go"),
-      FlagSpec("recover-truncate", value: false, help: "start from the last good record after damage"),
+      FlagSpec(
+        "anonymous-ttl", default: "2592000", help: "seconds before idle anonymous profiles go"),
+      FlagSpec(
+        "recover-truncate", value: false, help: "start from the last good record after damage"),
       FlagSpec("help", value: false, help: "print this text"),
     ]
 
@@ -56,12 +59,15 @@ public struct ServerOptions: Sendable {
     transport = try ServerConfiguration(flags: flags, defaultLoops: Flags.onlineCores)
     adminListen = try flags.address("admin-listen") ?? SocketAddress(host: "127.0.0.1", port: 9090)
     dataDirectory = flags.string("data") ?? "./data"
-    guard !dataDirectory.isEmpty else { throw FlagError("\(flags.origin("data")): must not be empty") }
+    guard !dataDirectory.isEmpty else {
+      throw FlagError("\(flags.origin("data")): must not be empty")
+    }
     tokensFile = flags.string("tokens") ?? "certs/dev/tokens.json"
     let fsyncText = flags.string("fsync") ?? "always"
     guard let fsync = FsyncPolicy(parsing: fsyncText) else {
       throw FlagError(
-        "\(flags.origin("fsync")): expected always, none or interval:MS (1-60000), got '\(fsyncText)'")
+        "\(flags.origin("fsync")): expected always, none or interval:MS (1-60000), got '\(fsyncText)'"
+      )
     }
     self.fsync = fsync
     let year = 31_536_000

@@ -11,7 +11,8 @@ enum InteropServer {
     do {
       let args = Array(CommandLine.arguments.dropFirst())
       flags = try Flags(
-        arguments: args, environment: Flags.processEnvironment(), specs: ServerConfiguration.flagSpecs)
+        arguments: args, environment: Flags.processEnvironment(),
+        specs: ServerConfiguration.flagSpecs)
       config = try ServerConfiguration(flags: flags, defaultLoops: Flags.onlineCores)
     } catch {
       writeStderrLine("interop-server: \(error)")

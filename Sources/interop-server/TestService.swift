@@ -103,7 +103,8 @@ private func streamingOutputCall(_ call: ServerCall) {
 
 private func unpack<T>(
   _ bytes: [UInt8],
-  _ fn: (UnsafeMutablePointer<ProtobufCAllocator>?, Int, UnsafePointer<UInt8>?) -> UnsafeMutablePointer<T>?
+  _ fn: (UnsafeMutablePointer<ProtobufCAllocator>?, Int, UnsafePointer<UInt8>?) ->
+    UnsafeMutablePointer<T>?
 ) throws -> UnsafeMutablePointer<T> {
   let r = bytes.withUnsafeBufferPointer { fn(nil, $0.count, $0.baseAddress) }
   guard let r else { throw RPCStatus(.internal, "could not parse the request message") }
@@ -117,7 +118,9 @@ private func pack(_ message: UnsafePointer<ProtobufCMessage>) -> [UInt8] {
   }
 }
 
-private func withPayload<R>(size: Int, _ body: (UnsafeMutablePointer<Grpc__Testing__Payload>) -> R) -> R {
+private func withPayload<R>(size: Int, _ body: (UnsafeMutablePointer<Grpc__Testing__Payload>) -> R)
+  -> R
+{
   let zeros = [UInt8](repeating: 0, count: size)
   return zeros.withUnsafeBufferPointer { z in
     var payload = Grpc__Testing__Payload()

@@ -71,7 +71,8 @@ enum Ctl {
     case "watch-health":
       let client = try connect(flags)
       try client.serverStreaming(
-        "/grpc.health.v1.Health/Watch", request: HealthMessages.request(service: operands.first ?? "")
+        "/grpc.health.v1.Health/Watch",
+        request: HealthMessages.request(service: operands.first ?? "")
       ) { message in
         writeStdoutLine(HealthMessages.statusName(message))
         return true

@@ -31,7 +31,8 @@ enum Daemon {
     }
     let server = GRPCServer(configuration: options.transport, services: [])
     do { try server.start() } catch {
-      writeStderrLine("subcenterd: cannot listen on \(options.transport.listen) (--listen): \(error)")
+      writeStderrLine(
+        "subcenterd: cannot listen on \(options.transport.listen) (--listen): \(error)")
       return 1
     }
     let ready = ReadyFlag()

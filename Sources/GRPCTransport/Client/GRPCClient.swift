@@ -23,7 +23,8 @@ public final class GRPCClient: @unchecked Sendable {
   private let authority: String
   private var streams: [Int32: ClientStream] = [:]
   private var broken: RPCStatus?
-  private let readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+  private let readBuffer = UnsafeMutableRawBufferPointer.allocate(
+    byteCount: 64 * 1024, alignment: 16)
 
   /// Connects to `address` over TLS, checking the certificate against `serverName`
   /// (default: the address's host), and completes the TLS and HTTP/2 handshakes.
@@ -62,7 +63,8 @@ public final class GRPCClient: @unchecked Sendable {
     timeoutMillis: Int? = nil
   ) throws(RPCStatus) -> UnaryResponse {
     var messages: [[UInt8]] = []
-    let result = try call(path, request: request, metadata: metadata, timeoutMillis: timeoutMillis) {
+    let result = try call(path, request: request, metadata: metadata, timeoutMillis: timeoutMillis)
+    {
       messages.append($0)
       return true
     }
@@ -105,7 +107,8 @@ public final class GRPCClient: @unchecked Sendable {
       var provider = nghttp2_data_provider(
         source: nghttp2_data_source(ptr: nil), read_callback: clientReadRequest)
       let id = headers.withNVs { nv, n in
-        nghttp2_submit_request(session, nil, nv, n, &provider, Unmanaged.passUnretained(stream).toOpaque())
+        nghttp2_submit_request(
+          session, nil, nv, n, &provider, Unmanaged.passUnretained(stream).toOpaque())
       }
       guard id > 0 else { throw RPCStatus(.internal, "nghttp2_submit_request failed (\(id))") }
       streams[id] = stream
@@ -164,12 +167,17 @@ public final class GRPCClient: @unchecked Sendable {
     tls.feed(UnsafeRawBufferPointer(rebasing: readBuffer[0..<n]))
     while true {
       let r: TLSSession.ReadResult
-      do { r = try tls.read(into: readBuffer) } catch { throw fail(RPCStatus(.unavailable, "\(error)")) }
+      do { r = try tls.read(into: readBuffer) } catch {
+        throw fail(RPCStatus(.unavailable, "\(error)"))
+      }
       switch r {
       case .bytes(let k):
         let rv = nghttp2_session_mem_recv(
           session, readBuffer.baseAddress!.assumingMemoryBound(to: UInt8.self), k)
-        if rv < 0 { throw fail(RPCStatus(.internal, "HTTP/2 error: \(String(cString: nghttp2_strerror(Int32(rv))))")) }
+        if rv < 0 {
+          throw fail(
+            RPCStatus(.internal, "HTTP/2 error: \(String(cString: nghttp2_strerror(Int32(rv))))"))
+        }
       case .wantMore: return
       case .closed: throw fail(RPCStatus(.unavailable, "TLS closed by the server"))
       }
@@ -274,7 +282,8 @@ final class ClientStream {
   func status() -> RPCStatus {
     if let e = protocolError { return e }
     if let code = grpcStatus {
-      return RPCStatus(RPCStatus.Code(rawValue: code) ?? .unknown, PercentEncoding.decode(grpcMessage))
+      return RPCStatus(
+        RPCStatus.Code(rawValue: code) ?? .unknown, PercentEncoding.decode(grpcMessage))
     }
     if resetCode != 0 {
       return RPCStatus(
@@ -323,7 +332,8 @@ private let clientOnHeader: nghttp2_on_header_callback = {
 private let clientOnData: nghttp2_on_data_chunk_recv_callback = { _, _, id, data, len, user in
   guard let s = clientOf(user).stream(id) else { return 0 }
   do throws(RPCStatus) {
-    try s.deframer.process(UnsafeRawBufferPointer(start: data, count: len)) { (m) throws(RPCStatus) in
+    try s.deframer.process(UnsafeRawBufferPointer(start: data, count: len)) {
+      (m) throws(RPCStatus) in
       s.messages.append(m.bytes)
     }
   } catch {

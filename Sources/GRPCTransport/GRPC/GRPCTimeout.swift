@@ -31,7 +31,7 @@ public enum GRPCTimeout {
       (3_600_000_000_000, "H"),
     ]
     for (per, unit) in units {
-      let v = (nanoseconds + per - 1) / per
+      let v = nanoseconds / per + (nanoseconds % per == 0 ? 0 : 1)  // rounds up, no overflow
       if v <= 99_999_999 { return "\(max(v, 1))\(unit)" }
     }
     return "99999999H"

@@ -11,18 +11,18 @@ public struct GRPCMessage: Sendable, Equatable {
 /// Reassembles messages from DATA chunks of any size, one byte at a time included.
 public struct GRPCMessageDeframer {
   public let maxMessageBytes: Int
-  private var header: [UInt8] = []
+  private var headerValue: UInt64 = 0  // prefix bytes gathered so far, big-endian
+  private var headerCount = 0
   private var body: [UInt8] = []
   private var expected = -1  // body length once the prefix is read, else -1
   private var compressed = false
 
   public init(maxMessageBytes: Int) {
     self.maxMessageBytes = maxMessageBytes
-    header.reserveCapacity(5)
   }
 
   /// True when no partial message is buffered.
-  public var isIdle: Bool { header.isEmpty && expected < 0 }
+  public var isIdle: Bool { headerCount == 0 && expected < 0 }
 
   /// Consumes `bytes`, calling `onMessage` for each complete message. Throws
   /// RESOURCE_EXHAUSTED for a prefix over the limit and INTERNAL for a bad flag.
@@ -34,20 +34,21 @@ public struct GRPCMessageDeframer {
     while i < n {
       if expected < 0 {
         // Fast path: a whole prefix in this chunk.
-        if header.isEmpty && n - i >= 5 {
+        if headerCount == 0 && n - i >= 5 {
           try startMessage(
             flag: bytes[i],
             length: Int(bytes[i + 1]) << 24 | Int(bytes[i + 2]) << 16 | Int(bytes[i + 3]) << 8
               | Int(bytes[i + 4]))
           i += 5
         } else {
-          header.append(bytes[i])
+          headerValue = headerValue << 8 | UInt64(bytes[i])
+          headerCount += 1
           i += 1
-          if header.count == 5 {
-            let h = header
-            header.removeAll(keepingCapacity: true)
-            try startMessage(
-              flag: h[0], length: Int(h[1]) << 24 | Int(h[2]) << 16 | Int(h[3]) << 8 | Int(h[4]))
+          if headerCount == 5 {
+            let h = headerValue
+            headerValue = 0
+            headerCount = 0
+            try startMessage(flag: UInt8(truncatingIfNeeded: h >> 32), length: Int(h & 0xFFFF_FFFF))
           }
         }
         if expected == 0 {

@@ -16,6 +16,11 @@ public struct Metadata: Sendable, Sequence, ExpressibleByDictionaryLiteral {
     entries.append((name.lowercased(), value))
   }
 
+  /// Appends an entry whose name is known to be lower case (HTTP/2 requires it).
+  mutating func addLowercased(_ name: String, _ value: String) {
+    entries.append((name, value))
+  }
+
   /// Appends a binary entry (`name` must end in `-bin`), base64-encoding the value.
   public mutating func add(_ name: String, binary: [UInt8]) {
     entries.append((name.lowercased(), Base64.encode(binary)))

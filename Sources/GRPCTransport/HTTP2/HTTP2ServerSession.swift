@@ -16,11 +16,13 @@ public struct SessionLimits: Sendable {
 /// One request stream and its response state. Loop thread only.
 final class HTTP2Stream {
   let id: Int32
-  unowned let session: HTTP2ServerSession
+  // The session owns its streams and outlives them.
+  unowned(unsafe) let session: HTTP2ServerSession
   // Request.
-  var method = ""
+  var isPost = false
   var path = ""
   var contentType: String?
+  var contentTypeOK = false
   var grpcEncoding: String?
   var timeoutNanos: UInt64?
   var metadata = Metadata()
@@ -38,8 +40,12 @@ final class HTTP2Stream {
   var outbound: [UInt8] = []
   var outOffset = 0
   var pendingTrailers: HeaderList?
+  var pendingOKTrailers = false
   var deferred = false
   var drainedCallbacks: [@Sendable () -> Void] = []
+  // The session's list of open streams (intrusive, so no hashing per call).
+  var prev: HTTP2Stream?
+  var next: HTTP2Stream?
 
   init(id: Int32, session: HTTP2ServerSession, maxMessageBytes: Int) {
     self.id = id
@@ -65,8 +71,16 @@ final class HTTP2ServerSession {
   /// Called when there is output to produce outside of a receive/produce cycle (a call
   /// answered later). The owner flushes soon.
   var onOutputPending: () -> Void = {}
-  private var streams: [Int32: HTTP2Stream] = [:]
+  /// Open streams: a doubly linked list through the streams; each is also retained by
+  /// nghttp2's stream user data, from its first HEADERS to its close.
+  private var firstStream: HTTP2Stream?
+  private(set) var activeStreams = 0
   private(set) var isDraining = false
+  /// The last path seen and its route: clients mostly repeat one method on a connection,
+  /// so this spares a String and a dictionary lookup per call.
+  private var lastPathBytes: [UInt8] = []
+  private var lastPath = ""
+  private var lastRoute: ServiceMethod?
   /// Counts answered calls (OK or not) for the server's metrics.
   var onCallFinished: (RPCStatus.Code) -> Void = { _ in }
 
@@ -95,7 +109,9 @@ final class HTTP2ServerSession {
     var s: OpaquePointer?
     let rv = nghttp2_session_server_new2(
       &s, callbacks, Unmanaged.passUnretained(self).toOpaque(), option)
-    guard rv == 0, let s else { throw HTTP2Error(code: Int(rv), what: "nghttp2_session_server_new2") }
+    guard rv == 0, let s else {
+      throw HTTP2Error(code: Int(rv), what: "nghttp2_session_server_new2")
+    }
     session = s
 
     var settings = [
@@ -108,7 +124,8 @@ final class HTTP2ServerSession {
       nghttp2_settings_entry(
         settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: 1 << 20),
     ]
-    let srv = nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
+    let srv = nghttp2_submit_settings(
+      session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
     guard srv == 0 else { throw HTTP2Error(code: Int(srv), what: "nghttp2_submit_settings") }
     nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, 8 << 20)
   }
@@ -140,7 +157,6 @@ final class HTTP2ServerSession {
 
   var wantsRead: Bool { nghttp2_session_want_read(session) != 0 }
   var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }
-  var activeStreams: Int { streams.count }
 
   /// Graceful shutdown, step 1: a GOAWAY announcing the end, streams still accepted.
   func beginDrain() {
@@ -164,9 +180,21 @@ final class HTTP2ServerSession {
 
   /// The connection is gone: cancel every call still running.
   func cancelAll() {
-    let all = streams.values
-    streams.removeAll()
-    for s in all { detach(s) }
+    while let s = firstStream {
+      nghttp2_session_set_stream_user_data(session, s.id, nil)
+      remove(s)
+    }
+  }
+
+  /// Unlinks `s`, cancels its call if unfinished, and drops nghttp2's reference.
+  private func remove(_ s: HTTP2Stream) {
+    if let p = s.prev { p.next = s.next } else { firstStream = s.next }
+    s.next?.prev = s.prev
+    s.prev = nil
+    s.next = nil
+    activeStreams -= 1
+    detach(s)
+    Unmanaged.passUnretained(s).release()
   }
 
   private func detach(_ s: HTTP2Stream) {
@@ -183,8 +211,11 @@ final class HTTP2ServerSession {
 
   fileprivate func beginHeaders(_ streamID: Int32) {
     let s = HTTP2Stream(id: streamID, session: self, maxMessageBytes: limits.maxMessageBytes)
-    streams[streamID] = s
-    nghttp2_session_set_stream_user_data(session, streamID, Unmanaged.passUnretained(s).toOpaque())
+    s.next = firstStream
+    firstStream?.prev = s
+    firstStream = s
+    activeStreams += 1
+    nghttp2_session_set_stream_user_data(session, streamID, Unmanaged.passRetained(s).toOpaque())
   }
 
   fileprivate func header(
@@ -198,14 +229,21 @@ final class HTTP2ServerSession {
     }
     if name[0] == UInt8(ascii: ":") {
       if bytesEqual(name, nlen, ":path") {
-        s.path = makeString(value, vlen)
+        if vlen == lastPathBytes.count && memcmp(value, lastPathBytes, vlen) == 0 {
+          s.path = lastPath
+        } else {
+          lastPathBytes = Array(UnsafeBufferPointer(start: value, count: vlen))
+          lastPath = makeString(value, vlen)
+          lastRoute = router.method(for: lastPath)
+          s.path = lastPath
+        }
       } else if bytesEqual(name, nlen, ":method") {
-        s.method = makeString(value, vlen)
+        s.isPost = bytesEqual(value, vlen, "POST")
       }
       return
     }
     if bytesEqual(name, nlen, "content-type") {
-      s.contentType = makeString(value, vlen)
+      s.contentTypeOK = Self.isGRPCContentType(UnsafeBufferPointer(start: value, count: vlen))
     } else if bytesEqual(name, nlen, "grpc-timeout") {
       s.timeoutNanos = GRPCTimeout.parse(makeString(value, vlen))
     } else if bytesEqual(name, nlen, "grpc-encoding") {
@@ -213,7 +251,7 @@ final class HTTP2ServerSession {
     } else if bytesEqual(name, nlen, "te") || bytesEqual(name, nlen, "grpc-accept-encoding") {
       return
     } else {
-      s.metadata.add(makeString(name, nlen), makeString(value, vlen))
+      s.metadata.addLowercased(makeString(name, nlen), makeString(value, vlen))
     }
   }
 
@@ -226,15 +264,15 @@ final class HTTP2ServerSession {
           .resourceExhausted, "request header list exceeds \(limits.maxHeaderListBytes) bytes"))
       return
     }
-    if s.method != "POST" {
+    if !s.isPost {
       respondHTTP(s, status: "405")
       return
     }
-    guard let ct = s.contentType, Self.isGRPCContentType(ct) else {
+    guard s.contentTypeOK else {
       respondHTTP(s, status: "415")
       return
     }
-    guard let route = router.method(for: s.path) else {
+    guard let route = s.path == lastPath ? lastRoute : router.method(for: s.path) else {
       respondImmediately(s, RPCStatus(.unimplemented, "unknown method \(s.path)"))
       return
     }
@@ -248,10 +286,12 @@ final class HTTP2ServerSession {
     if endStream { requestEnded(s) }
   }
 
-  static func isGRPCContentType(_ ct: String) -> Bool {
-    guard ct.hasPrefix("application/grpc") else { return false }
-    let rest = ct.utf8.dropFirst(16)
-    return rest.isEmpty || rest.first == UInt8(ascii: "+") || rest.first == UInt8(ascii: ";")
+  /// `application/grpc`, optionally followed by `+format` or `;parameters`.
+  static func isGRPCContentType(_ ct: UnsafeBufferPointer<UInt8>) -> Bool {
+    let prefix: StaticString = "application/grpc"
+    let n = prefix.utf8CodeUnitCount
+    guard ct.count >= n, memcmp(ct.baseAddress!, prefix.utf8Start, n) == 0 else { return false }
+    return ct.count == n || ct[n] == UInt8(ascii: "+") || ct[n] == UInt8(ascii: ";")
   }
 
   fileprivate func data(_ s: HTTP2Stream, _ bytes: UnsafeRawBufferPointer) {
@@ -288,7 +328,7 @@ final class HTTP2ServerSession {
     s.requestMessage = nil
     let call = ServerCall(
       path: s.path, metadata: s.metadata, request: request,
-      deadline: s.timeoutNanos.map { monotonicNanos() &+ $0 }, loop: loop, stream: s)
+      deadline: s.timeoutNanos.map { min(monotonicNanos(), .max - $0) + $0 }, loop: loop, stream: s)
     s.call = call
     route.handler(call)
   }
@@ -299,32 +339,39 @@ final class HTTP2ServerSession {
     if let call = s.call { call.cancel() }
   }
 
-  fileprivate func streamClosed(_ id: Int32) {
-    guard let s = streams.removeValue(forKey: id) else { return }
-    detach(s)
+  fileprivate func streamClosed(_ s: HTTP2Stream) {
+    nghttp2_session_set_stream_user_data(session, s.id, nil)
+    remove(s)
   }
 
   /// Our side ended the stream while the client was still sending: tell it to stop.
-  fileprivate func frameSent(_ streamID: Int32, endStream: Bool) {
-    guard endStream, let s = streams[streamID], !s.requestEnded else { return }
-    if nghttp2_session_get_stream_remote_close(session, streamID) == 0 {
+  fileprivate func frameSent(_ s: HTTP2Stream) {
+    guard !s.requestEnded else { return }
+    if nghttp2_session_get_stream_remote_close(session, s.id) == 0 {
       nghttp2_submit_rst_stream(
-        session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, UInt32(NGHTTP2_NO_ERROR.rawValue))
+        session, UInt8(NGHTTP2_FLAG_NONE.rawValue), s.id, UInt32(NGHTTP2_NO_ERROR.rawValue))
     }
   }
 
   // MARK: Responses
 
-  private static let okHeaders = HeaderList([(":status", "200"), ("content-type", "application/grpc")])
+  private static let okHeaders = HeaderList([
+    (":status", "200"), ("content-type", "application/grpc"),
+  ])
 
   func sendHeaders(_ s: HTTP2Stream, _ metadata: Metadata) {
     guard !s.headersSent, !s.finished else { return }
     s.headersSent = true
-    var headers = Self.okHeaders
-    for (k, v) in metadata { headers.add(k, v) }
     var provider = nghttp2_data_provider(
       source: nghttp2_data_source(ptr: nil), read_callback: readResponseData)
-    headers.withNVs { nv, n in _ = nghttp2_submit_response(session, s.id, nv, n, &provider) }
+    if metadata.isEmpty {
+      _ = nghttp2_submit_response(
+        session, s.id, StaticHeaders.ok.nv, StaticHeaders.ok.count, &provider)
+    } else {
+      var headers = Self.okHeaders
+      for (k, v) in metadata { headers.add(k, v) }
+      headers.withNVs { nv, n in _ = nghttp2_submit_response(session, s.id, nv, n, &provider) }
+    }
     onOutputPending()
   }
 
@@ -336,6 +383,7 @@ final class HTTP2ServerSession {
     if s.outOffset == s.outbound.count {
       s.outbound.removeAll(keepingCapacity: true)
       s.outOffset = 0
+      s.outbound.reserveCapacity(message.count + 5)
     }
     GRPCMessageFramer.frame(message, into: &s.outbound)
     if let w = whenDrained { s.drainedCallbacks.append(w) }
@@ -362,8 +410,12 @@ final class HTTP2ServerSession {
       appendStatus(&list, status, trailers)
       list.withNVs { nv, n in _ = nghttp2_submit_response(session, s.id, nv, n, nil) }
     } else {
-      appendStatus(&list, status, trailers)
-      s.pendingTrailers = list
+      if status.code == .ok && status.message.isEmpty && trailers.isEmpty {
+        s.pendingOKTrailers = true
+      } else {
+        appendStatus(&list, status, trailers)
+        s.pendingTrailers = list
+      }
       if s.deferred {
         s.deferred = false
         nghttp2_session_resume_data(session, s.id)
@@ -409,7 +461,8 @@ final class HTTP2ServerSession {
     if available > 0 {
       n = min(length, available)
       s.outbound.withUnsafeBytes { src in
-        buf.update(from: src.baseAddress!.assumingMemoryBound(to: UInt8.self) + s.outOffset, count: n)
+        buf.update(
+          from: src.baseAddress!.assumingMemoryBound(to: UInt8.self) + s.outOffset, count: n)
       }
       s.outOffset += n
       s.call?.noteHandedOff(n)
@@ -425,9 +478,18 @@ final class HTTP2ServerSession {
         return n
       }
     }
+    if s.pendingOKTrailers {
+      s.pendingOKTrailers = false
+      flags.pointee |= UInt32(
+        NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
+      _ = nghttp2_submit_trailer(
+        session, s.id, StaticHeaders.okStatus.nv, StaticHeaders.okStatus.count)
+      return n
+    }
     if let trailers = s.pendingTrailers {
       s.pendingTrailers = nil
-      flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
+      flags.pointee |= UInt32(
+        NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue)
       trailers.withNVs { nv, count in _ = nghttp2_submit_trailer(session, s.id, nv, count) }
       return n
     }
@@ -458,7 +520,8 @@ private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, user
   return 0
 }
 
-private let onHeader: nghttp2_on_header_callback = { session, frame, name, nlen, value, vlen, _, user in
+private let onHeader: nghttp2_on_header_callback = {
+  session, frame, name, nlen, value, vlen, _, user in
   let hd = frame!.pointee.hd
   // Request headers only; trailers from a client carry nothing we use.
   guard frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST, let s = streamOf(session, hd.stream_id)
@@ -488,15 +551,17 @@ private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { session, _, id,
   return 0
 }
 
-private let onStreamClose: nghttp2_on_stream_close_callback = { _, id, _, user in
-  sessionOf(user).streamClosed(id)
+private let onStreamClose: nghttp2_on_stream_close_callback = { session, id, _, user in
+  if let s = streamOf(session, id) { sessionOf(user).streamClosed(s) }
   return 0
 }
 
-private let onFrameSend: nghttp2_on_frame_send_callback = { _, frame, user in
+private let onFrameSend: nghttp2_on_frame_send_callback = { session, frame, user in
   let hd = frame!.pointee.hd
-  if hd.type == frameHeaders || hd.type == frameData {
-    sessionOf(user).frameSent(hd.stream_id, endStream: hd.flags & flagEndStream != 0)
+  if (hd.type == frameHeaders || hd.type == frameData) && hd.flags & flagEndStream != 0,
+    let s = streamOf(session, hd.stream_id)
+  {
+    sessionOf(user).frameSent(s)
   }
   return 0
 }

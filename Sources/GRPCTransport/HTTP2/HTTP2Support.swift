@@ -38,6 +38,34 @@ struct HeaderList {
   }
 }
 
+/// Header lists that never change, allocated once for the life of the process and handed
+/// to nghttp2 without copying (NO_COPY flags): the common response headers and trailers.
+final class StaticHeaders: Sendable {
+  // The pointers are written once in init and only read afterwards.
+  nonisolated(unsafe) let nv: UnsafeMutablePointer<nghttp2_nv>
+  let count: Int
+
+  init(_ pairs: [(String, String)]) {
+    count = pairs.count
+    nv = .allocate(capacity: pairs.count)
+    for (i, (n, v)) in pairs.enumerated() {
+      let name = UnsafeMutablePointer<UInt8>.allocate(capacity: n.utf8.count)
+      name.initialize(from: Array(n.utf8), count: n.utf8.count)
+      let value = UnsafeMutablePointer<UInt8>.allocate(capacity: max(v.utf8.count, 1))
+      value.initialize(from: Array(v.utf8), count: v.utf8.count)
+      nv[i] = nghttp2_nv(
+        name: name, value: value, namelen: n.utf8.count, valuelen: v.utf8.count,
+        flags: UInt8(NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue | NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue)
+      )
+    }
+  }
+
+  /// `:status: 200`, `content-type: application/grpc`.
+  static let ok = StaticHeaders([(":status", "200"), ("content-type", "application/grpc")])
+  /// The trailers of a successful call.
+  static let okStatus = StaticHeaders([("grpc-status", "0")])
+}
+
 /// An nghttp2 failure code rendered as text.
 struct HTTP2Error: Error, CustomStringConvertible {
   let code: Int

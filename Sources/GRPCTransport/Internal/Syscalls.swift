@@ -17,9 +17,9 @@ public struct SystemError: Error, CustomStringConvertible, Sendable {
 /// Runs `body` until it does not fail with EINTR; throws on -1.
 @inline(__always)
 @discardableResult
-func syscall<T: FixedWidthInteger>(_ name: @autoclosure () -> String, _ body: () -> T) throws(
-  SystemError
-) -> T {
+func syscall<T: FixedWidthInteger>(_ name: @autoclosure () -> String, _ body: () -> T)
+  throws(SystemError) -> T
+{
   while true {
     let r = body()
     if r != -1 { return r }
@@ -87,7 +87,10 @@ enum Socket {
     fd: Int32, port: UInt16
   ) {
     let fd = try syscall("socket") {
-      Glibc.socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+      Glibc.socket(
+        address.family,
+        Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
+        0)
     }
     do throws(SystemError) {
       var one: Int32 = 1
@@ -117,18 +120,23 @@ enum Socket {
     }
     if Int32(storage.ss_family) == AF_INET6 {
       return withUnsafePointer(to: &storage) {
-        $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+        $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) {
+          UInt16(bigEndian: $0.pointee.sin6_port)
+        }
       }
     }
     return withUnsafePointer(to: &storage) {
-      $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+      $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+        UInt16(bigEndian: $0.pointee.sin_port)
+      }
     }
   }
 
   /// Accepts one connection, non-blocking; nil when none is waiting.
   static func accept(_ listener: Int32) throws(SystemError) -> Int32? {
     while true {
-      let fd = accept4(listener, nil, nil, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
+      let fd = accept4(
+        listener, nil, nil, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
       if fd >= 0 {
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))

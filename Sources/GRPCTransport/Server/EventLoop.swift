@@ -58,7 +58,8 @@ public final class EventLoop: @unchecked Sendable {
 
   /// Schedules `action` on the loop thread after `nanoseconds`. Loop thread only.
   func schedule(after nanoseconds: UInt64, _ action: @escaping () -> Void) -> LoopTimer {
-    let t = LoopTimer(deadline: monotonicNanos() &+ nanoseconds, action: action)
+    let t = LoopTimer(
+      deadline: min(monotonicNanos(), .max - nanoseconds) + nanoseconds, action: action)
     timers.insert(t)
     return t
   }

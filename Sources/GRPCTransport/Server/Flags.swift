@@ -11,7 +11,8 @@ public struct FlagSpec: Sendable {
   public let defaultValue: String?
   public let help: String
 
-  public init(_ name: String, value: Bool = true, default defaultValue: String? = nil, help: String) {
+  public init(_ name: String, value: Bool = true, default defaultValue: String? = nil, help: String)
+  {
     self.name = name
     takesValue = value
     self.defaultValue = defaultValue
@@ -112,7 +113,8 @@ public struct Flags: Sendable {
     guard let v = values[name] else { return nil }
     guard let n = Int(v), range.contains(n) else {
       throw FlagError(
-        "\(origin(name)): expected an integer from \(range.lowerBound) to \(range.upperBound), got '\(v)'")
+        "\(origin(name)): expected an integer from \(range.lowerBound) to \(range.upperBound), got '\(v)'"
+      )
     }
     return n
   }

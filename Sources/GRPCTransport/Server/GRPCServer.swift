@@ -105,7 +105,11 @@ public final class GRPCServer: @unchecked Sendable {
   func connectionOpened() { openConnections.add(1, ordering: .relaxed) }
   func connectionClosed() { openConnections.subtract(1, ordering: .relaxed) }
   func callFinished(_ code: RPCStatus.Code) {
-    if code == .ok { callsOK.add(1, ordering: .relaxed) } else { callsFailed.add(1, ordering: .relaxed) }
+    if code == .ok {
+      callsOK.add(1, ordering: .relaxed)
+    } else {
+      callsFailed.add(1, ordering: .relaxed)
+    }
   }
 
   func log(_ line: String) { logger(line) }

@@ -68,7 +68,12 @@ public final class HealthService: GRPCService, @unchecked Sendable {
   public var methods: [ServiceMethod] {
     [
       .unary("/grpc.health.v1.Health/Check") { [self] call in
-        guard let service = ProtobufWire.string(field: 1, in: call.request) else {
+        let service: String
+        if call.request.isEmpty {
+          service = ""
+        } else if let s = ProtobufWire.string(field: 1, in: call.request) {
+          service = s
+        } else {
           throw RPCStatus(.internal, "could not parse HealthCheckRequest")
         }
         guard let status = state.withLock({ $0.statuses[service] }) else {
@@ -95,6 +100,8 @@ public final class HealthService: GRPCService, @unchecked Sendable {
   }
 
   static func encode(_ status: ServingStatus) -> [UInt8] {
-    ProtobufWire.varintField(1, status.rawValue)
+    encoded[Int(status.rawValue)]
   }
+
+  private static let encoded: [[UInt8]] = (0...3).map { ProtobufWire.varintField(1, UInt64($0)) }
 }

@@ -82,19 +82,34 @@ public final class ServerCall: @unchecked Sendable {
   /// producer to send more.
   public func send(_ message: [UInt8], whenDrained: (@Sendable () -> Void)? = nil) {
     buffered.add(message.count + 5, ordering: .relaxed)
-    onLoop { $0.sendMessage(message, whenDrained: whenDrained) }
+    if loop.inLoop {
+      stream?.sendMessage(message, whenDrained: whenDrained)
+    } else {
+      onLoop { $0.sendMessage(message, whenDrained: whenDrained) }
+    }
   }
 
   /// Ends the call with `status` and trailing metadata. Later calls are ignored.
   public func finish(_ status: RPCStatus, trailers: Metadata = Metadata()) {
-    onLoop { $0.finish(status, trailers: trailers) }
+    if loop.inLoop {
+      stream?.finish(status, trailers: trailers)
+    } else {
+      onLoop { $0.finish(status, trailers: trailers) }
+    }
   }
 
   /// Sends `message` and ends the call with OK.
   public func respond(_ message: [UInt8], trailers: Metadata = Metadata()) {
-    onLoop {
-      $0.sendMessage(message, whenDrained: nil)
-      $0.finish(.ok, trailers: trailers)
+    buffered.add(message.count + 5, ordering: .relaxed)
+    if loop.inLoop {
+      guard let s = stream else { return }
+      s.sendMessage(message, whenDrained: nil)
+      s.finish(.ok, trailers: trailers)
+    } else {
+      onLoop {
+        $0.sendMessage(message, whenDrained: nil)
+        $0.finish(.ok, trailers: trailers)
+      }
     }
   }
 

@@ -6,8 +6,9 @@ import Glibc
 
 final class ServerConnection {
   let fd: Int32
-  unowned let loop: EventLoop
-  unowned let server: GRPCServer
+  // The loop and the server outlive every connection (closed before the loop ends).
+  unowned(unsafe) let loop: EventLoop
+  unowned(unsafe) let server: GRPCServer
   private var tls: TLSSession?
   private var http2: HTTP2ServerSession?
   private var handshakeTimer: LoopTimer?
@@ -103,8 +104,10 @@ final class ServerConnection {
       do {
         let session = try HTTP2ServerSession(
           router: server.router, limits: server.configuration.limits, loop: loop)
-        session.onOutputPending = { [unowned self] in self.loop.markDirty(self) }
-        session.onCallFinished = { [unowned self] code in self.server.callFinished(code) }
+        // The connection owns the session: these closures never outlive it.
+        session.onOutputPending = { [unowned(unsafe) self] in self.loop.markDirty(self) }
+        let server = self.server
+        session.onCallFinished = { code in server.callFinished(code) }
         http2 = session
         if server.isShuttingDown { beginDrain() }
       } catch {
@@ -174,7 +177,9 @@ final class ServerConnection {
   private func writeCiphertext() {
     guard let tls else { return }
     if pendingBytes > 0 {
-      let n = pendingOut.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + pendingOffset, pendingBytes) }
+      let n = pendingOut.withUnsafeBytes {
+        Glibc.write(fd, $0.baseAddress! + pendingOffset, pendingBytes)
+      }
       if n > 0 { pendingOffset += n }
       if n < 0 && errno != EAGAIN && errno != EINTR {
         close()

@@ -14,7 +14,8 @@ public struct TLSError: Error, CustomStringConvertible, Sendable {
       if code == 0 { break }
       var buf = [CChar](repeating: 0, count: 256)
       ERR_error_string_n(code, &buf, buf.count)
-      parts.append(String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+      parts.append(
+        String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
     }
     description = parts.isEmpty ? what : "\(what): \(parts.joined(separator: "; "))"
   }
@@ -47,7 +48,9 @@ public final class TLSContext: @unchecked Sendable {
     else { throw TLSError("configuring TLS versions and ciphers") }
     _ = SSL_CTX_set_options(ctx, CTLS_OP_NO_COMPRESSION | CTLS_OP_NO_RENEGOTIATION)
     _ = CTLS_SSL_CTX_set_mode(
-      ctx, CTLS_MODE_RELEASE_BUFFERS | CTLS_MODE_ENABLE_PARTIAL_WRITE | CTLS_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+      ctx,
+      CTLS_MODE_RELEASE_BUFFERS | CTLS_MODE_ENABLE_PARTIAL_WRITE
+        | CTLS_MODE_ACCEPT_MOVING_WRITE_BUFFER)
   }
 
   deinit { SSL_CTX_free(handle) }
