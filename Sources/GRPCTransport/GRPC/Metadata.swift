@@ -26,9 +26,10 @@ public struct Metadata: Sendable, Sequence, ExpressibleByDictionaryLiteral {
     entries.append((name.lowercased(), Base64.encode(binary)))
   }
 
-  /// The first value for `name`.
+  /// The first value for `name` (matched case-insensitively).
   public subscript(_ name: String) -> String? {
-    entries.first { $0.name == name }?.value
+    let key = name.utf8.contains { $0 >= 65 && $0 <= 90 } ? name.lowercased() : name
+    return entries.first { $0.name == key }?.value
   }
 
   /// The first value of a `-bin` key, decoded.

@@ -38,12 +38,11 @@ public final class TLSSession {
     } else {
       SSL_set_connect_state(ssl)
       if let name = serverName {
-        let param = SSL_get0_param(ssl)
-        if name.contains(":") || name.allSatisfy({ $0.isNumber || $0 == "." }) {
-          X509_VERIFY_PARAM_set1_ip_asc(param, name)
-        } else {
-          _ = CTLS_SSL_set_tlsext_host_name(ssl, name)
-          SSL_set1_host(ssl, name)
+        // An IP address is checked against the certificate's IP SANs, anything else as a
+        // DNS name (and sent as SNI).
+        if X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) != 1 {
+          guard CTLS_SSL_set_tlsext_host_name(ssl, name) == 1, SSL_set1_host(ssl, name) == 1
+          else { throw TLSError("invalid server name '\(name)'") }  // deinit frees ssl
         }
       }
     }

@@ -1,0 +1,154 @@
+// The Swift client against a real server over loopback TLS: unary, deferred and
+// streaming answers, metadata both ways, deadlines, unknown methods, graceful shutdown.
+
+import Dispatch
+import GRPCTransport
+import SubcenterTestSupport
+import Synchronization
+import Testing
+
+/// A service exercising each way a handler can answer.
+private struct EchoService: GRPCService {
+  let serviceName = "test.Echo"
+
+  var methods: [ServiceMethod] {
+    [
+      .unary("/test.Echo/Echo") { call in call.request },
+      .unary("/test.Echo/Fail") { _ in throw RPCStatus(.notFound, "nothing ☺ here") },
+      ServiceMethod(path: "/test.Echo/Later") { call in
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(20)) {
+          call.respond(call.request.reversed(), trailers: ["x-answered": "later"])
+        }
+      },
+      ServiceMethod(path: "/test.Echo/Never") { _ in },
+      ServiceMethod(path: "/test.Echo/Count") { call in
+        let n = Int(call.request.first ?? 0)
+        call.sendInitialMetadata(["x-count": String(n)])
+        DispatchQueue.global().async {
+          for i in 0..<n { call.send([UInt8(i)]) }
+          call.finish(.ok)
+        }
+      },
+      .unary("/test.Echo/Metadata") { call in
+        Array((call.metadata["x-token"] ?? "").utf8) + (call.metadata.binary("x-raw-bin") ?? [])
+      },
+    ]
+  }
+}
+
+private func withServer(_ body: (GRPCServer, () throws -> GRPCClient) throws -> Void) throws {
+  let certs = try TestCertificates.shared()
+  let tls = try TLSContext.server(
+    certificateChainFile: certs.serverCertificateFile, privateKeyFile: certs.serverKeyFile)
+  let config = ServerConfiguration(
+    listen: SocketAddress(host: "127.0.0.1", port: 0), loops: 2, tls: tls)
+  let server = GRPCServer(configuration: config, services: [EchoService()], logger: { _ in })
+  try server.start()
+  defer {
+    server.shutdown()
+    server.wait()
+  }
+  let clientTLS = try TLSContext.client(trustRootsFile: certs.caFile)
+  try body(server) {
+    try GRPCClient(
+      address: SocketAddress(host: "127.0.0.1", port: server.port), serverName: "localhost",
+      tls: clientTLS)
+  }
+}
+
+@Suite struct ClientServerTests {
+  @Test func unaryRoundTrip() throws {
+    try withServer { _, connect in
+      let client = try connect()
+      let payload = (0..<100_000).map { UInt8(truncatingIfNeeded: $0) }
+      #expect(try client.unary("/test.Echo/Echo", request: payload).message == payload)
+      #expect(try client.unary("/test.Echo/Echo", request: []).message == [])
+    }
+  }
+
+  @Test func statusAndMessageArrive() throws {
+    try withServer { _, connect in
+      let client = try connect()
+      #expect(throws: RPCStatus(.notFound, "nothing ☺ here")) {
+        try client.unary("/test.Echo/Fail", request: [])
+      }
+      #expect(throws: RPCStatus(.unimplemented, "unknown method /test.Echo/Nope")) {
+        try client.unary("/test.Echo/Nope", request: [])
+      }
+      // The connection is still good after errors.
+      #expect(try client.unary("/test.Echo/Echo", request: [1]).message == [1])
+    }
+  }
+
+  @Test func answerFromAnotherThreadWithTrailers() throws {
+    try withServer { _, connect in
+      let r = try connect().unary("/test.Echo/Later", request: [1, 2, 3])
+      #expect(r.message == [3, 2, 1])
+      #expect(r.trailingMetadata["x-answered"] == "later")
+    }
+  }
+
+  @Test func serverStreamingDeliversEveryMessageInOrder() throws {
+    try withServer { _, connect in
+      var got: [UInt8] = []
+      try connect().serverStreaming("/test.Echo/Count", request: [200]) { m in
+        got += m
+        return true
+      }
+      #expect(got == (0..<200).map { UInt8($0) })
+    }
+  }
+
+  @Test func metadataReachesTheHandler() throws {
+    try withServer { _, connect in
+      var md = Metadata()
+      md.add("x-token", "abc")
+      md.add("x-raw-bin", binary: [0, 255, 10])
+      let r = try connect().unary("/test.Echo/Metadata", request: [], metadata: md)
+      #expect(r.message == Array("abc".utf8) + [0, 255, 10])
+    }
+  }
+
+  @Test func deadlineExceededWhenTheHandlerNeverAnswers() throws {
+    try withServer { _, connect in
+      let client = try connect()
+      let error = #expect(throws: RPCStatus.self) {
+        try client.unary("/test.Echo/Never", request: [], timeoutMillis: 50)
+      }
+      #expect(error?.code == .deadlineExceeded)
+      #expect(try client.unary("/test.Echo/Echo", request: [7]).message == [7])
+    }
+  }
+
+  @Test func healthIsServedForEachService() throws {
+    try withServer { _, connect in
+      let client = try connect()
+      for name in ["", "test.Echo", "grpc.health.v1.Health"] {
+        let r = try client.unary(
+          "/grpc.health.v1.Health/Check", request: HealthMessages.request(service: name))
+        #expect(HealthMessages.statusName(r.message) == "SERVING")
+      }
+      #expect(throws: RPCStatus(.notFound, "unknown service other")) {
+        try client.unary(
+          "/grpc.health.v1.Health/Check", request: HealthMessages.request(service: "other"))
+      }
+    }
+  }
+
+  @Test func manyClientsInParallel() throws {
+    try withServer { server, connect in
+      let clients = try (0..<8).map { _ in try connect() }
+      let failures = Mutex(0)
+      DispatchQueue.concurrentPerform(iterations: 8) { i in
+        for j in 0..<100 {
+          let req = [UInt8(i), UInt8(j)]
+          if (try? clients[i].unary("/test.Echo/Echo", request: req).message) != req {
+            failures.withLock { $0 += 1 }
+          }
+        }
+      }
+      #expect(failures.withLock { $0 } == 0)
+      #expect(server.stats.callsOK >= 800)
+    }
+  }
+}
