@@ -1,0 +1,126 @@
+// Bearer-token credentials (SPEC §5): the tokens file keeps only each token's SHA-256;
+// a presented token is hashed and compared in constant time against every entry.
+
+import Foundation
+import GRPCTransport
+
+/// What a credential may do.
+public enum Scope: String, Sendable, CaseIterable, Codable {
+  case read, write, check, override, privacy, pii, admin
+}
+
+/// An authenticated caller.
+public struct Credential: Sendable {
+  /// Recorded as `actor` in history.
+  public let name: String
+  /// A workspace id, or `*` for every workspace.
+  public let workspace: String
+  public let scopes: Set<Scope>
+  fileprivate let digest: [UInt8]
+
+  /// Whether PII may be shown unredacted.
+  public var seesPII: Bool { scopes.contains(.pii) || scopes.contains(.admin) }
+
+  /// Checks that this credential may use `scope` in `workspace`: PERMISSION_DENIED
+  /// otherwise. A workspace token is refused on another workspace, even with admin.
+  public func authorize(_ scope: Scope, workspace ws: String) throws(RPCStatus) {
+    guard workspace == "*" || workspace == ws else {
+      throw RPCStatus(
+        .permissionDenied, "credential '\(name)' is not valid for workspace '\(ws)'")
+    }
+    guard scopes.contains(scope) || scopes.contains(.admin) else {
+      throw RPCStatus(.permissionDenied, "credential '\(name)' lacks scope '\(scope.rawValue)'")
+    }
+  }
+}
+
+/// The tokens file, loaded once at start.
+public struct TokenStore: Sendable {
+  private let credentials: [Credential]
+
+  private struct Entry: Decodable {
+    let name: String
+    let sha256: String
+    let workspace: String
+    let scopes: [String]
+  }
+
+  /// Loads a JSON array of `{"name", "sha256", "workspace", "scopes": [..]}`.
+  public init(file: String) throws(FlagError) {
+    guard let data = FileManager.default.contents(atPath: file) else {
+      throw FlagError("--tokens: cannot read \(file)")
+    }
+    let entries: [Entry]
+    do { entries = try JSONDecoder().decode([Entry].self, from: data) } catch {
+      throw FlagError("--tokens: \(file) is not a JSON array of token entries: \(error)")
+    }
+    var creds: [Credential] = []
+    for (i, e) in entries.enumerated() {
+      guard let digest = Crypto.unhex(e.sha256), digest.count == 32 else {
+        throw FlagError("--tokens: entry \(i) ('\(e.name)'): sha256 must be 64 hex digits")
+      }
+      var scopes = Set<Scope>()
+      for s in e.scopes {
+        guard let scope = Scope(rawValue: s) else {
+          throw FlagError("--tokens: entry \(i) ('\(e.name)'): unknown scope '\(s)'")
+        }
+        scopes.insert(scope)
+      }
+      guard !e.name.isEmpty, !e.workspace.isEmpty else {
+        throw FlagError("--tokens: entry \(i): name and workspace must not be empty")
+      }
+      creds.append(Credential(name: e.name, workspace: e.workspace, scopes: scopes, digest: digest))
+    }
+    credentials = creds
+  }
+
+  /// Tokens given directly (tests and tools).
+  public init(tokens: [(token: String, name: String, workspace: String, scopes: Set<Scope>)]) {
+    credentials = tokens.map {
+      Credential(
+        name: $0.name, workspace: $0.workspace, scopes: $0.scopes,
+        digest: Crypto.sha256(Array($0.token.utf8)))
+    }
+  }
+
+  /// The credential of the call's `authorization: Bearer <token>`; UNAUTHENTICATED when
+  /// the header is missing, malformed or names no known token.
+  public func authenticate(_ metadata: Metadata) throws(RPCStatus) -> Credential {
+    guard let header = metadata["authorization"] else {
+      throw RPCStatus(.unauthenticated, "missing authorization: Bearer <token>")
+    }
+    guard let token = Self.bearerToken(header) else {
+      throw RPCStatus(.unauthenticated, "authorization must be 'Bearer <token>'")
+    }
+    let digest = Crypto.sha256(Array(token.utf8))
+    var found: Credential?
+    for c in credentials where Crypto.constantTimeEqual(c.digest, digest) { found = c }
+    guard let found else { throw RPCStatus(.unauthenticated, "unknown token") }
+    return found
+  }
+
+  /// The token of a `Bearer` header (scheme matched case-insensitively, RFC 7235).
+  static func bearerToken(_ header: String) -> Substring? {
+    let u = header.utf8
+    guard u.count > 7 else { return nil }
+    let scheme = header.prefix(6)
+    guard scheme.lowercased() == "bearer" else { return nil }
+    var rest = header.dropFirst(6)
+    guard rest.first == " " else { return nil }
+    while rest.first == " " { rest = rest.dropFirst() }
+    guard !rest.isEmpty, !rest.contains(where: { $0 == " " || $0 == "\t" }) else { return nil }
+    return rest
+  }
+
+  /// A new random token and the tokens-file entry for it (`subcenterctl token create`).
+  public static func createToken(name: String, workspace: String, scopes: [Scope]) -> (
+    token: String, entry: String
+  ) {
+    let token = "sc_" + Base64.encode(Crypto.randomBytes(count: 32), url: true)
+    let hash = Crypto.hex(Crypto.sha256(Array(token.utf8)))
+    let scopeList = scopes.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
+    let entry =
+      "{\"name\": \"\(name)\", \"sha256\": \"\(hash)\", \"workspace\": \"\(workspace)\", \"scopes\": [\(scopeList)]}"
+    return (token, entry)
+  }
+}

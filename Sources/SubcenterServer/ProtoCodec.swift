@@ -1,0 +1,100 @@
+// The one place that touches protobuf-c for the service: unpacking requests into Swift
+// values and packing responses from them. C strings and arrays for a response live in a
+// `ProtoArena` freed after packing.
+
+import CProtobufC
+import GRPCTransport
+import SubcenterProto
+
+/// Allocations that back one protobuf-c message while it is packed.
+final class ProtoArena {
+  private var blocks: [UnsafeMutableRawPointer] = []
+
+  deinit { for b in blocks { b.deallocate() } }
+
+  /// A NUL-terminated copy of `s`.
+  func cString(_ s: String) -> UnsafeMutablePointer<CChar> {
+    let utf8 = Array(s.utf8)
+    let p = UnsafeMutablePointer<CChar>.allocate(capacity: utf8.count + 1)
+    utf8.withUnsafeBufferPointer { b in
+      for i in 0..<b.count { p[i] = CChar(bitPattern: b[i]) }
+    }
+    p[utf8.count] = 0
+    blocks.append(UnsafeMutableRawPointer(p))
+    return p
+  }
+
+  /// Uninitialized storage for `count` values (the caller initializes every one).
+  func allocate<T>(_ type: T.Type, count: Int) -> UnsafeMutablePointer<T> {
+    let p = UnsafeMutablePointer<T>.allocate(capacity: max(count, 1))
+    blocks.append(UnsafeMutableRawPointer(p))
+    return p
+  }
+
+  /// One value, initialized by `initialize` (a generated `..._init`).
+  func make<T>(_ initialize: (UnsafeMutablePointer<T>) -> Void) -> UnsafeMutablePointer<T> {
+    let p = allocate(T.self, count: 1)
+    initialize(p)
+    return p
+  }
+
+  /// An array of pointers to messages built by `build`.
+  func messages<T, E>(_ items: [E], _ build: (E) -> UnsafeMutablePointer<T>)
+    -> UnsafeMutablePointer<UnsafeMutablePointer<T>?>
+  {
+    let p = allocate(UnsafeMutablePointer<T>?.self, count: items.count)
+    for (i, e) in items.enumerated() { (p + i).initialize(to: build(e)) }
+    return p
+  }
+
+  /// An array of C strings.
+  func strings(_ items: [String]) -> UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> {
+    let p = allocate(UnsafeMutablePointer<CChar>?.self, count: items.count)
+    for (i, s) in items.enumerated() { (p + i).initialize(to: cString(s)) }
+    return p
+  }
+}
+
+enum ProtoCodec {
+  /// Unpacks `bytes` with a generated `..._unpack`, hands the message to `body`, frees it.
+  /// Unparsable bytes are INTERNAL, as gRPC asks.
+  static func withUnpacked<T, R>(
+    _ bytes: [UInt8],
+    _ unpack: (UnsafeMutablePointer<ProtobufCAllocator>?, Int, UnsafePointer<UInt8>?) ->
+      UnsafeMutablePointer<T>?,
+    _ body: (UnsafeMutablePointer<T>) throws -> R
+  ) throws -> R {
+    let message = bytes.withUnsafeBufferPointer { unpack(nil, $0.count, $0.baseAddress) }
+    guard let message else { throw RPCStatus(.internal, "could not parse the request message") }
+    defer {
+      message.withMemoryRebound(to: ProtobufCMessage.self, capacity: 1) {
+        protobuf_c_message_free_unpacked($0, nil)
+      }
+    }
+    return try body(message)
+  }
+
+  /// Packs a message whose first member is its `ProtobufCMessage base`.
+  static func pack<T>(_ message: UnsafeMutablePointer<T>) -> [UInt8] {
+    message.withMemoryRebound(to: ProtobufCMessage.self, capacity: 1) { m in
+      let size = protobuf_c_message_get_packed_size(m)
+      return [UInt8](unsafeUninitializedCapacity: size) { buf, n in
+        n = protobuf_c_message_pack(m, buf.baseAddress)
+      }
+    }
+  }
+
+  /// A C string field as Swift (empty when NULL).
+  static func string(_ p: UnsafeMutablePointer<CChar>?) -> String {
+    guard let p else { return "" }
+    return String(cString: p)
+  }
+
+  /// A repeated string field.
+  static func strings(_ p: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?, _ n: Int)
+    -> [String]
+  {
+    guard let p else { return [] }
+    return (0..<n).map { string(p[$0]) }
+  }
+}

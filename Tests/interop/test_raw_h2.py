@@ -1,0 +1,157 @@
+"""Wire-level checks with a raw HTTP/2 client (h2 over Python ssl, ALPN h2)."""
+
+import time
+
+import pytest
+
+from interop_support import (DEFAULT_MAX_MESSAGE, SLEEP_MS, RawH2, grpc_frame, messages_pb2,
+                             parse_grpc_frames, percent_decode)
+
+UNARY = "/grpc.testing.TestService/UnaryCall"
+EMPTY = "/grpc.testing.TestService/EmptyCall"
+
+
+@pytest.fixture
+def raw(interop_server):
+    conn = RawH2(interop_server.port)
+    yield conn
+    conn.close()
+
+
+def assert_usable(conn: RawH2):
+    """The connection still serves a normal EmptyCall."""
+    st = conn.empty_call(timeout=5)
+    assert st.grpc_status == 0, f"follow-up EmptyCall on the same connection: {st.summary()} " \
+                                f"(connection closed={conn.closed}, goaway={conn.goaway})"
+
+
+def test_empty_call_wire_format(raw):
+    st = raw.wait(raw.request(EMPTY, grpc_frame(b"")), timeout=5)
+    assert st.status == 200, st.summary()
+    assert (st.header(b"content-type") or b"").startswith(b"application/grpc"), st.summary()
+    assert st.ended, st.summary()
+    assert st.trailers, f"expected trailers after the message: {st.summary()}"
+    assert dict(st.trailers).get(b"grpc-status") == b"0", st.summary()
+    assert parse_grpc_frames(st.data) == [b""], st.summary()
+    assert st.data == b"\x00\x00\x00\x00\x00"
+
+
+def test_advertises_settings(raw):
+    assert raw.wait_settings(5), "no SETTINGS frame from the server"
+    # SETTINGS_MAX_CONCURRENT_STREAMS (0x3), default 256.
+    assert raw.remote_settings.get(3) == 256, raw.remote_settings
+
+
+@pytest.mark.parametrize("claimed", [0xFFFFFFFF, DEFAULT_MAX_MESSAGE + 1],
+                         ids=["4GiB", "limit+1"])
+def test_huge_length_prefix_refused_without_waiting_for_body(raw, claimed):
+    start = time.monotonic()
+    sid = raw.request(UNARY, grpc_frame(b"\x10\x01\x1a", claimed_length=claimed), end_stream=False)
+    st = raw.wait(sid, timeout=2.0)
+    elapsed = time.monotonic() - start
+    assert st.grpc_status == 8, f"wanted grpc-status 8 within 2 s, got after {elapsed:.2f}s: " \
+                                f"{st.summary()}"
+    assert elapsed < 2.0
+    assert_usable(raw)
+
+
+def test_wrong_content_type_is_415(raw):
+    st = raw.wait(raw.request(EMPTY, grpc_frame(b""), content_type="text/plain"), timeout=5)
+    assert st.status == 415, st.summary()
+    assert_usable(raw)
+
+
+def test_grpc_proto_content_type_accepted(raw):
+    st = raw.wait(raw.request(EMPTY, grpc_frame(b""), content_type="application/grpc+proto"),
+                  timeout=5)
+    assert st.status == 200 and st.grpc_status == 0, st.summary()
+
+
+def test_unknown_compression_unimplemented(raw):
+    st = raw.wait(raw.request(EMPTY, grpc_frame(b"\x01\x02\x03\x04", compressed=True),
+                              extra=[("grpc-encoding", "snappy")]), timeout=5)
+    assert st.grpc_status == 12, st.summary()
+    assert st.trailer_or_header(b"grpc-accept-encoding") is not None, \
+        f"no grpc-accept-encoding header: {st.summary()}"
+    assert_usable(raw)
+
+
+def test_compressed_flag_without_encoding_refused(raw):
+    """Compressed-Flag 1 with no grpc-encoding is a protocol error (grpc-go/java: INTERNAL)."""
+    st = raw.wait(raw.request(EMPTY, grpc_frame(b"\x01\x02", compressed=True)), timeout=5)
+    assert st.grpc_status not in (None, 0), st.summary()
+
+
+def test_unparsable_request_internal(raw):
+    st = raw.wait(raw.request(UNARY, grpc_frame(b"\xff\xff\xff")), timeout=5)
+    assert st.grpc_status == 13, st.summary()
+    assert_usable(raw)
+
+
+def test_non_ascii_grpc_message_percent_encoded(raw):
+    message = "caf\u00e9 \u263a 100% \U0001f608\n"
+    body = messages_pb2.SimpleRequest(
+        response_status=messages_pb2.EchoStatus(code=2, message=message)).SerializeToString()
+    st = raw.wait(raw.request(UNARY, grpc_frame(body)), timeout=5)
+    assert st.grpc_status == 2, st.summary()
+    wire = st.trailer_or_header(b"grpc-message")
+    assert wire is not None, st.summary()
+    assert all(0x20 <= b <= 0x7E for b in wire), f"raw grpc-message not printable ASCII: {wire!r}"
+    assert b"%" in wire, f"grpc-message not percent-encoded: {wire!r}"
+    assert percent_decode(wire) == message.encode("utf-8"), f"raw grpc-message {wire!r}"
+
+
+def test_header_list_above_16k_refused(raw):
+    sid = raw.request(EMPTY, grpc_frame(b""), extra=[("x-big", "a" * 20000)])
+    st = raw.wait(sid, timeout=5)
+    refused = (st.reset is not None or (st.status is not None and st.status != 200)
+               or st.grpc_status not in (None, 0))
+    assert refused, f"a 20000-byte header was accepted: {st.summary()}"
+    assert_usable(raw)
+
+
+def test_message_split_across_data_frames(raw):
+    body = messages_pb2.SimpleRequest(response_size=33,
+                                      payload=messages_pb2.Payload(body=b"\0" * 1000)).SerializeToString()
+    framed = grpc_frame(body)
+    sid = raw.request(UNARY, b"", end_stream=False)
+    for piece in (framed[:2], framed[2:5], framed[5:6], framed[6:500], framed[500:]):
+        raw.send_data(sid, piece)
+        time.sleep(0.01)
+    raw.end(sid)
+    st = raw.wait(sid, timeout=5)
+    assert st.grpc_status == 0, st.summary()
+    frames = parse_grpc_frames(st.data)
+    assert len(frames) == 1, st.summary()
+    response = messages_pb2.SimpleResponse.FromString(frames[0])
+    assert response.payload.body == b"\0" * 33
+
+
+def test_request_without_message_answered(raw):
+    """A unary call half-closed with no message gets a non-OK status, not a hang."""
+    sid = raw.start(RawH2.grpc_headers(UNARY), end_stream=True)
+    st = raw.wait(sid, timeout=3)
+    assert st.grpc_status not in (None, 0), st.summary()
+    assert_usable(raw)
+
+
+def test_server_enforces_grpc_timeout(raw):
+    """With grpc-timeout 100m and a 2 s sleep, the server itself ends the call (grpc-status 4
+    or RST_STREAM) well before 2 s."""
+    start = time.monotonic()
+    sid = raw.request(EMPTY, grpc_frame(b""), extra=[("grpc-timeout", "100m"), (SLEEP_MS, "2000")])
+    st = raw.wait(sid, timeout=1.5)
+    elapsed = time.monotonic() - start
+    assert st.grpc_status == 4 or st.reset is not None, \
+        f"nothing from the server {elapsed:.2f}s after a 100 ms grpc-timeout: {st.summary()}"
+    assert elapsed < 1.5
+
+
+def test_many_streams_one_connection(raw):
+    sids = [raw.request(UNARY, grpc_frame(messages_pb2.SimpleRequest(response_size=i).SerializeToString()))
+            for i in range(1, 51)]
+    for i, sid in enumerate(sids, start=1):
+        st = raw.wait(sid, timeout=5)
+        assert st.grpc_status == 0, st.summary()
+        frames = parse_grpc_frames(st.data)
+        assert len(messages_pb2.SimpleResponse.FromString(frames[0]).payload.body) == i

@@ -1,0 +1,87 @@
+"""Graceful shutdown: on SIGTERM the calls already started finish OK and the process exits 0."""
+
+import time
+
+import grpc
+import pytest
+
+from interop_support import SLEEP_MS, empty_pb2, make_channel, messages_pb2, interop_stub
+
+CALLS = 50
+CHANNELS = 5
+SLEEP = 1500  # ms
+
+
+@pytest.mark.deadline(60)
+def test_sigterm_drains_started_calls(start_server):
+    server = start_server("interop-server")
+    channels = [make_channel(server.port) for _ in range(CHANNELS)]
+    try:
+        for ch in channels:
+            grpc.channel_ready_future(ch).result(timeout=10)
+        stubs = [interop_stub(ch) for ch in channels]
+        for s in stubs:  # connections warmed up: the server's SETTINGS are known
+            s.EmptyCall(empty_pb2.Empty(), timeout=10)
+        futures = []
+        for i in range(CALLS):
+            stub = stubs[i % CHANNELS]
+            md = [(SLEEP_MS, str(SLEEP))]
+            if i % 2:
+                futures.append(stub.EmptyCall.future(empty_pb2.Empty(), timeout=20, metadata=md))
+            else:
+                futures.append(stub.UnaryCall.future(messages_pb2.SimpleRequest(response_size=i),
+                                                     timeout=20, metadata=md))
+        time.sleep(0.3)
+        server.expected_exit = True
+        signalled = time.monotonic()
+        server.terminate()
+
+        failures = []
+        for i, fut in enumerate(futures):
+            try:
+                resp = fut.result(timeout=15)
+                if i % 2 == 0 and len(resp.payload.body) != i:
+                    failures.append(f"call {i}: payload {len(resp.payload.body)} bytes, wanted {i}")
+            except grpc.RpcError as e:
+                failures.append(f"call {i}: {e.code()} {e.details()!r} "
+                                f"at +{time.monotonic() - signalled:.2f}s after SIGTERM")
+            except grpc.FutureTimeoutError:
+                failures.append(f"call {i}: no answer")
+        rc = server.wait_exit(timeout=max(0.1, 12 - (time.monotonic() - signalled)))
+        exited_after = time.monotonic() - signalled
+        assert not failures, f"{len(failures)} of {CALLS} calls started before SIGTERM failed: " \
+                             f"{failures[:8]}"
+        assert rc is not None, "server did not exit within 12 s of SIGTERM"
+        assert rc == 0, f"server exited with code {rc} after SIGTERM"
+        assert exited_after < 12
+    finally:
+        for ch in channels:
+            ch.close()
+
+
+@pytest.mark.deadline(40)
+def test_sigterm_idle_server_exits_promptly(start_server):
+    server = start_server("interop-server")
+    with make_channel(server.port) as ch:
+        interop_stub(ch).EmptyCall(empty_pb2.Empty(), timeout=10)
+        server.expected_exit = True
+        start = time.monotonic()
+        server.terminate()
+        rc = server.wait_exit(timeout=12)
+    assert rc == 0, f"exit code {rc} (None: still running 12 s after SIGTERM)"
+    assert time.monotonic() - start < 12
+
+
+@pytest.mark.deadline(40)
+def test_sigterm_with_open_watch_stream_exits(start_server):
+    """A long-lived Health.Watch stream does not keep the server alive past the grace time."""
+    from interop_support import health_pb2, health_stub
+    server = start_server("interop-server")
+    with make_channel(server.port) as ch:
+        call = health_stub(ch).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(call).status == health_pb2.HealthCheckResponse.SERVING
+        server.expected_exit = True
+        server.terminate()
+        rc = server.wait_exit(timeout=12)
+        call.cancel()
+    assert rc == 0, f"exit code {rc} (None: still running 12 s after SIGTERM)"

@@ -1,0 +1,86 @@
+"""subcenterd: serves Health but not the interop TestService; bad settings are refused."""
+
+import atexit
+import shutil
+import tempfile
+
+import grpc
+import pytest
+
+from interop_support import (RPC_TIMEOUT, empty_pb2, free_port, health_pb2, health_stub,
+                             make_channel, run_to_exit, shared_server_fixture, interop_stub,
+                             tls_args)
+
+
+def _subcenterd_args():
+    data = tempfile.mkdtemp(prefix="subcenterd-data-")
+    atexit.register(shutil.rmtree, data, True)
+    return ["--admin-listen", f"127.0.0.1:{free_port()}", "--data", data]
+
+
+_sd_slot, subcenterd = shared_server_fixture("subcenterd", exe="subcenterd", args=_subcenterd_args)
+
+
+@pytest.fixture
+def sd_channel(subcenterd):
+    ch = make_channel(subcenterd.port)
+    yield ch
+    ch.close()
+
+
+def test_health_serving(sd_channel):
+    response = health_stub(sd_channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                             timeout=RPC_TIMEOUT)
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_unknown_service_not_found(sd_channel):
+    with pytest.raises(grpc.RpcError) as err:
+        health_stub(sd_channel).Check(health_pb2.HealthCheckRequest(service="grpc.testing.TestService"),
+                                      timeout=RPC_TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_interop_service_not_served(sd_channel):
+    with pytest.raises(grpc.RpcError) as err:
+        interop_stub(sd_channel).EmptyCall(empty_pb2.Empty(), timeout=RPC_TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def base_args(tmp_path):
+    return (["--listen", f"127.0.0.1:{free_port()}", "--admin-listen", f"127.0.0.1:{free_port()}",
+             "--data", str(tmp_path / "data")] + tls_args())
+
+
+@pytest.mark.parametrize("flag,value", [("--max-message-bytes", "abc"), ("--loops", "0"),
+                                        ("--max-concurrent-streams", "-1"),
+                                        ("--max-message-bytes", "")])
+def test_bad_flag_value_refused(tmp_path, flag, value):
+    rc, out, err = run_to_exit("subcenterd", base_args(tmp_path) + [flag, value], timeout=10)
+    assert rc is not None, f"subcenterd {flag} {value!r} kept running (stderr: {err[-2000:]})"
+    assert rc != 0, f"subcenterd {flag} {value!r} exited 0 (stderr: {err[-2000:]})"
+    assert flag.lstrip("-") in err, f"stderr does not name {flag}: {err[-2000:]!r}"
+
+
+def test_bad_environment_value_refused(tmp_path):
+    rc, out, err = run_to_exit("subcenterd", base_args(tmp_path),
+                               env={"SUBCENTER_MAX_MESSAGE_BYTES": "abc"}, timeout=10)
+    assert rc is not None, f"subcenterd kept running with SUBCENTER_MAX_MESSAGE_BYTES=abc ({err[-2000:]})"
+    assert rc != 0, f"exited 0 with SUBCENTER_MAX_MESSAGE_BYTES=abc (stderr: {err[-2000:]})"
+    assert "SUBCENTER_MAX_MESSAGE_BYTES" in err or "max-message-bytes" in err, \
+        f"stderr names neither SUBCENTER_MAX_MESSAGE_BYTES nor --max-message-bytes: {err[-2000:]!r}"
+
+
+def test_unknown_flag_refused(tmp_path):
+    rc, out, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--no-such-flag", "1"], timeout=10)
+    assert rc not in (None, 0), f"exit {rc}, stderr {err[-2000:]!r}"
+    assert "no-such-flag" in err, err[-2000:]
+
+
+def test_missing_certificate_refused(tmp_path):
+    args = ["--listen", f"127.0.0.1:{free_port()}", "--admin-listen", f"127.0.0.1:{free_port()}",
+            "--data", str(tmp_path / "data"), "--tls-cert", str(tmp_path / "nope.pem"),
+            "--tls-key", str(tmp_path / "nope.key")]
+    rc, out, err = run_to_exit("subcenterd", args, timeout=10)
+    assert rc not in (None, 0), f"exit {rc}, stderr {err[-2000:]!r}"
+    assert any(w in err for w in ("nope.pem", "nope.key", "tls-cert", "tls-key")), err[-2000:]
