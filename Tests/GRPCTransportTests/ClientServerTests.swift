@@ -3,6 +3,7 @@
 
 import Dispatch
 import GRPCTransport
+import Glibc
 import SubcenterTestSupport
 import Synchronization
 import Testing
@@ -36,12 +37,16 @@ private struct EchoService: GRPCService {
   }
 }
 
-private func withServer(_ body: (GRPCServer, () throws -> GRPCClient) throws -> Void) throws {
+private func withServer(
+  handshakeTimeoutNanos: UInt64 = 10_000_000_000,
+  _ body: (GRPCServer, () throws -> GRPCClient) throws -> Void
+) throws {
   let certs = try TestCertificates.shared()
   let tls = try TLSContext.server(
     certificateChainFile: certs.serverCertificateFile, privateKeyFile: certs.serverKeyFile)
-  let config = ServerConfiguration(
+  var config = ServerConfiguration(
     listen: SocketAddress(host: "127.0.0.1", port: 0), loops: 2, tls: tls)
+  config.handshakeTimeoutNanos = handshakeTimeoutNanos
   let server = GRPCServer(configuration: config, services: [EchoService()], logger: { _ in })
   try server.start()
   defer {
@@ -132,6 +137,30 @@ private func withServer(_ body: (GRPCServer, () throws -> GRPCClient) throws -> 
         try client.unary(
           "/grpc.health.v1.Health/Check", request: HealthMessages.request(service: "other"))
       }
+    }
+  }
+
+  @Test func silentConnectionIsClosedAtTheHandshakeDeadline() throws {
+    try withServer(handshakeTimeoutNanos: 200_000_000) { server, _ in
+      let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+      defer { close(fd) }
+      var addr = sockaddr_in()
+      addr.sin_family = sa_family_t(AF_INET)
+      addr.sin_port = server.port.bigEndian
+      addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+      let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+          connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+      }
+      #expect(rc == 0)
+      let start = ContinuousClock.now
+      var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+      #expect(poll(&p, 1, 5000) == 1)  // readable: the server closed it
+      var byte: UInt8 = 0
+      #expect(read(fd, &byte, 1) == 0)
+      let waited = ContinuousClock.now - start
+      #expect(waited >= .milliseconds(150) && waited < .seconds(4))
     }
   }
 
