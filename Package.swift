@@ -35,7 +35,7 @@ let package = Package(
         .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))
       ]),
     .target(name: "SubcenterCore"),
-    .target(name: "SubcenterStore", dependencies: ["SubcenterCore", "SubcenterProto"]),
+    .target(name: "SubcenterStore", dependencies: ["SubcenterCore"]),
     .target(
       name: "SubcenterServer",
       dependencies: ["GRPCTransport", "SubcenterCore", "SubcenterStore", "SubcenterProto"]),
@@ -50,6 +50,8 @@ let package = Package(
     .testTarget(
       name: "GRPCTransportTests",
       dependencies: ["GRPCTransport", "SubcenterTestSupport", "CNGHTTP2"]),
+    .testTarget(name: "SubcenterCoreTests", dependencies: ["SubcenterCore"]),
+    .testTarget(name: "SubcenterStoreTests", dependencies: ["SubcenterStore", "SubcenterCore"]),
   ],
   swiftLanguageModes: [.v6]
 )

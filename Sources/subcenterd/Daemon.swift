@@ -4,6 +4,7 @@
 import GRPCTransport
 import Glibc
 import SubcenterServer
+import SubcenterStore
 import Synchronization
 
 enum Daemon {
@@ -29,7 +30,23 @@ enum Daemon {
       writeStderrLine("subcenterd: cannot create data directory \(options.dataDirectory) (--data)")
       return 1
     }
-    let server = GRPCServer(configuration: options.transport, services: [])
+    let service: SubscriptionService
+    let store: SubscriptionStore
+    do {
+      let secret = try ServerSecret.loadOrCreate(dataDirectory: options.dataDirectory)
+      let tokens = try TokenStore(file: options.tokensFile)
+      store = SubscriptionStore(clock: SystemClock(), secret: secret)
+      service = SubscriptionService(
+        store: store, tokens: tokens, secret: secret,
+        erasureDeadlineSeconds: options.erasureDeadlineSeconds)
+    } catch {
+      writeStderrLine("subcenterd: \(error)")
+      return 2
+    }
+    let sweeper = AnonymousProfileSweeper(
+      store: store, ttlSeconds: options.anonymousTTLSeconds)
+    sweeper.start()
+    let server = GRPCServer(configuration: options.transport, services: [service])
     do { try server.start() } catch {
       writeStderrLine(
         "subcenterd: cannot listen on \(options.transport.listen) (--listen): \(error)")

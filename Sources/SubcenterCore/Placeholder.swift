@@ -1,1 +1,0 @@
-// Placeholder: this module arrives with a later issue.

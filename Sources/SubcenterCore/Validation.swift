@@ -1,0 +1,153 @@
+// Field validation and identifier normalization (SPEC §1, §3). Each check names the field
+// as the proto does and returns the normalized value; a refused request changes nothing.
+//
+// Strings arrive as Swift `String`s, which are always valid UTF-8: the server refuses
+// invalid UTF-8 when it turns protobuf bytes into a `String` (`String(validating:as:)`).
+
+/// Limits of SPEC §1 and §3, in UTF-8 bytes unless said otherwise.
+public enum Limits {
+  public static let idBytes = 64
+  public static let personIDBytes = 256
+  public static let anonymousIDBytes = 256
+  public static let emailBytes = 254
+  public static let sourceBytes = 128
+  public static let noticeVersionBytes = 128
+  public static let justificationBytes = 1024
+  public static let messageIDBytes = 256
+  public static let suppressReasonBytes = 256
+  public static let topicNameBytes = 256
+  public static let topicDescriptionBytes = 4096
+  public static let maxWindowSeconds: Int64 = 31_536_000
+  /// Persons in one CheckDeliveryBatch.
+  public static let batchPersons = 10_000
+  /// GetHistory page size when the request says 0, and the largest allowed.
+  public static let defaultPageSize = 100
+  public static let maxPageSize = 1000
+}
+
+/// Validation of single fields. Every function throws `invalidArgument` naming `field`.
+public enum Validate {
+  /// A workspace id: `[a-z0-9_-]{1,64}`.
+  public static func workspaceID(_ s: String, field: String = "workspace") throws(CoreError) {
+    try id(s, field: field, allowDot: false)
+  }
+
+  /// A channel or topic id: `[a-z0-9_.-]{1,64}`.
+  public static func channelOrTopicID(_ s: String, field: String) throws(CoreError) {
+    try id(s, field: field, allowDot: true)
+  }
+
+  private static func id(_ s: String, field: String, allowDot: Bool) throws(CoreError) {
+    let n = s.utf8.count
+    guard n >= 1 else { throw .invalidArgument(field, "must not be empty") }
+    guard n <= Limits.idBytes else {
+      throw .invalidArgument(field, "longer than \(Limits.idBytes) bytes")
+    }
+    for b in s.utf8 {
+      switch b {
+      case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+        UInt8(ascii: "_"), UInt8(ascii: "-"):
+        continue
+      case UInt8(ascii: ".") where allowDot:
+        continue
+      default:
+        let allowed = allowDot ? "[a-z0-9_.-]" : "[a-z0-9_-]"
+        throw .invalidArgument(field, "may only contain \(allowed)")
+      }
+    }
+  }
+
+  /// A person id: 1–256 bytes without control characters (C0, DEL, C1).
+  public static func personID(_ s: String, field: String = "person_id") throws(CoreError) {
+    try opaqueID(s, max: Limits.personIDBytes, field: field)
+  }
+
+  /// An anonymous id: 1–256 bytes without control characters.
+  public static func anonymousID(_ s: String, field: String = "anonymous_id") throws(CoreError) {
+    try opaqueID(s, max: Limits.anonymousIDBytes, field: field)
+  }
+
+  private static func opaqueID(_ s: String, max: Int, field: String) throws(CoreError) {
+    let n = s.utf8.count
+    guard n >= 1 else { throw .invalidArgument(field, "must not be empty") }
+    guard n <= max else { throw .invalidArgument(field, "longer than \(max) bytes") }
+    guard !containsControl(s) else {
+      throw .invalidArgument(field, "must not contain control characters")
+    }
+  }
+
+  /// True if `s` holds a C0 control, DEL or a C1 control character.
+  public static func containsControl(_ s: String) -> Bool {
+    for b in s.utf8 where b < 0x20 || b == 0x7F {
+      return true
+    }
+    // C1 controls (U+0080–U+009F) are encoded as C2 80 … C2 9F.
+    var previous: UInt8 = 0
+    for b in s.utf8 {
+      if previous == 0xC2 && b >= 0x80 && b <= 0x9F { return true }
+      previous = b
+    }
+    return false
+  }
+
+  /// Normalizes an email: trimmed of whitespace, lower-cased; then at most 254 bytes,
+  /// exactly one `@` with text on each side, no whitespace or control character inside.
+  public static func email(_ raw: String, field: String = "email") throws(CoreError) -> String {
+    let trimmed = trimWhitespace(raw)
+    let s = trimmed.lowercased()
+    let n = s.utf8.count
+    guard n >= 1 else { throw .invalidArgument(field, "must not be empty") }
+    guard n <= Limits.emailBytes else {
+      throw .invalidArgument(field, "longer than \(Limits.emailBytes) bytes")
+    }
+    var ats = 0
+    var atIndex = 0
+    for (i, b) in s.utf8.enumerated() where b == UInt8(ascii: "@") {
+      ats += 1
+      atIndex = i
+    }
+    guard ats == 1 else { throw .invalidArgument(field, "must contain exactly one '@'") }
+    guard atIndex > 0, atIndex < n - 1 else {
+      throw .invalidArgument(field, "needs text on both sides of '@'")
+    }
+    guard !s.unicodeScalars.contains(where: { $0.properties.isWhitespace }) else {
+      throw .invalidArgument(field, "must not contain whitespace")
+    }
+    guard !containsControl(s) else {
+      throw .invalidArgument(field, "must not contain control characters")
+    }
+    return s
+  }
+
+  /// A phone number in E.164 exactly: `+` and 8–15 digits (not normalized).
+  public static func phone(_ s: String, field: String = "phone") throws(CoreError) {
+    let u = s.utf8
+    guard u.first == UInt8(ascii: "+") else {
+      throw .invalidArgument(field, "must be E.164: '+' and 8-15 digits")
+    }
+    let digits = u.count - 1
+    guard (8...15).contains(digits),
+      u.dropFirst().allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") })
+    else { throw .invalidArgument(field, "must be E.164: '+' and 8-15 digits") }
+  }
+
+  /// At most `max` bytes (empty allowed).
+  public static func maxBytes(_ s: String, _ max: Int, field: String) throws(CoreError) {
+    guard s.utf8.count <= max else { throw .invalidArgument(field, "longer than \(max) bytes") }
+  }
+
+  /// Between 1 and `max` bytes.
+  public static func requiredBytes(_ s: String, _ max: Int, field: String) throws(CoreError) {
+    guard !s.isEmpty else { throw .invalidArgument(field, "must not be empty") }
+    try maxBytes(s, max, field: field)
+  }
+
+  static func trimWhitespace(_ s: String) -> String {
+    let scalars = s.unicodeScalars
+    guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }) else {
+      return ""
+    }
+    let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
+    return String(scalars[first...last])
+  }
+}

@@ -1,0 +1,55 @@
+// Erasure receipts (SPEC §3 ForgetPerson): base64url(JSON).base64url(HMAC-SHA-256 of the
+// first part's ASCII, keyed by the server secret), unpadded, with exactly the keys
+// workspace, person_hash, erased_at, erasure_deadline and snapshot_seq.
+
+import GRPCTransport
+
+/// Makes and verifies receipts with the server secret.
+public struct ErasureReceipts: Sendable {
+  private let secret: [UInt8]
+
+  public init(secret: [UInt8]) { self.secret = secret }
+
+  /// The keyed hash of a person id, as hex (the receipt's `person_hash`).
+  public func personHash(workspace: String, personID: String) -> String {
+    Crypto.hex(Crypto.hmacSHA256(key: secret, data: Array("person:\(workspace):\(personID)".utf8)))
+  }
+
+  public func make(
+    workspace: String, personID: String, erasedAt: Int64, erasureDeadline: Int64,
+    snapshotSeq: UInt64
+  ) -> String {
+    let json =
+      "{\"workspace\":\(Self.jsonString(workspace)),\"person_hash\":\"\(personHash(workspace: workspace, personID: personID))\","
+      + "\"erased_at\":\(erasedAt),\"erasure_deadline\":\(erasureDeadline),\"snapshot_seq\":\(snapshotSeq)}"
+    let body = Base64.encode(Array(json.utf8), url: true)
+    let sig = Base64.encode(Crypto.hmacSHA256(key: secret, data: Array(body.utf8)), url: true)
+    return body + "." + sig
+  }
+
+  /// The receipt's JSON if its signature is ours; nil when tampered with or malformed.
+  public func verify(_ receipt: String) -> String? {
+    let parts = receipt.split(separator: ".", omittingEmptySubsequences: false)
+    guard parts.count == 2, let sig = Base64.decode(String(parts[1])),
+      let json = Base64.decode(String(parts[0]))
+    else { return nil }
+    let expected = Crypto.hmacSHA256(key: secret, data: Array(parts[0].utf8))
+    guard Crypto.constantTimeEqual(sig, expected) else { return nil }
+    return String(decoding: json, as: UTF8.self)
+  }
+
+  static func jsonString(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+      switch u {
+      case "\"": out += "\\\""
+      case "\\": out += "\\\\"
+      case _ where u.value < 0x20:
+        let hex = String(u.value, radix: 16)
+        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+      default: out.unicodeScalars.append(u)
+      }
+    }
+    return out + "\""
+  }
+}

@@ -1,0 +1,360 @@
+// proto ⇄ Core, in one place: each request message unpacked with protobuf-c into its
+// Core request, each Core response packed into its proto message. Strings that are not
+// valid UTF-8 are refused here with INVALID_ARGUMENT naming the field.
+
+import CProtobufC
+import GRPCTransport
+import SubcenterCore
+import SubcenterProto
+
+enum ProtoMapping {
+  // MARK: Fields
+
+  /// A string field, refused unless valid UTF-8.
+  static func text(_ p: UnsafeMutablePointer<CChar>?, _ field: String) throws(RPCStatus) -> String {
+    guard let p else { return "" }
+    guard let s = String(validatingCString: p) else {
+      throw RPCStatus(.invalidArgument, "\(field): not valid UTF-8")
+    }
+    return s
+  }
+
+  static func person(_ p: UnsafeMutablePointer<Subcenter__V1__PersonRef>?, _ field: String)
+    throws(RPCStatus) -> PersonRef?
+  {
+    guard let r = p?.pointee else { return nil }
+    switch r.ref_case {
+    case SUBCENTER__V1__PERSON_REF__REF_PERSON_ID:
+      return .personID(try text(r.person_id, "\(field).person_id"))
+    case SUBCENTER__V1__PERSON_REF__REF_EMAIL:
+      return .email(try text(r.email, "\(field).email"))
+    case SUBCENTER__V1__PERSON_REF__REF_PHONE:
+      return .phone(try text(r.phone, "\(field).phone"))
+    case SUBCENTER__V1__PERSON_REF__REF_ANONYMOUS_ID:
+      return .anonymousID(try text(r.anonymous_id, "\(field).anonymous_id"))
+    default:
+      return nil
+    }
+  }
+
+  static func unpack<T, R>(
+    _ bytes: [UInt8],
+    _ unpack: (UnsafeMutablePointer<ProtobufCAllocator>?, Int, UnsafePointer<UInt8>?) ->
+      UnsafeMutablePointer<T>?,
+    _ body: (T) throws(RPCStatus) -> R
+  ) throws(RPCStatus) -> R {
+    do {
+      return try ProtoCodec.withUnpacked(bytes, unpack) { m in
+        try body(m.pointee)
+      }
+    } catch let e as RPCStatus {
+      throw e
+    } catch {
+      throw RPCStatus(.internal, "\(error)")
+    }
+  }
+
+  // MARK: Requests
+
+  static func identify(_ b: [UInt8]) throws(RPCStatus) -> IdentifyRequest {
+    try unpack(b, subcenter__v1__identify_request__unpack) { (m) throws(RPCStatus) in
+      IdentifyRequest(
+        workspace: try text(m.workspace, "workspace"), personID: try text(m.person_id, "person_id"),
+        email: try text(m.email, "email"), phone: try text(m.phone, "phone"),
+        anonymousID: try text(m.anonymous_id, "anonymous_id"))
+    }
+  }
+
+  /// GetProfileRequest and GetPreferencesRequest share a shape.
+  static func workspaceAndPerson(
+    _ b: [UInt8], profile: Bool
+  ) throws(RPCStatus) -> (workspace: String, person: PersonRef?) {
+    if profile {
+      return try unpack(b, subcenter__v1__get_profile_request__unpack) { (m) throws(RPCStatus) in
+        (try text(m.workspace, "workspace"), try person(m.person, "person"))
+      }
+    }
+    return try unpack(b, subcenter__v1__get_preferences_request__unpack) {
+      (m) throws(RPCStatus) in
+      (try text(m.workspace, "workspace"), try person(m.person, "person"))
+    }
+  }
+
+  static func preference(_ b: [UInt8]) throws(RPCStatus) -> PreferenceRequest {
+    try unpack(b, subcenter__v1__preference_request__unpack) { (m) throws(RPCStatus) in
+      PreferenceRequest(
+        workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
+        channel: try text(m.channel, "channel"), topic: try text(m.topic, "topic"),
+        source: try text(m.source, "source"),
+        noticeVersion: try text(m.notice_version, "notice_version"))
+    }
+  }
+
+  static func global(_ b: [UInt8]) throws(RPCStatus) -> GlobalRequest {
+    try unpack(b, subcenter__v1__global_request__unpack) { (m) throws(RPCStatus) in
+      GlobalRequest(
+        workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
+        source: try text(m.source, "source"))
+    }
+  }
+
+  static func delivery(_ b: [UInt8]) throws(RPCStatus) -> DeliveryRequest {
+    try unpack(b, subcenter__v1__delivery_request__unpack) { (m) throws(RPCStatus) in
+      DeliveryRequest(
+        workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
+        channel: try text(m.channel, "channel"), topic: try text(m.topic, "topic"),
+        recordSend: m.record_send != 0)
+    }
+  }
+
+  /// At most this many persons in one CheckDeliveryBatch.
+  static let maxBatch = 10_000
+
+  static func deliveryBatch(_ b: [UInt8]) throws(RPCStatus) -> DeliveryBatchRequest {
+    try unpack(b, subcenter__v1__delivery_batch_request__unpack) { (m) throws(RPCStatus) in
+      guard m.n_persons <= maxBatch else {
+        throw RPCStatus(
+          .invalidArgument, "persons: \(m.n_persons) persons, at most \(maxBatch) per batch")
+      }
+      var persons: [PersonRef?] = []
+      persons.reserveCapacity(m.n_persons)
+      for i in 0..<m.n_persons { persons.append(try person(m.persons[i], "persons[\(i)]")) }
+      return DeliveryBatchRequest(
+        workspace: try text(m.workspace, "workspace"), channel: try text(m.channel, "channel"),
+        topic: try text(m.topic, "topic"), persons: persons, recordSend: m.record_send != 0)
+    }
+  }
+
+  static func override(_ b: [UInt8]) throws(RPCStatus) -> OverrideRequest {
+    try unpack(b, subcenter__v1__override_request__unpack) { (m) throws(RPCStatus) in
+      OverrideRequest(
+        workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
+        channel: try text(m.channel, "channel"), topic: try text(m.topic, "topic"),
+        messageID: try text(m.message_id, "message_id"),
+        justification: try text(m.justification, "justification"))
+    }
+  }
+
+  static func forget(_ b: [UInt8]) throws(RPCStatus) -> (ForgetRequest, waitForErasure: Bool) {
+    try unpack(b, subcenter__v1__forget_request__unpack) { (m) throws(RPCStatus) in
+      (
+        ForgetRequest(
+          workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
+          alsoSuppress: m.also_suppress != 0), m.wait_for_erasure != 0
+      )
+    }
+  }
+
+  static func suppress(_ b: [UInt8]) throws(RPCStatus) -> SuppressRequest {
+    try unpack(b, subcenter__v1__suppress_request__unpack) { (m) throws(RPCStatus) in
+      var ids: [Identifier] = []
+      for i in 0..<m.n_identifiers {
+        guard let id = m.identifiers[i]?.pointee else { continue }
+        let kind = IdentifierKind(rawValue: Int32(bitPattern: id.kind.rawValue)) ?? .unspecified
+        ids.append(Identifier(kind: kind, value: try text(id.value, "identifiers[\(i)].value")))
+      }
+      return SuppressRequest(
+        workspace: try text(m.workspace, "workspace"), identifiers: ids,
+        reason: try text(m.reason, "reason"))
+    }
+  }
+
+  static func history(_ b: [UInt8]) throws(RPCStatus) -> HistoryRequest {
+    try unpack(b, subcenter__v1__history_request__unpack) { (m) throws(RPCStatus) in
+      HistoryRequest(
+        workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
+        pageSize: m.page_size, pageToken: try text(m.page_token, "page_token"))
+    }
+  }
+
+  static func workspaceConfig(_ b: [UInt8]) throws(RPCStatus) -> WorkspaceConfig {
+    try unpack(b, subcenter__v1__workspace_config__unpack) { (m) throws(RPCStatus) in
+      var channels: [String] = []
+      for i in 0..<m.n_channels { channels.append(try text(m.channels[i], "channels[\(i)]")) }
+      var topics: [Topic] = []
+      for i in 0..<m.n_topics {
+        guard let t = m.topics[i]?.pointee else { continue }
+        topics.append(
+          Topic(
+            id: try text(t.id, "topics[\(i)].id"), name: try text(t.name, "topics[\(i)].name"),
+            description: try text(t.description, "topics[\(i)].description"),
+            defaultState: TopicDefault(rawValue: Int32(bitPattern: t.default_state.rawValue))
+              ?? .unspecified))
+      }
+      var limits: [MessageLimit] = []
+      for i in 0..<m.n_limits {
+        guard let l = m.limits[i]?.pointee else { continue }
+        limits.append(
+          MessageLimit(
+            channel: try text(l.channel, "limits[\(i)].channel"), maxMessages: l.max_messages,
+            windowSeconds: l.window_seconds))
+      }
+      return WorkspaceConfig(
+        workspace: try text(m.workspace, "workspace"), channels: channels, topics: topics,
+        limits: limits, allowImportantOverride: m.allow_important_override != 0)
+    }
+  }
+
+  static func workspaceID(_ b: [UInt8]) throws(RPCStatus) -> String {
+    try unpack(b, subcenter__v1__get_workspace_request__unpack) { (m) throws(RPCStatus) in
+      try text(m.workspace, "workspace")
+    }
+  }
+
+  // MARK: Responses
+
+  static func profile(_ p: Profile, redact: Bool) -> [UInt8] {
+    let a = ProtoArena()
+    let m = a.make(subcenter__v1__profile__init)
+    m.pointee.person_id = a.cString(p.personID)
+    m.pointee.email = a.cString(redact ? Redaction.email(p.email) : p.email)
+    m.pointee.phone = a.cString(redact ? Redaction.phone(p.phone) : p.phone)
+    let anon = redact ? p.anonymousIDs.map(Redaction.anonymousID) : p.anonymousIDs
+    m.pointee.n_anonymous_ids = anon.count
+    m.pointee.anonymous_ids = a.strings(anon)
+    m.pointee.created_at = p.createdAt
+    m.pointee.updated_at = p.updatedAt
+    m.pointee.redacted = redact ? 1 : 0
+    return ProtoCodec.pack(m)
+  }
+
+  static func preferences(_ p: Preferences) -> [UInt8] {
+    let a = ProtoArena()
+    let m = a.make(subcenter__v1__preferences__init)
+    m.pointee.person_id = a.cString(p.personID)
+    m.pointee.global_unsubscribed = p.globalUnsubscribed ? 1 : 0
+    m.pointee.global_updated_at = p.globalUpdatedAt
+    m.pointee.global_source = a.cString(p.globalSource)
+    m.pointee.n_entries = p.entries.count
+    m.pointee.entries = a.messages(p.entries) { e in
+      let x = a.make(subcenter__v1__preference_entry__init)
+      x.pointee.channel = a.cString(e.channel)
+      x.pointee.topic = a.cString(e.topic)
+      x.pointee.state = Subcenter__V1__PreferenceState(UInt32(e.state.rawValue))
+      x.pointee.updated_at = e.updatedAt
+      x.pointee.source = a.cString(e.source)
+      x.pointee.notice_version = a.cString(e.noticeVersion)
+      return x
+    }
+    m.pointee.n_effective = p.effective.count
+    m.pointee.effective = a.messages(p.effective) { e in
+      let x = a.make(subcenter__v1__effective_state__init)
+      x.pointee.channel = a.cString(e.channel)
+      x.pointee.topic = a.cString(e.topic)
+      x.pointee.allowed = e.allowed ? 1 : 0
+      x.pointee.reason = Subcenter__V1__DecisionReason(UInt32(e.reason.rawValue))
+      return x
+    }
+    return ProtoCodec.pack(m)
+  }
+
+  /// A DeliveryDecision; packed by hand as it is the hot path (three small fields).
+  static func decision(_ d: Decision) -> [UInt8] {
+    var out: [UInt8] = []
+    out.reserveCapacity(8 + d.personID.utf8.count)
+    appendDecision(d, to: &out)
+    return out
+  }
+
+  private static func appendDecision(_ d: Decision, to out: inout [UInt8]) {
+    if d.allowed { out += [0x08, 0x01] }
+    if d.reason != .unspecified { out += [0x10, UInt8(d.reason.rawValue)] }
+    if !d.personID.isEmpty {
+      out.append(0x1A)
+      appendVarint(UInt64(d.personID.utf8.count), to: &out)
+      out += d.personID.utf8
+    }
+  }
+
+  private static func appendVarint(_ v: UInt64, to out: inout [UInt8]) {
+    var v = v
+    while v >= 0x80 {
+      out.append(UInt8(v & 0x7F) | 0x80)
+      v >>= 7
+    }
+    out.append(UInt8(v))
+  }
+
+  /// DeliveryBatchResponse: field 1 repeated DeliveryDecision.
+  static func decisions(_ ds: [Decision]) -> [UInt8] {
+    var out: [UInt8] = []
+    out.reserveCapacity(ds.count * 24)
+    var one: [UInt8] = []
+    for d in ds {
+      one.removeAll(keepingCapacity: true)
+      appendDecision(d, to: &one)
+      out.append(0x0A)
+      appendVarint(UInt64(one.count), to: &out)
+      out += one
+    }
+    return out
+  }
+
+  static func forgetResponse(
+    personID: String, erasedAt: Int64, erasureDeadline: Int64, receipt: String
+  ) -> [UInt8] {
+    let a = ProtoArena()
+    let m = a.make(subcenter__v1__forget_response__init)
+    m.pointee.person_id = a.cString(personID)
+    m.pointee.erased_at = erasedAt
+    m.pointee.erasure_deadline = erasureDeadline
+    m.pointee.receipt = a.cString(receipt)
+    return ProtoCodec.pack(m)
+  }
+
+  static func suppressResponse(_ r: SuppressResult) -> [UInt8] {
+    let a = ProtoArena()
+    let m = a.make(subcenter__v1__suppress_response__init)
+    m.pointee.suppressed = r.suppressed
+    m.pointee.n_forgotten_person_ids = r.forgottenPersonIDs.count
+    m.pointee.forgotten_person_ids = a.strings(r.forgottenPersonIDs)
+    return ProtoCodec.pack(m)
+  }
+
+  static func history(_ page: HistoryPage, redacted: Bool) -> [UInt8] {
+    let a = ProtoArena()
+    let m = a.make(subcenter__v1__history_response__init)
+    m.pointee.n_entries = page.entries.count
+    m.pointee.entries = a.messages(page.entries) { e in
+      let x = a.make(subcenter__v1__history_entry__init)
+      x.pointee.at = e.at
+      x.pointee.action = a.cString(e.action.name)
+      x.pointee.channel = a.cString(e.channel)
+      x.pointee.topic = a.cString(e.topic)
+      x.pointee.source = a.cString(e.source)
+      x.pointee.actor = a.cString(e.actor)
+      x.pointee.detail = a.cString(e.detail)
+      return x
+    }
+    m.pointee.next_page_token = a.cString(page.nextPageToken)
+    m.pointee.redacted = redacted ? 1 : 0
+    return ProtoCodec.pack(m)
+  }
+
+  static func workspaceConfig(_ c: WorkspaceConfig) -> [UInt8] {
+    let a = ProtoArena()
+    let m = a.make(subcenter__v1__workspace_config__init)
+    m.pointee.workspace = a.cString(c.workspace)
+    m.pointee.n_channels = c.channels.count
+    m.pointee.channels = a.strings(c.channels)
+    m.pointee.n_topics = c.topics.count
+    m.pointee.topics = a.messages(c.topics) { t in
+      let x = a.make(subcenter__v1__topic__init)
+      x.pointee.id = a.cString(t.id)
+      x.pointee.name = a.cString(t.name)
+      x.pointee.description = a.cString(t.description)
+      x.pointee.default_state = Subcenter__V1__TopicDefault(UInt32(t.defaultState.rawValue))
+      return x
+    }
+    m.pointee.n_limits = c.limits.count
+    m.pointee.limits = a.messages(c.limits) { l in
+      let x = a.make(subcenter__v1__message_limit__init)
+      x.pointee.channel = a.cString(l.channel)
+      x.pointee.max_messages = l.maxMessages
+      x.pointee.window_seconds = l.windowSeconds
+      return x
+    }
+    m.pointee.allow_important_override = c.allowImportantOverride ? 1 : 0
+    return ProtoCodec.pack(m)
+  }
+}

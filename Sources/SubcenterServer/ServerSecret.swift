@@ -1,0 +1,35 @@
+// The server secret: 32 random bytes in `<data>/secret.key` (mode 0600), created on first
+// start. It keys suppression hashes, page tokens and erasure receipts: back it up with
+// the data directory, and never change it (suppressions would stop matching).
+
+import Foundation
+import GRPCTransport
+
+public enum ServerSecret {
+  /// Reads the secret, or creates it (temp file, fsync, rename) when absent.
+  public static func loadOrCreate(dataDirectory: String) throws(FlagError) -> [UInt8] {
+    let path = dataDirectory + "/secret.key"
+    if let data = FileManager.default.contents(atPath: path) {
+      guard data.count == 32 else {
+        throw FlagError("--data: \(path) must hold exactly 32 bytes, has \(data.count)")
+      }
+      return [UInt8](data)
+    }
+    let secret = Crypto.randomBytes(count: 32)
+    let tmp = path + ".tmp"
+    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw FlagError("--data: cannot create \(tmp): errno \(errno)") }
+    let written = secret.withUnsafeBytes { write(fd, $0.baseAddress, 32) }
+    let synced = fsync(fd) == 0
+    close(fd)
+    guard written == 32, synced, rename(tmp, path) == 0 else {
+      throw FlagError("--data: cannot write \(path): errno \(errno)")
+    }
+    let dir = open(dataDirectory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if dir >= 0 {
+      fsync(dir)
+      close(dir)
+    }
+    return secret
+  }
+}

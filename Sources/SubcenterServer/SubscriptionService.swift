@@ -1,0 +1,178 @@
+// subcenter.v1.SubscriptionCenter: each RPC authenticates the bearer token, unpacks its
+// request, checks scope and workspace (SPEC §5), runs the store operation and packs the
+// answer. Writes answer from the store's completion, which (with the write-ahead log)
+// comes once the change is durable.
+
+import GRPCTransport
+import SubcenterCore
+import SubcenterStore
+
+/// The service, over a store and a token file.
+public final class SubscriptionService: GRPCService, Sendable {
+  public let serviceName = "subcenter.v1.SubscriptionCenter"
+  let store: SubscriptionStore
+  let tokens: TokenStore
+  let receipts: ErasureReceipts
+  let erasureDeadlineMillis: Int64
+
+  public init(
+    store: SubscriptionStore, tokens: TokenStore, secret: [UInt8], erasureDeadlineSeconds: Int
+  ) {
+    self.store = store
+    self.tokens = tokens
+    self.receipts = ErasureReceipts(secret: secret)
+    self.erasureDeadlineMillis = Int64(erasureDeadlineSeconds) * 1000
+  }
+
+  public var methods: [ServiceMethod] {
+    [
+      rpc("Identify", .write, ProtoMapping.identify, \.workspace) { s, req, cred, call in
+        s.store.identify(req, actor: cred.name) { r in
+          call.answer(r) { ProtoMapping.profile($0, redact: !cred.seesPII) }
+        }
+      },
+      rpc(
+        "GetProfile", .read,
+        { (b) throws(RPCStatus) in try ProtoMapping.workspaceAndPerson(b, profile: true) },
+        \.workspace
+      ) { s, req, cred, call in
+        call.answer(
+          Result { () throws(CoreError) in
+            try s.store.profile(workspace: req.workspace, person: req.person)
+          }
+        ) {
+          ProtoMapping.profile($0, redact: !cred.seesPII)
+        }
+      },
+      rpc("Subscribe", .write, ProtoMapping.preference, \.workspace) { s, req, cred, call in
+        s.store.setPreference(req, state: .subscribed, actor: cred.name) { r in
+          call.answer(r, ProtoMapping.preferences)
+        }
+      },
+      rpc("Unsubscribe", .write, ProtoMapping.preference, \.workspace) { s, req, cred, call in
+        s.store.setPreference(req, state: .unsubscribed, actor: cred.name) { r in
+          call.answer(r, ProtoMapping.preferences)
+        }
+      },
+      rpc("UnsubscribeAll", .write, ProtoMapping.global, \.workspace) { s, req, cred, call in
+        s.store.setGlobal(req, unsubscribed: true, actor: cred.name) { r in
+          call.answer(r, ProtoMapping.preferences)
+        }
+      },
+      rpc("Resubscribe", .write, ProtoMapping.global, \.workspace) { s, req, cred, call in
+        s.store.setGlobal(req, unsubscribed: false, actor: cred.name) { r in
+          call.answer(r, ProtoMapping.preferences)
+        }
+      },
+      rpc(
+        "GetPreferences", .read,
+        { (b) throws(RPCStatus) in try ProtoMapping.workspaceAndPerson(b, profile: false) },
+        \.workspace
+      ) { s, req, _, call in
+        call.answer(
+          Result { () throws(CoreError) in
+            try s.store.preferences(workspace: req.workspace, person: req.person)
+          }, ProtoMapping.preferences)
+      },
+      rpc("CheckDelivery", .check, ProtoMapping.delivery, \.workspace) { s, req, _, call in
+        s.store.checkDelivery(req) { r in call.answer(r, ProtoMapping.decision) }
+      },
+      rpc("CheckDeliveryBatch", .check, ProtoMapping.deliveryBatch, \.workspace) {
+        s, req, _, call in
+        s.store.checkDeliveryBatch(req) { r in call.answer(r, ProtoMapping.decisions) }
+      },
+      rpc("OverrideForImportantMessage", .override, ProtoMapping.override, \.workspace) {
+        s, req, cred, call in
+        s.store.overrideForImportantMessage(req, actor: cred.name) { r in
+          call.answer(r, ProtoMapping.decision)
+        }
+      },
+      rpc("ForgetPerson", .privacy, ProtoMapping.forget, \.0.workspace) { s, req, cred, call in
+        s.store.forget(req.0, actor: cred.name) { r in
+          call.answer(r) { f in
+            let deadline = f.erasedAt + s.erasureDeadlineMillis
+            let receipt = s.receipts.make(
+              workspace: req.0.workspace, personID: f.key.value, erasedAt: f.erasedAt,
+              erasureDeadline: deadline, snapshotSeq: 0)
+            return ProtoMapping.forgetResponse(
+              personID: f.personID, erasedAt: f.erasedAt, erasureDeadline: deadline,
+              receipt: receipt)
+          }
+        }
+      },
+      rpc("SuppressIdentifiers", .privacy, ProtoMapping.suppress, \.workspace) {
+        s, req, cred, call in
+        s.store.suppress(req, actor: cred.name) { r in call.answer(r, ProtoMapping.suppressResponse)
+        }
+      },
+      rpc("UnsuppressIdentifiers", .admin, ProtoMapping.suppress, \.workspace) {
+        s, req, cred, call in
+        s.store.unsuppress(req, actor: cred.name) { r in
+          call.answer(r, ProtoMapping.suppressResponse)
+        }
+      },
+      rpc("GetHistory", .read, ProtoMapping.history, \.workspace) { s, req, cred, call in
+        call.answer(Result { () throws(CoreError) in try s.store.history(req) }) {
+          ProtoMapping.history($0, redacted: !cred.seesPII)
+        }
+      },
+      rpc("ConfigureWorkspace", .admin, ProtoMapping.workspaceConfig, \.workspace) {
+        s, req, cred, call in
+        s.store.configureWorkspace(req, actor: cred.name, mayCreate: cred.workspace == "*") { r in
+          call.answer(r, ProtoMapping.workspaceConfig)
+        }
+      },
+      rpc("GetWorkspace", .read, ProtoMapping.workspaceID, \.self) { s, ws, _, call in
+        call.answer(
+          Result { () throws(CoreError) in try s.store.workspace(ws) }, ProtoMapping.workspaceConfig
+        )
+      },
+    ]
+  }
+
+  /// One RPC: authenticate, unpack, authorize, then `body`. Any thrown status ends the call.
+  private func rpc<Request>(
+    _ name: String, _ scope: Scope,
+    _ decode: @escaping @Sendable ([UInt8]) throws(RPCStatus) -> Request,
+    _ workspace: @escaping @Sendable (Request) -> String,
+    _ body: @escaping @Sendable (SubscriptionService, Request, Credential, ServerCall) -> Void
+  ) -> ServiceMethod {
+    ServiceMethod(path: "/\(serviceName)/\(name)") { [self] call in
+      do throws(RPCStatus) {
+        let credential = try tokens.authenticate(call.metadata)
+        let request = try decode(call.request)
+        try credential.authorize(scope, workspace: workspace(request))
+        body(self, request, credential, call)
+      } catch {
+        call.finish(error)
+      }
+    }
+  }
+}
+
+extension CoreError: RPCStatusConvertible {
+  /// The one mapping from domain errors to gRPC status codes.
+  public var rpcStatus: RPCStatus {
+    let code: RPCStatus.Code
+    switch kind {
+    case .invalidArgument: code = .invalidArgument
+    case .notFound: code = .notFound
+    case .alreadyExists: code = .alreadyExists
+    case .failedPrecondition: code = .failedPrecondition
+    case .permissionDenied: code = .permissionDenied
+    case .resourceExhausted: code = .resourceExhausted
+    case .unavailable: code = .unavailable
+    }
+    return RPCStatus(code, message)
+  }
+}
+
+extension ServerCall {
+  /// Answers with `encode(value)` on success, or the error's status.
+  func answer<T>(_ result: Result<T, CoreError>, _ encode: (T) -> [UInt8]) {
+    switch result {
+    case .success(let v): respond(encode(v))
+    case .failure(let e): finish(e.rpcStatus)
+    }
+  }
+}

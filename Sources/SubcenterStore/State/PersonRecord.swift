@@ -1,0 +1,511 @@
+// The packed form of a person, as shards hold it: one byte array per person plus its
+// counted sends. Packing keeps a person with two entries and a few history entries in
+// about 150 bytes instead of the ~600 a `Person` of Swift strings and arrays takes, and
+// lets the decision read a person without decoding it.
+//
+// Layout of `blob` (integers little-endian; "varint" is unsigned LEB128; "zigzag" is a
+// zigzag-encoded varint; times are Unix ms):
+//
+//   0  u32  historyStart     offset of the history section
+//   4  u16  entryCount
+//   6  u16  keyLength
+//   8  key bytes             the person id, or an anonymous profile's anonymous id
+//      entryCount × 5 bytes  channel u16, topic u16, state u8 — sorted by (channel, topic);
+//                            read in place by the decision
+//      zigzag createdAt, zigzag updatedAt − createdAt
+//      str email, str phone  (str = varint length + UTF-8; length 0 = none)
+//      varint n, n × str     anonymous ids (an anonymous profile's own id is the key and
+//                            is not repeated)
+//      u8 global             0 never set, 1 unsubscribed, 2 cleared; when set:
+//                            zigzag updatedAt − createdAt, ref source
+//      per entry, same order: zigzag updatedAt − createdAt, ref source, ref noticeVersion
+//      varint nextHistorySeq, varint historyCount, zigzag lastHistoryAt − createdAt
+//   historyStart: historyCount entries in (at, seq) order, each
+//      varint seq, zigzag at − previous at (the first: − createdAt), u8 action,
+//      varint channel, varint topic, ref source, ref actor, ref detail
+//
+// A "ref" is a varint n: 0 is "", odd n is string n >> 1 of the shard's `StringTable`,
+// even n is n >> 1 bytes that follow inline.
+//
+// `sends` holds one UInt64 per counted send: channel << 48 | time (times are clamped to
+// 0..<2^48 ms, i.e. until the year 10889).
+
+import SubcenterCore
+
+struct PersonRecord {
+  var blob: [UInt8]
+  var sends: [UInt64]
+  /// The workspace number; 0 marks a free slot.
+  var workspace: UInt16
+  var flags: UInt8
+
+  static let anonymousFlag: UInt8 = 1
+  static let globalFlag: UInt8 = 2
+
+  static let free = PersonRecord(blob: [], sends: [], workspace: 0, flags: 0)
+
+  var isFree: Bool { workspace == 0 }
+  var isAnonymous: Bool { flags & Self.anonymousFlag != 0 }
+}
+
+/// Where a decoded person's history stood when it was decoded without history, so new
+/// entries can be appended without decoding the old ones.
+struct HistoryTail {
+  var start: Int
+  var count: Int
+  var lastAt: Int64
+}
+
+enum PersonCodec {
+  // MARK: Encoding
+
+  /// Packs `person` in full.
+  static func encode(_ p: Person, workspace: UInt16, strings: inout StringTable) -> PersonRecord {
+    var w = ByteWriter()
+    w.bytes.reserveCapacity(64 + p.key.value.utf8.count + 24 * p.entries.count + 16 * p.history.count)
+    writeMain(
+      p, historyCount: p.history.count, lastHistoryAt: p.history.last?.at ?? p.createdAt,
+      into: &w, strings: &strings)
+    var previous = p.createdAt
+    for r in p.history { writeHistory(r, previous: &previous, into: &w, strings: &strings) }
+    return PersonRecord(
+      blob: w.bytes, sends: packSends(p.sends), workspace: workspace, flags: flags(p))
+  }
+
+  /// Repacks `record` from `p`, a person decoded without history whose `history` holds
+  /// only the entries added since: they are appended after the stored ones (re-sorting
+  /// everything only when one sorts before the last stored entry).
+  static func update(
+    _ record: inout PersonRecord, with p: Person, tail: HistoryTail, strings: inout StringTable
+  ) {
+    if let first = p.history.first, first.at < tail.lastAt {
+      var full = p
+      let old = decodeHistory(record, strings: strings)
+      full.history = old
+      for r in p.history { full.insertHistory(r) }
+      record = encode(full, workspace: record.workspace, strings: &strings)
+      return
+    }
+    var w = ByteWriter()
+    let oldHistory = record.blob.count - tail.start
+    w.bytes.reserveCapacity(record.blob.count + 16 * p.history.count + 16)
+    writeMain(
+      p, historyCount: tail.count + p.history.count,
+      lastHistoryAt: p.history.last?.at ?? tail.lastAt, into: &w, strings: &strings)
+    if oldHistory > 0 { w.bytes.append(contentsOf: record.blob[tail.start...]) }
+    var previous = tail.lastAt
+    for r in p.history { writeHistory(r, previous: &previous, into: &w, strings: &strings) }
+    record.blob = w.bytes
+    record.sends = packSends(p.sends)
+    record.flags = flags(p)
+  }
+
+  private static func flags(_ p: Person) -> UInt8 {
+    (p.isAnonymous ? PersonRecord.anonymousFlag : 0)
+      | (p.isGloballyUnsubscribed ? PersonRecord.globalFlag : 0)
+  }
+
+  private static func writeMain(
+    _ p: Person, historyCount: Int, lastHistoryAt: Int64, into w: inout ByteWriter,
+    strings: inout StringTable
+  ) {
+    w.u32(0)
+    w.u16(UInt16(p.entries.count))
+    let key = p.key.value.utf8
+    w.u16(UInt16(key.count))
+    w.bytes.append(contentsOf: key)
+    for e in p.entries {
+      w.u16(e.channel)
+      w.u16(e.topic)
+      w.u8(UInt8(e.state.rawValue))
+    }
+    let base = p.createdAt
+    w.zigzag(p.createdAt)
+    w.zigzag(p.updatedAt &- base)
+    w.string(p.email)
+    w.string(p.phone)
+    let ids = p.isAnonymous ? Array(p.anonymousIDs.dropFirst()) : p.anonymousIDs
+    w.varint(UInt64(ids.count))
+    for a in ids { w.string(a) }
+    if let g = p.global {
+      w.u8(g.unsubscribed ? 1 : 2)
+      w.zigzag(g.updatedAt &- base)
+      w.ref(g.source, &strings)
+    } else {
+      w.u8(0)
+    }
+    for e in p.entries {
+      w.zigzag(e.updatedAt &- base)
+      w.ref(e.source, &strings)
+      w.ref(e.noticeVersion, &strings)
+    }
+    w.varint(UInt64(p.nextHistorySeq))
+    w.varint(UInt64(historyCount))
+    w.zigzag(lastHistoryAt &- base)
+    w.setU32(UInt32(w.bytes.count), at: 0)
+  }
+
+  private static func writeHistory(
+    _ r: HistoryRecord, previous: inout Int64, into w: inout ByteWriter,
+    strings: inout StringTable
+  ) {
+    w.varint(UInt64(r.seq))
+    w.zigzag(r.at &- previous)
+    previous = r.at
+    w.u8(r.action.rawValue)
+    w.varint(UInt64(r.channel))
+    w.varint(UInt64(r.topic))
+    w.ref(r.source, &strings)
+    w.ref(r.actor, &strings)
+    w.ref(r.detail, &strings, intern: r.action != .override)
+  }
+
+  private static func packSends(_ sends: [SendRecord]) -> [UInt64] {
+    if sends.isEmpty { return [] }
+    return sends.map { UInt64($0.channel) << 48 | UInt64(clampTime($0.at)) }
+  }
+
+  @inline(__always)
+  static func clampTime(_ t: Int64) -> Int64 { min(max(t, 0), (1 << 48) - 1) }
+
+  // MARK: Decoding
+
+  /// Unpacks a person; without `history` its history is left empty and `HistoryTail`
+  /// says where the stored one ends.
+  static func decode(_ r: borrowing PersonRecord, history: Bool, strings: StringTable)
+    -> (person: Person, tail: HistoryTail)
+  {
+    var rd = ByteReader(r.blob)
+    let historyStart = Int(rd.u32())
+    let entryCount = Int(rd.u16())
+    let keyLength = Int(rd.u16())
+    let keyString = rd.rawString(keyLength)
+    let anonymous = r.isAnonymous
+    var hot: [(NameID, NameID, PreferenceState)] = []
+    hot.reserveCapacity(entryCount)
+    for _ in 0..<entryCount {
+      let c = rd.u16()
+      let t = rd.u16()
+      let s = PreferenceState(rawValue: Int32(rd.u8())) ?? .unspecified
+      hot.append((c, t, s))
+    }
+    let createdAt = rd.zigzag()
+    let updatedAt = createdAt &+ rd.zigzag()
+    let email = rd.string()
+    let phone = rd.string()
+    var ids: [String] = anonymous ? [keyString] : []
+    for _ in 0..<Int(rd.varint()) { ids.append(rd.string()) }
+    var global: GlobalFlag?
+    let g = rd.u8()
+    if g != 0 {
+      let at = createdAt &+ rd.zigzag()
+      global = GlobalFlag(unsubscribed: g == 1, updatedAt: at, source: rd.ref(strings))
+    }
+    var entries: [PreferenceRecord] = []
+    entries.reserveCapacity(entryCount)
+    for (c, t, s) in hot {
+      let at = createdAt &+ rd.zigzag()
+      let source = rd.ref(strings)
+      let notice = rd.ref(strings)
+      entries.append(
+        PreferenceRecord(
+          channel: c, topic: t, state: s, updatedAt: at, source: source, noticeVersion: notice))
+    }
+    let nextSeq = UInt32(truncatingIfNeeded: rd.varint())
+    let historyCount = Int(rd.varint())
+    let lastAt = createdAt &+ rd.zigzag()
+    var records: [HistoryRecord] = []
+    if history {
+      rd.i = historyStart
+      records = readHistory(&rd, count: historyCount, createdAt: createdAt, strings: strings)
+    }
+    let person = Person(
+      key: PersonKey(keyString, anonymous: anonymous), email: email, phone: phone,
+      anonymousIDs: ids, createdAt: createdAt, updatedAt: updatedAt, global: global,
+      entries: entries, history: records, nextHistorySeq: nextSeq,
+      sends: r.sends.map {
+        SendRecord(channel: NameID(truncatingIfNeeded: $0 >> 48), at: Int64($0 & 0xFFFF_FFFF_FFFF))
+      })
+    return (person, HistoryTail(start: historyStart, count: historyCount, lastAt: lastAt))
+  }
+
+  /// The stored history alone.
+  static func decodeHistory(_ r: borrowing PersonRecord, strings: StringTable) -> [HistoryRecord] {
+    decode(r, history: true, strings: strings).person.history
+  }
+
+  private static func readHistory(
+    _ rd: inout ByteReader, count: Int, createdAt: Int64, strings: StringTable
+  ) -> [HistoryRecord] {
+    var out: [HistoryRecord] = []
+    out.reserveCapacity(count)
+    var previous = createdAt
+    for _ in 0..<count {
+      let seq = UInt32(truncatingIfNeeded: rd.varint())
+      let at = previous &+ rd.zigzag()
+      previous = at
+      let action = HistoryAction(rawValue: rd.u8()) ?? .identify
+      let channel = NameID(truncatingIfNeeded: rd.varint())
+      let topic = NameID(truncatingIfNeeded: rd.varint())
+      let source = rd.ref(strings)
+      let actor = rd.ref(strings)
+      let detail = rd.ref(strings)
+      out.append(
+        HistoryRecord(
+          seq: seq, at: at, action: action, channel: channel, topic: topic, source: source,
+          actor: actor, detail: detail))
+    }
+    return out
+  }
+
+  // MARK: Reading in place
+
+  /// The key, without decoding anything else.
+  static func key(_ r: borrowing PersonRecord) -> PersonKey {
+    let n = Int(r.blob[6]) | Int(r.blob[7]) << 8
+    return PersonKey(
+      String(decoding: r.blob[8..<(8 + n)], as: UTF8.self), anonymous: r.isAnonymous)
+  }
+
+  /// True if the record is `key` of workspace `workspace`.
+  @inline(__always)
+  static func matches(_ r: borrowing PersonRecord, workspace: UInt16, key: PersonKey) -> Bool {
+    guard r.workspace == workspace, r.isAnonymous == key.isAnonymous else { return false }
+    let n = Int(r.blob[6]) | Int(r.blob[7]) << 8
+    var value = key.value
+    return value.withUTF8 { k in
+      guard k.count == n else { return false }
+      return r.blob.withUnsafeBufferPointer { b in
+        for i in 0..<n where b[8 + i] != k[i] { return false }
+        return true
+      }
+    }
+  }
+
+  /// When the person last changed (the anonymous TTL runs from here).
+  static func updatedAt(_ r: borrowing PersonRecord) -> Int64 {
+    var rd = ByteReader(r.blob)
+    rd.i = coldStart(r.blob)
+    let created = rd.zigzag()
+    return created &+ rd.zigzag()
+  }
+
+  /// True if the person holds the identifier (an anonymous profile holds its key).
+  static func holds(_ r: borrowing PersonRecord, kind: IdentifierKind, value: String) -> Bool {
+    var rd = ByteReader(r.blob)
+    rd.i = coldStart(r.blob)
+    _ = rd.zigzag()
+    _ = rd.zigzag()
+    switch kind {
+    case .email:
+      return rd.stringEquals(value)
+    case .phone:
+      rd.skipString()
+      return rd.stringEquals(value)
+    case .anonymousID:
+      if r.isAnonymous { return matches(r, workspace: r.workspace, key: .anonymous(value)) }
+      rd.skipString()
+      rd.skipString()
+      for _ in 0..<Int(rd.varint()) where rd.stringEquals(value) { return true }
+      return false
+    case .personID:
+      return !r.isAnonymous && matches(r, workspace: r.workspace, key: .person(value))
+    case .unspecified:
+      return false
+    }
+  }
+
+  @inline(__always)
+  private static func coldStart(_ b: [UInt8]) -> Int {
+    let n = Int(b[4]) | Int(b[5]) << 8
+    let k = Int(b[6]) | Int(b[7]) << 8
+    return 8 + k + 5 * n
+  }
+
+  /// Runs `body` with a decision view of the record, reading it in place.
+  @inline(__always)
+  static func withSubject<R>(
+    _ r: borrowing PersonRecord, pendingSends: Int = 0, _ body: (PackedSubject) -> R
+  ) -> R {
+    r.blob.withUnsafeBufferPointer { blob in
+      r.sends.withUnsafeBufferPointer { sends in
+        body(PackedSubject(blob: blob, sends: sends, flags: r.flags, pendingSends: pendingSends))
+      }
+    }
+  }
+}
+
+/// A packed person as the decision reads it.
+struct PackedSubject: DecisionSubject {
+  let blob: UnsafeBufferPointer<UInt8>
+  let sends: UnsafeBufferPointer<UInt64>
+  let flags: UInt8
+  /// Sends counted earlier in the same batch and not yet in `sends`.
+  let pendingSends: Int
+
+  var isGloballyUnsubscribed: Bool { flags & PersonRecord.globalFlag != 0 }
+
+  @inline(__always)
+  func explicitState(channel: NameID, topic: NameID) -> PreferenceState? {
+    let n = Int(blob[4]) | Int(blob[5]) << 8
+    var o = 8 + (Int(blob[6]) | Int(blob[7]) << 8)
+    for _ in 0..<n {
+      let c = UInt16(blob[o]) | UInt16(blob[o + 1]) << 8
+      let t = UInt16(blob[o + 2]) | UInt16(blob[o + 3]) << 8
+      if c == channel && t == topic { return PreferenceState(rawValue: Int32(blob[o + 4])) }
+      o += 5
+    }
+    return nil
+  }
+
+  @inline(__always)
+  func sendCount(channel: NameID, after since: Int64) -> Int {
+    var n = pendingSends
+    let ch = UInt64(channel)
+    for s in sends where s >> 48 == ch && Int64(s & 0xFFFF_FFFF_FFFF) > since { n += 1 }
+    return n
+  }
+}
+
+// MARK: Bytes
+
+struct ByteWriter {
+  var bytes: [UInt8] = []
+
+  @inline(__always) mutating func u8(_ v: UInt8) { bytes.append(v) }
+
+  mutating func u16(_ v: UInt16) {
+    bytes.append(UInt8(truncatingIfNeeded: v))
+    bytes.append(UInt8(truncatingIfNeeded: v >> 8))
+  }
+
+  mutating func u32(_ v: UInt32) {
+    for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * i))) }
+  }
+
+  mutating func setU32(_ v: UInt32, at o: Int) {
+    for i in 0..<4 { bytes[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
+  }
+
+  mutating func varint(_ value: UInt64) {
+    var v = value
+    while v >= 0x80 {
+      bytes.append(UInt8(truncatingIfNeeded: v) | 0x80)
+      v >>= 7
+    }
+    bytes.append(UInt8(v))
+  }
+
+  mutating func zigzag(_ v: Int64) { varint(UInt64(bitPattern: (v << 1) ^ (v >> 63))) }
+
+  mutating func string(_ s: String) {
+    varint(UInt64(s.utf8.count))
+    bytes.append(contentsOf: s.utf8)
+  }
+
+  mutating func ref(_ s: String, _ strings: inout StringTable, intern: Bool = true) {
+    if s.isEmpty {
+      varint(0)
+    } else if intern, let id = strings.id(for: s) {
+      varint(UInt64(id) << 1 | 1)
+    } else {
+      varint(UInt64(s.utf8.count) << 1)
+      bytes.append(contentsOf: s.utf8)
+    }
+  }
+}
+
+struct ByteReader {
+  let bytes: [UInt8]
+  var i = 0
+
+  init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+  mutating func u8() -> UInt8 {
+    defer { i += 1 }
+    return bytes[i]
+  }
+
+  mutating func u16() -> UInt16 {
+    defer { i += 2 }
+    return UInt16(bytes[i]) | UInt16(bytes[i + 1]) << 8
+  }
+
+  mutating func u32() -> UInt32 {
+    var v: UInt32 = 0
+    for k in 0..<4 { v |= UInt32(bytes[i + k]) << (8 * k) }
+    i += 4
+    return v
+  }
+
+  mutating func varint() -> UInt64 {
+    var v: UInt64 = 0
+    var shift: UInt64 = 0
+    while true {
+      let b = bytes[i]
+      i += 1
+      v |= UInt64(b & 0x7F) << shift
+      if b < 0x80 { return v }
+      shift += 7
+    }
+  }
+
+  mutating func zigzag() -> Int64 {
+    let u = varint()
+    return Int64(bitPattern: u >> 1) ^ -Int64(bitPattern: u & 1)
+  }
+
+  mutating func rawString(_ n: Int) -> String {
+    defer { i += n }
+    return String(decoding: bytes[i..<(i + n)], as: UTF8.self)
+  }
+
+  mutating func string() -> String { rawString(Int(varint())) }
+
+  mutating func skipString() { i += Int(varint()) }
+
+  /// Reads a `str` and compares it with `value` byte for byte.
+  mutating func stringEquals(_ value: String) -> Bool {
+    let n = Int(varint())
+    defer { i += n }
+    guard n == value.utf8.count else { return false }
+    return bytes[i..<(i + n)].elementsEqual(value.utf8)
+  }
+
+  mutating func ref(_ strings: StringTable) -> String {
+    let n = varint()
+    if n == 0 { return "" }
+    if n & 1 == 1 { return strings.string(UInt32(truncatingIfNeeded: n >> 1)) }
+    return rawString(Int(n >> 1))
+  }
+}
+
+// MARK: Hashing
+
+/// In-memory hashes (per-process seed; never persisted).
+enum KeyHash {
+  /// Picks a person's shard (low bits) and slot-table bucket (high bits).
+  @inline(__always)
+  static func person(_ workspace: UInt16, _ key: PersonKey) -> UInt64 {
+    var h = Hasher()
+    h.combine(workspace)
+    h.combine(key.isAnonymous)
+    combine(&h, key.value)
+    return UInt64(bitPattern: Int64(h.finalize()))
+  }
+
+  /// Keys the identifier index of a workspace.
+  @inline(__always)
+  static func identifier(_ kind: IdentifierKind, _ value: String) -> UInt64 {
+    var h = Hasher()
+    h.combine(kind.rawValue)
+    combine(&h, value)
+    return UInt64(bitPattern: Int64(h.finalize()))
+  }
+
+  @inline(__always)
+  private static func combine(_ h: inout Hasher, _ s: String) {
+    var s = s
+    s.withUTF8 { h.combine(bytes: UnsafeRawBufferPointer($0)) }
+  }
+}

@@ -1,0 +1,118 @@
+// One shard of persons: a dense array of packed records, a slot table from person key to
+// record, and the shard's string table. A shard is only touched under its `Mutex`.
+
+import SubcenterCore
+import Synchronization
+
+/// The number of person shards; a `Location` packs the shard in its low 6 bits.
+let shardCount = 64
+let shardBits: UInt32 = 6
+
+/// Where a person's record lives: packed into 32 bits for the identifier index
+/// (slot << 6 | shard), so a shard holds at most 2^26 records.
+struct Location: Equatable {
+  var shard: Int
+  var slot: UInt32
+
+  init(shard: Int, slot: UInt32) {
+    self.shard = shard
+    self.slot = slot
+  }
+
+  init(packed: UInt32) {
+    shard = Int(packed & (UInt32(shardCount) - 1))
+    slot = packed >> shardBits
+  }
+
+  var packed: UInt32 { slot << shardBits | UInt32(shard) }
+}
+
+@inline(__always)
+func shardIndex(_ personHash: UInt64) -> Int { Int(personHash & UInt64(shardCount - 1)) }
+
+struct Shard {
+  /// What a shard's mutex holds while `withShards` has moved the shard out.
+  static let placeholder = Shard()
+
+  var records: [PersonRecord] = []
+  var freeSlots: [UInt32] = []
+  var keys = SlotTable()
+  var strings = StringTable()
+
+  /// The slot of `key` in `workspace`, if it is here (`hash` = `KeyHash.person`).
+  @inline(__always)
+  func find(workspace: UInt16, key: PersonKey, hash: UInt64) -> UInt32? {
+    var found: UInt32?
+    _ = keys.first(hash) { slot in
+      guard PersonCodec.matches(records[Int(slot)], workspace: workspace, key: key) else {
+        return false
+      }
+      found = slot
+      return true
+    }
+    return found
+  }
+
+  mutating func insert(_ record: PersonRecord, hash: UInt64) -> UInt32 {
+    let slot: UInt32
+    if let free = freeSlots.popLast() {
+      slot = free
+      records[Int(slot)] = record
+    } else {
+      precondition(records.count < 1 << 26, "a shard holds at most 2^26 persons")
+      slot = UInt32(records.count)
+      records.append(record)
+    }
+    keys.insert(hash, slot)
+    return slot
+  }
+
+  mutating func remove(slot: UInt32, hash: UInt64) {
+    keys.remove(hash, slot)
+    records[Int(slot)] = .free
+    freeSlots.append(slot)
+  }
+
+  /// True if the record at `slot` is a live person of `workspace` holding the identifier.
+  func holds(slot: UInt32, workspace: UInt16, kind: IdentifierKind, value: String) -> Bool {
+    guard Int(slot) < records.count else { return false }
+    let r = records[Int(slot)]
+    return r.workspace == workspace && PersonCodec.holds(r, kind: kind, value: value)
+  }
+}
+
+final class ShardBox: Sendable {
+  let state = Mutex(Shard())
+}
+
+/// A workspace's cross-shard state: which person each email, phone and anonymous id
+/// names, and the suppressed identifiers. Guarded by one lock per workspace, taken
+/// before any shard lock; every change to identifiers holds it, which is what makes
+/// "two Identify calls claiming one email at once cannot both pass" true.
+struct IdentityState {
+  /// `KeyHash.identifier` → `Location.packed`.
+  var index = SlotTable()
+  var suppressed = Set<SuppressionHash>()
+}
+
+/// One workspace: its number in packed records, its configuration and identity state.
+final class WorkspaceHandle: Sendable {
+  let number: UInt16
+  let id: String
+  let model: Mutex<Workspace>
+  let identity = Mutex(IdentityState())
+
+  init(number: UInt16, model: Workspace) {
+    self.number = number
+    self.id = model.id
+    self.model = Mutex(model)
+  }
+
+  /// The current configuration (immutable; a reconfiguration swaps it).
+  var current: Workspace { model.withLock { $0 } }
+}
+
+struct Registry {
+  var byID: [String: WorkspaceHandle] = [:]
+  var nextNumber: UInt16 = 1
+}

@@ -1,0 +1,380 @@
+// Applying commands to the state. The live path calls these under the locks that
+// validated the command, right after the log accepted it; `replay(_:)` takes the same
+// locks and calls the same functions for a command read back from the log. Nothing here
+// reads the clock, the secret or a request: a command alone decides what changes.
+
+import SubcenterCore
+import Synchronization
+
+extension SubscriptionStore {
+  func applyConfigure(_ model: Workspace, registry reg: inout Registry) {
+    if let existing = reg.byID[model.id] {
+      existing.model.withLock { $0 = model }
+    } else {
+      let h = WorkspaceHandle(number: reg.nextNumber, model: model)
+      reg.nextNumber += 1
+      reg.byID[model.id] = h
+    }
+  }
+
+  /// The shards an Identify touches: the person's, and the merged profile's.
+  func shards(of cmd: Command.Identify, _ h: WorkspaceHandle) -> [Int] {
+    var out = [shardIndex(KeyHash.person(h.number, cmd.person))]
+    if cmd.mergesProfile, let a = cmd.anonymousID {
+      out.append(shardIndex(KeyHash.person(h.number, .anonymous(a))))
+    }
+    return out
+  }
+
+  /// Creates or updates the person, merges the anonymous profile, and keeps the
+  /// identifier index in step. Needs the identity lock and `shards(of:)` locked.
+  func applyIdentify(
+    _ cmd: Command.Identify, _ h: WorkspaceHandle, identity: inout IdentityState,
+    shards locked: inout LockedShards
+  ) -> Person {
+    let key = cmd.person
+    let hash = KeyHash.person(h.number, key)
+    let ps = shardIndex(hash)
+    var slot: UInt32?
+    var person = Person(key: key, at: cmd.at)
+    var tail: HistoryTail?
+    locked.with(ps) { shard in
+      if let s = shard.find(workspace: h.number, key: key, hash: hash) {
+        slot = s
+        let d = PersonCodec.decode(
+          shard.records[Int(s)], history: cmd.mergesProfile, strings: shard.strings)
+        person = d.person
+        tail = d.tail
+      }
+    }
+    let oldLocation = slot.map { Location(shard: ps, slot: $0).packed }
+    var fields: [String] = []
+    if let e = cmd.email {
+      if !person.email.isEmpty, let oldLocation {
+        identity.index.remove(KeyHash.identifier(.email, person.email), oldLocation)
+      }
+      person.email = e
+      fields.append("email")
+    }
+    if let p = cmd.phone {
+      if !person.phone.isEmpty, let oldLocation {
+        identity.index.remove(KeyHash.identifier(.phone, person.phone), oldLocation)
+      }
+      person.phone = p
+      fields.append("phone")
+    }
+    if let a = cmd.anonymousID, !cmd.mergesProfile {
+      person.anonymousIDs.append(a)
+      fields.append("anonymous_id")
+    }
+    let created = slot == nil
+    if created || !fields.isEmpty {
+      person.updatedAt = cmd.at
+      person.appendHistory(
+        action: .identify, actor: cmd.actor,
+        detail: HistoryDetail.identify(created: created, fields: fields), at: cmd.at)
+    }
+    if cmd.mergesProfile, let a = cmd.anonymousID {
+      let anonKey = PersonKey.anonymous(a)
+      let anonHash = KeyHash.person(h.number, anonKey)
+      let anonShard = shardIndex(anonHash)
+      var anon: Person?
+      locked.with(anonShard) { shard in
+        if let s = shard.find(workspace: h.number, key: anonKey, hash: anonHash) {
+          anon = PersonCodec.decode(shard.records[Int(s)], history: true, strings: shard.strings)
+            .person
+          shard.remove(slot: s, hash: anonHash)
+          identity.index.remove(
+            KeyHash.identifier(.anonymousID, a), Location(shard: anonShard, slot: s).packed)
+        }
+      }
+      if let anon {
+        person.merge(anonymous: anon, at: cmd.at, actor: cmd.actor)
+      } else {
+        person.anonymousIDs.append(a)
+      }
+    }
+    var newSlot: UInt32 = 0
+    let full = created || cmd.mergesProfile
+    locked.with(ps) { shard in
+      if let slot {
+        if full {
+          shard.records[Int(slot)] = PersonCodec.encode(
+            person, workspace: h.number, strings: &shard.strings)
+        } else {
+          PersonCodec.update(
+            &shard.records[Int(slot)], with: person, tail: tail!, strings: &shard.strings)
+        }
+        newSlot = slot
+      } else {
+        let record = PersonCodec.encode(person, workspace: h.number, strings: &shard.strings)
+        newSlot = shard.insert(record, hash: hash)
+      }
+    }
+    let location = Location(shard: ps, slot: newSlot).packed
+    if let e = cmd.email { identity.index.insert(KeyHash.identifier(.email, e), location) }
+    if let p = cmd.phone { identity.index.insert(KeyHash.identifier(.phone, p), location) }
+    if let a = cmd.anonymousID { identity.index.insert(KeyHash.identifier(.anonymousID, a), location) }
+    if created && key.isAnonymous {
+      identity.index.insert(KeyHash.identifier(.anonymousID, key.value), location)
+    }
+    return person
+  }
+
+  func applySetPreference(
+    _ cmd: Command.SetPreference, channel: NameID, topic: NameID, shard: inout Shard,
+    slot: UInt32
+  ) -> Person {
+    let d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
+    var p = d.person
+    p.setPreference(
+      channel: channel, topic: topic, state: cmd.state, source: cmd.source,
+      noticeVersion: cmd.noticeVersion, at: cmd.at, actor: cmd.actor)
+    PersonCodec.update(&shard.records[Int(slot)], with: p, tail: d.tail, strings: &shard.strings)
+    return p
+  }
+
+  func applySetGlobal(_ cmd: Command.SetGlobal, shard: inout Shard, slot: UInt32) -> Person {
+    let d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
+    var p = d.person
+    p.setGlobal(unsubscribed: cmd.unsubscribed, source: cmd.source, at: cmd.at, actor: cmd.actor)
+    PersonCodec.update(&shard.records[Int(slot)], with: p, tail: d.tail, strings: &shard.strings)
+    return p
+  }
+
+  func applyOverride(
+    _ cmd: Command.Override, channel: NameID, topic: NameID, shard: inout Shard, slot: UInt32
+  ) {
+    let d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
+    var p = d.person
+    p.appendHistory(
+      action: .override, channel: channel, topic: topic, actor: cmd.actor, detail: cmd.detail,
+      at: cmd.at)
+    PersonCodec.update(&shard.records[Int(slot)], with: p, tail: d.tail, strings: &shard.strings)
+  }
+
+  /// Removes a person and its identifier index entries.
+  @discardableResult
+  func removePerson(
+    _ h: WorkspaceHandle, identity: inout IdentityState, shard: inout Shard, shardIndex s: Int,
+    slot: UInt32
+  ) -> Person {
+    let p = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
+      .person
+    let location = Location(shard: s, slot: slot).packed
+    if !p.email.isEmpty { identity.index.remove(KeyHash.identifier(.email, p.email), location) }
+    if !p.phone.isEmpty { identity.index.remove(KeyHash.identifier(.phone, p.phone), location) }
+    for a in p.anonymousIDs {
+      identity.index.remove(KeyHash.identifier(.anonymousID, a), location)
+    }
+    shard.remove(slot: slot, hash: KeyHash.person(h.number, p.key))
+    return p
+  }
+
+  /// Needs the identity lock and the person's shard locked.
+  func applyForget(
+    _ cmd: Command.Forget, _ h: WorkspaceHandle, identity: inout IdentityState,
+    shard: inout Shard, shardIndex s: Int
+  ) {
+    let hash = KeyHash.person(h.number, cmd.person)
+    if let slot = shard.find(workspace: h.number, key: cmd.person, hash: hash) {
+      removePerson(h, identity: &identity, shard: &shard, shardIndex: s, slot: slot)
+    }
+    for x in cmd.suppress { identity.suppressed.insert(x) }
+  }
+
+  /// The shards of the persons a command forgets.
+  func shards(of keys: [PersonKey], _ h: WorkspaceHandle) -> [Int] {
+    keys.map { shardIndex(KeyHash.person(h.number, $0)) }
+  }
+
+  /// Needs the identity lock and `shards(of: cmd.forget)` locked.
+  func applySuppress(
+    _ cmd: Command.Suppress, _ h: WorkspaceHandle, identity: inout IdentityState,
+    shards locked: inout LockedShards
+  ) {
+    for key in cmd.forget {
+      let hash = KeyHash.person(h.number, key)
+      let s = shardIndex(hash)
+      locked.with(s) { shard in
+        if let slot = shard.find(workspace: h.number, key: key, hash: hash) {
+          removePerson(h, identity: &identity, shard: &shard, shardIndex: s, slot: slot)
+        }
+      }
+    }
+    for x in cmd.hashes { identity.suppressed.insert(x) }
+  }
+
+  func applyUnsuppress(_ cmd: Command.Unsuppress, identity: inout IdentityState) {
+    for x in cmd.hashes { identity.suppressed.remove(x) }
+  }
+
+  /// Needs the identity lock and the shard of every profile locked (the live path makes
+  /// one command per shard).
+  func applyExpire(
+    _ cmd: Command.ExpireAnonymous, _ h: WorkspaceHandle, identity: inout IdentityState,
+    shard: inout Shard, shardIndex s: Int
+  ) {
+    for id in cmd.profiles {
+      let key = PersonKey.anonymous(id)
+      let hash = KeyHash.person(h.number, key)
+      if shardIndex(hash) == s, let slot = shard.find(workspace: h.number, key: key, hash: hash) {
+        removePerson(h, identity: &identity, shard: &shard, shardIndex: s, slot: slot)
+      }
+    }
+  }
+
+  // MARK: Replay
+
+  /// Applies a command read back from the log (recovery): no validation, no logging, no
+  /// clock. Commands must be replayed in log order onto the state they were logged
+  /// against; a command naming a person that is gone changes nothing.
+  public func replay(_ command: Command) throws(CoreError) {
+    switch command {
+    case .configureWorkspace(let c):
+      try registry.withLock { (reg: inout Registry) throws(CoreError) in
+        let model = try Workspace(c.config, previous: reg.byID[c.config.workspace]?.current)
+        applyConfigure(model, registry: &reg)
+      }
+    case .identify(let c):
+      let h = try handle(c.workspace)
+      try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) in
+        _ = try withShards(shards(of: c, h)) { locked in
+          applyIdentify(c, h, identity: &identity, shards: &locked).key
+        }
+      }
+    case .setPreference(let c):
+      let h = try handle(c.workspace)
+      let (channel, topic) = try numbers(h, channel: c.channel, topic: c.topic)
+      onPerson(h, c.person) { shard, slot in
+        _ = applySetPreference(c, channel: channel, topic: topic, shard: &shard, slot: slot)
+      }
+    case .setGlobal(let c):
+      let h = try handle(c.workspace)
+      onPerson(h, c.person) { shard, slot in _ = applySetGlobal(c, shard: &shard, slot: slot) }
+    case .recordSends(let c):
+      let h = try handle(c.workspace)
+      let (channel, _) = try numbers(h, channel: c.channel, topic: "")
+      guard let limit = h.current.limit(channel: channel) else { return }
+      for key in c.persons {
+        onPerson(h, key) { shard, slot in
+          PersonCodec.recordSend(&shard.records[Int(slot)], channel: channel, at: c.at, limit: limit)
+        }
+      }
+    case .override(let c):
+      let h = try handle(c.workspace)
+      let (channel, topic) = try numbers(h, channel: c.channel, topic: c.topic)
+      onPerson(h, c.person) { shard, slot in
+        applyOverride(c, channel: channel, topic: topic, shard: &shard, slot: slot)
+      }
+    case .forget(let c):
+      let h = try handle(c.workspace)
+      let s = shardIndex(KeyHash.person(h.number, c.person))
+      h.identity.withLock { identity in
+        shards[s].state.withLock { shard in
+          applyForget(c, h, identity: &identity, shard: &shard, shardIndex: s)
+        }
+      }
+    case .suppress(let c):
+      let h = try handle(c.workspace)
+      try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) in
+        try withShards(shards(of: c.forget, h)) { locked in
+          applySuppress(c, h, identity: &identity, shards: &locked)
+        }
+      }
+    case .unsuppress(let c):
+      let h = try handle(c.workspace)
+      h.identity.withLock { identity in applyUnsuppress(c, identity: &identity) }
+    case .expireAnonymous(let c):
+      let h = try handle(c.workspace)
+      let byShard = Dictionary(
+        grouping: c.profiles, by: { shardIndex(KeyHash.person(h.number, .anonymous($0))) })
+      for (s, ids) in byShard.sorted(by: { $0.key < $1.key }) {
+        let part = Command.ExpireAnonymous(workspace: c.workspace, profiles: ids, at: c.at)
+        h.identity.withLock { identity in
+          shards[s].state.withLock { shard in
+            applyExpire(part, h, identity: &identity, shard: &shard, shardIndex: s)
+          }
+        }
+      }
+    }
+  }
+
+  /// Channel and topic numbers for names a replayed command carries, numbering names the
+  /// configuration no longer has.
+  private func numbers(_ h: WorkspaceHandle, channel: String, topic: String) throws(CoreError)
+    -> (NameID, NameID)
+  {
+    var m = h.current
+    if (!channel.isEmpty && m.channelID(channel) == nil) || (!topic.isEmpty && m.topicID(topic) == nil)
+    {
+      m = try h.model.withLock { (model: inout Workspace) throws(CoreError) -> Workspace in
+        model = try model.numbering(
+          channels: channel.isEmpty ? [] : [channel], topics: topic.isEmpty ? [] : [topic])
+        return model
+      }
+    }
+    return (channel.isEmpty ? 0 : m.channelID(channel)!, topic.isEmpty ? 0 : m.topicID(topic)!)
+  }
+
+  private func onPerson(
+    _ h: WorkspaceHandle, _ key: PersonKey, _ body: (inout Shard, UInt32) -> Void
+  ) {
+    let hash = KeyHash.person(h.number, key)
+    shards[shardIndex(hash)].state.withLock { shard in
+      if let slot = shard.find(workspace: h.number, key: key, hash: hash) { body(&shard, slot) }
+    }
+  }
+
+  // MARK: Whole-state reads (snapshots, tests)
+
+  /// The resolved configuration of a workspace (names of channel and topic numbers).
+  public func workspaceModel(_ id: String) -> Workspace? {
+    registry.withLock { $0.byID[id] }?.current
+  }
+
+  /// Every person of a workspace, decoded in full, ordered by key.
+  public func persons(in workspace: String) -> [Person] {
+    guard let h = registry.withLock({ $0.byID[workspace] }) else { return [] }
+    var out: [Person] = []
+    for box in shards {
+      let part = box.state.withLock { shard in
+        shard.records.filter { $0.workspace == h.number }.map {
+          PersonCodec.decode($0, history: true, strings: shard.strings).person
+        }
+      }
+      out += part
+    }
+    return out.sorted {
+      $0.key.isAnonymous != $1.key.isAnonymous
+        ? !$0.key.isAnonymous
+        : $0.key.value.utf8.lexicographicallyPrecedes($1.key.value.utf8)
+    }
+  }
+
+  /// The suppressed identifiers' hashes of a workspace, sorted.
+  public func suppressionHashes(in workspace: String) -> [SuppressionHash] {
+    guard let h = registry.withLock({ $0.byID[workspace] }) else { return [] }
+    return h.identity.withLock { $0.suppressed.sorted() }
+  }
+}
+
+extension PersonCodec {
+  /// Counts one send in place (the packed twin of `Person.recordSend`).
+  static func recordSend(_ r: inout PersonRecord, channel: NameID, at: Int64, limit: LimitRule) {
+    let mask: UInt64 = 0xFFFF_FFFF_FFFF
+    let horizon = at - limit.windowMillis
+    let ch = UInt64(channel)
+    if !r.sends.isEmpty {
+      r.sends.removeAll { $0 >> 48 == ch && Int64($0 & mask) <= horizon }
+    }
+    let t = UInt64(clampTime(at))
+    let value = ch << 48 | t
+    if let last = r.sends.last, last & mask > t {
+      let i = r.sends.firstIndex { $0 & mask > t }!
+      r.sends.insert(value, at: i)
+    } else {
+      r.sends.append(value)
+    }
+  }
+}

@@ -1,0 +1,251 @@
+// The in-memory state of Subcenter: workspaces, persons sharded by (workspace, person)
+// behind `Mutex`es, per-workspace identifier indexes and suppression sets. Every change
+// is one `Command`, validated and applied under the locks it touches (see CommitLog.swift
+// for how the write-ahead log plugs in).
+//
+// Locks, in the order they may be taken (never the other way round):
+//   registry → workspace model                      (configuration; the model lock is a leaf)
+//   workspace identity → shards by ascending index  (identifier changes, forget, suppress)
+//   shard → workspace model, commit log             (both leaves)
+// Reads and single-person writes take one shard lock (plus, for a person named by email,
+// phone or anonymous id, the identity lock briefly before it, to find the shard), so they
+// never wait on writes to other shards.
+
+import SubcenterCore
+import Synchronization
+
+/// Answers a write once its change is durable: today before the call returns; with the
+/// write-ahead log, later, from the log writer's thread.
+public typealias Completion<Value> = @Sendable (Result<Value, CoreError>) -> Void
+
+/// The subscription center's state and every operation of SPEC §3 on it.
+public final class SubscriptionStore: Sendable {
+  let clock: any WallClock
+  let hasher: IdentifierHasher
+  let log: any CommitLog
+  let shards: [ShardBox]
+  let registry = Mutex(Registry())
+
+  /// - Parameters:
+  ///   - secret: the server secret keying suppression hashes and page tokens.
+  ///   - createDefaultWorkspace: configure workspace `default` (default channels, no
+  ///     topics) now. Recovery passes false and calls `ensureDefaultWorkspace()` after
+  ///     replay.
+  public init(
+    clock: any WallClock, secret: [UInt8], log: any CommitLog = InMemoryCommitLog(),
+    createDefaultWorkspace: Bool = true
+  ) {
+    self.clock = clock
+    self.hasher = IdentifierHasher(secret: secret)
+    self.log = log
+    self.shards = (0..<shardCount).map { _ in ShardBox() }
+    if createDefaultWorkspace { try? ensureDefaultWorkspace() }
+  }
+
+  /// Configures workspace `default` if no workspace exists (SPEC §1).
+  public func ensureDefaultWorkspace() throws(CoreError) {
+    guard registry.withLock({ $0.byID.isEmpty }) else { return }
+    _ = try configure(
+      WorkspaceConfig(workspace: WorkspaceConfig.defaultWorkspaceID), actor: "subcenterd",
+      mayCreate: true)
+  }
+
+  // MARK: Helpers
+
+  func now() -> Int64 { clock.nowMillis() }
+
+  func handle(_ workspace: String) throws(CoreError) -> WorkspaceHandle {
+    if let h = registry.withLock({ $0.byID[workspace] }) { return h }
+    try Validate.workspaceID(workspace)
+    throw .notFound("workspace not found")
+  }
+
+  func run<T>(_ completion: Completion<T>, _ body: () throws(CoreError) -> T) {
+    let result: Result<T, CoreError>
+    do { result = .success(try body()) } catch { result = .failure(error) }
+    completion(result)
+  }
+
+  func isSuppressed(_ identity: borrowing IdentityState, _ kind: IdentifierKind, _ value: String)
+    -> Bool
+  {
+    if identity.suppressed.isEmpty { return false }
+    return identity.suppressed.contains(hasher.hash(kind: kind, normalizedValue: value))
+  }
+
+  /// Whether a reference that names nobody is suppressed (hashes only if the workspace
+  /// has suppressions at all).
+  func isSuppressed(_ h: WorkspaceHandle, _ ref: PersonRef) -> Bool {
+    guard h.identity.withLock({ !$0.suppressed.isEmpty }) else { return false }
+    let hash = hasher.hash(kind: ref.kind, normalizedValue: ref.value)
+    return h.identity.withLock { $0.suppressed.contains(hash) }
+  }
+
+  /// Runs `body` under the lock of the shard holding the person `ref` names (validated
+  /// and normalized), with the record's slot; nil if the ref names nobody. A person named
+  /// by email, phone or anonymous id is found through the identity index and checked
+  /// again under the shard lock (retrying if it moved meanwhile).
+  func withPerson<R: Sendable>(
+    _ h: WorkspaceHandle, _ ref: PersonRef,
+    _ body: (inout Shard, UInt32) throws(CoreError) -> R
+  ) throws(CoreError) -> R? {
+    if case .personID(let id) = ref {
+      let key = PersonKey.person(id)
+      let hash = KeyHash.person(h.number, key)
+      return try shards[shardIndex(hash)].state.withLock {
+        (shard: inout Shard) throws(CoreError) -> R? in
+        guard let slot = shard.find(workspace: h.number, key: key, hash: hash) else {
+          return nil
+        }
+        return try body(&shard, slot)
+      }
+    }
+    let kind = ref.kind
+    let value = ref.value
+    let idHash = KeyHash.identifier(kind, value)
+    for _ in 0..<4 {
+      let candidates = h.identity.withLock { $0.index.values(idHash) }
+      if candidates.isEmpty { return nil }
+      for c in candidates {
+        let loc = Location(packed: c)
+        var result: R?
+        let hit = try shards[loc.shard].state.withLock {
+          (shard: inout Shard) throws(CoreError) -> Bool in
+          guard shard.holds(slot: loc.slot, workspace: h.number, kind: kind, value: value) else {
+            return false
+          }
+          result = try body(&shard, loc.slot)
+          return true
+        }
+        if hit { return result }
+      }
+    }
+    return nil
+  }
+
+  /// Under the workspace's identity lock: where the person `ref` names lives, and its key.
+  /// Identifier locations cannot change while the identity lock is held.
+  func locate(_ h: WorkspaceHandle, _ identity: borrowing IdentityState, _ ref: PersonRef)
+    -> (Location, PersonKey)?
+  {
+    if case .personID(let id) = ref {
+      let key = PersonKey.person(id)
+      let hash = KeyHash.person(h.number, key)
+      let s = shardIndex(hash)
+      return shards[s].state.withLock { shard in
+        shard.find(workspace: h.number, key: key, hash: hash).map {
+          (Location(shard: s, slot: $0), key)
+        }
+      }
+    }
+    for c in identity.index.values(KeyHash.identifier(ref.kind, ref.value)) {
+      let loc = Location(packed: c)
+      let key: PersonKey? = shards[loc.shard].state.withLock { shard in
+        guard shard.holds(slot: loc.slot, workspace: h.number, kind: ref.kind, value: ref.value)
+        else { return nil }
+        return PersonCodec.key(shard.records[Int(loc.slot)])
+      }
+      if let key { return (loc, key) }
+    }
+    return nil
+  }
+
+  /// Runs `body` holding the locks of the given shards (taken in ascending order); `body`
+  /// reaches each locked shard through `LockedShards.with(_:_:)`.
+  func withShards<R: Sendable>(
+    _ indices: [Int], _ body: (inout LockedShards) throws(CoreError) -> R
+  ) throws(CoreError) -> R {
+    var locked = LockedShards()
+    return try lockLevel(Array(Set(indices)).sorted()[...], &locked, body)
+  }
+
+  private func lockLevel<R: Sendable>(
+    _ rest: ArraySlice<Int>, _ locked: inout LockedShards,
+    _ body: (inout LockedShards) throws(CoreError) -> R
+  ) throws(CoreError) -> R {
+    guard let first = rest.first else { return try body(&locked) }
+    return try shards[first].state.withLock { (shard: inout Shard) throws(CoreError) -> R in
+      // Move the shard out while its lock is held (keeping its storage uniquely
+      // referenced), and back before the lock is released.
+      locked.shards[first] = shard
+      shard = Shard.placeholder
+      defer { shard = locked.shards.removeValue(forKey: first)! }
+      return try lockLevel(rest.dropFirst(), &locked, body)
+    }
+  }
+
+  // MARK: Reads
+
+  /// A workspace's configuration (GetWorkspace).
+  public func workspace(_ id: String) throws(CoreError) -> WorkspaceConfig {
+    try handle(id).current.config
+  }
+
+  /// Every configured workspace, by id.
+  public func workspaceConfigs() -> [WorkspaceConfig] {
+    let handles = registry.withLock { Array($0.byID.values) }
+    return handles.map(\.current.config).sorted { $0.workspace < $1.workspace }
+  }
+
+  /// A person's profile (GetProfile). Unknown person: `notFound`.
+  public func profile(workspace: String, person: PersonRef?) throws(CoreError) -> Profile {
+    let h = try handle(workspace)
+    let ref = try PersonRef.validated(person, field: "person")
+    let profile = try withPerson(h, ref) { shard, slot in
+      PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
+        .person.profile
+    }
+    guard let profile else { throw .notFound("person not found") }
+    return profile
+  }
+
+  /// A person's entries, global flag and effective decisions (GetPreferences).
+  public func preferences(workspace: String, person: PersonRef?) throws(CoreError) -> Preferences
+  {
+    let h = try handle(workspace)
+    let ref = try PersonRef.validated(person, field: "person")
+    let at = now()
+    let prefs = try withPerson(h, ref) { shard, slot in
+      let p = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
+        .person
+      return h.current.preferences(
+        personID: p.key.personID, global: p.global, entries: p.entries, subject: p, now: at)
+    }
+    guard let prefs else { throw .notFound("person not found") }
+    return prefs
+  }
+
+  /// One page of a person's history, newest first (GetHistory).
+  public func history(_ req: HistoryRequest) throws(CoreError) -> HistoryPage {
+    let h = try handle(req.workspace)
+    let size = try HistoryPaging.pageSize(req.pageSize)
+    let ref = try PersonRef.validated(req.person, field: "person")
+    let page = try withPerson(h, ref) { (shard, slot) throws(CoreError) -> HistoryPage in
+      let record = shard.records[Int(slot)]
+      let key = PersonCodec.key(record)
+      let cursor = try HistoryPaging.cursor(
+        from: req.pageToken, workspace: h.id, key: key, hasher: hasher)
+      let all = PersonCodec.decodeHistory(record, strings: shard.strings)
+      let (records, next) = HistoryPaging.page(all, before: cursor, size: size)
+      let model = h.current
+      return HistoryPage(
+        entries: records.map(model.historyEntry),
+        nextPageToken: next.map {
+          HistoryPaging.token(for: $0, workspace: h.id, key: key, hasher: hasher)
+        } ?? "")
+    }
+    guard let page else { throw .notFound("person not found") }
+    return page
+  }
+}
+
+/// The shards `withShards` holds locked, by index.
+struct LockedShards {
+  fileprivate(set) var shards: [Int: Shard] = [:]
+
+  /// Runs `body` on locked shard `i` (a programming error if `i` is not locked).
+  mutating func with(_ i: Int, _ body: (inout Shard) -> Void) {
+    precondition(shards[i] != nil, "shard \(i) is not locked")
+    body(&shards[i]!)
+  }
+}
