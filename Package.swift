@@ -9,6 +9,7 @@ let package = Package(
     .executable(name: "subcenterd", targets: ["subcenterd"]),
     .executable(name: "subcenterctl", targets: ["subcenterctl"]),
     .executable(name: "interop-server", targets: ["interop-server"]),
+    .executable(name: "subcenter-bench", targets: ["subcenter-bench"]),
     .library(name: "GRPCTransport", targets: ["GRPCTransport"]),
   ],
   targets: [
@@ -43,6 +44,10 @@ let package = Package(
 
     .executableTarget(name: "subcenterd", dependencies: ["SubcenterServer", "GRPCTransport"]),
     .executableTarget(name: "subcenterctl", dependencies: ["GRPCTransport"]),
+    // Benchmark helper for bench/run (loads persons in-process): never deployed.
+    .executableTarget(
+      name: "subcenter-bench",
+      dependencies: ["SubcenterServer", "SubcenterStore", "SubcenterCore", "GRPCTransport"]),
     // gRPC's interop TestService, for tests only: never part of subcenterd.
     .executableTarget(
       name: "interop-server", dependencies: ["GRPCTransport", "SubcenterProto"]),
