@@ -43,7 +43,9 @@ let package = Package(
     .target(name: "SubcenterTestSupport", dependencies: ["GRPCTransport", "CTLS"]),
 
     .executableTarget(name: "subcenterd", dependencies: ["SubcenterServer", "GRPCTransport"]),
-    .executableTarget(name: "subcenterctl", dependencies: ["GRPCTransport"]),
+    .executableTarget(
+      name: "subcenterctl",
+      dependencies: ["GRPCTransport", "SubcenterServer", "SubcenterProto", "CProtobufC"]),
     // Benchmark helper for bench/run (loads persons in-process): never deployed.
     .executableTarget(
       name: "subcenter-bench",

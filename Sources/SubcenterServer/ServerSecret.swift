@@ -6,6 +6,15 @@ import Foundation
 import GRPCTransport
 
 public enum ServerSecret {
+  /// Reads an existing secret (tools such as `subcenterctl verify-receipt`).
+  public static func load(dataDirectory: String) throws(FlagError) -> [UInt8] {
+    let path = dataDirectory + "/secret.key"
+    guard let data = FileManager.default.contents(atPath: path), data.count == 32 else {
+      throw FlagError("--data: \(path) is missing or not a 32-byte secret")
+    }
+    return [UInt8](data)
+  }
+
   /// Reads the secret, or creates it (temp file, fsync, rename) when absent.
   public static func loadOrCreate(dataDirectory: String) throws(FlagError) -> [UInt8] {
     let path = dataDirectory + "/secret.key"
