@@ -74,6 +74,60 @@ enum ProtoCodec {
     return try body(message)
   }
 
+  /// Refuses a request whose string fields hold a NUL byte or invalid UTF-8, by walking
+  /// the wire bytes with the message's descriptor. protobuf-c hands strings over as C
+  /// strings, so an embedded NUL would otherwise silently cut the value short.
+  static func checkStrings(
+    _ bytes: UnsafeBufferPointer<UInt8>, _ descriptor: UnsafePointer<ProtobufCMessageDescriptor>,
+    path: String = ""
+  ) throws(RPCStatus) {
+    var i = 0
+    let n = bytes.count
+    func varint() -> UInt64? {
+      var v: UInt64 = 0
+      var shift: UInt64 = 0
+      while i < n, shift < 64 {
+        let b = bytes[i]
+        i += 1
+        v |= UInt64(b & 0x7F) << shift
+        if b < 0x80 { return v }
+        shift += 7
+      }
+      return nil
+    }
+    let d = descriptor.pointee
+    while i < n {
+      guard let key = varint() else { return }  // malformed: unpack reports it
+      let number = UInt32(truncatingIfNeeded: key >> 3)
+      switch key & 7 {
+      case 0: guard varint() != nil else { return }
+      case 1: i += 8
+      case 5: i += 4
+      case 2:
+        guard let len = varint(), len <= UInt64(n - i) else { return }
+        let start = i
+        i += Int(len)
+        guard
+          let f = (0..<Int(d.n_fields)).lazy.map({ d.fields[$0] }).first(where: { $0.id == number })
+        else { continue }
+        let name = path + String(cString: f.name)
+        let value = UnsafeBufferPointer(rebasing: bytes[start..<i])
+        if f.type == PROTOBUF_C_TYPE_STRING {
+          if value.contains(0) {
+            throw RPCStatus(.invalidArgument, "\(name): must not contain a NUL character")
+          }
+          if String(validating: value, as: UTF8.self) == nil {
+            throw RPCStatus(.invalidArgument, "\(name): not valid UTF-8")
+          }
+        } else if f.type == PROTOBUF_C_TYPE_MESSAGE, let sub = f.descriptor {
+          try checkStrings(
+            value, sub.assumingMemoryBound(to: ProtobufCMessageDescriptor.self), path: name + ".")
+        }
+      default: return
+      }
+    }
+  }
+
   /// Packs a message whose first member is its `ProtobufCMessage base`.
   static func pack<T>(_ message: UnsafeMutablePointer<T>) -> [UInt8] {
     message.withMemoryRebound(to: ProtobufCMessage.self, capacity: 1) { m in

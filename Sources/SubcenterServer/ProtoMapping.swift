@@ -38,11 +38,15 @@ enum ProtoMapping {
   }
 
   static func unpack<T, R>(
-    _ bytes: [UInt8],
+    _ bytes: [UInt8], _ descriptor: ProtobufCMessageDescriptor,
     _ unpack: (UnsafeMutablePointer<ProtobufCAllocator>?, Int, UnsafePointer<UInt8>?) ->
       UnsafeMutablePointer<T>?,
     _ body: (T) throws(RPCStatus) -> R
   ) throws(RPCStatus) -> R {
+    var d = descriptor
+    try bytes.withUnsafeBufferPointer { (b) throws(RPCStatus) in
+      try withUnsafePointer(to: &d) { (p) throws(RPCStatus) in try ProtoCodec.checkStrings(b, p) }
+    }
     do {
       return try ProtoCodec.withUnpacked(bytes, unpack) { m in
         try body(m.pointee)
@@ -57,7 +61,9 @@ enum ProtoMapping {
   // MARK: Requests
 
   static func identify(_ b: [UInt8]) throws(RPCStatus) -> IdentifyRequest {
-    try unpack(b, subcenter__v1__identify_request__unpack) { (m) throws(RPCStatus) in
+    try unpack(
+      b, subcenter__v1__identify_request__descriptor, subcenter__v1__identify_request__unpack
+    ) { (m) throws(RPCStatus) in
       IdentifyRequest(
         workspace: try text(m.workspace, "workspace"), personID: try text(m.person_id, "person_id"),
         email: try text(m.email, "email"), phone: try text(m.phone, "phone"),
@@ -70,18 +76,26 @@ enum ProtoMapping {
     _ b: [UInt8], profile: Bool
   ) throws(RPCStatus) -> (workspace: String, person: PersonRef?) {
     if profile {
-      return try unpack(b, subcenter__v1__get_profile_request__unpack) { (m) throws(RPCStatus) in
+      return try unpack(
+        b, subcenter__v1__get_profile_request__descriptor,
+        subcenter__v1__get_profile_request__unpack
+      ) { (m) throws(RPCStatus) in
         (try text(m.workspace, "workspace"), try person(m.person, "person"))
       }
     }
-    return try unpack(b, subcenter__v1__get_preferences_request__unpack) {
+    return try unpack(
+      b, subcenter__v1__get_preferences_request__descriptor,
+      subcenter__v1__get_preferences_request__unpack
+    ) {
       (m) throws(RPCStatus) in
       (try text(m.workspace, "workspace"), try person(m.person, "person"))
     }
   }
 
   static func preference(_ b: [UInt8]) throws(RPCStatus) -> PreferenceRequest {
-    try unpack(b, subcenter__v1__preference_request__unpack) { (m) throws(RPCStatus) in
+    try unpack(
+      b, subcenter__v1__preference_request__descriptor, subcenter__v1__preference_request__unpack
+    ) { (m) throws(RPCStatus) in
       PreferenceRequest(
         workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
         channel: try text(m.channel, "channel"), topic: try text(m.topic, "topic"),
@@ -91,7 +105,8 @@ enum ProtoMapping {
   }
 
   static func global(_ b: [UInt8]) throws(RPCStatus) -> GlobalRequest {
-    try unpack(b, subcenter__v1__global_request__unpack) { (m) throws(RPCStatus) in
+    try unpack(b, subcenter__v1__global_request__descriptor, subcenter__v1__global_request__unpack)
+    { (m) throws(RPCStatus) in
       GlobalRequest(
         workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
         source: try text(m.source, "source"))
@@ -99,7 +114,9 @@ enum ProtoMapping {
   }
 
   static func delivery(_ b: [UInt8]) throws(RPCStatus) -> DeliveryRequest {
-    try unpack(b, subcenter__v1__delivery_request__unpack) { (m) throws(RPCStatus) in
+    try unpack(
+      b, subcenter__v1__delivery_request__descriptor, subcenter__v1__delivery_request__unpack
+    ) { (m) throws(RPCStatus) in
       DeliveryRequest(
         workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
         channel: try text(m.channel, "channel"), topic: try text(m.topic, "topic"),
@@ -111,7 +128,10 @@ enum ProtoMapping {
   static let maxBatch = 10_000
 
   static func deliveryBatch(_ b: [UInt8]) throws(RPCStatus) -> DeliveryBatchRequest {
-    try unpack(b, subcenter__v1__delivery_batch_request__unpack) { (m) throws(RPCStatus) in
+    try unpack(
+      b, subcenter__v1__delivery_batch_request__descriptor,
+      subcenter__v1__delivery_batch_request__unpack
+    ) { (m) throws(RPCStatus) in
       guard m.n_persons <= maxBatch else {
         throw RPCStatus(
           .invalidArgument, "persons: \(m.n_persons) persons, at most \(maxBatch) per batch")
@@ -126,7 +146,9 @@ enum ProtoMapping {
   }
 
   static func override(_ b: [UInt8]) throws(RPCStatus) -> OverrideRequest {
-    try unpack(b, subcenter__v1__override_request__unpack) { (m) throws(RPCStatus) in
+    try unpack(
+      b, subcenter__v1__override_request__descriptor, subcenter__v1__override_request__unpack
+    ) { (m) throws(RPCStatus) in
       OverrideRequest(
         workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
         channel: try text(m.channel, "channel"), topic: try text(m.topic, "topic"),
@@ -136,7 +158,8 @@ enum ProtoMapping {
   }
 
   static func forget(_ b: [UInt8]) throws(RPCStatus) -> (ForgetRequest, waitForErasure: Bool) {
-    try unpack(b, subcenter__v1__forget_request__unpack) { (m) throws(RPCStatus) in
+    try unpack(b, subcenter__v1__forget_request__descriptor, subcenter__v1__forget_request__unpack)
+    { (m) throws(RPCStatus) in
       (
         ForgetRequest(
           workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
@@ -146,7 +169,9 @@ enum ProtoMapping {
   }
 
   static func suppress(_ b: [UInt8]) throws(RPCStatus) -> SuppressRequest {
-    try unpack(b, subcenter__v1__suppress_request__unpack) { (m) throws(RPCStatus) in
+    try unpack(
+      b, subcenter__v1__suppress_request__descriptor, subcenter__v1__suppress_request__unpack
+    ) { (m) throws(RPCStatus) in
       var ids: [Identifier] = []
       for i in 0..<m.n_identifiers {
         guard let id = m.identifiers[i]?.pointee else { continue }
@@ -160,7 +185,9 @@ enum ProtoMapping {
   }
 
   static func history(_ b: [UInt8]) throws(RPCStatus) -> HistoryRequest {
-    try unpack(b, subcenter__v1__history_request__unpack) { (m) throws(RPCStatus) in
+    try unpack(
+      b, subcenter__v1__history_request__descriptor, subcenter__v1__history_request__unpack
+    ) { (m) throws(RPCStatus) in
       HistoryRequest(
         workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
         pageSize: m.page_size, pageToken: try text(m.page_token, "page_token"))
@@ -168,7 +195,9 @@ enum ProtoMapping {
   }
 
   static func workspaceConfig(_ b: [UInt8]) throws(RPCStatus) -> WorkspaceConfig {
-    try unpack(b, subcenter__v1__workspace_config__unpack) { (m) throws(RPCStatus) in
+    try unpack(
+      b, subcenter__v1__workspace_config__descriptor, subcenter__v1__workspace_config__unpack
+    ) { (m) throws(RPCStatus) in
       var channels: [String] = []
       for i in 0..<m.n_channels { channels.append(try text(m.channels[i], "channels[\(i)]")) }
       var topics: [Topic] = []
@@ -196,7 +225,10 @@ enum ProtoMapping {
   }
 
   static func workspaceID(_ b: [UInt8]) throws(RPCStatus) -> String {
-    try unpack(b, subcenter__v1__get_workspace_request__unpack) { (m) throws(RPCStatus) in
+    try unpack(
+      b, subcenter__v1__get_workspace_request__descriptor,
+      subcenter__v1__get_workspace_request__unpack
+    ) { (m) throws(RPCStatus) in
       try text(m.workspace, "workspace")
     }
   }

@@ -70,6 +70,24 @@ def health(channel):
     return support.health_stub(channel)
 
 
+# subcenterd for the subscription-center tests (test_sc_*.py): one per module, with the tokens
+# of sc_support.TOKEN_SPECS; `sc` is an sc_support.Env (clients per token, fresh workspaces).
+@pytest.fixture(scope="module")
+def _sc_slot():
+    import sc_support
+    slot = sc_support.server_slot()
+    yield slot
+    slot.close()
+
+
+@pytest.fixture
+def sc(_sc_slot):
+    import sc_support
+    env = sc_support.Env(_sc_slot.get())
+    yield env
+    env.close()
+
+
 # --------------------------------------------------------------------------------------------
 # Hooks: server output in failure reports, dead servers, per-test deadline
 

@@ -1,0 +1,175 @@
+"""Credentials and scopes (SPEC §5): every RPC allowed with its scope (and admin), refused with
+PERMISSION_DENIED with every other single scope; workspace-bound tokens; UNAUTHENTICATED for
+missing, unknown and malformed credentials; the Bearer scheme case-insensitively; Health open."""
+
+import pytest
+
+from interop_support import RPC_TIMEOUT, health_pb2, health_stub
+from sc_support import (NOT_FOUND, PERMISSION_DENIED, SCOPE_TOKENS, TOKENS, UNAUTHENTICATED,
+                        entries_map, expect_code, ident, pb, unique)
+
+
+# RPC → (scope it needs, call(sc, ws, client)). Each call prepares what it needs with the root
+# token, so that it can succeed when the client is allowed.
+def _person(sc, ws):
+    pid = unique("p")
+    sc.person(ws, pid)
+    return pid
+
+
+CALLS = {
+    "GetProfile": ("read", lambda sc, ws, c: c.GetProfile(workspace=ws, person=_person(sc, ws))),
+    "GetPreferences": ("read", lambda sc, ws, c: c.GetPreferences(workspace=ws,
+                                                                  person=_person(sc, ws))),
+    "GetHistory": ("read", lambda sc, ws, c: c.GetHistory(workspace=ws, person=_person(sc, ws))),
+    "GetWorkspace": ("read", lambda sc, ws, c: c.GetWorkspace(workspace=ws)),
+    "Identify": ("write", lambda sc, ws, c: c.Identify(workspace=ws, person_id=unique("p"))),
+    "Subscribe": ("write", lambda sc, ws, c: c.Subscribe(workspace=ws, person=_person(sc, ws),
+                                                         channel="email")),
+    "Unsubscribe": ("write", lambda sc, ws, c: c.Unsubscribe(workspace=ws, person=_person(sc, ws),
+                                                             channel="email")),
+    "UnsubscribeAll": ("write", lambda sc, ws, c: c.UnsubscribeAll(workspace=ws,
+                                                                   person=_person(sc, ws))),
+    "Resubscribe": ("write", lambda sc, ws, c: c.Resubscribe(workspace=ws,
+                                                             person=_person(sc, ws))),
+    "CheckDelivery": ("check", lambda sc, ws, c: c.CheckDelivery(
+        workspace=ws, person=_person(sc, ws), channel="email")),
+    "CheckDeliveryBatch": ("check", lambda sc, ws, c: c.CheckDeliveryBatch(
+        workspace=ws, channel="email", persons=[_person(sc, ws), "ghost"])),
+    "OverrideForImportantMessage": ("override", lambda sc, ws, c: c.OverrideForImportantMessage(
+        workspace=ws, person=_person(sc, ws), channel="email", message_id="m",
+        justification="j")),
+    "ForgetPerson": ("privacy", lambda sc, ws, c: c.ForgetPerson(workspace=ws,
+                                                                 person=_person(sc, ws))),
+    "SuppressIdentifiers": ("privacy", lambda sc, ws, c: c.SuppressIdentifiers(
+        workspace=ws, identifiers=[ident("email", unique("e") + "@example.com")])),
+    "UnsuppressIdentifiers": ("admin", lambda sc, ws, c: c.UnsuppressIdentifiers(
+        workspace=ws, identifiers=[ident("email", "x@example.com")])),
+    "ConfigureWorkspace": ("admin", lambda sc, ws, c: c.ConfigureWorkspace(
+        sc.config(ws, allow_override=True))),
+}
+
+
+def test_calls_table_covers_every_rpc_but_watch():
+    methods = {m.name for m in pb.DESCRIPTOR.services_by_name["SubscriptionCenter"].methods}
+    assert set(CALLS) == methods - {"WatchChanges"}
+
+
+@pytest.mark.parametrize("rpc", sorted(CALLS))
+def test_scope_allowed_and_refused(sc, rpc):
+    ws = sc.workspace(allow_override=True)
+    needed, call = CALLS[rpc]
+    for scope, token_name in SCOPE_TOKENS.items():
+        client = sc.client(token_name)
+        if scope == needed:
+            call(sc, ws, client)  # must succeed
+        else:
+            expect_code(PERMISSION_DENIED, lambda: call(sc, ws, client))
+    call(sc, ws, sc.client("sc-admin-nopii"))  # admin covers every scope
+    call(sc, ws, sc.client("sc-root"))
+
+
+def test_refused_call_changes_nothing(sc):
+    ws = sc.workspace()
+    pid = _person(sc, ws)
+    sc.root.Subscribe(workspace=ws, person=pid, channel="sms")
+    before = sc.root.GetPreferences(workspace=ws, person=pid)
+    for name in ("sc-read", "sc-check", "sc-privacy", "sc-pii", "sc-override"):
+        expect_code(PERMISSION_DENIED, lambda: sc.client(name).Unsubscribe(
+            workspace=ws, person=pid, channel="email"))
+        expect_code(PERMISSION_DENIED, lambda: sc.client(name).UnsubscribeAll(
+            workspace=ws, person=pid))
+    for name in ("sc-read", "sc-write", "sc-check"):
+        expect_code(PERMISSION_DENIED, lambda: sc.client(name).ForgetPerson(
+            workspace=ws, person=pid))
+    after = sc.root.GetPreferences(workspace=ws, person=pid)
+    assert entries_map(after) == entries_map(before)
+    assert after.global_unsubscribed is False
+    sc.root.GetProfile(workspace=ws, person=pid)
+    expect_code(PERMISSION_DENIED, lambda: sc.client("sc-privacy").UnsuppressIdentifiers(
+        workspace=ws, identifiers=[ident("email", "x@example.com")]))
+
+
+def test_star_admin_creates_new_workspaces(sc):
+    for name in ("sc-root", "sc-admin-nopii"):
+        ws = unique("new")
+        sc.client(name).ConfigureWorkspace(sc.config(ws, channels=["email"]))
+        assert list(sc.root.GetWorkspace(workspace=ws).channels) == ["email"]
+
+
+def test_workspace_token_is_confined_to_its_workspace(sc):
+    sc.workspace(ws="ws-a")
+    other = sc.workspace()
+    a = sc.client("sc-wsa-admin")
+    # its own workspace: everything
+    a.ConfigureWorkspace(sc.config("ws-a", channels=["email", "sms"]))
+    assert sorted(a.GetWorkspace(workspace="ws-a").channels) == ["email", "sms"]
+    a.Identify(workspace="ws-a", person_id="pa")
+    a.Subscribe(workspace="ws-a", person="pa", channel="email")
+    a.CheckDelivery(workspace="ws-a", person="pa", channel="email")
+    sc.client("sc-wsa-read").GetWorkspace(workspace="ws-a")
+    # another workspace, even with admin
+    sc.person(other, "po")
+    refused = [
+        lambda: a.GetWorkspace(workspace=other),
+        lambda: a.GetWorkspace(workspace="default"),
+        lambda: a.Identify(workspace=other, person_id="x"),
+        lambda: a.GetProfile(workspace=other, person="po"),
+        lambda: a.Subscribe(workspace=other, person="po", channel="email"),
+        lambda: a.CheckDelivery(workspace=other, person="po", channel="email"),
+        lambda: a.ForgetPerson(workspace=other, person="po"),
+        lambda: a.UnsuppressIdentifiers(workspace=other,
+                                        identifiers=[ident("email", "x@example.com")]),
+        lambda: a.ConfigureWorkspace(sc.config(other, channels=["push"])),
+        lambda: a.ConfigureWorkspace(sc.config(unique("brand-new"), channels=["push"])),
+        lambda: sc.client("sc-wsa-read").GetWorkspace(workspace=other),
+    ]
+    for i, thunk in enumerate(refused):
+        try:
+            expect_code(PERMISSION_DENIED, thunk)
+        except AssertionError as e:
+            raise AssertionError(f"call #{i} of the refused list: {e}") from None
+    # nothing changed in the other workspace
+    assert sorted(sc.root.GetWorkspace(workspace=other).channels) == \
+        sorted(["email", "sms", "push", "in_app"])
+    assert sc.root.GetProfile(workspace=other, person="po").person_id == "po"
+    assert list(sc.root.GetPreferences(workspace=other, person="po").entries) == []
+
+
+BAD_METADATA = {
+    "missing": [],
+    "unknown-token": [("authorization", "Bearer sct_" + "x" * 32)],
+    "basic": [("authorization", "Basic x")],
+    "bearer-alone": [("authorization", "Bearer")],
+    "token-without-scheme": [("authorization", TOKENS["sc-root"])],
+    "other-scheme-real-token": [("authorization", "Token " + TOKENS["sc-root"])],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_METADATA))
+def test_unauthenticated(sc, case):
+    ws = sc.workspace()
+    sc.person(ws, "p")
+    c = sc.raw_client(BAD_METADATA[case])
+    expect_code(UNAUTHENTICATED, lambda: c.GetWorkspace(workspace=ws))
+    expect_code(UNAUTHENTICATED, lambda: c.CheckDelivery(workspace=ws, person="p",
+                                                         channel="email"))
+    expect_code(UNAUTHENTICATED, lambda: c.Identify(workspace=ws, person_id="intruder"))
+    expect_code(UNAUTHENTICATED, lambda: c.GetWorkspace(workspace=unique("nows")))
+    expect_code(NOT_FOUND,
+                lambda: sc.root.GetProfile(workspace=ws, person="intruder"))
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_bearer_scheme_is_case_insensitive(sc, scheme):
+    ws = sc.workspace()
+    c = sc.raw_client([("authorization", f"{scheme} {TOKENS['sc-root']}")])
+    assert c.GetWorkspace(workspace=ws).workspace == ws
+    assert c.Identify(workspace=ws, person_id="p").person_id == "p"
+
+
+@pytest.mark.parametrize("service", ["", "subcenter.v1.SubscriptionCenter"])
+def test_health_needs_no_token(sc, service):
+    resp = health_stub(sc.channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                         timeout=RPC_TIMEOUT)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,298 @@
+"""Identify and GetProfile (SPEC §1, §3): create, update, identifiers kept, anonymous profiles
+and their TTL, merges, lookups by every PersonRef kind, ALREADY_EXISTS and FAILED_PRECONDITION."""
+
+import time
+
+import pytest
+
+from sc_support import (ALREADY_EXISTS, Env, FAILED_PRECONDITION, INVALID, NOT_FOUND,
+                        assert_decision, assert_recent, entries_map, expect_code, history_tuples,
+                        ident, now_ms, ref_anon, ref_email, ref_id, ref_phone, server_args, tick,
+                        topic)
+
+
+def test_identify_creates_a_person(sc):
+    ws = sc.workspace()
+    before = now_ms()
+    p = sc.root.Identify(workspace=ws, person_id="cust-1", email="jane@example.com",
+                         phone="+14155550123", anonymous_id="anon-cust-1")
+    assert p.person_id == "cust-1"
+    assert p.email == "jane@example.com"
+    assert p.phone == "+14155550123"
+    assert list(p.anonymous_ids) == ["anon-cust-1"]
+    assert p.redacted is False
+    assert_recent(p.created_at, before, "created_at")
+    assert p.updated_at >= p.created_at
+    again = sc.root.GetProfile(workspace=ws, person="cust-1")
+    assert (again.person_id, again.email, again.phone, list(again.anonymous_ids),
+            again.created_at) == ("cust-1", "jane@example.com", "+14155550123",
+                                  ["anon-cust-1"], p.created_at)
+
+
+def test_identify_person_id_only(sc):
+    ws = sc.workspace()
+    p = sc.root.Identify(workspace=ws, person_id="bare")
+    assert (p.person_id, p.email, p.phone, list(p.anonymous_ids)) == ("bare", "", "", [])
+
+
+def test_email_is_trimmed_and_lower_cased(sc):
+    ws = sc.workspace()
+    p = sc.root.Identify(workspace=ws, person_id="p", email="  Jane.Doe@Example.COM \t")
+    assert p.email == "jane.doe@example.com"
+    assert sc.root.GetProfile(workspace=ws, person=ref_email("jane.doe@example.com")
+                              ).person_id == "p"
+    assert sc.root.GetProfile(workspace=ws, person=ref_email("JANE.DOE@EXAMPLE.COM")
+                              ).person_id == "p"
+
+
+def test_get_profile_by_every_ref_kind(sc):
+    ws = sc.workspace()
+    sc.root.Identify(workspace=ws, person_id="p1", email="p1@example.com", phone="+4930123456",
+                     anonymous_id="cookie-p1")
+    sc.root.Identify(workspace=ws, person_id="p2", email="p2@example.com")  # a distractor
+    for ref in (ref_id("p1"), ref_email("p1@example.com"), ref_phone("+4930123456"),
+                ref_anon("cookie-p1")):
+        prof = sc.root.GetProfile(workspace=ws, person=ref)
+        assert prof.person_id == "p1", f"GetProfile({ref}) gave {prof.person_id!r}"
+        assert prof.email == "p1@example.com"
+
+
+def test_new_email_replaces_old_which_stops_resolving(sc):
+    ws = sc.workspace()
+    first = sc.root.Identify(workspace=ws, person_id="p", email="old@example.com",
+                             phone="+14155550100")
+    tick()
+    p = sc.root.Identify(workspace=ws, person_id="p", email="new@example.com")
+    assert p.email == "new@example.com"
+    assert p.phone == "+14155550100", "the phone, not given, must be kept"
+    assert p.created_at == first.created_at
+    assert p.updated_at >= first.updated_at
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws,
+                                                      person=ref_email("old@example.com")))
+    assert sc.root.GetProfile(workspace=ws, person=ref_email("new@example.com")).person_id == "p"
+    # the old email is free for someone else now
+    other = sc.root.Identify(workspace=ws, person_id="q", email="old@example.com")
+    assert other.email == "old@example.com"
+
+
+def test_new_phone_replaces_old_and_identifiers_not_given_are_kept(sc):
+    ws = sc.workspace()
+    sc.root.Identify(workspace=ws, person_id="p", email="p@example.com", phone="+14155550100",
+                     anonymous_id="cookie-a")
+    p = sc.root.Identify(workspace=ws, person_id="p", phone="+14155550199")
+    assert p.phone == "+14155550199"
+    assert p.email == "p@example.com"
+    assert list(p.anonymous_ids) == ["cookie-a"]
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws,
+                                                      person=ref_phone("+14155550100")))
+    # a second anonymous id is added, the first kept
+    p = sc.root.Identify(workspace=ws, person_id="p", anonymous_id="cookie-b")
+    assert sorted(p.anonymous_ids) == ["cookie-a", "cookie-b"]
+    assert p.email == "p@example.com" and p.phone == "+14155550199"
+    for a in ("cookie-a", "cookie-b"):
+        assert sc.root.GetProfile(workspace=ws, person=ref_anon(a)).person_id == "p"
+
+
+def test_anonymous_profile_create_and_return(sc):
+    ws = sc.workspace()
+    a = sc.root.Identify(workspace=ws, anonymous_id="ajs-visitor-1")
+    assert a.person_id == ""
+    assert list(a.anonymous_ids) == ["ajs-visitor-1"]
+    assert a.email == "" and a.phone == ""
+    again = sc.root.Identify(workspace=ws, anonymous_id="ajs-visitor-1")
+    assert again.person_id == "" and again.created_at == a.created_at
+    got = sc.root.GetProfile(workspace=ws, person=ref_anon("ajs-visitor-1"))
+    assert got.person_id == "" and list(got.anonymous_ids) == ["ajs-visitor-1"]
+    prefs = sc.root.Subscribe(workspace=ws, person=ref_anon("ajs-visitor-1"), channel="email")
+    assert prefs.person_id == ""
+    d = sc.root.CheckDelivery(workspace=ws, person=ref_anon("ajs-visitor-1"), channel="email")
+    assert_decision(d, True, "SUBSCRIBED", person_id="", what="anonymous profile")
+
+
+def test_identify_attaches_a_new_anonymous_id(sc):
+    ws = sc.workspace()
+    sc.root.Identify(workspace=ws, person_id="p")
+    p = sc.root.Identify(workspace=ws, person_id="p", anonymous_id="fresh-cookie")
+    assert list(p.anonymous_ids) == ["fresh-cookie"]
+    assert sc.root.GetProfile(workspace=ws, person=ref_anon("fresh-cookie")).person_id == "p"
+    # Identify with only that anonymous id returns the identified person
+    assert sc.root.Identify(workspace=ws, anonymous_id="fresh-cookie").person_id == "p"
+
+
+def test_merge_anonymous_profile_choices_by_time(sc):
+    ws = sc.workspace(topics=[topic("news", "sub")])
+    c = sc.root
+    anon = "anon-merge-1"
+    c.Identify(workspace=ws, person_id="p", email="p@example.com")
+    c.Identify(workspace=ws, anonymous_id=anon)
+    # email: the person first, the visitor later → the visitor's choice wins
+    c.Unsubscribe(workspace=ws, person="p", channel="email", source="person-email")
+    tick()
+    c.Subscribe(workspace=ws, person=ref_anon(anon), channel="email", source="anon-email")
+    tick()
+    # sms: the visitor first, the person later → the person's choice wins
+    c.Unsubscribe(workspace=ws, person=ref_anon(anon), channel="sms", source="anon-sms")
+    tick()
+    c.Subscribe(workspace=ws, person="p", channel="sms", source="person-sms")
+    tick()
+    # keys only one side has are kept
+    c.Unsubscribe(workspace=ws, person=ref_anon(anon), topic="news", source="anon-news")
+    c.Subscribe(workspace=ws, person="p", channel="push", source="person-push")
+    tick()
+    # the visitor's global flag is the later one
+    c.UnsubscribeAll(workspace=ws, person=ref_anon(anon), source="anon-global")
+    tick()
+
+    merged = c.Identify(workspace=ws, person_id="p", anonymous_id=anon)
+    assert merged.person_id == "p"
+    assert anon in merged.anonymous_ids
+    assert merged.email == "p@example.com"
+
+    prefs = c.GetPreferences(workspace=ws, person="p")
+    got = entries_map(prefs)
+    assert got[("email", "")][:2] == ("SUBSCRIBED", "anon-email")
+    assert got[("sms", "")][:2] == ("SUBSCRIBED", "person-sms")
+    assert got[("", "news")][:2] == ("UNSUBSCRIBED", "anon-news")
+    assert got[("push", "")][:2] == ("SUBSCRIBED", "person-push")
+    assert set(got) == {("email", ""), ("sms", ""), ("", "news"), ("push", "")}
+    assert prefs.global_unsubscribed is True
+    assert prefs.global_source == "anon-global"
+
+    # the anonymous id keeps resolving to the person; the separate profile is gone
+    assert c.GetProfile(workspace=ws, person=ref_anon(anon)).person_id == "p"
+    assert c.Identify(workspace=ws, anonymous_id=anon).person_id == "p"
+    d = c.CheckDelivery(workspace=ws, person=ref_anon(anon), channel="email")
+    assert_decision(d, False, "GLOBAL_UNSUBSCRIBED", person_id="p", what="merged anonymous id")
+
+    # histories joined: the visitor's changes are in the person's history, with a merge
+    hist = history_tuples(c.GetHistory(workspace=ws, person="p", page_size=1000))
+    actions_sources = {(h[1], h[4]) for h in hist}
+    for want in [("subscribe", "anon-email"), ("unsubscribe", "anon-sms"),
+                 ("unsubscribe", "anon-news"), ("unsubscribe_all", "anon-global"),
+                 ("unsubscribe", "person-email"), ("subscribe", "person-sms")]:
+        assert want in actions_sources, f"{want} missing from the merged history {hist}"
+    assert any(h[1] == "merge" for h in hist), f"no merge entry in {hist}"
+
+
+def test_merge_later_global_flag_of_the_person_wins(sc):
+    ws = sc.workspace()
+    c = sc.root
+    anon = "anon-merge-2"
+    c.Identify(workspace=ws, person_id="p")
+    c.Identify(workspace=ws, anonymous_id=anon)
+    c.UnsubscribeAll(workspace=ws, person=ref_anon(anon), source="anon")
+    tick()
+    c.UnsubscribeAll(workspace=ws, person="p", source="p-unsub")
+    tick()
+    c.Resubscribe(workspace=ws, person="p", source="p-resub")  # the latest flag: not unsubscribed
+    tick()
+    c.Identify(workspace=ws, person_id="p", anonymous_id=anon)
+    prefs = c.GetPreferences(workspace=ws, person="p")
+    assert prefs.global_unsubscribed is False
+    d = c.CheckDelivery(workspace=ws, person="p", channel="email")
+    assert_decision(d, True, "SUBSCRIBED", person_id="p", what="after merge")
+
+
+def test_email_of_another_person_already_exists_and_changes_nothing(sc):
+    ws = sc.workspace()
+    sc.root.Identify(workspace=ws, person_id="p1", email="taken@example.com",
+                     phone="+14155550111", anonymous_id="cookie-p1")
+    before = sc.root.Identify(workspace=ws, person_id="p2", email="p2@example.com")
+    for fields in ({"email": "taken@example.com"}, {"phone": "+14155550111"},
+                   {"anonymous_id": "cookie-p1"},
+                   {"email": "taken@example.com", "phone": "+14155550222"}):
+        expect_code(ALREADY_EXISTS,
+                    lambda: sc.root.Identify(workspace=ws, person_id="p2", **fields))
+    after = sc.root.GetProfile(workspace=ws, person="p2")
+    assert (after.email, after.phone, list(after.anonymous_ids), after.updated_at) == \
+        (before.email, before.phone, list(before.anonymous_ids), before.updated_at)
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws,
+                                                      person=ref_phone("+14155550222")))
+    # a new person with a taken email is refused and not created
+    expect_code(ALREADY_EXISTS, lambda: sc.root.Identify(workspace=ws, person_id="p3",
+                                                         email="taken@example.com"))
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws, person="p3"))
+
+
+def test_suppressed_identifier_is_failed_precondition_and_nothing_is_stored(sc):
+    ws = sc.workspace()
+    sc.root.SuppressIdentifiers(workspace=ws, identifiers=[ident("email", "gone@example.com"),
+                                                           ident("anonymous_id", "gone-cookie")])
+    expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(
+        workspace=ws, person_id="newbie", email="gone@example.com"))
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws, person="newbie"))
+    expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(workspace=ws,
+                                                              anonymous_id="gone-cookie"))
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws,
+                                                      person=ref_anon("gone-cookie")))
+    # an existing person: the whole call is refused, other identifiers are not stored either
+    before = sc.root.Identify(workspace=ws, person_id="old", email="old@example.com")
+    expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(
+        workspace=ws, person_id="old", email="gone@example.com", phone="+14155550777"))
+    after = sc.root.GetProfile(workspace=ws, person="old")
+    assert (after.email, after.phone) == (before.email, before.phone)
+
+
+def test_email_or_phone_without_person_id_is_invalid(sc):
+    ws = sc.workspace()
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, email="x@example.com"),
+                field=("person_id", "email"))
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, phone="+14155550123"),
+                field=("person_id", "phone"))
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws,
+                                                      person=ref_email("x@example.com")))
+
+
+def test_no_identifier_at_all_is_invalid(sc):
+    ws = sc.workspace()
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws))
+
+
+def test_identify_records_history(sc):
+    ws = sc.workspace()
+    p = sc.root.Identify(workspace=ws, person_id="hist", email="h@example.com")
+    hist = sc.root.GetHistory(workspace=ws, person=p.person_id)
+    assert [e.action for e in hist.entries] == ["identify"]
+    assert hist.entries[0].actor == "sc-root"
+
+
+def _exists(c, ws, anon):
+    try:
+        c.GetProfile(workspace=ws, person=ref_anon(anon))
+        return True
+    except Exception as e:
+        assert e.code() == NOT_FOUND, e
+        return False
+
+
+@pytest.mark.deadline(60)
+def test_anonymous_profiles_expire_after_the_ttl_unless_changed(start_server):
+    server = start_server("subcenterd", server_args() + ["--anonymous-ttl", "2"])
+    env = Env(server)
+    try:
+        c = env.root
+        ws = env.workspace()
+        c.Identify(workspace=ws, anonymous_id="idle-visitor")
+        c.Identify(workspace=ws, anonymous_id="busy-visitor")
+        c.Identify(workspace=ws, person_id="p", anonymous_id="attached-cookie")
+        time.sleep(1.0)
+        c.Subscribe(workspace=ws, person=ref_anon("busy-visitor"), channel="email")
+        changed = time.monotonic()
+        time.sleep(1.2)
+        # changed 1.2 s ago with a TTL of 2 s: still there
+        assert _exists(c, ws, "busy-visitor"), "an anonymous profile changed within the TTL went"
+        deadline = time.monotonic() + 15
+        while _exists(c, ws, "idle-visitor") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _exists(c, ws, "idle-visitor"), \
+            "an idle anonymous profile outlived its TTL by 15 s"
+        while _exists(c, ws, "busy-visitor") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _exists(c, ws, "busy-visitor"), \
+            f"the changed anonymous profile was still there {time.monotonic() - changed:.1f} s on"
+        d = c.CheckDelivery(workspace=ws, person=ref_anon("idle-visitor"), channel="email")
+        assert_decision(d, False, "UNKNOWN_PERSON", "", "expired anonymous profile")
+        # identified persons and their anonymous ids are not anonymous profiles
+        assert c.GetProfile(workspace=ws, person=ref_anon("attached-cookie")).person_id == "p"
+    finally:
+        env.close()

@@ -1,0 +1,170 @@
+"""ForgetPerson, SuppressIdentifiers, UnsuppressIdentifiers (SPEC §1, §3)."""
+
+import json
+import re
+
+from sc_support import (ERASURE_DEADLINE_MS, FAILED_PRECONDITION, NOT_FOUND, assert_decision,
+                        assert_recent, b64url_decode, expect_code, ident, limit, now_ms, ref_anon,
+                        ref_email, ref_phone)
+
+B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def test_forget_person_response_and_receipt_shape(sc):
+    ws = sc.workspace()
+    sc.person(ws, "p", email="p@example.com")
+    before = now_ms()
+    r = sc.root.ForgetPerson(workspace=ws, person="p")
+    assert r.person_id == "p"
+    assert_recent(r.erased_at, before, "erased_at")
+    assert r.erasure_deadline == r.erased_at + ERASURE_DEADLINE_MS, \
+        f"erasure_deadline {r.erasure_deadline} is not erased_at {r.erased_at} + 60 s"
+    parts = r.receipt.split(".")
+    assert len(parts) == 2, f"receipt {r.receipt!r} is not two dot-separated parts"
+    for part in parts:
+        assert B64URL.match(part), f"receipt part {part!r} is not unpadded base64url"
+    payload = json.loads(b64url_decode(parts[0]).decode("ascii"))
+    assert set(payload) == {"workspace", "person_hash", "erased_at", "erasure_deadline",
+                            "snapshot_seq"}, f"receipt keys: {sorted(payload)}"
+    assert payload["workspace"] == ws
+    assert re.fullmatch(r"[0-9a-f]{64}", payload["person_hash"]), payload["person_hash"]
+    assert payload["person_hash"] not in ("p", "")
+    for key in ("erased_at", "erasure_deadline", "snapshot_seq"):
+        assert type(payload[key]) is int, f"{key} is {payload[key]!r}, not a JSON integer"
+    assert payload["erased_at"] == r.erased_at
+    assert payload["erasure_deadline"] == r.erasure_deadline
+    assert payload["snapshot_seq"] >= 0
+    assert len(b64url_decode(parts[1])) == 32, "the signature is not an HMAC-SHA-256"
+
+
+def test_forgotten_person_reads_not_found_checks_unknown(sc):
+    ws = sc.workspace()
+    sc.person(ws, "p", email="p@example.com", phone="+14155550123", anonymous_id="cookie-p")
+    sc.root.Subscribe(workspace=ws, person="p", channel="email")
+    sc.root.ForgetPerson(workspace=ws, person=ref_email("p@example.com"))
+    for ref in ("p", ref_email("p@example.com"), ref_phone("+14155550123"), ref_anon("cookie-p")):
+        expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws, person=ref))
+    expect_code(NOT_FOUND, lambda: sc.root.GetPreferences(workspace=ws, person="p"))
+    expect_code(NOT_FOUND, lambda: sc.root.GetHistory(workspace=ws, person="p"))
+    expect_code(NOT_FOUND, lambda: sc.root.Subscribe(workspace=ws, person="p", channel="sms"))
+    expect_code(NOT_FOUND, lambda: sc.root.UnsubscribeAll(workspace=ws, person="p"))
+    for ref in ("p", ref_email("p@example.com")):
+        assert_decision(sc.root.CheckDelivery(workspace=ws, person=ref, channel="email"), False,
+                        "UNKNOWN_PERSON", "", f"forgotten {ref}")
+    batch = sc.root.CheckDeliveryBatch(workspace=ws, channel="email", persons=["p"])
+    assert_decision(batch.decisions[0], False, "UNKNOWN_PERSON", "", "forgotten, batch")
+    # a second forget
+    expect_code(NOT_FOUND, lambda: sc.root.ForgetPerson(workspace=ws, person="p"))
+
+
+def test_forget_unknown_person_not_found(sc):
+    ws = sc.workspace()
+    expect_code(NOT_FOUND, lambda: sc.root.ForgetPerson(workspace=ws, person="ghost"))
+    expect_code(NOT_FOUND, lambda: sc.root.ForgetPerson(workspace=ws,
+                                                        person=ref_email("g@example.com")))
+
+
+def test_forget_without_suppress_allows_a_fresh_start(sc):
+    ws = sc.workspace(limits=[limit("email", 1, 3600)])
+    sc.person(ws, "p", email="p@example.com")
+    sc.root.Unsubscribe(workspace=ws, person="p", channel="sms")
+    sc.root.CheckDelivery(workspace=ws, person="p", channel="email", record_send=True)
+    sc.root.ForgetPerson(workspace=ws, person="p")
+    again = sc.root.Identify(workspace=ws, person_id="p", email="p@example.com")
+    assert again.person_id == "p"
+    prefs = sc.root.GetPreferences(workspace=ws, person="p")
+    assert list(prefs.entries) == [] and prefs.global_unsubscribed is False
+    hist = sc.root.GetHistory(workspace=ws, person="p", page_size=1000)
+    assert [e.action for e in hist.entries] == ["identify"], \
+        f"history of the forgotten person survived: {hist}"
+    assert_decision(sc.root.CheckDelivery(workspace=ws, person="p", channel="email",
+                                          record_send=True),
+                    True, "SUBSCRIBED", "p", "counters were deleted with the person")
+
+
+def test_forget_anonymous_profile(sc):
+    ws = sc.workspace()
+    sc.root.Identify(workspace=ws, anonymous_id="visitor-99")
+    r = sc.root.ForgetPerson(workspace=ws, person=ref_anon("visitor-99"))
+    assert r.person_id == ""
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws,
+                                                      person=ref_anon("visitor-99")))
+
+
+def test_forget_also_suppress_blocks_every_identifier(sc):
+    ws = sc.workspace()
+    sc.person(ws, "p", email="p@example.com", phone="+14155550123", anonymous_id="cookie-p")
+    sc.root.ForgetPerson(workspace=ws, person="p", also_suppress=True)
+    expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(workspace=ws, person_id="p"))
+    expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(workspace=ws, person_id="q",
+                                                              email="p@example.com"))
+    expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(workspace=ws, person_id="q",
+                                                              phone="+14155550123"))
+    expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(workspace=ws,
+                                                              anonymous_id="cookie-p"))
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws, person="q"))
+    for ref in ("p", ref_email("p@example.com"), ref_phone("+14155550123"), ref_anon("cookie-p")):
+        assert_decision(sc.root.CheckDelivery(workspace=ws, person=ref, channel="email"), False,
+                        "SUPPRESSED", what=f"suppressed {ref}")
+
+
+def test_suppress_normalizes_email(sc):
+    ws = sc.workspace()
+    r = sc.root.SuppressIdentifiers(workspace=ws, identifiers=[ident("email", "X@Y.COM")],
+                                    reason="complaint")
+    assert r.suppressed == 1
+    assert list(r.forgotten_person_ids) == []
+    assert_decision(sc.root.CheckDelivery(workspace=ws, person=ref_email("x@y.com"),
+                                          channel="email"), False, "SUPPRESSED",
+                    what="x@y.com after suppressing X@Y.COM")
+    expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(workspace=ws, person_id="p",
+                                                              email="x@y.com"))
+    again = sc.root.SuppressIdentifiers(workspace=ws, identifiers=[ident("email", "x@y.com")])
+    assert again.suppressed == 0, "an already suppressed identifier is not newly suppressed"
+
+
+def test_suppress_counts_newly_suppressed(sc):
+    ws = sc.workspace()
+    r = sc.root.SuppressIdentifiers(workspace=ws, identifiers=[
+        ident("email", "a@example.com"), ident("phone", "+14155550001")])
+    assert r.suppressed == 2
+    r = sc.root.SuppressIdentifiers(workspace=ws, identifiers=[
+        ident("phone", "+14155550001"), ident("anonymous_id", "cookie-z"),
+        ident("person_id", "pid-z")])
+    assert r.suppressed == 2
+
+
+def test_suppress_forgets_the_holder_but_not_its_other_identifiers(sc):
+    ws = sc.workspace()
+    sc.person(ws, "holder", email="h@example.com", phone="+14155550123", anonymous_id="cookie-h")
+    sc.person(ws, "bystander", email="b@example.com")
+    r = sc.client("sc-privacy").SuppressIdentifiers(
+        workspace=ws, identifiers=[ident("email", "H@Example.com")], reason="bounce")
+    assert r.suppressed == 1
+    assert list(r.forgotten_person_ids) == ["holder"]
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws, person="holder"))
+    assert sc.root.GetProfile(workspace=ws, person="bystander").email == "b@example.com"
+    # the holder's phone, anonymous id and person id are not suppressed
+    p = sc.root.Identify(workspace=ws, person_id="newcomer", phone="+14155550123",
+                         anonymous_id="cookie-h")
+    assert p.phone == "+14155550123"
+    assert sc.root.Identify(workspace=ws, person_id="holder").person_id == "holder"
+    assert_decision(sc.root.CheckDelivery(workspace=ws, person=ref_email("h@example.com"),
+                                          channel="email"), False, "SUPPRESSED",
+                    what="the suppressed email")
+
+
+def test_unsuppress_counts_removed_and_frees_the_identifier(sc):
+    ws = sc.workspace()
+    sc.root.SuppressIdentifiers(workspace=ws, identifiers=[ident("email", "u@example.com"),
+                                                           ident("phone", "+14155550002")])
+    r = sc.client("sc-admin-nopii").UnsuppressIdentifiers(
+        workspace=ws, identifiers=[ident("email", "U@EXAMPLE.COM"),
+                                   ident("email", "never-suppressed@example.com")])
+    assert r.suppressed == 1
+    p = sc.root.Identify(workspace=ws, person_id="p", email="u@example.com")
+    assert p.email == "u@example.com"
+    expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(workspace=ws, person_id="q",
+                                                              phone="+14155550002"))
+    r = sc.root.UnsuppressIdentifiers(workspace=ws, identifiers=[ident("email", "u@example.com")])
+    assert r.suppressed == 0

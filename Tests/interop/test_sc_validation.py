@@ -1,0 +1,451 @@
+"""Validation and error codes (SPEC §1, §3): INVALID_ARGUMENT naming the field at every bound,
+NOT_FOUND for unknown workspaces and persons, UNKNOWN_PERSON in checks, and refused calls that
+change nothing."""
+
+import pytest
+
+from sc_support import (INVALID, NOT_FOUND, TOKENS, assert_decision, entries_map, expect_code,
+                        history_tuples, ident, limit, make_email, pb, pb_string_field, raw_unary,
+                        ref_anon, ref_email, ref_phone, topic, unique)
+
+
+@pytest.fixture
+def ws(sc):
+    w = sc.workspace(topics=[topic("news", "sub")], allow_override=True)
+    sc.person(w, "p", email="p@example.com")
+    return w
+
+
+# --------------------------------------------------------------------------------------------
+# person_id, anonymous_id
+
+
+@pytest.mark.parametrize("value", ["a" * 256, "é" * 128, "x", "客" * 85])
+def test_person_id_up_to_256_bytes_accepted(sc, ws, value):
+    assert len(value.encode()) <= 256
+    assert sc.root.Identify(workspace=ws, person_id=value).person_id == value
+    assert sc.root.GetProfile(workspace=ws, person=value).person_id == value
+
+
+@pytest.mark.parametrize("value", ["a" * 257, "é" * 129, "客" * 86])
+def test_person_id_over_256_bytes_refused(sc, ws, value):
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, person_id=value),
+                field="person_id")
+
+
+CONTROL = {"nul": "a\x00b", "soh": "a\x01b", "tab": "a\tb", "newline": "a\nb", "us": "a\x1fb",
+           "del": "a\x7fb", "c1-nel": "a\u0085b", "c1-first": "a\u0080b", "c1-last": "a\u009fb",
+           "leading-cr": "\rab"}
+
+
+@pytest.mark.parametrize("name", sorted(CONTROL))
+def test_person_id_control_characters_refused(sc, ws, name):
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, person_id=CONTROL[name]),
+                field="person_id")
+
+
+@pytest.mark.parametrize("name", ["soh", "del", "c1-nel", "newline"])
+def test_anonymous_id_control_characters_refused(sc, ws, name):
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, anonymous_id=CONTROL[name]),
+                field="anonymous_id")
+
+
+def test_anonymous_id_length(sc, ws):
+    assert sc.root.Identify(workspace=ws, anonymous_id="c" * 256).anonymous_ids[0] == "c" * 256
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, anonymous_id="c" * 257),
+                field="anonymous_id")
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, person_id="p",
+                                                  anonymous_id="c" * 257),
+                field="anonymous_id")
+
+
+def test_person_id_not_valid_utf8_refused(sc, ws):
+    body = pb_string_field(1, ws.encode()) + pb_string_field(2, b"bad\xc3\x28id")
+    md = [("authorization", "Bearer " + TOKENS["sc-root"])]
+    expect_code(INVALID, lambda: raw_unary(sc.channel, "Identify", body, md))
+
+
+def test_person_ref_too_long_or_empty_is_invalid(sc, ws):
+    expect_code(INVALID, lambda: sc.root.GetProfile(workspace=ws, person="a" * 257),
+                field="person")
+    expect_code(INVALID, lambda: sc.root.GetProfile(workspace=ws, person=pb.PersonRef()),
+                field="person")
+
+
+# --------------------------------------------------------------------------------------------
+# email, phone
+
+
+BAD_EMAILS = {"no-at": "janeexample.com", "two-at": "jane@ex@ample.com",
+              "space-local": "ja ne@example.com", "space-domain": "jane@exa mple.com",
+              "tab-inside": "jane@exa\tmple.com", "empty-local": "@example.com",
+              "empty-domain": "jane@", "only-at": "@", "255-bytes": make_email(255)}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_EMAILS))
+def test_bad_email_refused(sc, ws, name):
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, person_id="e1",
+                                                  email=BAD_EMAILS[name]), field="email")
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws, person="e1"))
+
+
+@pytest.mark.parametrize("email", [make_email(254), "a@b", "  spaced@example.com  "])
+def test_good_email_accepted(sc, ws, email):
+    p = sc.root.Identify(workspace=ws, person_id="e2", email=email)
+    assert p.email == email.strip().lower()
+
+
+BAD_PHONES = {"no-plus": "14155550123", "7-digits": "+1234567", "16-digits": "+1234567890123456",
+              "spaces": "+1 415 555 0123", "dashes": "+1-415-555-0123", "letter": "+1415555012a",
+              "plus-only": "+", "double-plus": "++14155550123"}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PHONES))
+def test_bad_phone_refused(sc, ws, name):
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, person_id="ph1",
+                                                  phone=BAD_PHONES[name]), field="phone")
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws, person="ph1"))
+
+
+@pytest.mark.parametrize("phone", ["+12345678", "+123456789012345"])
+def test_phone_8_and_15_digits_accepted(sc, ws, phone):
+    assert sc.root.Identify(workspace=ws, person_id="ph2", phone=phone).phone == phone
+
+
+# --------------------------------------------------------------------------------------------
+# channels, topics, sources, notice versions
+
+
+def test_unknown_channel_or_topic_refused_everywhere(sc, ws):
+    c = sc.root
+    cases = {
+        "Subscribe channel": (lambda: c.Subscribe(workspace=ws, person="p", channel="fax"),
+                              "channel"),
+        "Unsubscribe topic": (lambda: c.Unsubscribe(workspace=ws, person="p", topic="nope"),
+                              "topic"),
+        "CheckDelivery channel": (lambda: c.CheckDelivery(workspace=ws, person="p",
+                                                          channel="fax"), "channel"),
+        "CheckDelivery empty channel": (lambda: c.CheckDelivery(workspace=ws, person="p",
+                                                                channel=""), "channel"),
+        "CheckDelivery topic": (lambda: c.CheckDelivery(workspace=ws, person="p",
+                                                        channel="email", topic="nope"), "topic"),
+        "Batch channel": (lambda: c.CheckDeliveryBatch(workspace=ws, channel="fax",
+                                                       persons=["p"]), "channel"),
+        "Override channel": (lambda: c.OverrideForImportantMessage(
+            workspace=ws, person="p", channel="fax", message_id="m", justification="j"),
+            "channel"),
+        "Override empty channel": (lambda: c.OverrideForImportantMessage(
+            workspace=ws, person="p", channel="", message_id="m", justification="j"),
+            "channel"),
+        "Override topic": (lambda: c.OverrideForImportantMessage(
+            workspace=ws, person="p", channel="email", topic="nope", message_id="m",
+            justification="j"), "topic"),
+    }
+    for what, (thunk, field) in cases.items():
+        try:
+            expect_code(INVALID, thunk, field=field)
+        except AssertionError as e:
+            raise AssertionError(f"{what}: {e}") from None
+    assert list(c.GetPreferences(workspace=ws, person="p").entries) == []
+    assert [e.action for e in c.GetHistory(workspace=ws, person="p").entries] == ["identify"]
+
+
+@pytest.mark.parametrize("field", ["source", "notice_version"])
+def test_source_and_notice_version_128_bytes(sc, ws, field):
+    ok = sc.root.Subscribe(workspace=ws, person="p", channel="email", **{field: "s" * 128})
+    assert getattr(ok.entries[0], field) == "s" * 128
+    sc.root.Subscribe(workspace=ws, person="p", channel="sms", **{field: "é" * 64})
+    before = entries_map(sc.root.GetPreferences(workspace=ws, person="p"))
+    for value in ("s" * 129, "é" * 65):
+        expect_code(INVALID, lambda: sc.root.Unsubscribe(workspace=ws, person="p",
+                                                         channel="email", **{field: value}),
+                    field=field)
+    assert entries_map(sc.root.GetPreferences(workspace=ws, person="p")) == before
+
+
+def test_global_source_129_bytes_refused(sc, ws):
+    sc.root.UnsubscribeAll(workspace=ws, person="p", source="g" * 128)
+    expect_code(INVALID, lambda: sc.root.Resubscribe(workspace=ws, person="p", source="g" * 129),
+                field="source")
+    assert sc.root.GetPreferences(workspace=ws, person="p").global_unsubscribed is True
+
+
+# --------------------------------------------------------------------------------------------
+# override: justification, message_id
+
+
+def _override(sc, ws, message_id="m", justification="j"):
+    return sc.client("sc-override").OverrideForImportantMessage(
+        workspace=ws, person="p", channel="email", message_id=message_id,
+        justification=justification)
+
+
+def test_justification_bounds(sc, ws):
+    assert_decision(_override(sc, ws, justification="j" * 1024), True, "OVERRIDDEN_IMPORTANT",
+                    "p", "1024 bytes")
+    assert_decision(_override(sc, ws, justification="é" * 512), True, "OVERRIDDEN_IMPORTANT",
+                    "p", "1024 bytes of two-byte characters")
+    before = history_tuples(sc.root.GetHistory(workspace=ws, person="p", page_size=1000))
+    for value in ("", "j" * 1025, "é" * 513):
+        expect_code(INVALID, lambda: _override(sc, ws, justification=value),
+                    field="justification")
+    after = history_tuples(sc.root.GetHistory(workspace=ws, person="p", page_size=1000))
+    assert after == before, "a refused override must not be written to the history"
+
+
+def test_message_id_bounds(sc, ws):
+    assert_decision(_override(sc, ws, message_id="m" * 256), True, "OVERRIDDEN_IMPORTANT", "p",
+                    "256 bytes")
+    for value in ("", "m" * 257):
+        expect_code(INVALID, lambda: _override(sc, ws, message_id=value), field="message_id")
+
+
+# --------------------------------------------------------------------------------------------
+# suppression reason
+
+
+def test_suppress_reason_bounds(sc, ws):
+    r = sc.root.SuppressIdentifiers(workspace=ws, identifiers=[ident("email", "r1@example.com")],
+                                    reason="r" * 256)
+    assert r.suppressed == 1
+    expect_code(INVALID, lambda: sc.root.SuppressIdentifiers(
+        workspace=ws, identifiers=[ident("email", "p@example.com")], reason="r" * 257),
+        field="reason")
+    # the refused call suppressed nothing and forgot nobody
+    assert sc.root.GetProfile(workspace=ws, person="p").email == "p@example.com"
+    sc.root.Identify(workspace=ws, person_id="p", email="p@example.com")
+
+
+# --------------------------------------------------------------------------------------------
+# ConfigureWorkspace
+
+
+def _bad_configs(w):
+    base = dict(workspace=w, channels=["email", "sms"])
+    return {
+        "no-channels": (pb.WorkspaceConfig(workspace=w, channels=[]), "channels"),
+        "default-unspecified": (pb.WorkspaceConfig(topics=[topic("t", "unspecified")], **base),
+                                "default_state"),
+        "limit-unknown-channel": (pb.WorkspaceConfig(limits=[limit("push", 1, 60)], **base),
+                                  ("limit", "channel")),
+        "max-messages-0": (pb.WorkspaceConfig(limits=[limit("email", 0, 60)], **base),
+                           "max_messages"),
+        "max-messages-negative": (pb.WorkspaceConfig(limits=[limit("email", -1, 60)], **base),
+                                  "max_messages"),
+        "window-0": (pb.WorkspaceConfig(limits=[limit("email", 1, 0)], **base), "window_seconds"),
+        "window-31536001": (pb.WorkspaceConfig(limits=[limit("email", 1, 31_536_001)], **base),
+                            "window_seconds"),
+        "topic-name-257": (pb.WorkspaceConfig(topics=[topic("t", "sub", name="n" * 257)], **base),
+                           "name"),
+        "description-4097": (pb.WorkspaceConfig(
+            topics=[topic("t", "sub", description="d" * 4097)], **base), "description"),
+        "bad-channel-id": (pb.WorkspaceConfig(workspace=w, channels=["Email"]), "channel"),
+        "channel-id-65": (pb.WorkspaceConfig(workspace=w, channels=["c" * 65]), "channel"),
+        "bad-topic-id": (pb.WorkspaceConfig(topics=[topic("News Letter", "sub")], **base),
+                         ("topic", "id")),
+    }
+
+
+BAD_CONFIG_NAMES = sorted(_bad_configs("x"))
+
+
+@pytest.mark.parametrize("name", BAD_CONFIG_NAMES)
+def test_bad_configuration_refused_and_changes_nothing(sc, name):
+    w = sc.workspace(channels=["email", "sms"], topics=[topic("keep", "sub")],
+                     limits=[limit("sms", 2, 60)], allow_override=True)
+    before = sc.root.GetWorkspace(workspace=w)
+    cfg, field = _bad_configs(w)[name]
+    expect_code(INVALID, lambda: sc.root.ConfigureWorkspace(cfg), field=field)
+    assert sc.root.GetWorkspace(workspace=w) == before
+    # on a new workspace id: not created
+    fresh = unique("ws")
+    cfg.workspace = fresh
+    expect_code(INVALID, lambda: sc.root.ConfigureWorkspace(cfg), field=field)
+    expect_code(NOT_FOUND, lambda: sc.root.GetWorkspace(workspace=fresh))
+
+
+def test_configuration_bounds_accepted(sc):
+    w = unique("ws")
+    cfg = pb.WorkspaceConfig(workspace=w, channels=["email"],
+                             topics=[topic("t", "unsub", name="n" * 256,
+                                           description="d" * 4096)],
+                             limits=[limit("email", 1, 31_536_000)])
+    sc.root.ConfigureWorkspace(cfg)
+    got = sc.root.GetWorkspace(workspace=w)
+    assert got.topics[0].name == "n" * 256 and got.topics[0].description == "d" * 4096
+    assert got.limits[0].window_seconds == 31_536_000 and got.limits[0].max_messages == 1
+    sc.root.ConfigureWorkspace(pb.WorkspaceConfig(workspace=w, channels=["email"],
+                                                  limits=[limit("email", 1, 1)]))
+
+
+@pytest.mark.parametrize("bad", ["Upper", "has space", "a" * 65, "dot.ted", ""])
+def test_bad_workspace_id_refused(sc, bad):
+    expect_code(INVALID, lambda: sc.root.ConfigureWorkspace(
+        pb.WorkspaceConfig(workspace=bad, channels=["email"])), field="workspace")
+
+
+# --------------------------------------------------------------------------------------------
+# unknown workspace, unknown person
+
+
+def _unknown_ws_calls(c, w):
+    return {
+        "Identify": lambda: c.Identify(workspace=w, person_id="p"),
+        "GetProfile": lambda: c.GetProfile(workspace=w, person="p"),
+        "Subscribe": lambda: c.Subscribe(workspace=w, person="p", channel="email"),
+        "Unsubscribe": lambda: c.Unsubscribe(workspace=w, person="p", channel="email"),
+        "UnsubscribeAll": lambda: c.UnsubscribeAll(workspace=w, person="p"),
+        "Resubscribe": lambda: c.Resubscribe(workspace=w, person="p"),
+        "GetPreferences": lambda: c.GetPreferences(workspace=w, person="p"),
+        "CheckDelivery": lambda: c.CheckDelivery(workspace=w, person="p", channel="email"),
+        "CheckDeliveryBatch": lambda: c.CheckDeliveryBatch(workspace=w, channel="email",
+                                                           persons=["p"]),
+        "OverrideForImportantMessage": lambda: c.OverrideForImportantMessage(
+            workspace=w, person="p", channel="email", message_id="m", justification="j"),
+        "ForgetPerson": lambda: c.ForgetPerson(workspace=w, person="p"),
+        "SuppressIdentifiers": lambda: c.SuppressIdentifiers(
+            workspace=w, identifiers=[ident("email", "a@example.com")]),
+        "UnsuppressIdentifiers": lambda: c.UnsuppressIdentifiers(
+            workspace=w, identifiers=[ident("email", "a@example.com")]),
+        "GetHistory": lambda: c.GetHistory(workspace=w, person="p"),
+        "GetWorkspace": lambda: c.GetWorkspace(workspace=w),
+    }
+
+
+@pytest.mark.parametrize("rpc", sorted(_unknown_ws_calls(None, "x")))
+def test_unknown_workspace_is_not_found(sc, rpc):
+    w = unique("nows")
+    expect_code(NOT_FOUND, _unknown_ws_calls(sc.root, w)[rpc])
+    if rpc in ("Identify", "SuppressIdentifiers"):
+        expect_code(NOT_FOUND, lambda: sc.root.GetWorkspace(workspace=w))
+
+
+def test_unknown_person_not_found_for_reads_and_writes(sc, ws):
+    c = sc.root
+    for ref in ("ghost", ref_email("ghost@example.com"), ref_phone("+14155559999"),
+                ref_anon("ghost-cookie")):
+        calls = {
+            "GetProfile": lambda: c.GetProfile(workspace=ws, person=ref),
+            "GetPreferences": lambda: c.GetPreferences(workspace=ws, person=ref),
+            "GetHistory": lambda: c.GetHistory(workspace=ws, person=ref),
+            "Subscribe": lambda: c.Subscribe(workspace=ws, person=ref, channel="email"),
+            "Unsubscribe": lambda: c.Unsubscribe(workspace=ws, person=ref, topic="news"),
+            "UnsubscribeAll": lambda: c.UnsubscribeAll(workspace=ws, person=ref),
+            "Resubscribe": lambda: c.Resubscribe(workspace=ws, person=ref),
+            "ForgetPerson": lambda: c.ForgetPerson(workspace=ws, person=ref),
+        }
+        for rpc, thunk in calls.items():
+            try:
+                expect_code(NOT_FOUND, thunk)
+            except AssertionError as e:
+                raise AssertionError(f"{rpc}({ref}): {e}") from None
+
+
+def test_unknown_person_is_a_decision_in_checks(sc, ws):
+    c = sc.root
+    assert_decision(c.CheckDelivery(workspace=ws, person="ghost", channel="email"), False,
+                    "UNKNOWN_PERSON", "", "CheckDelivery")
+    b = c.CheckDeliveryBatch(workspace=ws, channel="email", persons=["ghost", "p"])
+    assert_decision(b.decisions[0], False, "UNKNOWN_PERSON", "", "batch[0]")
+    assert_decision(b.decisions[1], True, "SUBSCRIBED", "p", "batch[1]")
+    assert_decision(c.OverrideForImportantMessage(workspace=ws, person="ghost", channel="email",
+                                                  message_id="m", justification="j"),
+                    False, "UNKNOWN_PERSON", "", "Override")
+    expect_code(NOT_FOUND, lambda: c.GetProfile(workspace=ws, person="ghost"))
+
+
+def test_refused_identify_changes_nothing(sc, ws):
+    before = sc.root.GetProfile(workspace=ws, person="p")
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, person_id="p",
+                                                  email="new@example.com", phone="4155550123"),
+                field="phone")
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, person_id="p",
+                                                  phone="+14155550123", email="bad"),
+                field="email")
+    after = sc.root.GetProfile(workspace=ws, person="p")
+    assert (after.email, after.phone, list(after.anonymous_ids), after.updated_at) == \
+        (before.email, before.phone, list(before.anonymous_ids), before.updated_at)
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws,
+                                                      person=ref_email("new@example.com")))
+
+
+# --------------------------------------------------------------------------------------------
+# U+0000 inside a string: valid UTF-8 and a C0 control character. Identifiers refuse it; free
+# text either keeps it or is refused; no field may be cut short at it.
+
+
+def test_nul_in_identifiers_refused(sc, ws):
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, anonymous_id="a\x00b"),
+                field="anonymous_id")
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, person_id="p",
+                                                  anonymous_id="cookie\x00x"),
+                field="anonymous_id")
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws, person=ref_anon("a")))
+    # "p\x00x" is not the person "p"
+    try:
+        got = sc.root.GetProfile(workspace=ws, person="p\x00x")
+    except Exception as e:  # INVALID_ARGUMENT or NOT_FOUND are both right
+        assert e.code() in (INVALID, NOT_FOUND), e
+    else:
+        raise AssertionError(f"GetProfile('p\\x00x') answered the person {got.person_id!r}")
+
+
+def test_nul_in_email_is_refused_or_kept_never_cut(sc, ws):
+    try:
+        p = sc.root.Identify(workspace=ws, person_id="p", email="p2@example.com\x00.evil")
+    except Exception as e:
+        assert e.code() == INVALID, e
+        assert sc.root.GetProfile(workspace=ws, person="p").email == "p@example.com"
+    else:
+        assert p.email == "p2@example.com\x00.evil", f"email stored as {p.email!r}"
+
+
+def test_nul_in_workspace_or_channel_does_not_name_another(sc, ws):
+    try:
+        got = sc.root.GetWorkspace(workspace=ws + "\x00junk")
+    except Exception as e:
+        assert e.code() in (INVALID, NOT_FOUND), e
+    else:
+        raise AssertionError(f"workspace {ws!r}+NUL+'junk' answered as {got.workspace!r}")
+    expect_code(INVALID, lambda: sc.root.Subscribe(workspace=ws, person="p",
+                                                   channel="sms\x00xx"), field="channel")
+    expect_code(INVALID, lambda: sc.root.CheckDelivery(workspace=ws, person="p",
+                                                       channel="email", topic="news\x00x"),
+                field="topic")
+    assert list(sc.root.GetPreferences(workspace=ws, person="p").entries) == []
+
+
+def test_nul_in_page_token_is_invalid(sc, ws):
+    expect_code(INVALID, lambda: sc.root.GetHistory(workspace=ws, person="p",
+                                                    page_token="\x00"), field="page_token")
+
+
+def test_nul_in_free_text_is_kept_or_refused_never_cut(sc, ws):
+    try:
+        r = sc.root.Subscribe(workspace=ws, person="p", channel="email", source="ab\x00cd",
+                              notice_version="v\x001")
+    except Exception as e:
+        assert e.code() == INVALID, e
+    else:
+        e = r.entries[0]
+        assert (e.source, e.notice_version) == ("ab\x00cd", "v\x001"), \
+            f"stored as source={e.source!r} notice_version={e.notice_version!r}"
+    try:
+        cfg = sc.root.ConfigureWorkspace(sc.config(ws, topics=[topic("news", "sub",
+                                                                     name="N\x00ame",
+                                                                     description="d\x00e")]))
+    except Exception as e:
+        assert e.code() == INVALID, e
+    else:
+        got = sc.root.GetWorkspace(workspace=ws).topics[0]
+        assert (cfg.topics[0].name, got.name, got.description) == \
+            ("N\x00ame", "N\x00ame", "d\x00e"), f"topic stored as {got}"
+    try:
+        sc.root.OverrideForImportantMessage(workspace=ws, person="p", channel="email",
+                                            message_id="m\x00id", justification="j\x00why")
+    except Exception as e:
+        assert e.code() == INVALID, e
+    else:
+        detail = [x.detail for x in sc.root.GetHistory(workspace=ws, person="p").entries
+                  if x.action == "override"][0]
+        assert "m\x00id" in detail and "j\x00why" in detail, f"override detail {detail!r}"
