@@ -99,6 +99,7 @@ public struct DecisionOutcome: Sendable, Equatable {
 ///   so a send exactly `window` ago no longer counts.
 /// - Nothing is counted here; `countsSend` tells the caller whether a `record_send` call
 ///   counts this one (denied decisions count nothing).
+@inlinable
 public func decideDelivery<Subject: DecisionSubject>(
   target: DeliveryTarget, person: Subject?, suppressed: Bool, isOverride: Bool, now: Int64
 ) -> DecisionOutcome {
@@ -121,7 +122,7 @@ public func decideDelivery<Subject: DecisionSubject>(
 }
 
 /// Rules 4–8 for a known person.
-@inline(__always)
+@inlinable @inline(__always)
 func choiceReason<Subject: DecisionSubject>(
   target: DeliveryTarget, person: Subject, now: Int64
 ) -> DecisionReason {

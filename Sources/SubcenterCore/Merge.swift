@@ -63,7 +63,9 @@ public enum AnonymousTTL {
 public enum HistoryDetail {
   /// An Identify entry: what was created or set.
   public static func identify(created: Bool, fields: [String]) -> String {
-    if created { return fields.isEmpty ? "created" : "created with \(fields.joined(separator: ", "))" }
+    if created {
+      return fields.isEmpty ? "created" : "created with \(fields.joined(separator: ", "))"
+    }
     return "set \(fields.joined(separator: ", "))"
   }
 

@@ -78,39 +78,65 @@ public enum Validate {
 
   /// True if `s` holds a C0 control, DEL or a C1 control character.
   public static func containsControl(_ s: String) -> Bool {
-    for b in s.utf8 where b < 0x20 || b == 0x7F {
-      return true
+    var s = s
+    return s.withUTF8 { bytes in
+      // C1 controls (U+0080–U+009F) are encoded as C2 80 … C2 9F.
+      var previous: UInt8 = 0
+      for b in bytes {
+        if b < 0x20 || b == 0x7F || (previous == 0xC2 && b <= 0x9F && b >= 0x80) { return true }
+        previous = b
+      }
+      return false
     }
-    // C1 controls (U+0080–U+009F) are encoded as C2 80 … C2 9F.
-    var previous: UInt8 = 0
-    for b in s.utf8 {
-      if previous == 0xC2 && b >= 0x80 && b <= 0x9F { return true }
-      previous = b
-    }
-    return false
   }
 
   /// Normalizes an email: trimmed of whitespace, lower-cased; then at most 254 bytes,
   /// exactly one `@` with text on each side, no whitespace or control character inside.
   public static func email(_ raw: String, field: String = "email") throws(CoreError) -> String {
-    let trimmed = trimWhitespace(raw)
-    let s = trimmed.lowercased()
+    var raw = raw
+    // ASCII (the usual case): trim and lower-case bytes, keeping `raw` when it is already
+    // normalized. Anything else goes through Unicode trimming and lower-casing.
+    let ascii: String?? = raw.withUTF8 { b in
+      guard b.allSatisfy({ $0 < 0x80 }) else { return .none }
+      var lo = 0
+      var hi = b.count
+      while lo < hi && isASCIIWhitespace(b[lo]) { lo += 1 }
+      while hi > lo && isASCIIWhitespace(b[hi - 1]) { hi -= 1 }
+      let upper = b[lo..<hi].contains { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }
+      if !upper && lo == 0 && hi == b.count { return .some(nil) }
+      return .some(
+        String(
+          decoding: b[lo..<hi].map {
+            $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") ? $0 | 0x20 : $0
+          }, as: UTF8.self))
+    }
+    var s: String
+    switch ascii {
+    case .some(.some(let normalized)): s = normalized
+    case .some(.none): s = raw
+    case .none: s = trimWhitespace(raw).lowercased()
+    }
     let n = s.utf8.count
     guard n >= 1 else { throw .invalidArgument(field, "must not be empty") }
     guard n <= Limits.emailBytes else {
       throw .invalidArgument(field, "longer than \(Limits.emailBytes) bytes")
     }
-    var ats = 0
-    var atIndex = 0
-    for (i, b) in s.utf8.enumerated() where b == UInt8(ascii: "@") {
-      ats += 1
-      atIndex = i
+    let problem: String? = s.withUTF8 { b in
+      var ats = 0
+      var atIndex = 0
+      for (i, c) in b.enumerated() where c == UInt8(ascii: "@") {
+        ats += 1
+        atIndex = i
+      }
+      guard ats == 1 else { return "must contain exactly one '@'" }
+      guard atIndex > 0, atIndex < n - 1 else { return "needs text on both sides of '@'" }
+      if b.contains(where: isASCIIWhitespace) { return "must not contain whitespace" }
+      return nil
     }
-    guard ats == 1 else { throw .invalidArgument(field, "must contain exactly one '@'") }
-    guard atIndex > 0, atIndex < n - 1 else {
-      throw .invalidArgument(field, "needs text on both sides of '@'")
-    }
-    guard !s.unicodeScalars.contains(where: { $0.properties.isWhitespace }) else {
+    if let problem { throw .invalidArgument(field, problem) }
+    if n != s.unicodeScalars.count  // non-ASCII: Unicode whitespace too
+      && s.unicodeScalars.contains(where: { $0.properties.isWhitespace })
+    {
       throw .invalidArgument(field, "must not contain whitespace")
     }
     guard !containsControl(s) else {
@@ -118,6 +144,9 @@ public enum Validate {
     }
     return s
   }
+
+  @inline(__always)
+  static func isASCIIWhitespace(_ b: UInt8) -> Bool { b == 0x20 || (b >= 0x09 && b <= 0x0D) }
 
   /// A phone number in E.164 exactly: `+` and 8–15 digits (not normalized).
   public static func phone(_ s: String, field: String = "phone") throws(CoreError) {

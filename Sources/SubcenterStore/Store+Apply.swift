@@ -81,7 +81,8 @@ extension SubscriptionStore {
       var anon: Person?
       locked.with(anonShard) { shard in
         if let s = shard.find(workspace: h.number, key: anonKey, hash: anonHash) {
-          anon = PersonCodec.decode(shard.records[Int(s)], history: true, strings: shard.strings)
+          anon =
+            PersonCodec.decode(shard.records[Int(s)], history: true, strings: shard.strings)
             .person
           shard.remove(slot: s, hash: anonHash)
           identity.index.remove(
@@ -114,7 +115,9 @@ extension SubscriptionStore {
     let location = Location(shard: ps, slot: newSlot).packed
     if let e = cmd.email { identity.index.insert(KeyHash.identifier(.email, e), location) }
     if let p = cmd.phone { identity.index.insert(KeyHash.identifier(.phone, p), location) }
-    if let a = cmd.anonymousID { identity.index.insert(KeyHash.identifier(.anonymousID, a), location) }
+    if let a = cmd.anonymousID {
+      identity.index.insert(KeyHash.identifier(.anonymousID, a), location)
+    }
     if created && key.isAnonymous {
       identity.index.insert(KeyHash.identifier(.anonymousID, key.value), location)
     }
@@ -258,7 +261,8 @@ extension SubscriptionStore {
       guard let limit = h.current.limit(channel: channel) else { return }
       for key in c.persons {
         onPerson(h, key) { shard, slot in
-          PersonCodec.recordSend(&shard.records[Int(slot)], channel: channel, at: c.at, limit: limit)
+          PersonCodec.recordSend(
+            &shard.records[Int(slot)], channel: channel, at: c.at, limit: limit)
         }
       }
     case .override(let c):
@@ -306,7 +310,8 @@ extension SubscriptionStore {
     -> (NameID, NameID)
   {
     var m = h.current
-    if (!channel.isEmpty && m.channelID(channel) == nil) || (!topic.isEmpty && m.topicID(topic) == nil)
+    if (!channel.isEmpty && m.channelID(channel) == nil)
+      || (!topic.isEmpty && m.topicID(topic) == nil)
     {
       m = try h.model.withLock { (model: inout Workspace) throws(CoreError) -> Workspace in
         model = try model.numbering(

@@ -17,7 +17,8 @@ extension SubscriptionStore {
   func forget(_ req: ForgetRequest, actor: String) throws(CoreError) -> ForgetResult {
     let h = try handle(req.workspace)
     let ref = try PersonRef.validated(req.person, field: "person")
-    return try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) -> ForgetResult in
+    return try h.identity.withLock {
+      (identity: inout IdentityState) throws(CoreError) -> ForgetResult in
       guard let (loc, key) = locate(h, identity, ref) else {
         throw .notFound("person not found")
       }
@@ -79,15 +80,17 @@ extension SubscriptionStore {
   /// Suppresses identifiers (normalized first). A person holding one is forgotten; its
   /// other identifiers are not suppressed. `suppressed` counts identifiers newly
   /// suppressed.
-  public func suppress(_ req: SuppressRequest, actor: String, completion: Completion<SuppressResult>)
-  {
+  public func suppress(
+    _ req: SuppressRequest, actor: String, completion: Completion<SuppressResult>
+  ) {
     run(completion) { () throws(CoreError) in try suppress(req, actor: actor) }
   }
 
   func suppress(_ req: SuppressRequest, actor: String) throws(CoreError) -> SuppressResult {
     let h = try handle(req.workspace)
     let targets = try suppressionTargets(req)
-    return try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) -> SuppressResult in
+    return try h.identity.withLock {
+      (identity: inout IdentityState) throws(CoreError) -> SuppressResult in
       let fresh = targets.filter { !identity.suppressed.contains($0.1) }
       var holders: [PersonKey] = []
       for (ref, _) in targets {
@@ -118,7 +121,8 @@ extension SubscriptionStore {
   func unsuppress(_ req: SuppressRequest, actor: String) throws(CoreError) -> SuppressResult {
     let h = try handle(req.workspace)
     let targets = try suppressionTargets(req)
-    return try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) -> SuppressResult in
+    return try h.identity.withLock {
+      (identity: inout IdentityState) throws(CoreError) -> SuppressResult in
       let present = targets.map(\.1).filter { identity.suppressed.contains($0) }
       let result = SuppressResult(suppressed: Int32(present.count), forgottenPersonIDs: [])
       if present.isEmpty { return result }
@@ -143,7 +147,8 @@ extension SubscriptionStore {
     var removed = 0
     for h in handles {
       for s in 0..<shardCount {
-        removed += try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) -> Int in
+        removed += try h.identity.withLock {
+          (identity: inout IdentityState) throws(CoreError) -> Int in
           try shards[s].state.withLock { (shard: inout Shard) throws(CoreError) -> Int in
             var ids: [String] = []
             for r in shard.records

@@ -117,6 +117,11 @@ extension SubscriptionStore {
       if let attach, !merges, isSuppressed(identity, .anonymousID, attach) {
         throw .failedPrecondition("anonymous_id", "this identifier is suppressed")
       }
+      if merges, let existing, let anonymousID,
+        entryCount(existing) + entryCount(h, .anonymous(anonymousID)) > Int(UInt16.max)
+      {
+        throw .resourceExhausted("a person holds at most \(UInt16.max) preference entries")
+      }
 
       if let existing, newEmail == nil, newPhone == nil, attach == nil {
         return shards[existing.shard].state.withLock { shard in
@@ -128,10 +133,24 @@ extension SubscriptionStore {
       let cmd = Command.Identify(
         workspace: h.id, person: key, creates: existing == nil, email: newEmail,
         phone: newPhone, anonymousID: attach, mergesProfile: merges, at: now(), actor: actor)
-      return try withShards(shards(of: cmd, h)) { (locked: inout LockedShards) throws(CoreError) -> Profile in
+      return try withShards(shards(of: cmd, h)) {
+        (locked: inout LockedShards) throws(CoreError) -> Profile in
         _ = try log.append(.identify(cmd))
         return applyIdentify(cmd, h, identity: &identity, shards: &locked).profile
       }
+    }
+  }
+
+  private func entryCount(_ loc: Location) -> Int {
+    shards[loc.shard].state.withLock { PersonCodec.entryCount($0.records[Int(loc.slot)]) }
+  }
+
+  private func entryCount(_ h: WorkspaceHandle, _ key: PersonKey) -> Int {
+    let hash = KeyHash.person(h.number, key)
+    return shards[shardIndex(hash)].state.withLock { shard in
+      shard.find(workspace: h.number, key: key, hash: hash).map {
+        PersonCodec.entryCount(shard.records[Int($0)])
+      } ?? 0
     }
   }
 
@@ -150,7 +169,8 @@ extension SubscriptionStore {
       }
       let cmd = Command.Identify(
         workspace: h.id, person: .anonymous(anonymousID), creates: true, at: now(), actor: actor)
-      return try withShards(shards(of: cmd, h)) { (locked: inout LockedShards) throws(CoreError) -> Profile in
+      return try withShards(shards(of: cmd, h)) {
+        (locked: inout LockedShards) throws(CoreError) -> Profile in
         _ = try log.append(.identify(cmd))
         return applyIdentify(cmd, h, identity: &identity, shards: &locked).profile
       }
@@ -184,6 +204,12 @@ extension SubscriptionStore {
     try Validate.maxBytes(req.noticeVersion, Limits.noticeVersionBytes, field: "notice_version")
     let at = now()
     let prefs = try withPerson(h, ref) { (shard, slot) throws(CoreError) -> Preferences in
+      let record = shard.records[Int(slot)]
+      if PersonCodec.entryCount(record) >= Int(UInt16.max),
+        !PersonCodec.hasEntry(record, channel: channel, topic: topic)
+      {
+        throw .resourceExhausted("a person holds at most \(UInt16.max) preference entries")
+      }
       let cmd = Command.SetPreference(
         workspace: h.id, person: PersonCodec.key(shard.records[Int(slot)]),
         channel: req.channel, topic: req.topic, state: state, source: req.source,
@@ -279,8 +305,7 @@ extension SubscriptionStore {
   /// anonymous id are resolved first under one identity lock; then each shard's lock is
   /// taken once for all persons in it. With `recordSend`, each shard's counted sends are
   /// one command.
-  public func checkDeliveryBatch(_ req: DeliveryBatchRequest, completion: Completion<[Decision]>)
-  {
+  public func checkDeliveryBatch(_ req: DeliveryBatchRequest, completion: Completion<[Decision]>) {
     run(completion) { () throws(CoreError) in try checkDeliveryBatch(req) }
   }
 
@@ -357,18 +382,39 @@ extension SubscriptionStore {
         var sendSlots: [UInt32] = []
         var sendKeys: [PersonKey] = []
         var pending: [UInt32: Int] = [:]
+        // Two passes over the shard's persons before deciding, so that the cache misses of
+        // different persons overlap: first the slot table, then the records and blobs.
+        var touched = 0
+        for k in starts[s]..<starts[s + 1] {
+          let i = order[k]
+          if case .personID = refs[i] { candidate[i] = shard.keys.firstValue(hashes[i]) ?? .max }
+        }
+        for k in starts[s]..<starts[s + 1] {
+          let c = candidate[order[k]]
+          if Int(c) < shard.records.count && !shard.records[Int(c)].isFree {
+            touched &+= Int(shard.records[Int(c)].blob[6])
+          }
+        }
+        if touched == -1 { preconditionFailure("unreachable: keeps the prefetch pass") }
         for k in starts[s]..<starts[s + 1] {
           let i = order[k]
           let slot: UInt32
           var personID: String
           var key: PersonKey?
           if case .personID(let id) = refs[i] {
-            guard let found = shard.find(workspace: h.number, key: .person(id), hash: hashes[i])
-            else {
+            let c = candidate[i]
+            if Int(c) < shard.records.count,
+              PersonCodec.matches(shard.records[Int(c)], workspace: h.number, key: .person(id))
+            {
+              slot = c
+            } else if let found = shard.find(
+              workspace: h.number, key: .person(id), hash: hashes[i])
+            {
+              slot = found
+            } else {
               missing.append(i)
               continue
             }
-            slot = found
             personID = id
             key = .person(id)
           } else {
@@ -384,7 +430,8 @@ extension SubscriptionStore {
           }
           let extra = counting ? pending[slot] ?? 0 : 0
           let outcome = PersonCodec.withSubject(shard.records[Int(slot)], pendingSends: extra) {
-            decideDelivery(target: target, person: $0, suppressed: false, isOverride: false, now: at)
+            decideDelivery(
+              target: target, person: $0, suppressed: false, isOverride: false, now: at)
           }
           if personID.isEmpty && !shard.records[Int(slot)].isAnonymous {
             personID = PersonCodec.key(shard.records[Int(slot)]).value

@@ -200,8 +200,7 @@ public final class SubscriptionStore: Sendable {
   }
 
   /// A person's entries, global flag and effective decisions (GetPreferences).
-  public func preferences(workspace: String, person: PersonRef?) throws(CoreError) -> Preferences
-  {
+  public func preferences(workspace: String, person: PersonRef?) throws(CoreError) -> Preferences {
     let h = try handle(workspace)
     let ref = try PersonRef.validated(person, field: "person")
     let at = now()

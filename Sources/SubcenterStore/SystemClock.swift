@@ -1,11 +1,12 @@
 // The real wall clock, for the daemon (tests use `ManualClock` from SubcenterCore).
 
+import SubcenterCore
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Darwin)
   import Darwin
 #endif
-import SubcenterCore
 
 /// `CLOCK_REALTIME` in Unix milliseconds.
 public struct SystemClock: WallClock {

@@ -26,7 +26,8 @@ import Testing
     let chunk = [UInt8](repeating: UInt8(ascii: "a"), count: 1000)
     for _ in 0..<1000 { s.update(chunk) }
     #expect(
-      Hex.encode(s.finalize()) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+      Hex.encode(s.finalize()) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+    )
   }
 
   /// Padding edges: 55, 56, 63, 64 and 65 bytes, fed whole and byte by byte.
@@ -101,7 +102,10 @@ import Testing
     let a = hasher.hash(kind: .email, normalizedValue: "x@y.com")
     #expect(a == hasher.hash(kind: .email, normalizedValue: "x@y.com"))
     #expect(a != hasher.hash(kind: .anonymousID, normalizedValue: "x@y.com"))
-    #expect(a != IdentifierHasher(secret: Array("other".utf8)).hash(kind: .email, normalizedValue: "x@y.com"))
+    #expect(
+      a
+        != IdentifierHasher(secret: Array("other".utf8)).hash(
+          kind: .email, normalizedValue: "x@y.com"))
     // HMAC(secret, kind byte ‖ value), as documented.
     let expected = HMACSHA256(key: Array("secret".utf8)).authenticate([2] + Array("x@y.com".utf8))
     #expect(a.bytes == expected)

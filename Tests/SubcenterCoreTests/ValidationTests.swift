@@ -24,9 +24,15 @@ private func str(_ n: Int, _ c: Character = "a") -> String { String(repeating: c
     #expect(field { () throws(CoreError) in try Validate.workspaceID("a_b-9") } == nil)
     #expect(field { () throws(CoreError) in try Validate.workspaceID("a.b") } == "workspace")
     #expect(field { () throws(CoreError) in try Validate.workspaceID("Ab") } == "workspace")
-    #expect(field { () throws(CoreError) in try Validate.channelOrTopicID("in_app.v2-x", field: "channel") } == nil)
-    #expect(field { () throws(CoreError) in try Validate.channelOrTopicID(str(65), field: "topic") } == "topic")
-    #expect(field { () throws(CoreError) in try Validate.channelOrTopicID("a b", field: "topic") } == "topic")
+    #expect(
+      field { () throws(CoreError) in try Validate.channelOrTopicID("in_app.v2-x", field: "channel")
+      } == nil)
+    #expect(
+      field { () throws(CoreError) in try Validate.channelOrTopicID(str(65), field: "topic") }
+        == "topic")
+    #expect(
+      field { () throws(CoreError) in try Validate.channelOrTopicID("a b", field: "topic") }
+        == "topic")
   }
 
   @Test func personAndAnonymousIDs() {
@@ -38,9 +44,12 @@ private func str(_ n: Int, _ c: Character = "a") -> String { String(repeating: c
     #expect(field { () throws(CoreError) in try Validate.personID(str(129, "é")) } == "person_id")
     #expect(field { () throws(CoreError) in try Validate.personID("ok ☺ id") } == nil)
     for bad in ["a\u{0}b", "a\u{1F}", "\u{7F}", "x\u{80}", "x\u{9F}y", "tab\there"] {
-      #expect(field { () throws(CoreError) in try Validate.personID(bad) } == "person_id", "\(bad.unicodeScalars.map(\.value))")
+      #expect(
+        field { () throws(CoreError) in try Validate.personID(bad) } == "person_id",
+        "\(bad.unicodeScalars.map(\.value))")
     }
-    #expect(field { () throws(CoreError) in try Validate.personID("x\u{A0}y") } == nil)  // NBSP is not a control
+    // NBSP is not a control character.
+    #expect(field { () throws(CoreError) in try Validate.personID("x\u{A0}y") } == nil)
     #expect(field { () throws(CoreError) in try Validate.anonymousID(str(256)) } == nil)
     #expect(field { () throws(CoreError) in try Validate.anonymousID(str(257)) } == "anonymous_id")
     #expect(field { () throws(CoreError) in try Validate.anonymousID("a\u{85}") } == "anonymous_id")
@@ -48,6 +57,12 @@ private func str(_ n: Int, _ c: Character = "a") -> String { String(repeating: c
 
   @Test func emails() throws {
     #expect(try Validate.email("  Jane.Doe@Example.COM \n") == "jane.doe@example.com")
+    #expect(try Validate.email("\u{0B}\tA@B\r") == "a@b")
+    #expect(try Validate.email("already@normal.com") == "already@normal.com")
+    // Unicode: trimmed of Unicode whitespace and lower-cased as Unicode.
+    #expect(try Validate.email("\u{3000}ÜNÏ@Exämple.COM\u{A0}") == "ünï@exämple.com")
+    #expect(field { () throws(CoreError) in _ = try Validate.email("ü\u{A0}x@y.z") } == "email")
+    #expect(field { () throws(CoreError) in _ = try Validate.email("ü@y\u{85}z") } == "email")
     let local = str(64)
     let edge = local + "@" + str(254 - 65)
     #expect(edge.utf8.count == 254)
@@ -55,8 +70,13 @@ private func str(_ n: Int, _ c: Character = "a") -> String { String(repeating: c
     #expect(field { () throws(CoreError) in _ = try Validate.email(edge + "b") } == "email")
     // Trimming happens before the length check.
     #expect(try Validate.email("   " + edge + "   ") == edge)
-    for bad in ["", "   ", "jane", "@example.com", "jane@", "a@b@c", "ja ne@x.com", "jane@x\t.com", "a\u{0}@b"] {
-      #expect(field { () throws(CoreError) in _ = try Validate.email(bad, field: "person.email") } == "person.email", "\(bad)")
+    for bad in [
+      "", "   ", "jane", "@example.com", "jane@", "a@b@c", "ja ne@x.com", "jane@x\t.com",
+      "a\u{0}@b",
+    ] {
+      #expect(
+        field { () throws(CoreError) in _ = try Validate.email(bad, field: "person.email") }
+          == "person.email", "\(bad)")
     }
   }
 
@@ -71,22 +91,55 @@ private func str(_ n: Int, _ c: Character = "a") -> String { String(repeating: c
   }
 
   @Test func freeText() {
-    #expect(field { () throws(CoreError) in try Validate.maxBytes(str(128), Limits.sourceBytes, field: "source") } == nil)
-    #expect(field { () throws(CoreError) in try Validate.maxBytes(str(129), Limits.sourceBytes, field: "source") } == "source")
-    #expect(field { () throws(CoreError) in try Validate.maxBytes("", Limits.sourceBytes, field: "source") } == nil)
-    #expect(field { () throws(CoreError) in try Validate.requiredBytes(str(1024), Limits.justificationBytes, field: "justification") } == nil)
-    #expect(field { () throws(CoreError) in try Validate.requiredBytes(str(1025), Limits.justificationBytes, field: "justification") } == "justification")
-    #expect(field { () throws(CoreError) in try Validate.requiredBytes("", Limits.justificationBytes, field: "justification") } == "justification")
-    #expect(field { () throws(CoreError) in try Validate.requiredBytes(str(256), Limits.messageIDBytes, field: "message_id") } == nil)
-    #expect(field { () throws(CoreError) in try Validate.requiredBytes(str(257), Limits.messageIDBytes, field: "message_id") } == "message_id")
+    #expect(
+      field { () throws(CoreError) in
+        try Validate.maxBytes(str(128), Limits.sourceBytes, field: "source")
+      } == nil)
+    #expect(
+      field { () throws(CoreError) in
+        try Validate.maxBytes(str(129), Limits.sourceBytes, field: "source")
+      } == "source")
+    #expect(
+      field { () throws(CoreError) in try Validate.maxBytes("", Limits.sourceBytes, field: "source")
+      } == nil)
+    #expect(
+      field { () throws(CoreError) in
+        try Validate.requiredBytes(str(1024), Limits.justificationBytes, field: "justification")
+      } == nil)
+    #expect(
+      field { () throws(CoreError) in
+        try Validate.requiredBytes(str(1025), Limits.justificationBytes, field: "justification")
+      } == "justification")
+    #expect(
+      field { () throws(CoreError) in
+        try Validate.requiredBytes("", Limits.justificationBytes, field: "justification")
+      } == "justification")
+    #expect(
+      field { () throws(CoreError) in
+        try Validate.requiredBytes(str(256), Limits.messageIDBytes, field: "message_id")
+      } == nil)
+    #expect(
+      field { () throws(CoreError) in
+        try Validate.requiredBytes(str(257), Limits.messageIDBytes, field: "message_id")
+      } == "message_id")
   }
 
   @Test func personRefs() throws {
     #expect(try PersonRef.validated(.email(" A@B.C "), field: "person") == .email("a@b.c"))
-    #expect(field { () throws(CoreError) in _ = try PersonRef.validated(nil, field: "person") } == "person")
-    #expect(field { () throws(CoreError) in _ = try PersonRef.validated(.phone("123"), field: "person") } == "person.phone")
-    #expect(field { () throws(CoreError) in _ = try PersonRef.validated(.personID(""), field: "persons[3]") } == "persons[3].person_id")
-    #expect(field { () throws(CoreError) in _ = try normalizedIdentifier(kind: .unspecified, value: "x", field: "identifiers[0].kind") } == "identifiers[0].kind")
+    #expect(
+      field { () throws(CoreError) in _ = try PersonRef.validated(nil, field: "person") }
+        == "person")
+    #expect(
+      field { () throws(CoreError) in _ = try PersonRef.validated(.phone("123"), field: "person") }
+        == "person.phone")
+    #expect(
+      field { () throws(CoreError) in
+        _ = try PersonRef.validated(.personID(""), field: "persons[3]")
+      } == "persons[3].person_id")
+    #expect(
+      field { () throws(CoreError) in
+        _ = try normalizedIdentifier(kind: .unspecified, value: "x", field: "identifiers[0].kind")
+      } == "identifiers[0].kind")
     #expect(try normalizedIdentifier(kind: .email, value: "X@Y.COM", field: "v") == "x@y.com")
   }
 
@@ -122,7 +175,8 @@ private func str(_ n: Int, _ c: Character = "a") -> String { String(repeating: c
     #expect(refused(config { $0.topics[0].name = str(257) }) == "topics[0].name")
     #expect(refused(config { $0.topics[0].description = str(4096) }) == nil)
     #expect(refused(config { $0.topics[0].description = str(4097) }) == "topics[0].description")
-    #expect(refused(config { $0.topics[0].defaultState = .unspecified }) == "topics[0].default_state")
+    #expect(
+      refused(config { $0.topics[0].defaultState = .unspecified }) == "topics[0].default_state")
     #expect(refused(config { $0.topics.append($0.topics[0]) }) == "topics[1].id")
     #expect(refused(config { $0.topics[0].id = "" }) == "topics[0].id")
     #expect(refused(config { $0.limits[0].channel = "push" }) == "limits[0].channel")
@@ -130,7 +184,8 @@ private func str(_ n: Int, _ c: Character = "a") -> String { String(repeating: c
     #expect(refused(config { $0.limits[0].maxMessages = 0 }) == "limits[0].max_messages")
     #expect(refused(config { $0.limits[0].windowSeconds = 0 }) == "limits[0].window_seconds")
     #expect(refused(config { $0.limits[0].windowSeconds = 31_536_000 }) == nil)
-    #expect(refused(config { $0.limits[0].windowSeconds = 31_536_001 }) == "limits[0].window_seconds")
+    #expect(
+      refused(config { $0.limits[0].windowSeconds = 31_536_001 }) == "limits[0].window_seconds")
     #expect(refused(config { $0.workspace = "" }) == "workspace")
   }
 

@@ -64,19 +64,23 @@ public enum PersonRef: Sendable, Hashable {
   /// `field` is the request field holding the ref (`person`, `persons[3]`).
   public static func validated(_ ref: PersonRef?, field: String) throws(CoreError) -> PersonRef {
     guard let ref else { throw .invalidArgument(field, "a person must be given") }
-    let sub = "\(field).\(ref.kind.fieldName)"
-    switch ref {
-    case .personID(let v):
-      try Validate.personID(v, field: sub)
-      return ref
-    case .email(let v):
-      return .email(try Validate.email(v, field: sub))
-    case .phone(let v):
-      try Validate.phone(v, field: sub)
-      return ref
-    case .anonymousID(let v):
-      try Validate.anonymousID(v, field: sub)
-      return ref
+    do {
+      switch ref {
+      case .personID(let v):
+        try Validate.personID(v, field: "")
+        return ref
+      case .email(let v):
+        return .email(try Validate.email(v, field: ""))
+      case .phone(let v):
+        try Validate.phone(v, field: "")
+        return ref
+      case .anonymousID(let v):
+        try Validate.anonymousID(v, field: "")
+        return ref
+      }
+    } catch {
+      // The field name is built only when it is needed.
+      throw CoreError(error.kind, field: "\(field).\(ref.kind.fieldName)", error.reason)
     }
   }
 }

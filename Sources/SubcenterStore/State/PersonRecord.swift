@@ -62,7 +62,8 @@ enum PersonCodec {
   /// Packs `person` in full.
   static func encode(_ p: Person, workspace: UInt16, strings: inout StringTable) -> PersonRecord {
     var w = ByteWriter()
-    w.bytes.reserveCapacity(64 + p.key.value.utf8.count + 24 * p.entries.count + 16 * p.history.count)
+    w.bytes.reserveCapacity(
+      64 + p.key.value.utf8.count + 24 * p.entries.count + 16 * p.history.count)
     writeMain(
       p, historyCount: p.history.count, lastHistoryAt: p.history.last?.at ?? p.createdAt,
       into: &w, strings: &strings)
@@ -280,6 +281,16 @@ enum PersonCodec {
         return true
       }
     }
+  }
+
+  /// The number of explicit entries (at most `UInt16.max`: the store refuses more).
+  static func entryCount(_ r: borrowing PersonRecord) -> Int {
+    Int(r.blob[4]) | Int(r.blob[5]) << 8
+  }
+
+  /// True if the record has an entry for (channel, topic).
+  static func hasEntry(_ r: borrowing PersonRecord, channel: NameID, topic: NameID) -> Bool {
+    withSubject(r) { $0.explicitState(channel: channel, topic: topic) != nil }
   }
 
   /// When the person last changed (the anonymous TTL runs from here).

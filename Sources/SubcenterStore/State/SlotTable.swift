@@ -35,6 +35,17 @@ struct SlotTable {
     }
   }
 
+  /// The first value stored under `hash`'s fragment (a candidate to verify).
+  @inline(__always)
+  func firstValue(_ hash: UInt64) -> UInt32? {
+    var found: UInt32?
+    _ = first(hash) { v in
+      found = v
+      return true
+    }
+    return found
+  }
+
   /// Every value stored under `hash`.
   func values(_ hash: UInt64) -> [UInt32] {
     var out: [UInt32] = []

@@ -1,0 +1,164 @@
+// The packed person: random persons survive encode → decode; appending history without
+// decoding it equals a full re-encode; the decision read in place equals the decision on
+// the decoded person; the slot table keeps every entry through growth and removals.
+
+import SubcenterCore
+import Testing
+
+@testable import SubcenterStore
+
+private func randomString(_ rng: inout SplitMix, max: Int) -> String {
+  let alphabet: [String] = ["a", "b", "z", "0", "_", "é", "☺", "𝄞", " "]
+  let n = Int(rng.next() % UInt64(max + 1))
+  return (0..<n).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }.joined()
+}
+
+private func randomPerson(_ rng: inout SplitMix) -> Person {
+  let anonymous = rng.next() % 4 == 0
+  let created = Int64(rng.next() % 2_000_000_000_000)
+  var p = Person(
+    key: PersonKey("k" + randomString(&rng, max: 40), anonymous: anonymous), at: created)
+  if !anonymous {
+    if rng.next() % 2 == 0 { p.email = randomString(&rng, max: 30) + "@x.com" }
+    if rng.next() % 2 == 0 { p.phone = "+1415555" + String(rng.next() % 10_000) }
+    for _ in 0..<Int(rng.next() % 3) { p.anonymousIDs.append(randomString(&rng, max: 20)) }
+  }
+  let sources = ["", "preference_center", "one_click", String(repeating: "long", count: 40)]
+  var keys = Set<UInt32>()
+  for _ in 0..<Int(rng.next() % 6) {
+    let c = NameID(rng.next() % 4)
+    let t = NameID(rng.next() % 4)
+    if (c == 0 && t == 0) || !keys.insert(UInt32(c) << 16 | UInt32(t)).inserted { continue }
+    p.upsert(
+      PreferenceRecord(
+        channel: c, topic: t, state: rng.next() % 2 == 0 ? .subscribed : .unsubscribed,
+        updatedAt: created + Int64(rng.next() % 100_000) - 50_000,
+        source: sources[Int(rng.next() % 4)], noticeVersion: rng.next() % 3 == 0 ? "v2" : ""))
+  }
+  if rng.next() % 2 == 0 {
+    p.global = GlobalFlag(
+      unsubscribed: rng.next() % 2 == 0, updatedAt: created + 5,
+      source: sources[Int(rng.next() % 4)])
+  }
+  for _ in 0..<Int(rng.next() % 8) {
+    p.appendHistory(
+      action: HistoryAction.allCases[Int(rng.next() % 7)], channel: NameID(rng.next() % 3),
+      topic: NameID(rng.next() % 3), source: sources[Int(rng.next() % 4)], actor: "actor",
+      detail: randomString(&rng, max: 30), at: created + Int64(rng.next() % 10_000))
+  }
+  var at = created
+  for _ in 0..<Int(rng.next() % 4) {
+    at += Int64(rng.next() % 1000)
+    p.sends.append(SendRecord(channel: NameID(rng.next() % 3), at: at))
+  }
+  p.updatedAt = created + Int64(rng.next() % 1000)
+  return p
+}
+
+@Suite struct PersonCodecTests {
+  @Test func roundTrip() {
+    var rng = SplitMix(seed: 7)
+    var strings = StringTable()
+    for _ in 0..<500 {
+      let p = randomPerson(&rng)
+      let r = PersonCodec.encode(p, workspace: 3, strings: &strings)
+      #expect(PersonCodec.decode(r, history: true, strings: strings).person == p)
+      #expect(PersonCodec.key(r) == p.key)
+      #expect(PersonCodec.matches(r, workspace: 3, key: p.key))
+      #expect(!PersonCodec.matches(r, workspace: 4, key: p.key))
+      #expect(PersonCodec.updatedAt(r) == p.updatedAt)
+      if !p.email.isEmpty { #expect(PersonCodec.holds(r, kind: .email, value: p.email)) }
+      if !p.phone.isEmpty { #expect(PersonCodec.holds(r, kind: .phone, value: p.phone)) }
+      for a in p.anonymousIDs { #expect(PersonCodec.holds(r, kind: .anonymousID, value: a)) }
+      #expect(!PersonCodec.holds(r, kind: .email, value: "nobody@x.com"))
+      var partial = PersonCodec.decode(r, history: false, strings: strings).person
+      partial.history = p.history
+      #expect(partial == p)
+    }
+  }
+
+  @Test func appendEqualsFullEncode() {
+    var rng = SplitMix(seed: 11)
+    var strings = StringTable()
+    for i in 0..<300 {
+      var full = randomPerson(&rng)
+      var record = PersonCodec.encode(full, workspace: 1, strings: &strings)
+      let d = PersonCodec.decode(record, history: false, strings: strings)
+      var partial = d.person
+      // Half the time a new entry sorts before the last stored one (the slow path).
+      let base = (full.history.last?.at ?? full.createdAt) + (i % 2 == 0 ? 1 : -3)
+      for k in 0..<2 {
+        partial.setPreference(
+          channel: 1, topic: NameID(k), state: .subscribed, source: "s", noticeVersion: "",
+          at: base + Int64(k), actor: "a")
+        full.setPreference(
+          channel: 1, topic: NameID(k), state: .subscribed, source: "s", noticeVersion: "",
+          at: base + Int64(k), actor: "a")
+      }
+      PersonCodec.update(&record, with: partial, tail: d.tail, strings: &strings)
+      #expect(PersonCodec.decode(record, history: true, strings: strings).person == full)
+    }
+  }
+
+  @Test func packedDecisionEqualsDecoded() {
+    var rng = SplitMix(seed: 3)
+    var strings = StringTable()
+    for _ in 0..<2000 {
+      let p = randomPerson(&rng)
+      let r = PersonCodec.encode(p, workspace: 1, strings: &strings)
+      let target = DeliveryTarget(
+        channel: NameID(1 + rng.next() % 3), topic: NameID(rng.next() % 4),
+        topicDefault: rng.next() % 2 == 0 ? .subscribed : .unsubscribed,
+        limit: rng.next() % 2 == 0
+          ? LimitRule(maxMessages: 1 + Int(rng.next() % 3), windowMillis: 2000) : nil,
+        overridesAllowed: rng.next() % 2 == 0)
+      let isOverride = rng.next() % 3 == 0
+      let now = p.createdAt + Int64(rng.next() % 4000)
+      let a = decideDelivery(
+        target: target, person: p, suppressed: false, isOverride: isOverride, now: now)
+      let b = PersonCodec.withSubject(r) {
+        decideDelivery(
+          target: target, person: $0, suppressed: false, isOverride: isOverride, now: now)
+      }
+      #expect(a == b)
+    }
+  }
+
+  @Test func packedSendsMatchPersonSends() {
+    let limit = LimitRule(maxMessages: 3, windowMillis: 1000)
+    var p = Person(key: .person("p"), at: 0)
+    var strings = StringTable()
+    var r = PersonCodec.encode(p, workspace: 1, strings: &strings)
+    for (i, at) in [10, 500, 900, 1500, 1501, 1400, 3000].enumerated() {
+      let channel = NameID(1 + i % 2)
+      p.recordSend(channel: channel, at: Int64(at), limit: limit)
+      PersonCodec.recordSend(&r, channel: channel, at: Int64(at), limit: limit)
+      #expect(PersonCodec.decode(r, history: false, strings: strings).person.sends == p.sends)
+    }
+  }
+
+  @Test func slotTable() {
+    var table = SlotTable()
+    var model: [UInt64: [UInt32]] = [:]
+    var rng = SplitMix(seed: 5)
+    for step in 0..<20_000 {
+      // Few distinct fragments, so runs and equal fragments are common.
+      let hash = (rng.next() % 512) << 32 | rng.next() % 4
+      if step % 3 == 2, let existing = model[hash]?.first {
+        table.remove(hash, existing)
+        model[hash]!.removeFirst()
+      } else {
+        let v = UInt32(step)
+        table.insert(hash, v)
+        model[hash, default: []].append(v)
+      }
+    }
+    for (hash, values) in model {
+      // Values of equal fragments are candidates of each other: filter like a caller does.
+      let same = model.filter { $0.key >> 32 == hash >> 32 }.flatMap(\.value)
+      #expect(Set(table.values(hash)) == Set(same))
+      #expect(Set(values).isSubset(of: Set(table.values(hash))))
+    }
+    #expect(table.count == model.values.reduce(0) { $0 + $1.count })
+  }
+}
