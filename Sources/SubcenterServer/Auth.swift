@@ -92,24 +92,28 @@ public struct TokenStore: Sendable {
     guard let token = Self.bearerToken(header) else {
       throw RPCStatus(.unauthenticated, "authorization must be 'Bearer <token>'")
     }
-    let digest = Crypto.sha256(Array(token.utf8))
+    let digest = Crypto.sha256(token)
     var found: Credential?
     for c in credentials where Crypto.constantTimeEqual(c.digest, digest) { found = c }
     guard let found else { throw RPCStatus(.unauthenticated, "unknown token") }
     return found
   }
 
-  /// The token of a `Bearer` header (scheme matched case-insensitively, RFC 7235).
-  static func bearerToken(_ header: String) -> Substring? {
-    let u = header.utf8
-    guard u.count > 7 else { return nil }
-    let scheme = header.prefix(6)
-    guard scheme.lowercased() == "bearer" else { return nil }
-    var rest = header.dropFirst(6)
-    guard rest.first == " " else { return nil }
-    while rest.first == " " { rest = rest.dropFirst() }
-    guard !rest.isEmpty, !rest.contains(where: { $0 == " " || $0 == "\t" }) else { return nil }
-    return rest
+  /// The token bytes of a `Bearer` header (scheme matched case-insensitively, RFC 7235):
+  /// "Bearer", one or more spaces, then a token without spaces or tabs.
+  static func bearerToken(_ header: String) -> [UInt8]? {
+    var h = header
+    return h.withUTF8 { u -> [UInt8]? in
+      guard u.count > 7 else { return nil }
+      let scheme: [UInt8] = Array("bearer".utf8)
+      for i in 0..<6 where u[i] | 0x20 != scheme[i] { return nil }
+      var i = 6
+      guard u[i] == 0x20 else { return nil }
+      while i < u.count, u[i] == 0x20 { i += 1 }
+      guard i < u.count else { return nil }
+      for j in i..<u.count where u[j] == 0x20 || u[j] == 0x09 { return nil }
+      return Array(u[i...])
+    }
   }
 
   /// A new random token and the tokens-file entry for it (`subcenterctl token create`).

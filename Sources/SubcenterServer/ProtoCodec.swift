@@ -4,6 +4,7 @@
 
 import CProtobufC
 import GRPCTransport
+import Glibc
 import SubcenterProto
 
 /// Allocations that back one protobuf-c message while it is packed.
@@ -74,9 +75,10 @@ enum ProtoCodec {
     return try body(message)
   }
 
-  /// Refuses a request whose string fields hold a NUL byte or invalid UTF-8, by walking
-  /// the wire bytes with the message's descriptor. protobuf-c hands strings over as C
-  /// strings, so an embedded NUL would otherwise silently cut the value short.
+  /// Refuses a request whose string fields hold a NUL byte, by walking the wire bytes
+  /// with the message's descriptor. protobuf-c hands strings over as C strings, so an
+  /// embedded NUL would otherwise silently cut the value short. (UTF-8 is checked when
+  /// the fields become Swift strings.)
   static func checkStrings(
     _ bytes: UnsafeBufferPointer<UInt8>, _ descriptor: UnsafePointer<ProtobufCMessageDescriptor>,
     path: String = ""
@@ -107,21 +109,21 @@ enum ProtoCodec {
         guard let len = varint(), len <= UInt64(n - i) else { return }
         let start = i
         i += Int(len)
-        guard
-          let f = (0..<Int(d.n_fields)).lazy.map({ d.fields[$0] }).first(where: { $0.id == number })
-        else { continue }
-        let name = path + String(cString: f.name)
+        var k = 0
+        while k < Int(d.n_fields) && d.fields[k].id != number { k += 1 }
+        guard k < Int(d.n_fields) else { continue }
+        let f = d.fields[k]
         let value = UnsafeBufferPointer(rebasing: bytes[start..<i])
         if f.type == PROTOBUF_C_TYPE_STRING {
-          if value.contains(0) {
-            throw RPCStatus(.invalidArgument, "\(name): must not contain a NUL character")
-          }
-          if String(validating: value, as: UTF8.self) == nil {
-            throw RPCStatus(.invalidArgument, "\(name): not valid UTF-8")
+          if !value.isEmpty, memchr(value.baseAddress!, 0, value.count) != nil {
+            throw RPCStatus(
+              .invalidArgument,
+              "\(path)\(String(cString: f.name)): must not contain a NUL character")
           }
         } else if f.type == PROTOBUF_C_TYPE_MESSAGE, let sub = f.descriptor {
           try checkStrings(
-            value, sub.assumingMemoryBound(to: ProtobufCMessageDescriptor.self), path: name + ".")
+            value, sub.assumingMemoryBound(to: ProtobufCMessageDescriptor.self),
+            path: path + String(cString: f.name) + ".")
         }
       default: return
       }

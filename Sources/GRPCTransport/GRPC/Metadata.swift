@@ -18,6 +18,7 @@ public struct Metadata: Sendable, Sequence, ExpressibleByDictionaryLiteral {
 
   /// Appends an entry whose name is known to be lower case (HTTP/2 requires it).
   mutating func addLowercased(_ name: String, _ value: String) {
+    if entries.isEmpty { entries.reserveCapacity(4) }
     entries.append((name, value))
   }
 

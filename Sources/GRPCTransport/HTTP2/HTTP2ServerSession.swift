@@ -251,7 +251,7 @@ final class HTTP2ServerSession {
     } else if bytesEqual(name, nlen, "te") || bytesEqual(name, nlen, "grpc-accept-encoding") {
       return
     } else {
-      s.metadata.addLowercased(makeString(name, nlen), makeString(value, vlen))
+      s.metadata.addLowercased(Self.headerName(name, nlen), makeString(value, vlen))
     }
   }
 
@@ -284,6 +284,18 @@ final class HTTP2ServerSession {
       }
     }
     if endStream { requestEnded(s) }
+  }
+
+  /// Header names most requests carry, shared instead of allocated per call.
+  private static let commonNames = ["authorization", "user-agent", "accept-encoding"]
+
+  private static func headerName(_ p: UnsafePointer<UInt8>, _ n: Int) -> String {
+    for c in commonNames where c.utf8.count == n {
+      if c.utf8.withContiguousStorageIfAvailable({ memcmp($0.baseAddress!, p, n) == 0 }) == true {
+        return c
+      }
+    }
+    return makeString(p, n)
   }
 
   /// `application/grpc`, optionally followed by `+format` or `;parameters`.

@@ -6,9 +6,10 @@ import CTLS
 public enum Crypto {
   /// SHA-256 of `data`.
   public static func sha256(_ data: [UInt8]) -> [UInt8] {
-    var out = [UInt8](repeating: 0, count: 32)
-    data.withUnsafeBufferPointer { d in _ = SHA256(d.baseAddress, d.count, &out) }
-    return out
+    [UInt8](unsafeUninitializedCapacity: 32) { out, n in
+      data.withUnsafeBufferPointer { d in CTLS_sha256(d.baseAddress, d.count, out.baseAddress) }
+      n = 32
+    }
   }
 
   /// HMAC-SHA-256 of `data` under `key`.
