@@ -83,6 +83,24 @@ public struct TokenStore: Sendable {
     }
   }
 
+  /// `authenticate`, remembering the verified header on the connection: a connection
+  /// presenting the same header again (compared in constant time) skips the hashing.
+  public func authenticate(_ metadata: Metadata, connection: ConnectionContext) throws(RPCStatus)
+    -> Credential
+  {
+    guard let header = metadata["authorization"] else {
+      throw RPCStatus(.unauthenticated, "missing authorization: Bearer <token>")
+    }
+    if let cached = connection.userData as? VerifiedHeader,
+      Crypto.constantTimeEqual(cached.header, Array(header.utf8))
+    {
+      return cached.credential
+    }
+    let credential = try authenticate(metadata)
+    connection.userData = VerifiedHeader(header: Array(header.utf8), credential: credential)
+    return credential
+  }
+
   /// The credential of the call's `authorization: Bearer <token>`; UNAUTHENTICATED when
   /// the header is missing, malformed or names no known token.
   public func authenticate(_ metadata: Metadata) throws(RPCStatus) -> Credential {
@@ -126,5 +144,15 @@ public struct TokenStore: Sendable {
     let entry =
       "{\"name\": \"\(name)\", \"sha256\": \"\(hash)\", \"workspace\": \"\(workspace)\", \"scopes\": [\(scopeList)]}"
     return (token, entry)
+  }
+}
+
+/// A header verified on a connection, kept in its `ConnectionContext`.
+final class VerifiedHeader {
+  let header: [UInt8]
+  let credential: Credential
+  init(header: [UInt8], credential: Credential) {
+    self.header = header
+    self.credential = credential
   }
 }

@@ -74,7 +74,7 @@ public final class SubscriptionService: GRPCService, Sendable {
             try s.store.preferences(workspace: req.workspace, person: req.person)
           }, ProtoMapping.preferences)
       },
-      rpc("CheckDelivery", .check, ProtoMapping.delivery, \.workspace) { s, req, _, call in
+      rpc("CheckDelivery", .check, WireReader.deliveryRequest, \.workspace) { s, req, _, call in
         s.store.checkDelivery(req) { r in call.answer(r, ProtoMapping.decision) }
       },
       rpc("CheckDeliveryBatch", .check, ProtoMapping.deliveryBatch, \.workspace) {
@@ -139,7 +139,7 @@ public final class SubscriptionService: GRPCService, Sendable {
   ) -> ServiceMethod {
     ServiceMethod(path: "/\(serviceName)/\(name)") { [self] call in
       do throws(RPCStatus) {
-        let credential = try tokens.authenticate(call.metadata)
+        let credential = try tokens.authenticate(call.metadata, connection: call.connection)
         let request = try decode(call.request)
         try credential.authorize(scope, workspace: workspace(request))
         body(self, request, credential, call)

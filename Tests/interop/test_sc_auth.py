@@ -173,3 +173,20 @@ def test_health_needs_no_token(sc, service):
     resp = health_stub(sc.channel).Check(health_pb2.HealthCheckRequest(service=service),
                                          timeout=RPC_TIMEOUT)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_one_connection_switching_tokens_is_judged_call_by_call(sc):
+    """The server remembers a verified header per connection; another header on the same
+    connection must be judged afresh (unknown → UNAUTHENTICATED, narrower → denied)."""
+    ws = sc.workspace()
+    pid = unique("p")
+    sc.person(ws, pid)
+    root, check = sc.root, sc.client(SCOPE_TOKENS["check"])
+    for _ in range(2):
+        root.GetProfile(workspace=ws, person=pid)
+        expect_code(UNAUTHENTICATED, lambda: sc.raw_client(
+            [("authorization", "Bearer " + TOKENS["sc-root"] + "x")]).GetProfile(
+                workspace=ws, person=pid))
+        expect_code(PERMISSION_DENIED, lambda: check.GetProfile(workspace=ws, person=pid))
+        check.CheckDelivery(workspace=ws, person=pid, channel="email")
+        expect_code(UNAUTHENTICATED, lambda: sc.raw_client([]).GetProfile(workspace=ws, person=pid))

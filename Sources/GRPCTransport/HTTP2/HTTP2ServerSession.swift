@@ -74,6 +74,8 @@ final class HTTP2ServerSession {
   /// Open streams: a doubly linked list through the streams; each is also retained by
   /// nghttp2's stream user data, from its first HEADERS to its close.
   private var firstStream: HTTP2Stream?
+  /// Handlers' per-connection storage.
+  let context = ConnectionContext()
   private(set) var activeStreams = 0
   private(set) var isDraining = false
   /// The last path seen and its route: clients mostly repeat one method on a connection,
@@ -340,7 +342,8 @@ final class HTTP2ServerSession {
     s.requestMessage = nil
     let call = ServerCall(
       path: s.path, metadata: s.metadata, request: request,
-      deadline: s.timeoutNanos.map { min(monotonicNanos(), .max - $0) + $0 }, loop: loop, stream: s)
+      deadline: s.timeoutNanos.map { min(monotonicNanos(), .max - $0) + $0 }, loop: loop, stream: s,
+      connection: context)
     s.call = call
     route.handler(call)
   }

@@ -19,6 +19,14 @@ extension EventLoop: CallLoop {
   { schedule(after: nanoseconds, action) }
 }
 
+/// Per-connection storage for handlers, e.g. a credential already verified on this
+/// connection. Read and written only on the connection's loop thread (where handlers
+/// start); never from a thread a handler hands work to.
+public final class ConnectionContext {
+  public var userData: AnyObject?
+  init() {}
+}
+
 /// One incoming call. Its answering methods are safe from any thread: off the loop they
 /// hop onto the connection's loop, which owns the HTTP/2 stream.
 public final class ServerCall: @unchecked Sendable {
@@ -35,6 +43,8 @@ public final class ServerCall: @unchecked Sendable {
 
   let loop: any CallLoop
   var stream: HTTP2Stream?
+  /// The connection's storage: use it only in the handler's synchronous part.
+  public let connection: ConnectionContext
   private let cancellation = Mutex<CancelState>(CancelState())
   private let cancelled = Atomic<Bool>(false)
   private let buffered = Atomic<Int>(0)
@@ -45,8 +55,9 @@ public final class ServerCall: @unchecked Sendable {
 
   init(
     path: String, metadata: Metadata, request: [UInt8], deadline: UInt64?, loop: any CallLoop,
-    stream: HTTP2Stream
+    stream: HTTP2Stream, connection: ConnectionContext
   ) {
+    self.connection = connection
     self.path = path
     self.metadata = metadata
     self.request = request
