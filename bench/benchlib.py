@@ -9,14 +9,22 @@
   idle-check                        busy fraction of each CPU over 1 s
   cpu-snap PID OUT.json             CPU 0/1 busy ticks and PID's CPU ticks, for busy fractions
   meta OUT.json                     run description from BENCH_* environment variables
+  delivery-inputs DIR PERSONS       issue 3: DIR/token, DIR/tokens.json, DIR/delivery-request.bin,
+                                    and print the person id asked about
+  decision BODY                     print the DeliveryDecision in a gRPC answer's body
+  store-bench OUT.json CMD...       run `subcenter-bench store`; its figures and CPU use as JSON
   report DIR RESULTS.md|-           print the figures; rewrite the section of RESULTS.md
 """
 
+import hashlib
 import json
 import os
 import re
+import secrets
 import select
+import signal
 import socket
+import subprocess
 import ssl
 import sys
 import time
@@ -282,7 +290,137 @@ def cmd_idle(args):
     })
 
 
-# ---------------------------------------------------------------------------- report
+# ---------------------------------------------------------------------------- issue 3 inputs
+
+
+def pb_bytes(field, data):
+    """One length-delimited protobuf field (wire type 2)."""
+    n, length = len(data), b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        length += bytes([b | (0x80 if n else 0)])
+        if not n:
+            break
+    return bytes([(field << 3) | 2]) + length + data
+
+
+def delivery_person(persons):
+    """p424242, or with fewer persons loaded an even-numbered one that exists: subcenter-bench
+    subscribes even-numbered persons to topic news (allowed, SUBSCRIBED), odd ones not."""
+    i = 424242 % persons
+    return f"p{i - i % 2}"
+
+
+def cmd_delivery_inputs(args):
+    """A random bearer token with scope check in workspace bench, its tokens file, and the
+    gRPC frame of DeliveryRequest{workspace "bench", person {person_id "p424242"},
+    channel "email", topic "news"} (fields 1-4, hand-encoded). Prints the person id."""
+    d, person = args[0], delivery_person(int(args[1]))
+    token = secrets.token_urlsafe(24)
+    with open(os.path.join(d, "token"), "w") as f:
+        f.write(token)
+    write_json(os.path.join(d, "tokens.json"), [{
+        "name": "bench", "sha256": hashlib.sha256(token.encode()).hexdigest(),
+        "workspace": "bench", "scopes": ["check"]}])
+    msg = (pb_bytes(1, b"bench") + pb_bytes(2, pb_bytes(1, person.encode()))
+           + pb_bytes(3, b"email") + pb_bytes(4, b"news"))
+    with open(os.path.join(d, "delivery-request.bin"), "wb") as f:
+        f.write(b"\x00" + len(msg).to_bytes(4, "big") + msg)
+    print(person)
+
+
+REASONS = ["UNSPECIFIED", "SUBSCRIBED", "OVERRIDDEN_IMPORTANT", "SUPPRESSED", "UNKNOWN_PERSON",
+           "GLOBAL_UNSUBSCRIBED", "CHANNEL_UNSUBSCRIBED", "TOPIC_UNSUBSCRIBED",
+           "TOPIC_NOT_OPTED_IN", "MESSAGE_LIMIT_REACHED"]
+
+
+def pb_fields(buf):
+    """(field, value) of a flat protobuf message: ints for varints, bytes for wire type 2."""
+    i, out = 0, []
+    while i < len(buf):
+        key, shift = 0, 0
+        while True:
+            b = buf[i]; i += 1
+            key |= (b & 0x7F) << shift; shift += 7
+            if not b & 0x80:
+                break
+        field, wire = key >> 3, key & 7
+        value, shift = 0, 0
+        if wire in (0, 2):
+            while True:
+                b = buf[i]; i += 1
+                value |= (b & 0x7F) << shift; shift += 7
+                if not b & 0x80:
+                    break
+            if wire == 2:
+                value, i = buf[i:i + value], i + value
+        else:
+            raise ValueError(f"wire type {wire}")
+        out.append((field, value))
+    return out
+
+
+def cmd_decision(args):
+    """Prints `allowed=... reason=... person_id=...` of the DeliveryDecision in a gRPC body."""
+    body = open(args[0], "rb").read()
+    if len(body) < 5:
+        die(f"answer body of {len(body)} bytes")
+    n = int.from_bytes(body[1:5], "big")
+    f = dict(pb_fields(body[5:5 + n]))
+    reason = f.get(2, 0)
+    print(f"allowed={'true' if f.get(1) else 'false'} "
+          f"reason={REASONS[reason] if reason < len(REASONS) else reason} "
+          f"person_id={f.get(3, b'').decode('utf-8', 'replace')}")
+
+
+def cmd_store_bench(args):
+    """store-bench OUT.json CMD...: runs CMD (`subcenter-bench store ...`), parses its
+    key=value line, and records CPU 0/1 busy over the run and the process's own CPU time
+    (from wait4), so other load on CPU 0 shows. Ends CMD if this process is terminated."""
+    out, cmd = args[0], args[1:]
+
+    def busy():
+        r = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                p = line.split()
+                if p[0] in ("cpu0", "cpu1"):
+                    v = list(map(int, p[1:9]))
+                    r[p[0]] = (sum(v) - v[3] - v[4], sum(v))
+        return r
+
+    a, t0 = busy(), time.monotonic()
+    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+
+    def end(signum, _frame):
+        child.kill()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, end)
+    signal.signal(signal.SIGINT, end)
+    text = child.stdout.read().decode("utf-8", "replace")
+    _, status, ru = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    wall, b = time.monotonic() - t0, busy()
+    sys.stdout.write(text)
+    if child.returncode != 0:
+        die(f"{' '.join(cmd)} exited with {child.returncode}")
+    figures = {}
+    for line in text.splitlines():
+        for kv in line.split():
+            k, _, v = kv.partition("=")
+            if v:
+                try:
+                    figures[k] = int(v)
+                except ValueError:
+                    figures[k] = v
+    if "batch_decisions_per_sec" not in figures:
+        die("no batch_decisions_per_sec= in its output")
+    r = {c: (b[c][0] - a[c][0]) / max(1, b[c][1] - a[c][1]) for c in ("cpu0", "cpu1")}
+    r["process"] = (ru.ru_utime + ru.ru_stime) / wall if wall else None
+    write_json(out, {"figures": figures, "wall_seconds": round(wall, 2), "cpu": r})
+
 
 # ---------------------------------------------------------------------------- CPU use
 
@@ -345,6 +483,10 @@ def cpu_use(d, stem):
 GOAL_RPS = 0.85   # subcenterd req/s >= 0.85 x nghttpd at -c4 -m32
 GOAL_P50 = 1.2    # subcenterd p50 <= 1.2 x nghttpd at -c1 -m1
 GOAL_RSS = 100.0  # KiB per idle connection
+SATURATED = 0.85  # server CPU share below which a -m > 1 run is flagged (client starved?)
+GOAL_DELIVERY = 0.6  # issue 3: CheckDelivery req/s >= 0.6 x nghttpd at -c4 -m32, 1M persons
+GOAL_BATCH = 2_000_000  # issue 3: CheckDeliveryBatch decisions/s on one core
+GOAL_BYTES_PER_PERSON = 300  # issue 3: RSS bytes per person (two preference entries each)
 
 BEGIN = "<!-- bench/run: latest run (rewritten by bench/run) -->"
 END = "<!-- bench/run: end of latest run -->"
@@ -357,17 +499,30 @@ over HTTP/2 + TLS with h2load, next to nghttpd (same TLS certificate, a tiny sta
 as the HTTP/2+TLS reference on the same machine, and subcenterd's RSS per idle connection.
 subcenterd (`--loops 1`) and nghttpd run pinned to CPU 0, h2load and the Python client
 pinned to CPU 1, over 127.0.0.1 only. `bench/run --quick` is a smoke test (short runs, one
-round; it does not touch this file). Raw h2load output and JSON figures of every run stay in
-`bench/out/<UTC time>/` (git-ignored).
+round, 100,000 persons for issue 3; it does not touch this file). Raw h2load output and JSON
+figures of every run stay in `bench/out/<UTC time>/` (git-ignored).
 
 Goals (issue 2):
 - req/s at `-c4 -m32` >= {GOAL_RPS} x nghttpd's
 - p50 latency at `-c1 -m1` <= {GOAL_P50} x nghttpd's
 - <= {GOAL_RSS:.0f} KiB RSS per idle connection
 
+Goals (issue 3, the subscription service):
+- `subcenter.v1.SubscriptionCenter/CheckDelivery` at `-c4 -m32` with 1,000,000 persons loaded
+  (`subcenter-bench serve`: the real gRPC service over TLS, `--loops 1`, pinned to CPU 0)
+  >= {GOAL_DELIVERY} x nghttpd's req/s at `-c4 -m32` in the same rounds of the same run
+- >= {GOAL_BATCH:,} `CheckDeliveryBatch` decisions/s (1,000 persons a call) on one core
+- <= {GOAL_BYTES_PER_PERSON} bytes of RSS per person after loading 1,000,000 persons with two
+  preference entries each
+
+The batch and RSS-per-person figures come from `subcenter-bench store`, which measures the
+store in-process on CPU 0 (one process per round, each loading its own persons): no
+gRPC/protobuf decoding, TLS or HTTP/2 in them.
+
 How the figures are made:
-- Each shape runs in rounds; in each round subcenterd and nghttpd alternate. Figures are the
-  median over the rounds (min-max in the second table), ratios are median / median.
+- Each shape runs in rounds; in each round subcenterd and nghttpd alternate (at `-c4 -m32`
+  CheckDelivery runs right after them). Figures are the median over the rounds (min-max in
+  the second table), ratios are median / median.
 - req/s comes from h2load runs *without* `--log-file`: h2load writes one log line per
   request with its own `write()` system call, which makes h2load, not the server, the
   bottleneck at `-c4 -m32` (one test: 318k req/s without the log, 246k with it).
@@ -376,13 +531,19 @@ How the figures are made:
   min/max/mean/sd). At `-c1 -m1` the log write happens between requests and does not
   inflate latency; at higher concurrency latency is mostly queueing and tracks throughput.
 - h2load counts HTTP 200 as success and never reads `grpc-status`, so the server's own
-  `subcenter_grpc_calls_total` (admin `/metrics`) is read around every subcenterd run, and a
-  fixed-count run per shape (`-n`) must match it exactly.
+  `subcenter_grpc_calls_total` (admin `/metrics`) is read around every subcenterd and
+  CheckDelivery run, and a fixed-count run per shape (`-n`) must match it exactly; one
+  CheckDelivery call made with nghttp must answer `grpc-status: 0` and "allowed, SUBSCRIBED".
 - With two cores, anything else running (a `swift build`, tests) lands on the benchmark's
   CPUs: while developing this script, runs made next to other work varied up to 3x, quiet
   runs by a few %. bench/run samples CPU use for 1 s before and after the run and, during
-  each req/s run, how much of CPU 0 went to something other than the server; it warns when
-  any is over 10%. Rerun on a quiet machine before trusting a figure that comes with that warning.
+  each req/s run and store run, how much of CPU 0 went to something other than the server
+  (or the store benchmark); it warns when any is over 10%. It also warns when a server
+  used less than 85% of CPU 0 in a `-m` > 1 req/s run (in a quiet run they use 93-98%): then
+  h2load was short of CPU 1, or the server waits on something. Each req/s run's req/s divided
+  by the server's CPU share ("req/s per server CPU") is shown as a cross-check that such
+  load disturbs much less; the goals' verdicts use the req/s medians. Rerun on a quiet
+  machine before trusting a figure that comes with such a warning.
 
 """
 
@@ -450,7 +611,7 @@ def check_run(who, args, r, problems):
 
 def load_shape(d, meta, who, name, args, problems, warnings):
     """Median figures of one server at one shape over the rounds."""
-    tput, lat, cpu = [], [], []
+    tput, lat, cpu, eff = [], [], [], []
     ok = other = succeeded = 0
     metrics_ok = True
     metrics_err = None
@@ -470,7 +631,15 @@ def load_shape(d, meta, who, name, args, problems, warnings):
                         and c["cpu0"] - c["server"] > 0.10:
                     warnings.append(f"{who} {args} round {k}: {c['cpu0'] - c['server']:.0%} of "
                                     "CPU 0 went to something other than the server")
-            if who == "subcenterd":
+                if c and c.get("server") and r.get("rps"):
+                    eff.append(r["rps"] / c["server"])
+                    # With -m > 1 a server that keeps up should use its whole core.
+                    if name != "c1m1" and c["server"] < SATURATED:
+                        warnings.append(
+                            f"{who} {args} round {k}: the server used only {c['server']:.0%} of "
+                            f"CPU 0 (CPU 1 busy {fmt(c.get('cpu1'), '{:.0%}')}): h2load was short "
+                            "of CPU (other work on CPU 1?) or the server waited on something")
+            if who != "nghttpd":
                 m = metrics_delta(d, f"metrics-{stem}")
                 if m and m.get("available"):
                     ok += m["ok"]
@@ -480,6 +649,7 @@ def load_shape(d, meta, who, name, args, problems, warnings):
                     metrics_ok = False
                     metrics_err = (m or {}).get("error")
     res = {
+        "runs": len(tput) + len(lat),
         "rps": median(r.get("rps") for r in tput),
         "rps_all": [r.get("rps") for r in tput],
         "p50_ms": median(r.get("p50_ms") for r in lat),
@@ -487,22 +657,162 @@ def load_shape(d, meta, who, name, args, problems, warnings):
         "p90_ms": median(r.get("p90_ms") for r in lat),
         "p99_ms": median(r.get("p99_ms") for r in lat),
         "server_cpu": median(c.get("server") for c in cpu if c),
+        "rps_per_cpu": median(eff),
         "client_cpu": median(c.get("cpu1") for c in cpu if c),
         "tls": (tput or lat or [{}])[0].get("tls"),
         "cipher": (tput or lat or [{}])[0].get("cipher"),
     }
-    if who == "subcenterd":
+    if who != "nghttpd":
         res["metrics"] = ({"available": True, "ok": ok, "other": other, "succeeded": succeeded}
                           if metrics_ok and (tput or lat) else
                           {"available": False, "error": metrics_err})
-        x = metrics_delta(d, f"metrics-{name}-exact")
-        xp = os.path.join(d, f"subcenterd-{name}-exact.json")
+        x = metrics_delta(d, f"metrics-{name}-exact" if who == "subcenterd"
+                          else f"metrics-{who}-{name}-exact")
+        xp = os.path.join(d, f"{who}-{name}-exact.json")
         if x and x.get("available") and os.path.exists(xp):
             e = read_json(xp)
             check_run(who, f"{args} (-n)", e, problems)
             x.update(n=e.get("total"), succeeded=e.get("succeeded", 0))
         res["exact"] = x
     return res
+
+
+def count_line(who, args, s, problems):
+    """The server's OK count against h2load's, as one list item; a problem if they disagree."""
+    m, x = s["metrics"], s["exact"]
+    if not m.get("available"):
+        return (f"- `{args}`: server OK count: unavailable"
+                + (f" ({m['error']})" if m.get("error") else ""))
+    good = m["other"] == 0 and m["ok"] >= m["succeeded"]
+    line = (f"- `{args}`: timed runs: server OK {m['ok']:,}, non-OK {m['other']:,}; h2load "
+            f"succeeded {m['succeeded']:,} (its warm-up is not counted, so OK >= succeeded)")
+    if x and x.get("available"):
+        exact_good = x["other"] == 0 and x["ok"] == x["succeeded"] == x["n"]
+        line += (f"; fixed-count run `-n {x['n']}`: server OK {x['ok']:,}, non-OK "
+                 f"{x['other']:,}, h2load succeeded {x['succeeded']:,} "
+                 f"{'(match)' if exact_good else '(MISMATCH)'}")
+        good = good and exact_good
+    if not good:
+        problems.append(f"{who} {args}: the server's count disagrees with h2load "
+                        "(non-OK gRPC answers?)")
+    return line
+
+
+def issue3_report(d, meta, rows, problems, warnings, verdicts, out):
+    """Issue 3's table: CheckDelivery next to nghttpd's run of the same shape and rounds,
+    and the in-process store figures."""
+    persons = int(meta.get("persons") or 0)
+    batch = int(meta.get("batch") or 0)
+    name = meta.get("delivery_shape", "c4m32")
+    row = next((r for r in rows if r[0] == name), None)
+    args = row[1] if row else name
+    c = load_shape(d, meta, "checkdelivery", name, args, problems, warnings)
+    n = row[3] if row else {"rps": None}
+    h = row[2] if row else {"rps": None}
+    if not c["runs"]:
+        problems.append("issue 3: no CheckDelivery runs in this output")
+    stores = []
+    for k in range(1, meta["rounds"] + 1):
+        p = os.path.join(d, f"store-r{k}.json")
+        if os.path.exists(p):
+            r = read_json(p)
+            stores.append(r)
+            other = r["cpu"]["cpu0"] - (r["cpu"]["process"] or 0)
+            if other > 0.10:
+                warnings.append(f"subcenter-bench store round {k}: {other:.0%} of CPU 0 went to "
+                                "something other than the benchmark")
+    if not stores:
+        problems.append("issue 3: no subcenter-bench store results in this output")
+    dps = median(r["figures"].get("batch_decisions_per_sec") for r in stores)
+    bpp = median(r["figures"].get("rss_bytes_per_person") for r in stores)
+    rr = ratio(c["rps"], n["rps"])
+    ok_d = rr is not None and rr >= GOAL_DELIVERY
+    ok_b = dps is not None and dps >= GOAL_BATCH
+    ok_r = bpp is not None and bpp <= GOAL_BYTES_PER_PERSON
+    verdicts["delivery"] = (rr, ok_d)
+    verdicts["batch"] = (dps, ok_b)
+    verdicts["bytes_per_person"] = (bpp, ok_r)
+    met = lambda ok: f"**{'MET' if ok else 'NOT MET'}**"
+    caveat = ("" if persons == 1_000_000 else
+              f" (with {persons:,} persons; the goals are stated for 1,000,000)")
+    out(f"#### issue 3: the subscription service{caveat}")
+    out("")
+    out("| measure | subcenter | nghttpd (same run) | ratio | goal |")
+    out("|---|---:|---:|---:|---|")
+    out(f"| `CheckDelivery` req/s at `{args}`, {persons:,} persons loaded, gRPC over TLS, server "
+        f"on one core (median over {len(c['rps_all'])} round(s)) | {fmt(c['rps'])} "
+        f"| {fmt(n['rps'])} | {fmt(rr, '{:.2f}')} | >= {GOAL_DELIVERY} x nghttpd: {met(ok_d)} |")
+    out(f"| `CheckDeliveryBatch` decisions/s, {batch:,} persons a call, one core, in-process "
+        f"store (median over {len(stores)} run(s)) | {fmt(dps)} | | | >= {GOAL_BATCH:,}: {met(ok_b)} |")
+    out(f"| RSS per person after loading {persons:,} persons with two preference entries each, "
+        f"in-process store (median over {len(stores)} run(s)) | {fmt(bpp)} bytes | | "
+        f"| <= {GOAL_BYTES_PER_PERSON} bytes: {met(ok_r)} |")
+    out("")
+    person = delivery_person(persons) if persons else "?"
+    out("Commands (`$TOKEN`: a random bearer token made for the run, scope `check`, workspace "
+        "`bench`; the request is the gRPC frame of `DeliveryRequest{workspace: \"bench\", "
+        f"person: {{person_id: \"{person}\"}}, channel: \"email\", topic: \"news\"}}`, "
+        "hand-encoded):")
+    out("")
+    out("```")
+    nghttpd_seen = False
+    for cmd in meta["commands"]:
+        timed = "-D " in cmd and "--log-file" not in cmd
+        if cmd.startswith("taskset -c 0 nghttpd "):
+            if nghttpd_seen:
+                continue  # the second one is the idle-connection test's
+            nghttpd_seen = True
+            out(cmd)
+        elif ("subcenter-bench" in cmd
+                or "CheckDelivery" in cmd and (timed or cmd.startswith("nghttp "))
+                or "/tiny" in cmd and timed and f" {args} " in cmd):
+            out(cmd)
+    out("```")
+    out("")
+    ms = "{:.3f}"
+    pct = "{:.0%}"
+    out(f"- `CheckDelivery` at `{args}`: req/s {spread(c['rps_all']) or fmt(c['rps'])} over the "
+        f"rounds (nghttpd {spread(n.get('rps_all') or []) or fmt(n['rps'])}); latency p50 / p90 / "
+        f"p99 {fmt(c['p50_ms'], ms)} / {fmt(c['p90_ms'], ms)} / {fmt(c['p99_ms'], ms)} ms "
+        f"(nghttpd p50 {fmt(n.get('p50_ms'), ms)} ms); server CPU {fmt(c['server_cpu'], pct)}, "
+        f"client CPU {fmt(c['client_cpu'], pct)}; for comparison subcenterd's Health/Check in the "
+        f"same rounds: {fmt(h['rps'])} req/s ({fmt(ratio(c['rps'], h['rps']), '{:.2f}')} x)")
+    pr = [ratio(a, b) for a, b in zip(c["rps_all"], n.get("rps_all") or [])]
+    out(f"- Cross-checks that other load disturbs less: CheckDelivery / nghttpd req/s round by "
+        f"round {', '.join(fmt(x, '{:.2f}') for x in pr) or 'n/a'}; req/s per second of server "
+        f"CPU: CheckDelivery {fmt(c['rps_per_cpu'])}, nghttpd {fmt(n.get('rps_per_cpu'))} "
+        f"(ratio {fmt(ratio(c['rps_per_cpu'], n.get('rps_per_cpu')), '{:.2f}')}), subcenterd "
+        f"Health/Check {fmt(h.get('rps_per_cpu'))}. The goal's verdict above uses the req/s "
+        "medians.")
+    out(count_line("checkdelivery", args, c, problems).replace(
+        f"- `{args}`:", f"- `CheckDelivery` server's own count (`/metrics`), `{args}`:", 1))
+    probe = meta.get("delivery_probe") or "not made"
+    decision = meta.get("delivery_decision") or "n/a"
+    out(f"- one `CheckDelivery` call with nghttp: {probe}; answer: {decision}")
+    if "grpc-status: 0" not in probe:
+        problems.append(f"CheckDelivery nghttp probe: {probe}")
+    if decision != f"allowed=true reason=SUBSCRIBED person_id={person}":
+        problems.append(f"CheckDelivery answer: {decision} (expected allowed, SUBSCRIBED, {person})")
+    if meta.get("bench_rss_kib"):
+        out(f"- `subcenter-bench serve` loaded {persons:,} persons in ~{meta.get('bench_load_seconds')}"
+            f" s; its VmRSS then: {int(meta['bench_rss_kib']):,} KiB")
+    for k, r in enumerate(stores, 1):
+        f = r["figures"]
+        out(f"- `subcenter-bench store` round {k}: {fmt(f.get('batch_decisions_per_sec'))} decisions/s, "
+            f"{fmt(f.get('rss_bytes_per_person'))} bytes/person (VmRSS {fmt(f.get('rss_before_kib'))} -> "
+            f"{fmt(f.get('rss_after_kib'))} KiB), loaded in {fmt(f.get('load_ms'))} ms; CPU 0 busy "
+            f"{fmt(r['cpu']['cpu0'], pct)}, of which the benchmark {fmt(r['cpu']['process'], pct)}")
+    out("- The store figures are measured in-process: requests are built before the clock "
+        "starts and answers are not encoded, so they include no gRPC/protobuf decoding, TLS or "
+        "HTTP/2; CheckDelivery above is the whole path. RSS per person is the process's VmRSS "
+        "growth over loading, / persons.")
+    if meta.get("bench_server_stderr"):
+        out("- `subcenter-bench serve`'s stderr, besides the start/stop lines:")
+        out("")
+        out("```")
+        out(meta["bench_server_stderr"])
+        out("```")
+    out("")
 
 
 def build_report(d):
@@ -554,40 +864,26 @@ def build_report(d):
             f"| {fmt(s['p50_ms'], ms)} | {fmt(n['p50_ms'], ms)} | {fmt(pr, '{:.2f}')} | {goal} |")
     out("")
     out("Spread over the rounds, tail latency and CPU use (server = its CPU time / wall time "
-        "of the req/s run, at most 100%; client = CPU 1 busy, h2load plus kernel):")
+        "of the req/s run, at most 100%; client = CPU 1 busy, h2load plus kernel; req/s per "
+        "server CPU = req/s / server CPU, median over the rounds: what the server does per "
+        "second of its own CPU, which other load on the machine disturbs much less than req/s):")
     out("")
     out("| shape | server | req/s min-max | p50 min-max (ms) | p90 / p99 (ms) | server CPU "
-        "| client CPU |")
-    out("|---|---|---:|---:|---:|---:|---:|")
+        "| client CPU | req/s per server CPU |")
+    out("|---|---|---:|---:|---:|---:|---:|---:|")
     pct = "{:.0%}"
     for name, args, s, n in rows:
         for who, r in (("subcenterd", s), ("nghttpd", n)):
             out(f"| `{args}` | {who} | {spread(r['rps_all']) or fmt(r['rps'])} "
                 f"| {spread(r['p50_all'], '{:.3f}') or fmt(r['p50_ms'], '{:.3f}')} "
                 f"| {fmt(r['p90_ms'], '{:.3f}')} / {fmt(r['p99_ms'], '{:.3f}')} "
-                f"| {fmt(r['server_cpu'], pct)} | {fmt(r['client_cpu'], pct)} |")
+                f"| {fmt(r['server_cpu'], pct)} | {fmt(r['client_cpu'], pct)} "
+                f"| {fmt(r['rps_per_cpu'])} |")
     out("")
     out("Server's own count of answers (`subcenter_grpc_calls_total` on the admin `/metrics`):")
     out("")
     for name, args, s, _ in rows:
-        m, x = s["metrics"], s["exact"]
-        if not m.get("available"):
-            out(f"- `{args}`: server OK count: unavailable"
-                + (f" ({m['error']})" if m.get("error") else ""))
-            continue
-        good = m["other"] == 0 and m["ok"] >= m["succeeded"]
-        line = (f"- `{args}`: timed runs: server OK {m['ok']:,}, non-OK {m['other']:,}; h2load "
-                f"succeeded {m['succeeded']:,} (its warm-up is not counted, so OK >= succeeded)")
-        if x and x.get("available"):
-            exact_good = x["other"] == 0 and x["ok"] == x["succeeded"] == x["n"]
-            line += (f"; fixed-count run `-n {x['n']}`: server OK {x['ok']:,}, non-OK "
-                     f"{x['other']:,}, h2load succeeded {x['succeeded']:,} "
-                     f"{'(match)' if exact_good else '(MISMATCH)'}")
-            good = good and exact_good
-        out(line)
-        if not good:
-            problems.append(f"subcenterd {args}: the server's count disagrees with h2load "
-                            "(non-OK gRPC answers?)")
+        out(count_line("subcenterd", args, s, problems))
     if meta.get("probe"):
         out(f"- one call with nghttp (which shows trailers): {meta['probe']}")
         if "grpc-status: 0" not in meta["probe"]:
@@ -618,7 +914,9 @@ def build_report(d):
                             f"hold {r['alive_after_hold']}, ALPN not h2 {r['alpn_not_h2']}, "
                             f"errors {r['errors'][:3]}")
     out("")
-    out("Commands (`$W` is the run's temporary directory; ports are picked free per run):")
+    issue3_report(d, meta, rows, problems, warnings, verdicts, out)
+    out("All commands of the run (`$W` is the run's temporary directory; ports are picked free "
+        "per run):")
     out("")
     out("```")
     for c in meta["commands"]:
@@ -647,6 +945,36 @@ def build_report(d):
     return "\n".join(lines), verdicts, problems, warnings, meta
 
 
+HISTORY_COLUMNS = [
+    "date", "commit", "rounds", f"req/s ratio `-c4 -m32` (goal >= {GOAL_RPS})",
+    f"p50 ratio `-c1 -m1` (goal <= {GOAL_P50})",
+    f"KiB per idle connection (goal <= {GOAL_RSS:.0f})",
+    f"CheckDelivery / nghttpd req/s `-c4 -m32`, 1M persons (goal >= {GOAL_DELIVERY})",
+    f"CheckDeliveryBatch decisions/s (goal >= {GOAL_BATCH:,})",
+    f"RSS bytes per person (goal <= {GOAL_BYTES_PER_PERSON})",
+    "load warnings", "problems"]
+NEW_COLUMNS_AT = 6  # issue 3's columns, inserted before "load warnings" in older tables
+
+
+def migrate_history(tail):
+    """Adds issue 3's three columns to a history table written before them (n/a in old rows)."""
+    lines = tail.split("\n")
+    table = [i for i, l in enumerate(lines) if l.startswith("|")]
+    if not table or "CheckDelivery" in lines[table[0]]:
+        return tail
+    for j, i in enumerate(table):
+        cells = lines[i].strip().strip("|").split("|")
+        if len(cells) != 8:
+            return tail  # not the table this code wrote; leave it alone
+        if j == 0:
+            cells = [f" {c} " for c in HISTORY_COLUMNS]
+        else:
+            new = "---:" if j == 1 else " n/a "
+            cells[NEW_COLUMNS_AT:NEW_COLUMNS_AT] = [new] * 3
+        lines[i] = "|" + "|".join(cells) + "|"
+    return "\n".join(lines)
+
+
 def cmd_report(args):
     d, results = args
     section, verdicts, problems, warnings, meta = build_report(d)
@@ -655,19 +983,19 @@ def cmd_report(args):
     v = verdicts
     summary = (f"| {meta['date']} | `{meta['commit']}` | {meta['rounds']} "
                f"| {fmt(v['rps'][0], '{:.2f}')} | {fmt(v['p50'][0], '{:.2f}')} "
-               f"| {fmt(v['rss'][0], '{:.1f}')} | {len(warnings)} | {len(problems)} |")
+               f"| {fmt(v['rss'][0], '{:.1f}')} | {fmt(v['delivery'][0], '{:.2f}')} "
+               f"| {fmt(v['batch'][0])} | {fmt(v['bytes_per_person'][0])} "
+               f"| {len(warnings)} | {len(problems)} |")
     if results != "-":
         text = open(results).read() if os.path.exists(results) else ""
         if BEGIN in text and END in text:
             head, rest = text.split(BEGIN, 1)
-            tail = rest.split(END, 1)[1]
+            tail = migrate_history(rest.split(END, 1)[1])
         else:
             head = INTRO
             tail = (f"\n\n{HISTORY}\n\nOne line per full run of `bench/run`.\n\n"
-                    f"| date | commit | rounds | req/s ratio `-c4 -m32` (goal >= {GOAL_RPS}) "
-                    f"| p50 ratio `-c1 -m1` (goal <= {GOAL_P50}) "
-                    f"| KiB per idle connection (goal <= {GOAL_RSS:.0f}) | load warnings "
-                    "| problems |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
+                    + "| " + " | ".join(HISTORY_COLUMNS) + " |\n"
+                    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
         tail = tail.rstrip("\n") + "\n" + summary + "\n"
         with open(results + ".tmp", "w") as f:
             f.write(head + BEGIN + "\n\n" + section + "\n" + END + tail)
@@ -682,6 +1010,9 @@ def cmd_report(args):
 
     print(f"bench: goals: req/s ratio at -c4 -m32 {verdict('rps', '{:.2f}')}, p50 ratio at "
           f"-c1 -m1 {verdict('p50', '{:.2f}')}, RSS {verdict('rss', '{:.1f}', ' KiB/conn')}")
+    print(f"bench: issue 3 goals: CheckDelivery/nghttpd req/s {verdict('delivery', '{:.2f}')}, "
+          f"batch {verdict('batch', '{:,.0f}', ' decisions/s')}, RSS "
+          f"{verdict('bytes_per_person', '{:,.0f}', ' bytes/person')}")
     if warnings:
         print(f"bench: {len(warnings)} warning(s) about other load on the machine (listed above)",
               file=sys.stderr)
@@ -693,7 +1024,8 @@ def cmd_report(args):
 COMMANDS = {
     "freeport": cmd_freeport, "wait-port": cmd_wait_port, "metrics": cmd_metrics,
     "h2load": cmd_h2load, "idle": cmd_idle, "cpu-snap": cmd_cpu_snap, "meta": cmd_meta,
-    "idle-check": cmd_idle_check,
+    "idle-check": cmd_idle_check, "delivery-inputs": cmd_delivery_inputs,
+    "decision": cmd_decision, "store-bench": cmd_store_bench,
     "report": cmd_report,
 }
 
