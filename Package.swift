@@ -36,11 +36,12 @@ let package = Package(
         .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))
       ]),
     .target(name: "SubcenterCore"),
-    .target(name: "SubcenterStore", dependencies: ["SubcenterCore"]),
+    .target(name: "SubcenterStore", dependencies: ["SubcenterCore", "SubcenterProto"]),
     .target(
       name: "SubcenterServer",
       dependencies: ["GRPCTransport", "SubcenterCore", "SubcenterStore", "SubcenterProto"]),
-    .target(name: "SubcenterTestSupport", dependencies: ["GRPCTransport", "CTLS"]),
+    .target(
+      name: "SubcenterTestSupport", dependencies: ["GRPCTransport", "CTLS", "SubcenterStore"]),
 
     .executableTarget(name: "subcenterd", dependencies: ["SubcenterServer", "GRPCTransport"]),
     .executableTarget(
@@ -59,6 +60,9 @@ let package = Package(
       dependencies: ["GRPCTransport", "SubcenterTestSupport", "CNGHTTP2"]),
     .testTarget(name: "SubcenterCoreTests", dependencies: ["SubcenterCore"]),
     .testTarget(name: "SubcenterStoreTests", dependencies: ["SubcenterStore", "SubcenterCore"]),
+    .testTarget(
+      name: "SubcenterStoreWALTests",
+      dependencies: ["SubcenterStore", "SubcenterCore", "SubcenterTestSupport"]),
   ],
   swiftLanguageModes: [.v6]
 )

@@ -3,3 +3,4 @@
 #include "grpc_testing_messages.pb-c.h"
 #include "grpc_testing_test.pb-c.h"
 #include "subcenter_v1_subcenter.pb-c.h"
+#include "subcenter_v1_storage.pb-c.h"

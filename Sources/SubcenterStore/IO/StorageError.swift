@@ -1,0 +1,60 @@
+// The one error type of the write-ahead log, snapshots and recovery. Messages are for an
+// operator: they name the file, the byte offset when there is one, and what to do next.
+
+import SubcenterCore
+
+/// A storage failure.
+public struct StorageError: Error, Sendable, Equatable, CustomStringConvertible {
+  public enum Kind: Sendable, Equatable {
+    /// A file-system call failed.
+    case io
+    /// The disk (or quota) is full; writes may succeed again once space is freed.
+    case noSpace
+    /// A file does not hold what was written: bad checksum, cut short, wrong magic…
+    case damaged
+    /// The log refuses writes: it failed for good, is rolling back a failed batch, or
+    /// is closed.
+    case unavailable
+    /// A value cannot be stored (too large).
+    case invalid
+  }
+
+  public let kind: Kind
+  /// What happened, and what to do.
+  public let message: String
+  /// The file concerned, if any.
+  public let file: String?
+  /// The byte offset in `file` where the damage starts, for `damaged`.
+  public let offset: Int64?
+  /// The errno of the failed call, for `io` and `noSpace`.
+  public let errno: Int32?
+
+  public init(
+    _ kind: Kind, _ message: String, file: String? = nil, offset: Int64? = nil,
+    errno: Int32? = nil
+  ) {
+    self.kind = kind
+    self.message = message
+    self.file = file
+    self.offset = offset
+    self.errno = errno
+  }
+
+  /// A failed file-system call (`noSpace` for ENOSPC and EDQUOT).
+  public init(_ error: FileSystemError, _ context: String = "") {
+    self.init(
+      error.isNoSpace ? .noSpace : .io,
+      context.isEmpty ? "\(error)" : "\(context): \(error)", file: error.path,
+      errno: error.errno)
+  }
+
+  /// Damage at `offset` of `file`.
+  public static func damaged(_ file: String, at offset: Int64, _ what: String) -> StorageError {
+    StorageError(.damaged, "\(file) at byte offset \(offset): \(what)", file: file, offset: offset)
+  }
+
+  public var description: String { message }
+
+  /// How a write that this error stopped is answered: `unavailable` (SPEC §3).
+  public var coreError: CoreError { .unavailable("storage: \(message)") }
+}

@@ -1,0 +1,366 @@
+// `Command` ⇄ `LogRecord` bytes (proto/subcenter/v1/storage.proto), with protobuf-c.
+//
+// A command's `at` and `actor` travel in the record's own fields (commands without an
+// actor store ""), the command's other fields in the matching oneof case. What the store
+// hands the log writer is the record without its `seq`; the writer puts the seq in front
+// (WALSegment.swift).
+
+import CProtobufC
+import SubcenterCore
+import SubcenterProto
+
+/// Encodes commands as log records and decodes them back.
+public enum LogRecordCodec {
+  /// The record of `command` without a seq: what `WriteAheadLog.append` takes.
+  public static func encode(_ command: Command) -> [UInt8] { encode(command, seq: 0) }
+
+  /// The complete record (seq first when it is not 0), as a log segment holds it.
+  public static func encode(_ command: Command, seq: UInt64) -> [UInt8] {
+    let arena = ProtoArena()
+    var r = Subcenter__Storage__V1__LogRecord()
+    subcenter__storage__v1__log_record__init(&r)
+    r.seq = seq
+    r.at = command.at
+    r.actor = arena.text(actor(of: command))
+    let a = arena
+    switch command {
+    case .configureWorkspace(let c):
+      let m = a.make(subcenter__storage__v1__configure_workspace__init)
+      m.pointee.config = workspaceConfig(c.config, a)
+      r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_CONFIGURE_WORKSPACE
+      r.configure_workspace = m
+    case .identify(let c):
+      let m = a.make(subcenter__storage__v1__identify__init)
+      m.pointee.workspace = a.cString(c.workspace)
+      m.pointee.person = personKey(c.person, a)
+      m.pointee.creates = c.creates ? 1 : 0
+      if let email = c.email {
+        m.pointee.email_value_case = SUBCENTER__STORAGE__V1__IDENTIFY__EMAIL_VALUE_EMAIL
+        m.pointee.email = a.cString(email)
+      }
+      if let phone = c.phone {
+        m.pointee.phone_value_case = SUBCENTER__STORAGE__V1__IDENTIFY__PHONE_VALUE_PHONE
+        m.pointee.phone = a.cString(phone)
+      }
+      if let anonymousID = c.anonymousID {
+        m.pointee.anonymous_id_value_case =
+          SUBCENTER__STORAGE__V1__IDENTIFY__ANONYMOUS_ID_VALUE_ANONYMOUS_ID
+        m.pointee.anonymous_id = a.cString(anonymousID)
+      }
+      m.pointee.merges_profile = c.mergesProfile ? 1 : 0
+      r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_IDENTIFY
+      r.identify = m
+    case .setPreference(let c):
+      let m = a.make(subcenter__storage__v1__set_preference__init)
+      m.pointee.workspace = a.cString(c.workspace)
+      m.pointee.person = personKey(c.person, a)
+      m.pointee.channel = a.cString(c.channel)
+      m.pointee.topic = a.cString(c.topic)
+      m.pointee.state = Subcenter__Storage__V1__PreferenceState(
+        rawValue: UInt32(bitPattern: c.state.rawValue))
+      m.pointee.source = a.text(c.source)
+      m.pointee.notice_version = a.text(c.noticeVersion)
+      r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_SET_PREFERENCE
+      r.set_preference = m
+    case .setGlobal(let c):
+      let m = a.make(subcenter__storage__v1__set_global__init)
+      m.pointee.workspace = a.cString(c.workspace)
+      m.pointee.person = personKey(c.person, a)
+      m.pointee.unsubscribed = c.unsubscribed ? 1 : 0
+      m.pointee.source = a.text(c.source)
+      r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_SET_GLOBAL
+      r.set_global = m
+    case .recordSends(let c):
+      let m = a.make(subcenter__storage__v1__record_sends__init)
+      m.pointee.workspace = a.cString(c.workspace)
+      m.pointee.channel = a.cString(c.channel)
+      m.pointee.n_persons = c.persons.count
+      m.pointee.persons = a.messages(c.persons) { personKey($0, a) }
+      r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_RECORD_SENDS
+      r.record_sends = m
+    case .override(let c):
+      let m = a.make(subcenter__storage__v1__override__init)
+      m.pointee.workspace = a.cString(c.workspace)
+      m.pointee.person = personKey(c.person, a)
+      m.pointee.channel = a.cString(c.channel)
+      m.pointee.topic = a.cString(c.topic)
+      m.pointee.allowed = c.allowed ? 1 : 0
+      m.pointee.reason = Subcenter__Storage__V1__DecisionReason(
+        rawValue: UInt32(bitPattern: c.reason.rawValue))
+      m.pointee.detail = a.text(c.detail)
+      r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_OVERRIDE
+      r.override = m
+    case .forget(let c):
+      let m = a.make(subcenter__storage__v1__forget__init)
+      m.pointee.workspace = a.cString(c.workspace)
+      m.pointee.person = personKey(c.person, a)
+      m.pointee.n_suppress = c.suppress.count
+      m.pointee.suppress = a.hashes(c.suppress)
+      r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_FORGET
+      r.forget = m
+    case .suppress(let c):
+      let m = a.make(subcenter__storage__v1__suppress__init)
+      m.pointee.workspace = a.cString(c.workspace)
+      m.pointee.n_hashes = c.hashes.count
+      m.pointee.hashes = a.hashes(c.hashes)
+      m.pointee.n_forget = c.forget.count
+      m.pointee.forget = a.messages(c.forget) { personKey($0, a) }
+      m.pointee.reason = a.text(c.reason)
+      r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_SUPPRESS
+      r.suppress = m
+    case .unsuppress(let c):
+      let m = a.make(subcenter__storage__v1__unsuppress__init)
+      m.pointee.workspace = a.cString(c.workspace)
+      m.pointee.n_hashes = c.hashes.count
+      m.pointee.hashes = a.hashes(c.hashes)
+      r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_UNSUPPRESS
+      r.unsuppress = m
+    case .expireAnonymous(let c):
+      let m = a.make(subcenter__storage__v1__expire_anonymous__init)
+      m.pointee.workspace = a.cString(c.workspace)
+      m.pointee.n_profiles = c.profiles.count
+      m.pointee.profiles = a.cStrings(c.profiles)
+      r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_EXPIRE_ANONYMOUS
+      r.expire_anonymous = m
+    }
+    return withExtendedLifetime(arena) { Proto.pack(&r) }
+  }
+
+  /// The record erasure leaves in place of one it removes: its seq and nothing else.
+  public static func erased(seq: UInt64) -> [UInt8] {
+    let arena = ProtoArena()
+    var r = Subcenter__Storage__V1__LogRecord()
+    subcenter__storage__v1__log_record__init(&r)
+    r.seq = seq
+    r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_ERASED
+    r.erased = arena.make(subcenter__storage__v1__erased__init)
+    return withExtendedLifetime(arena) { Proto.pack(&r) }
+  }
+
+  /// Decodes a record: its seq (0 if it has none) and its command, nil for a record
+  /// erasure emptied (`erased(seq:)`: nothing to apply). A record that is not a valid
+  /// `LogRecord` of a known command is `damaged`.
+  public static func decode(_ payload: ArraySlice<UInt8>) throws(StorageError)
+    -> (seq: UInt64, command: Command?)
+  {
+    try Proto.withUnpacked(payload, "log record", subcenter__storage__v1__log_record__unpack) {
+      (r) throws(StorageError) in
+      let at = r.at
+      let actor = Proto.text(r.actor)
+      let command: Command?
+      switch r.command_case {
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_ERASED:
+        command = nil
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_CONFIGURE_WORKSPACE:
+        let m = try present(r.configure_workspace, "configure_workspace")
+        command = .configureWorkspace(
+          .init(
+            config: try workspaceConfig(present(m.config, "configure_workspace.config")), at: at,
+            actor: actor))
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_IDENTIFY:
+        let m = try present(r.identify, "identify")
+        command = .identify(
+          .init(
+            workspace: Proto.string(m.workspace),
+            person: try personKey(m.person, "identify.person"),
+            creates: m.creates != 0,
+            email: m.email_value_case == SUBCENTER__STORAGE__V1__IDENTIFY__EMAIL_VALUE_EMAIL
+              ? Proto.string(m.email) : nil,
+            phone: m.phone_value_case == SUBCENTER__STORAGE__V1__IDENTIFY__PHONE_VALUE_PHONE
+              ? Proto.string(m.phone) : nil,
+            anonymousID: m.anonymous_id_value_case
+              == SUBCENTER__STORAGE__V1__IDENTIFY__ANONYMOUS_ID_VALUE_ANONYMOUS_ID
+              ? Proto.string(m.anonymous_id) : nil,
+            mergesProfile: m.merges_profile != 0, at: at, actor: actor))
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_SET_PREFERENCE:
+        let m = try present(r.set_preference, "set_preference")
+        command = .setPreference(
+          .init(
+            workspace: Proto.string(m.workspace),
+            person: try personKey(m.person, "set_preference.person"),
+            channel: Proto.string(m.channel), topic: Proto.string(m.topic),
+            state: try preferenceState(m.state, "set_preference.state"),
+            source: Proto.text(m.source), noticeVersion: Proto.text(m.notice_version), at: at,
+            actor: actor))
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_SET_GLOBAL:
+        let m = try present(r.set_global, "set_global")
+        command = .setGlobal(
+          .init(
+            workspace: Proto.string(m.workspace),
+            person: try personKey(m.person, "set_global.person"), unsubscribed: m.unsubscribed != 0,
+            source: Proto.text(m.source), at: at, actor: actor))
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_RECORD_SENDS:
+        let m = try present(r.record_sends, "record_sends")
+        command = .recordSends(
+          .init(
+            workspace: Proto.string(m.workspace), channel: Proto.string(m.channel),
+            persons: try Proto.messages(m.persons, m.n_persons) { (k) throws(StorageError) in
+              try personKey(k, "record_sends.persons")
+            }, at: at))
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_OVERRIDE:
+        let m = try present(r.override, "override")
+        guard let reason = DecisionReason(rawValue: Int32(bitPattern: m.reason.rawValue)) else {
+          throw StorageError(.damaged, "override.reason: unknown value \(m.reason.rawValue)")
+        }
+        command = .override(
+          .init(
+            workspace: Proto.string(m.workspace),
+            person: try personKey(m.person, "override.person"),
+            channel: Proto.string(m.channel), topic: Proto.string(m.topic),
+            allowed: m.allowed != 0, reason: reason, detail: Proto.text(m.detail), at: at,
+            actor: actor))
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_FORGET:
+        let m = try present(r.forget, "forget")
+        command = .forget(
+          .init(
+            workspace: Proto.string(m.workspace), person: try personKey(m.person, "forget.person"),
+            suppress: try Proto.hashes(m.suppress, m.n_suppress, "forget.suppress"), at: at,
+            actor: actor))
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_SUPPRESS:
+        let m = try present(r.suppress, "suppress")
+        command = .suppress(
+          .init(
+            workspace: Proto.string(m.workspace),
+            hashes: try Proto.hashes(m.hashes, m.n_hashes, "suppress.hashes"),
+            forget: try Proto.messages(m.forget, m.n_forget) { (k) throws(StorageError) in
+              try personKey(k, "suppress.forget")
+            }, reason: Proto.text(m.reason), at: at, actor: actor))
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_UNSUPPRESS:
+        let m = try present(r.unsuppress, "unsuppress")
+        command = .unsuppress(
+          .init(
+            workspace: Proto.string(m.workspace),
+            hashes: try Proto.hashes(m.hashes, m.n_hashes, "unsuppress.hashes"), at: at,
+            actor: actor))
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_EXPIRE_ANONYMOUS:
+        let m = try present(r.expire_anonymous, "expire_anonymous")
+        command = .expireAnonymous(
+          .init(
+            workspace: Proto.string(m.workspace),
+            profiles: Proto.strings(m.profiles, m.n_profiles), at: at))
+      default:
+        throw StorageError(
+          .damaged, "log record holds no known command (case \(r.command_case.rawValue))")
+      }
+      return (r.seq, command)
+    }
+  }
+
+  // MARK: Shared with SnapshotRecordCodec
+
+  /// The actor a command carries ("" for those without one).
+  static func actor(of command: Command) -> String {
+    switch command {
+    case .configureWorkspace(let c): c.actor
+    case .identify(let c): c.actor
+    case .setPreference(let c): c.actor
+    case .setGlobal(let c): c.actor
+    case .recordSends: ""
+    case .override(let c): c.actor
+    case .forget(let c): c.actor
+    case .suppress(let c): c.actor
+    case .unsuppress(let c): c.actor
+    case .expireAnonymous: ""
+    }
+  }
+
+  static func personKey(_ k: PersonKey, _ a: ProtoArena)
+    -> UnsafeMutablePointer<Subcenter__Storage__V1__PersonKey>
+  {
+    let m = a.make(subcenter__storage__v1__person_key__init)
+    if k.isAnonymous {
+      m.pointee.key_case = SUBCENTER__STORAGE__V1__PERSON_KEY__KEY_ANONYMOUS_ID
+      m.pointee.anonymous_id = a.cString(k.value)
+    } else {
+      m.pointee.key_case = SUBCENTER__STORAGE__V1__PERSON_KEY__KEY_PERSON_ID
+      m.pointee.person_id = a.cString(k.value)
+    }
+    return m
+  }
+
+  static func personKey(
+    _ p: UnsafeMutablePointer<Subcenter__Storage__V1__PersonKey>?, _ field: String
+  ) throws(StorageError) -> PersonKey {
+    try personKey(present(p, field), field)
+  }
+
+  static func personKey(_ k: borrowing Subcenter__Storage__V1__PersonKey, _ field: String)
+    throws(StorageError) -> PersonKey
+  {
+    switch k.key_case {
+    case SUBCENTER__STORAGE__V1__PERSON_KEY__KEY_PERSON_ID: .person(Proto.string(k.person_id))
+    case SUBCENTER__STORAGE__V1__PERSON_KEY__KEY_ANONYMOUS_ID:
+      .anonymous(Proto.string(k.anonymous_id))
+    default: throw StorageError(.damaged, "\(field): no person key")
+    }
+  }
+
+  static func workspaceConfig(_ c: WorkspaceConfig, _ a: ProtoArena)
+    -> UnsafeMutablePointer<Subcenter__Storage__V1__WorkspaceConfig>
+  {
+    let m = a.make(subcenter__storage__v1__workspace_config__init)
+    m.pointee.workspace = a.cString(c.workspace)
+    m.pointee.n_channels = c.channels.count
+    m.pointee.channels = a.cStrings(c.channels)
+    m.pointee.n_topics = c.topics.count
+    m.pointee.topics = a.messages(c.topics) { t in
+      let tm = a.make(subcenter__storage__v1__topic__init)
+      tm.pointee.id = a.cString(t.id)
+      tm.pointee.name = a.text(t.name)
+      tm.pointee.description = a.text(t.description)
+      tm.pointee.default_state = Subcenter__Storage__V1__TopicDefault(
+        rawValue: UInt32(bitPattern: t.defaultState.rawValue))
+      return tm
+    }
+    m.pointee.n_limits = c.limits.count
+    m.pointee.limits = a.messages(c.limits) { l in
+      let lm = a.make(subcenter__storage__v1__message_limit__init)
+      lm.pointee.channel = a.cString(l.channel)
+      lm.pointee.max_messages = l.maxMessages
+      lm.pointee.window_seconds = l.windowSeconds
+      return lm
+    }
+    m.pointee.allow_important_override = c.allowImportantOverride ? 1 : 0
+    return m
+  }
+
+  static func workspaceConfig(_ m: borrowing Subcenter__Storage__V1__WorkspaceConfig)
+    throws(StorageError) -> WorkspaceConfig
+  {
+    let topics = try Proto.messages(m.topics, m.n_topics) {
+      (t) throws(StorageError) -> Topic in
+      guard let d = TopicDefault(rawValue: Int32(bitPattern: t.default_state.rawValue)) else {
+        throw StorageError(
+          .damaged, "topic default_state: unknown value \(t.default_state.rawValue)")
+      }
+      return Topic(
+        id: Proto.string(t.id), name: Proto.text(t.name), description: Proto.text(t.description),
+        defaultState: d)
+    }
+    let limits = try Proto.messages(m.limits, m.n_limits) { (l) throws(StorageError) in
+      MessageLimit(
+        channel: Proto.string(l.channel), maxMessages: l.max_messages,
+        windowSeconds: l.window_seconds)
+    }
+    return WorkspaceConfig(
+      workspace: Proto.string(m.workspace), channels: Proto.strings(m.channels, m.n_channels),
+      topics: topics, limits: limits, allowImportantOverride: m.allow_important_override != 0)
+  }
+
+  static func preferenceState(_ s: Subcenter__Storage__V1__PreferenceState, _ field: String)
+    throws(StorageError) -> PreferenceState
+  {
+    guard let v = PreferenceState(rawValue: Int32(bitPattern: s.rawValue)) else {
+      throw StorageError(.damaged, "\(field): unknown value \(s.rawValue)")
+    }
+    return v
+  }
+
+  /// The message a pointer field points to; `damaged` when it is missing.
+  static func present<T>(_ p: UnsafeMutablePointer<T>?, _ field: String) throws(StorageError)
+    -> T
+  {
+    guard let p else { throw StorageError(.damaged, "\(field) is missing") }
+    return p.pointee
+  }
+}

@@ -1,0 +1,172 @@
+// Reading the whole log back at start-up: the segments after a snapshot, in seq order,
+// checking that seqs follow on from segment to segment.
+//
+// - A torn tail of the newest segment (a write the crash interrupted, never
+//   acknowledged) is cut off, with a warning.
+// - Any other damage — a bad record followed by good ones, a torn tail in an older
+//   segment, a missing stretch of seqs, a bad header — stops the read with an error naming
+//   the file and byte offset, unless `truncateDamaged` (`--recover-truncate`): then the
+//   damaged segment is cut at its last good record and every later segment is deleted.
+
+/// What reading the log found.
+public struct WALReadReport: Sendable, Equatable {
+  /// The segments read, in order.
+  public var segments: [WALSegmentFile] = []
+  /// The seq of the last record in the log, or `after` if the log has none after it.
+  public var lastSeq: UInt64 = 0
+  /// How many records were handed to the caller.
+  public var recordsRead = 0
+  /// What was cut or discarded, for the operator.
+  public var warnings: [String] = []
+  /// Segments deleted because they followed damage (with `truncateDamaged`).
+  public var discarded: [String] = []
+
+  /// The seq the writer must continue from.
+  public var nextSeq: UInt64 { lastSeq + 1 }
+}
+
+/// Reads the log of a data directory.
+public enum WALReader {
+  /// Hands every record with a seq greater than `after` to `body`, in order, and returns
+  /// what it found. With `repair`, a torn tail is cut off the newest segment (and the
+  /// newest segment synced, since the writer then starts a new one); without it, nothing
+  /// is changed on disk. `truncateDamaged` turns damage into a cut (see above).
+  public static func read(
+    directory: String, fileSystem fs: any FileSystem, after: UInt64 = 0, repair: Bool = true,
+    truncateDamaged: Bool = false,
+    _ body: (_ seq: UInt64, _ payload: ArraySlice<UInt8>) throws(StorageError) -> Void
+  ) throws(StorageError) -> WALReadReport {
+    var report = WALReadReport()
+    report.lastSeq = after
+    let segments = try WALSegment.list(directory: directory, fileSystem: fs)
+    guard !segments.isEmpty else { return report }
+    guard let start = segments.lastIndex(where: { $0.firstSeq <= after &+ 1 }) else {
+      throw StorageError.damaged(
+        segments[0].name, at: 0,
+        "the log starts at seq \(segments[0].firstSeq), but the records from seq \(after + 1) "
+          + "are needed and no segment holds them. "
+          + "Restore the data directory from a backup.")
+    }
+
+    var expected = segments[start].firstSeq
+    var lastInLog: UInt64 = 0
+    for i in start..<segments.count {
+      let segment = segments[i]
+      let newest = i == segments.count - 1
+      report.segments.append(segment)
+
+      var damage: (offset: Int, reason: String, torn: Bool)?
+      var scan: SegmentScan?
+      if segment.firstSeq != expected {
+        damage = (
+          0,
+          "the segment starts at seq \(segment.firstSeq) but the previous one ends at seq "
+            + "\(expected - 1)", false
+        )
+      } else {
+        let s = try WALSegment.scan(segment, directory: directory, fileSystem: fs)
+        scan = s
+        if let d = s.damage { damage = (d.offset, d.reason, d.kind == .tornTail) }
+      }
+
+      if let d = damage {
+        let cutTo = scan?.validEnd ?? 0
+        if d.torn && newest {
+          report.warnings.append(
+            "\(segment.name): torn record at byte offset \(d.offset) cut off (\(d.reason)); "
+              + "it was never acknowledged")
+          if repair { try cut(segment, to: cutTo, directory: directory, fs: fs) }
+        } else if truncateDamaged {
+          let later = segments[(i + 1)...].map(\.name)
+          report.warnings.append(
+            "\(segment.name) at byte offset \(d.offset): \(d.reason); cut there as "
+              + "--recover-truncate asks"
+              + (later.isEmpty
+                ? "" : ", and later segments deleted: \(later.joined(separator: ", "))"))
+          try cut(segment, to: cutTo, directory: directory, fs: fs)
+          for name in later {
+            do { try fs.unlink(joinPath(directory, name)) } catch {
+              throw StorageError(error, "deleting log segment \(name)")
+            }
+          }
+          if !later.isEmpty { try syncDirectory(directory, fs) }
+          report.discarded = later
+        } else {
+          let lastGood =
+            (scan?.records.count ?? 0) > 0
+            ? segment.firstSeq + UInt64(scan!.records.count) - 1 : expected - 1
+          throw StorageError.damaged(
+            segment.name, at: Int64(d.offset),
+            "\(d.reason)\(d.torn ? " (and later segments exist)" : ""). Start-up stopped: the "
+              + "log is damaged before its end. To start from the last good record (seq "
+              + "\(lastGood)) and discard everything after it, back up the data directory and "
+              + "restart with --recover-truncate.")
+        }
+      } else if repair && newest {
+        // The writer starts a new segment next: this one must be complete on disk first.
+        try syncFile(segment.name, directory, fs)
+      }
+
+      if let scan {
+        for r in 0..<scan.records.count {
+          let seq = segment.firstSeq + UInt64(r)
+          guard seq > after else { continue }
+          do { try body(seq, scan.payload(r)) } catch {
+            // A record that cannot be decoded: name where it is.
+            guard error.kind == .damaged, error.file == nil else { throw error }
+            throw StorageError.damaged(
+              segment.name, at: Int64(scan.records[r].lowerBound - RecordFrame.headerSize),
+              "record seq \(seq): \(error.message)")
+          }
+          report.recordsRead += 1
+        }
+        if !scan.records.isEmpty { lastInLog = segment.firstSeq + UInt64(scan.records.count) - 1 }
+        expected = segment.firstSeq + UInt64(scan.records.count)
+      }
+      if damage != nil { break }
+    }
+    report.lastSeq = max(after, lastInLog)
+    return report
+  }
+
+  /// Cuts a segment to `size` bytes and syncs it; a segment left without a valid header
+  /// is deleted.
+  private static func cut(
+    _ segment: WALSegmentFile, to size: Int, directory: String, fs: any FileSystem
+  ) throws(StorageError) {
+    let path = joinPath(directory, segment.name)
+    do {
+      if size < WALSegment.headerSize {
+        try fs.unlink(path)
+        try fs.syncDirectory(directory)
+        return
+      }
+      let f = try fs.open(path, .write)
+      defer { try? fs.close(f) }
+      try fs.truncate(f, to: Int64(size))
+      try fs.syncData(f)
+    } catch {
+      throw StorageError(error, "cutting log segment \(segment.name)")
+    }
+  }
+
+  private static func syncFile(_ name: String, _ directory: String, _ fs: any FileSystem)
+    throws(StorageError)
+  {
+    do {
+      let f = try fs.open(joinPath(directory, name), .write)
+      defer { try? fs.close(f) }
+      try fs.syncData(f)
+    } catch {
+      throw StorageError(error, "syncing log segment \(name)")
+    }
+  }
+
+  private static func syncDirectory(_ directory: String, _ fs: any FileSystem)
+    throws(StorageError)
+  {
+    do { try fs.syncDirectory(directory) } catch {
+      throw StorageError(error, "syncing the data directory")
+    }
+  }
+}

@@ -1,0 +1,306 @@
+// Log segment files and how they are read back.
+//
+// A segment is `wal-<first seq>.log`, the sequence number of its first record written in
+// 20 decimal digits, zero-padded (`wal-00000000000000000001.log`), so names sort by seq.
+//
+//   offset  size  field
+//   0       8     magic      "SUBCWLOG"
+//   8       4     version    u32 little-endian, 1
+//   12      8     first seq  u64 little-endian, the seq in the file name
+//   20      4     crc        u32 little-endian: CRC-32C of bytes 0 ..< 20
+//   24      ...   records    framed (RecordFrame.swift); each payload is a `LogRecord`
+//                            whose first field is its `seq` (field 1, varint: byte 0x08
+//                            then the varint), the first record's seq being the file's
+//                            first seq and each next one the previous plus 1
+//
+// Reading a segment back tells a torn tail from damage: a frame that is cut short or
+// fails its checksum with no valid frame anywhere after it is a torn tail (a write the
+// crash interrupted; the writer never acknowledged it); one followed by a valid frame is
+// damage in the middle. A valid frame holding the wrong seq is damage too.
+
+/// A segment file of the log.
+public struct WALSegmentFile: Sendable, Equatable, CustomStringConvertible {
+  public let name: String
+  /// The seq of its first record (from its name).
+  public let firstSeq: UInt64
+
+  public init(firstSeq: UInt64) {
+    self.firstSeq = firstSeq
+    self.name = WALSegment.fileName(firstSeq: firstSeq)
+  }
+
+  public var description: String { name }
+}
+
+/// Where reading a segment stopped early.
+public struct SegmentDamage: Sendable, Equatable, CustomStringConvertible {
+  public enum Kind: Sendable, Equatable {
+    /// The last frame is incomplete or invalid and nothing valid follows: a torn write.
+    case tornTail
+    /// Invalid bytes followed by valid ones, a bad header, or a wrong seq.
+    case corrupt
+  }
+
+  public let kind: Kind
+  /// Byte offset in the file where the bad bytes start.
+  public let offset: Int
+  public let reason: String
+
+  public var description: String {
+    "\(kind == .tornTail ? "torn tail" : "damage") at byte offset \(offset): \(reason)"
+  }
+}
+
+/// The records read from one segment.
+public struct SegmentScan: Sendable {
+  /// The file name.
+  public let file: String
+  /// The whole file as read.
+  public let bytes: [UInt8]
+  /// The payload of every valid record, in order, as ranges of `bytes`.
+  public let records: [Range<Int>]
+  /// Where the last valid record (or the header) ends: the size to cut the file to.
+  public let validEnd: Int
+  /// Why reading stopped before the end of the file, if it did.
+  public let damage: SegmentDamage?
+
+  /// The payload of record `i`.
+  public func payload(_ i: Int) -> ArraySlice<UInt8> { bytes[records[i]] }
+}
+
+/// Segment file names, headers, and reading.
+public enum WALSegment {
+  public static let magic: [UInt8] = Array("SUBCWLOG".utf8)
+  public static let version: UInt32 = 1
+  public static let headerSize = 24
+
+  /// `wal-<firstSeq, 20 digits>.log`.
+  public static func fileName(firstSeq: UInt64) -> String {
+    let digits = String(firstSeq)
+    return "wal-" + String(repeating: "0", count: max(0, 20 - digits.count)) + digits + ".log"
+  }
+
+  /// The first seq a segment file name holds, nil if `name` is not a segment's.
+  public static func firstSeq(fileName name: String) -> UInt64? {
+    let utf8 = Array(name.utf8)
+    guard utf8.count == 28, name.hasPrefix("wal-"), name.hasSuffix(".log") else { return nil }
+    let digits = utf8[4..<24]
+    guard digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+    return UInt64(String(decoding: digits, as: UTF8.self))
+  }
+
+  /// The segment files of `directory`, by first seq.
+  public static func list(directory: String, fileSystem fs: any FileSystem)
+    throws(StorageError) -> [WALSegmentFile]
+  {
+    let names: [String]
+    do { names = try fs.list(directory) } catch {
+      throw StorageError(error, "listing the data directory")
+    }
+    return names.compactMap { firstSeq(fileName: $0).map(WALSegmentFile.init) }
+      .sorted { $0.firstSeq < $1.firstSeq }
+  }
+
+  /// The 24-byte header of a segment whose first record has seq `firstSeq`.
+  public static func header(firstSeq: UInt64) -> [UInt8] {
+    var h = magic
+    h += littleEndianBytes(version)
+    h += littleEndianBytes(firstSeq)
+    h += littleEndianBytes(CRC32C.checksum(h))
+    return h
+  }
+
+  /// Reads the segment `name` of `directory`.
+  public static func scan(
+    _ segment: WALSegmentFile, directory: String, fileSystem fs: any FileSystem
+  ) throws(StorageError) -> SegmentScan {
+    let bytes: [UInt8]
+    do {
+      bytes = try fs.readFile(joinPath(directory, segment.name))
+    } catch {
+      throw StorageError(error, "reading log segment \(segment.name)")
+    }
+    return scan(bytes, file: segment.name, firstSeq: segment.firstSeq)
+  }
+
+  /// Reads the segment held in `bytes` (named `file`, first seq `firstSeq`).
+  public static func scan(_ bytes: [UInt8], file: String, firstSeq: UInt64) -> SegmentScan {
+    var records: [Range<Int>] = []
+    let (validEnd, damage) = bytes.withUnsafeBytes { b -> (Int, SegmentDamage?) in
+      // Damage at `offset`: torn if no valid frame follows it, corrupt otherwise.
+      func stop(_ offset: Int, _ reason: String, hint: Int? = nil) -> (Int, SegmentDamage?) {
+        if let valid = RecordFrame.firstValidFrame(b, from: offset + 1, hint: hint) {
+          return (
+            offset,
+            SegmentDamage(
+              kind: .corrupt, offset: offset,
+              reason: "\(reason), and a valid record follows at byte offset \(valid)")
+          )
+        }
+        return (offset, SegmentDamage(kind: .tornTail, offset: offset, reason: reason))
+      }
+
+      // The header.
+      if b.count < headerSize {
+        return stop(0, "segment header cut short (\(b.count) of \(headerSize) bytes)")
+      }
+      if !b.prefix(8).elementsEqual(magic) {
+        return stop(0, "not a log segment (bad magic)")
+      }
+      if CRC32C.update(0, UnsafeRawBufferPointer(rebasing: b[0..<20])) != readLE32(b, 20) {
+        return stop(0, "segment header checksum mismatch")
+      }
+      let v = readLE32(b, 8)
+      if v != version {
+        return (
+          0,
+          SegmentDamage(
+            kind: .corrupt, offset: 0,
+            reason: "segment format version \(v) is not supported (this build reads \(version))")
+        )
+      }
+      let headerSeq = readLE64(b, 12)
+      if headerSeq != firstSeq {
+        return (
+          0,
+          SegmentDamage(
+            kind: .corrupt, offset: 0,
+            reason: "segment header says first seq \(headerSeq), its name \(firstSeq)")
+        )
+      }
+
+      // The records.
+      var offset = headerSize
+      var expected = firstSeq
+      while offset < b.count {
+        switch RecordFrame.parse(b, at: offset) {
+        case .record(let payload, let next):
+          let seq = leadingSequence(UnsafeRawBufferPointer(rebasing: b[payload]))
+          guard seq == expected else {
+            let found = seq.map { "seq \($0)" } ?? "no seq"
+            return (
+              offset,
+              SegmentDamage(
+                kind: .corrupt, offset: offset,
+                reason: "record holds \(found) where seq \(expected) was expected")
+            )
+          }
+          records.append(payload)
+          expected += 1
+          offset = next
+        case .incomplete(let reason):
+          return stop(offset, reason)
+        case .invalid(let reason):
+          let length = Int(readLE32(b, offset))
+          return stop(offset, reason, hint: offset + RecordFrame.headerSize + length)
+        }
+      }
+      return (offset, nil)
+    }
+    return SegmentScan(
+      file: file, bytes: bytes, records: records, validEnd: validEnd, damage: damage)
+  }
+
+  /// The `seq` a log record's payload starts with (field 1, varint), nil if it does not.
+  static func leadingSequence(_ payload: UnsafeRawBufferPointer) -> UInt64? {
+    guard payload.count >= 2, payload[0] == 0x08 else { return nil }
+    var v: UInt64 = 0
+    var shift: UInt64 = 0
+    for i in 1..<min(payload.count, 11) {
+      let byte = payload[i]
+      v |= UInt64(byte & 0x7F) << shift
+      if byte < 0x80 { return v }
+      shift += 7
+    }
+    return nil
+  }
+
+  /// The seq of a log record's payload, nil if it does not start with one.
+  public static func sequence(of payload: ArraySlice<UInt8>) -> UInt64? {
+    payload.withUnsafeBytes { leadingSequence($0) }
+  }
+}
+
+// MARK: Erasure
+
+extension WALSegment {
+  /// What `rewrite` does with a record.
+  public enum RewriteDecision: Sendable, Equatable {
+    case keep
+    /// Replace it by `LogRecordCodec.erased(seq:)`: the seq stays, the change goes.
+    case erase
+  }
+
+  /// Rewrites a complete segment — never the active one (`WriteAheadLog.rotate` first) —
+  /// replacing each record `decide` says to erase by an erased record with the same seq,
+  /// so seqs stay consecutive. The new file is written as `<name>.tmp`, synced, renamed
+  /// over the segment and the directory synced: a crash leaves either the old segment or
+  /// the new one. Returns how many records were erased; with none, the file is left
+  /// untouched. A damaged segment is refused (`damaged`).
+  @discardableResult
+  public static func rewrite(
+    _ segment: WALSegmentFile, directory: String, fileSystem fs: any FileSystem,
+    _ decide: (_ seq: UInt64, _ payload: ArraySlice<UInt8>) throws(StorageError) -> RewriteDecision
+  ) throws(StorageError) -> Int {
+    let scan = try scan(segment, directory: directory, fileSystem: fs)
+    if let damage = scan.damage {
+      throw StorageError.damaged(segment.name, at: Int64(damage.offset), damage.reason)
+    }
+    var out = header(firstSeq: segment.firstSeq)
+    out.reserveCapacity(scan.bytes.count)
+    var erased = 0
+    for i in 0..<scan.records.count {
+      let seq = segment.firstSeq + UInt64(i)
+      let payload = scan.payload(i)
+      switch try decide(seq, payload) {
+      case .keep:
+        payload.withUnsafeBytes { RecordFrame.append(sequence: nil, body: $0, to: &out) }
+      case .erase:
+        RecordFrame.append(LogRecordCodec.erased(seq: seq), to: &out)
+        erased += 1
+      }
+    }
+    guard erased > 0 else { return 0 }
+    let path = joinPath(directory, segment.name)
+    let temporary = path + temporarySuffix
+    do throws(FileSystemError) {
+      let f = try fs.open(temporary, [.write, .create, .truncate])
+      do throws(FileSystemError) {
+        try fs.write(f, out, at: 0)
+        try fs.sync(f)
+        try fs.close(f)
+      } catch {
+        try? fs.close(f)
+        throw error
+      }
+      try fs.rename(temporary, to: path)
+      try fs.syncDirectory(directory)
+    } catch {
+      try? fs.unlink(temporary)
+      throw StorageError(error, "rewriting log segment \(segment.name)")
+    }
+    return erased
+  }
+
+  static let temporarySuffix = ".tmp"
+
+  /// Deletes the temporary files of segment rewrites that never finished; returns their
+  /// names.
+  @discardableResult
+  public static func removeTemporaryFiles(directory: String, fileSystem fs: any FileSystem)
+    throws(StorageError) -> [String]
+  {
+    var removed: [String] = []
+    do {
+      for n in try fs.list(directory)
+      where n.hasSuffix(temporarySuffix) && firstSeq(fileName: String(n.dropLast(4))) != nil {
+        try fs.unlink(joinPath(directory, n))
+        removed.append(n)
+      }
+      if !removed.isEmpty { try fs.syncDirectory(directory) }
+    } catch {
+      throw StorageError(error, "removing unfinished segment rewrites")
+    }
+    return removed
+  }
+}

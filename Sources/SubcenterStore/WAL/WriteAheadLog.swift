@@ -1,0 +1,563 @@
+// The log writer: one thread that owns the active segment, takes everything queued,
+// writes it with one call and makes it durable with one `fdatasync` (group commit), then
+// completes every record of the batch in log order, on its own thread.
+//
+// Failures (SPEC §4, issue 4):
+// - A write or fsync error makes the log fail for good: that batch and everything queued
+//   fail with `unavailable`, and every later `append` throws. An fsync is never retried:
+//   after a failed fsync the kernel may have dropped the dirty pages, so a retry that
+//   succeeds proves nothing.
+// - A write that fails with ENOSPC (or EDQUOT) is cut off again (the segment is truncated
+//   to where the batch began) and fails that batch and everything queued with it; later
+//   appends are tried again, so writes resume by themselves once space is back. An fsync
+//   that fails with ENOSPC is an fsync failure: fatal.
+// - While a failed batch is being completed, `append` throws instead of queueing: a
+//   record validated against a failing one (the store validates against the records in
+//   flight) is therefore never written without it.
+//
+// Segments: the writer starts a new segment `wal-<next seq>.log` when it opens and when
+// the active one would grow past `segmentSize`. Before a segment is left it is synced
+// (whatever the policy), and a new segment's header and directory entry are synced before
+// any record goes in it, so every segment but the newest is complete on disk.
+
+import Glibc
+import Synchronization
+
+/// When the writer makes written records durable (`--fsync`).
+public enum FsyncPolicy: Sendable, Equatable, CustomStringConvertible {
+  /// After every batch, before any record of it is acknowledged (the default).
+  case always
+  /// At most every `milliseconds`; records are acknowledged once written, and those of
+  /// the last interval can be lost in a power cut (Redis `everysec`).
+  case interval(milliseconds: Int)
+  /// Only when a segment is left and at close; records are acknowledged once written.
+  case none
+
+  /// Parses `always`, `none` or `interval:MS`.
+  public init?(_ text: String) {
+    switch text {
+    case "always": self = .always
+    case "none": self = .none
+    default:
+      guard text.hasPrefix("interval:"), let ms = Int(text.dropFirst("interval:".count)), ms > 0
+      else { return nil }
+      self = .interval(milliseconds: ms)
+    }
+  }
+
+  public var description: String {
+    switch self {
+    case .always: "always"
+    case .interval(let ms): "interval:\(ms)"
+    case .none: "none"
+    }
+  }
+}
+
+/// The write-ahead log's writer. Thread-safe: `append` may be called from any thread.
+public final class WriteAheadLog: Sendable {
+  public struct Options: Sendable {
+    public var fsync: FsyncPolicy
+    /// A segment is left once the next batch would make it larger than this.
+    public var segmentSize: Int
+    /// At most this many bytes of records go in one write (a single larger record goes
+    /// alone).
+    public var maxBatchBytes: Int
+    /// Where the writer reports failures, for the operator.
+    public var log: @Sendable (String) -> Void
+
+    public init(
+      fsync: FsyncPolicy = .always, segmentSize: Int = 64 << 20, maxBatchBytes: Int = 8 << 20,
+      log: @escaping @Sendable (String) -> Void = { _ in }
+    ) {
+      self.fsync = fsync
+      self.segmentSize = segmentSize
+      self.maxBatchBytes = maxBatchBytes
+      self.log = log
+    }
+  }
+
+  /// Called on the writer thread with a record's seq once it is written and, under
+  /// `FsyncPolicy.always`, durable; or with the error that kept it from being so (the
+  /// record is then not in the log).
+  public typealias Completion = @Sendable (Result<UInt64, StorageError>) -> Void
+
+  /// What the log has done so far.
+  public struct Status: Sendable, Equatable {
+    /// The seq the next record will get.
+    public var nextSeq: UInt64
+    /// Every record with a smaller seq has been written (acknowledged unless failed).
+    public var writtenThrough: UInt64
+    /// Every record up to this seq is durable (synced).
+    public var durableThrough: UInt64
+    /// The first seq of the segment being written; older segments are complete.
+    public var activeSegment: UInt64
+    /// Why the log refuses writes for good, if it does.
+    public var failure: StorageError?
+  }
+
+  let core: WALCore
+  private let thread = Mutex<pthread_t?>(nil)
+
+  public var directory: String { core.directory }
+
+  /// Opens the log in `directory` (which must exist) for records from `nextSeq` on, and
+  /// starts the writer thread. Recovery must have run first: it gives `nextSeq`, and an
+  /// existing segment `wal-<nextSeq>.log` must hold no record.
+  public init(
+    directory: String, fileSystem: any FileSystem, nextSeq: UInt64, options: Options = Options()
+  ) throws(StorageError) {
+    precondition(nextSeq >= 1, "seqs start at 1")
+    core = WALCore(
+      directory: directory, fileSystem: fileSystem, options: options, nextSeq: nextSeq)
+    let writer = WALWriter(core: core, fileSystem: fileSystem, nextSeq: nextSeq)
+    try writer.openFirstSegment()
+    let box = Unmanaged.passRetained(writer).toOpaque()
+    var tid = pthread_t()
+    let rc = pthread_create(&tid, nil, walWriterThreadMain, box)
+    guard rc == 0 else {
+      Unmanaged<WALWriter>.fromOpaque(box).release()
+      throw StorageError(.io, "cannot start the log writer thread (errno \(rc))", errno: rc)
+    }
+    thread.withLock { $0 = tid }
+  }
+
+  deinit { close() }
+
+  /// Queues a record: `record` is a `LogRecord` without its seq
+  /// (`LogRecordCodec.encode(_:)`); the writer gives it the next seq. Records are written in
+  /// the order `append` is called. `completion` runs later on the writer thread. Throws
+  /// (and queues nothing, and never calls `completion`) when the log has failed, is
+  /// completing a failed batch, or is closed: all `unavailable`.
+  public func append(_ record: [UInt8], completion: @escaping Completion) throws(StorageError) {
+    guard record.count <= RecordFrame.maxPayloadSize - 11 else {
+      throw StorageError(.invalid, "a log record of \(record.count) bytes is too large")
+    }
+    let wake = try core.shared.withLock { (s) throws(StorageError) -> Bool in
+      if let refusal = s.refusal { throw refusal }
+      s.queue.append(WALCore.Pending(bytes: record, completion: completion))
+      s.queuedBytes += record.count
+      if s.writerIdle {
+        s.writerIdle = false
+        return true
+      }
+      return false
+    }
+    if wake { core.wake.signal() }
+  }
+
+  /// Leaves the active segment (if it holds a record) for a new one, after the records
+  /// queued before this call. `completion` gets the new active segment's first seq: every
+  /// record before it is in a complete, synced segment that the writer no longer touches
+  /// (it may be rewritten or deleted).
+  public func rotate(
+    completion: @escaping @Sendable (Result<UInt64, StorageError>) -> Void
+  ) throws(StorageError) {
+    try core.shared.withLock { (s) throws(StorageError) in
+      if let refusal = s.refusal, refusal.kind != .noSpace { throw refusal }
+      s.rotations.append(completion)
+      s.writerIdle = false
+    }
+    core.wake.signal()
+  }
+
+  /// Writes and syncs what is queued, closes the active segment and stops the writer
+  /// thread (waiting for it, unless called from a completion). Later appends throw
+  /// `unavailable`. Idempotent.
+  public func close() {
+    let tid = thread.withLock { t -> pthread_t? in
+      defer { t = nil }
+      return t
+    }
+    guard let tid else { return }
+    core.shared.withLock { $0.closing = true }
+    core.wake.signal()
+    if pthread_equal(tid, pthread_self()) != 0 {
+      // Closed from a completion, on the writer thread itself: it stops after this batch.
+      pthread_detach(tid)
+    } else {
+      pthread_join(tid, nil)
+    }
+  }
+
+  public var status: Status {
+    core.shared.withLock { s in
+      Status(
+        nextSeq: s.nextSeq, writtenThrough: s.nextSeq - 1, durableThrough: s.durableThrough,
+        activeSegment: s.activeSegment, failure: s.failure)
+    }
+  }
+
+  /// Deletes the segments every record of which has a seq ≤ `seq` (a snapshot covers
+  /// them), never the active one; syncs the directory. Returns the names deleted.
+  @discardableResult
+  public func removeSegments(through seq: UInt64) throws(StorageError) -> [String] {
+    let fs = core.fileSystem
+    let active = core.shared.withLock { $0.activeSegment }
+    let segments = try WALSegment.list(directory: directory, fileSystem: fs)
+    var removed: [String] = []
+    for (i, s) in segments.enumerated() where i + 1 < segments.count {
+      // All of segment i is ≤ seq when the next segment starts at or before seq + 1.
+      guard s.firstSeq < active, segments[i + 1].firstSeq <= seq &+ 1 else { continue }
+      do { try fs.unlink(joinPath(directory, s.name)) } catch {
+        throw StorageError(error, "removing log segment \(s.name)")
+      }
+      removed.append(s.name)
+    }
+    if !removed.isEmpty {
+      do { try fs.syncDirectory(directory) } catch {
+        throw StorageError(error, "syncing the data directory")
+      }
+    }
+    return removed
+  }
+}
+
+/// What appenders and the writer share.
+final class WALCore: Sendable {
+  struct Pending {
+    var bytes: [UInt8]
+    var completion: WriteAheadLog.Completion
+  }
+
+  struct Shared {
+    var queue: [Pending] = []
+    var queuedBytes = 0
+    var rotations: [@Sendable (Result<UInt64, StorageError>) -> Void] = []
+    /// The writer is about to sleep: an appender must signal `wake`.
+    var writerIdle = false
+    var closing = false
+    /// Why appends throw right now: a permanent failure, a batch being failed, closed.
+    var refusal: StorageError?
+    /// The permanent failure, if any.
+    var failure: StorageError?
+    var nextSeq: UInt64
+    var durableThrough: UInt64
+    var activeSegment: UInt64
+  }
+
+  let directory: String
+  let fileSystem: any FileSystem
+  let options: WriteAheadLog.Options
+  let shared: Mutex<Shared>
+  let wake = WakeEvent()
+
+  init(
+    directory: String, fileSystem: any FileSystem, options: WriteAheadLog.Options,
+    nextSeq: UInt64
+  ) {
+    self.directory = directory
+    self.fileSystem = fileSystem
+    self.options = options
+    shared = Mutex(
+      Shared(nextSeq: nextSeq, durableThrough: nextSeq - 1, activeSegment: nextSeq))
+  }
+}
+
+/// The writer thread's state. `@unchecked Sendable`: built by `WriteAheadLog.init`, then
+/// handed to the writer thread, the only one that touches it afterwards.
+final class WALWriter: @unchecked Sendable {
+  let core: WALCore
+  let fs: any FileSystem
+  var options: WriteAheadLog.Options { core.options }
+
+  private var active: FileHandle?
+  private var activeFirstSeq: UInt64 = 0
+  private var activeName = ""
+  private var segmentBytes = 0
+  private var segmentRecords = 0
+  private var nextSeq: UInt64
+  /// Written but not yet synced.
+  private var unsynced = false
+  private var lastSync = monotonicNanos()
+  private var failed = false
+  /// The last batch failed for lack of space (so the operator hears once per episode).
+  private var outOfSpace = false
+  private var buffer: [UInt8] = []
+
+  init(core: WALCore, fileSystem: any FileSystem, nextSeq: UInt64) {
+    self.core = core
+    self.fs = fileSystem
+    self.nextSeq = nextSeq
+  }
+
+  // MARK: The loop
+
+  private enum Work {
+    case batch([WALCore.Pending], rotations: [@Sendable (Result<UInt64, StorageError>) -> Void])
+    case idle
+    case close
+  }
+
+  func run() {
+    while true {
+      let work = core.shared.withLock { s -> Work in
+        if s.queue.isEmpty && s.rotations.isEmpty {
+          if s.closing {
+            if s.failure == nil {
+              s.refusal = StorageError(.unavailable, "the write-ahead log is closed")
+            }
+            return .close
+          }
+          s.writerIdle = true
+          return .idle
+        }
+        s.writerIdle = false
+        var batch = s.queue
+        s.queue = []
+        var bytes = 0
+        if s.queuedBytes > options.maxBatchBytes {
+          // Take a prefix; the rest stays queued, in order.
+          var n = 0
+          while n < batch.count && (n == 0 || bytes + batch[n].bytes.count <= options.maxBatchBytes)
+          {
+            bytes += batch[n].bytes.count
+            n += 1
+          }
+          s.queue = Array(batch[n...])
+          batch.removeSubrange(n...)
+          s.queuedBytes -= bytes
+        } else {
+          s.queuedBytes = 0
+        }
+        let rotations = s.queue.isEmpty ? s.rotations : []
+        if s.queue.isEmpty { s.rotations = [] }
+        return .batch(batch, rotations: rotations)
+      }
+      switch work {
+      case .batch(let batch, let rotations):
+        if !batch.isEmpty { write(batch) }
+        for r in rotations { r(rotateOnRequest()) }
+        syncIfDue()
+      case .idle:
+        var deadline: UInt64?
+        if unsynced, case .interval(let ms) = options.fsync {
+          deadline = lastSync + UInt64(ms) * 1_000_000
+        }
+        core.wake.wait(until: deadline)
+        syncIfDue()
+      case .close:
+        finish()
+        return
+      }
+    }
+  }
+
+  // MARK: Batches
+
+  private func write(_ batch: [WALCore.Pending]) {
+    if failed {
+      complete(batch, .failure(core.shared.withLock { $0.failure! }))
+      return
+    }
+    buffer.removeAll(keepingCapacity: true)
+    let first = nextSeq
+    for (i, p) in batch.enumerated() {
+      p.bytes.withUnsafeBytes {
+        RecordFrame.append(sequence: first + UInt64(i), body: $0, to: &buffer)
+      }
+    }
+
+    do {
+      if active == nil || (segmentRecords > 0 && segmentBytes + buffer.count > options.segmentSize)
+      {
+        try rotate(firstSeq: first)
+      }
+    } catch {
+      fail(batch, error)
+      return
+    }
+
+    do {
+      try fs.write(active!, buffer, at: Int64(segmentBytes))
+    } catch {
+      if error.isNoSpace {
+        // Cut off what part of the batch reached the file; a file that cannot be cut
+        // back holds bytes no record owns, so the log cannot go on.
+        do {
+          try fs.truncate(active!, to: Int64(segmentBytes))
+        } catch {
+          fail(batch, StorageError(error, "cutting off a batch the full disk refused"))
+          return
+        }
+        fail(batch, StorageError(error, "writing to log segment \(activeName)"))
+      } else {
+        fail(batch, StorageError(error, "writing to log segment \(activeName)"))
+      }
+      return
+    }
+    segmentBytes += buffer.count
+    segmentRecords += batch.count
+    nextSeq = first + UInt64(batch.count)
+    unsynced = true
+    core.shared.withLock { $0.nextSeq = nextSeq }
+
+    if options.fsync == .always {
+      do { try syncActive() } catch {
+        fail(batch, error)
+        return
+      }
+    }
+    if outOfSpace {
+      outOfSpace = false
+      options.log("write-ahead log: space is back; writes are accepted again")
+    }
+    for (i, p) in batch.enumerated() { p.completion(.success(first + UInt64(i))) }
+  }
+
+  /// Syncs under `interval` when the interval has passed.
+  private func syncIfDue() {
+    guard unsynced, !failed, case .interval(let ms) = options.fsync else { return }
+    guard monotonicNanos() >= lastSync + UInt64(ms) * 1_000_000 else { return }
+    do { try syncActive() } catch { fail([], error) }
+  }
+
+  private func syncActive() throws(StorageError) {
+    guard let active, unsynced else { return }
+    do { try fs.syncData(active) } catch {
+      throw StorageError(error, "syncing log segment \(activeName)")
+    }
+    unsynced = false
+    lastSync = monotonicNanos()
+    let through = nextSeq - 1
+    core.shared.withLock { $0.durableThrough = through }
+  }
+
+  // MARK: Segments
+
+  func openFirstSegment() throws(StorageError) {
+    let name = WALSegment.fileName(firstSeq: nextSeq)
+    let names: [String]
+    do { names = try fs.list(core.directory) } catch {
+      throw StorageError(error, "listing the data directory")
+    }
+    if names.contains(name) {
+      // Only a segment that holds no record (a start that stopped before writing one)
+      // may be written over.
+      let size: Int64
+      do {
+        let f = try fs.open(joinPath(core.directory, name))
+        defer { try? fs.close(f) }
+        size = try fs.size(f)
+      } catch {
+        throw StorageError(error, "opening log segment \(name)")
+      }
+      guard size <= WALSegment.headerSize else {
+        throw StorageError(
+          .damaged,
+          "log segment \(name) already holds records: run recovery before opening the log",
+          file: name)
+      }
+    }
+    try openSegment(firstSeq: nextSeq)
+  }
+
+  /// Leaves the active segment for `wal-<firstSeq>.log`.
+  private func rotate(firstSeq: UInt64) throws(StorageError) {
+    if let old = active {
+      // Every segment but the newest is complete on disk, whatever the policy.
+      try syncActive()
+      try? fs.close(old)
+      active = nil
+    }
+    try openSegment(firstSeq: firstSeq)
+  }
+
+  private func rotateOnRequest() -> Result<UInt64, StorageError> {
+    if failed { return .failure(core.shared.withLock { $0.failure! }) }
+    if active != nil && segmentRecords == 0 { return .success(activeFirstSeq) }
+    do {
+      try rotate(firstSeq: nextSeq)
+      return .success(nextSeq)
+    } catch {
+      if error.kind != .noSpace { fail([], error) }
+      return .failure(error)
+    }
+  }
+
+  /// Creates the segment, writes its header, syncs it and the directory.
+  private func openSegment(firstSeq: UInt64) throws(StorageError) {
+    let name = WALSegment.fileName(firstSeq: firstSeq)
+    let path = joinPath(core.directory, name)
+    let f: FileHandle
+    do { f = try fs.open(path, [.write, .create, .truncate]) } catch {
+      throw StorageError(error, "creating log segment \(name)")
+    }
+    do {
+      try fs.write(f, WALSegment.header(firstSeq: firstSeq), at: 0)
+      try fs.syncData(f)
+      try fs.syncDirectory(core.directory)
+    } catch {
+      try? fs.close(f)
+      if error.isNoSpace { try? fs.unlink(path) }
+      throw StorageError(error, "creating log segment \(name)")
+    }
+    active = f
+    activeFirstSeq = firstSeq
+    activeName = name
+    segmentBytes = WALSegment.headerSize
+    segmentRecords = 0
+    unsynced = false
+    core.shared.withLock { $0.activeSegment = firstSeq }
+  }
+
+  // MARK: Failure and close
+
+  /// Fails `batch` and everything queued. ENOSPC fails only them; anything else fails
+  /// the log for good.
+  private func fail(_ batch: [WALCore.Pending], _ error: StorageError) {
+    let transient = error.kind == .noSpace
+    let message: String
+    if transient {
+      message =
+        "write-ahead log: \(error.message). The disk is full: writes are refused with "
+        + "UNAVAILABLE until space is freed, then resume by themselves; reads continue."
+    } else {
+      failed = true
+      message =
+        "write-ahead log failed: \(error.message). No write is acknowledged from now on "
+        + "(UNAVAILABLE); reads continue. Nothing unacknowledged was applied. Fix the disk, "
+        + "then restart subcenterd: recovery replays every acknowledged write."
+    }
+    let refusal = StorageError(
+      transient ? .noSpace : .unavailable, message, file: error.file, errno: error.errno)
+    let queued = core.shared.withLock { s -> [WALCore.Pending] in
+      s.refusal = refusal
+      if !transient { s.failure = refusal }
+      let q = s.queue
+      s.queue = []
+      s.queuedBytes = 0
+      return q
+    }
+    if !transient || !outOfSpace { options.log(message) }
+    if transient { outOfSpace = true }
+    complete(batch, .failure(refusal))
+    complete(queued, .failure(refusal))
+    if transient {
+      core.shared.withLock { s in
+        if s.failure == nil && !s.closing { s.refusal = nil }
+      }
+    }
+  }
+
+  private func complete(_ batch: [WALCore.Pending], _ result: Result<UInt64, StorageError>) {
+    for p in batch { p.completion(result) }
+  }
+
+  /// At close (appends are refused already): syncs whatever the policy, closes the
+  /// segment.
+  private func finish() {
+    if !failed {
+      do { try syncActive() } catch { fail([], error) }
+    }
+    if let active { try? fs.close(active) }
+    active = nil
+  }
+}
+
+/// The writer thread's entry point (a top-level function: see NOTES.md on main.swift).
+private func walWriterThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+  let writer = Unmanaged<WALWriter>.fromOpaque(arg!).takeRetainedValue()
+  writer.run()
+  return nil
+}

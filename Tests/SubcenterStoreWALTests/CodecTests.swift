@@ -1,0 +1,281 @@
+// Command ⇄ LogRecord and SnapshotRecord round trips: every command case, presence of
+// optional values, free text byte for byte, and refusal of what is not a record.
+
+import SubcenterCore
+import SubcenterStore
+import Testing
+
+/// One sample of every command case, with awkward values.
+enum Samples {
+  static let hashA = SuppressionHash(bytes: (0..<32).map { UInt8($0) })
+  static let hashB = SuppressionHash(bytes: (0..<32).map { UInt8(255 - $0) })
+
+  static let config = WorkspaceConfig(
+    workspace: "acme", channels: ["email", "sms", "web.push"],
+    topics: [
+      Topic(id: "news", name: "Newsletter ✉️", description: "weekly", defaultState: .subscribed),
+      Topic(id: "promo", defaultState: .unsubscribed),
+    ],
+    limits: [MessageLimit(channel: "sms", maxMessages: 3, windowSeconds: 86_400)],
+    allowImportantOverride: true)
+
+  static let commands: [Command] = [
+    .configureWorkspace(.init(config: config, at: 1_700_000_000_000, actor: "admin-tool")),
+    .configureWorkspace(.init(config: WorkspaceConfig(workspace: "empty"), at: 0, actor: "")),
+    .identify(
+      .init(
+        workspace: "acme", person: .person("user-1"), creates: true, email: "jane@example.com",
+        phone: "+33612345678", anonymousID: nil, at: 5, actor: "crm")),
+    .identify(
+      .init(
+        workspace: "acme", person: .person("usér-2 ✓"), creates: false, email: "", phone: nil,
+        anonymousID: "ajs-123", mergesProfile: true, at: -5, actor: "crm")),
+    .identify(
+      .init(
+        workspace: "acme", person: .anonymous("anon-9"), creates: true, at: Int64.max,
+        actor: "web")),
+    .setPreference(
+      .init(
+        workspace: "acme", person: .person("user-1"), channel: "email", topic: "news",
+        state: .unsubscribed, source: "one_click\u{0}with NUL", noticeVersion: "v3",
+        at: 12, actor: "pc")),
+    .setPreference(
+      .init(
+        workspace: "acme", person: .anonymous("anon-9"), channel: "", topic: "",
+        state: .subscribed, source: "", noticeVersion: "", at: 13, actor: "")),
+    .setGlobal(
+      .init(
+        workspace: "acme", person: .person("user-1"), unsubscribed: true, source: "support",
+        at: 14, actor: "agent")),
+    .setGlobal(
+      .init(
+        workspace: "acme", person: .person("user-1"), unsubscribed: false, source: "",
+        at: 15, actor: "agent")),
+    .recordSends(
+      .init(
+        workspace: "acme", channel: "sms",
+        persons: [.person("a"), .anonymous("b"), .person("c")], at: 16)),
+    .recordSends(.init(workspace: "acme", channel: "sms", persons: [], at: 17)),
+    .override(
+      .init(
+        workspace: "acme", person: .person("user-1"), channel: "email", topic: "",
+        allowed: true, reason: .overriddenImportant,
+        detail: "message_id=m1; justification: \"password reset\"", at: 18, actor: "ops")),
+    .override(
+      .init(
+        workspace: "acme", person: .person("user-1"), channel: "sms", topic: "promo",
+        allowed: false, reason: .messageLimitReached, detail: "", at: 19, actor: "ops")),
+    .forget(.init(workspace: "acme", person: .person("user-1"), at: 20, actor: "dpo")),
+    .forget(
+      .init(
+        workspace: "acme", person: .anonymous("anon-9"), suppress: [hashA, hashB], at: 21,
+        actor: "dpo")),
+    .suppress(
+      .init(
+        workspace: "acme", hashes: [hashA], forget: [.person("x"), .anonymous("y")],
+        reason: "complaint", at: 22, actor: "dpo")),
+    .suppress(.init(workspace: "acme", hashes: [], forget: [], reason: "", at: 23, actor: "")),
+    .unsuppress(.init(workspace: "acme", hashes: [hashB, hashA], at: 24, actor: "dpo")),
+    .expireAnonymous(.init(workspace: "acme", profiles: ["anon-1", "anon-2"], at: 25)),
+    .expireAnonymous(.init(workspace: "acme", profiles: [], at: 26)),
+  ]
+
+  /// The case of a command (exhaustive: a new case must get a sample).
+  static func caseName(_ c: Command) -> String {
+    switch c {
+    case .configureWorkspace: "configureWorkspace"
+    case .identify: "identify"
+    case .setPreference: "setPreference"
+    case .setGlobal: "setGlobal"
+    case .recordSends: "recordSends"
+    case .override: "override"
+    case .forget: "forget"
+    case .suppress: "suppress"
+    case .unsuppress: "unsuppress"
+    case .expireAnonymous: "expireAnonymous"
+    }
+  }
+
+  /// A small command numbered `i`, for log tests.
+  static func command(_ i: Int) -> Command {
+    .setPreference(
+      .init(
+        workspace: "w", person: .person("person-\(i)"), channel: "email", topic: "t\(i % 7)",
+        state: i % 2 == 0 ? .subscribed : .unsubscribed, source: "test",
+        noticeVersion: "", at: Int64(i), actor: "tester"))
+  }
+}
+
+@Suite struct LogRecordCodecTests {
+  @Test func everyCommandCaseRoundTrips() throws {
+    #expect(Set(Samples.commands.map(Samples.caseName)).count == 10)
+    for (i, c) in Samples.commands.enumerated() {
+      let bytes = LogRecordCodec.encode(c)
+      let (seq, back) = try LogRecordCodec.decode(bytes[...])
+      #expect(seq == 0)
+      #expect(back == c, "sample \(i)")
+      let full = LogRecordCodec.encode(c, seq: UInt64(1000 + i))
+      let decoded = try LogRecordCodec.decode(full[...])
+      #expect(decoded.seq == UInt64(1000 + i))
+      #expect(decoded.command == c)
+    }
+  }
+
+  @Test func optionalIdentifiersKeepPresence() throws {
+    for email in [nil, "", "a@b.c"] as [String?] {
+      for phone in [nil, "", "+15555550100"] as [String?] {
+        let c = Command.identify(
+          .init(
+            workspace: "w", person: .person("p"), creates: false, email: email, phone: phone,
+            anonymousID: email, at: 1, actor: "x"))
+        #expect(try LogRecordCodec.decode(LogRecordCodec.encode(c)[...]).command == c)
+      }
+    }
+  }
+
+  @Test func theWritersSeqPrefixDecodes() throws {
+    // What the log writer stores: field 1 (seq) in front of the record without a seq.
+    let c = Samples.commands[5]
+    var framed: [UInt8] = []
+    let body = LogRecordCodec.encode(c)
+    for seq: UInt64 in [1, 127, 128, 300, UInt64(UInt32.max) + 7, UInt64.max] {
+      framed.removeAll()
+      RecordFrame.append(LogRecordCodec.encode(c, seq: seq), to: &framed)
+      let payload = framed[RecordFrame.headerSize...]
+      #expect(WALSegment.sequence(of: payload) == seq)
+      // The seq alone then the rest, as the writer builds it, reads the same.
+      var manual: [UInt8] = [0x08]
+      var v = seq
+      while v >= 0x80 {
+        manual.append(UInt8(truncatingIfNeeded: v) | 0x80)
+        v >>= 7
+      }
+      manual.append(UInt8(v))
+      manual += body
+      #expect(try LogRecordCodec.decode(manual[...]).seq == seq)
+      #expect(try LogRecordCodec.decode(manual[...]).command == c)
+    }
+  }
+
+  @Test func refusesWhatIsNotARecord() {
+    for garbage: [UInt8] in [[], [0x08, 0x01], [0xFF, 0xFF, 0xFF], [0x52, 0x05, 1, 2]] {
+      #expect(throws: StorageError.self) { try LogRecordCodec.decode(garbage[...]) }
+    }
+    // A hash that is not 32 bytes: LogRecord { unsuppress (18) { workspace (1) "w",
+    // hashes (2) 31 bytes } }.
+    let inner: [UInt8] = [0x0A, 0x01, 0x77, 0x12, 31] + [UInt8](repeating: 7, count: 31)
+    let bad: [UInt8] = [0x92, 0x01, UInt8(inner.count)] + inner
+    do {
+      _ = try LogRecordCodec.decode(bad[...])
+      Issue.record("a 31-byte hash decoded")
+    } catch {
+      #expect(error.kind == .damaged)
+      #expect(error.message.contains("not 32"))
+    }
+    // The same with 32 bytes decodes.
+    let good: [UInt8] =
+      [0x92, 0x01, UInt8(inner.count + 1), 0x0A, 0x01, 0x77, 0x12, 32]
+      + [UInt8](repeating: 7, count: 32)
+    #expect(throws: Never.self) { try LogRecordCodec.decode(good[...]) }
+  }
+}
+
+@Suite struct SnapshotRecordCodecTests {
+  static func person() -> Person {
+    Person(
+      key: .person("user-1"), email: "jane@example.com", phone: "+33612345678",
+      anonymousIDs: ["a1", "a2"], createdAt: 100, updatedAt: 200,
+      global: GlobalFlag(unsubscribed: true, updatedAt: 150, source: "support"),
+      entries: [
+        PreferenceRecord(
+          channel: 1, topic: 0, state: .unsubscribed, updatedAt: 120, source: "pc",
+          noticeVersion: "v1"),
+        PreferenceRecord(channel: 2, topic: 3, state: .subscribed, updatedAt: 130),
+      ],
+      history: [
+        HistoryRecord(seq: 1, at: 100, action: .identify, actor: "crm"),
+        HistoryRecord(
+          seq: 2, at: 120, action: .unsubscribe, channel: 1, source: "pc", actor: "web",
+          detail: "notice_version: v1"),
+        HistoryRecord(seq: 3, at: 150, action: .unsubscribeAll, source: "support", actor: "a"),
+      ],
+      nextHistorySeq: 4,
+      sends: [SendRecord(channel: 2, at: 140), SendRecord(channel: 2, at: 160)])
+  }
+
+  @Test func recordsRoundTrip() throws {
+    let workspace = try Workspace(Samples.config)
+    var anonymous = Person(key: .anonymous("anon-1"), at: 7)
+    anonymous.setGlobal(unsubscribed: false, source: "", at: 8, actor: "")
+    let records: [SnapshotRecord] = [
+      .workspace(WorkspaceSnapshot(workspace)),
+      .person(workspace: "acme", Self.person()),
+      .person(workspace: "acme", anonymous),
+      .person(workspace: "acme", Person(key: .person("bare"), at: 0)),
+      .suppressions(workspace: "acme", [Samples.hashA, Samples.hashB]),
+      .suppressions(workspace: "acme", []),
+    ]
+    for r in records {
+      #expect(try SnapshotRecordCodec.decode(SnapshotRecordCodec.encode(r)[...]) == r)
+    }
+  }
+
+  @Test func workspaceNumberingIsRestored() throws {
+    // Numbers given by an older configuration survive a reconfiguration that drops names.
+    let first = try Workspace(
+      WorkspaceConfig(
+        workspace: "w", channels: ["email", "fax", "sms"],
+        topics: [
+          Topic(id: "old", defaultState: .subscribed),
+          Topic(id: "news", defaultState: .unsubscribed),
+        ]))
+    let second = try Workspace(
+      WorkspaceConfig(
+        workspace: "w", channels: ["sms", "push"],
+        topics: [Topic(id: "news", defaultState: .subscribed)]),
+      previous: first)
+    let snapshot = WorkspaceSnapshot(second)
+    let decoded = try SnapshotRecordCodec.decode(
+      SnapshotRecordCodec.encode(.workspace(snapshot))[...])
+    guard case .workspace(let back) = decoded else {
+      Issue.record("not a workspace")
+      return
+    }
+    let restored = try back.restore()
+    #expect(restored.config == second.config)
+    #expect(restored.channelNames == second.channelNames)
+    #expect(restored.topicNames == second.topicNames)
+    #expect(restored.channels == second.channels)
+    #expect(restored.topics == second.topics)
+    #expect(restored.channelID("fax") == second.channelID("fax"))
+    #expect(restored.isConfigured(channel: second.channelID("fax")!) == false)
+
+    var broken = snapshot
+    broken.channelNames[0] = "x"
+    #expect(throws: StorageError.self) { try broken.restore() }
+    broken = snapshot
+    broken.channelNames.append("NOT VALID")
+    #expect(throws: StorageError.self) { try broken.restore() }
+  }
+
+  @Test func largeSuppressionSetsAreSplit() {
+    var set = Set<SuppressionHash>()
+    for i in 0..<(SnapshotRecord.suppressionsPerRecord * 2 + 5) {
+      var b = [UInt8](repeating: 0, count: 32)
+      b[0] = UInt8(i & 0xFF)
+      b[1] = UInt8(i >> 8)
+      set.insert(SuppressionHash(bytes: b))
+    }
+    let records = SnapshotRecord.suppressions(workspace: "w", set: set)
+    #expect(records.count == 3)
+    var back = Set<SuppressionHash>()
+    for case .suppressions(_, let hashes) in records { back.formUnion(hashes) }
+    #expect(back == set)
+    #expect(SnapshotRecord.suppressions(workspace: "w", set: []).isEmpty)
+  }
+
+  @Test func refusesWhatIsNotARecord() {
+    #expect(throws: StorageError.self) { try SnapshotRecordCodec.decode([][...]) }
+    #expect(throws: StorageError.self) { try SnapshotRecordCodec.decode([0xFF, 0x01][...]) }
+  }
+}

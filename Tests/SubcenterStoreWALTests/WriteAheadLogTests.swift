@@ -1,0 +1,680 @@
+// The log writer on the fault-injecting file system: group commit, fsync policies,
+// rotation, power cuts at every point, fsync and write errors, a full disk, and reading
+// the log back after damage.
+
+import Dispatch
+import Glibc
+import SubcenterCore
+import SubcenterStore
+import SubcenterTestSupport
+import Synchronization
+import Testing
+
+/// Collects what the log answered.
+final class Answers: Sendable {
+  struct State {
+    /// seq → the command acknowledged with it.
+    var acked: [UInt64: Command] = [:]
+    var failures: [StorageError] = []
+    var refused: [StorageError] = []
+  }
+
+  let state = Mutex(State())
+  let group = DispatchGroup()
+
+  /// Appends `command`; its answer lands in `state`.
+  func append(_ command: Command, to wal: WriteAheadLog) {
+    group.enter()
+    do {
+      try wal.append(LogRecordCodec.encode(command)) { result in
+        self.state.withLock { s in
+          switch result {
+          case .success(let seq): s.acked[seq] = command
+          case .failure(let e): s.failures.append(e)
+          }
+        }
+        self.group.leave()
+      }
+    } catch {
+      state.withLock { $0.refused.append(error) }
+      group.leave()
+    }
+  }
+
+  /// Appends `command` and waits for its answer (on its own, other threads may append).
+  func appendAndWait(_ command: Command, to wal: WriteAheadLog) {
+    let done = DispatchSemaphore(value: 0)
+    group.enter()
+    do {
+      try wal.append(LogRecordCodec.encode(command)) { result in
+        self.state.withLock { s in
+          switch result {
+          case .success(let seq): s.acked[seq] = command
+          case .failure(let e): s.failures.append(e)
+          }
+        }
+        self.group.leave()
+        done.signal()
+      }
+      done.wait()
+    } catch {
+      state.withLock { $0.refused.append(error) }
+      group.leave()
+    }
+  }
+
+  /// Appends `command`, trying again while the log refuses it for the moment (it refuses
+  /// appends while it completes a batch the full disk failed).
+  func appendWhenAccepted(_ command: Command, to wal: WriteAheadLog) {
+    for _ in 0..<1000 {
+      let before = refused.count
+      append(command, to: wal)
+      wait()
+      if refused.count == before { return }
+      state.withLock { _ = $0.refused.removeLast() }
+      usleep(1000)
+    }
+  }
+
+  /// Waits for every answer.
+  func wait() {
+    let r = group.wait(timeout: .now() + 30)
+    precondition(r == .success, "the log did not answer within 30 s")
+  }
+
+  var acked: [UInt64: Command] { state.withLock { $0.acked } }
+  var failures: [StorageError] { state.withLock { $0.failures } }
+  var refused: [StorageError] { state.withLock { $0.refused } }
+}
+
+/// Reads the whole log of `dir` back: seq → command, in order.
+func readLog(
+  _ fs: any FileSystem, _ dir: String = "/data", after: UInt64 = 0, repair: Bool = true,
+  truncateDamaged: Bool = false
+) throws -> (report: WALReadReport, records: [(UInt64, Command)]) {
+  var records: [(UInt64, Command)] = []
+  let report = try WALReader.read(
+    directory: dir, fileSystem: fs, after: after, repair: repair,
+    truncateDamaged: truncateDamaged
+  ) { (seq, payload) throws(StorageError) in
+    let (stored, command) = try LogRecordCodec.decode(payload)
+    precondition(stored == seq)
+    // Erased records (no command) are left out.
+    if let command { records.append((seq, command)) }
+  }
+  return (report, records)
+}
+
+func dataDirectory() throws -> FaultyFileSystem {
+  let fs = FaultyFileSystem()
+  try fs.createDirectory("/data")
+  return fs
+}
+
+@Suite struct WriteAheadLogTests {
+  @Test func appendsAreWrittenInOrderAndReadBack() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
+    let answers = Answers()
+    for i in 1...50 { answers.append(Samples.command(i), to: wal) }
+    answers.wait()
+    #expect(answers.acked.count == 50)
+    for i in 1...50 { #expect(answers.acked[UInt64(i)] == Samples.command(i)) }
+    #expect(wal.status.durableThrough == 50)
+    #expect(wal.status.nextSeq == 51)
+    wal.close()
+    #expect(throws: StorageError.self) { try wal.append([1]) { _ in } }
+
+    let (report, records) = try readLog(fs)
+    #expect(report.lastSeq == 50 && report.warnings.isEmpty)
+    #expect(records.map(\.0) == Array(1...50))
+    #expect(records.map(\.1) == (1...50).map(Samples.command))
+
+    // Every sample command survives the trip through the log.
+    let wal2 = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: report.nextSeq)
+    let more = Answers()
+    for c in Samples.commands { more.append(c, to: wal2) }
+    more.wait()
+    wal2.close()
+    let (_, all) = try readLog(fs)
+    #expect(all.suffix(Samples.commands.count).map(\.1) == Samples.commands)
+    #expect(try WALSegment.list(directory: "/data", fileSystem: fs).map(\.firstSeq) == [1, 51])
+  }
+
+  @Test func groupCommitSharesOneSync() throws {
+    let fs = try dataDirectory()
+    fs.setSyncLatency(microseconds: 2000)
+    let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
+    let syncsBefore = fs.count(.sync)
+    let answers = Answers()
+    runThreads(8) { t in
+      for i in 0..<100 { answers.appendAndWait(Samples.command(t * 1000 + i), to: wal) }
+    }
+    answers.wait()
+    wal.close()
+    let syncs = fs.count(.sync) - syncsBefore
+    #expect(answers.acked.count == 800)
+    #expect(syncs < 400, "800 records took \(syncs) syncs")
+    let (_, records) = try readLog(fs)
+    #expect(records.count == 800)
+    // Each thread's records are in the order it appended them.
+    for t in 0..<8 {
+      let mine = records.compactMap { r -> Int? in
+        guard case .setPreference(let p) = r.1 else { return nil }
+        return Int(p.at) / 1000 == t ? Int(p.at) : nil
+      }
+      #expect(mine == mine.sorted())
+    }
+  }
+
+  @Test func rotationStartsNewSegments() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1,
+      options: .init(segmentSize: 1024))
+    let answers = Answers()
+    for i in 1...200 {
+      answers.append(Samples.command(i), to: wal)
+      if i % 10 == 0 { answers.wait() }
+    }
+    answers.wait()
+    let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
+    #expect(segments.count > 5)
+    #expect(segments.first?.firstSeq == 1)
+    // Every segment but a batch's overflow stays within the size.
+    for s in segments.dropLast() {
+      #expect((fs.contents("/data/" + s.name)?.count ?? 0) <= 1024 + 1024)
+    }
+    // Each segment's name and creation are durable (directory synced at rotation).
+    for s in segments { #expect(fs.durableContents("/data/" + s.name) != nil) }
+
+    // An explicit rotation closes the active segment.
+    let rotated = Mutex<UInt64?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    try wal.rotate { r in
+      rotated.withLock { $0 = try? r.get() }
+      done.signal()
+    }
+    done.wait()
+    #expect(rotated.withLock { $0 } == 201)
+    #expect(wal.status.activeSegment == 201)
+
+    // Segments a snapshot at seq 150 covers can go; never the active one.
+    let removed = try wal.removeSegments(through: 150)
+    #expect(!removed.isEmpty)
+    let left = try WALSegment.list(directory: "/data", fileSystem: fs)
+    #expect(left.first!.firstSeq <= 151)
+    #expect(left.last!.firstSeq == 201)
+    wal.close()
+    let (report, records) = try readLog(fs, after: 150)
+    #expect(records.map(\.0) == Array(151...200))
+    #expect(report.nextSeq == 201)
+  }
+
+  @Test func acknowledgedRecordsSurviveACrashAtAnyPoint() throws {
+    // Crash at the nth changing call of the writer (random prefix of unsynced data kept),
+    // for every n, with four threads appending.
+    var crashed = 0
+    for n in 1...120 {
+      let fs = try dataDirectory()
+      let wal = try WriteAheadLog(
+        directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(segmentSize: 700))
+      fs.crash(afterOperations: n, seed: UInt64(n))
+      let answers = Answers()
+      // Each thread waits for its answer before its next append, as callers of an RPC do.
+      runThreads(4) { t in
+        for i in 0..<25 { answers.appendAndWait(Samples.command(t * 100 + i), to: wal) }
+      }
+      answers.wait()
+      wal.close()
+      if fs.crashes == 0 {
+        fs.crash(seed: UInt64(n))
+      } else {
+        crashed += 1
+      }
+      fs.restart()
+
+      let (report, records) = try readLog(fs)
+      let recovered = Dictionary(uniqueKeysWithValues: records)
+      for (seq, command) in answers.acked {
+        #expect(recovered[seq] == command, "crash at call \(n): acknowledged seq \(seq) lost")
+      }
+      // Nothing that was never sent appears.
+      let sent = Set((0..<4).flatMap { t in (0..<25).map { t * 100 + $0 } }.map { Int64($0) })
+      for (_, c) in records {
+        guard case .setPreference(let p) = c else {
+          Issue.record("unexpected record \(c)")
+          continue
+        }
+        #expect(sent.contains(p.at))
+      }
+      // The log goes on after recovery, and the next start reads it cleanly.
+      let wal2 = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: report.nextSeq)
+      let next = Answers()
+      next.append(Samples.command(9999), to: wal2)
+      next.wait()
+      #expect(next.acked.keys.first == report.nextSeq)
+      wal2.close()
+      let (again, all) = try readLog(fs)
+      #expect(again.warnings.isEmpty, "crash at call \(n): \(again.warnings)")
+      #expect(all.count == records.count + 1)
+    }
+    // Most runs crashed while writing (the rest after closing).
+    #expect(crashed > 80, "only \(crashed) runs crashed while writing")
+  }
+
+  @Test func fsyncFailureFailsTheLogForGood() throws {
+    let fs = try dataDirectory()
+    let messages = Mutex<[String]>([])
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1,
+      options: .init(log: { m in messages.withLock { $0.append(m) } }))
+    let first = Answers()
+    first.append(Samples.command(1), to: wal)
+    first.wait()
+    #expect(first.acked.count == 1)
+
+    fs.fail(.sync)
+    let second = Answers()
+    second.append(Samples.command(2), to: wal)
+    second.wait()
+    #expect(second.acked.isEmpty)
+    #expect(second.failures.first?.kind == .unavailable)
+    #expect(wal.status.failure != nil)
+    #expect(messages.withLock { $0 }.contains { $0.contains("restart") })
+
+    // Failed for good: later appends are refused at once, even though syncs work again.
+    let third = Answers()
+    for i in 3...5 { third.append(Samples.command(i), to: wal) }
+    third.wait()
+    #expect(third.refused.count == 3)
+    #expect(third.refused.allSatisfy { $0.kind == .unavailable })
+    #expect(third.refused.first?.coreError.kind == .unavailable)
+    wal.close()
+
+    // The acknowledged record is there after a power cut; the failed one is not.
+    fs.crash()
+    fs.restart()
+    let (_, records) = try readLog(fs)
+    #expect(records.map(\.0) == [1])
+  }
+
+  @Test func writeErrorFailsTheLogForGood() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
+    fs.fail(.write, nth: 2)
+    let answers = Answers()
+    answers.append(Samples.command(1), to: wal)
+    answers.wait()
+    answers.append(Samples.command(2), to: wal)
+    answers.wait()
+    answers.append(Samples.command(3), to: wal)
+    answers.wait()
+    #expect(answers.acked.keys.sorted() == [1])
+    #expect(answers.failures.count == 1)
+    #expect(answers.refused.count == 1)
+    wal.close()
+  }
+
+  @Test func fullDiskFailsTheBatchThenRecovers() throws {
+    let fs = try dataDirectory()
+    let messages = Mutex<[String]>([])
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1,
+      options: .init(log: { m in messages.withLock { $0.append(m) } }))
+    let answers = Answers()
+    for i in 1...3 { answers.append(Samples.command(i), to: wal) }
+    answers.wait()
+
+    // Room for part of one record: the write fails half done and is cut back.
+    fs.setFreeSpace(30)
+    for i in 4...6 {
+      answers.append(Samples.command(i), to: wal)
+      answers.wait()
+    }
+    #expect(answers.acked.keys.sorted() == [1, 2, 3])
+    #expect(answers.failures.count + answers.refused.count == 3)
+    #expect(answers.failures.allSatisfy { $0.kind == .noSpace })
+    #expect(answers.failures.first?.coreError.kind == .unavailable)
+    #expect(wal.status.failure == nil)
+
+    // Space is back: writes resume by themselves, with the next seqs.
+    fs.setFreeSpace(nil)
+    for i in 7...9 { answers.appendWhenAccepted(Samples.command(i), to: wal) }
+    #expect(answers.acked.keys.sorted() == [1, 2, 3, 4, 5, 6])
+    #expect(answers.acked[4] == Samples.command(7))
+    #expect(messages.withLock { $0 }.count == 2)  // out of space, then space is back
+    wal.close()
+
+    fs.crash()
+    fs.restart()
+    let (report, records) = try readLog(fs)
+    #expect(report.warnings.isEmpty)
+    #expect(records.map(\.1) == [1, 2, 3, 7, 8, 9].map(Samples.command))
+  }
+
+  @Test func fullDiskAtRotationFailsTheBatchThenRecovers() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(segmentSize: 300))
+    let answers = Answers()
+    for i in 1...4 {
+      answers.append(Samples.command(i), to: wal)
+      answers.wait()
+    }
+    fs.setFreeSpace(0)
+    for i in 5...8 {
+      answers.append(Samples.command(i), to: wal)
+      answers.wait()
+    }
+    fs.setFreeSpace(nil)
+    for i in 9...12 { answers.appendWhenAccepted(Samples.command(i), to: wal) }
+    wal.close()
+    #expect(wal.status.failure == nil)
+    let (report, records) = try readLog(fs)
+    #expect(report.warnings.isEmpty)
+    #expect(records.map(\.1) == [1, 2, 3, 4, 9, 10, 11, 12].map(Samples.command))
+    #expect(records.map(\.0) == Array(1...8))
+  }
+
+  @Test func intervalPolicySyncsLater() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1,
+      options: .init(fsync: .interval(milliseconds: 50)))
+    let answers = Answers()
+    let syncs = fs.count(.sync)
+    for i in 1...20 { answers.append(Samples.command(i), to: wal) }
+    answers.wait()
+    #expect(answers.acked.count == 20)
+    // Acknowledged once written; synced within the interval even with no more writes.
+    var waited = 0
+    while wal.status.durableThrough < 20 && waited < 2000 {
+      usleep(10_000)
+      waited += 10
+    }
+    #expect(wal.status.durableThrough == 20)
+    #expect(fs.count(.sync) - syncs < 10)
+    wal.close()
+  }
+
+  @Test func nonePolicySyncsOnlyAtRotationAndClose() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(fsync: .none))
+    let syncs = fs.count(.sync)
+    let answers = Answers()
+    for i in 1...20 { answers.append(Samples.command(i), to: wal) }
+    answers.wait()
+    #expect(answers.acked.count == 20)
+    #expect(fs.count(.sync) == syncs)
+    #expect(wal.status.durableThrough == 0)
+    wal.close()
+    #expect(fs.count(.sync) == syncs + 1)
+    fs.crash()
+    fs.restart()
+    #expect(try readLog(fs).records.count == 20)
+  }
+
+  @Test func policyParsing() {
+    #expect(FsyncPolicy("always") == .always)
+    #expect(FsyncPolicy("none") == FsyncPolicy.none)
+    #expect(FsyncPolicy("interval:1000") == .interval(milliseconds: 1000))
+    #expect(FsyncPolicy("interval:0") == nil)
+    #expect(FsyncPolicy("interval:") == nil)
+    #expect(FsyncPolicy("sometimes") == nil)
+    #expect(FsyncPolicy.interval(milliseconds: 5).description == "interval:5")
+  }
+
+  @Test func refusesToWriteOverASegmentWithRecords() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
+    let answers = Answers()
+    answers.append(Samples.command(1), to: wal)
+    answers.wait()
+    wal.close()
+    #expect(throws: StorageError.self) {
+      _ = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
+    }
+    // A start that never wrote a record leaves a segment that may be reused.
+    let again = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 2)
+    again.close()
+    let reuse = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 2)
+    reuse.close()
+    #expect(try readLog(fs).records.count == 1)
+  }
+}
+
+@Suite struct WALReaderTests {
+  /// A closed log of `count` records in `/data`, in segments of `segmentSize`.
+  private func log(count: Int, segmentSize: Int = 64 << 20) throws -> FaultyFileSystem {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(segmentSize: segmentSize))
+    let answers = Answers()
+    for i in 1...count {
+      answers.append(Samples.command(i), to: wal)
+      answers.wait()
+    }
+    wal.close()
+    return fs
+  }
+
+  @Test func truncationAtEveryByteOfTheLastTwoRecordsRecoversTheExactPrefix() throws {
+    let source = try log(count: 10)
+    let name = WALSegment.fileName(firstSeq: 1)
+    let full = source.contents("/data/" + name)!
+    let scan = WALSegment.scan(full, file: name, firstSeq: 1)
+    let starts = scan.records.map { $0.lowerBound - RecordFrame.headerSize }
+    let boundaries = starts + [full.count]
+    for cut in starts[8]...full.count {
+      let fs = try dataDirectory()
+      fs.setContents("/data/" + name, Array(full[0..<cut]))
+      let (report, records) = try readLog(fs)
+      let whole = boundaries.filter { $0 <= cut }.count - 1
+      #expect(records.map(\.0) == Array(1...UInt64(whole)), "cut \(cut)")
+      #expect(records.map(\.1) == (1...whole).map(Samples.command), "cut \(cut)")
+      #expect(report.warnings.isEmpty == boundaries.contains(cut), "cut \(cut)")
+      // The torn part is cut off on disk, durably.
+      #expect(fs.durableContents("/data/" + name)?.count == boundaries[whole], "cut \(cut)")
+
+      // The next append survives a restart, and the log reads cleanly.
+      let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: report.nextSeq)
+      let answers = Answers()
+      answers.append(Samples.command(1000), to: wal)
+      answers.wait()
+      wal.close()
+      fs.crash()
+      fs.restart()
+      let (again, after) = try readLog(fs)
+      #expect(again.warnings.isEmpty, "cut \(cut)")
+      #expect(after.map(\.0) == Array(1...UInt64(whole + 1)), "cut \(cut)")
+      #expect(after.last?.1 == Samples.command(1000))
+    }
+  }
+
+  @Test func withoutRepairNothingChangesOnDisk() throws {
+    let source = try log(count: 3)
+    let name = "/data/" + WALSegment.fileName(firstSeq: 1)
+    let full = source.contents(name)!
+    let fs = try dataDirectory()
+    fs.setContents(name, Array(full.dropLast(3)))
+    let (report, records) = try readLog(fs, repair: false)
+    #expect(records.count == 2 && report.warnings.count == 1)
+    #expect(fs.contents(name)?.count == full.count - 3)
+  }
+
+  @Test func damageInTheMiddleStopsWithFileAndOffset() throws {
+    let fs = try log(count: 40, segmentSize: 1024)
+    let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
+    #expect(segments.count >= 3)
+    // Flip a bit in the third record of the second segment.
+    let victim = segments[1]
+    let path = "/data/" + victim.name
+    var bytes = fs.contents(path)!
+    let scan = WALSegment.scan(bytes, file: victim.name, firstSeq: victim.firstSeq)
+    let offset = scan.records[2].lowerBound - RecordFrame.headerSize
+    bytes[offset + 12] ^= 0x04
+    fs.setContents(path, bytes)
+
+    do {
+      _ = try readLog(fs)
+      Issue.record("damage in the middle was accepted")
+    } catch {
+      let e = try #require(error as? StorageError)
+      #expect(e.kind == .damaged)
+      #expect(e.file == victim.name)
+      #expect(e.offset == Int64(offset))
+      #expect(e.message.contains(victim.name))
+      #expect(e.message.contains("byte offset \(offset)"))
+      #expect(e.message.contains("--recover-truncate"))
+    }
+    // Nothing was changed by the refused start.
+    #expect(fs.contents(path) == bytes)
+
+    // --recover-truncate: cut at the last good record, later segments deleted.
+    let (report, records) = try readLog(fs, truncateDamaged: true)
+    let lastGood = victim.firstSeq + 1
+    #expect(records.map(\.0) == Array(1...lastGood))
+    #expect(report.nextSeq == lastGood + 1)
+    #expect(report.discarded == segments[2...].map(\.name))
+    #expect(
+      try WALSegment.list(directory: "/data", fileSystem: fs).map(\.name)
+        == segments[0...1].map(\.name))
+    let (again, _) = try readLog(fs)
+    #expect(again.warnings.isEmpty && again.nextSeq == lastGood + 1)
+  }
+
+  @Test func tornTailOfAnOlderSegmentIsDamage() throws {
+    let fs = try log(count: 30, segmentSize: 1024)
+    let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
+    let path = "/data/" + segments[0].name
+    fs.setContents(path, Array(fs.contents(path)!.dropLast(5)))
+    #expect(throws: StorageError.self) { _ = try readLog(fs) }
+  }
+
+  @Test func aMissingSegmentIsDamage() throws {
+    let fs = try log(count: 40, segmentSize: 1024)
+    let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
+    try fs.unlink("/data/" + segments[1].name)
+    do {
+      _ = try readLog(fs)
+      Issue.record("a gap in the log was accepted")
+    } catch {
+      let e = try #require(error as? StorageError)
+      #expect(e.file == segments[2].name)
+      #expect(e.message.contains("previous one ends"))
+    }
+  }
+
+  @Test func readingAfterASnapshot() throws {
+    let fs = try log(count: 40, segmentSize: 1024)
+    let (report, records) = try readLog(fs, after: 25)
+    #expect(records.map(\.0) == Array(26...40))
+    #expect(report.lastSeq == 40)
+    // A snapshot newer than the log's end (records lost under fsync none).
+    let (ahead, none) = try readLog(fs, after: 90)
+    #expect(none.isEmpty && ahead.nextSeq == 91)
+    // Records needed but gone.
+    let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
+    try fs.unlink("/data/" + segments[0].name)
+    #expect(throws: StorageError.self) { _ = try readLog(fs, after: 0) }
+  }
+
+  @Test func emptyDirectoryAndTornNewHeader() throws {
+    let fs = try dataDirectory()
+    let (report, records) = try readLog(fs, after: 7)
+    #expect(records.isEmpty && report.nextSeq == 8)
+    // A new segment whose header never reached the disk is removed.
+    let source = try log(count: 2)
+    let first = source.contents("/data/" + WALSegment.fileName(firstSeq: 1))!
+    fs.setContents("/data/" + WALSegment.fileName(firstSeq: 1), first)
+    fs.setContents(
+      "/data/" + WALSegment.fileName(firstSeq: 3), Array(WALSegment.header(firstSeq: 3).prefix(10)))
+    let (r2, recs2) = try readLog(fs)
+    #expect(recs2.count == 2 && r2.warnings.count == 1 && r2.nextSeq == 3)
+    #expect(try WALSegment.list(directory: "/data", fileSystem: fs).count == 1)
+  }
+}
+
+@Suite struct ErasureRewriteTests {
+  /// A log of 40 records in small segments, the active one left for a new one.
+  private func closedLog() throws -> FaultyFileSystem {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(segmentSize: 1024))
+    let answers = Answers()
+    for i in 1...40 {
+      answers.append(Samples.command(i), to: wal)
+      answers.wait()
+    }
+    wal.close()
+    return fs
+  }
+
+  @Test func erasedRecordsKeepTheirSeq() throws {
+    #expect(try LogRecordCodec.decode(LogRecordCodec.erased(seq: 77)[...]) == (77, nil))
+    let fs = try closedLog()
+    let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
+    let target = segments[1]
+    let erased = try WALSegment.rewrite(target, directory: "/data", fileSystem: fs) {
+      (seq, payload) throws(StorageError) in
+      let command = try LogRecordCodec.decode(payload).command
+      guard case .setPreference(let p) = command else { return .keep }
+      return p.at % 2 == 0 ? .erase : .keep
+    }
+    #expect(erased > 0)
+    let (report, records) = try readLog(fs)
+    #expect(report.warnings.isEmpty && report.lastSeq == 40)
+    let seqs = Set(records.map(\.0))
+    for seq in 1...UInt64(40) {
+      let inTarget =
+        seq >= target.firstSeq && seq < segments[2].firstSeq
+      #expect(seqs.contains(seq) == !(inTarget && seq % 2 == 0), "seq \(seq)")
+    }
+    for (seq, c) in records { #expect(c == Samples.command(Int(seq))) }
+    #expect(try fs.list("/data").allSatisfy { !$0.hasSuffix(".tmp") })
+
+    // Nothing to erase: the file is not touched.
+    let before = fs.contents("/data/" + segments[0].name)
+    #expect(
+      try WALSegment.rewrite(segments[0], directory: "/data", fileSystem: fs) { _, _ in .keep } == 0
+    )
+    #expect(fs.contents("/data/" + segments[0].name) == before)
+  }
+
+  @Test func aCrashDuringARewriteLeavesTheOldOrTheNewSegment() throws {
+    var sawOld = false
+    var sawNew = false
+    for n in 1...6 {
+      let fs = try closedLog()
+      let target = try WALSegment.list(directory: "/data", fileSystem: fs)[0]
+      fs.crash(afterOperations: n, seed: UInt64(n))
+      _ = try? WALSegment.rewrite(target, directory: "/data", fileSystem: fs) { seq, _ in
+        seq == 2 ? .erase : .keep
+      }
+      if fs.crashes == 0 { fs.crash() }
+      fs.restart()
+      try WALSegment.removeTemporaryFiles(directory: "/data", fileSystem: fs)
+      let (report, records) = try readLog(fs)
+      #expect(report.warnings.isEmpty && report.lastSeq == 40, "crash at call \(n)")
+      if records.contains(where: { $0.0 == 2 }) { sawOld = true } else { sawNew = true }
+      #expect(try fs.list("/data").allSatisfy { !$0.hasSuffix(".tmp") })
+    }
+    #expect(sawOld && sawNew)
+  }
+
+  @Test func oldSnapshotsCanBeRemoved() throws {
+    let fs = try dataDirectory()
+    for seq: UInt64 in [3, 9, 12] {
+      let w = try SnapshotWriter(directory: "/data", seq: seq, fileSystem: fs)
+      try w.commit()
+    }
+    let removed = try SnapshotFile.remove(olderThan: 12, directory: "/data", fileSystem: fs)
+    #expect(removed == [SnapshotFile.fileName(seq: 3), SnapshotFile.fileName(seq: 9)])
+    #expect(try SnapshotFile.list(directory: "/data", fileSystem: fs).map(\.seq) == [12])
+    fs.crash()
+    fs.restart()
+    #expect(try SnapshotFile.list(directory: "/data", fileSystem: fs).map(\.seq) == [12])
+  }
+}
