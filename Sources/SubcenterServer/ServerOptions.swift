@@ -2,24 +2,7 @@
 // every value and names the flag in its error.
 
 import GRPCTransport
-
-/// When the write-ahead log is fsync'd (SPEC §4).
-public enum FsyncPolicy: Equatable, Sendable {
-  case always
-  case interval(milliseconds: Int)
-  case none
-
-  init?(parsing text: String) {
-    switch text {
-    case "always": self = .always
-    case "none": self = .none
-    default:
-      guard text.hasPrefix("interval:"), let ms = Int(text.dropFirst(9)), (1...60_000).contains(ms)
-      else { return nil }
-      self = .interval(milliseconds: ms)
-    }
-  }
-}
+import SubcenterStore
 
 /// Everything subcenterd is configured with.
 public struct ServerOptions: Sendable {
@@ -64,7 +47,7 @@ public struct ServerOptions: Sendable {
     }
     tokensFile = flags.string("tokens") ?? "certs/dev/tokens.json"
     let fsyncText = flags.string("fsync") ?? "always"
-    guard let fsync = FsyncPolicy(parsing: fsyncText) else {
+    guard let fsync = FsyncPolicy(fsyncText) else {
       throw FlagError(
         "\(flags.origin("fsync")): expected always, none or interval:MS (1-60000), got '\(fsyncText)'"
       )

@@ -14,10 +14,13 @@ public final class SubscriptionService: GRPCService, Sendable {
   let tokens: TokenStore
   let receipts: ErasureReceipts
   let erasureDeadlineMillis: Int64
+  let erasure: (any ErasureScheduler)?
 
   public init(
-    store: SubscriptionStore, tokens: TokenStore, secret: [UInt8], erasureDeadlineSeconds: Int
+    store: SubscriptionStore, tokens: TokenStore, secret: [UInt8], erasureDeadlineSeconds: Int,
+    erasure: (any ErasureScheduler)? = nil
   ) {
+    self.erasure = erasure
     self.store = store
     self.tokens = tokens
     self.receipts = ErasureReceipts(secret: secret)
@@ -89,20 +92,35 @@ public final class SubscriptionService: GRPCService, Sendable {
       },
       rpc("ForgetPerson", .privacy, ProtoMapping.forget, \.0.workspace) { s, req, cred, call in
         s.store.forget(req.0, actor: cred.name) { r in
-          call.answer(r) { f in
+          guard case .success(let f) = r else { return call.answer(r) { _ in [] } }
+          let answer: @Sendable (UInt64) -> Void = { snapshotSeq in
             let deadline = f.erasedAt + s.erasureDeadlineMillis
             let receipt = s.receipts.make(
               workspace: req.0.workspace, personID: f.key.value, erasedAt: f.erasedAt,
-              erasureDeadline: deadline, snapshotSeq: 0)
-            return ProtoMapping.forgetResponse(
-              personID: f.personID, erasedAt: f.erasedAt, erasureDeadline: deadline,
-              receipt: receipt)
+              erasureDeadline: deadline, snapshotSeq: snapshotSeq)
+            call.respond(
+              ProtoMapping.forgetResponse(
+                personID: f.personID, erasedAt: f.erasedAt, erasureDeadline: deadline,
+                receipt: receipt))
+          }
+          guard let erasure = s.erasure else { return answer(s.store.lastAppliedSeq) }
+          let seq = erasure.scheduleErasure()
+          guard req.waitForErasure else { return answer(seq) }
+          erasure.whenErased(through: seq) { result in
+            switch result {
+            case .success(let snapshotSeq): answer(snapshotSeq)
+            case .failure(let e): call.finish(RPCStatus(.unavailable, "erasure failed: \(e)"))
+            }
           }
         }
       },
       rpc("SuppressIdentifiers", .privacy, ProtoMapping.suppress, \.workspace) {
         s, req, cred, call in
-        s.store.suppress(req, actor: cred.name) { r in call.answer(r, ProtoMapping.suppressResponse)
+        s.store.suppress(req, actor: cred.name) { r in
+          if case .success(let result) = r, !result.forgottenPersonIDs.isEmpty {
+            _ = s.erasure?.scheduleErasure()
+          }
+          call.answer(r, ProtoMapping.suppressResponse)
         }
       },
       rpc("UnsuppressIdentifiers", .admin, ProtoMapping.suppress, \.workspace) {
@@ -175,4 +193,14 @@ extension ServerCall {
     case .failure(let e): finish(e.rpcStatus)
     }
   }
+}
+
+/// Removes forgotten persons from disk within the erasure deadline (SPEC §4).
+public protocol ErasureScheduler: Sendable {
+  /// Asks for a compaction soon; returns the seq the compaction's snapshot will cover at
+  /// least (everything applied so far, the forget included).
+  func scheduleErasure() -> UInt64
+  /// Calls `completion` with the snapshot's seq once a compaction covering `seq` is done.
+  func whenErased(
+    through seq: UInt64, _ completion: @escaping @Sendable (Result<UInt64, any Error>) -> Void)
 }

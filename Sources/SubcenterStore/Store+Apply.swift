@@ -1,7 +1,7 @@
-// Applying commands to the state. The live path calls these under the locks that
-// validated the command, right after the log accepted it; `replay(_:)` takes the same
-// locks and calls the same functions for a command read back from the log. Nothing here
-// reads the clock, the secret or a request: a command alone decides what changes.
+// Applying commands to the state. `apply` (Store+Commit.swift) calls these under the
+// command's locks, for the live path once the log has made the command durable and for
+// `replay(_:)` when it is read back from the log. Nothing here reads the clock, the
+// secret or a request: a command alone decides what changes.
 
 import SubcenterCore
 import Synchronization
@@ -232,102 +232,23 @@ extension SubscriptionStore {
   /// Applies a command read back from the log (recovery): no validation, no logging, no
   /// clock. Commands must be replayed in log order onto the state they were logged
   /// against; a command naming a person that is gone changes nothing.
-  public func replay(_ command: Command) throws(CoreError) {
-    switch command {
-    case .configureWorkspace(let c):
-      try registry.withLock { (reg: inout Registry) throws(CoreError) in
-        let model = try Workspace(c.config, previous: reg.byID[c.config.workspace]?.current)
-        applyConfigure(model, registry: &reg)
-      }
-    case .identify(let c):
-      let h = try handle(c.workspace)
-      try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) in
-        _ = try withShards(shards(of: c, h)) { locked in
-          applyIdentify(c, h, identity: &identity, shards: &locked).key
-        }
-      }
-    case .setPreference(let c):
-      let h = try handle(c.workspace)
-      let (channel, topic) = try numbers(h, channel: c.channel, topic: c.topic)
-      onPerson(h, c.person) { shard, slot in
-        _ = applySetPreference(c, channel: channel, topic: topic, shard: &shard, slot: slot)
-      }
-    case .setGlobal(let c):
-      let h = try handle(c.workspace)
-      onPerson(h, c.person) { shard, slot in _ = applySetGlobal(c, shard: &shard, slot: slot) }
-    case .recordSends(let c):
-      let h = try handle(c.workspace)
-      let (channel, _) = try numbers(h, channel: c.channel, topic: "")
-      guard let limit = h.current.limit(channel: channel) else { return }
-      for key in c.persons {
-        onPerson(h, key) { shard, slot in
-          PersonCodec.recordSend(
-            &shard.records[Int(slot)], channel: channel, at: c.at, limit: limit)
-        }
-      }
-    case .override(let c):
-      let h = try handle(c.workspace)
-      let (channel, topic) = try numbers(h, channel: c.channel, topic: c.topic)
-      onPerson(h, c.person) { shard, slot in
-        applyOverride(c, channel: channel, topic: topic, shard: &shard, slot: slot)
-      }
-    case .forget(let c):
-      let h = try handle(c.workspace)
-      let s = shardIndex(KeyHash.person(h.number, c.person))
-      h.identity.withLock { identity in
-        shards[s].state.withLock { shard in
-          applyForget(c, h, identity: &identity, shard: &shard, shardIndex: s)
-        }
-      }
-    case .suppress(let c):
-      let h = try handle(c.workspace)
-      try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) in
-        try withShards(shards(of: c.forget, h)) { locked in
-          applySuppress(c, h, identity: &identity, shards: &locked)
-        }
-      }
-    case .unsuppress(let c):
-      let h = try handle(c.workspace)
-      h.identity.withLock { identity in applyUnsuppress(c, identity: &identity) }
-    case .expireAnonymous(let c):
-      let h = try handle(c.workspace)
-      let byShard = Dictionary(
-        grouping: c.profiles, by: { shardIndex(KeyHash.person(h.number, .anonymous($0))) })
-      for (s, ids) in byShard.sorted(by: { $0.key < $1.key }) {
-        let part = Command.ExpireAnonymous(workspace: c.workspace, profiles: ids, at: c.at)
-        h.identity.withLock { identity in
-          shards[s].state.withLock { shard in
-            applyExpire(part, h, identity: &identity, shard: &shard, shardIndex: s)
-          }
-        }
-      }
-    }
-  }
+  public func replay(_ command: Command) throws(CoreError) { try replay(command, seq: nil) }
 
-  /// Channel and topic numbers for names a replayed command carries, numbering names the
-  /// configuration no longer has.
-  private func numbers(_ h: WorkspaceHandle, channel: String, topic: String) throws(CoreError)
-    -> (NameID, NameID)
-  {
-    var m = h.current
-    if (!channel.isEmpty && m.channelID(channel) == nil)
-      || (!topic.isEmpty && m.topicID(topic) == nil)
-    {
-      m = try h.model.withLock { (model: inout Workspace) throws(CoreError) -> Workspace in
-        model = try model.numbering(
-          channels: channel.isEmpty ? [] : [channel], topics: topic.isEmpty ? [] : [topic])
-        return model
+  /// `replay(_:)` of the record `seq`, which becomes `lastAppliedSeq`.
+  public func replay(_ command: Command, seq: UInt64?) throws(CoreError) {
+    let h: WorkspaceHandle?
+    if case .configureWorkspace = command { h = nil } else { h = try handle(command.workspace) }
+    let scope = self.scope(of: command, h)
+    try applier.gate.withLock { (last: inout UInt64) throws(CoreError) in
+      _ = try withLocks(scope) { (locked: inout Locked) throws(CoreError) -> Applied in
+        try apply(
+          command, h, registry: &locked.registry, identity: &locked.identity,
+          shards: &locked.shards)
       }
-    }
-    return (channel.isEmpty ? 0 : m.channelID(channel)!, topic.isEmpty ? 0 : m.topicID(topic)!)
-  }
-
-  private func onPerson(
-    _ h: WorkspaceHandle, _ key: PersonKey, _ body: (inout Shard, UInt32) -> Void
-  ) {
-    let hash = KeyHash.person(h.number, key)
-    shards[shardIndex(hash)].state.withLock { shard in
-      if let slot = shard.find(workspace: h.number, key: key, hash: hash) { body(&shard, slot) }
+      if let seq, seq > last {
+        last = seq
+        applier.applied.store(seq, ordering: .releasing)
+      }
     }
   }
 

@@ -1,7 +1,10 @@
 // The write operations of SPEC §3 that touch one person or the configuration:
 // ConfigureWorkspace, Identify, Subscribe/Unsubscribe, UnsubscribeAll/Resubscribe,
 // CheckDelivery(+record_send), CheckDeliveryBatch and OverrideForImportantMessage. Each
-// validates, builds one command, logs it and applies it under the same locks.
+// validates under its locks against the committed state plus the commands in flight,
+// builds one command and commits it (Store+Commit.swift): the call is answered once the
+// command is durable and applied. CheckDelivery and CheckDeliveryBatch without
+// record_send (or on a channel with no limit) are reads, answered at once.
 
 import SubcenterCore
 import Synchronization
@@ -13,41 +16,51 @@ extension SubscriptionStore {
   /// configuration. Creating without `mayCreate` is `permissionDenied`.
   public func configureWorkspace(
     _ config: WorkspaceConfig, actor: String, mayCreate: Bool,
-    completion: Completion<WorkspaceConfig>
+    completion: @escaping Completion<WorkspaceConfig>
   ) {
-    run(completion) { () throws(CoreError) in
-      try configure(config, actor: actor, mayCreate: mayCreate)
-    }
-  }
-
-  func configure(_ config: WorkspaceConfig, actor: String, mayCreate: Bool) throws(CoreError)
-    -> WorkspaceConfig
-  {
-    try config.validate()
-    return try registry.withLock { (reg: inout Registry) throws(CoreError) -> WorkspaceConfig in
-      let existing = reg.byID[config.workspace]
-      guard existing != nil || mayCreate else {
-        throw .permissionDenied("only a credential for every workspace may create one")
+    perform(completion) { (deps: inout Deps) throws(CoreError) -> Step<WorkspaceConfig> in
+      try config.validate()
+      return try registry.withLock {
+        (reg: inout Registry) throws(CoreError) -> Step<WorkspaceConfig> in
+        let pending = reg.pending[config.workspace]
+        if let pending { deps.add(pending.last) }
+        let previous = pending?.value ?? reg.byID[config.workspace]?.current
+        guard previous != nil || mayCreate else {
+          throw .permissionDenied("only a credential for every workspace may create one")
+        }
+        guard previous != nil || Int(reg.nextNumber) + reg.pendingCreations < Int(UInt16.max)
+        else {
+          throw .resourceExhausted("too many workspaces")
+        }
+        let model = try Workspace(config, previous: previous)
+        let cmd = Command.ConfigureWorkspace(config: config, at: now(), actor: actor)
+        var r = Reservations()
+        r.workspace = (config.workspace, model)
+        let c = try commit(
+          .configureWorkspace(cmd), scope: LockScope(registry: true), reservations: r,
+          completion: completion
+        ) { _, _ in .success(model.config) }
+        r.register(registry: &reg, by: c)
+        return .committed
       }
-      guard existing != nil || reg.nextNumber < UInt16.max else {
-        throw .resourceExhausted("too many workspaces")
-      }
-      let model = try Workspace(config, previous: existing?.current)
-      let cmd = Command.ConfigureWorkspace(config: config, at: now(), actor: actor)
-      _ = try log.append(.configureWorkspace(cmd))
-      applyConfigure(model, registry: &reg)
-      return model.config
     }
   }
 
   // MARK: Identify
 
   /// Creates or updates a person or an anonymous profile (SPEC §3 Identify).
-  public func identify(_ req: IdentifyRequest, actor: String, completion: Completion<Profile>) {
-    run(completion) { () throws(CoreError) in try identify(req, actor: actor) }
+  public func identify(
+    _ req: IdentifyRequest, actor: String, completion: @escaping Completion<Profile>
+  ) {
+    perform(completion) { (deps: inout Deps) throws(CoreError) -> Step<Profile> in
+      try identify(req, actor: actor, &deps, completion)
+    }
   }
 
-  func identify(_ req: IdentifyRequest, actor: String) throws(CoreError) -> Profile {
+  private func identify(
+    _ req: IdentifyRequest, actor: String, _ deps: inout Deps,
+    _ completion: @escaping Completion<Profile>
+  ) throws(CoreError) -> Step<Profile> {
     let h = try handle(req.workspace)
     if !req.personID.isEmpty { try Validate.personID(req.personID) }
     let email = req.email.isEmpty ? nil : try Validate.email(req.email)
@@ -63,29 +76,33 @@ extension SubscriptionStore {
       guard let anonymousID else {
         throw .invalidArgument("person_id", "no identifier given")
       }
-      return try identifyAnonymous(h, anonymousID, actor: actor)
+      return try identifyAnonymous(h, anonymousID, actor: actor, &deps, completion)
     }
     let personID = req.personID
-    return try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) -> Profile in
-      let key = PersonKey.person(personID)
-      let existing = locate(h, identity, .personID(personID))?.0
+    let key = PersonKey.person(personID)
+    return try h.identity.withLock {
+      (identity: inout IdentityState) throws(CoreError) -> Step<Profile> in
+      // Everything below is as the commands in flight will leave it.
+      let view = effectiveView(h, identity, key, &deps)
+      func holder(_ kind: IdentifierKind, _ value: String) -> PersonKey? {
+        effectiveHolder(h, identity, kind, value, &deps)
+      }
+      func suppressed(_ kind: IdentifierKind, _ value: String) -> Bool {
+        effectivelySuppressed(identity, kind, value, &deps)
+      }
 
       var newEmail: String?
       if let email {
-        if let (holder, _) = locate(h, identity, .email(email)) {
-          guard holder == existing else {
-            throw .alreadyExists("email", "belongs to another person")
-          }
+        if let holder = holder(.email, email) {
+          guard holder == key else { throw .alreadyExists("email", "belongs to another person") }
         } else {
           newEmail = email
         }
       }
       var newPhone: String?
       if let phone {
-        if let (holder, _) = locate(h, identity, .phone(phone)) {
-          guard holder == existing else {
-            throw .alreadyExists("phone", "belongs to another person")
-          }
+        if let holder = holder(.phone, phone) {
+          guard holder == key else { throw .alreadyExists("phone", "belongs to another person") }
         } else {
           newPhone = phone
         }
@@ -93,11 +110,11 @@ extension SubscriptionStore {
       var attach: String?
       var merges = false
       if let anonymousID {
-        if let (holder, holderKey) = locate(h, identity, .anonymousID(anonymousID)) {
-          if holderKey.isAnonymous {
+        if let holder = holder(.anonymousID, anonymousID) {
+          if holder.isAnonymous {
             attach = anonymousID
             merges = true
-          } else if holder != existing {
+          } else if holder != key {
             throw .alreadyExists("anonymous_id", "belongs to another person")
           }
         } else {
@@ -105,74 +122,102 @@ extension SubscriptionStore {
         }
       }
       // Only identifiers nobody holds can be suppressed (see Suppression.swift).
-      if existing == nil, isSuppressed(identity, .personID, personID) {
+      if view == nil, suppressed(.personID, personID) {
         throw .failedPrecondition("person_id", "this identifier is suppressed")
       }
-      if let newEmail, isSuppressed(identity, .email, newEmail) {
+      if let newEmail, suppressed(.email, newEmail) {
         throw .failedPrecondition("email", "this identifier is suppressed")
       }
-      if let newPhone, isSuppressed(identity, .phone, newPhone) {
+      if let newPhone, suppressed(.phone, newPhone) {
         throw .failedPrecondition("phone", "this identifier is suppressed")
       }
-      if let attach, !merges, isSuppressed(identity, .anonymousID, attach) {
+      if let attach, !merges, suppressed(.anonymousID, attach) {
         throw .failedPrecondition("anonymous_id", "this identifier is suppressed")
       }
-      if merges, let existing, let anonymousID,
-        entryCount(existing) + entryCount(h, .anonymous(anonymousID)) > Int(UInt16.max)
+      if merges, view != nil, let anonymousID,
+        entryCountBound(h, key, &deps) + entryCountBound(h, .anonymous(anonymousID), &deps)
+          > Int(UInt16.max)
       {
         throw .resourceExhausted("a person holds at most \(UInt16.max) preference entries")
       }
 
-      if let existing, newEmail == nil, newPhone == nil, attach == nil {
-        return shards[existing.shard].state.withLock { shard in
-          PersonCodec.decode(
-            shard.records[Int(existing.slot)], history: false, strings: shard.strings
-          ).person.profile
+      if view != nil, newEmail == nil, newPhone == nil, attach == nil {
+        // Nothing new: the profile, once what it depends on is durable.
+        if deps.isEmpty, let p = committedProfile(h, key) { return .value(p) }
+        let workspace = h.id
+        return .read { [self] in
+          Result { () throws(CoreError) in
+            try profile(workspace: workspace, person: .personID(personID))
+          }
         }
       }
       let cmd = Command.Identify(
-        workspace: h.id, person: key, creates: existing == nil, email: newEmail,
+        workspace: h.id, person: key, creates: view == nil, email: newEmail,
         phone: newPhone, anonymousID: attach, mergesProfile: merges, at: now(), actor: actor)
-      return try withShards(shards(of: cmd, h)) {
-        (locked: inout LockedShards) throws(CoreError) -> Profile in
-        _ = try log.append(.identify(cmd))
-        return applyIdentify(cmd, h, identity: &identity, shards: &locked).profile
+      var r = Reservations()
+      var after = view ?? PersonView()
+      if let newEmail {
+        if !after.email.isEmpty { r.holders.append((IdentifierKey(.email, after.email), nil)) }
+        r.holders.append((IdentifierKey(.email, newEmail), key))
+        after.email = newEmail
+      }
+      if let newPhone {
+        if !after.phone.isEmpty { r.holders.append((IdentifierKey(.phone, after.phone), nil)) }
+        r.holders.append((IdentifierKey(.phone, newPhone), key))
+        after.phone = newPhone
+      }
+      if let attach {
+        r.holders.append((IdentifierKey(.anonymousID, attach), key))
+        if !after.anonymousIDs.contains(where: { sameBytes($0, attach) }) {
+          after.anonymousIDs.append(attach)
+        }
+        if merges { r.persons.append((.anonymous(attach), nil)) }
+      }
+      r.persons.append((key, after))
+      let scope = self.scope(of: .identify(cmd), h)
+      return try withShards(scope.shards) {
+        (_: inout LockedShards) throws(CoreError) -> Step<Profile> in
+        let c = try commit(
+          .identify(cmd), scope: scope, reservations: r, completion: completion
+        ) { _, applied in .success(applied.person!.profile) }
+        r.register(identity: &identity, by: c)
+        return .committed
       }
     }
   }
 
-  private func entryCount(_ loc: Location) -> Int {
-    shards[loc.shard].state.withLock { PersonCodec.entryCount($0.records[Int(loc.slot)]) }
-  }
-
-  private func entryCount(_ h: WorkspaceHandle, _ key: PersonKey) -> Int {
-    let hash = KeyHash.person(h.number, key)
-    return shards[shardIndex(hash)].state.withLock { shard in
-      shard.find(workspace: h.number, key: key, hash: hash).map {
-        PersonCodec.entryCount(shard.records[Int($0)])
-      } ?? 0
-    }
-  }
-
-  private func identifyAnonymous(_ h: WorkspaceHandle, _ anonymousID: String, actor: String)
-    throws(CoreError) -> Profile
-  {
-    try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) -> Profile in
-      if let (loc, _) = locate(h, identity, .anonymousID(anonymousID)) {
-        return shards[loc.shard].state.withLock { shard in
-          PersonCodec.decode(shard.records[Int(loc.slot)], history: false, strings: shard.strings)
-            .person.profile
+  private func identifyAnonymous(
+    _ h: WorkspaceHandle, _ anonymousID: String, actor: String, _ deps: inout Deps,
+    _ completion: @escaping Completion<Profile>
+  ) throws(CoreError) -> Step<Profile> {
+    try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) -> Step<Profile> in
+      if let holder = effectiveHolder(h, identity, .anonymousID, anonymousID, &deps) {
+        // The profile, or the person holding the id, once that is durable.
+        if deps.isEmpty, let p = committedProfile(h, holder) { return .value(p) }
+        let workspace = h.id
+        return .read { [self] in
+          Result { () throws(CoreError) in
+            try profile(workspace: workspace, person: .anonymousID(anonymousID))
+          }
         }
       }
-      if isSuppressed(identity, .anonymousID, anonymousID) {
+      if effectivelySuppressed(identity, .anonymousID, anonymousID, &deps) {
         throw .failedPrecondition("anonymous_id", "this identifier is suppressed")
       }
+      let key = PersonKey.anonymous(anonymousID)
       let cmd = Command.Identify(
-        workspace: h.id, person: .anonymous(anonymousID), creates: true, at: now(), actor: actor)
-      return try withShards(shards(of: cmd, h)) {
-        (locked: inout LockedShards) throws(CoreError) -> Profile in
-        _ = try log.append(.identify(cmd))
-        return applyIdentify(cmd, h, identity: &identity, shards: &locked).profile
+        workspace: h.id, person: key, creates: true, at: now(), actor: actor)
+      var r = Reservations()
+      r.holders.append((IdentifierKey(.anonymousID, anonymousID), key))
+      r.persons.append((key, PersonView(anonymousIDs: [anonymousID])))
+      let scope = self.scope(of: .identify(cmd), h)
+      return try withShards(scope.shards) {
+        (_: inout LockedShards) throws(CoreError) -> Step<Profile> in
+        let c = try commit(
+          .identify(cmd), scope: scope, reservations: r, completion: completion
+        ) { _, applied in .success(applied.person!.profile) }
+        r.register(identity: &identity, by: c)
+        return .committed
       }
     }
   }
@@ -183,44 +228,47 @@ extension SubscriptionStore {
   /// (Unsubscribe). Never creates a person.
   public func setPreference(
     _ req: PreferenceRequest, state: PreferenceState, actor: String,
-    completion: Completion<Preferences>
+    completion: @escaping Completion<Preferences>
   ) {
-    run(completion) { () throws(CoreError) in try setPreference(req, state: state, actor: actor) }
-  }
-
-  func setPreference(_ req: PreferenceRequest, state: PreferenceState, actor: String)
-    throws(CoreError) -> Preferences
-  {
     precondition(state != .unspecified, "a preference is SUBSCRIBED or UNSUBSCRIBED")
-    let h = try handle(req.workspace)
-    let ref = try PersonRef.validated(req.person, field: "person")
-    let model = h.current
-    guard !req.channel.isEmpty || !req.topic.isEmpty else {
-      throw .invalidArgument("channel", "a channel or a topic must be given")
-    }
-    let channel = req.channel.isEmpty ? 0 : try model.configuredChannel(req.channel)
-    let topic = try model.configuredTopic(req.topic)
-    try Validate.maxBytes(req.source, Limits.sourceBytes, field: "source")
-    try Validate.maxBytes(req.noticeVersion, Limits.noticeVersionBytes, field: "notice_version")
-    let at = now()
-    let prefs = try withPerson(h, ref) { (shard, slot) throws(CoreError) -> Preferences in
-      let record = shard.records[Int(slot)]
-      if PersonCodec.entryCount(record) >= Int(UInt16.max),
-        !PersonCodec.hasEntry(record, channel: channel, topic: topic)
-      {
-        throw .resourceExhausted("a person holds at most \(UInt16.max) preference entries")
+    perform(completion) { (deps: inout Deps) throws(CoreError) -> Step<Preferences> in
+      let h = try handle(req.workspace)
+      let ref = try PersonRef.validated(req.person, field: "person")
+      let model = h.current
+      guard !req.channel.isEmpty || !req.topic.isEmpty else {
+        throw .invalidArgument("channel", "a channel or a topic must be given")
       }
-      let cmd = Command.SetPreference(
-        workspace: h.id, person: PersonCodec.key(shard.records[Int(slot)]),
-        channel: req.channel, topic: req.topic, state: state, source: req.source,
-        noticeVersion: req.noticeVersion, at: at, actor: actor)
-      _ = try log.append(.setPreference(cmd))
-      let p = applySetPreference(cmd, channel: channel, topic: topic, shard: &shard, slot: slot)
-      return h.current.preferences(
-        personID: p.key.personID, global: p.global, entries: p.entries, subject: p, now: at)
+      let channel = req.channel.isEmpty ? 0 : try model.configuredChannel(req.channel)
+      let topic = try model.configuredTopic(req.topic)
+      try Validate.maxBytes(req.source, Limits.sourceBytes, field: "source")
+      try Validate.maxBytes(req.noticeVersion, Limits.noticeVersionBytes, field: "notice_version")
+      let at = now()
+      let step = try withPersonForWrite(h, ref, &deps) {
+        (shard, s, slot, deps) throws(CoreError) -> Step<Preferences> in
+        let record = shard.records[Int(slot)]
+        let pending = shard.pending[slot]
+        if PersonCodec.entryCount(record) + (pending?.writes ?? 0) >= Int(UInt16.max),
+          !PersonCodec.hasEntry(record, channel: channel, topic: topic)
+        {
+          if let pending { deps.add(pending.last) }
+          throw .resourceExhausted("a person holds at most \(UInt16.max) preference entries")
+        }
+        let cmd = Command.SetPreference(
+          workspace: h.id, person: PersonCodec.key(record), channel: req.channel,
+          topic: req.topic, state: state, source: req.source,
+          noticeVersion: req.noticeVersion, at: at, actor: actor)
+        var r = Reservations()
+        r.slots = [SlotReservation(shard: s, slot: slot)]
+        let c = try commit(
+          .setPreference(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r,
+          completion: completion
+        ) { _, applied in preferencesAnswer(h, applied, at: at) }
+        r.register(shard: &shard, index: s, by: c)
+        return .committed
+      }
+      guard let step else { throw .notFound("person not found") }
+      return step
     }
-    guard let prefs else { throw .notFound("person not found") }
-    return prefs
   }
 
   // MARK: UnsubscribeAll / Resubscribe
@@ -228,70 +276,91 @@ extension SubscriptionStore {
   /// Sets (`unsubscribed`: UnsubscribeAll) or clears (Resubscribe) the global flag;
   /// channel and topic entries stay.
   public func setGlobal(
-    _ req: GlobalRequest, unsubscribed: Bool, actor: String, completion: Completion<Preferences>
+    _ req: GlobalRequest, unsubscribed: Bool, actor: String,
+    completion: @escaping Completion<Preferences>
   ) {
-    run(completion) { () throws(CoreError) in
-      try setGlobal(req, unsubscribed: unsubscribed, actor: actor)
+    perform(completion) { (deps: inout Deps) throws(CoreError) -> Step<Preferences> in
+      let h = try handle(req.workspace)
+      let ref = try PersonRef.validated(req.person, field: "person")
+      try Validate.maxBytes(req.source, Limits.sourceBytes, field: "source")
+      let at = now()
+      let step = try withPersonForWrite(h, ref, &deps) {
+        (shard, s, slot, _) throws(CoreError) -> Step<Preferences> in
+        let cmd = Command.SetGlobal(
+          workspace: h.id, person: PersonCodec.key(shard.records[Int(slot)]),
+          unsubscribed: unsubscribed, source: req.source, at: at, actor: actor)
+        var r = Reservations()
+        r.slots = [SlotReservation(shard: s, slot: slot)]
+        let c = try commit(
+          .setGlobal(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r,
+          completion: completion
+        ) { _, applied in preferencesAnswer(h, applied, at: at) }
+        r.register(shard: &shard, index: s, by: c)
+        return .committed
+      }
+      guard let step else { throw .notFound("person not found") }
+      return step
     }
-  }
-
-  func setGlobal(_ req: GlobalRequest, unsubscribed: Bool, actor: String) throws(CoreError)
-    -> Preferences
-  {
-    let h = try handle(req.workspace)
-    let ref = try PersonRef.validated(req.person, field: "person")
-    try Validate.maxBytes(req.source, Limits.sourceBytes, field: "source")
-    let at = now()
-    let prefs = try withPerson(h, ref) { (shard, slot) throws(CoreError) -> Preferences in
-      let cmd = Command.SetGlobal(
-        workspace: h.id, person: PersonCodec.key(shard.records[Int(slot)]),
-        unsubscribed: unsubscribed, source: req.source, at: at, actor: actor)
-      _ = try log.append(.setGlobal(cmd))
-      let p = applySetGlobal(cmd, shard: &shard, slot: slot)
-      return h.current.preferences(
-        personID: p.key.personID, global: p.global, entries: p.entries, subject: p, now: at)
-    }
-    guard let prefs else { throw .notFound("person not found") }
-    return prefs
   }
 
   // MARK: CheckDelivery
 
   /// The decision of SPEC §2 for one person; with `recordSend` an allowed decision counts
-  /// one send toward the channel's limit (sends count only toward a configured limit).
-  public func checkDelivery(_ req: DeliveryRequest, completion: Completion<Decision>) {
-    run(completion) { () throws(CoreError) in try checkDelivery(req) }
+  /// one send toward the channel's limit (sends count only toward a configured limit),
+  /// and the call is answered once that count is durable.
+  public func checkDelivery(_ req: DeliveryRequest, completion: @escaping Completion<Decision>) {
+    perform(completion) { (deps: inout Deps) throws(CoreError) -> Step<Decision> in
+      let h = try handle(req.workspace)
+      let ref = try PersonRef.validated(req.person, field: "person")
+      let model = h.current
+      let channel = try model.configuredChannel(req.channel)
+      let topic = try model.configuredTopic(req.topic)
+      let target = model.target(channel: channel, topic: topic)
+      return .value(
+        try check(
+          h, ref, target: target, channelName: req.channel, recordSend: req.recordSend,
+          at: now(), &deps))
+    }
   }
 
-  func checkDelivery(_ req: DeliveryRequest) throws(CoreError) -> Decision {
-    let h = try handle(req.workspace)
-    let ref = try PersonRef.validated(req.person, field: "person")
-    let model = h.current
-    let channel = try model.configuredChannel(req.channel)
-    let topic = try model.configuredTopic(req.topic)
-    let target = model.target(channel: channel, topic: topic)
-    return try check(
-      h, ref, target: target, channelName: req.channel, recordSend: req.recordSend, at: now())
-  }
-
-  /// Decides for one validated ref; counts the send if asked and allowed.
+  /// Decides for one validated ref. With `recordSend` on a limited channel it decides
+  /// against the committed sends plus those in flight, and an allowed decision commits
+  /// its send: the commit (and the in-flight sends the decision counted) join `deps`.
   func check(
     _ h: WorkspaceHandle, _ ref: PersonRef, target: DeliveryTarget, channelName: String,
-    recordSend: Bool, at: Int64
+    recordSend: Bool, at: Int64, _ deps: inout Deps
   ) throws(CoreError) -> Decision {
-    let found = try withPerson(h, ref) { (shard, slot) throws(CoreError) -> Decision in
-      let outcome = PersonCodec.withSubject(shard.records[Int(slot)]) {
-        decideDelivery(target: target, person: $0, suppressed: false, isOverride: false, now: at)
+    let found: Decision?
+    if recordSend, target.limit != nil {
+      found = try withPersonForWrite(h, ref, &deps) {
+        (shard, s, slot, deps) throws(CoreError) -> Decision in
+        let pending = shard.pending[slot]
+        let inFlight = pending?.sends(target.channel) ?? 0
+        if inFlight > 0 { deps.add(pending!.last) }
+        let outcome = PersonCodec.withSubject(shard.records[Int(slot)], pendingSends: inFlight) {
+          decideDelivery(target: target, person: $0, suppressed: false, isOverride: false, now: at)
+        }
+        let key = PersonCodec.key(shard.records[Int(slot)])
+        if outcome.countsSend {
+          let cmd = Command.RecordSends(
+            workspace: h.id, channel: channelName, persons: [key], at: at)
+          var r = Reservations()
+          r.slots = [SlotReservation(shard: s, slot: slot, channel: target.channel, sends: 1)]
+          let c = try commitQuietly(
+            .recordSends(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r)
+          r.register(shard: &shard, index: s, by: c)
+          deps.add(c)
+        }
+        return Decision(allowed: outcome.allowed, reason: outcome.reason, personID: key.personID)
       }
-      let key = PersonCodec.key(shard.records[Int(slot)])
-      if recordSend, outcome.countsSend, let limit = target.limit {
-        let cmd = Command.RecordSends(
-          workspace: h.id, channel: channelName, persons: [key], at: at)
-        _ = try log.append(.recordSends(cmd))
-        PersonCodec.recordSend(
-          &shard.records[Int(slot)], channel: target.channel, at: at, limit: limit)
+    } else {
+      found = try withPerson(h, ref) { shard, slot in
+        let outcome = PersonCodec.withSubject(shard.records[Int(slot)]) {
+          decideDelivery(target: target, person: $0, suppressed: false, isOverride: false, now: at)
+        }
+        let key = PersonCodec.key(shard.records[Int(slot)])
+        return Decision(allowed: outcome.allowed, reason: outcome.reason, personID: key.personID)
       }
-      return Decision(allowed: outcome.allowed, reason: outcome.reason, personID: key.personID)
     }
     if let found { return found }
     return Decision(
@@ -304,12 +373,18 @@ extension SubscriptionStore {
   /// naming `persons`), answered in request order. Persons named by email, phone or
   /// anonymous id are resolved first under one identity lock; then each shard's lock is
   /// taken once for all persons in it. With `recordSend`, each shard's counted sends are
-  /// one command.
-  public func checkDeliveryBatch(_ req: DeliveryBatchRequest, completion: Completion<[Decision]>) {
-    run(completion) { () throws(CoreError) in try checkDeliveryBatch(req) }
+  /// one command, and the call is answered once all of them are durable.
+  public func checkDeliveryBatch(
+    _ req: DeliveryBatchRequest, completion: @escaping Completion<[Decision]>
+  ) {
+    perform(completion) { (deps: inout Deps) throws(CoreError) -> Step<[Decision]> in
+      .value(try checkDeliveryBatch(req, &deps))
+    }
   }
 
-  func checkDeliveryBatch(_ req: DeliveryBatchRequest) throws(CoreError) -> [Decision] {
+  private func checkDeliveryBatch(_ req: DeliveryBatchRequest, _ deps: inout Deps)
+    throws(CoreError) -> [Decision]
+  {
     let h = try handle(req.workspace)
     guard req.persons.count <= Limits.batchPersons else {
       throw .invalidArgument("persons", "at most \(Limits.batchPersons) persons")
@@ -330,6 +405,7 @@ extension SubscriptionStore {
       }
     }
     let at = now()
+    let counting = req.recordSend && target.limit != nil
 
     // Resolve: a person id hashes to its shard; other refs go through the index.
     var hashes = [UInt64](repeating: 0, count: n)
@@ -349,7 +425,14 @@ extension SubscriptionStore {
     var slow: [Int] = []
     if !indexed.isEmpty {
       h.identity.withLock { identity in
+        let claims = counting && !identity.pending.holders.isEmpty
         for i in indexed {
+          // A counted send through an identifier whose holder is changing goes the
+          // one-person way, which follows the change.
+          if claims, identity.pending.holders[IdentifierKey(refs[i].kind, refs[i].value)] != nil {
+            slow.append(i)
+            continue
+          }
           let values = identity.index.values(hashes[i])
           if values.count == 1 {
             let loc = Location(packed: values[0])
@@ -376,12 +459,12 @@ extension SubscriptionStore {
     var decisions = [Decision](
       repeating: Decision(allowed: false, reason: .unknownPerson, personID: ""), count: n)
     var missing: [Int] = []
-    let counting = req.recordSend && target.limit != nil
     for s in 0..<shardCount where starts[s] < starts[s + 1] {
       try shards[s].state.withLock { (shard: inout Shard) throws(CoreError) in
         var sendSlots: [UInt32] = []
         var sendKeys: [PersonKey] = []
         var pending: [UInt32: Int] = [:]
+        let inFlight = counting && !shard.pending.isEmpty
         // Two passes over the shard's persons before deciding, so that the cache misses of
         // different persons overlap: first the slot table, then the records and blobs.
         var touched = 0
@@ -428,7 +511,14 @@ extension SubscriptionStore {
             slot = candidate[i]
             personID = ""
           }
-          let extra = counting ? pending[slot] ?? 0 : 0
+          var extra = counting ? pending[slot] ?? 0 : 0
+          if inFlight, let p = shard.pending[slot] {
+            let sends = p.sends(target.channel)
+            if sends > 0 {
+              extra += sends
+              deps.add(p.last)
+            }
+          }
           let outcome = PersonCodec.withSubject(shard.records[Int(slot)], pendingSends: extra) {
             decideDelivery(
               target: target, person: $0, suppressed: false, isOverride: false, now: at)
@@ -444,22 +534,26 @@ extension SubscriptionStore {
             sendKeys.append(key ?? PersonCodec.key(shard.records[Int(slot)]))
           }
         }
-        if let limit = target.limit, !sendSlots.isEmpty {
+        if !sendSlots.isEmpty {
           let cmd = Command.RecordSends(
             workspace: h.id, channel: req.channel, persons: sendKeys, at: at)
-          _ = try log.append(.recordSends(cmd))
-          for slot in sendSlots {
-            PersonCodec.recordSend(
-              &shard.records[Int(slot)], channel: target.channel, at: at, limit: limit)
+          var r = Reservations()
+          r.slots = sendSlots.map {
+            SlotReservation(shard: s, slot: $0, channel: target.channel, sends: 1)
           }
+          let c = try commitQuietly(
+            .recordSends(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r)
+          r.register(shard: &shard, index: s, by: c)
+          deps.add(c)
         }
       }
     }
 
-    // Refs whose index entry was ambiguous or moved: the one-person path.
+    // Refs whose index entry was ambiguous, moved or is changing: the one-person path.
     for i in slow {
       decisions[i] = try check(
-        h, refs[i], target: target, channelName: req.channel, recordSend: req.recordSend, at: at)
+        h, refs[i], target: target, channelName: req.channel, recordSend: req.recordSend,
+        at: at, &deps)
     }
     // Refs that name nobody: suppressed or unknown (hashing only if anything is suppressed).
     let ambiguous = Set(slow)
@@ -480,44 +574,61 @@ extension SubscriptionStore {
   // MARK: OverrideForImportantMessage
 
   /// An important message that may pass the person's choices (SPEC §2 rule 3). Every call
-  /// on a known person, allowed or not, is written to its history; an unknown or
-  /// suppressed person gets the decision and no history.
+  /// on a known person, allowed or not, is written to its history (and answered once that
+  /// is durable); an unknown or suppressed person gets the decision and no history.
   public func overrideForImportantMessage(
-    _ req: OverrideRequest, actor: String, completion: Completion<Decision>
+    _ req: OverrideRequest, actor: String, completion: @escaping Completion<Decision>
   ) {
-    run(completion) { () throws(CoreError) in try overrideForImportantMessage(req, actor: actor) }
-  }
-
-  func overrideForImportantMessage(_ req: OverrideRequest, actor: String) throws(CoreError)
-    -> Decision
-  {
-    let h = try handle(req.workspace)
-    let ref = try PersonRef.validated(req.person, field: "person")
-    let model = h.current
-    let channel = try model.configuredChannel(req.channel)
-    let topic = try model.configuredTopic(req.topic)
-    try Validate.requiredBytes(req.messageID, Limits.messageIDBytes, field: "message_id")
-    try Validate.requiredBytes(req.justification, Limits.justificationBytes, field: "justification")
-    let target = model.target(channel: channel, topic: topic)
-    let at = now()
-    let found = try withPerson(h, ref) { (shard, slot) throws(CoreError) -> Decision in
-      let outcome = PersonCodec.withSubject(shard.records[Int(slot)]) {
-        decideDelivery(target: target, person: $0, suppressed: false, isOverride: true, now: at)
+    perform(completion) { (deps: inout Deps) throws(CoreError) -> Step<Decision> in
+      let h = try handle(req.workspace)
+      let ref = try PersonRef.validated(req.person, field: "person")
+      let model = h.current
+      let channel = try model.configuredChannel(req.channel)
+      let topic = try model.configuredTopic(req.topic)
+      try Validate.requiredBytes(req.messageID, Limits.messageIDBytes, field: "message_id")
+      try Validate.requiredBytes(
+        req.justification, Limits.justificationBytes, field: "justification")
+      let target = model.target(channel: channel, topic: topic)
+      let at = now()
+      let step = try withPersonForWrite(h, ref, &deps) {
+        (shard, s, slot, _) throws(CoreError) -> Step<Decision> in
+        let outcome = PersonCodec.withSubject(shard.records[Int(slot)]) {
+          decideDelivery(target: target, person: $0, suppressed: false, isOverride: true, now: at)
+        }
+        let key = PersonCodec.key(shard.records[Int(slot)])
+        let cmd = Command.Override(
+          workspace: h.id, person: key, channel: req.channel, topic: req.topic,
+          allowed: outcome.allowed, reason: outcome.reason,
+          detail: HistoryDetail.override(
+            messageID: req.messageID, justification: req.justification, outcome: outcome,
+            overridesAllowed: target.overridesAllowed),
+          at: at, actor: actor)
+        let decision = Decision(
+          allowed: outcome.allowed, reason: outcome.reason, personID: key.personID)
+        var r = Reservations()
+        r.slots = [SlotReservation(shard: s, slot: slot)]
+        let c = try commit(
+          .override(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r,
+          completion: completion
+        ) { _, _ in .success(decision) }
+        r.register(shard: &shard, index: s, by: c)
+        return .committed
       }
-      let key = PersonCodec.key(shard.records[Int(slot)])
-      let cmd = Command.Override(
-        workspace: h.id, person: key, channel: req.channel, topic: req.topic,
-        allowed: outcome.allowed, reason: outcome.reason,
-        detail: HistoryDetail.override(
-          messageID: req.messageID, justification: req.justification, outcome: outcome,
-          overridesAllowed: target.overridesAllowed),
-        at: at, actor: actor)
-      _ = try log.append(.override(cmd))
-      applyOverride(cmd, channel: channel, topic: topic, shard: &shard, slot: slot)
-      return Decision(allowed: outcome.allowed, reason: outcome.reason, personID: key.personID)
+      if let step { return step }
+      return .value(
+        Decision(
+          allowed: false, reason: isSuppressed(h, ref) ? .suppressed : .unknownPerson,
+          personID: ""))
     }
-    if let found { return found }
-    return Decision(
-      allowed: false, reason: isSuppressed(h, ref) ? .suppressed : .unknownPerson, personID: "")
   }
+}
+
+/// The answer of a preference write: the person as the write left it.
+private func preferencesAnswer(_ h: WorkspaceHandle, _ applied: Applied, at: Int64) -> Result<
+  Preferences, CoreError
+> {
+  guard let p = applied.person else { return .failure(.notFound("person not found")) }
+  return .success(
+    h.current.preferences(
+      personID: p.key.personID, global: p.global, entries: p.entries, subject: p, now: at))
 }

@@ -1,21 +1,31 @@
 // The in-memory state of Subcenter: workspaces, persons sharded by (workspace, person)
 // behind `Mutex`es, per-workspace identifier indexes and suppression sets. Every change
-// is one `Command`, validated and applied under the locks it touches (see CommitLog.swift
-// for how the write-ahead log plugs in).
+// is one `Command`, validated under the locks it touches against the committed state plus
+// the commands in flight, and applied once the log has made it durable (CommitLog.swift
+// and Store+Commit.swift). Readers see the committed state only.
 //
 // Locks, in the order they may be taken (never the other way round):
+//   Applier.gate → the state locks below           (applying commands; snapshots)
 //   registry → workspace model                      (configuration; the model lock is a leaf)
 //   workspace identity → shards by ascending index  (identifier changes, forget, suppress)
 //   shard → workspace model, commit log             (both leaves)
-// Reads and single-person writes take one shard lock (plus, for a person named by email,
-// phone or anonymous id, the identity lock briefly before it, to find the shard), so they
-// never wait on writes to other shards.
+// and the leaves of Store+Commit.swift (the apply queue, a pending commit's state). The
+// registry is never held while an identity or shard lock is taken. Reads and
+// single-person writes take one shard lock (plus, for a person named by email, phone or
+// anonymous id, the identity lock briefly before it, to find the shard), so they never
+// wait on writes to other shards.
 
 import SubcenterCore
 import Synchronization
 
-/// Answers a write once its change is durable: today before the call returns; with the
-/// write-ahead log, later, from the log writer's thread.
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
+/// Answers a write once its change is durable: from the log writer's thread (or, with a
+/// log that completes at once, before the call returns).
 public typealias Completion<Value> = @Sendable (Result<Value, CoreError>) -> Void
 
 /// The subscription center's state and every operation of SPEC §3 on it.
@@ -25,12 +35,15 @@ public final class SubscriptionStore: Sendable {
   let log: any CommitLog
   let shards: [ShardBox]
   let registry = Mutex(Registry())
+  let applier = Applier()
 
   /// - Parameters:
   ///   - secret: the server secret keying suppression hashes and page tokens.
+  ///   - log: where changes are made durable; its records must continue the sequence
+  ///     the store was recovered to (`lastAppliedSeq`).
   ///   - createDefaultWorkspace: configure workspace `default` (default channels, no
-  ///     topics) now. Recovery passes false and calls `ensureDefaultWorkspace()` after
-  ///     replay.
+  ///     topics) now; it exists once the log has made that durable. Recovery passes false
+  ///     and calls `ensureDefaultWorkspace()` after replay.
   public init(
     clock: any WallClock, secret: [UInt8], log: any CommitLog = InMemoryCommitLog(),
     createDefaultWorkspace: Bool = true
@@ -39,15 +52,42 @@ public final class SubscriptionStore: Sendable {
     self.hasher = IdentifierHasher(secret: secret)
     self.log = log
     self.shards = (0..<shardCount).map { _ in ShardBox() }
-    if createDefaultWorkspace { try? ensureDefaultWorkspace() }
+    if createDefaultWorkspace { ensureDefaultWorkspace { _ in } }
   }
 
-  /// Configures workspace `default` if no workspace exists (SPEC §1).
+  /// Configures workspace `default` if no workspace exists or is being configured
+  /// (SPEC §1); answers whether it did.
+  public func ensureDefaultWorkspace(completion: @escaping Completion<Bool>) {
+    perform(completion) { (deps: inout Deps) throws(CoreError) -> Step<Bool> in
+      try registry.withLock { (reg: inout Registry) throws(CoreError) -> Step<Bool> in
+        guard reg.byID.isEmpty && reg.pending.isEmpty else { return .value(false) }
+        let config = WorkspaceConfig(workspace: WorkspaceConfig.defaultWorkspaceID)
+        let model = try Workspace(config)
+        let cmd = Command.ConfigureWorkspace(config: config, at: now(), actor: "subcenterd")
+        var r = Reservations()
+        r.workspace = (config.workspace, model)
+        let c = try commit(
+          .configureWorkspace(cmd), scope: LockScope(registry: true), reservations: r,
+          completion: completion
+        ) { _, _ in .success(true) }
+        r.register(registry: &reg, by: c)
+        return .committed
+      }
+    }
+  }
+
+  /// `ensureDefaultWorkspace(completion:)`, waiting until it is done (start-up only:
+  /// it blocks the calling thread until the log completes the record).
   public func ensureDefaultWorkspace() throws(CoreError) {
-    guard registry.withLock({ $0.byID.isEmpty }) else { return }
-    _ = try configure(
-      WorkspaceConfig(workspace: WorkspaceConfig.defaultWorkspaceID), actor: "subcenterd",
-      mayCreate: true)
+    let box = Mutex<Result<Bool, CoreError>?>(nil)
+    ensureDefaultWorkspace { r in box.withLock { $0 = r } }
+    while true {
+      if let r = box.withLock({ $0 }) {
+        _ = try r.get()
+        return
+      }
+      usleep(100)
+    }
   }
 
   // MARK: Helpers
@@ -58,12 +98,6 @@ public final class SubscriptionStore: Sendable {
     if let h = registry.withLock({ $0.byID[workspace] }) { return h }
     try Validate.workspaceID(workspace)
     throw .notFound("workspace not found")
-  }
-
-  func run<T>(_ completion: Completion<T>, _ body: () throws(CoreError) -> T) {
-    let result: Result<T, CoreError>
-    do { result = .success(try body()) } catch { result = .failure(error) }
-    completion(result)
   }
 
   func isSuppressed(_ identity: borrowing IdentityState, _ kind: IdentifierKind, _ value: String)
@@ -150,30 +184,6 @@ public final class SubscriptionStore: Sendable {
     return nil
   }
 
-  /// Runs `body` holding the locks of the given shards (taken in ascending order); `body`
-  /// reaches each locked shard through `LockedShards.with(_:_:)`.
-  func withShards<R: Sendable>(
-    _ indices: [Int], _ body: (inout LockedShards) throws(CoreError) -> R
-  ) throws(CoreError) -> R {
-    var locked = LockedShards()
-    return try lockLevel(Array(Set(indices)).sorted()[...], &locked, body)
-  }
-
-  private func lockLevel<R: Sendable>(
-    _ rest: ArraySlice<Int>, _ locked: inout LockedShards,
-    _ body: (inout LockedShards) throws(CoreError) -> R
-  ) throws(CoreError) -> R {
-    guard let first = rest.first else { return try body(&locked) }
-    return try shards[first].state.withLock { (shard: inout Shard) throws(CoreError) -> R in
-      // Move the shard out while its lock is held (keeping its storage uniquely
-      // referenced), and back before the lock is released.
-      locked.shards[first] = shard
-      shard = Shard.placeholder
-      defer { shard = locked.shards.removeValue(forKey: first)! }
-      return try lockLevel(rest.dropFirst(), &locked, body)
-    }
-  }
-
   // MARK: Reads
 
   /// A workspace's configuration (GetWorkspace).
@@ -238,13 +248,31 @@ public final class SubscriptionStore: Sendable {
   }
 }
 
-/// The shards `withShards` holds locked, by index.
+/// The shards `withShards` / `withLocks` hold locked, by index.
 struct LockedShards {
-  fileprivate(set) var shards: [Int: Shard] = [:]
+  var shards: [Int: Shard] = [:]
+
+  /// The locked shards' indices, ascending.
+  var indices: [Int] { shards.keys.sorted() }
 
   /// Runs `body` on locked shard `i` (a programming error if `i` is not locked).
   mutating func with(_ i: Int, _ body: (inout Shard) -> Void) {
     precondition(shards[i] != nil, "shard \(i) is not locked")
     body(&shards[i]!)
+  }
+
+  /// Runs `body` on the record of `key` if it exists; `body` returns the person after the
+  /// change when it has decoded it.
+  mutating func onPerson(
+    _ h: WorkspaceHandle, _ key: PersonKey, _ body: (inout Shard, UInt32) -> Person?
+  ) -> Applied {
+    let hash = KeyHash.person(h.number, key)
+    var out = Applied(found: false)
+    with(shardIndex(hash)) { shard in
+      if let slot = shard.find(workspace: h.number, key: key, hash: hash) {
+        out = Applied(found: true, person: body(&shard, slot))
+      }
+    }
+    return out
   }
 }

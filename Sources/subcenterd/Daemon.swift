@@ -32,17 +32,41 @@ enum Daemon {
     }
     let service: SubscriptionService
     let store: SubscriptionStore
+    let durable: DurableStore
+    let compaction: Compaction
     do {
       let secret = try ServerSecret.loadOrCreate(dataDirectory: options.dataDirectory)
       let tokens = try TokenStore(file: options.tokensFile)
-      store = SubscriptionStore(clock: SystemClock(), secret: secret)
+      let log: @Sendable (String) -> Void = { writeStderrLine("subcenterd: \($0)") }
+      let opened: (DurableStore, DurableStore.RecoveryReport)
+      do {
+        opened = try DurableStore.open(
+          directory: options.dataDirectory, clock: SystemClock(), secret: secret,
+          fsync: options.fsync, truncateDamaged: options.recoverTruncate, log: log)
+      } catch {
+        writeStderrLine("subcenterd: cannot recover \(options.dataDirectory): \(error)")
+        writeStderrLine(
+          "subcenterd: nothing was changed on disk. Restore the data directory from a backup, "
+            + "or start with --recover-truncate to keep everything before the damage.")
+        return 1
+      }
+      durable = opened.0
+      let r = opened.1
+      for w in r.warnings { writeStderrLine("subcenterd: warning: \(w)") }
+      writeStderrLine(
+        "subcenterd: recovered \(r.snapshot ?? "no snapshot") (\(r.persons) persons) + "
+          + "\(r.recordsReplayed) log records; next seq \(r.nextSeq)")
+      store = durable.store
+      compaction = Compaction(
+        durable: durable, snapshotIntervalSeconds: options.snapshotIntervalSeconds, log: log)
       service = SubscriptionService(
         store: store, tokens: tokens, secret: secret,
-        erasureDeadlineSeconds: options.erasureDeadlineSeconds)
+        erasureDeadlineSeconds: options.erasureDeadlineSeconds, erasure: compaction)
     } catch {
       writeStderrLine("subcenterd: \(error)")
       return 2
     }
+    compaction.start()
     let sweeper = AnonymousProfileSweeper(
       store: store, ttlSeconds: options.anonymousTTLSeconds)
     sweeper.start()
@@ -71,6 +95,16 @@ enum Daemon {
     server.shutdown()
     server.wait()
     admin.stop()
+    sweeper.stop()
+    compaction.stop()
+    do {
+      let seq = try durable.snapshot()
+      writeStderrLine("subcenterd: final snapshot at seq \(seq)")
+    } catch {
+      writeStderrLine(
+        "subcenterd: final snapshot failed (the log still has every change): \(error)")
+    }
+    durable.close()
     writeStderrLine("subcenterd: stopped")
     return 0
   }

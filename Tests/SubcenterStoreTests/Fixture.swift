@@ -1,6 +1,7 @@
 // A store on a manual clock with a logging commit log, and short synchronous wrappers
-// for its completion-based writes (which complete before returning today).
+// for its completion-based writes (the in-memory log completes them at once).
 
+import Glibc
 import SubcenterCore
 import SubcenterStore
 import Synchronization
@@ -19,12 +20,18 @@ let acme = WorkspaceConfig(
   limits: [MessageLimit(channel: "email", maxMessages: 2, windowSeconds: 60)],
   allowImportantOverride: true)
 
-/// Waits for a completion that must already have run (the in-memory log is immediate).
+/// Runs a completion-style store call and waits for its completion. With the in-memory
+/// log a write completes before the call returns when one thread writes; with several, a
+/// write may be completed by the thread applying the log meanwhile, a moment later.
 func sync<T: Sendable>(_ body: (@escaping Completion<T>) -> Void) throws(CoreError) -> T {
   let box = Mutex<Result<T, CoreError>?>(nil)
   body { r in box.withLock { $0 = r } }
-  guard let result = box.withLock({ $0 }) else { fatalError("the write did not complete") }
-  return try result.get()
+  let deadline = ContinuousClock.now + .seconds(10)
+  while true {
+    if let result = box.withLock({ $0 }) { return try result.get() }
+    guard ContinuousClock.now < deadline else { fatalError("the write did not complete") }
+    usleep(50)
+  }
 }
 
 /// The error a throwing call raised, or nil.

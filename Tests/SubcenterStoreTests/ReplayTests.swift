@@ -7,14 +7,16 @@ import Testing
 
 @testable import SubcenterStore
 
-/// A log that refuses every command while `failing` is set.
+/// A log that refuses every command at once while `failing` is set.
 final class FlakyLog: CommitLog {
   let failing = Atomic<Bool>(false)
   let inner = InMemoryCommitLog(keepsCommands: true)
 
-  func append(_ command: Command) throws(CoreError) -> UInt64 {
-    if failing.load(ordering: .relaxed) { throw .unavailable("disk full") }
-    return try inner.append(command)
+  func append(
+    _ command: Command, completion: @escaping @Sendable (Result<UInt64, CoreError>) -> Void
+  ) {
+    if failing.load(ordering: .relaxed) { return completion(.failure(.unavailable("disk full"))) }
+    inner.append(command, completion: completion)
   }
 }
 

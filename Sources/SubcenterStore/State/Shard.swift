@@ -38,6 +38,8 @@ struct Shard {
   var freeSlots: [UInt32] = []
   var keys = SlotTable()
   var strings = StringTable()
+  /// Single-person writes in flight, by slot (Reservations.swift); never read by readers.
+  var pending: [UInt32: PendingSlot] = [:]
 
   /// The slot of `key` in `workspace`, if it is here (`hash` = `KeyHash.person`).
   @inline(__always)
@@ -87,12 +89,17 @@ final class ShardBox: Sendable {
 
 /// A workspace's cross-shard state: which person each email, phone and anonymous id
 /// names, and the suppressed identifiers. Guarded by one lock per workspace, taken
-/// before any shard lock; every change to identifiers holds it, which is what makes
-/// "two Identify calls claiming one email at once cannot both pass" true.
+/// before any shard lock; every change to identifiers is validated under it against the
+/// committed index plus `pending` (the identifier claims and releases, suppressions and
+/// removals of commands in flight), which is what makes "two Identify calls claiming one
+/// email at once cannot both pass" true.
 struct IdentityState {
-  /// `KeyHash.identifier` → `Location.packed`.
+  /// `KeyHash.identifier` → `Location.packed` (committed).
   var index = SlotTable()
+  /// Committed suppressions.
   var suppressed = Set<SuppressionHash>()
+  /// Identity changes in flight (Reservations.swift); never read by readers.
+  var pending = PendingIdentity()
 }
 
 /// One workspace: its number in packed records, its configuration and identity state.
@@ -115,4 +122,9 @@ final class WorkspaceHandle: Sendable {
 struct Registry {
   var byID: [String: WorkspaceHandle] = [:]
   var nextNumber: UInt16 = 1
+  /// The model each workspace will have once its in-flight configurations are applied.
+  var pending: [String: Claim<Workspace>] = [:]
+
+  /// Workspaces that in-flight configurations create.
+  var pendingCreations: Int { pending.keys.count { byID[$0] == nil } }
 }

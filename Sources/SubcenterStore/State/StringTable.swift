@@ -2,8 +2,8 @@
 // notice versions, actors, identify details. A packed person refers to an interned string
 // by number instead of holding its bytes. The table only grows (to a cap); strings beyond
 // the cap, or long ones, stay inline in the record. It lives in memory only and must stay
-// there: a snapshot writes each person's strings in full (via `persons(in:)`), never this
-// table, so no forgotten person's text outlives erasure on disk because of it.
+// there: a snapshot writes each person's strings in full (`StoreSnapshot.forEachPerson`),
+// never this table, so no forgotten person's text outlives erasure on disk because of it.
 
 import SubcenterCore
 

@@ -1,0 +1,93 @@
+// Background work on the data directory: a snapshot every --snapshot-interval seconds
+// when something changed, and erasure compactions (SPEC §4) soon after a person is
+// forgotten, well within --erasure-deadline. Everything runs on one serial queue, never
+// on an event loop.
+
+import Dispatch
+import SubcenterStore
+import Synchronization
+
+public final class Compaction: ErasureScheduler, @unchecked Sendable {
+  // `timer` is set once in start(); the rest is in `state` or immutable.
+  private let durable: DurableStore
+  private let queue = DispatchQueue(label: "subcenter.compaction")
+  private let log: @Sendable (String) -> Void
+  private let intervalSeconds: Int
+  private var timer: DispatchSourceTimer?
+
+  private struct State {
+    var erasurePending = false
+    var erasedThrough: UInt64 = 0
+    var waiters: [(seq: UInt64, completion: @Sendable (Result<UInt64, any Error>) -> Void)] = []
+  }
+  private let state = Mutex(State())
+
+  public init(
+    durable: DurableStore, snapshotIntervalSeconds: Int, log: @escaping @Sendable (String) -> Void
+  ) {
+    self.durable = durable
+    intervalSeconds = snapshotIntervalSeconds
+    self.log = log
+  }
+
+  /// Starts the periodic snapshots.
+  public func start() {
+    let t = DispatchSource.makeTimerSource(queue: queue)
+    t.schedule(
+      deadline: .now() + .seconds(intervalSeconds), repeating: .seconds(intervalSeconds))
+    t.setEventHandler { [durable, log] in
+      do { try durable.snapshot() } catch { log("periodic snapshot failed: \(error)") }
+    }
+    t.resume()
+    timer = t
+  }
+
+  /// Stops the timer and waits for queued work.
+  public func stop() {
+    timer?.cancel()
+    queue.sync {}
+  }
+
+  public func scheduleErasure() -> UInt64 {
+    let seq = durable.store.lastAppliedSeq
+    let start = state.withLock { s -> Bool in
+      defer { s.erasurePending = true }
+      return !s.erasurePending
+    }
+    // A short pause lets a burst of forgets share one compaction.
+    if start { queue.asyncAfter(deadline: .now() + .milliseconds(100)) { self.compact() } }
+    return seq
+  }
+
+  public func whenErased(
+    through seq: UInt64, _ completion: @escaping @Sendable (Result<UInt64, any Error>) -> Void
+  ) {
+    let done = state.withLock { s -> UInt64? in
+      if s.erasedThrough >= seq { return s.erasedThrough }
+      s.waiters.append((seq, completion))
+      return nil
+    }
+    if let done { completion(.success(done)) }
+  }
+
+  private func compact() {
+    state.withLock { $0.erasurePending = false }
+    let result: Result<UInt64, any Error>
+    do { result = .success(try durable.compact()) } catch {
+      log("erasure compaction failed: \(error); retrying in 1 s")
+      result = .failure(error)
+      queue.asyncAfter(deadline: .now() + .seconds(1)) { self.compact() }
+    }
+    let ready = state.withLock {
+      s -> [(Result<UInt64, any Error>, @Sendable (Result<UInt64, any Error>) -> Void)] in
+      if case .success(let seq) = result { s.erasedThrough = max(s.erasedThrough, seq) }
+      let (now, later) = (
+        s.waiters.filter { $0.seq <= s.erasedThrough },
+        s.waiters.filter { $0.seq > s.erasedThrough }
+      )
+      s.waiters = later
+      return now.map { (.success(s.erasedThrough), $0.completion) }
+    }
+    for (r, c) in ready { c(r) }
+  }
+}

@@ -1,0 +1,525 @@
+// The one place where a validated change becomes visible: the deferred-commit rule.
+//
+// A write, under the locks its validation takes:
+//   - validates against the committed state plus the reservations of the commands in
+//     flight (State/Reservations.swift), noting in `Deps` every in-flight command whose
+//     reservation it consulted;
+//   - either builds a command and calls `commit`, which appends it to the log (inside
+//     the locks) and returns the `PendingCommit` under which the caller registers the
+//     command's reservations before it releases the locks; the commit owns the call's
+//     completion from then on;
+//   - or answers without a command (a refusal, a decision that counts nothing, an
+//     Identify that changes nothing). Such an answer waits until every in-flight command
+//     in its `Deps` is applied, and becomes `unavailable` if one of them fails: no answer
+//     ever shows a change that is not durable. (A command needs no such wait: the
+//     `CommitLog` contract fails it whenever a command appended before it while it was in
+//     flight fails.)
+//
+// When the log completes a record, the record joins one queue, in log order. One thread
+// at a time drains it, holding `Applier.gate`: for each record it takes the command's
+// locks (`scope(of:)`), applies it with `apply` — the function replay uses — releases its
+// reservations, builds the answer, then completes the call and wakes what waited on the
+// command. A failed record releases its reservations, applies nothing and completes with
+// `unavailable`. Commands are thus applied in log order, one at a time, and `gate`
+// guards `lastAppliedSeq`, so a snapshot that holds `gate` sees exactly the records up to
+// it (Store+Snapshot.swift).
+//
+// Whoever drains may be the log's writer thread (the usual case), or the thread of a
+// write whose record completed inline or raced its own `append` (it drains once its
+// validation locks are released: draining needs locks it may still hold). A completion
+// that writes again just queues; the drainer picks it up.
+//
+// Lock order: `Applier.gate` → the state locks (SubscriptionStore.swift) → the leaves
+// (`Applier.queue`, a `PendingCommit`'s state, the log's own lock).
+
+import SubcenterCore
+import Synchronization
+
+/// An answer for a write whose change could not be made durable.
+let notDurable = CoreError.unavailable("the change could not be made durable; retry")
+
+// MARK: In-flight commands
+
+/// A command between `append` and its completion.
+final class PendingCommit: Sendable {
+  let command: Command
+  let scope: LockScope
+  let reservations: Reservations
+  /// Under the command's locks, once applied: builds the answer and returns what
+  /// completes the call (run after the locks are released).
+  let finish: @Sendable (inout Locked, Result<Applied, CoreError>) -> @Sendable () -> Void
+  let fail: @Sendable (CoreError) -> Void
+  private let state = Mutex(State())
+
+  enum Arrival { case duringAppend, failedDuringAppend, afterAppend }
+
+  private enum Phase {
+    case appending
+    case arrivedDuringAppend
+    case failedDuringAppend(CoreError)
+    case appended
+    case settled(Bool)
+  }
+
+  private struct State {
+    var phase = Phase.appending
+    var waiters: [@Sendable (Bool) -> Void] = []
+  }
+
+  init(
+    command: Command, scope: LockScope, reservations: Reservations,
+    finish: @escaping @Sendable (inout Locked, Result<Applied, CoreError>) -> @Sendable () -> Void,
+    fail: @escaping @Sendable (CoreError) -> Void
+  ) {
+    self.command = command
+    self.scope = scope
+    self.reservations = reservations
+    self.finish = finish
+    self.fail = fail
+  }
+
+  /// The log's completion arrived: was `append` still running?
+  func arrive(_ result: Result<UInt64, CoreError>) -> Arrival {
+    state.withLock { s in
+      guard case .appending = s.phase else { return .afterAppend }
+      if case .failure(let e) = result {
+        s.phase = .failedDuringAppend(e)
+        return .failedDuringAppend
+      }
+      s.phase = .arrivedDuringAppend
+      return .duringAppend
+    }
+  }
+
+  /// `append` returned; throws the failure that arrived meanwhile (the command is then
+  /// not in the log, and nothing must be reserved for it).
+  func appendReturned() throws(CoreError) {
+    try state.withLock { (s: inout State) throws(CoreError) in
+      if case .failedDuringAppend(let e) = s.phase { throw e }
+      s.phase = .appended
+    }
+  }
+
+  /// Applied (`true`) or failed (`false`): wakes the waiters.
+  func settle(_ applied: Bool) {
+    let waiters = state.withLock { s in
+      s.phase = .settled(applied)
+      defer { s.waiters = [] }
+      return s.waiters
+    }
+    for w in waiters { w(applied) }
+  }
+
+  /// Runs `body` once the command is applied or has failed (at once if it has).
+  func whenSettled(_ body: @escaping @Sendable (Bool) -> Void) {
+    let now: Bool? = state.withLock { s in
+      if case .settled(let applied) = s.phase { return applied }
+      s.waiters.append(body)
+      return nil
+    }
+    if let now { body(now) }
+  }
+}
+
+/// What applying a command found.
+struct Applied: Sendable {
+  /// False when the person the command names was gone (the command changed nothing).
+  var found = true
+  /// The person after the change, for the commands that decode it anyway.
+  var person: Person?
+}
+
+/// The in-flight commands a validation consulted.
+struct Deps {
+  private(set) var commits: [PendingCommit] = []
+  private var seen = Set<ObjectIdentifier>()
+
+  var isEmpty: Bool { commits.isEmpty }
+
+  mutating func add(_ c: PendingCommit) {
+    if seen.insert(ObjectIdentifier(c)).inserted { commits.append(c) }
+  }
+}
+
+/// How a write's validation ended.
+enum Step<T: Sendable> {
+  /// A command was committed; it answers the call once applied.
+  case committed
+  /// The answer, given once the consulted in-flight commands are applied.
+  case value(T)
+  /// The answer, computed once the consulted in-flight commands are applied.
+  case read(@Sendable () -> Result<T, CoreError>)
+}
+
+/// Counts arrivals, then reports whether all were applied.
+final class Join: Sendable {
+  private let state: Mutex<(left: Int, ok: Bool)>
+  private let done: @Sendable (Bool) -> Void
+
+  init(_ count: Int, _ done: @escaping @Sendable (Bool) -> Void) {
+    state = Mutex((count, true))
+    self.done = done
+  }
+
+  func arrive(_ ok: Bool) {
+    let fire: Bool? = state.withLock { s in
+      s.left -= 1
+      if !ok { s.ok = false }
+      return s.left == 0 ? s.ok : nil
+    }
+    if let fire { done(fire) }
+  }
+}
+
+/// The queue of completed records and the gate of application.
+final class Applier: Sendable {
+  struct Queue {
+    var items: [(PendingCommit, Result<UInt64, CoreError>)] = []
+    var draining = false
+  }
+
+  let queue = Mutex(Queue())
+  /// Held while commands are applied, and while a snapshot copies the state; holds the
+  /// sequence number of the last applied record.
+  let gate = Mutex<UInt64>(0)
+  /// The same number, readable without waiting for the gate.
+  let applied = Atomic<UInt64>(0)
+}
+
+// MARK: Locks
+
+/// The locks a command's application takes (the same as its validation's, less the
+/// brief look-ups).
+struct LockScope: Sendable {
+  var registry = false
+  var workspace: WorkspaceHandle?
+  var identity = false
+  var shards: [Int] = []
+}
+
+/// The state behind the locks of a `LockScope`, moved out of its mutexes while they are
+/// held (and back before they are released). Parts not in the scope are empty.
+struct Locked {
+  var registry = Registry()
+  var identity = IdentityState()
+  var shards = LockedShards()
+}
+
+extension SubscriptionStore {
+  /// The locks `command` is applied under. `h` is the command's workspace (nil for a
+  /// configuration).
+  func scope(of command: Command, _ h: WorkspaceHandle?) -> LockScope {
+    func shard(_ key: PersonKey) -> Int { shardIndex(KeyHash.person(h!.number, key)) }
+    switch command {
+    case .configureWorkspace:
+      return LockScope(registry: true)
+    case .identify(let c):
+      return LockScope(workspace: h, identity: true, shards: shards(of: c, h!))
+    case .setPreference(let c):
+      return LockScope(workspace: h, shards: [shard(c.person)])
+    case .setGlobal(let c):
+      return LockScope(workspace: h, shards: [shard(c.person)])
+    case .override(let c):
+      return LockScope(workspace: h, shards: [shard(c.person)])
+    case .recordSends(let c):
+      return LockScope(workspace: h, shards: c.persons.map(shard))
+    case .forget(let c):
+      return LockScope(workspace: h, identity: true, shards: [shard(c.person)])
+    case .suppress(let c):
+      return LockScope(workspace: h, identity: true, shards: c.forget.map(shard))
+    case .unsuppress:
+      return LockScope(workspace: h, identity: true)
+    case .expireAnonymous(let c):
+      return LockScope(
+        workspace: h, identity: true, shards: c.profiles.map { shard(.anonymous($0)) })
+    }
+  }
+
+  /// Runs `body` holding the locks of `scope`, in lock order.
+  func withLocks<R: Sendable, E: Error>(
+    _ scope: LockScope, _ body: (inout Locked) throws(E) -> R
+  ) throws(E) -> R {
+    var locked = Locked()
+    if scope.registry {
+      return try registry.withLock { (reg: inout Registry) throws(E) -> R in
+        swap(&reg, &locked.registry)
+        defer { swap(&reg, &locked.registry) }
+        return try lockShards(scope.shards, &locked, body)
+      }
+    }
+    if scope.identity, let h = scope.workspace {
+      return try h.identity.withLock { (identity: inout IdentityState) throws(E) -> R in
+        swap(&identity, &locked.identity)
+        defer { swap(&identity, &locked.identity) }
+        return try lockShards(scope.shards, &locked, body)
+      }
+    }
+    return try lockShards(scope.shards, &locked, body)
+  }
+
+  /// Runs `body` holding the locks of the given shards (taken in ascending order); `body`
+  /// reaches each locked shard through `LockedShards.with(_:_:)`.
+  func withShards<R: Sendable>(
+    _ indices: [Int], _ body: (inout LockedShards) throws(CoreError) -> R
+  ) throws(CoreError) -> R {
+    var locked = Locked()
+    return try lockShards(indices, &locked) { (l: inout Locked) throws(CoreError) -> R in
+      try body(&l.shards)
+    }
+  }
+
+  private func lockShards<R: Sendable, E: Error>(
+    _ indices: [Int], _ locked: inout Locked, _ body: (inout Locked) throws(E) -> R
+  ) throws(E) -> R {
+    let order = indices.count <= 1 ? indices[...] : Array(Set(indices)).sorted()[...]
+    return try lockLevel(order, &locked, body)
+  }
+
+  private func lockLevel<R: Sendable, E: Error>(
+    _ rest: ArraySlice<Int>, _ locked: inout Locked, _ body: (inout Locked) throws(E) -> R
+  ) throws(E) -> R {
+    guard let first = rest.first else { return try body(&locked) }
+    return try shards[first].state.withLock { (shard: inout Shard) throws(E) -> R in
+      // Move the shard out while its lock is held (keeping its storage uniquely
+      // referenced), and back before the lock is released.
+      locked.shards.shards[first] = shard
+      shard = Shard.placeholder
+      defer { shard = locked.shards.shards.removeValue(forKey: first)! }
+      return try lockLevel(rest.dropFirst(), &locked, body)
+    }
+  }
+
+  // MARK: Committing
+
+  /// Appends `command` to the log. Called with the locks of the command's validation
+  /// held (a superset of `scope`, apart from brief look-ups); the caller then registers
+  /// `reservations` under the returned commit before releasing them. Once the record
+  /// is durable, `answer` builds the call's answer under the command's locks, right
+  /// after it was applied; `completion` gets it. Throws (reserving nothing, answering
+  /// nothing) when the log refuses the command at once.
+  func commit<T: Sendable>(
+    _ command: Command, scope: LockScope, reservations: Reservations = Reservations(),
+    completion: @escaping Completion<T>,
+    answer: @escaping @Sendable (inout Locked, Applied) -> Result<T, CoreError>
+  ) throws(CoreError) -> PendingCommit {
+    precondition(scope.identity || !reservations.touchesIdentity, "identity not in scope")
+    precondition(scope.registry || reservations.workspace == nil, "registry not in scope")
+    let c = PendingCommit(
+      command: command, scope: scope, reservations: reservations,
+      finish: { locked, applied in
+        let r: Result<T, CoreError>
+        switch applied {
+        case .success(let a): r = answer(&locked, a)
+        case .failure(let e): r = .failure(e)
+        }
+        return { completion(r) }
+      },
+      fail: { completion(.failure($0)) })
+    log.append(command) { [self] result in delivered(c, result) }
+    try c.appendReturned()
+    return c
+  }
+
+  /// `commit` for a command whose caller waits on the commit itself (through `Deps`).
+  func commitQuietly(
+    _ command: Command, scope: LockScope, reservations: Reservations = Reservations()
+  ) throws(CoreError) -> PendingCommit {
+    try commit(
+      command, scope: scope, reservations: reservations,
+      completion: { (_: Result<Bool, CoreError>) in }, answer: { _, _ in .success(true) })
+  }
+
+  /// Runs a write's validation `body` and answers the call: through the commit it made,
+  /// or with its answer (or error) once the in-flight commands it consulted are applied.
+  func perform<T: Sendable>(
+    _ completion: @escaping Completion<T>, _ body: (inout Deps) throws(CoreError) -> Step<T>
+  ) {
+    var deps = Deps()
+    let step: Step<T>
+    do { step = try body(&deps) } catch { step = .read { .failure(error) } }
+    switch step {
+    case .committed: break
+    case .value(let v): respond(after: deps, completion) { .success(v) }
+    case .read(let f): respond(after: deps, completion, f)
+    }
+    drain()
+  }
+
+  /// Completes with `answer()` once every commit of `deps` is applied (now if none is in
+  /// flight), or with `unavailable` if one failed. Called with no lock held.
+  func respond<T: Sendable>(
+    after deps: Deps, _ completion: @escaping Completion<T>,
+    _ answer: @escaping @Sendable () -> Result<T, CoreError>
+  ) {
+    if deps.isEmpty {
+      completion(answer())
+      return
+    }
+    let join = Join(deps.commits.count) { ok in completion(ok ? answer() : .failure(notDurable)) }
+    for c in deps.commits { c.whenSettled(join.arrive) }
+  }
+
+  // MARK: Applying, in log order
+
+  /// The log's completion for `c`.
+  private func delivered(_ c: PendingCommit, _ result: Result<UInt64, CoreError>) {
+    switch c.arrive(result) {
+    case .failedDuringAppend:
+      return  // `commit` throws; nothing was reserved.
+    case .duringAppend:
+      // The appender still holds locks the application needs: it drains once it has
+      // released them.
+      applier.queue.withLock { $0.items.append((c, result)) }
+    case .afterAppend:
+      applier.queue.withLock { $0.items.append((c, result)) }
+      drain()
+    }
+  }
+
+  /// Applies the queued records, in order, unless another thread is at it (that thread
+  /// then takes what was queued meanwhile). Called with no lock held.
+  func drain() {
+    typealias Item = (PendingCommit, Result<UInt64, CoreError>)
+    let first: [Item]? = applier.queue.withLock { q in
+      if q.draining || q.items.isEmpty { return nil }
+      q.draining = true
+      defer { q.items = [] }
+      return q.items
+    }
+    guard var batch = first else { return }
+    applier.gate.withLock { last in
+      while true {
+        for (c, result) in batch { process(c, result, &last) }
+        batch = applier.queue.withLock { q in
+          if q.items.isEmpty {
+            q.draining = false
+            return []
+          }
+          defer { q.items = [] }
+          return q.items
+        }
+        if batch.isEmpty { return }
+      }
+    }
+  }
+
+  private func process(
+    _ c: PendingCommit, _ result: Result<UInt64, CoreError>, _ last: inout UInt64
+  ) {
+    switch result {
+    case .success(let seq):
+      let (complete, applied) = withLocks(c.scope) {
+        (locked: inout Locked) -> (@Sendable () -> Void, Bool) in
+        let applied: Result<Applied, CoreError>
+        do throws(CoreError) {
+          applied = .success(
+            try apply(
+              c.command, c.scope.workspace, registry: &locked.registry,
+              identity: &locked.identity, shards: &locked.shards))
+        } catch {
+          applied = .failure(error)
+        }
+        c.reservations.release(in: &locked)
+        let ok: Bool
+        if case .success = applied { ok = true } else { ok = false }
+        return (c.finish(&locked, applied), ok)
+      }
+      if seq > last {
+        last = seq
+        applier.applied.store(seq, ordering: .releasing)
+      }
+      complete()
+      c.settle(applied)
+    case .failure(let error):
+      withLocks(c.scope) { (locked: inout Locked) in c.reservations.release(in: &locked) }
+      c.fail(error)
+      c.settle(false)
+    }
+  }
+
+  /// Applies a command to the state under its locks (`scope(of:)`): the live path and
+  /// replay both come here. No validation, no clock, no request: the command alone says
+  /// what changes; a command naming a person that is gone changes nothing.
+  func apply(
+    _ command: Command, _ h: WorkspaceHandle?, registry: inout Registry,
+    identity: inout IdentityState, shards: inout LockedShards
+  ) throws(CoreError) -> Applied {
+    switch command {
+    case .configureWorkspace(let c):
+      let model = try Workspace(c.config, previous: registry.byID[c.config.workspace]?.current)
+      applyConfigure(model, registry: &registry)
+      return Applied()
+    case .identify(let c):
+      return Applied(person: applyIdentify(c, h!, identity: &identity, shards: &shards))
+    case .setPreference(let c):
+      let (channel, topic) = try numbers(h!, channel: c.channel, topic: c.topic)
+      return shards.onPerson(h!, c.person) { shard, slot in
+        applySetPreference(c, channel: channel, topic: topic, shard: &shard, slot: slot)
+      }
+    case .setGlobal(let c):
+      return shards.onPerson(h!, c.person) { shard, slot in
+        applySetGlobal(c, shard: &shard, slot: slot)
+      }
+    case .recordSends(let c):
+      let (channel, _) = try numbers(h!, channel: c.channel, topic: "")
+      guard let limit = h!.current.limit(channel: channel) else { return Applied(found: false) }
+      var found = false
+      for key in c.persons {
+        let a = shards.onPerson(h!, key) { shard, slot in
+          PersonCodec.recordSend(
+            &shard.records[Int(slot)], channel: channel, at: c.at, limit: limit)
+          return nil
+        }
+        found = found || a.found
+      }
+      return Applied(found: found)
+    case .override(let c):
+      let (channel, topic) = try numbers(h!, channel: c.channel, topic: c.topic)
+      return shards.onPerson(h!, c.person) { shard, slot in
+        applyOverride(c, channel: channel, topic: topic, shard: &shard, slot: slot)
+        return nil
+      }
+    case .forget(let c):
+      let s = shardIndex(KeyHash.person(h!.number, c.person))
+      var found = false
+      shards.with(s) { shard in
+        found =
+          shard.find(workspace: h!.number, key: c.person, hash: KeyHash.person(h!.number, c.person))
+          != nil
+        applyForget(c, h!, identity: &identity, shard: &shard, shardIndex: s)
+      }
+      return Applied(found: found)
+    case .suppress(let c):
+      applySuppress(c, h!, identity: &identity, shards: &shards)
+      return Applied()
+    case .unsuppress(let c):
+      applyUnsuppress(c, identity: &identity)
+      return Applied()
+    case .expireAnonymous(let c):
+      for s in shards.indices {
+        shards.with(s) { shard in
+          applyExpire(c, h!, identity: &identity, shard: &shard, shardIndex: s)
+        }
+      }
+      return Applied()
+    }
+  }
+
+  /// Channel and topic numbers for names a command carries, numbering names the
+  /// configuration no longer has (replay of a change made before a reconfiguration).
+  func numbers(_ h: WorkspaceHandle, channel: String, topic: String) throws(CoreError)
+    -> (NameID, NameID)
+  {
+    var m = h.current
+    if (!channel.isEmpty && m.channelID(channel) == nil)
+      || (!topic.isEmpty && m.topicID(topic) == nil)
+    {
+      m = try h.model.withLock { (model: inout Workspace) throws(CoreError) -> Workspace in
+        model = try model.numbering(
+          channels: channel.isEmpty ? [] : [channel], topics: topic.isEmpty ? [] : [topic])
+        return model
+      }
+    }
+    return (channel.isEmpty ? 0 : m.channelID(channel)!, topic.isEmpty ? 0 : m.topicID(topic)!)
+  }
+}
