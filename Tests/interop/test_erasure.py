@@ -1,0 +1,101 @@
+"""Erasure on disk (SPEC §3 ForgetPerson, §4): after ForgetPerson with wait_for_erasure, no byte
+of any file in the data directory holds the person's email, phone, anonymous id, person id,
+sources or override justification — raw, as hex or as base64 — and the person stays unknown
+after a restart. The erasure receipt verifies with `subcenterctl verify-receipt`; a tampered one
+does not."""
+
+import base64
+import os
+import subprocess
+import tempfile
+
+import pytest
+
+import interop_support as support
+from crash_support import DurableServer
+from sc_support import NOT_FOUND, expect_code, pb, unique
+
+
+def _encodings(text: str) -> list[bytes]:
+    raw = text.encode()
+    out = [raw, raw.hex().encode(), raw.hex().upper().encode()]
+    for enc in (base64.b64encode, base64.urlsafe_b64encode):
+        # Any alignment of the value inside a longer base64 stream.
+        for pad in range(3):
+            b = enc(b"\0" * pad + raw).rstrip(b"=")
+            out.append(b[(pad * 4 + 2) // 3 + 1:-2] if len(b) > 8 else b)
+    return [o for o in out if len(o) >= 6]
+
+
+def _scan(directory: str, secrets: dict[str, str]) -> list[str]:
+    hits = []
+    for root, _, files in os.walk(directory):
+        for f in files:
+            path = os.path.join(root, f)
+            with open(path, "rb") as fh:
+                data = fh.read()
+            for what, value in secrets.items():
+                for needle in _encodings(value):
+                    if needle in data:
+                        hits.append(f"{what} ({needle[:20]!r}…) in {f}")
+    return hits
+
+
+@pytest.mark.deadline(120)
+def test_forgotten_person_leaves_no_trace_on_disk():
+    base = tempfile.mkdtemp(prefix="erasure-")
+    srv = DurableServer(base).start()
+    try:
+        sc = srv.client
+        ws = unique("er")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(
+            workspace=ws, channels=["email", "sms"], allow_important_override=True))
+        tag = unique("zq")
+        pid, anon = f"person-{tag}", f"anon-{tag}"
+        email, phone = f"erase.me.{tag}@distinct-{tag}.example", "+4915112345678"
+        sc.Identify(workspace=ws, anonymous_id=anon)
+        sc.Subscribe(workspace=ws, person=pb.PersonRef(anonymous_id=anon), channel="email",
+                     source=f"anon-source-{tag}")
+        sc.Identify(workspace=ws, person_id=pid, email=email, phone=phone, anonymous_id=anon)
+        sc.Unsubscribe(workspace=ws, person=pid, channel="sms", source=f"source-{tag}",
+                       notice_version=f"notice-{tag}")
+        sc.OverrideForImportantMessage(workspace=ws, person=pid, channel="sms",
+                                       message_id=f"msg-{tag}", justification=f"why-{tag}")
+        keep = unique("keep")
+        sc.Identify(workspace=ws, person_id=keep, email=f"{keep}@example.com")
+        # A snapshot holding the person, so erasure must rewrite more than the log.
+        assert srv.terminate() == 0
+        srv.start()
+        sc = srv.client
+        secrets = {"email": email, "phone": phone, "anonymous id": anon, "person id": pid,
+                   "source": f"source-{tag}", "anonymous source": f"anon-source-{tag}",
+                   "notice version": f"notice-{tag}", "justification": f"why-{tag}",
+                   "message id": f"msg-{tag}"}
+        before = _scan(srv.data, secrets)
+        # Positive control: the scan finds every value while the person exists.
+        assert {h.split(" (")[0] for h in before} == set(secrets), before
+        r = sc.ForgetPerson(workspace=ws, person=pid, wait_for_erasure=True, timeout=30)
+        assert r.person_id == pid and r.erasure_deadline > r.erased_at > 0
+        assert _scan(srv.data, secrets) == []
+        # The other person is still there, and the forgotten one stays unknown after a restart.
+        assert srv.terminate() == 0
+        srv.start()
+        sc = srv.client
+        assert sc.GetProfile(workspace=ws, person=keep).email == f"{keep}@example.com"
+        expect_code(NOT_FOUND, lambda: sc.GetProfile(workspace=ws, person=pid))
+        expect_code(NOT_FOUND, lambda: sc.GetProfile(workspace=ws,
+                                                     person=pb.PersonRef(email=email)))
+        assert _scan(srv.data, secrets) == []
+
+        # The receipt verifies with this server's secret; a tampered one does not.
+        ctl = str(support.binary("subcenterctl"))
+        ok = subprocess.run([ctl, "verify-receipt", r.receipt, "--data", srv.data],
+                            capture_output=True, text=True, timeout=10)
+        assert ok.returncode == 0 and "VALID" in ok.stdout, ok.stdout + ok.stderr
+        body, sig = r.receipt.split(".")
+        forged = body[:-2] + ("A" if body[-2] != "A" else "B") + body[-1] + "." + sig
+        bad = subprocess.run([ctl, "verify-receipt", forged, "--data", srv.data],
+                             capture_output=True, text=True, timeout=10)
+        assert bad.returncode != 0 and "INVALID" in bad.stdout
+    finally:
+        srv.close()
