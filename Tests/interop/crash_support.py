@@ -255,6 +255,8 @@ class Writer:
         self.seq = 0
         self.acked_ops = 0
         self.inflight_ops = 0
+        self.inflight_kept = 0  # unanswered changes found durable after the restart
+        self.inflight_lost = 0  # ... found not applied (both are correct)
         self.sends_acked = 0
         self.limit_hits = 0
         self.failures: list[str] = []
@@ -448,6 +450,11 @@ class Writer:
         if problems:
             return problems
         for slot, actual in settled:
+            if slot.inflight is not _NONE and slot.inflight != slot.acked:
+                if actual == slot.inflight:
+                    self.inflight_kept += 1
+                else:
+                    self.inflight_lost += 1
             slot.resolve(actual)
         if probed is not None:  # the probe filled the sender up
             self.slots[("sends", sp)].resolve(LIMIT)
@@ -476,8 +483,10 @@ class Writer:
         return None
 
     def stats(self) -> str:
-        return (f"w{self.index}: {self.acked_ops} acked, {self.inflight_ops} in flight, "
-                f"{self.sends_acked} counted sends, {self.limit_hits} limit hits, {len(self.full_senders)} full senders")
+        return (f"w{self.index}: {self.acked_ops} acked, {self.inflight_ops} in flight "
+                f"({self.inflight_kept} found applied, {self.inflight_lost} not), "
+                f"{self.sends_acked} counted sends, {self.limit_hits} limit hits, "
+                f"{len(self.full_senders)} full senders")
 
 
 def initial_email(pid: str) -> str:
