@@ -31,6 +31,8 @@ enum Ctl {
       workspace get WS                         GetWorkspace
       token create NAME WORKSPACE SCOPE...     print a new token and its tokens-file line
       verify-receipt RECEIPT --data DIR        check an erasure receipt with DIR/secret.key
+      check-data DIR                           check the snapshots and log of a data directory
+                                               offline (exit 0 sound, 1 damaged)
     """
 
   static func run() -> Int32 {
@@ -110,6 +112,9 @@ enum Ctl {
       writeStdoutLine("token: \(t.token)")
       writeStdoutLine("tokens file entry: \(t.entry)")
       return 0
+    case "check-data":
+      guard operands.count == 1 else { return usage() }
+      return CheckData.run(directory: operands[0])
     case "verify-receipt":
       guard operands.count == 1, let dir = flags.string("data") else { return usage() }
       let secret = try ServerSecret.load(dataDirectory: dir)
