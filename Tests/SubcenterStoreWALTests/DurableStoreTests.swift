@@ -468,14 +468,9 @@ private func dsDifference(_ got: SubscriptionStore, _ want: SubscriptionStore) -
       if problem != nil {
         #expect(dsDifference(recovered.store, model.with(failing, at: failedAt)) == nil)
       }
-      // …but the state must be exactly the acknowledged changes. Known storage bug (see the
-      // report): WriteAheadLog.write leaves the batch whose fsync failed in the segment.
-      // Remove `withKnownIssue` once it cuts the batch off (this then fails as a reminder).
-      withKnownIssue(
-        "an UNAVAILABLE write whose fsync failed is replayed by a restart without power loss"
-      ) {
-        #expect(problem == nil, "after restart: \(problem ?? "")")
-      }
+      // …and the state is exactly the acknowledged changes: the batch whose fsync failed
+      // was cut off the segment, so a restart does not bring it back.
+      #expect(problem == nil, "after restart: \(problem ?? "")")
     }
     // Writes work again after the restart.
     clock.advance(by: 10)

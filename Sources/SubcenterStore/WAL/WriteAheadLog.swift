@@ -394,6 +394,14 @@ final class WALWriter: @unchecked Sendable {
 
     if options.fsync == .always {
       do { try syncActive() } catch {
+        // The batch was answered UNAVAILABLE, so it must not come back at the next start:
+        // cut it off the segment (best effort; the log is failed for good either way).
+        let before = segmentBytes - buffer.count
+        try? fs.truncate(active!, to: Int64(before))
+        segmentBytes = before
+        segmentRecords -= batch.count
+        nextSeq = first
+        core.shared.withLock { $0.nextSeq = first }
         fail(batch, error)
         return
       }
