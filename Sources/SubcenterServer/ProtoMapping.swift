@@ -6,6 +6,7 @@ import CProtobufC
 import GRPCTransport
 import SubcenterCore
 import SubcenterProto
+import SubcenterStore
 
 enum ProtoMapping {
   // MARK: Fields
@@ -233,6 +234,22 @@ enum ProtoMapping {
     }
   }
 
+  /// A WatchRequest: `after_seq` and `from_oldest` together are INVALID_ARGUMENT.
+  static func watchRequest(_ b: [UInt8]) throws(RPCStatus) -> (workspace: String, start: WatchStart)
+  {
+    try unpack(
+      b, subcenter__v1__watch_request__descriptor, subcenter__v1__watch_request__unpack
+    ) { (m) throws(RPCStatus) in
+      let ws = try text(m.workspace, "workspace")
+      if m.from_oldest != 0 && m.after_seq != 0 {
+        throw RPCStatus(.invalidArgument, "after_seq and from_oldest: set at most one")
+      }
+      let start: WatchStart =
+        m.from_oldest != 0 ? .oldest : m.after_seq == 0 ? .now : .after(m.after_seq)
+      return (ws, start)
+    }
+  }
+
   // MARK: Responses
 
   static func profile(_ p: Profile, redact: Bool) -> [UInt8] {
@@ -387,6 +404,25 @@ enum ProtoMapping {
       return x
     }
     m.pointee.allow_important_override = c.allowImportantOverride ? 1 : 0
+    return ProtoCodec.pack(m)
+  }
+}
+
+extension ProtoMapping {
+  /// A ChangeEvent; the anonymous id redacted without scope `pii`.
+  static func changeEvent(_ e: ChangeEvent, redact: Bool) -> [UInt8] {
+    let a = ProtoArena()
+    let m = a.make(subcenter__v1__change_event__init)
+    m.pointee.seq = e.seq
+    m.pointee.at = e.at
+    m.pointee.person_id = a.cString(e.personID)
+    m.pointee.anonymous_id = a.cString(
+      redact ? Redaction.anonymousID(e.anonymousID) : e.anonymousID)
+    m.pointee.action = a.cString(e.action)
+    m.pointee.channel = a.cString(e.channel)
+    m.pointee.topic = a.cString(e.topic)
+    m.pointee.state = Subcenter__V1__PreferenceState(UInt32(e.state.rawValue))
+    m.pointee.source = a.cString(e.source)
     return ProtoCodec.pack(m)
   }
 }

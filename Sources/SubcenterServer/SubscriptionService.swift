@@ -15,12 +15,14 @@ public final class SubscriptionService: GRPCService, Sendable {
   let receipts: ErasureReceipts
   let erasureDeadlineMillis: Int64
   let erasure: (any ErasureScheduler)?
+  let changeFeed: ChangeFeed?
 
   public init(
     store: SubscriptionStore, tokens: TokenStore, secret: [UInt8], erasureDeadlineSeconds: Int,
-    erasure: (any ErasureScheduler)? = nil
+    erasure: (any ErasureScheduler)? = nil, changeFeed: ChangeFeed? = nil
   ) {
     self.erasure = erasure
+    self.changeFeed = changeFeed
     self.store = store
     self.tokens = tokens
     self.receipts = ErasureReceipts(secret: secret)
@@ -145,6 +147,18 @@ public final class SubscriptionService: GRPCService, Sendable {
           Result { () throws(CoreError) in try s.store.workspace(ws) }, ProtoMapping.workspaceConfig
         )
       },
+      rpc("WatchChanges", .read, ProtoMapping.watchRequest, \.workspace) { s, req, cred, call in
+        guard let feed = s.changeFeed else {
+          return call.finish(RPCStatus(.unimplemented, "this server keeps no change feed"))
+        }
+        do throws(CoreError) { _ = try s.store.workspace(req.workspace) } catch {
+          return call.finish(error.rpcStatus)
+        }
+        let id = feed.watch(
+          workspace: req.workspace, from: req.start,
+          sink: CallChangeSink(call: call, redact: !cred.seesPII))
+        call.onCancel { feed.cancel(id) }
+      },
     ]
   }
 
@@ -203,4 +217,31 @@ public protocol ErasureScheduler: Sendable {
   /// Calls `completion` with the snapshot's seq once a compaction covering `seq` is done.
   func whenErased(
     through seq: UInt64, _ completion: @escaping @Sendable (Result<UInt64, any Error>) -> Void)
+}
+
+/// A WatchChanges stream as the change feed's sink.
+final class CallChangeSink: ChangeSink {
+  let call: ServerCall
+  let redact: Bool
+
+  init(call: ServerCall, redact: Bool) {
+    self.call = call
+    self.redact = redact
+  }
+
+  var bufferedBytes: Int { call.bufferedBytes }
+  var isCancelled: Bool { call.isCancelled }
+
+  func send(_ event: ChangeEvent, whenDrained: @escaping @Sendable () -> Void) {
+    call.send(ProtoMapping.changeEvent(event, redact: redact), whenDrained: whenDrained)
+  }
+
+  func finish(_ end: ChangeFeedEnd) {
+    switch end {
+    case .outOfRange(let m): call.finish(RPCStatus(.outOfRange, m))
+    case .resourceExhausted(let m): call.finish(RPCStatus(.resourceExhausted, m))
+    case .unavailable(let m): call.finish(RPCStatus(.unavailable, m))
+    case .failed(let m): call.finish(RPCStatus(.internal, m))
+    }
+  }
 }

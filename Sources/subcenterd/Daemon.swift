@@ -42,7 +42,8 @@ enum Daemon {
       do {
         opened = try DurableStore.open(
           directory: options.dataDirectory, clock: SystemClock(), secret: secret,
-          fsync: options.fsync, truncateDamaged: options.recoverTruncate, log: log)
+          fsync: options.fsync, truncateDamaged: options.recoverTruncate,
+          changeRetentionSeconds: options.changeRetentionSeconds, log: log)
       } catch {
         writeStderrLine("subcenterd: cannot recover \(options.dataDirectory): \(error)")
         writeStderrLine(
@@ -61,12 +62,14 @@ enum Daemon {
         durable: durable, snapshotIntervalSeconds: options.snapshotIntervalSeconds, log: log)
       service = SubscriptionService(
         store: store, tokens: tokens, secret: secret,
-        erasureDeadlineSeconds: options.erasureDeadlineSeconds, erasure: compaction)
+        erasureDeadlineSeconds: options.erasureDeadlineSeconds, erasure: compaction,
+        changeFeed: durable.changeFeed)
     } catch {
       writeStderrLine("subcenterd: \(error)")
       return 2
     }
     compaction.start()
+    durable.startMaintenance(erasureDeadlineSeconds: options.erasureDeadlineSeconds)
     let sweeper = AnonymousProfileSweeper(
       store: store, ttlSeconds: options.anonymousTTLSeconds)
     sweeper.start()
@@ -93,10 +96,14 @@ enum Daemon {
     writeStderrLine("subcenterd: signal \(sig): stopping; finishing calls in flight")
     ready.value = false
     server.shutdown()
+    // Watch streams never end by themselves: end them (UNAVAILABLE) so shutdown need not
+    // wait for them.
+    durable.changeFeed.close()
     server.wait()
     admin.stop()
     sweeper.stop()
     compaction.stop()
+    durable.stopMaintenance()
     do {
       let seq = try durable.snapshot()
       writeStderrLine("subcenterd: final snapshot at seq \(seq)")

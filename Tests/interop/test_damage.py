@@ -24,6 +24,7 @@ Select with `-k damage`."""
 from __future__ import annotations
 
 import os
+import time
 import shutil
 import struct
 import subprocess
@@ -392,23 +393,7 @@ def test_damage_damaged_newest_snapshot_falls_back():
         assert snaps2[0] in out and "damaged" in out and "falling back" in out, out
         alt.close()
 
-        # (3) The only snapshot damaged and the log no longer reaching back to seq 1: nothing
-        # to fall back on. Start-up refuses, naming the log's first segment.
-        three = os.path.join(root, "three")
-        shutil.copytree(srv.base, three)
-        alt = DurableServer(three, extra=SNAPSHOT_INTERVAL)
-        _flip_middle_byte(os.path.join(alt.data, snaps2[0]))
-        rc, text = _run_refused(alt)
-        assert rc is not None and rc != 0, f"subcenterd started without the data:\n{text}"
-        assert _segments(alt.data)[0] in text and "byte offset 0" in text, text
-        print(f"damaged only snapshot, log not reaching back, start-up said: {text}")
-        # --recover-truncate cannot invent the missing records either (although the refusal
-        # above suggests it: reported as a misleading message).
-        rc, text = _run_refused(alt, ["--recover-truncate"])
-        print(f"... and with --recover-truncate: exit {rc}: {text}")
-        assert rc is not None and rc != 0, text
-        rc, text = _check_data(alt.data)
-        assert rc == 1 and snaps2[0] in text, text
+        # (With change retention, the log still reaches back to seq 1 here: no third case.)
     finally:
         srv.close()
         shutil.rmtree(root, ignore_errors=True)
@@ -455,3 +440,39 @@ def test_damage_check_data_clean_and_damaged(log_case):
     rc, text = _check_data(os.path.join(data, "nope"))
     assert rc == 2, text
     shutil.rmtree(srv.base, ignore_errors=True)
+
+
+def test_damage_damaged_only_snapshot_and_expired_log_is_refused():
+    """The only snapshot damaged while the log no longer reaches back to seq 1 (its old
+    segments expired with --change-retention): nothing to fall back on, so start-up refuses,
+    naming the log's first segment, even with --recover-truncate; check-data reports it."""
+    root = tempfile.mkdtemp(prefix="damage-expired-")
+    srv = DurableServer(root, extra=("--change-retention", "1", "--erasure-deadline", "2"))
+    try:
+        srv.start()
+        ws = unique("exp")
+        srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
+        for i in range(5):
+            srv.client.Identify(workspace=ws, person_id=f"x{i}")
+        # Wait until the retention pass rotated, snapshotted and deleted the old segments.
+        deadline = time.time() + 20
+        while time.time() < deadline and (not _segments(srv.data) or
+                                          _segments(srv.data)[0] == "wal-00000000000000000001.log"):
+            srv.client.Identify(workspace=ws, person_id="tick")
+            time.sleep(0.5)
+        assert _segments(srv.data)[0] != "wal-00000000000000000001.log", os.listdir(srv.data)
+        assert srv.terminate() == 0
+        snaps = _snapshots(srv.data)
+        assert snaps, os.listdir(srv.data)
+        for snap in snaps:
+            _flip_middle_byte(os.path.join(srv.data, snap))
+        rc, text = _run_refused(srv)
+        assert rc is not None and rc != 0, f"subcenterd started without the data:\n{text}"
+        assert _segments(srv.data)[0] in text, text
+        rc, text = _run_refused(srv, ["--recover-truncate"])
+        assert rc is not None and rc != 0, text
+        rc, text = _check_data(srv.data)
+        assert rc == 1 and snaps[-1] in text, text
+    finally:
+        srv.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -8,6 +8,7 @@ import base64
 import os
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -76,6 +77,10 @@ def test_forgotten_person_leaves_no_trace_on_disk():
         assert {h.split(" (")[0] for h in before} == set(secrets), before
         r = sc.ForgetPerson(workspace=ws, person=pid, wait_for_erasure=True, timeout=30)
         assert r.person_id == pid and r.erasure_deadline > r.erased_at > 0
+        # Only the change feed's `forget` tombstone, in the log, still names the person id
+        # (until the change retention passes: test_person_id_leaves_after_change_retention).
+        tombstone = {"person id": secrets.pop("person id")}
+        assert all(".log" in h for h in _scan(srv.data, tombstone)), _scan(srv.data, tombstone)
         assert _scan(srv.data, secrets) == []
         # The other person is still there, and the forgotten one stays unknown after a restart.
         assert srv.terminate() == 0
@@ -97,5 +102,34 @@ def test_forgotten_person_leaves_no_trace_on_disk():
         bad = subprocess.run([ctl, "verify-receipt", forged, "--data", srv.data],
                              capture_output=True, text=True, timeout=10)
         assert bad.returncode != 0 and "INVALID" in bad.stdout
+    finally:
+        srv.close()
+
+
+@pytest.mark.deadline(120)
+def test_person_id_leaves_after_change_retention():
+    """With a short --change-retention, the `forget` tombstone (the person id) leaves the disk
+    too, within the retention plus the erasure deadline (here well before)."""
+    base = tempfile.mkdtemp(prefix="erasure-ret-")
+    srv = DurableServer(base, extra=("--change-retention", "2")).start()
+    try:
+        sc = srv.client
+        ws = unique("er")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        tag = unique("zr")
+        pid = f"person-{tag}"
+        sc.Identify(workspace=ws, person_id=pid, email=f"ret.{tag}@example.com")
+        sc.Subscribe(workspace=ws, person=pid, channel="email", source=f"source-{tag}")
+        sc.ForgetPerson(workspace=ws, person=pid, wait_for_erasure=True, timeout=30)
+        secrets = {"person id": pid, "email": f"ret.{tag}@example.com", "source": f"source-{tag}"}
+        deadline = time.monotonic() + 15
+        while _scan(srv.data, secrets) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _scan(srv.data, secrets) == []
+        sc.Identify(workspace=ws, person_id="still-works")
+        assert srv.terminate() == 0
+        srv.start()
+        expect_code(NOT_FOUND, lambda: srv.client.GetProfile(workspace=ws, person=pid))
+        assert srv.client.GetProfile(workspace=ws, person="still-works").person_id
     finally:
         srv.close()

@@ -1,8 +1,25 @@
 // A SubscriptionStore kept in a data directory: recovery when it opens (newest valid
 // snapshot, then the log after it), every write through the write-ahead log, snapshots
-// on demand, and erasure compaction (rotate the log, snapshot, delete what the snapshot
-// covers). Files: see docs/storage-format.md.
+// on demand, erasure compaction, and the change retention. Files: see
+// docs/storage-format.md.
+//
+// Change retention (`--change-retention`, SPEC §3/§4): log segments stay after a snapshot
+// covers them, for the change feed (ChangeFeed/). A segment is deleted once it is complete,
+// covered by the newest snapshot and every record left in it is older than the retention
+// (oldest first, so the log stays contiguous). The retention pass (`startMaintenance`)
+// runs every `pass` = clamp(min(retention, erasure deadline) / 4, 0.5 s, 30 s): it leaves
+// an active segment whose records are older than 2 × `pass` for a new one (so segments
+// span little time and expire whole), snapshots when an expired segment is not covered
+// yet, and deletes expired segments. An event — a `forget` tombstone included — thus
+// leaves the disk within retention + erasure deadline. Since the retained segments are on
+// disk, the retention survives restarts.
+//
+// Erasure (`compact`): the log is rotated, a snapshot written (older ones deleted), then
+// every retained segment is rewritten without the records of persons removed later
+// (`ErasurePlan`; the anonymous ids attached to them included), each replaced by an erased
+// record with the same seq; the removal records (the `forget` tombstones) stay.
 
+import Dispatch
 import Glibc
 import SubcenterCore
 import Synchronization
@@ -11,6 +28,8 @@ import Synchronization
 /// writer thread, in log order.
 final class WALCommitLog: CommitLog {
   private let wal = Mutex<WriteAheadLog?>(nil)
+  /// Told when records become durable.
+  let feed = Mutex<ChangeFeed?>(nil)
 
   /// The log, once recovery has read the old one and knows the next seq.
   func attach(_ log: WriteAheadLog) { wal.withLock { $0 = log } }
@@ -23,8 +42,10 @@ final class WALCommitLog: CommitLog {
       return
     }
     do {
+      let feed = self.feed.withLock { $0 }
       try log.append(LogRecordCodec.encode(command)) { r in
         completion(r.mapError { $0.coreError })
+        if case .success = r { feed?.recordsDurable() }
       }
     } catch {
       completion(.failure(error.coreError))
@@ -41,6 +62,21 @@ public final class DurableStore: Sendable {
   let log: @Sendable (String) -> Void
   /// One snapshot at a time; the seq of the newest one on disk.
   private let snapshotting = Mutex<UInt64>(0)
+  /// Snapshots, erasure and retention passes, one at a time (taken before `snapshotting`).
+  private let maintenance = Mutex<Maintenance>(Maintenance())
+  /// The change feed over the retained log.
+  public let changeFeed: ChangeFeed
+  /// `--change-retention`, in ms.
+  public let changeRetentionMillis: Int64
+  let clock: any WallClock
+  private let timer = Mutex<MaintenanceTimer?>(nil)
+
+  struct Maintenance {
+    /// The newest record time left in each complete segment (by first seq), once read.
+    var newestAt: [UInt64: Int64?] = [:]
+    /// The active segment and when a retention pass first saw records in it (ms).
+    var active: (seq: UInt64, since: Int64) = (0, 0)
+  }
 
   /// What recovery did, for the start-up log.
   public struct RecoveryReport: Sendable {
@@ -54,8 +90,13 @@ public final class DurableStore: Sendable {
 
   private init(
     store: SubscriptionStore, wal: WriteAheadLog, directory: String, fileSystem: any FileSystem,
-    snapshotSeq: UInt64, log: @escaping @Sendable (String) -> Void
+    snapshotSeq: UInt64, changeRetentionMillis: Int64, clock: any WallClock,
+    feedOptions: ChangeFeed.Options, log: @escaping @Sendable (String) -> Void
   ) {
+    self.changeRetentionMillis = changeRetentionMillis
+    self.clock = clock
+    self.changeFeed = ChangeFeed(
+      directory: directory, fileSystem: fileSystem, wal: wal, options: feedOptions)
     self.store = store
     self.wal = wal
     self.directory = directory
@@ -71,11 +112,15 @@ public final class DurableStore: Sendable {
   public static func open(
     directory: String, fileSystem: any FileSystem = PosixFileSystem(), clock: any WallClock,
     secret: [UInt8], fsync: FsyncPolicy, truncateDamaged: Bool,
+    changeRetentionSeconds: Int = 86_400, feedOptions: ChangeFeed.Options = .init(),
     log: @escaping @Sendable (String) -> Void
   ) throws(StorageError) -> (DurableStore, RecoveryReport) {
     var report = RecoveryReport()
     for f in try SnapshotFile.removeTemporaryFiles(directory: directory, fileSystem: fileSystem) {
       report.warnings.append("removed \(f), an unfinished snapshot")
+    }
+    for f in try WALSegment.removeTemporaryFiles(directory: directory, fileSystem: fileSystem) {
+      report.warnings.append("removed \(f), an unfinished log segment rewrite")
     }
     let commitLog = WALCommitLog()
     var store = SubscriptionStore(
@@ -153,7 +198,10 @@ public final class DurableStore: Sendable {
     }
     let durable = DurableStore(
       store: store, wal: wal, directory: directory, fileSystem: fileSystem,
-      snapshotSeq: report.snapshotSeq, log: log)
+      snapshotSeq: report.snapshotSeq,
+      changeRetentionMillis: Int64(changeRetentionSeconds) * 1000, clock: clock,
+      feedOptions: feedOptions, log: log)
+    commitLog.feed.withLock { $0 = durable.changeFeed }
     return (durable, report)
   }
 
@@ -165,6 +213,14 @@ public final class DurableStore: Sendable {
   /// existing one's when nothing changed). Blocking: call it off the event loops.
   @discardableResult
   public func snapshot(force: Bool = false) throws(StorageError) -> UInt64 {
+    try maintenance.withLock { (m: inout Maintenance) throws(StorageError) -> UInt64 in
+      let seq = try writeSnapshot(force: force)
+      try deleteExpiredSegments(&m)
+      return seq
+    }
+  }
+
+  private func writeSnapshot(force: Bool) throws(StorageError) -> UInt64 {
     try snapshotting.withLock { (last: inout UInt64) throws(StorageError) -> UInt64 in
       let state = store.snapshotState()
       guard force || state.seq > last || last == 0 else { return last }
@@ -193,15 +249,62 @@ public final class DurableStore: Sendable {
       {
         log("removed \(old), covered by the new snapshot")
       }
-      _ = try wal.removeSegments(through: state.seq)
       return state.seq
     }
   }
 
-  /// Erasure compaction: closes the active log segment, snapshots, and deletes every
-  /// older snapshot and every segment the snapshot covers, so nothing of a forgotten
-  /// person stays on disk. Returns the snapshot's seq (for the erasure receipt).
+  /// Erasure compaction: closes the active log segment, snapshots (deleting every older
+  /// snapshot), and rewrites every retained segment without the records of the persons
+  /// removed since, but their removal records (the `forget` tombstones). Returns the
+  /// snapshot's seq (for the erasure receipt).
   public func compact() throws(StorageError) -> UInt64 {
+    try maintenance.withLock { (m: inout Maintenance) throws(StorageError) -> UInt64 in
+      let active = try rotateLog()
+      let seq = try writeSnapshot(force: true)
+      try eraseRetained(before: active, &m)
+      try deleteExpiredSegments(&m)
+      return seq
+    }
+  }
+
+  /// Rewrites the complete segments before `active` without the records `ErasurePlan`
+  /// erases.
+  private func eraseRetained(before active: UInt64, _ m: inout Maintenance)
+    throws(StorageError)
+  {
+    let segments = try WALSegment.list(directory: directory, fileSystem: fileSystem)
+      .filter { $0.firstSeq < active }
+    var plan = ErasurePlan()
+    for s in segments {
+      let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
+      if let d = scan.damage {
+        throw StorageError.damaged(s.name, at: Int64(d.offset), d.reason)
+      }
+      for i in 0..<scan.records.count {
+        let (_, command) = try LogRecordCodec.decode(scan.payload(i))
+        plan.observe(seq: s.firstSeq + UInt64(i), command: command)
+      }
+    }
+    guard !plan.isEmpty else { return }
+    var erased = Set<UInt64>()
+    for s in segments {
+      let n = try WALSegment.rewrite(s, directory: directory, fileSystem: fileSystem) {
+        (seq, payload) throws(StorageError) -> WALSegment.RewriteDecision in
+        let (_, command) = try LogRecordCodec.decode(payload)
+        guard plan.erases(seq: seq, command: command) else { return .keep }
+        erased.insert(seq)
+        return .erase
+      }
+      if n > 0 {
+        m.newestAt[s.firstSeq] = nil
+        log("erasure: rewrote \(s.name) without \(n) records")
+      }
+    }
+    changeFeed.erased(erased)
+  }
+
+  /// Leaves the active segment for a new one; returns the new one's first seq.
+  private func rotateLog() throws(StorageError) -> UInt64 {
     let rotated = Mutex<Result<UInt64, StorageError>?>(nil)
     let done = Mutex<Bool>(false)
     try wal.rotate { r in
@@ -209,12 +312,121 @@ public final class DurableStore: Sendable {
       done.withLock { $0 = true }
     }
     while !done.withLock({ $0 }) { usleepMillis(1) }
-    if case .failure(let e) = rotated.withLock({ $0! }) { throw e }
-    return try snapshot(force: true)
+    return try rotated.withLock({ $0! }).get()
+  }
+
+  /// The time of the newest record left in a complete segment (nil: none left).
+  private func newestAt(_ s: WALSegmentFile, _ m: inout Maintenance) throws(StorageError)
+    -> Int64?
+  {
+    if let cached = m.newestAt[s.firstSeq] { return cached }
+    let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
+    var newest: Int64?
+    for i in 0..<scan.records.count {
+      if let c = try LogRecordCodec.decode(scan.payload(i)).command {
+        newest = max(newest ?? c.at, c.at)
+      }
+    }
+    m.newestAt[s.firstSeq] = .some(newest)
+    return newest
+  }
+
+  /// Deletes the expired segments the newest snapshot covers (`RetentionPlan`). Returns
+  /// true when an expired segment waits for a snapshot.
+  @discardableResult
+  private func deleteExpiredSegments(_ m: inout Maintenance) throws(StorageError) -> Bool {
+    let cutoff = clock.nowMillis() - changeRetentionMillis
+    let active = wal.status.activeSegment
+    let segments = try WALSegment.list(directory: directory, fileSystem: fileSystem)
+    var plan: [RetentionPlan.Segment] = []
+    var expiredSoFar = true
+    for s in segments {
+      // Only a prefix of expired segments matters: read no further than the first live one.
+      if expiredSoFar && s.firstSeq < active && s != segments.last {
+        let t = try newestAt(s, &m)
+        if let t, t >= cutoff { expiredSoFar = false }
+        plan.append(.init(firstSeq: s.firstSeq, newestAt: t))
+      } else {
+        expiredSoFar = false
+        plan.append(.init(firstSeq: s.firstSeq, newestAt: .max))
+      }
+    }
+    let (count, uncovered) = RetentionPlan.deletable(plan, cutoff: cutoff, snapshotSeq: snapshotSeq)
+    guard count > 0 else { return uncovered }
+    for s in segments[0..<count] {
+      do { try fileSystem.unlink(joinPath(directory, s.name)) } catch {
+        throw StorageError(error, "removing log segment \(s.name)")
+      }
+      m.newestAt[s.firstSeq] = nil
+      log("removed \(s.name): older than the change retention")
+    }
+    do { try fileSystem.syncDirectory(directory) } catch {
+      throw StorageError(error, "syncing the data directory")
+    }
+    return uncovered
+  }
+
+  /// One retention pass (see the top of the file).
+  public func retentionPass(rotateAfterMillis: Int64) throws(StorageError) {
+    try maintenance.withLock { (m: inout Maintenance) throws(StorageError) in
+      let now = clock.nowMillis()
+      let st = wal.status
+      if st.nextSeq > st.activeSegment {
+        if m.active.seq != st.activeSegment { m.active = (st.activeSegment, now) }
+        if now - m.active.since >= rotateAfterMillis { _ = try rotateLog() }
+      }
+      if try deleteExpiredSegments(&m) {
+        _ = try writeSnapshot(force: false)
+        try deleteExpiredSegments(&m)
+      }
+    }
+  }
+
+  /// Starts the periodic retention pass (`erasureDeadlineSeconds`: `--erasure-deadline`).
+  public func startMaintenance(erasureDeadlineSeconds: Int) {
+    let bound = min(changeRetentionMillis, Int64(erasureDeadlineSeconds) * 1000)
+    let pass = min(max(bound / 4, 500), 30_000)
+    let queue = DispatchQueue(label: "subcenter.retention")
+    let t = DispatchSource.makeTimerSource(queue: queue)
+    t.schedule(deadline: .now() + .milliseconds(Int(pass)), repeating: .milliseconds(Int(pass)))
+    t.setEventHandler { [weak self] in
+      guard let self else { return }
+      do { try self.retentionPass(rotateAfterMillis: 2 * pass) } catch {
+        self.log("change retention pass failed: \(error)")
+      }
+    }
+    t.resume()
+    timer.withLock { $0 = MaintenanceTimer(timer: t, queue: queue) }
+  }
+
+  /// Stops the retention pass (waiting for one under way).
+  public func stopMaintenance() {
+    guard
+      let t = timer.withLock({ m -> MaintenanceTimer? in
+        defer { m = nil }
+        return m
+      })
+    else { return }
+    t.timer.cancel()
+    t.queue.sync {}
   }
 
   /// Stops the log writer (after a final snapshot, if asked).
-  public func close() { wal.close() }
+  public func close() {
+    stopMaintenance()
+    changeFeed.close()
+    wal.close()
+  }
+}
+
+/// The retention timer. `@unchecked Sendable`: set once, then only cancelled.
+final class MaintenanceTimer: @unchecked Sendable {
+  let timer: any DispatchSourceTimer
+  let queue: DispatchQueue
+  init(timer: any DispatchSourceTimer, queue: DispatchQueue) {
+    self.timer = timer
+    self.queue = queue
+  }
 }
 
 private func usleepMillis(_ ms: Int) {

@@ -1,0 +1,206 @@
+// The change feed's view of the log (SPEC §3 `WatchChanges`): which log records are
+// events, what erasure removes from the retained log, and which segments the change
+// retention lets go. Pure functions, so they are tested without files.
+//
+// Events: identify, merge, subscribe, unsubscribe, unsubscribe_all, resubscribe (the
+// history actions but `override`) and `forget` (ForgetPerson, each person a suppression
+// forgets, each anonymous profile the TTL expires). Configuration, counted sends,
+// overrides and (un)suppressions are not events. An event's seq is its record's seq; the
+// few records that remove several persons at once give one `forget` per person, all with
+// that seq, sent back to back.
+
+import SubcenterCore
+
+/// One change, as WatchChanges sends it (before redaction).
+public struct ChangeEvent: Sendable, Equatable {
+  public var workspace: String
+  public var seq: UInt64
+  public var at: Int64
+  /// Empty for an anonymous profile.
+  public var personID: String
+  /// Set for an anonymous profile's events and on merge, only there.
+  public var anonymousID: String
+  public var action: String
+  public var channel: String = ""
+  public var topic: String = ""
+  public var state: PreferenceState = .unspecified
+  public var source: String = ""
+
+  public init(
+    workspace: String, seq: UInt64, at: Int64, person: PersonKey, anonymousID: String? = nil,
+    action: String
+  ) {
+    self.workspace = workspace
+    self.seq = seq
+    self.at = at
+    self.personID = person.personID
+    self.anonymousID = anonymousID ?? (person.isAnonymous ? person.value : "")
+    self.action = action
+  }
+}
+
+public enum ChangeEvents {
+  /// The events of the record `seq` holding `command` (nil: an erased record, no event).
+  public static func events(seq: UInt64, command: Command?) -> [ChangeEvent] {
+    guard let command else { return [] }
+    switch command {
+    case .identify(let c):
+      if c.mergesProfile, let a = c.anonymousID {
+        return [
+          ChangeEvent(
+            workspace: c.workspace, seq: seq, at: c.at, person: c.person, anonymousID: a,
+            action: "merge")
+        ]
+      }
+      // An identify that changes nothing leaves no history entry, hence no event.
+      guard c.creates || c.email != nil || c.phone != nil || c.anonymousID != nil else {
+        return []
+      }
+      return [
+        ChangeEvent(
+          workspace: c.workspace, seq: seq, at: c.at, person: c.person, action: "identify")
+      ]
+    case .setPreference(let c):
+      var e = ChangeEvent(
+        workspace: c.workspace, seq: seq, at: c.at, person: c.person,
+        action: c.state == .subscribed ? "subscribe" : "unsubscribe")
+      e.channel = c.channel
+      e.topic = c.topic
+      e.state = c.state
+      e.source = c.source
+      return [e]
+    case .setGlobal(let c):
+      var e = ChangeEvent(
+        workspace: c.workspace, seq: seq, at: c.at, person: c.person,
+        action: c.unsubscribed ? "unsubscribe_all" : "resubscribe")
+      e.source = c.source
+      return [e]
+    case .forget(let c):
+      return [
+        ChangeEvent(workspace: c.workspace, seq: seq, at: c.at, person: c.person, action: "forget")
+      ]
+    case .suppress(let c):
+      return c.forget.map {
+        ChangeEvent(workspace: c.workspace, seq: seq, at: c.at, person: $0, action: "forget")
+      }
+    case .expireAnonymous(let c):
+      return c.profiles.map {
+        ChangeEvent(
+          workspace: c.workspace, seq: seq, at: c.at, person: .anonymous($0), action: "forget")
+      }
+    case .configureWorkspace, .recordSends, .override, .unsuppress:
+      return []
+    }
+  }
+
+  /// The persons a record holds data of (a removal's own record is its tombstone, not
+  /// data: see `isTombstone`).
+  static func persons(of command: Command) -> [PersonKey] {
+    switch command {
+    case .identify(let c):
+      var out = [c.person]
+      if let a = c.anonymousID { out.append(.anonymous(a)) }
+      return out
+    case .setPreference(let c): return [c.person]
+    case .setGlobal(let c): return [c.person]
+    case .override(let c): return [c.person]
+    case .recordSends(let c): return c.persons
+    case .forget, .suppress, .expireAnonymous, .configureWorkspace, .unsuppress: return []
+    }
+  }
+
+  /// The persons a record removes.
+  static func removals(of command: Command) -> [PersonKey] {
+    switch command {
+    case .forget(let c): return [c.person]
+    case .suppress(let c): return c.forget
+    case .expireAnonymous(let c): return c.profiles.map { .anonymous($0) }
+    default: return []
+    }
+  }
+}
+
+/// What erasure removes from the retained log: every record holding data of a person
+/// removed by a later record (through the anonymous ids attached to or merged into that
+/// person too), except the removal records themselves — the `forget` tombstones, which
+/// stay until the change retention passes. Feed it every retained record in seq order
+/// (`observe`), then ask `erases` for each.
+public struct ErasurePlan: Sendable {
+  struct Key: Hashable {
+    var workspace: String
+    var person: PersonKey
+  }
+  /// Anonymous id → the person it was attached to or merged into (latest wins).
+  private var owner: [Key: Key] = [:]
+  /// Person → the seq of its latest removal.
+  private var removedAt: [Key: UInt64] = [:]
+  /// Every key that belonged to a person when it was removed, with that seq.
+  private var erasedBefore: [Key: UInt64] = [:]
+
+  public init() {}
+
+  public mutating func observe(seq: UInt64, command: Command?) {
+    guard let command else { return }
+    let ws = command.workspace
+    if case .identify(let c) = command, let a = c.anonymousID, !c.person.isAnonymous {
+      owner[Key(workspace: ws, person: .anonymous(a))] = Key(workspace: ws, person: c.person)
+    }
+    for p in ChangeEvents.removals(of: command) {
+      let k = Key(workspace: ws, person: p)
+      removedAt[k] = seq
+      erasedBefore[k] = seq
+      // The anonymous ids attached to the person leave with it.
+      for (alias, o) in owner where o == k { erasedBefore[alias] = seq }
+    }
+  }
+
+  /// True when the record `seq` must be replaced by an erased record.
+  public func erases(seq: UInt64, command: Command?) -> Bool {
+    guard let command, !erasedBefore.isEmpty else { return false }
+    let ws = command.workspace
+    for p in ChangeEvents.persons(of: command) {
+      if let s = erasedBefore[Key(workspace: ws, person: p)], seq < s { return true }
+    }
+    return false
+  }
+
+  /// True when nothing was removed: no rewrite needed.
+  public var isEmpty: Bool { erasedBefore.isEmpty }
+}
+
+/// Which log segments the change retention lets go (SPEC §3, §4).
+public enum RetentionPlan {
+  /// A segment as the retention sees it.
+  public struct Segment: Sendable, Equatable {
+    public var firstSeq: UInt64
+    /// The time of its newest record that erasure left (nil: nothing left but erased
+    /// records, or no record).
+    public var newestAt: Int64?
+    public init(firstSeq: UInt64, newestAt: Int64?) {
+      self.firstSeq = firstSeq
+      self.newestAt = newestAt
+    }
+  }
+
+  /// The number of leading segments to delete (a prefix, so the log stays contiguous):
+  /// each complete (not the active one, i.e. not the last), every record older than
+  /// `cutoff` (ms), and covered by the snapshot at `snapshotSeq`. A segment of erased
+  /// records only goes with an expired one after it, never as the last one deleted, so an
+  /// erased record never turns a cursor into OUT_OF_RANGE. `uncovered` is true when an
+  /// expired segment waits for a newer snapshot.
+  public static func deletable(
+    _ segments: [Segment], cutoff: Int64, snapshotSeq: UInt64
+  ) -> (count: Int, uncovered: Bool) {
+    var count = 0
+    var i = 0
+    while i + 1 < segments.count {
+      let s = segments[i]
+      if let t = s.newestAt, t >= cutoff { break }
+      let covered = segments[i + 1].firstSeq <= snapshotSeq &+ 1
+      if !covered { return (count, s.newestAt != nil) }
+      if s.newestAt != nil { count = i + 1 }
+      i += 1
+    }
+    return (count, false)
+  }
+}

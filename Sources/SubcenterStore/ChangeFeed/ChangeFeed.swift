@@ -1,0 +1,424 @@
+// The change feed (SPEC §3 `WatchChanges`): every watcher reads the retained log segments
+// from its cursor on, then follows the log as records become durable. Nothing is kept in
+// memory for the feed but each watcher's small queue: the log on disk is the feed, so it
+// survives restarts and erasure (which rewrites retained segments) applies to it.
+//
+// One feed thread serves every watcher of a store, never an event loop: it wakes when the
+// log reports a record durable (`recordsDurable`), when a watcher's stream drained, when a
+// watcher comes or goes, and every 20 ms while anyone watches (so `--fsync interval`,
+// whose syncs report nothing, is followed too). Only records up to the log's
+// `durableThrough` are read, so only durable records are ever sent. (With `--fsync none`
+// records are synced only when a segment is left or at shutdown, so the feed lags until
+// then.)
+//
+// Per watcher:
+// - Complete segments are read whole (one `WALSegment.scan`, dropped once passed); the
+//   segment being written is read incrementally from the byte offset reached, each frame
+//   checked for the expected seq (on a mismatch — the segment was rotated and rewritten
+//   meanwhile — it is read again whole).
+// - At most `queueLimit` decoded events wait in its queue; they go to the stream while the
+//   stream buffers less than `highWater` bytes. A watcher whose stream stays above
+//   `highWater` for `stallLimit` (30 s) with events waiting, or buffers more than
+//   `maxBuffered` (8 MiB), is cut off with RESOURCE_EXHAUSTED naming the last seq sent;
+//   it resumes with that `after_seq`.
+// - Erasure (DurableStore.compact) tells the feed the seqs it erased: queued events of
+//   those seqs are dropped and cached segment reads discarded.
+
+import Glibc
+import SubcenterCore
+import Synchronization
+
+/// Where a watcher's events go (the server's stream).
+public protocol ChangeSink: AnyObject, Sendable {
+  /// Bytes sent and not yet handed to the network.
+  var bufferedBytes: Int { get }
+  var isCancelled: Bool { get }
+  /// Sends one event; `whenDrained` runs once the stream's buffer is empty again.
+  func send(_ event: ChangeEvent, whenDrained: @escaping @Sendable () -> Void)
+  /// Ends the stream.
+  func finish(_ end: ChangeFeedEnd)
+}
+
+/// Why a watch ends.
+public enum ChangeFeedEnd: Sendable, Equatable {
+  case outOfRange(String)
+  case resourceExhausted(String)
+  case unavailable(String)
+  case failed(String)
+}
+
+/// Where a watch starts.
+public enum WatchStart: Sendable, Equatable {
+  /// After the newest durable record.
+  case now
+  /// After this seq.
+  case after(UInt64)
+  /// At the oldest retained record.
+  case oldest
+}
+
+public final class ChangeFeed: Sendable {
+  public struct Options: Sendable {
+    public var highWater = 256 << 10
+    public var maxBuffered = 8 << 20
+    public var stallLimitNanos: UInt64 = 30_000_000_000
+    public var queueLimit = 4096
+    public var pollNanos: UInt64 = 20_000_000
+    public init() {}
+  }
+
+  let directory: String
+  let fileSystem: any FileSystem
+  let wal: WriteAheadLog
+  let options: Options
+  let wake = WakeEvent()
+
+  struct State {
+    var pending: [Watcher] = []
+    var cancelled: Set<Int> = []
+    var erased: [Set<UInt64>] = []
+    var nextID = 1
+    var closed = false
+    var running = false
+    var thread: pthread_t?
+  }
+  let state = Mutex(State())
+  /// How many watchers there are (the log's completions only wake the thread then).
+  let watching = Atomic<Int>(0)
+
+  init(directory: String, fileSystem: any FileSystem, wal: WriteAheadLog, options: Options) {
+    self.directory = directory
+    self.fileSystem = fileSystem
+    self.wal = wal
+    self.options = options
+  }
+
+  /// Starts a watch of `workspace`'s events. Returns an id for `cancel`.
+  @discardableResult
+  public func watch(workspace: String, from start: WatchStart, sink: any ChangeSink) -> Int {
+    // "From now on" means from the call, not from when the feed thread gets to it.
+    let start = start == .now ? .after(wal.status.durableThrough) : start
+    let (id, startThread, closed) = state.withLock { s -> (Int, Bool, Bool) in
+      let id = s.nextID
+      s.nextID += 1
+      if s.closed { return (id, false, true) }
+      s.pending.append(Watcher(id: id, workspace: workspace, start: start, sink: sink))
+      let start = !s.running
+      s.running = true
+      return (id, start, false)
+    }
+    if closed {
+      sink.finish(.unavailable("the server is shutting down"))
+      return id
+    }
+    watching.add(1, ordering: .relaxed)
+    if startThread { startFeedThread() }
+    wake.signal()
+    return id
+  }
+
+  /// Ends a watch (the client went away).
+  public func cancel(_ id: Int) {
+    state.withLock { _ = $0.cancelled.insert(id) }
+    wake.signal()
+  }
+
+  /// New durable records may be there.
+  func recordsDurable() {
+    if watching.load(ordering: .relaxed) > 0 { wake.signal() }
+  }
+
+  /// Erasure replaced these records: drop them from every watcher's queue.
+  func erased(_ seqs: Set<UInt64>) {
+    guard !seqs.isEmpty else { return }
+    state.withLock { $0.erased.append(seqs) }
+    wake.signal()
+  }
+
+  /// Ends every watch with UNAVAILABLE and stops the feed thread.
+  public func close() {
+    let tid = state.withLock { s -> pthread_t? in
+      s.closed = true
+      defer { s.thread = nil }
+      return s.thread
+    }
+    wake.signal()
+    if let tid { pthread_join(tid, nil) }
+  }
+
+  /// The oldest retained seq and the newest durable one.
+  func bounds() throws(StorageError) -> (oldest: UInt64, newest: UInt64) {
+    let st = wal.status
+    let segments = try WALSegment.list(directory: directory, fileSystem: fileSystem)
+    let oldest =
+      segments.first.map { min($0.firstSeq, st.durableThrough + 1) } ?? st.durableThrough + 1
+    return (oldest, st.durableThrough)
+  }
+
+  private func startFeedThread() {
+    let box = Unmanaged.passRetained(self).toOpaque()
+    var tid = pthread_t()
+    let rc = pthread_create(&tid, nil, changeFeedThreadMain, box)
+    if rc != 0 {
+      Unmanaged<ChangeFeed>.fromOpaque(box).release()
+      let ws = state.withLock { s -> [Watcher] in
+        s.running = false
+        defer { s.pending = [] }
+        return s.pending
+      }
+      for w in ws { w.sink.finish(.unavailable("cannot start the change feed thread")) }
+      return
+    }
+    state.withLock { $0.thread = tid }
+  }
+
+  // MARK: The feed thread
+
+  func run() {
+    var watchers: [Watcher] = []
+    while true {
+      let (new, cancelled, erased, closed) = state.withLock { s in
+        defer {
+          s.pending = []
+          s.cancelled = []
+          s.erased = []
+        }
+        return (s.pending, s.cancelled, s.erased, s.closed)
+      }
+      watchers += new
+      if closed {
+        for w in watchers { w.sink.finish(.unavailable("the server is shutting down")) }
+        watching.subtract(watchers.count, ordering: .relaxed)
+        let late = state.withLock { s -> [Watcher] in
+          defer { s.pending = [] }
+          return s.pending
+        }
+        for w in late { w.sink.finish(.unavailable("the server is shutting down")) }
+        watching.subtract(late.count, ordering: .relaxed)
+        return
+      }
+      for seqs in erased { for w in watchers { w.dropErased(seqs) } }
+      let durable = wal.status.durableThrough
+      let now = monotonicNanos()
+      var kept: [Watcher] = []
+      for w in watchers {
+        if cancelled.contains(w.id) || w.sink.isCancelled {
+          continue
+        }
+        if let end = w.step(feed: self, durable: durable, now: now) {
+          w.sink.finish(end)
+          continue
+        }
+        kept.append(w)
+      }
+      watching.subtract(watchers.count - kept.count, ordering: .relaxed)
+      watchers = kept
+      wake.wait(until: watchers.isEmpty ? nil : monotonicNanos() + options.pollNanos)
+    }
+  }
+}
+
+private func changeFeedThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+  let feed = Unmanaged<ChangeFeed>.fromOpaque(arg!).takeRetainedValue()
+  feed.run()
+  return nil
+}
+
+/// One watch. Touched only by the feed thread (after `watch` handed it over).
+final class Watcher: @unchecked Sendable {
+  let id: Int
+  let workspace: String
+  let sink: any ChangeSink
+  private var start: WatchStart?
+  /// Every record up to this seq has been read (its events queued or sent).
+  private(set) var cursor: UInt64 = 0
+  /// The last seq sent.
+  private(set) var lastSent: UInt64 = 0
+  private var queue: [ChangeEvent] = []
+  private var head = 0
+  private var blockedSince: UInt64?
+  /// A complete segment read whole.
+  private var scan: SegmentScan?
+  private var scanFirstSeq: UInt64 = 0
+  /// Where reading the active segment got to: its first seq and the byte offset of the
+  /// record `cursor + 1`.
+  private var tail: (firstSeq: UInt64, offset: Int)?
+
+  init(id: Int, workspace: String, start: WatchStart, sink: any ChangeSink) {
+    self.id = id
+    self.workspace = workspace
+    self.start = start
+    self.sink = sink
+  }
+
+  func dropErased(_ seqs: Set<UInt64>) {
+    queue = queue[head...].filter { !seqs.contains($0.seq) }
+    head = 0
+    scan = nil
+    tail = nil
+  }
+
+  /// Reads and sends what it can; returns why the watch ends, if it does.
+  func step(feed: ChangeFeed, durable: UInt64, now: UInt64) -> ChangeFeedEnd? {
+    do {
+      if let start {
+        self.start = nil
+        let (oldest, newest) = try feed.bounds()
+        let retained = oldest <= newest ? oldest : newest
+        switch start {
+        case .now: cursor = newest
+        case .oldest: cursor = oldest - 1
+        case .after(let seq):
+          if seq > newest {
+            return .outOfRange(
+              "after_seq \(seq) is beyond the newest seq \(newest); "
+                + "the oldest retained seq is \(retained)")
+          }
+          if seq + 1 < oldest {
+            return .outOfRange(
+              "the events after seq \(seq) have expired; the oldest retained seq is \(retained)")
+          }
+          cursor = seq
+        }
+        lastSent = cursor
+      }
+      while true {
+        // Send while the stream takes it.
+        while head < queue.count && sink.bufferedBytes < feed.options.highWater {
+          let e = queue[head]
+          head += 1
+          sink.send(e) { [weak feed] in feed?.wake.signal() }
+          lastSent = e.seq
+        }
+        if head == queue.count {
+          queue.removeAll(keepingCapacity: true)
+          head = 0
+        }
+        if head < queue.count {
+          let buffered = sink.bufferedBytes
+          let since = blockedSince ?? now
+          blockedSince = since
+          if buffered > feed.options.maxBuffered || now - since > feed.options.stallLimitNanos {
+            return .resourceExhausted(
+              "the watcher reads too slowly (\(buffered) bytes unread); "
+                + "resume with after_seq \(lastSent)")
+          }
+          return nil
+        }
+        blockedSince = nil
+        if cursor >= durable { return nil }
+        if try !read(feed: feed, durable: durable) { return nil }
+      }
+    } catch let e as StorageError where e.errno == ENOENT {
+      _ = e
+      return .outOfRange(
+        "the events after seq \(cursor) have expired while being read; resume with after_seq \(lastSent)"
+      )
+    } catch is Expired {
+      return .outOfRange(
+        "the events after seq \(cursor) have expired while being read; resume with after_seq \(lastSent)"
+      )
+    } catch {
+      return .failed("reading the log: \(error)")
+    }
+  }
+
+  private func queueEvents(_ seq: UInt64, _ payload: ArraySlice<UInt8>) throws(StorageError) {
+    let (_, command) = try LogRecordCodec.decode(payload)
+    if let command, command.workspace == workspace {
+      queue += ChangeEvents.events(seq: seq, command: command)
+    }
+    cursor = seq
+  }
+
+  /// Reads records after `cursor` (up to `durable`) into the queue; false when nothing
+  /// more could be read now.
+  private struct Expired: Error {}
+
+  private func read(feed: ChangeFeed, durable: UInt64) throws -> Bool {
+    let want = cursor + 1
+    let limit = feed.options.queueLimit
+    if let scan, want >= scanFirstSeq, want < scanFirstSeq + UInt64(scan.records.count) {
+      var i = Int(want - scanFirstSeq)
+      while i < scan.records.count && queue.count < limit && cursor < durable {
+        try queueEvents(scanFirstSeq + UInt64(i), scan.payload(i))
+        i += 1
+      }
+      if i == scan.records.count { self.scan = nil }
+      return true
+    }
+    scan = nil
+    let segments = try WALSegment.list(directory: feed.directory, fileSystem: feed.fileSystem)
+    guard let index = segments.lastIndex(where: { $0.firstSeq <= want }) else {
+      throw Expired()
+    }
+    let segment = segments[index]
+    if index + 1 < segments.count {
+      // A complete segment: read it whole.
+      let s = try WALSegment.scan(segment, directory: feed.directory, fileSystem: feed.fileSystem)
+      if let d = s.damage {
+        throw StorageError.damaged(segment.name, at: Int64(d.offset), d.reason)
+      }
+      guard want < segment.firstSeq + UInt64(s.records.count) else {
+        throw StorageError.damaged(segment.name, at: 0, "seq \(want) is missing from the log")
+      }
+      scan = s
+      scanFirstSeq = segment.firstSeq
+      tail = nil
+      return true
+    }
+    // The active segment: read from where we got to.
+    var offset: Int
+    if let t = tail, t.firstSeq == segment.firstSeq {
+      offset = t.offset
+    } else {
+      let s = try WALSegment.scan(segment, directory: feed.directory, fileSystem: feed.fileSystem)
+      let i = Int(want - segment.firstSeq)
+      if i < s.records.count {
+        offset = s.records[i].lowerBound - RecordFrame.headerSize
+      } else {
+        offset = s.validEnd
+      }
+      tail = (segment.firstSeq, offset)
+    }
+    let bytes: [UInt8]
+    do {
+      let f = try feed.fileSystem.open(joinPath(feed.directory, segment.name))
+      defer { try? feed.fileSystem.close(f) }
+      let size = try feed.fileSystem.size(f)
+      if size <= Int64(offset) { return false }
+      bytes = try feed.fileSystem.read(f, count: Int(size) - offset, at: Int64(offset))
+    } catch {
+      throw StorageError(error, "reading log segment \(segment.name)")
+    }
+    // Frames of the records after `cursor`, up to `durable`.
+    var room = max(0, limit - queue.count)
+    var expected = cursor + 1
+    let (frames, mismatch) = bytes.withUnsafeBytes { b -> ([(UInt64, Range<Int>, Int)], Bool) in
+      var out: [(UInt64, Range<Int>, Int)] = []
+      var at = 0
+      while at < b.count && room > 0 && expected <= durable {
+        guard case .record(let payload, let next) = RecordFrame.parse(b, at: at) else { break }
+        let seq = WALSegment.leadingSequence(UnsafeRawBufferPointer(rebasing: b[payload]))
+        guard seq == expected else { return (out, true) }
+        out.append((expected, payload, next))
+        expected += 1
+        room -= 1
+        at = next
+      }
+      return (out, false)
+    }
+    var consumed = 0
+    for (seq, payload, next) in frames {
+      try queueEvents(seq, bytes[payload])
+      consumed = next
+    }
+    let progressed = !frames.isEmpty
+    if mismatch {
+      tail = nil
+      return progressed
+    }
+    tail = (segment.firstSeq, offset + consumed)
+    return progressed
+  }
+}

@@ -1,0 +1,386 @@
+// The change feed: which log records are events (ChangeEvents), what erasure removes from
+// the retained log (ErasurePlan), which segments the change retention deletes
+// (RetentionPlan), and the whole path on a store — retention keeping segments after a
+// snapshot, erasure rewriting them, watchers replaying, resuming and following the log.
+
+import Glibc
+import SubcenterCore
+import SubcenterStore
+import SubcenterTestSupport
+import Synchronization
+import Testing
+
+private let cfDirectory = "/data"
+private let cfSecret = Array("change-feed-test-secret".utf8)
+
+private func cfWait<T: Sendable>(_ body: (@escaping Completion<T>) -> Void) -> Result<T, CoreError>
+{
+  let box = Mutex<Result<T, CoreError>?>(nil)
+  body { r in box.withLock { $0 = r } }
+  for _ in 0..<200_000 {
+    if let r = box.withLock({ $0 }) { return r }
+    usleep(50)
+  }
+  fatalError("a store call did not complete within 10 s")
+}
+
+/// A sink that keeps what it gets.
+private final class CollectingSink: ChangeSink {
+  let state = Mutex<(events: [ChangeEvent], end: ChangeFeedEnd?)>(([], nil))
+  let buffered = Atomic<Int>(0)
+  var bufferedBytes: Int { buffered.load(ordering: .relaxed) }
+  var isCancelled: Bool { false }
+  func send(_ event: ChangeEvent, whenDrained: @escaping @Sendable () -> Void) {
+    state.withLock { $0.events.append(event) }
+  }
+  func finish(_ end: ChangeFeedEnd) { state.withLock { $0.end = end } }
+  var events: [ChangeEvent] { state.withLock { $0.events } }
+  var end: ChangeFeedEnd? { state.withLock { $0.end } }
+
+  /// Waits until `n` events or an end arrived.
+  func wait(for n: Int) {
+    for _ in 0..<2000 {
+      if events.count >= n || end != nil { return }
+      usleep(5000)
+    }
+  }
+}
+
+@Suite struct ChangeEventExtraction {
+  let p = PersonKey.person("p1")
+
+  @Test func historyActionsAreEvents() {
+    let id = Command.identify(
+      .init(workspace: "w", person: p, creates: true, email: "a@b.c", at: 5, actor: "x"))
+    #expect(ChangeEvents.events(seq: 7, command: id).map(\.action) == ["identify"])
+    let e = ChangeEvents.events(seq: 7, command: id)[0]
+    #expect(
+      e.seq == 7 && e.at == 5 && e.personID == "p1" && e.anonymousID == "" && e.workspace == "w")
+
+    let sub = Command.setPreference(
+      .init(
+        workspace: "w", person: p, channel: "email", topic: "news", state: .subscribed,
+        source: "form", noticeVersion: "v1", at: 6, actor: "x"))
+    let s = ChangeEvents.events(seq: 8, command: sub)[0]
+    #expect(s.action == "subscribe" && s.channel == "email" && s.topic == "news")
+    #expect(s.state == .subscribed && s.source == "form")
+    let unsub = Command.setPreference(
+      .init(
+        workspace: "w", person: p, channel: "sms", topic: "", state: .unsubscribed, source: "",
+        noticeVersion: "", at: 6, actor: "x"))
+    #expect(ChangeEvents.events(seq: 9, command: unsub)[0].action == "unsubscribe")
+    let all = Command.setGlobal(
+      .init(workspace: "w", person: p, unsubscribed: true, source: "s", at: 1, actor: "x"))
+    let re = Command.setGlobal(
+      .init(workspace: "w", person: p, unsubscribed: false, source: "s", at: 1, actor: "x"))
+    #expect(ChangeEvents.events(seq: 1, command: all)[0].action == "unsubscribe_all")
+    #expect(ChangeEvents.events(seq: 1, command: re)[0].action == "resubscribe")
+  }
+
+  @Test func anonymousIDOnlyForAnonymousProfilesAndMerge() {
+    let anon = Command.identify(
+      .init(workspace: "w", person: .anonymous("a-123456"), creates: true, at: 1, actor: "x"))
+    let e = ChangeEvents.events(seq: 1, command: anon)[0]
+    #expect(e.personID == "" && e.anonymousID == "a-123456" && e.action == "identify")
+    let merge = Command.identify(
+      .init(
+        workspace: "w", person: p, creates: false, anonymousID: "a-123456", mergesProfile: true,
+        at: 2, actor: "x"))
+    let m = ChangeEvents.events(seq: 2, command: merge)[0]
+    #expect(m.action == "merge" && m.personID == "p1" && m.anonymousID == "a-123456")
+    let attach = Command.identify(
+      .init(
+        workspace: "w", person: p, creates: false, anonymousID: "a-9", mergesProfile: false, at: 2,
+        actor: "x"))
+    let a = ChangeEvents.events(seq: 3, command: attach)[0]
+    #expect(a.action == "identify" && a.anonymousID == "")
+    // An identify that changes nothing is no event.
+    let nothing = Command.identify(
+      .init(workspace: "w", person: p, creates: false, at: 2, actor: "x"))
+    #expect(ChangeEvents.events(seq: 4, command: nothing).isEmpty)
+  }
+
+  @Test func everyRemovalIsAForgetAndOtherRecordsAreNotEvents() {
+    let forget = Command.forget(.init(workspace: "w", person: p, at: 1, actor: "x"))
+    #expect(ChangeEvents.events(seq: 1, command: forget).map(\.action) == ["forget"])
+    let suppress = Command.suppress(
+      .init(
+        workspace: "w", hashes: [], forget: [p, .anonymous("zz-1234")], reason: "r", at: 1,
+        actor: "x"))
+    let s = ChangeEvents.events(seq: 2, command: suppress)
+    #expect(s.map(\.action) == ["forget", "forget"] && s.map(\.personID) == ["p1", ""])
+    #expect(s[1].anonymousID == "zz-1234" && s.allSatisfy { $0.seq == 2 })
+    let expire = Command.expireAnonymous(.init(workspace: "w", profiles: ["q1", "q2"], at: 1))
+    #expect(ChangeEvents.events(seq: 3, command: expire).map(\.anonymousID) == ["q1", "q2"])
+
+    let none: [Command] = [
+      .recordSends(.init(workspace: "w", channel: "email", persons: [p], at: 1)),
+      .override(
+        .init(
+          workspace: "w", person: p, channel: "sms", topic: "", allowed: true, reason: .subscribed,
+          detail: "d", at: 1, actor: "x")),
+      .configureWorkspace(
+        .init(config: WorkspaceConfig(workspace: "w", channels: ["email"]), at: 1, actor: "x")),
+      .unsuppress(.init(workspace: "w", hashes: [], at: 1, actor: "x")),
+    ]
+    for c in none { #expect(ChangeEvents.events(seq: 1, command: c).isEmpty) }
+    #expect(ChangeEvents.events(seq: 1, command: nil).isEmpty)
+  }
+}
+
+@Suite struct ErasurePlanTests {
+  @Test func erasesAPersonsEarlierRecordsAndTheirAnonymousProfileButNotTheTombstone() {
+    let p = PersonKey.person("p"), q = PersonKey.person("q")
+    let log: [Command] = [
+      .identify(
+        .init(workspace: "w", person: .anonymous("anon"), creates: true, at: 1, actor: "x")),  // 1
+      .setGlobal(
+        .init(
+          workspace: "w", person: .anonymous("anon"), unsubscribed: true, source: "s", at: 1,
+          actor: "x")),  // 2
+      .identify(
+        .init(
+          workspace: "w", person: p, creates: true, email: "e@x.y", anonymousID: "anon",
+          mergesProfile: true, at: 1, actor: "x")),  // 3
+      .identify(.init(workspace: "w", person: q, creates: true, at: 1, actor: "x")),  // 4
+      .recordSends(.init(workspace: "w", channel: "email", persons: [p, q], at: 1)),  // 5
+      .override(
+        .init(
+          workspace: "w", person: p, channel: "sms", topic: "", allowed: true, reason: .subscribed,
+          detail: "why", at: 1, actor: "x")),  // 6
+      // 7: another workspace
+      .identify(.init(workspace: "other", person: p, creates: true, at: 1, actor: "x")),
+      .forget(.init(workspace: "w", person: p, at: 1, actor: "x")),  // 8
+      .identify(.init(workspace: "w", person: p, creates: true, at: 1, actor: "x")),  // 9: a new p
+    ]
+    var plan = ErasurePlan()
+    for (i, c) in log.enumerated() { plan.observe(seq: UInt64(i + 1), command: c) }
+    let erased = log.enumerated().filter {
+      plan.erases(seq: UInt64($0.offset + 1), command: $0.element)
+    }
+    .map { $0.offset + 1 }
+    #expect(erased == [1, 2, 3, 5, 6])
+    #expect(!plan.erases(seq: 10, command: nil))
+  }
+
+  @Test func nothingRemovedNothingErased() {
+    var plan = ErasurePlan()
+    plan.observe(
+      seq: 1,
+      command: .identify(
+        .init(workspace: "w", person: .person("p"), creates: true, at: 1, actor: "x")))
+    #expect(plan.isEmpty)
+  }
+}
+
+@Suite struct RetentionPlanTests {
+  typealias S = RetentionPlan.Segment
+
+  @Test func deletesTheExpiredCoveredPrefixOnly() {
+    let segs = [
+      S(firstSeq: 1, newestAt: 10), S(firstSeq: 5, newestAt: 20), S(firstSeq: 9, newestAt: 100),
+      S(firstSeq: 12, newestAt: .max),
+    ]
+    #expect(RetentionPlan.deletable(segs, cutoff: 50, snapshotSeq: 20) == (2, false))
+    // Not covered by the snapshot yet: wait for one.
+    #expect(RetentionPlan.deletable(segs, cutoff: 50, snapshotSeq: 6) == (1, true))
+    #expect(RetentionPlan.deletable(segs, cutoff: 5, snapshotSeq: 20) == (0, false))
+    // Never the last (active) segment, whatever its age.
+    #expect(
+      RetentionPlan.deletable([S(firstSeq: 1, newestAt: 1)], cutoff: 50, snapshotSeq: 9) == (
+        0, false
+      ))
+    // A later expired segment is not deleted before an earlier live one.
+    let mixed = [
+      S(firstSeq: 1, newestAt: 60), S(firstSeq: 5, newestAt: 10), S(firstSeq: 9, newestAt: .max),
+    ]
+    #expect(RetentionPlan.deletable(mixed, cutoff: 50, snapshotSeq: 20) == (0, false))
+  }
+
+  @Test func erasedOnlySegmentsGoOnlyWithAnExpiredOneAfterThem() {
+    let segs = [
+      S(firstSeq: 1, newestAt: nil), S(firstSeq: 5, newestAt: 100), S(firstSeq: 9, newestAt: .max),
+    ]
+    #expect(RetentionPlan.deletable(segs, cutoff: 50, snapshotSeq: 20) == (0, false))
+    let segs2 = [
+      S(firstSeq: 1, newestAt: nil), S(firstSeq: 5, newestAt: 10), S(firstSeq: 9, newestAt: .max),
+    ]
+    #expect(RetentionPlan.deletable(segs2, cutoff: 50, snapshotSeq: 20) == (2, false))
+  }
+}
+
+@Suite(.serialized) struct ChangeFeedStoreTests {
+  func open(_ fs: FaultyFileSystem, _ clock: ManualClock, retention: Int = 60) throws
+    -> DurableStore
+  {
+    try DurableStore.open(
+      directory: cfDirectory, fileSystem: fs, clock: clock, secret: cfSecret, fsync: .always,
+      truncateDamaged: false, changeRetentionSeconds: retention, log: { _ in }
+    ).0
+  }
+
+  func write(_ store: SubscriptionStore, _ p: String) {
+    _ = cfWait { c in
+      store.identify(
+        IdentifyRequest(workspace: "acme", personID: p, email: "\(p)@x.example"), actor: "w"
+      ) {
+        c($0.map { _ in 0 })
+      }
+    }
+    _ = cfWait { c in
+      store.setPreference(
+        PreferenceRequest(
+          workspace: "acme", person: .personID(p), channel: "email", topic: "", source: "src-\(p)",
+          noticeVersion: ""),
+        state: .unsubscribed, actor: "w"
+      ) { c($0.map { _ in 0 }) }
+    }
+  }
+
+  func setUp() throws -> (FaultyFileSystem, ManualClock, DurableStore) {
+    let fs = FaultyFileSystem()
+    try fs.createDirectory(cfDirectory)
+    let clock = ManualClock()
+    let d = try open(fs, clock)
+    _ = cfWait { c in
+      d.store.configureWorkspace(
+        WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "a", mayCreate: true
+      ) { c($0.map { _ in 0 }) }
+    }
+    return (fs, clock, d)
+  }
+
+  @Test func replaysFollowsResumesAndSurvivesRestart() throws {
+    let (fs, clock, d) = try setUp()
+    write(d.store, "p1")
+    let all = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: all)
+    all.wait(for: 2)
+    #expect(all.events.map(\.action) == ["identify", "unsubscribe"])
+    write(d.store, "p2")
+    all.wait(for: 4)
+    #expect(all.events.map(\.personID) == ["p1", "p1", "p2", "p2"])
+    let seqs = all.events.map(\.seq)
+    #expect(seqs == seqs.sorted() && Set(seqs).count == 4)
+
+    // A snapshot keeps the retained segments.
+    try d.snapshot(force: true)
+    let resumed = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .after(seqs[1]), sink: resumed)
+    resumed.wait(for: 2)
+    #expect(resumed.events.map(\.seq) == Array(seqs[2...]))
+    d.close()
+
+    let d2 = try open(fs, clock)
+    let again = CollectingSink()
+    d2.changeFeed.watch(workspace: "acme", from: .after(seqs[1]), sink: again)
+    write(d2.store, "p3")
+    again.wait(for: 4)
+    #expect(again.events.map(\.personID) == ["p2", "p2", "p3", "p3"])
+    let beyond = CollectingSink()
+    d2.changeFeed.watch(workspace: "acme", from: .after(1000), sink: beyond)
+    beyond.wait(for: 1)
+    guard case .outOfRange(let m) = beyond.end else {
+      Issue.record("expected OUT_OF_RANGE, got \(String(describing: beyond.end))")
+      return
+    }
+    #expect(m.contains("oldest retained seq is 1"))
+    d2.close()
+    #expect(again.end == .unavailable("the server is shutting down"))
+  }
+
+  @Test func retentionDeletesExpiredCoveredSegmentsOnly() throws {
+    let (fs, clock, d) = try setUp()
+    write(d.store, "p1")
+    try d.snapshot(force: true)
+    // Within the retention: the segment stays, though the snapshot covers it.
+    try d.retentionPass(rotateAfterMillis: 0)
+    var segments = try WALSegment.list(directory: cfDirectory, fileSystem: fs)
+    #expect(segments.count == 2 && segments[0].firstSeq == 1)
+    clock.advance(by: 61_000)
+    write(d.store, "p2")
+    // Expired: p1's segment goes (a snapshot is taken for the new one when needed).
+    try d.retentionPass(rotateAfterMillis: 0)
+    segments = try WALSegment.list(directory: cfDirectory, fileSystem: fs)
+    #expect(segments.first!.firstSeq > 1)
+    let late = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .after(1), sink: late)
+    late.wait(for: 1)
+    guard case .outOfRange(let m) = late.end else {
+      Issue.record("expected OUT_OF_RANGE, got \(String(describing: late.end))")
+      return
+    }
+    #expect(m.contains("oldest retained seq is \(segments.first!.firstSeq)"))
+    let oldest = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: oldest)
+    oldest.wait(for: 2)
+    #expect(oldest.events.map(\.personID) == ["p2", "p2"])
+    d.close()
+  }
+
+  @Test func erasureRewritesRetainedSegmentsKeepingTheTombstone() throws {
+    let (fs, _, d) = try setUp()
+    write(d.store, "gone")
+    write(d.store, "stays")
+    _ = cfWait { c in
+      d.store.forget(ForgetRequest(workspace: "acme", person: .personID("gone")), actor: "w") {
+        c($0.map { _ in 0 })
+      }
+    }
+    _ = try d.compact()
+    var text: [UInt8] = []
+    for s in try WALSegment.list(directory: cfDirectory, fileSystem: fs) {
+      text += try fs.readFile(cfDirectory + "/" + s.name)
+    }
+    let hay = String(decoding: text, as: UTF8.self)
+    #expect(!hay.contains("gone@x.example") && !hay.contains("src-gone"))
+    #expect(hay.contains("stays@x.example"))
+    let sink = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: sink)
+    sink.wait(for: 3)
+    #expect(
+      sink.events.map { "\($0.action) \($0.personID)" } == [
+        "identify stays", "unsubscribe stays", "forget gone",
+      ])
+    d.close()
+  }
+}
+
+@Suite struct ChangeFeedBackpressureTests {
+  /// A sink whose stream never drains.
+  final class StuckSink: ChangeSink {
+    let state = Mutex<(sent: Int, end: ChangeFeedEnd?)>((0, nil))
+    var bufferedBytes: Int { 1 << 20 }
+    var isCancelled: Bool { false }
+    func send(_ event: ChangeEvent, whenDrained: @escaping @Sendable () -> Void) {
+      state.withLock { $0.sent += 1 }
+    }
+    func finish(_ end: ChangeFeedEnd) { state.withLock { $0.end = end } }
+  }
+
+  @Test func aConsumerTooSlowForTooLongIsCutOff() throws {
+    let fs = FaultyFileSystem()
+    try fs.createDirectory(cfDirectory)
+    var options = ChangeFeed.Options()
+    options.stallLimitNanos = 100_000_000
+    let d = try DurableStore.open(
+      directory: cfDirectory, fileSystem: fs, clock: ManualClock(), secret: cfSecret,
+      fsync: .always, truncateDamaged: false, feedOptions: options, log: { _ in }
+    ).0
+    let sink = StuckSink()
+    d.changeFeed.watch(workspace: "default", from: .oldest, sink: sink)
+    _ = cfWait { c in
+      d.store.identify(IdentifyRequest(workspace: "default", personID: "p"), actor: "w") {
+        c($0.map { _ in 0 })
+      }
+    }
+    for _ in 0..<400 where sink.state.withLock({ $0.end }) == nil { usleep(5000) }
+    guard case .resourceExhausted(let m) = sink.state.withLock({ $0.end }) else {
+      Issue.record(
+        "expected RESOURCE_EXHAUSTED, got \(String(describing: sink.state.withLock { $0.end }))")
+      return
+    }
+    #expect(m.contains("resume with after_seq 0") && sink.state.withLock { $0.sent } == 0)
+    d.close()
+  }
+}

@@ -1,0 +1,243 @@
+"""WatchChanges (SPEC §3): every durable change of the workspace, in order, resumable by seq
+(nothing missed, nothing twice, also across a SIGTERM restart), OUT_OF_RANGE for a cursor
+older than the change retention or beyond the newest seq, INVALID_ARGUMENT for after_seq with
+from_oldest, scope `read`, anonymous ids redacted without `pii`, and a forgotten person's
+earlier events replaced by the `forget` tombstone once erasure completes."""
+
+import queue
+import re
+import tempfile
+import threading
+import time
+
+import grpc
+import pytest
+
+from crash_support import DurableServer
+from sc_support import (INVALID, PERMISSION_DENIED, TOKENS, expect_code, pb, pb_grpc, unique)
+
+OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
+
+
+def md(token: str = "sc-root") -> list:
+    return [("authorization", "Bearer " + TOKENS[token])]
+
+
+class Watch:
+    """A WatchChanges stream read on a thread into a queue."""
+
+    def __init__(self, channel, token="sc-root", **fields):
+        stub = pb_grpc.SubscriptionCenterStub(channel)
+        self.call = stub.WatchChanges(pb.WatchRequest(**fields), metadata=md(token))
+        self.events: "queue.Queue" = queue.Queue()
+        self.error = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            for e in self.call:
+                self.events.put(e)
+        except grpc.RpcError as e:
+            self.error = e
+
+    def take(self, n: int, timeout: float = 10.0) -> list:
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            left = deadline - time.monotonic()
+            try:
+                out.append(self.events.get(timeout=max(0.01, left)))
+            except queue.Empty:
+                raise AssertionError(f"got {len(out)} of {n} events within {timeout} s: "
+                                     f"{[(e.seq, e.action) for e in out]}; error {self.error}")
+        return out
+
+    def quiet(self, seconds: float = 0.5) -> list:
+        """What else arrives within `seconds` (should be nothing)."""
+        time.sleep(seconds)
+        out = []
+        while not self.events.empty():
+            out.append(self.events.get())
+        return out
+
+    def cancel(self):
+        self.call.cancel()
+        self.thread.join(timeout=5)
+
+
+def first_error(channel, token="sc-root", timeout=5.0, **fields) -> grpc.RpcError:
+    stub = pb_grpc.SubscriptionCenterStub(channel)
+    call = stub.WatchChanges(pb.WatchRequest(**fields), metadata=md(token), timeout=timeout)
+    return next(iter(call))
+
+
+def writes(sc, ws: str, tag: str) -> list:
+    """Changes of every kind; returns the (action, person_id, channel) of each event."""
+    p = f"p-{tag}"
+    sc.Identify(workspace=ws, person_id=p, email=f"{p}@example.com")
+    sc.Subscribe(workspace=ws, person=p, channel="email", source=f"src-{tag}")
+    sc.Unsubscribe(workspace=ws, person=p, channel="sms")
+    sc.CheckDelivery(workspace=ws, person=p, channel="email", record_send=True)  # not an event
+    sc.UnsubscribeAll(workspace=ws, person=p)
+    sc.Resubscribe(workspace=ws, person=p)
+    return [("identify", p, ""), ("subscribe", p, "email"), ("unsubscribe", p, "sms"),
+            ("unsubscribe_all", p, ""), ("resubscribe", p, "")]
+
+
+def check(events: list, want: list, after: int) -> int:
+    got = [(e.action, e.person_id, e.channel) for e in events]
+    assert got == want, got
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(set(seqs)) and seqs[0] > after, seqs
+    return seqs[-1]
+
+
+@pytest.mark.deadline(120)
+def test_watch_in_order_resume_and_restart():
+    srv = DurableServer(tempfile.mkdtemp(prefix="watch-")).start()
+    try:
+        sc = srv.client
+        ws = unique("wa")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email", "sms"]))
+        w = Watch(srv.channel, workspace=ws, from_oldest=True)
+        want = writes(sc, ws, "a")
+        e = w.take(len(want))
+        assert e[1].source == "src-a" and e[1].state == pb.PREFERENCE_STATE_SUBSCRIBED
+        assert e[2].state == pb.PREFERENCE_STATE_UNSUBSCRIBED
+        assert all(x.at > 0 for x in e)
+        last = check(e, want, 0)
+        # Another workspace's changes are not this one's events.
+        other = unique("wb")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=other, channels=["email"]))
+        sc.Identify(workspace=other, person_id="someone")
+        assert w.quiet() == []
+        w.cancel()
+
+        # Away while changes happen: resume after the last seq seen.
+        want = writes(sc, ws, "b")
+        w = Watch(srv.channel, workspace=ws, after_seq=last)
+        last = check(w.take(len(want)), want, last)
+        assert w.quiet() == []
+        w.cancel()
+
+        # The same across a restart.
+        assert srv.terminate() == 0
+        srv.start()
+        sc = srv.client
+        want = writes(sc, ws, "c")
+        w = Watch(srv.channel, workspace=ws, after_seq=last)
+        last = check(w.take(len(want)), want, last)
+        # Live: changes made while watching arrive too.
+        want = writes(sc, ws, "d")
+        last = check(w.take(len(want)), want, last)
+        assert w.quiet() == []
+        w.cancel()
+
+        # Everything is still retained.
+        w = Watch(srv.channel, workspace=ws, from_oldest=True)
+        assert len(w.take(20)) == 20 and w.quiet() == []
+        w.cancel()
+    finally:
+        srv.close()
+
+
+@pytest.mark.deadline(120)
+def test_watch_forget_tombstone_and_redaction():
+    srv = DurableServer(tempfile.mkdtemp(prefix="watch-")).start()
+    try:
+        sc = srv.client
+        ws = unique("wf")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        anon = f"anon-{unique('x')}-wxyz"
+        sc.Identify(workspace=ws, anonymous_id=anon)
+        sc.Subscribe(workspace=ws, person=pb.PersonRef(anonymous_id=anon), channel="email")
+        sc.Identify(workspace=ws, person_id="gone", anonymous_id=anon)
+        sc.Identify(workspace=ws, person_id="stays")
+
+        w = Watch(srv.channel, "sc-read-pii", workspace=ws, from_oldest=True)
+        e = w.take(4)
+        assert [(x.action, x.person_id, x.anonymous_id) for x in e] == [
+            ("identify", "", anon), ("subscribe", "", anon), ("merge", "gone", anon),
+            ("identify", "stays", "")]
+        w.cancel()
+        w = Watch(srv.channel, "sc-read", workspace=ws, from_oldest=True)
+        assert [x.anonymous_id for x in w.take(4)] == ["***wxyz", "***wxyz", "***wxyz", ""]
+        w.cancel()
+
+        sc.ForgetPerson(workspace=ws, person="gone", wait_for_erasure=True, timeout=30)
+        w = Watch(srv.channel, workspace=ws, from_oldest=True)
+        e = w.take(2)
+        assert [(x.action, x.person_id, x.anonymous_id) for x in e] == [
+            ("identify", "stays", ""), ("forget", "gone", "")]
+        assert w.quiet() == []
+        w.cancel()
+        # A cursor inside the erased records is not OUT_OF_RANGE: they are skipped.
+        w = Watch(srv.channel, workspace=ws, after_seq=e[0].seq - 2)
+        assert [x.action for x in w.take(2)] == ["identify", "forget"]
+        w.cancel()
+    finally:
+        srv.close()
+
+
+@pytest.mark.deadline(120)
+def test_watch_errors_and_scope():
+    srv = DurableServer(tempfile.mkdtemp(prefix="watch-")).start()
+    try:
+        sc = srv.client
+        ws = unique("we")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        sc.Identify(workspace=ws, person_id="p")
+        expect_code(INVALID, lambda: first_error(srv.channel, workspace=ws, after_seq=1,
+                                                 from_oldest=True), ("after_seq", "from_oldest"))
+        e = expect_code(OUT_OF_RANGE, lambda: first_error(srv.channel, workspace=ws,
+                                                          after_seq=10_000_000))
+        assert "oldest retained seq is 1" in e.details(), e.details()
+        expect_code(PERMISSION_DENIED, lambda: first_error(srv.channel, "sc-write",
+                                                           workspace=ws, from_oldest=True))
+        expect_code(grpc.StatusCode.UNAUTHENTICATED, lambda: next(iter(
+            pb_grpc.SubscriptionCenterStub(srv.channel).WatchChanges(
+                pb.WatchRequest(workspace=ws), timeout=5))))
+        expect_code(grpc.StatusCode.NOT_FOUND, lambda: first_error(srv.channel,
+                                                                   workspace=unique("no")))
+    finally:
+        srv.close()
+
+
+@pytest.mark.deadline(120)
+def test_watch_cursor_older_than_retention_is_out_of_range():
+    srv = DurableServer(tempfile.mkdtemp(prefix="watch-"),
+                        extra=("--change-retention", "2")).start()
+    try:
+        sc = srv.client
+        ws = unique("wr")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        sc.Identify(workspace=ws, person_id="early")
+        time.sleep(2.5)
+        # A snapshot covering the old records (the shutdown one), then a new record.
+        assert srv.terminate() == 0
+        srv.start()
+        sc = srv.client
+        sc.Identify(workspace=ws, person_id="late")
+        oldest = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                first_error(srv.channel, workspace=ws, after_seq=1, timeout=0.5)
+            except grpc.RpcError as e:
+                if e.code() == OUT_OF_RANGE:
+                    oldest = int(re.search(r"oldest retained seq is (\d+)", e.details()).group(1))
+                    break
+                assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
+            time.sleep(0.2)
+        assert oldest is not None and oldest > 2, "the expired records were never dropped"
+        w = Watch(srv.channel, workspace=ws, from_oldest=True)
+        e = w.take(1)
+        assert e[0].person_id == "late" and e[0].seq >= oldest
+        w.cancel()
+        # Resuming right before the oldest retained seq is fine.
+        w = Watch(srv.channel, workspace=ws, after_seq=oldest - 1)
+        assert w.take(1)[0].person_id == "late"
+        w.cancel()
+    finally:
+        srv.close()
