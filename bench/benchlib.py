@@ -13,6 +13,9 @@
                                     and print the person id asked about
   decision BODY                     print the DeliveryDecision in a gRPC answer's body
   store-bench OUT.json CMD...       run `subcenter-bench store`; its figures and CPU use as JSON
+  measured OUT.json CMD...          the same for `subcenter-bench recovery`
+  write-inputs DIR                  issue 4: write token, tokens file, Identify and Unsubscribe frames
+  redis OUT.txt OUT.json            parse redis-benchmark --csv
   report DIR RESULTS.md|-           print the figures; rewrite the section of RESULTS.md
 """
 
@@ -330,6 +333,50 @@ def cmd_delivery_inputs(args):
     print(person)
 
 
+def grpc_frame(msg):
+    return b"\x00" + len(msg).to_bytes(4, "big") + msg
+
+
+def cmd_write_inputs(args):
+    """Issue 4: a random bearer token with scope write in workspace default (DIR/write-token,
+    DIR/write-tokens.json), the gRPC frames of IdentifyRequest{workspace "default",
+    person_id "bench"} (DIR/identify-request.bin) and PreferenceRequest{workspace "default",
+    person {person_id "bench"}, channel "email", source "bench"} (DIR/unsubscribe-request.bin),
+    hand-encoded."""
+    d = args[0]
+    token = secrets.token_urlsafe(24)
+    with open(os.path.join(d, "write-token"), "w") as f:
+        f.write(token)
+    write_json(os.path.join(d, "write-tokens.json"), [{
+        "name": "bench-writer", "sha256": hashlib.sha256(token.encode()).hexdigest(),
+        "workspace": "default", "scopes": ["write"]}])
+    with open(os.path.join(d, "identify-request.bin"), "wb") as f:
+        f.write(grpc_frame(pb_bytes(1, b"default") + pb_bytes(2, b"bench")))
+    msg = (pb_bytes(1, b"default") + pb_bytes(2, pb_bytes(1, b"bench"))
+           + pb_bytes(3, b"email") + pb_bytes(5, b"bench"))
+    with open(os.path.join(d, "unsubscribe-request.bin"), "wb") as f:
+        f.write(grpc_frame(msg))
+
+
+def cmd_redis(args):
+    """redis OUT.txt OUT.json: redis-benchmark --csv output (one SET line) as JSON."""
+    text = open(args[0], errors="replace").read()
+    r = {"parsed": False}
+    for line in text.splitlines():
+        cells = [c.strip('"') for c in line.strip().split(",")]
+        if len(cells) >= 5 and cells[0] == "SET":
+            try:
+                r.update(parsed=True, rps=float(cells[1]), avg_ms=float(cells[2]),
+                         p50_ms=float(cells[4]))
+                if len(cells) >= 7:
+                    r["p99_ms"] = float(cells[6])
+            except ValueError:
+                pass
+    if not r["parsed"]:
+        die(f"no SET line in {args[0]}")
+    write_json(args[1], r)
+
+
 REASONS = ["UNSPECIFIED", "SUBSCRIBED", "OVERRIDDEN_IMPORTANT", "SUPPRESSED", "UNKNOWN_PERSON",
            "GLOBAL_UNSUBSCRIBED", "CHANNEL_UNSUBSCRIBED", "TOPIC_UNSUBSCRIBED",
            "TOPIC_NOT_OPTED_IN", "MESSAGE_LIMIT_REACHED"]
@@ -378,7 +425,16 @@ def cmd_store_bench(args):
     """store-bench OUT.json CMD...: runs CMD (`subcenter-bench store ...`), parses its
     key=value line, and records CPU 0/1 busy over the run and the process's own CPU time
     (from wait4), so other load on CPU 0 shows. Ends CMD if this process is terminated."""
-    out, cmd = args[0], args[1:]
+    run_measured(args[0], args[1:], ("batch_decisions_per_sec",))
+
+
+def cmd_measured(args):
+    """measured OUT.json CMD...: as store-bench, for `subcenter-bench recovery` (expects
+    snapshot_load_ms= or replay_ms=)."""
+    run_measured(args[0], args[1:], ("snapshot_load_ms", "replay_ms"))
+
+
+def run_measured(out, cmd, expect):
 
     def busy():
         r = {}
@@ -415,8 +471,8 @@ def cmd_store_bench(args):
                     figures[k] = int(v)
                 except ValueError:
                     figures[k] = v
-    if "batch_decisions_per_sec" not in figures:
-        die("no batch_decisions_per_sec= in its output")
+    if not any(k in figures for k in expect):
+        die(f"none of {', '.join(k + '=' for k in expect)} in its output")
     r = {c: (b[c][0] - a[c][0]) / max(1, b[c][1] - a[c][1]) for c in ("cpu0", "cpu1")}
     r["process"] = (ru.ru_utime + ru.ru_stime) / wall if wall else None
     write_json(out, {"figures": figures, "wall_seconds": round(wall, 2), "cpu": r})
@@ -487,6 +543,9 @@ SATURATED = 0.85  # server CPU share below which a -m > 1 run is flagged (client
 GOAL_DELIVERY = 0.6  # issue 3: CheckDelivery req/s >= 0.6 x nghttpd at -c4 -m32, 1M persons
 GOAL_BATCH = 2_000_000  # issue 3: CheckDeliveryBatch decisions/s on one core
 GOAL_BYTES_PER_PERSON = 300  # issue 3: RSS bytes per person (two preference entries each)
+GOAL_WRITES = 1.0  # issue 4: Unsubscribe/s with fsync always >= Redis appendfsync always SET/s
+GOAL_SNAPSHOT_MS = 2000  # issue 4: snapshot load of 1M persons < 2 s
+GOAL_REPLAY_MS = 3000  # issue 4: replay of 1M log records < 3 s
 
 BEGIN = "<!-- bench/run: latest run (rewritten by bench/run) -->"
 END = "<!-- bench/run: end of latest run -->"
@@ -499,7 +558,7 @@ over HTTP/2 + TLS with h2load, next to nghttpd (same TLS certificate, a tiny sta
 as the HTTP/2+TLS reference on the same machine, and subcenterd's RSS per idle connection.
 subcenterd (`--loops 1`) and nghttpd run pinned to CPU 0, h2load and the Python client
 pinned to CPU 1, over 127.0.0.1 only. `bench/run --quick` is a smoke test (short runs, one
-round, 100,000 persons for issue 3; it does not touch this file). Raw h2load output and JSON
+round, 100,000 persons for issues 3 and 4; it does not touch this file). Raw h2load output and JSON
 figures of every run stay in `bench/out/<UTC time>/` (git-ignored).
 
 Goals (issue 2):
@@ -519,6 +578,21 @@ The batch and RSS-per-person figures come from `subcenter-bench store`, which me
 store in-process on CPU 0 (one process per round, each loading its own persons): no
 gRPC/protobuf decoding, TLS or HTTP/2 in them.
 
+Goals (issue 4, durability):
+- `Unsubscribe` at `-c4 -m32` against subcenterd with `--fsync always` (each call a durable
+  write) >= Redis's SET/s with `appendfsync always` in the same run (redis-server pinned to
+  CPU 0, `redis-benchmark -c 4 -P 32` on CPU 1: 4 connections with 32 commands in flight
+  each, as h2load's 4 connections with 32 streams each; `-c 128` is shown beside it)
+- loading a snapshot of 1,000,000 persons < 2 s; replaying 1,000,000 log records < 3 s
+
+The write runs use a fresh subcenterd (`--loops 1`, a new data directory under the run's
+temporary directory, on the same file system as /tmp) per round and fsync policy, with
+person `bench` made by one Identify call; `--fsync none` runs beside `--fsync always` to
+show what fsync costs. Recovery comes from `subcenter-bench recovery`, which builds a data
+directory with fsync none (1,000,000 persons with two preference entries each, then a
+snapshot; or 1,000,000 log records without one), closes it and times `DurableStore.open`
+three times on CPU 0 (median), with the files in the page cache.
+
 How the figures are made:
 - Each shape runs in rounds; in each round subcenterd and nghttpd alternate (at `-c4 -m32`
   CheckDelivery runs right after them). Figures are the median over the rounds (min-max in
@@ -531,7 +605,7 @@ How the figures are made:
   min/max/mean/sd). At `-c1 -m1` the log write happens between requests and does not
   inflate latency; at higher concurrency latency is mostly queueing and tracks throughput.
 - h2load counts HTTP 200 as success and never reads `grpc-status`, so the server's own
-  `subcenter_grpc_calls_total` (admin `/metrics`) is read around every subcenterd and
+  `subcenter_grpc_calls_total` (admin `/metrics`) is read around every subcenterd, Unsubscribe and
   CheckDelivery run, and a fixed-count run per shape (`-n`) must match it exactly; one
   CheckDelivery call made with nghttp must answer `grpc-status: 0` and "allowed, SUBSCRIBED".
 - With two cores, anything else running (a `swift build`, tests) lands on the benchmark's
@@ -609,7 +683,7 @@ def check_run(who, args, r, problems):
         problems.append(f"{who} {args}: {r['log_non200']} non-200 responses in the log")
 
 
-def load_shape(d, meta, who, name, args, problems, warnings):
+def load_shape(d, meta, who, name, args, problems, warnings, saturates=True):
     """Median figures of one server at one shape over the rounds."""
     tput, lat, cpu, eff = [], [], [], []
     ok = other = succeeded = 0
@@ -634,7 +708,7 @@ def load_shape(d, meta, who, name, args, problems, warnings):
                 if c and c.get("server") and r.get("rps"):
                     eff.append(r["rps"] / c["server"])
                     # With -m > 1 a server that keeps up should use its whole core.
-                    if name != "c1m1" and c["server"] < SATURATED:
+                    if saturates and name != "c1m1" and c["server"] < SATURATED:
                         warnings.append(
                             f"{who} {args} round {k}: the server used only {c['server']:.0%} of "
                             f"CPU 0 (CPU 1 busy {fmt(c.get('cpu1'), '{:.0%}')}): h2load was short "
@@ -815,6 +889,150 @@ def issue3_report(d, meta, rows, problems, warnings, verdicts, out):
     out("")
 
 
+def issue4_report(d, meta, problems, warnings, verdicts, out):
+    """Issue 4's table: durable writes beside Redis (same rounds), recovery times."""
+    args = "-c4 -m32"
+    w = {f: load_shape(d, meta, f"writes-{f}", "c4m32", args, problems, warnings,
+                       saturates=(f == "none"))
+         for f in ("always", "none")}
+    for f in ("always", "none"):
+        if not w[f]["runs"]:
+            problems.append(f"issue 4: no Unsubscribe runs with --fsync {f} in this output")
+    redis = {}
+    for kind in ("p32", "c128"):
+        runs, cpus = [], []
+        for k in range(1, meta["rounds"] + 1):
+            p = os.path.join(d, f"redis-{kind}-r{k}.json")
+            if os.path.exists(p):
+                runs.append(read_json(p))
+                c = cpu_use(d, f"cpu-redis-{kind}-r{k}-tput")
+                cpus.append(c)
+                if c and c.get("cpu0") is not None and c.get("server") is not None \
+                        and c["cpu0"] - c["server"] > 0.10:
+                    warnings.append(f"redis-server ({kind}) round {k}: {c['cpu0'] - c['server']:.0%}"
+                                    " of CPU 0 went to something other than the server")
+        redis[kind] = {"rps": median(r["rps"] for r in runs), "rps_all": [r["rps"] for r in runs],
+                       "p50_ms": median(r.get("p50_ms") for r in runs),
+                       "server_cpu": median(c.get("server") for c in cpus if c),
+                       "client_cpu": median(c.get("cpu1") for c in cpus if c)}
+    if not redis["p32"]["rps_all"]:
+        problems.append("issue 4: no redis-benchmark results in this output")
+    ident = os.path.join(d, "writes-identify.txt")
+    idents = open(ident).read().splitlines() if os.path.exists(ident) else []
+    for line in idents:
+        if "grpc-status: 0" not in line:
+            problems.append(f"issue 4: Identify of person bench before the writes: {line}")
+    rec = {}
+    for kind in ("snapshot", "replay"):
+        p = os.path.join(d, f"recovery-{kind}.json")
+        rec[kind] = read_json(p) if os.path.exists(p) else None
+        if rec[kind] is None:
+            problems.append(f"issue 4: no subcenter-bench recovery ({kind}) result in this output")
+        else:
+            other = rec[kind]["cpu"]["cpu0"] - (rec[kind]["cpu"]["process"] or 0)
+            if other > 0.10:
+                warnings.append(f"subcenter-bench recovery ({kind}): {other:.0%} of CPU 0 went to "
+                                "something other than the benchmark")
+    sf = (rec["snapshot"] or {}).get("figures", {})
+    rf = (rec["replay"] or {}).get("figures", {})
+    persons = int(meta.get("persons") or 0)
+    records = int(meta.get("records") or 0)
+    if rec["snapshot"] and sf.get("persons") != persons:
+        problems.append(f"recovery (snapshot): loaded {sf.get('persons')} persons, expected {persons}")
+    if rec["replay"] and rf.get("replay_records") != records:
+        problems.append(f"recovery (replay): replayed {rf.get('replay_records')} records, "
+                        f"expected {records}")
+    wr = ratio(w["always"]["rps"], redis["p32"]["rps"])
+    ok_w = wr is not None and wr >= GOAL_WRITES
+    sms, rms = sf.get("snapshot_load_ms"), rf.get("replay_ms")
+    ok_s = sms is not None and sms < GOAL_SNAPSHOT_MS
+    ok_r = rms is not None and rms < GOAL_REPLAY_MS
+    verdicts["writes"] = (wr, ok_w)
+    verdicts["snapshot_ms"] = (sms, ok_s)
+    verdicts["replay_ms"] = (rms, ok_r)
+    met = lambda ok: f"**{'MET' if ok else 'NOT MET'}**"
+    caveat = ("" if persons == 1_000_000 and records == 1_000_000 else
+              f" (with {persons:,} persons and {records:,} log records; the goals are stated "
+              "for 1,000,000)")
+    pct = "{:.0%}"
+    ms = "{:.3f}"
+    out(f"#### issue 4: durability{caveat}")
+    out("")
+    out("| measure | subcenter | Redis (same run) | ratio | goal |")
+    out("|---|---:|---:|---:|---|")
+    out(f"| `Unsubscribe` ops/s at `{args}`, `--fsync always`, gRPC over TLS, server on one core "
+        f"(median over {len(w['always']['rps_all'])} round(s)) | {fmt(w['always']['rps'])} "
+        f"| {fmt(redis['p32']['rps'])} | {fmt(wr, '{:.2f}')} | >= Redis `appendfsync always` "
+        f"(`-c 4 -P 32`): {met(ok_w)} |")
+    out(f"| `Unsubscribe` ops/s at `{args}`, `--fsync none` (median) | {fmt(w['none']['rps'])} "
+        f"| | {fmt(ratio(w['none']['rps'], redis['p32']['rps']), '{:.2f}')} | |")
+    out(f"| Redis SET ops/s, `redis-benchmark -c 128` (no pipelining; second reference) "
+        f"| | {fmt(redis['c128']['rps'])} | {fmt(ratio(w['always']['rps'], redis['c128']['rps']), '{:.2f}')} | |")
+    out(f"| snapshot load of {sf.get('persons', persons):,} persons (`DurableStore.open`, median "
+        f"of 3 opens) | {fmt(sms)} ms | | | < {GOAL_SNAPSHOT_MS:,} ms: {met(ok_s)} |")
+    out(f"| replay of {rf.get('replay_records', records):,} log records (`DurableStore.open`, "
+        f"no snapshot, median of 3 opens) | {fmt(rms)} ms | | | < {GOAL_REPLAY_MS:,} ms: {met(ok_r)} |")
+    out("")
+    out("Commands (`$WTOKEN`: a random bearer token made for the run, scope `write`, workspace "
+        "`default`; the request is the gRPC frame of `PreferenceRequest{workspace: \"default\", "
+        "person: {person_id: \"bench\"}, channel: \"email\", source: \"bench\"}`, hand-encoded; "
+        f"a fresh subcenterd, data directory and redis-server {meta.get('redis', '?')} per round):")
+    out("")
+    out("```")
+    seen = set()
+    for cmd in meta["commands"]:
+        key = re.sub(r"\$W/\S+|127\.0\.0\.1:\d+|-p \d+|--port \d+", "", cmd)
+        if (("--fsync " in cmd or "/Identify" in cmd or "/Unsubscribe" in cmd and "-D " in cmd
+                or "redis-" in cmd or "subcenter-bench recovery" in cmd) and key not in seen):
+            seen.add(key)
+            out(cmd)
+    out("```")
+    out("")
+    for f in ("always", "none"):
+        r = w[f]
+        out(f"- `--fsync {f}`: ops/s {spread(r['rps_all']) or fmt(r['rps'])} over the rounds; "
+            f"server CPU {fmt(r['server_cpu'], pct)}, client CPU {fmt(r['client_cpu'], pct)}; "
+            f"ops/s per second of server CPU {fmt(r['rps_per_cpu'])}")
+    for kind, label in (("p32", "-c 4 -P 32"), ("c128", "-c 128")):
+        r = redis[kind]
+        out(f"- Redis `{label}`: SET/s {spread(r['rps_all']) or fmt(r['rps'])} over the rounds; "
+            f"p50 {fmt(r['p50_ms'], ms)} ms (redis-benchmark's); redis-server CPU "
+            f"{fmt(r['server_cpu'], pct)}, client CPU {fmt(r['client_cpu'], pct)}")
+    out(f"- Why `-c 4 -P 32` is the goal's reference: like h2load `-c4 -m32` it keeps 4 "
+        "connections with 32 requests in flight each (128 in all), and Redis then fsyncs once "
+        "per batch of commands read in one event-loop pass, as subcenterd's log groups the "
+        "records of one batch under one fsync. `-c 128` (128 connections, one command each) "
+        "costs redis-benchmark far more CPU per request, so it measures the client more than "
+        "Redis; it is shown for reference only.")
+    for f in ("always", "none"):
+        out(count_line(f"writes-{f}", args, w[f], problems).replace(
+            f"- `{args}`:", f"- server's own count (`/metrics`), `--fsync {f}`:", 1))
+    if idents:
+        out(f"- Identify of person `bench` with nghttp before each server's runs: "
+            f"{'; '.join(sorted(set(l.split(chr(9), 1)[-1] for l in idents)))}")
+    for kind, r in rec.items():
+        if r:
+            f = r["figures"]
+            extra = (f", {fmt(f.get('restart_with_log_ms'))} ms for the first open after "
+                     "`snapshot()` (the active log segment it covers is still read)"
+                     if kind == "snapshot" else "")
+            out(f"- `subcenter-bench recovery` ({kind}): opens {f.get('open_ms_all')} ms{extra}; "
+                f"building the directory took {fmt(f.get('build_ms'))} ms; CPU 0 busy "
+                f"{fmt(r['cpu']['cpu0'], pct)}, of which the benchmark {fmt(r['cpu']['process'], pct)}")
+    out("- Recovery is timed in-process on CPU 0 with the files in the page cache (they were "
+        "just written): it measures decoding and rebuilding the state, not disk reads. The "
+        "snapshot directory holds one snapshot (written by `compact()`) and an empty log; the "
+        f"replay directory holds only log segments: {int(meta.get('replay_persons') or 0):,} "
+        "Identify records plus topic Subscribe/Unsubscribe changes over those persons.")
+    if meta.get("writes_stderr"):
+        out("- issue 4's subcenterd stderr, besides the start/stop lines:")
+        out("")
+        out("```")
+        out(meta["writes_stderr"])
+        out("```")
+    out("")
+
+
 def build_report(d):
     meta = read_json(os.path.join(d, "meta.json"))
     rows, problems, warnings = [], [], []
@@ -915,6 +1133,7 @@ def build_report(d):
                             f"errors {r['errors'][:3]}")
     out("")
     issue3_report(d, meta, rows, problems, warnings, verdicts, out)
+    issue4_report(d, meta, problems, warnings, verdicts, out)
     out("All commands of the run (`$W` is the run's temporary directory; ports are picked free "
         "per run):")
     out("")
@@ -952,26 +1171,36 @@ HISTORY_COLUMNS = [
     f"CheckDelivery / nghttpd req/s `-c4 -m32`, 1M persons (goal >= {GOAL_DELIVERY})",
     f"CheckDeliveryBatch decisions/s (goal >= {GOAL_BATCH:,})",
     f"RSS bytes per person (goal <= {GOAL_BYTES_PER_PERSON})",
+    f"Unsubscribe `--fsync always` / Redis `appendfsync always` ops/s (goal >= {GOAL_WRITES})",
+    f"snapshot load ms, 1M persons (goal < {GOAL_SNAPSHOT_MS})",
+    f"replay ms, 1M log records (goal < {GOAL_REPLAY_MS})",
     "load warnings", "problems"]
-NEW_COLUMNS_AT = 6  # issue 3's columns, inserted before "load warnings" in older tables
+# (cells in the older table, where the new columns go, how many): issue 3's, then issue 4's
+MIGRATIONS = [(8, 6, 3), (11, 9, 3)]
 
 
 def migrate_history(tail):
-    """Adds issue 3's three columns to a history table written before them (n/a in old rows)."""
+    """Adds the columns of later issues to a history table written before them (n/a in old
+    rows)."""
     lines = tail.split("\n")
     table = [i for i, l in enumerate(lines) if l.startswith("|")]
-    if not table or "CheckDelivery" in lines[table[0]]:
+    if not table:
         return tail
-    for j, i in enumerate(table):
-        cells = lines[i].strip().strip("|").split("|")
-        if len(cells) != 8:
-            return tail  # not the table this code wrote; leave it alone
-        if j == 0:
-            cells = [f" {c} " for c in HISTORY_COLUMNS]
-        else:
+    for width, at, count in MIGRATIONS:
+        if len(lines[table[0]].strip().strip("|").split("|")) != width:
+            continue
+        new_lines = list(lines)
+        for j, i in enumerate(table):
+            cells = lines[i].strip().strip("|").split("|")
+            if len(cells) != width:
+                return tail  # not the table this code wrote; leave it alone
             new = "---:" if j == 1 else " n/a "
-            cells[NEW_COLUMNS_AT:NEW_COLUMNS_AT] = [new] * 3
-        lines[i] = "|" + "|".join(cells) + "|"
+            cells[at:at] = [new] * count
+            new_lines[i] = "|" + "|".join(cells) + "|"
+        lines = new_lines
+    n = len(HISTORY_COLUMNS)
+    if len(lines[table[0]].strip().strip("|").split("|")) == n:
+        lines[table[0]] = "|" + "|".join(f" {c} " for c in HISTORY_COLUMNS) + "|"
     return "\n".join(lines)
 
 
@@ -985,7 +1214,8 @@ def cmd_report(args):
                f"| {fmt(v['rps'][0], '{:.2f}')} | {fmt(v['p50'][0], '{:.2f}')} "
                f"| {fmt(v['rss'][0], '{:.1f}')} | {fmt(v['delivery'][0], '{:.2f}')} "
                f"| {fmt(v['batch'][0])} | {fmt(v['bytes_per_person'][0])} "
-               f"| {len(warnings)} | {len(problems)} |")
+               f"| {fmt(v['writes'][0], '{:.2f}')} | {fmt(v['snapshot_ms'][0])} "
+               f"| {fmt(v['replay_ms'][0])} | {len(warnings)} | {len(problems)} |")
     if results != "-":
         text = open(results).read() if os.path.exists(results) else ""
         if BEGIN in text and END in text:
@@ -995,7 +1225,7 @@ def cmd_report(args):
             head = INTRO
             tail = (f"\n\n{HISTORY}\n\nOne line per full run of `bench/run`.\n\n"
                     + "| " + " | ".join(HISTORY_COLUMNS) + " |\n"
-                    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+                    "|---|---|" + "---:|" * (len(HISTORY_COLUMNS) - 2) + "\n")
         tail = tail.rstrip("\n") + "\n" + summary + "\n"
         with open(results + ".tmp", "w") as f:
             f.write(head + BEGIN + "\n\n" + section + "\n" + END + tail)
@@ -1013,6 +1243,9 @@ def cmd_report(args):
     print(f"bench: issue 3 goals: CheckDelivery/nghttpd req/s {verdict('delivery', '{:.2f}')}, "
           f"batch {verdict('batch', '{:,.0f}', ' decisions/s')}, RSS "
           f"{verdict('bytes_per_person', '{:,.0f}', ' bytes/person')}")
+    print(f"bench: issue 4 goals: writes fsync always / Redis {verdict('writes', '{:.2f}')}, "
+          f"snapshot load {verdict('snapshot_ms', '{:,.0f}', ' ms')}, replay "
+          f"{verdict('replay_ms', '{:,.0f}', ' ms')}")
     if warnings:
         print(f"bench: {len(warnings)} warning(s) about other load on the machine (listed above)",
               file=sys.stderr)
@@ -1026,6 +1259,7 @@ COMMANDS = {
     "h2load": cmd_h2load, "idle": cmd_idle, "cpu-snap": cmd_cpu_snap, "meta": cmd_meta,
     "idle-check": cmd_idle_check, "delivery-inputs": cmd_delivery_inputs,
     "decision": cmd_decision, "store-bench": cmd_store_bench,
+    "write-inputs": cmd_write_inputs, "redis": cmd_redis, "measured": cmd_measured,
     "report": cmd_report,
 }
 

@@ -6,12 +6,21 @@
 //   subcenter-bench serve --persons N --listen HOST:PORT [--admin-listen HOST:PORT]
 //       the same store behind the real gRPC service (TLS flags as subcenterd, tokens from
 //       --tokens), for h2load against CheckDelivery with N persons loaded.
+//   subcenter-bench recovery --data DIR [--persons N] [--snapshot on|off] [--records R]
+//       [--opens 3]
+//       recovery time of a DurableStore in DIR (an empty or new directory), built with
+//       fsync none. --snapshot on: N persons (identify + two preferences each), snapshot,
+//       close; then times DurableStore.open (snapshot load), --opens times; prints
+//       snapshot_load_ms= (median). --snapshot off: R log records (N identifies, the rest
+//       preference changes over those N persons), closed without a snapshot; then times
+//       open (log replay); prints replay_ms= (median) and replay_records=.
 
 import GRPCTransport
 import Glibc
 import SubcenterCore
 import SubcenterServer
 import SubcenterStore
+import Synchronization
 
 enum Bench {
   static func run() -> Int32 {
@@ -26,6 +35,9 @@ enum Bench {
         FlagSpec("persons", default: "1000000", help: "persons to load"),
         FlagSpec("batch", default: "1000", help: "persons per CheckDeliveryBatch"),
         FlagSpec("seconds", default: "3", help: "how long to measure"),
+        FlagSpec("snapshot", default: "on", help: "recovery: on (snapshot load) | off (replay)"),
+        FlagSpec("records", default: "1000000", help: "recovery --snapshot off: log records"),
+        FlagSpec("opens", default: "3", help: "recovery: timed opens (median printed)"),
       ]
     do {
       let flags = try Flags(
@@ -38,6 +50,21 @@ enum Bench {
           seconds: try flags.int("seconds", in: 1...600) ?? 3)
       case "serve":
         return try serve(flags: flags, persons: persons)
+      case "recovery":
+        guard args.contains(where: { $0.hasPrefix("--data") }), let dir = flags.string("data")
+        else {
+          writeStderrLine("subcenter-bench: recovery needs --data DIR (an empty directory)")
+          return 2
+        }
+        let snap = flags.string("snapshot") ?? "on"
+        guard snap == "on" || snap == "off" else {
+          writeStderrLine("subcenter-bench: --snapshot: expected on or off, got '\(snap)'")
+          return 2
+        }
+        return try recovery(
+          directory: dir, persons: persons, snapshot: snap == "on",
+          records: try flags.int("records", in: 1...50_000_000) ?? 1_000_000,
+          opens: try flags.int("opens", in: 1...20) ?? 3)
       default:
         writeStderrLine("subcenter-bench: unknown mode \(mode)")
         return 2
@@ -138,6 +165,119 @@ enum Bench {
     return 0
   }
 
+  /// Builds a data directory with fsync none, closes it, then times `DurableStore.open`.
+  static func recovery(
+    directory: String, persons: Int, snapshot: Bool, records: Int, opens: Int
+  ) throws -> Int32 {
+    if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+      writeStderrLine("subcenter-bench: cannot create \(directory)")
+      return 1
+    }
+    let secret = Crypto.randomBytes(count: 32)
+    let quiet: @Sendable (String) -> Void = { _ in }
+    let t0 = monotonicMillis()
+    do {
+      let (durable, report) = try DurableStore.open(
+        directory: directory, clock: SystemClock(), secret: secret, fsync: .none,
+        truncateDamaged: false, log: quiet)
+      guard report.persons == 0 && report.recordsReplayed == 0 else {
+        writeStderrLine("subcenter-bench: \(directory) is not empty")
+        return 1
+      }
+      let store = durable.store
+      let config = WorkspaceConfig(
+        workspace: "bench", channels: ["email", "sms", "push"],
+        topics: [Topic(id: "news", name: "News", defaultState: .subscribed)],
+        limits: [], allowImportantOverride: true)
+      let w = Pipeline()
+      w.submit { store.configureWorkspace(config, actor: "bench", mayCreate: true, completion: $0) }
+      try w.drain()
+      for i in 0..<persons {
+        w.submit {
+          store.identify(
+            IdentifyRequest(workspace: "bench", personID: "p\(i)"), actor: "bench", completion: $0)
+        }
+      }
+      try w.drain()
+      if snapshot {
+        for i in 0..<persons {
+          w.submit {
+            store.setPreference(
+              PreferenceRequest(workspace: "bench", person: .personID("p\(i)"), channel: "sms"),
+              state: .unsubscribed, actor: "bench", completion: $0)
+          }
+        }
+        try w.drain()
+        for i in 0..<persons {
+          w.submit {
+            store.setPreference(
+              PreferenceRequest(workspace: "bench", person: .personID("p\(i)"), topic: "news"),
+              state: i % 2 == 0 ? .subscribed : .unsubscribed, actor: "bench", completion: $0)
+          }
+        }
+        try w.drain()
+        try durable.snapshot(force: true)
+      } else {
+        // Records so far: workspace default, workspace bench, `persons` identifies.
+        let changes = max(0, records - persons - 2)
+        for k in 0..<changes {
+          let i = k % persons
+          let on = (k / persons) % 2 == 0
+          w.submit {
+            store.setPreference(
+              PreferenceRequest(
+                workspace: "bench", person: .personID("p\(i)"), topic: "news",
+                source: "bench"),
+              state: on ? .unsubscribed : .subscribed, actor: "bench", completion: $0)
+          }
+        }
+        try w.drain()
+      }
+      durable.close()
+    }
+    let buildMillis = monotonicMillis() - t0
+    // snapshot() leaves the active log segment (records it covers are skipped on open but
+    // still read): the restart after a graceful stop. Then compact() (rotate, snapshot,
+    // delete covered segments) so the timed opens load the snapshot alone.
+    var restartMillis: Int64 = -1
+    if snapshot {
+      let start = monotonicMillis()
+      let (durable, _) = try DurableStore.open(
+        directory: directory, clock: SystemClock(), secret: secret, fsync: .none,
+        truncateDamaged: false, log: quiet)
+      restartMillis = monotonicMillis() - start
+      _ = try durable.compact()
+      durable.close()
+    }
+    var times: [Int64] = []
+    var reports: [DurableStore.RecoveryReport] = []
+    for _ in 0..<opens {
+      let start = monotonicMillis()
+      let (durable, report) = try DurableStore.open(
+        directory: directory, clock: SystemClock(), secret: secret, fsync: .none,
+        truncateDamaged: false, log: quiet)
+      times.append(monotonicMillis() - start)
+      durable.close()
+      reports.append(report)
+      for w in report.warnings { writeStderrLine("subcenter-bench: warning: \(w)") }
+    }
+    let median = times.sorted()[times.count / 2]
+    let last = reports[reports.count - 1]
+    let all = times.map(String.init).joined(separator: ",")
+    if snapshot {
+      print(
+        "kind=snapshot persons=\(last.persons) records_replayed=\(last.recordsReplayed) "
+          + "build_ms=\(buildMillis) restart_with_log_ms=\(restartMillis) "
+          + "snapshot_load_ms=\(median) open_ms_all=\(all) "
+          + "rss_kib=\(rssKiB())")
+    } else {
+      print(
+        "kind=replay persons=\(persons) replay_records=\(last.recordsReplayed) "
+          + "build_ms=\(buildMillis) replay_ms=\(median) open_ms_all=\(all) rss_kib=\(rssKiB())")
+    }
+    return 0
+  }
+
   static func rssKiB() -> Int {
     guard let f = fopen("/proc/self/status", "r") else { return 0 }
     defer { fclose(f) }
@@ -156,6 +296,30 @@ enum Bench {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+  }
+}
+
+/// Keeps up to `window` store writes in flight (their completions come from the log
+/// writer's thread); `drain` waits for all and throws the first failure.
+final class Pipeline: Sendable {
+  let window: Int
+  let inFlight = Atomic<Int>(0)
+  let failure = Mutex<CoreError?>(nil)
+
+  init(window: Int = 1024) { self.window = window }
+
+  func submit<T>(_ body: (@escaping Completion<T>) -> Void) {
+    while inFlight.load(ordering: .acquiring) >= window { usleep(20) }
+    inFlight.add(1, ordering: .acquiringAndReleasing)
+    body { r in
+      if case .failure(let e) = r { self.failure.withLock { if $0 == nil { $0 = e } } }
+      self.inFlight.subtract(1, ordering: .acquiringAndReleasing)
+    }
+  }
+
+  func drain() throws(CoreError) {
+    while inFlight.load(ordering: .acquiring) > 0 { usleep(50) }
+    if let e = failure.withLock({ $0 }) { throw e }
   }
 }
 
