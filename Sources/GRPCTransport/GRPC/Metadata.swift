@@ -29,8 +29,9 @@ public struct Metadata: Sendable, Sequence, ExpressibleByDictionaryLiteral {
 
   /// The first value for `name` (matched case-insensitively).
   public subscript(_ name: String) -> String? {
-    let key = name.utf8.contains { $0 >= 65 && $0 <= 90 } ? name.lowercased() : name
-    return entries.first { $0.name == key }?.value
+    if let e = entries.first(where: { $0.name == name }) { return e.value }
+    let key = name.lowercased()  // names are stored lower-cased
+    return key == name ? nil : entries.first { $0.name == key }?.value
   }
 
   /// The first value of a `-bin` key, decoded.

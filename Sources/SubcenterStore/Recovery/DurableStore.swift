@@ -170,18 +170,30 @@ public final class DurableStore: Sendable {
     // The log after the snapshot.
     var replayed = 0
     let replaying = store
-    let read = try WALReader.read(
-      directory: directory, fileSystem: fileSystem, after: report.snapshotSeq, repair: true,
-      truncateDamaged: truncateDamaged
-    ) { (seq, payload) throws(StorageError) in
-      let (_, command) = try LogRecordCodec.decode(payload)
-      guard let command else { return }  // erased record
-      do { try replaying.replay(command, seq: seq) } catch {
-        throw StorageError.damaged(
-          WALSegmentFile(firstSeq: seq).name, at: 0,
-          "record \(seq) does not apply to the recovered state: \(error)")
+    let read: WALReadReport
+    do {
+      read = try readLog()
+    } catch {
+      // Say what led here (e.g. a damaged snapshot skipped), not only where it stopped.
+      guard !report.warnings.isEmpty else { throw error }
+      throw StorageError(
+        error.kind, "\(error.message) (after: \(report.warnings.joined(separator: "; ")))",
+        file: error.file, offset: error.offset, errno: error.errno)
+    }
+    func readLog() throws(StorageError) -> WALReadReport {
+      try WALReader.read(
+        directory: directory, fileSystem: fileSystem, after: report.snapshotSeq, repair: true,
+        truncateDamaged: truncateDamaged
+      ) { (seq, payload) throws(StorageError) in
+        let (_, command) = try LogRecordCodec.decode(payload)
+        guard let command else { return }  // erased record
+        do { try replaying.replay(command, seq: seq) } catch {
+          throw StorageError.damaged(
+            WALSegmentFile(firstSeq: seq).name, at: 0,
+            "record \(seq) does not apply to the recovered state: \(error)")
+        }
+        replayed += 1
       }
-      replayed += 1
     }
     store.restored(through: read.lastSeq)
     report.recordsReplayed = replayed
