@@ -91,9 +91,7 @@ public struct TokenStore: Sendable {
     guard let header = metadata["authorization"] else {
       throw RPCStatus(.unauthenticated, "missing authorization: Bearer <token>")
     }
-    if let cached = connection.userData as? VerifiedHeader,
-      Crypto.constantTimeEqual(cached.header, Array(header.utf8))
-    {
+    if let cached = connection.userData as? VerifiedHeader, cached.matches(header) {
       return cached.credential
     }
     let credential = try authenticate(metadata)
@@ -154,5 +152,16 @@ final class VerifiedHeader {
   init(header: [UInt8], credential: Credential) {
     self.header = header
     self.credential = credential
+  }
+
+  /// Whether `other` is the same header, compared in constant time without copying it.
+  func matches(_ other: String) -> Bool {
+    var other = other
+    return other.withUTF8 { b in
+      guard b.count == header.count else { return false }
+      var diff: UInt8 = 0
+      for i in 0..<b.count { diff |= b[i] ^ header[i] }
+      return diff == 0
+    }
   }
 }

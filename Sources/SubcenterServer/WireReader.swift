@@ -42,19 +42,19 @@ struct WireReader {
     return slice
   }
 
-  mutating func string(_ field: String) throws(RPCStatus) -> String {
+  mutating func string(_ field: @autoclosure () -> String) throws(RPCStatus) -> String {
     let b = try lengthDelimited().bindMemory(to: UInt8.self)
     var ascii = true
     for byte in b {
       if byte == 0 {
-        throw RPCStatus(.invalidArgument, "\(field): must not contain a NUL character")
+        throw RPCStatus(.invalidArgument, "\(field()): must not contain a NUL character")
       }
       if byte >= 0x80 { ascii = false }
     }
     // ASCII is valid UTF-8: decode without the (slower) validating initializer.
     if ascii { return String(decoding: b, as: UTF8.self) }
     guard let s = String(validating: b, as: UTF8.self) else {
-      throw RPCStatus(.invalidArgument, "\(field): not valid UTF-8")
+      throw RPCStatus(.invalidArgument, "\(field()): not valid UTF-8")
     }
     return s
   }

@@ -3,7 +3,17 @@
 
 /// An ordered list of metadata entries; a key may repeat.
 public struct Metadata: Sendable, Sequence, ExpressibleByDictionaryLiteral {
-  public private(set) var entries: [(name: String, value: String)] = []
+  /// One name and value. (A struct, not a tuple: arrays of tuples are destroyed through
+  /// the runtime's generic path, which showed up on the per-call profile.)
+  struct Entry: Sendable {
+    let name: String
+    let value: String
+  }
+
+  private var storage: [Entry] = []
+
+  /// The entries in order.
+  public var entries: [(name: String, value: String)] { storage.map { ($0.name, $0.value) } }
 
   public init() {}
 
@@ -13,25 +23,25 @@ public struct Metadata: Sendable, Sequence, ExpressibleByDictionaryLiteral {
 
   /// Appends an entry; the name is lower-cased.
   public mutating func add(_ name: String, _ value: String) {
-    entries.append((name.lowercased(), value))
+    storage.append(Entry(name: name.lowercased(), value: value))
   }
 
   /// Appends an entry whose name is known to be lower case (HTTP/2 requires it).
   mutating func addLowercased(_ name: String, _ value: String) {
-    if entries.isEmpty { entries.reserveCapacity(4) }
-    entries.append((name, value))
+    if storage.isEmpty { storage.reserveCapacity(4) }
+    storage.append(Entry(name: name, value: value))
   }
 
   /// Appends a binary entry (`name` must end in `-bin`), base64-encoding the value.
   public mutating func add(_ name: String, binary: [UInt8]) {
-    entries.append((name.lowercased(), Base64.encode(binary)))
+    storage.append(Entry(name: name.lowercased(), value: Base64.encode(binary)))
   }
 
   /// The first value for `name` (matched case-insensitively).
   public subscript(_ name: String) -> String? {
-    if let e = entries.first(where: { $0.name == name }) { return e.value }
+    if let e = storage.first(where: { $0.name == name }) { return e.value }
     let key = name.lowercased()  // names are stored lower-cased
-    return key == name ? nil : entries.first { $0.name == key }?.value
+    return key == name ? nil : storage.first { $0.name == key }?.value
   }
 
   /// The first value of a `-bin` key, decoded.
@@ -39,11 +49,16 @@ public struct Metadata: Sendable, Sequence, ExpressibleByDictionaryLiteral {
     self[name].flatMap(Base64.decode)
   }
 
-  public var isEmpty: Bool { entries.isEmpty }
+  public var isEmpty: Bool { storage.isEmpty }
 
-  public func makeIterator() -> IndexingIterator<[(name: String, value: String)]> {
-    entries.makeIterator()
+  public struct Iterator: IteratorProtocol {
+    fileprivate var base: IndexingIterator<[Entry]>
+    public mutating func next() -> (name: String, value: String)? {
+      base.next().map { ($0.name, $0.value) }
+    }
   }
+
+  public func makeIterator() -> Iterator { Iterator(base: storage.makeIterator()) }
 }
 
 /// Standard base64 (RFC 4648 §4); decoding accepts missing padding, as gRPC allows.

@@ -289,14 +289,10 @@ final class HTTP2ServerSession {
   }
 
   /// Header names most requests carry, shared instead of allocated per call.
-  private static let commonNames = ["authorization", "user-agent", "accept-encoding"]
-
   private static func headerName(_ p: UnsafePointer<UInt8>, _ n: Int) -> String {
-    for c in commonNames where c.utf8.count == n {
-      if c.utf8.withContiguousStorageIfAvailable({ memcmp($0.baseAddress!, p, n) == 0 }) == true {
-        return c
-      }
-    }
+    if bytesEqual(p, n, "authorization") { return "authorization" }
+    if bytesEqual(p, n, "user-agent") { return "user-agent" }
+    if bytesEqual(p, n, "accept-encoding") { return "accept-encoding" }
     return makeString(p, n)
   }
 
