@@ -114,17 +114,6 @@ enum ProtoMapping {
     }
   }
 
-  static func delivery(_ b: [UInt8]) throws(RPCStatus) -> DeliveryRequest {
-    try unpack(
-      b, subcenter__v1__delivery_request__descriptor, subcenter__v1__delivery_request__unpack
-    ) { (m) throws(RPCStatus) in
-      DeliveryRequest(
-        workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
-        channel: try text(m.channel, "channel"), topic: try text(m.topic, "topic"),
-        recordSend: m.record_send != 0)
-    }
-  }
-
   /// At most this many persons in one CheckDeliveryBatch.
   static let maxBatch = 10_000
 

@@ -317,6 +317,22 @@ struct TestService: GRPCService {
     #expect(h.client.responses[id]?.header("grpc-status") == "8")
   }
 
+  /// The limit counts name + value + 32 per field (RFC 7541), pseudo-headers included: a
+  /// list of exactly the limit passes, one byte more is refused.
+  @Test(arguments: [(695, "0"), (696, "8")])
+  func headerListLimitAtItsEdge(valueLength: Int, status: String) throws {
+    var limits = SessionLimits()
+    limits.maxHeaderListBytes = 1024
+    let h = try H2Harness([service], limits: limits)
+    // :method POST, :scheme https, :path /test.Test/Echo, :authority localhost,
+    // content-type application/grpc, te trailers: 100 bytes + 6 × 32; x-big: 5 + 32 + value.
+    let id = h.client.request(
+      path: "/test.Test/Echo", headers: [("x-big", String(repeating: "a", count: valueLength))],
+      body: GRPCMessageFramer.frame([]))
+    h.pump()
+    #expect(h.client.responses[id]?.header("grpc-status") == status)
+  }
+
   @Test func hugeTimeoutIsAFarDeadlineNotAPastOne() throws {
     // "99999999H" is a valid grpc-timeout; it parses to UInt64.max (saturated).
     client.request(

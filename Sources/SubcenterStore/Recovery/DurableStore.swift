@@ -318,12 +318,12 @@ public final class DurableStore: Sendable {
   /// Leaves the active segment for a new one; returns the new one's first seq.
   private func rotateLog() throws(StorageError) -> UInt64 {
     let rotated = Mutex<Result<UInt64, StorageError>?>(nil)
-    let done = Mutex<Bool>(false)
+    let done = DispatchSemaphore(value: 0)
     try wal.rotate { r in
       rotated.withLock { $0 = r }
-      done.withLock { $0 = true }
+      done.signal()
     }
-    while !done.withLock({ $0 }) { usleepMillis(1) }
+    done.wait()
     return try rotated.withLock({ $0! }).get()
   }
 
@@ -439,9 +439,4 @@ final class MaintenanceTimer: @unchecked Sendable {
     self.timer = timer
     self.queue = queue
   }
-}
-
-private func usleepMillis(_ ms: Int) {
-  var ts = timespec(tv_sec: 0, tv_nsec: ms * 1_000_000)
-  nanosleep(&ts, nil)
 }
