@@ -100,6 +100,41 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
     }
   }
 
+  /// A long run of updates of one record (history appended in place, hot and cold
+  /// sections growing and shrinking) equals encoding the person in full each time.
+  @Test func repeatedUpdatesEqualFullEncode() {
+    var rng = SplitMix(seed: 13)
+    var strings = StringTable()
+    for _ in 0..<20 {
+      var full = randomPerson(&rng)
+      var record = PersonCodec.encode(full, workspace: 1, strings: &strings)
+      var at = (full.history.last?.at ?? full.createdAt) + 1
+      for step in 0..<200 {
+        let d = PersonCodec.decode(record, history: false, strings: strings)
+        var partial = d.person
+        let channel = NameID(1 + rng.next() % 3)
+        let topic = NameID(rng.next() % 9)  // new keys now and then: the hot section grows
+        let state: PreferenceState = rng.next() % 2 == 0 ? .subscribed : .unsubscribed
+        let source = step % 3 == 0 ? String(repeating: "x", count: step) : "s"
+        partial.setPreference(
+          channel: channel, topic: topic, state: state, source: source, noticeVersion: "",
+          at: at, actor: "a")
+        full.setPreference(
+          channel: channel, topic: topic, state: state, source: source, noticeVersion: "",
+          at: at, actor: "a")
+        if step % 7 == 0 {
+          let email = step % 14 == 0 ? "" : String(repeating: "e", count: step % 50) + "@x.com"
+          partial.email = email
+          full.email = email
+        }
+        at += Int64(rng.next() % 3)
+        PersonCodec.update(&record, with: partial, tail: d.tail, strings: &strings)
+        #expect(PersonCodec.decode(record, history: true, strings: strings).person == full)
+        #expect(PersonCodec.updatedAt(record) == full.updatedAt)
+      }
+    }
+  }
+
   @Test func packedDecisionEqualsDecoded() {
     var rng = SplitMix(seed: 3)
     var strings = StringTable()

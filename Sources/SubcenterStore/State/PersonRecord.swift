@@ -4,14 +4,23 @@
 // lets the decision read a person without decoding it.
 //
 // Layout of `blob` (integers little-endian; "varint" is unsigned LEB128; "zigzag" is a
-// zigzag-encoded varint; times are Unix ms):
+// zigzag-encoded varint; times are Unix ms). Three sections: the hot one the decision
+// reads in place, the history, and the cold rest. The history sits before the cold
+// section so that a change appends its history entries where the old cold section began
+// and writes a new cold section after them: a write costs the size of the hot and cold
+// sections, never the size of the history (a person's history only grows).
 //
-//   0  u32  historyStart     offset of the history section
+//   0  u32  coldStart        offset of the cold section
 //   4  u16  entryCount
 //   6  u16  keyLength
 //   8  key bytes             the person id, or an anonymous profile's anonymous id
 //      entryCount × 5 bytes  channel u16, topic u16, state u8 — sorted by (channel, topic);
 //                            read in place by the decision
+//   historyStart (= 8 + keyLength + 5 × entryCount):
+//      historyCount entries in (at, seq) order, each
+//      varint seq, zigzag at − previous at (the first: − createdAt), u8 action,
+//      varint channel, varint topic, ref source, ref actor, ref detail
+//   coldStart:
 //      zigzag createdAt, zigzag updatedAt − createdAt
 //      str email, str phone  (str = varint length + UTF-8; length 0 = none)
 //      varint n, n × str     anonymous ids (an anonymous profile's own id is the key and
@@ -20,9 +29,6 @@
 //                            zigzag updatedAt − createdAt, ref source
 //      per entry, same order: zigzag updatedAt − createdAt, ref source, ref noticeVersion
 //      varint nextHistorySeq, varint historyCount, zigzag lastHistoryAt − createdAt
-//   historyStart: historyCount entries in (at, seq) order, each
-//      varint seq, zigzag at − previous at (the first: − createdAt), u8 action,
-//      varint channel, varint topic, ref source, ref actor, ref detail
 //
 // A "ref" is a varint n: 0 is "", odd n is string n >> 1 of the shard's `StringTable`,
 // even n is n >> 1 bytes that follow inline.
@@ -51,7 +57,6 @@ struct PersonRecord {
 /// Where a decoded person's history stood when it was decoded without history, so new
 /// entries can be appended without decoding the old ones.
 struct HistoryTail {
-  var start: Int
   var count: Int
   var lastAt: Int64
 }
@@ -64,18 +69,20 @@ enum PersonCodec {
     var w = ByteWriter()
     w.bytes.reserveCapacity(
       64 + p.key.value.utf8.count + 24 * p.entries.count + 16 * p.history.count)
-    writeMain(
-      p, historyCount: p.history.count, lastHistoryAt: p.history.last?.at ?? p.createdAt,
-      into: &w, strings: &strings)
+    writeHot(p, into: &w)
     var previous = p.createdAt
     for r in p.history { writeHistory(r, previous: &previous, into: &w, strings: &strings) }
+    writeCold(
+      p, historyCount: p.history.count, lastHistoryAt: p.history.last?.at ?? p.createdAt,
+      into: &w, strings: &strings)
     return PersonRecord(
       blob: w.bytes, sends: packSends(p.sends), workspace: workspace, flags: flags(p))
   }
 
   /// Repacks `record` from `p`, a person decoded without history whose `history` holds
-  /// only the entries added since: they are appended after the stored ones (re-sorting
-  /// everything only when one sorts before the last stored entry).
+  /// only the entries added since: they are appended after the stored ones, in place
+  /// (re-sorting everything only when one sorts before the last stored entry). The cost
+  /// is that of the hot and cold sections, not of the stored history.
   static func update(
     _ record: inout PersonRecord, with p: Person, tail: HistoryTail, strings: inout StringTable
   ) {
@@ -88,15 +95,21 @@ enum PersonCodec {
       return
     }
     var w = ByteWriter()
-    let oldHistory = record.blob.count - tail.start
-    w.bytes.reserveCapacity(record.blob.count + 16 * p.history.count + 16)
-    writeMain(
-      p, historyCount: tail.count + p.history.count,
-      lastHistoryAt: p.history.last?.at ?? tail.lastAt, into: &w, strings: &strings)
-    if oldHistory > 0 { w.bytes.append(contentsOf: record.blob[tail.start...]) }
+    swap(&w.bytes, &record.blob)  // keeps the blob uniquely referenced: edited in place
+    let oldHotEnd = hotEnd(w.bytes)
+    let oldColdStart = Int(w.readU32(at: 0))
+    w.bytes.removeSubrange(oldColdStart...)
+    var hot = ByteWriter()
+    hot.bytes.reserveCapacity(8 + p.key.value.utf8.count + 5 * p.entries.count)
+    writeHot(p, into: &hot)
+    // Moves the history only when the hot section changed size (a new entry).
+    w.bytes.replaceSubrange(0..<oldHotEnd, with: hot.bytes)
     var previous = tail.lastAt
     for r in p.history { writeHistory(r, previous: &previous, into: &w, strings: &strings) }
-    record.blob = w.bytes
+    writeCold(
+      p, historyCount: tail.count + p.history.count,
+      lastHistoryAt: p.history.last?.at ?? tail.lastAt, into: &w, strings: &strings)
+    swap(&w.bytes, &record.blob)
     record.sends = packSends(p.sends)
     record.flags = flags(p)
   }
@@ -106,10 +119,8 @@ enum PersonCodec {
       | (p.isGloballyUnsubscribed ? PersonRecord.globalFlag : 0)
   }
 
-  private static func writeMain(
-    _ p: Person, historyCount: Int, lastHistoryAt: Int64, into w: inout ByteWriter,
-    strings: inout StringTable
-  ) {
+  /// The hot section; `coldStart` is left 0 for `writeCold` to fill in.
+  private static func writeHot(_ p: Person, into w: inout ByteWriter) {
     w.u32(0)
     w.u16(UInt16(p.entries.count))
     let key = p.key.value.utf8
@@ -120,6 +131,14 @@ enum PersonCodec {
       w.u16(e.topic)
       w.u8(UInt8(e.state.rawValue))
     }
+  }
+
+  /// The cold section, at the end of `w`, and its offset in the header.
+  private static func writeCold(
+    _ p: Person, historyCount: Int, lastHistoryAt: Int64, into w: inout ByteWriter,
+    strings: inout StringTable
+  ) {
+    w.setU32(UInt32(w.bytes.count), at: 0)
     let base = p.createdAt
     w.zigzag(p.createdAt)
     w.zigzag(p.updatedAt &- base)
@@ -143,7 +162,6 @@ enum PersonCodec {
     w.varint(UInt64(p.nextHistorySeq))
     w.varint(UInt64(historyCount))
     w.zigzag(lastHistoryAt &- base)
-    w.setU32(UInt32(w.bytes.count), at: 0)
   }
 
   private static func writeHistory(
@@ -177,7 +195,7 @@ enum PersonCodec {
     -> (person: Person, tail: HistoryTail)
   {
     var rd = ByteReader(r.blob)
-    let historyStart = Int(rd.u32())
+    let coldStart = Int(rd.u32())
     let entryCount = Int(rd.u16())
     let keyLength = Int(rd.u16())
     let keyString = rd.rawString(keyLength)
@@ -190,6 +208,8 @@ enum PersonCodec {
       let s = PreferenceState(rawValue: Int32(rd.u8())) ?? .unspecified
       hot.append((c, t, s))
     }
+    let historyStart = rd.i
+    rd.i = coldStart
     let createdAt = rd.zigzag()
     let updatedAt = createdAt &+ rd.zigzag()
     let email = rd.string()
@@ -227,7 +247,7 @@ enum PersonCodec {
       sends: r.sends.map {
         SendRecord(channel: NameID(truncatingIfNeeded: $0 >> 48), at: Int64($0 & 0xFFFF_FFFF_FFFF))
       })
-    return (person, HistoryTail(start: historyStart, count: historyCount, lastAt: lastAt))
+    return (person, HistoryTail(count: historyCount, lastAt: lastAt))
   }
 
   /// The stored history alone.
@@ -328,6 +348,12 @@ enum PersonCodec {
 
   @inline(__always)
   private static func coldStart(_ b: [UInt8]) -> Int {
+    Int(b[0]) | Int(b[1]) << 8 | Int(b[2]) << 16 | Int(b[3]) << 24
+  }
+
+  /// Where the hot section ends and the history begins.
+  @inline(__always)
+  private static func hotEnd(_ b: [UInt8]) -> Int {
     let n = Int(b[4]) | Int(b[5]) << 8
     let k = Int(b[6]) | Int(b[7]) << 8
     return 8 + k + 5 * n
@@ -392,6 +418,12 @@ struct ByteWriter {
 
   mutating func u32(_ v: UInt32) {
     for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * i))) }
+  }
+
+  func readU32(at o: Int) -> UInt32 {
+    var v: UInt32 = 0
+    for k in 0..<4 { v |= UInt32(bytes[o + k]) << (8 * k) }
+    return v
   }
 
   mutating func setU32(_ v: UInt32, at o: Int) {
