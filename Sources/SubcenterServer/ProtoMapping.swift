@@ -256,76 +256,58 @@ enum ProtoMapping {
     return ProtoCodec.pack(m)
   }
 
+  /// Preferences, written directly (every write RPC answers with it).
   static func preferences(_ p: Preferences) -> [UInt8] {
-    let a = ProtoArena()
-    let m = a.make(subcenter__v1__preferences__init)
-    m.pointee.person_id = a.cString(p.personID)
-    m.pointee.global_unsubscribed = p.globalUnsubscribed ? 1 : 0
-    m.pointee.global_updated_at = p.globalUpdatedAt
-    m.pointee.global_source = a.cString(p.globalSource)
-    m.pointee.n_entries = p.entries.count
-    m.pointee.entries = a.messages(p.entries) { e in
-      let x = a.make(subcenter__v1__preference_entry__init)
-      x.pointee.channel = a.cString(e.channel)
-      x.pointee.topic = a.cString(e.topic)
-      x.pointee.state = Subcenter__V1__PreferenceState(UInt32(e.state.rawValue))
-      x.pointee.updated_at = e.updatedAt
-      x.pointee.source = a.cString(e.source)
-      x.pointee.notice_version = a.cString(e.noticeVersion)
-      return x
+    var w = WireWriter(capacity: 64 + 40 * (p.entries.count + p.effective.count))
+    w.string(1, p.personID)
+    w.bool(2, p.globalUnsubscribed)
+    w.int(3, p.globalUpdatedAt)
+    w.string(4, p.globalSource)
+    var one = WireWriter(capacity: 64)
+    for e in p.entries {
+      one.reset()
+      one.string(1, e.channel)
+      one.string(2, e.topic)
+      one.int(3, Int64(e.state.rawValue))
+      one.int(4, e.updatedAt)
+      one.string(5, e.source)
+      one.string(6, e.noticeVersion)
+      w.message(5, one)
     }
-    m.pointee.n_effective = p.effective.count
-    m.pointee.effective = a.messages(p.effective) { e in
-      let x = a.make(subcenter__v1__effective_state__init)
-      x.pointee.channel = a.cString(e.channel)
-      x.pointee.topic = a.cString(e.topic)
-      x.pointee.allowed = e.allowed ? 1 : 0
-      x.pointee.reason = Subcenter__V1__DecisionReason(UInt32(e.reason.rawValue))
-      return x
+    for e in p.effective {
+      one.reset()
+      one.string(1, e.channel)
+      one.string(2, e.topic)
+      one.bool(3, e.allowed)
+      one.int(4, Int64(e.reason.rawValue))
+      w.message(6, one)
     }
-    return ProtoCodec.pack(m)
+    return w.bytes
   }
 
-  /// A DeliveryDecision; packed by hand as it is the hot path (three small fields).
+  /// A DeliveryDecision (three small fields).
   static func decision(_ d: Decision) -> [UInt8] {
-    var out: [UInt8] = []
-    out.reserveCapacity(8 + d.personID.utf8.count)
-    appendDecision(d, to: &out)
-    return out
+    var w = WireWriter(capacity: 8 + d.personID.utf8.count)
+    write(d, to: &w)
+    return w.bytes
   }
 
-  private static func appendDecision(_ d: Decision, to out: inout [UInt8]) {
-    if d.allowed { out += [0x08, 0x01] }
-    if d.reason != .unspecified { out += [0x10, UInt8(d.reason.rawValue)] }
-    if !d.personID.isEmpty {
-      out.append(0x1A)
-      appendVarint(UInt64(d.personID.utf8.count), to: &out)
-      out += d.personID.utf8
-    }
-  }
-
-  private static func appendVarint(_ v: UInt64, to out: inout [UInt8]) {
-    var v = v
-    while v >= 0x80 {
-      out.append(UInt8(v & 0x7F) | 0x80)
-      v >>= 7
-    }
-    out.append(UInt8(v))
+  private static func write(_ d: Decision, to w: inout WireWriter) {
+    w.bool(1, d.allowed)
+    w.int(2, Int64(d.reason.rawValue))
+    w.string(3, d.personID)
   }
 
   /// DeliveryBatchResponse: field 1 repeated DeliveryDecision.
   static func decisions(_ ds: [Decision]) -> [UInt8] {
-    var out: [UInt8] = []
-    out.reserveCapacity(ds.count * 24)
-    var one: [UInt8] = []
+    var w = WireWriter(capacity: ds.count * 24)
+    var one = WireWriter(capacity: 64)
     for d in ds {
-      one.removeAll(keepingCapacity: true)
-      appendDecision(d, to: &one)
-      out.append(0x0A)
-      appendVarint(UInt64(one.count), to: &out)
-      out += one
+      one.reset()
+      write(d, to: &one)
+      w.message(1, one)
     }
-    return out
+    return w.bytes
   }
 
   static func forgetResponse(
