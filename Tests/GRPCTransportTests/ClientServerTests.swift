@@ -114,6 +114,23 @@ private func withServer(
     }
   }
 
+  /// Long values a connection repeats are shared between its calls: a changed value, or
+  /// more distinct values than are kept, must still reach each call exactly.
+  @Test func repeatedMetadataValuesOnOneConnection() throws {
+    try withServer { _, connect in
+      let client = try connect()
+      let values = (0..<6).map { "token-value-number-\($0)-" + String(repeating: "x", count: $0) }
+      for round in 0..<3 {
+        for v in values + [values[0], "short", String(repeating: "y", count: 257)] {
+          var md = Metadata()
+          md.add("x-token", v)
+          let r = try client.unary("/test.Echo/Metadata", request: [], metadata: md)
+          #expect(r.message == Array(v.utf8), "round \(round)")
+        }
+      }
+    }
+  }
+
   @Test func deadlineExceededWhenTheHandlerNeverAnswers() throws {
     try withServer { _, connect in
       let client = try connect()

@@ -83,6 +83,10 @@ final class HTTP2ServerSession {
   private var lastPathBytes: [UInt8] = []
   private var lastPath = ""
   private var lastRoute: ServiceMethod?
+  /// Metadata values this connection sent recently: a client repeats its authorization
+  /// and user-agent on every call, so they are shared instead of allocated per call.
+  private var recentValues: [RecentValue] = []
+  private var nextRecentValue = 0
   /// Counts answered calls (OK or not) for the server's metrics.
   var onCallFinished: (RPCStatus.Code) -> Void = { _ in }
 
@@ -253,8 +257,32 @@ final class HTTP2ServerSession {
     } else if bytesEqual(name, nlen, "te") || bytesEqual(name, nlen, "grpc-accept-encoding") {
       return
     } else {
-      s.metadata.addLowercased(Self.headerName(name, nlen), makeString(value, vlen))
+      s.metadata.addLowercased(Self.headerName(name, nlen), metadataValue(value, vlen))
     }
+  }
+
+  private struct RecentValue {
+    var bytes: [UInt8]
+    var string: String
+  }
+
+  /// A metadata value as a String, shared with an earlier call of this connection when
+  /// the bytes are the same. Short values are stored inline by String, long ones are not
+  /// worth keeping.
+  private func metadataValue(_ p: UnsafePointer<UInt8>, _ n: Int) -> String {
+    guard n > 15 && n <= 256 else { return makeString(p, n) }
+    for v in recentValues where v.bytes.count == n && memcmp(p, v.bytes, n) == 0 {
+      return v.string
+    }
+    let v = RecentValue(
+      bytes: Array(UnsafeBufferPointer(start: p, count: n)), string: makeString(p, n))
+    if recentValues.count < 4 {
+      recentValues.append(v)
+    } else {
+      recentValues[nextRecentValue] = v
+      nextRecentValue = (nextRecentValue + 1) % recentValues.count
+    }
+    return v.string
   }
 
   /// Request headers complete: validate, route, and arm the deadline.

@@ -131,7 +131,8 @@ public struct PersonKey: Sendable, Hashable, CustomStringConvertible {
 
   public func hash(into hasher: inout Hasher) {
     hasher.combine(isAnonymous)
-    for b in value.utf8 { hasher.combine(b) }
+    var v = value
+    v.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
   }
 
   public var description: String { isAnonymous ? "anonymous:\(value)" : "person:\(value)" }
@@ -140,5 +141,10 @@ public struct PersonKey: Sendable, Hashable, CustomStringConvertible {
 /// Byte-exact string equality (see `PersonKey`).
 @inlinable
 public func sameBytes(_ a: String, _ b: String) -> Bool {
-  a.utf8.count == b.utf8.count && a.utf8.elementsEqual(b.utf8)
+  guard a.utf8.count == b.utf8.count else { return false }
+  var a = a
+  var b = b
+  return a.withUTF8 { x in
+    b.withUTF8 { y in x.count == 0 || x.elementsEqual(y) }
+  }
 }

@@ -37,7 +37,7 @@ struct ExactString: Hashable {
   static func == (a: ExactString, b: ExactString) -> Bool { sameBytes(a.value, b.value) }
 
   func hash(into hasher: inout Hasher) {
-    hasher.combine(value.utf8.count)
-    for b in value.utf8 { hasher.combine(b) }
+    var v = value
+    v.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
   }
 }
