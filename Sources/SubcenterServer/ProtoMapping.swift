@@ -93,18 +93,6 @@ enum ProtoMapping {
     }
   }
 
-  static func preference(_ b: [UInt8]) throws(RPCStatus) -> PreferenceRequest {
-    try unpack(
-      b, subcenter__v1__preference_request__descriptor, subcenter__v1__preference_request__unpack
-    ) { (m) throws(RPCStatus) in
-      PreferenceRequest(
-        workspace: try text(m.workspace, "workspace"), person: try person(m.person, "person"),
-        channel: try text(m.channel, "channel"), topic: try text(m.topic, "topic"),
-        source: try text(m.source, "source"),
-        noticeVersion: try text(m.notice_version, "notice_version"))
-    }
-  }
-
   static func global(_ b: [UInt8]) throws(RPCStatus) -> GlobalRequest {
     try unpack(b, subcenter__v1__global_request__descriptor, subcenter__v1__global_request__unpack)
     { (m) throws(RPCStatus) in

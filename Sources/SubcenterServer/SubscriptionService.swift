@@ -49,12 +49,12 @@ public final class SubscriptionService: GRPCService, Sendable {
           ProtoMapping.profile($0, redact: !cred.seesPII)
         }
       },
-      rpc("Subscribe", .write, ProtoMapping.preference, \.workspace) { s, req, cred, call in
+      rpc("Subscribe", .write, WireReader.preferenceRequest, \.workspace) { s, req, cred, call in
         s.store.setPreference(req, state: .subscribed, actor: cred.name) { r in
           call.answer(r, ProtoMapping.preferences)
         }
       },
-      rpc("Unsubscribe", .write, ProtoMapping.preference, \.workspace) { s, req, cred, call in
+      rpc("Unsubscribe", .write, WireReader.preferenceRequest, \.workspace) { s, req, cred, call in
         s.store.setPreference(req, state: .unsubscribed, actor: cred.name) { r in
           call.answer(r, ProtoMapping.preferences)
         }

@@ -1,5 +1,6 @@
-// A direct protobuf reader for the hottest request, DeliveryRequest, so CheckDelivery
-// needs no protobuf-c allocations. Same rules as ProtoMapping: strings must be UTF-8
+// A direct protobuf reader for the hottest requests, DeliveryRequest and
+// PreferenceRequest, so CheckDelivery, Subscribe and Unsubscribe need no protobuf-c
+// allocations. Same rules as ProtoMapping: strings must be UTF-8
 // without NUL (INVALID_ARGUMENT naming the field); malformed bytes are INTERNAL.
 
 import GRPCTransport
@@ -91,19 +92,22 @@ struct WireReader {
     return ref
   }
 
-  /// subcenter.v1.DeliveryRequest.
-  static func deliveryRequest(_ bytes: [UInt8]) throws(RPCStatus) -> DeliveryRequest {
+  /// Runs `body` on a reader of `bytes`.
+  private static func read<T>(
+    _ bytes: [UInt8], _ body: (inout WireReader) throws(RPCStatus) -> T
+  ) throws(RPCStatus) -> T {
     let result = bytes.withUnsafeBytes { raw in
-      Result { () throws(RPCStatus) -> DeliveryRequest in try deliveryRequest(raw) }
+      Result { () throws(RPCStatus) -> T in
+        var r = WireReader(raw)
+        return try body(&r)
+      }
     }
     return try result.get()
   }
 
-  private static func deliveryRequest(_ raw: UnsafeRawBufferPointer) throws(RPCStatus)
-    -> DeliveryRequest
-  {
-    do {
-      var r = WireReader(raw)
+  /// subcenter.v1.DeliveryRequest.
+  static func deliveryRequest(_ bytes: [UInt8]) throws(RPCStatus) -> DeliveryRequest {
+    try read(bytes) { (r) throws(RPCStatus) in
       var req = DeliveryRequest(workspace: "", person: nil, channel: "")
       while !r.atEnd {
         let k = try r.key()
@@ -113,6 +117,26 @@ struct WireReader {
         case (3, 2): req.channel = try r.string("channel")
         case (4, 2): req.topic = try r.string("topic")
         case (5, 0): req.recordSend = try r.varint() != 0
+        default: try r.skip(k.wire)
+        }
+      }
+      return req
+    }
+  }
+
+  /// subcenter.v1.PreferenceRequest (Subscribe, Unsubscribe).
+  static func preferenceRequest(_ bytes: [UInt8]) throws(RPCStatus) -> PreferenceRequest {
+    try read(bytes) { (r) throws(RPCStatus) in
+      var req = PreferenceRequest(workspace: "", person: nil)
+      while !r.atEnd {
+        let k = try r.key()
+        switch (k.field, k.wire) {
+        case (1, 2): req.workspace = try r.string("workspace")
+        case (2, 2): req.person = try personRef(try r.lengthDelimited(), field: "person")
+        case (3, 2): req.channel = try r.string("channel")
+        case (4, 2): req.topic = try r.string("topic")
+        case (5, 2): req.source = try r.string("source")
+        case (6, 2): req.noticeVersion = try r.string("notice_version")
         default: try r.skip(k.wire)
         }
       }

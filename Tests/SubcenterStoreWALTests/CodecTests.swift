@@ -2,8 +2,9 @@
 // optional values, free text byte for byte, and refusal of what is not a record.
 
 import SubcenterCore
-import SubcenterStore
 import Testing
+
+@testable import SubcenterStore
 
 /// One sample of every command case, with awkward values.
 enum Samples {
@@ -119,6 +120,33 @@ enum Samples {
       #expect(decoded.seq == UInt64(1000 + i))
       #expect(decoded.command == c)
     }
+  }
+
+  /// The records written field by field are exactly what protobuf-c packs.
+  @Test func directEncodingEqualsProtobufC() {
+    let long = String(repeating: "é", count: 100)
+    var commands = Samples.commands
+    for (i, key) in [PersonKey.person(""), .anonymous(long), .person("p")].enumerated() {
+      commands.append(
+        .setPreference(
+          .init(
+            workspace: long, person: key, channel: i == 0 ? long : "", topic: "t",
+            state: i == 1 ? .unspecified : .subscribed, source: long, noticeVersion: "n",
+            at: i == 2 ? Int64.min : -1, actor: long)))
+      commands.append(
+        .setGlobal(
+          .init(
+            workspace: "", person: key, unsubscribed: i == 1, source: long, at: 0, actor: "")))
+    }
+    var direct = 0
+    for c in commands {
+      for seq: UInt64 in [0, 1, 300, .max] {
+        guard let bytes = LogRecordCodec.encodeDirectly(c, seq: seq) else { continue }
+        direct += 1
+        #expect(bytes == LogRecordCodec.encodeWithProtobufC(c, seq: seq), "\(c)")
+      }
+    }
+    #expect(direct == 40)
   }
 
   @Test func optionalIdentifiersKeepPresence() throws {

@@ -16,6 +16,52 @@ public enum LogRecordCodec {
 
   /// The complete record (seq first when it is not 0), as a log segment holds it.
   public static func encode(_ command: Command, seq: UInt64) -> [UInt8] {
+    encodeDirectly(command, seq: seq) ?? encodeWithProtobufC(command, seq: seq)
+  }
+
+  /// The records of the commonest writes (Subscribe, Unsubscribe, UnsubscribeAll,
+  /// Resubscribe), written field by field: the same bytes protobuf-c packs, without its
+  /// message tree. nil for every other command.
+  static func encodeDirectly(_ command: Command, seq: UInt64) -> [UInt8]? {
+    var m = WireWriter(capacity: 96)
+    let field: UInt64
+    switch command {
+    case .setPreference(let c):
+      m.string(1, c.workspace)
+      personKey(c.person, field: 2, into: &m)
+      m.string(3, c.channel)
+      m.string(4, c.topic)
+      m.int(5, Int64(c.state.rawValue))
+      m.string(6, c.source)
+      m.string(7, c.noticeVersion)
+      field = 12
+    case .setGlobal(let c):
+      m.string(1, c.workspace)
+      personKey(c.person, field: 2, into: &m)
+      m.bool(3, c.unsubscribed)
+      m.string(4, c.source)
+      field = 13
+    default:
+      return nil
+    }
+    var w = WireWriter(capacity: m.bytes.count + 32)
+    w.int(1, Int64(bitPattern: seq))
+    w.int(2, command.at)
+    w.string(3, actor(of: command))
+    w.message(field, m)
+    return w.bytes
+  }
+
+  /// A `PersonKey` message field (its oneof member written even when empty).
+  private static func personKey(_ k: PersonKey, field: UInt64, into w: inout WireWriter) {
+    let n = k.value.utf8.count
+    w.varint(field << 3 | 2)
+    w.varint(UInt64(1 + WireWriter.varintSize(UInt64(n)) + n))
+    w.string(k.isAnonymous ? 2 : 1, k.value, always: true)
+  }
+
+  /// Any command's record, packed by protobuf-c.
+  static func encodeWithProtobufC(_ command: Command, seq: UInt64) -> [UInt8] {
     let arena = ProtoArena()
     var r = Subcenter__Storage__V1__LogRecord()
     subcenter__storage__v1__log_record__init(&r)

@@ -1,0 +1,66 @@
+// A direct protobuf writer for the messages written on every call: the log records of
+// the commonest writes (LogRecordCodec.swift) and the answers of the hot RPCs
+// (SubcenterServer's ProtoMapping), so they need no protobuf-c message tree, C strings or
+// arena. proto3 rules, as protobuf-c packs them: a field holding its default (0, false,
+// "") is not written, unless it is a oneof member that is set.
+
+/// Appends protobuf fields to a byte array.
+public struct WireWriter {
+  /// What was written so far.
+  public var bytes: [UInt8] = []
+
+  @inlinable public init(capacity: Int = 0) { bytes.reserveCapacity(capacity) }
+
+  @inlinable public mutating func varint(_ value: UInt64) {
+    var v = value
+    while v >= 0x80 {
+      bytes.append(UInt8(truncatingIfNeeded: v) | 0x80)
+      v >>= 7
+    }
+    bytes.append(UInt8(v))
+  }
+
+  /// A varint field (`int64`, `uint64`, enums); negative values take ten bytes.
+  @inlinable public mutating func int(_ field: UInt64, _ value: Int64) {
+    guard value != 0 else { return }
+    varint(field << 3)
+    varint(UInt64(bitPattern: value))
+  }
+
+  @inlinable public mutating func bool(_ field: UInt64, _ value: Bool) {
+    guard value else { return }
+    varint(field << 3)
+    bytes.append(1)
+  }
+
+  /// A `string` or `bytes` field; with `always` (a set oneof member) even when empty.
+  @inlinable public mutating func string(_ field: UInt64, _ value: String, always: Bool = false) {
+    let utf8 = value.utf8
+    guard always || !utf8.isEmpty else { return }
+    varint(field << 3 | 2)
+    varint(UInt64(utf8.count))
+    bytes.append(contentsOf: utf8)
+  }
+
+  /// A length-delimited field holding `message`'s bytes (written even when empty, as a
+  /// set message field or a repeated message's element must be).
+  @inlinable public mutating func message(_ field: UInt64, _ message: borrowing WireWriter) {
+    varint(field << 3 | 2)
+    varint(UInt64(message.bytes.count))
+    bytes.append(contentsOf: message.bytes)
+  }
+
+  /// The number of bytes `varint(value)` writes.
+  @inlinable public static func varintSize(_ value: UInt64) -> Int {
+    var n = 1
+    var v = value
+    while v >= 0x80 {
+      v >>= 7
+      n += 1
+    }
+    return n
+  }
+
+  /// Empties the writer, keeping its storage (for a scratch writer reused per element).
+  @inlinable public mutating func reset() { bytes.removeAll(keepingCapacity: true) }
+}
