@@ -172,6 +172,32 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
     }
   }
 
+  /// Interning: one number per distinct string, found again after every growth of the
+  /// table; long strings and strings past the cap stay inline (nil).
+  @Test func stringTable() {
+    var table = StringTable()
+    #expect(table.id(for: "") == 0)
+    var ids: [String: UInt32] = [:]
+    for i in 0..<(StringTable.maxEntries + 10) {
+      let s = i % 3 == 0 ? "é\(i)" : "source-\(i)"
+      let id = table.id(for: s)
+      if i < StringTable.maxEntries - 1 {
+        #expect(id != nil && !ids.values.contains(id!))
+        ids[s] = id
+      } else {
+        #expect(id == nil)
+      }
+    }
+    for (s, id) in ids {
+      #expect(table.id(for: s) == id)
+      #expect(table.string(id) == s)
+    }
+    var fresh = StringTable()
+    #expect(fresh.id(for: String(repeating: "x", count: StringTable.maxBytes)) == 1)
+    #expect(fresh.id(for: String(repeating: "x", count: StringTable.maxBytes + 1)) == nil)
+    #expect(fresh.id(for: "e\u{301}") != fresh.id(for: "é"))  // bytes, not Unicode equality
+  }
+
   @Test func slotTable() {
     var table = SlotTable()
     var model: [UInt64: [UInt32]] = [:]

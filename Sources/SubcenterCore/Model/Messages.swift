@@ -357,13 +357,15 @@ extension Workspace {
     var out: [EffectiveState] = []
     out.reserveCapacity(channels.count * (topics.count + 1))
     for c in channels {
-      for t in [0] + topics {
-        let d = decideDelivery(
-          target: target(channel: c, topic: t), person: subject, suppressed: false,
-          isOverride: false, now: now)
+      for i in -1..<topics.count {
+        let t = i < 0 ? 0 : topics[i]
+        // decideDelivery for a known, unsuppressed person without override, without
+        // wrapping the subject in an Optional (a copy of it) per decision.
+        let reason = choiceReason(target: target(channel: c, topic: t), person: subject, now: now)
         out.append(
           EffectiveState(
-            channel: channelName(c), topic: topicName(t), allowed: d.allowed, reason: d.reason))
+            channel: channelName(c), topic: topicName(t), allowed: reason == .subscribed,
+            reason: reason))
       }
     }
     return out

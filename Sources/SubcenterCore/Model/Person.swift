@@ -263,7 +263,9 @@ extension Person: DecisionSubject {
   public var isGloballyUnsubscribed: Bool { global?.unsubscribed ?? false }
 
   public func explicitState(channel: NameID, topic: NameID) -> PreferenceState? {
-    entry(channel: channel, topic: topic)?.state
+    let k = UInt32(channel) << 16 | UInt32(topic)
+    for i in entries.indices where entries[i].key == k { return entries[i].state }
+    return nil
   }
 
   public func sendCount(channel: NameID, after since: Int64) -> Int {
