@@ -339,6 +339,7 @@ extension SubscriptionStore {
     do { step = try body(&deps) } catch { step = .read { .failure(error) } }
     switch step {
     case .committed: break
+    case .value(let v) where deps.isEmpty: completion(.success(v))  // no closure to allocate
     case .value(let v): respond(after: deps, completion) { .success(v) }
     case .read(let f): respond(after: deps, completion, f)
     }
