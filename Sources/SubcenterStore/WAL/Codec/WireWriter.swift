@@ -35,11 +35,13 @@ public struct WireWriter {
 
   /// A `string` or `bytes` field; with `always` (a set oneof member) even when empty.
   @inlinable public mutating func string(_ field: UInt64, _ value: String, always: Bool = false) {
-    let utf8 = value.utf8
-    guard always || !utf8.isEmpty else { return }
+    guard always || !value.isEmpty else { return }
     varint(field << 3 | 2)
-    varint(UInt64(utf8.count))
-    bytes.append(contentsOf: utf8)
+    var v = value
+    v.withUTF8 { b in
+      varint(UInt64(b.count))
+      bytes.append(contentsOf: b)
+    }
   }
 
   /// A length-delimited field holding `message`'s bytes (written even when empty, as a
