@@ -40,6 +40,16 @@ import Synchronization
 public protocol CommitLog: Sendable {
   func append(
     _ command: Command, completion: @escaping @Sendable (Result<UInt64, CoreError>) -> Void)
+
+  /// True for a log whose completions come from a writer thread that should go straight
+  /// back to writing: the store then applies completed records on its own queue, so
+  /// applying and answering one batch overlaps the next write and fsync. False (the
+  /// default): the completing thread applies them before its completion returns.
+  var appliesElsewhere: Bool { get }
+}
+
+extension CommitLog {
+  public var appliesElsewhere: Bool { false }
 }
 
 /// A log that keeps nothing on disk: every command is "durable" at once and completes

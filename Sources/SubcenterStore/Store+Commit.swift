@@ -24,14 +24,18 @@
 // guards `lastAppliedSeq`, so a snapshot that holds `gate` sees exactly the records up to
 // it (Store+Snapshot.swift).
 //
-// Whoever drains may be the log's writer thread (the usual case), or the thread of a
-// write whose record completed inline or raced its own `append` (it drains once its
-// validation locks are released: draining needs locks it may still hold). A completion
-// that writes again just queues; the drainer picks it up.
+// Whoever drains may be the applier's own queue (`Applier.thread`, scheduled by the
+// completions of a log that `appliesElsewhere`, as the write-ahead log does, so its
+// writer thread goes straight on to its next write and fsync), the thread that completed
+// the record (any other log), or the thread of a write whose record completed inline or raced its
+// own `append` (it drains once its validation locks are released: draining needs locks
+// it may still hold). A completion that writes again just queues; the drainer picks it
+// up.
 //
 // Lock order: `Applier.gate` → the state locks (SubscriptionStore.swift) → the leaves
 // (`Applier.queue`, a `PendingCommit`'s state, the log's own lock).
 
+import Dispatch
 import SubcenterCore
 import Synchronization
 
@@ -179,6 +183,12 @@ final class Applier: Sendable {
   }
 
   let queue = Mutex(Queue())
+  /// Records the log completed are applied on this queue, not on the log's writer
+  /// thread, so the writer goes on to the next write and fsync while the last batch is
+  /// applied and answered (their I/O wait and this CPU work overlap).
+  let thread = DispatchQueue(label: "subcenter.applier")
+  /// A drain is queued on `thread` and has not started yet.
+  let drainScheduled = Atomic<Bool>(false)
   /// Held while commands are applied, and while a snapshot copies the state; holds the
   /// sequence number of the last applied record.
   let gate = Mutex<UInt64>(0)
@@ -373,6 +383,17 @@ extension SubscriptionStore {
       applier.queue.withLock { $0.items.append((c, result)) }
     case .afterAppend:
       applier.queue.withLock { $0.items.append((c, result)) }
+      if log.appliesElsewhere { scheduleDrain() } else { drain() }
+    }
+  }
+
+  /// Drains on the applier's queue soon (once for many records delivered meanwhile).
+  private func scheduleDrain() {
+    if applier.drainScheduled.exchange(true, ordering: .acquiringAndReleasing) { return }
+    applier.thread.async { [self] in
+      // Cleared before draining: a record queued from here on schedules another drain,
+      // one queued before is taken by this one.
+      applier.drainScheduled.store(false, ordering: .releasing)
       drain()
     }
   }

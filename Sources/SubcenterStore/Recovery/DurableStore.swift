@@ -34,6 +34,9 @@ final class WALCommitLog: CommitLog {
   /// The log, once recovery has read the old one and knows the next seq.
   func attach(_ log: WriteAheadLog) { wal.withLock { $0 = log } }
 
+  /// The writer thread goes back to writing; the store applies on its own queue.
+  var appliesElsewhere: Bool { true }
+
   func append(
     _ command: Command, completion: @escaping @Sendable (Result<UInt64, CoreError>) -> Void
   ) {
