@@ -84,7 +84,11 @@ extension SubscriptionStore {
   /// topics numbered as that workspace numbers them), indexing its identifiers. A person
   /// already present is `alreadyExists`.
   public func restore(_ person: Person, workspace: String) throws(CoreError) {
-    let h = try handle(workspace)
+    try restore(person, into: handle(workspace))
+  }
+
+  /// `restore(_:workspace:)` with the workspace already resolved.
+  func restore(_ person: Person, into h: WorkspaceHandle) throws(CoreError) {
     guard person.entries.count <= Int(UInt16.max) else {
       throw .resourceExhausted("a person holds at most \(UInt16.max) preference entries")
     }
@@ -98,9 +102,16 @@ extension SubscriptionStore {
         let record = PersonCodec.encode(person, workspace: h.number, strings: &shard.strings)
         return shard.insert(record, hash: hash)
       }
+      // The keys of `PersonView.identifiers`, without building the array.
       let location = Location(shard: s, slot: slot).packed
-      for i in PersonView(person).identifiers {
-        identity.index.insert(KeyHash.identifier(i.kind, i.value), location)
+      if !person.email.isEmpty {
+        identity.index.insert(KeyHash.identifier(.email, person.email), location)
+      }
+      if !person.phone.isEmpty {
+        identity.index.insert(KeyHash.identifier(.phone, person.phone), location)
+      }
+      for a in person.anonymousIDs {
+        identity.index.insert(KeyHash.identifier(.anonymousID, a), location)
       }
     }
   }
@@ -119,5 +130,46 @@ extension SubscriptionStore {
       last = seq
       applier.applied.store(seq, ordering: .releasing)
     }
+  }
+}
+
+/// Restores a snapshot's records, payload by payload, into a store being recovered:
+/// persons are read directly from their bytes and their workspace is resolved once for
+/// the run of persons that share it.
+struct SnapshotRestorer {
+  let store: SubscriptionStore
+  /// The persons restored so far.
+  private(set) var persons = 0
+  private var workspace: WorkspaceHandle?
+
+  init(store: SubscriptionStore) { self.store = store }
+
+  /// Restores one encoded `SnapshotRecord`. Damage is `StorageError`; a record that does
+  /// not fit the state restored so far is the `CoreError` saying why.
+  mutating func restore(_ payload: ArraySlice<UInt8>) throws {
+    let cached = workspace
+    let decoded = payload.withUnsafeBytes { raw in
+      Result { () throws(StorageError) -> (WorkspaceHandle?, String, Person)? in
+        guard let (id, person) = try SnapshotRecordCodec.person(in: raw) else { return nil }
+        if let cached, id.elementsEqual(cached.id.utf8) { return (cached, "", person) }
+        return (nil, try ProtoWireReader.string(id, "person.workspace"), person)
+      }
+    }
+    guard let (handle, id, person) = try decoded.get() else {
+      switch try SnapshotRecordCodec.decodeWithProtobufC(payload) {
+      case .workspace(let w):
+        store.restore(workspace: try w.restore())
+        workspace = nil
+      case .suppressions(let id, let hashes): try store.restore(suppressions: hashes, workspace: id)
+      case .person(let id, let person):
+        try store.restore(person, workspace: id)
+        persons += 1
+      }
+      return
+    }
+    let h = try handle ?? store.handle(id)
+    workspace = h
+    try store.restore(person, into: h)
+    persons += 1
   }
 }
