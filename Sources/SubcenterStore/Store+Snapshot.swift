@@ -146,16 +146,8 @@ struct SnapshotRestorer {
 
   /// Restores one encoded `SnapshotRecord`. Damage is `StorageError`; a record that does
   /// not fit the state restored so far is the `CoreError` saying why.
-  mutating func restore(_ payload: ArraySlice<UInt8>) throws {
-    let cached = workspace
-    let decoded = payload.withUnsafeBytes { raw in
-      Result { () throws(StorageError) -> (WorkspaceHandle?, String, Person)? in
-        guard let (id, person) = try SnapshotRecordCodec.person(in: raw) else { return nil }
-        if let cached, id.elementsEqual(cached.id.utf8) { return (cached, "", person) }
-        return (nil, try ProtoWireReader.string(id, "person.workspace"), person)
-      }
-    }
-    guard let (handle, id, person) = try decoded.get() else {
+  mutating func restore(_ payload: UnsafeRawBufferPointer) throws {
+    guard let record = try SnapshotRecordCodec.person(in: payload) else {
       switch try SnapshotRecordCodec.decodeWithProtobufC(payload) {
       case .workspace(let w):
         store.restore(workspace: try w.restore())
@@ -167,9 +159,20 @@ struct SnapshotRestorer {
       }
       return
     }
-    let h = try handle ?? store.handle(id)
-    workspace = h
-    try store.restore(person, into: h)
+    let h: WorkspaceHandle
+    if let cached = workspace, Self.equal(record.workspace, cached.id) {
+      h = cached
+    } else {
+      h = try store.handle(ProtoWireReader.string(record.workspace, "person.workspace"))
+      workspace = h
+    }
+    try store.restore(record.person, into: h)
     persons += 1
+  }
+
+  /// Whether `bytes` are the UTF-8 of `s`.
+  private static func equal(_ bytes: UnsafeRawBufferPointer, _ s: String) -> Bool {
+    var s = s
+    return s.withUTF8 { $0.count == bytes.count && $0.elementsEqual(bytes) }
   }
 }

@@ -141,8 +141,9 @@ public final class DurableStore: Sendable {
       var restorer = SnapshotRestorer(store: store)
       var recordFailed = false
       do {
-        _ = try SnapshotFile.read(info.name, directory: directory, fileSystem: fileSystem) {
-          (payload) throws(StorageError) in
+        _ = try SnapshotFile.read(
+          info.name, directory: directory, fileSystem: fileSystem
+        ) { (payload: UnsafeRawBufferPointer) throws(StorageError) in
           do {
             try restorer.restore(payload)
           } catch let e as StorageError {

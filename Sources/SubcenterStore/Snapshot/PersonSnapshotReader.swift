@@ -134,12 +134,18 @@ struct ProtoWireReader {
   }
 }
 
+/// A person record as read: the person and its workspace id's bytes (pointing into the
+/// record).
+struct PersonSnapshotBytes {
+  var workspace: UnsafeRawBufferPointer
+  var person: Person
+}
+
 extension SnapshotRecordCodec {
-  /// The person of a `SnapshotRecord` payload and its workspace id's bytes (which point
-  /// into `payload`), or nil when the record is not simply a person (then `decode` reads
-  /// it with protobuf-c). Damage is `damaged`.
+  /// The person of a `SnapshotRecord` payload, or nil when the record is not simply a
+  /// person (then `decode` reads it with protobuf-c). Damage is `damaged`.
   static func person(in payload: UnsafeRawBufferPointer) throws(StorageError)
-    -> (workspace: UnsafeRawBufferPointer, person: Person)?
+    -> PersonSnapshotBytes?
   {
     var r = ProtoWireReader(payload)
     var message: UnsafeRawBufferPointer?
@@ -160,43 +166,29 @@ extension SnapshotRecordCodec {
 
   /// A `PersonSnapshot` message.
   private static func personSnapshot(_ m: UnsafeRawBufferPointer) throws(StorageError)
-    -> (workspace: UnsafeRawBufferPointer, person: Person)
+    -> PersonSnapshotBytes
   {
-    // Count the repeated messages first so each array is allocated once, at its size.
-    var entryCount = 0
-    var historyCount = 0
-    var anonymousCount = 0
-    var r = ProtoWireReader(m)
-    while !r.atEnd {
-      let (field, wire) = try r.key()
-      switch field {
-      case 5: anonymousCount += 1
-      case 9: entryCount += 1
-      case 10: historyCount += 1
-      default: break
-      }
-      try r.skip(wire)
-    }
-
+    // The person only lives until it is packed: room for a typical person up front
+    // saves the reallocations of growing each array from empty.
     var workspace = UnsafeRawBufferPointer(start: nil, count: 0)
     var key: PersonKey?
     var keySeen = false
     var email = ""
     var phone = ""
     var anonymousIDs: [String] = []
-    anonymousIDs.reserveCapacity(anonymousCount)
+
     var createdAt: Int64 = 0
     var updatedAt: Int64 = 0
     var global: GlobalFlag?
     var entries: [PreferenceRecord] = []
-    entries.reserveCapacity(entryCount)
+    entries.reserveCapacity(4)
     var history: [HistoryRecord] = []
-    history.reserveCapacity(historyCount)
+    history.reserveCapacity(8)
     var nextHistorySeq: UInt32 = 0
     var sendChannels: [UInt64] = []
     var sendTimes: [UInt64] = []
 
-    r = ProtoWireReader(m)
+    var r = ProtoWireReader(m)
     while !r.atEnd {
       let (field, wire) = try r.key()
       switch field {
@@ -245,7 +237,7 @@ extension SnapshotRecordCodec {
       key: key, email: email, phone: phone, anonymousIDs: anonymousIDs, createdAt: createdAt,
       updatedAt: updatedAt, global: global, entries: entries, history: history,
       nextHistorySeq: nextHistorySeq, sends: sends)
-    return (workspace, person)
+    return PersonSnapshotBytes(workspace: workspace, person: person)
   }
 
   /// A `PersonKey` message (a second one given for the field is merged into the first:

@@ -40,13 +40,20 @@ public enum SnapshotRecordCodec {
   public static func decode(_ payload: ArraySlice<UInt8>) throws(StorageError) -> SnapshotRecord {
     let direct = payload.withUnsafeBytes { raw in
       Result { () throws(StorageError) -> SnapshotRecord? in
-        guard let (workspace, p) = try person(in: raw) else { return nil }
+        guard let r = try person(in: raw) else { return nil }
         return .person(
-          workspace: try ProtoWireReader.string(workspace, "person.workspace"), p)
+          workspace: try ProtoWireReader.string(r.workspace, "person.workspace"), r.person)
       }
     }
     if let record = try direct.get() { return record }
     return try decodeWithProtobufC(payload)
+  }
+
+  /// Decodes a record with protobuf-c (a copy of `payload`).
+  static func decodeWithProtobufC(_ payload: UnsafeRawBufferPointer) throws(StorageError)
+    -> SnapshotRecord
+  {
+    try decodeWithProtobufC(Array(payload)[...])
   }
 
   /// Decodes a record with protobuf-c.
