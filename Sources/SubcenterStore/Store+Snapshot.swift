@@ -116,6 +116,12 @@ extension SubscriptionStore {
     }
   }
 
+  /// Recovery: makes room in every shard for about `persons` more persons.
+  func reserve(persons: Int) {
+    let perShard = persons / shardCount + persons / (shardCount * 16) + 64
+    for box in shards { box.state.withLock { $0.reserve(perShard) } }
+  }
+
   /// Recovery: adds suppressed identifiers' hashes to a restored workspace.
   public func restore(suppressions: [SuppressionHash], workspace: String) throws(CoreError) {
     let h = try handle(workspace)

@@ -142,7 +142,8 @@ public final class DurableStore: Sendable {
       var recordFailed = false
       do {
         _ = try SnapshotFile.read(
-          info.name, directory: directory, fileSystem: fileSystem
+          info.name, directory: directory, fileSystem: fileSystem,
+          expecting: { [store] in store.reserve(persons: $0) }
         ) { (payload: UnsafeRawBufferPointer) throws(StorageError) in
           do {
             try restorer.restore(payload)

@@ -28,6 +28,10 @@ struct ProtoWireReader {
   /// An unsigned LEB128 varint of at most 10 bytes.
   @inline(__always)
   mutating func varint() throws(StorageError) -> UInt64 {
+    if i < bytes.count && bytes[i] < 0x80 {  // most values fit in one byte
+      i += 1
+      return UInt64(bytes[i - 1])
+    }
     var v: UInt64 = 0
     var shift: UInt64 = 0
     while i < bytes.count && shift < 70 {
@@ -55,7 +59,7 @@ struct ProtoWireReader {
     guard n <= UInt64(bytes.count - i) else {
       throw malformed("a field's length runs past the end")
     }
-    let slice = UnsafeRawBufferPointer(rebasing: bytes[i..<(i + Int(n))])
+    let slice = UnsafeRawBufferPointer(start: bytes.baseAddress.map { $0 + i }, count: Int(n))
     i += Int(n)
     return slice
   }

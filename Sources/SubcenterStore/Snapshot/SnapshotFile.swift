@@ -120,10 +120,12 @@ public enum SnapshotFile {
   }
 
   /// `read(_:directory:fileSystem:payloads:)` handing each payload as the bytes of the
-  /// read buffer, valid only during the call.
+  /// read buffer, valid only during the call. `expecting` is first told how many records
+  /// the trailer announces (not checked yet; at most one per 9 bytes of the file).
   @discardableResult
   static func read(
     _ name: String, directory: String, fileSystem fs: any FileSystem,
+    expecting: (Int) -> Void = { _ in },
     rawPayloads body: (UnsafeRawBufferPointer) throws(StorageError) -> Void
   ) throws(StorageError) -> SnapshotInfo {
     guard let seq = seq(fileName: name) else {
@@ -156,6 +158,15 @@ public enum SnapshotFile {
       throw .damaged(name, at: 12, "the header says seq \(fileSeq), the file name \(seq)")
     }
     var crc = CRC32C.update(0, header)
+    do {
+      let trailer = try fs.read(f, count: trailerSize, at: Int64(size - trailerSize))
+      if trailer.count == trailerSize {
+        let announced = trailer.withUnsafeBytes { Int(readLE32($0, 0)) }
+        expecting(min(announced, (size - headerSize - trailerSize) / (RecordFrame.headerSize + 1)))
+      }
+    } catch {
+      throw StorageError(error, "reading snapshot \(name)")
+    }
 
     // Records.
     let recordsEnd = size - trailerSize
