@@ -229,4 +229,32 @@ import Testing
     #expect(report.snapshot == SnapshotFile.fileName(seq: 1))
     #expect(report.warnings.contains { $0.contains("file checksum mismatch") })
   }
+
+  @Test func anImpossibleRecordCountInTheTrailerFallsBack() throws {
+    let fs = FaultyFileSystem()
+    try fs.createDirectory("/data")
+    try writeSnapshot(fs, seq: 1, try persons(["old"]))
+    try writeSnapshot(fs, seq: 2, try persons(["p"]))
+    let path = "/data/" + SnapshotFile.fileName(seq: 2)
+    var bytes = try #require(fs.contents(path))
+    for i in bytes.count - 8..<bytes.count - 4 { bytes[i] = 0xFF }  // the record count
+    fs.setContents(path, bytes)
+    let (durable, report) = try open(fs)
+    defer { durable.close() }
+    #expect(report.snapshot == SnapshotFile.fileName(seq: 1))
+    #expect(report.warnings.contains { $0.contains("the trailer counts 4294967295 records") })
+  }
+
+  @Test func slotTableReserveKeepsEveryEntry() {
+    var t = SlotTable()
+    for v in 0..<100 as Range<UInt32> { t.insert(UInt64(v) &* 0x9E37_79B9_7F4A_7C15, v) }
+    t.reserve(10_000)
+    let before = t.capacityBytes
+    for v in 100..<10_000 as Range<UInt32> { t.insert(UInt64(v) &* 0x9E37_79B9_7F4A_7C15, v) }
+    #expect(t.capacityBytes == before, "grew after reserving")
+    for v in 0..<10_000 as Range<UInt32> {
+      #expect(t.values(UInt64(v) &* 0x9E37_79B9_7F4A_7C15).contains(v))
+    }
+    #expect(t.count == 10_000)
+  }
 }
