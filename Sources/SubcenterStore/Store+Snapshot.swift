@@ -84,7 +84,11 @@ extension SubscriptionStore {
   /// topics numbered as that workspace numbers them), indexing its identifiers. A person
   /// already present is `alreadyExists`.
   public func restore(_ person: Person, workspace: String) throws(CoreError) {
-    let h = try handle(workspace)
+    try restore(person, into: handle(workspace))
+  }
+
+  /// `restore(_:workspace:)` with the workspace already resolved.
+  func restore(_ person: Person, into h: WorkspaceHandle) throws(CoreError) {
     guard person.entries.count <= Int(UInt16.max) else {
       throw .resourceExhausted("a person holds at most \(UInt16.max) preference entries")
     }
@@ -98,11 +102,24 @@ extension SubscriptionStore {
         let record = PersonCodec.encode(person, workspace: h.number, strings: &shard.strings)
         return shard.insert(record, hash: hash)
       }
+      // The keys of `PersonView.identifiers`, without building the array.
       let location = Location(shard: s, slot: slot).packed
-      for i in PersonView(person).identifiers {
-        identity.index.insert(KeyHash.identifier(i.kind, i.value), location)
+      if !person.email.isEmpty {
+        identity.index.insert(KeyHash.identifier(.email, person.email), location)
+      }
+      if !person.phone.isEmpty {
+        identity.index.insert(KeyHash.identifier(.phone, person.phone), location)
+      }
+      for a in person.anonymousIDs {
+        identity.index.insert(KeyHash.identifier(.anonymousID, a), location)
       }
     }
+  }
+
+  /// Recovery: makes room in every shard for about `persons` more persons.
+  func reserve(persons: Int) {
+    let perShard = persons / shardCount + persons / (shardCount * 16) + 64
+    for box in shards { box.state.withLock { $0.reserve(perShard) } }
   }
 
   /// Recovery: adds suppressed identifiers' hashes to a restored workspace.
@@ -119,5 +136,49 @@ extension SubscriptionStore {
       last = seq
       applier.applied.store(seq, ordering: .releasing)
     }
+  }
+}
+
+/// Restores a snapshot's records, payload by payload, into a store being recovered:
+/// persons are read directly from their bytes and their workspace is resolved once for
+/// the run of persons that share it.
+struct SnapshotRestorer {
+  let store: SubscriptionStore
+  /// The persons restored so far.
+  private(set) var persons = 0
+  private var workspace: WorkspaceHandle?
+
+  init(store: SubscriptionStore) { self.store = store }
+
+  /// Restores one encoded `SnapshotRecord`. Damage is `StorageError`; a record that does
+  /// not fit the state restored so far is the `CoreError` saying why.
+  mutating func restore(_ payload: UnsafeRawBufferPointer) throws {
+    guard let record = try SnapshotRecordCodec.person(in: payload) else {
+      switch try SnapshotRecordCodec.decodeWithProtobufC(payload) {
+      case .workspace(let w):
+        store.restore(workspace: try w.restore())
+        workspace = nil
+      case .suppressions(let id, let hashes): try store.restore(suppressions: hashes, workspace: id)
+      case .person(let id, let person):
+        try store.restore(person, workspace: id)
+        persons += 1
+      }
+      return
+    }
+    let h: WorkspaceHandle
+    if let cached = workspace, Self.equal(record.workspace, cached.id) {
+      h = cached
+    } else {
+      h = try store.handle(ProtoWireReader.string(record.workspace, "person.workspace"))
+      workspace = h
+    }
+    try store.restore(record.person, into: h)
+    persons += 1
+  }
+
+  /// Whether `bytes` are the UTF-8 of `s`.
+  private static func equal(_ bytes: UnsafeRawBufferPointer, _ s: String) -> Bool {
+    var s = s
+    return s.withUTF8 { $0.count == bytes.count && $0.elementsEqual(bytes) }
   }
 }

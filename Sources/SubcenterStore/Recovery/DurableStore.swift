@@ -129,39 +129,56 @@ public final class DurableStore: Sendable {
     var store = SubscriptionStore(
       clock: clock, secret: secret, log: commitLog, createDefaultWorkspace: false)
 
-    // The newest snapshot that validates; a damaged one is skipped with a warning.
+    // The newest snapshot that reads through; a damaged one is skipped with a warning.
+    // One pass: records are restored as they are read, and a snapshot found damaged on
+    // the way is dropped with what was restored from it (its records are only usable
+    // once the file's checksum holds at the end). A record that does not restore is an
+    // error, unless the file turns out damaged too (as a validation before loading
+    // would have found).
     let snapshots = try SnapshotFile.list(directory: directory, fileSystem: fileSystem)
-    for info in snapshots.sorted(by: { $0.seq > $1.seq }) {
-      do {
-        _ = try SnapshotFile.validate(info.name, directory: directory, fileSystem: fileSystem)
-      } catch {
-        report.warnings.append(
-          "snapshot \(info.name) is damaged (\(error)); falling back to an older one")
-        continue
+    for (n, info) in snapshots.sorted(by: { $0.seq > $1.seq }).enumerated() {
+      if n > 0 {
+        store = SubscriptionStore(
+          clock: clock, secret: secret, log: commitLog, createDefaultWorkspace: false)
       }
-      let restoring = store
-      var persons = 0
-      _ = try SnapshotFile.read(info.name, directory: directory, fileSystem: fileSystem) {
-        (record) throws(StorageError) in
-        do {
-          switch record {
-          case .workspace(let w): restoring.restore(workspace: try w.restore())
-          case .suppressions(let ws, let hashes):
-            try restoring.restore(suppressions: hashes, workspace: ws)
-          case .person(let ws, let person):
-            try restoring.restore(person, workspace: ws)
-            persons += 1
+      var restorer = SnapshotRestorer(store: store)
+      var recordFailed = false
+      do {
+        _ = try SnapshotFile.read(
+          info.name, directory: directory, fileSystem: fileSystem,
+          expecting: { [store] in store.reserve(persons: $0) }
+        ) { (payload: UnsafeRawBufferPointer) throws(StorageError) in
+          do {
+            try restorer.restore(payload)
+          } catch let e as StorageError {
+            recordFailed = true
+            throw e
+          } catch {
+            recordFailed = true
+            throw StorageError.damaged(info.name, at: 0, "cannot restore a record: \(error)")
           }
-        } catch let e as StorageError {
-          throw e
-        } catch {
-          throw StorageError.damaged(info.name, at: 0, "cannot restore a record: \(error)")
         }
+      } catch {
+        var damage = error
+        if recordFailed {
+          let fileDamage: StorageError?
+          do {
+            _ = try SnapshotFile.validate(info.name, directory: directory, fileSystem: fileSystem)
+            fileDamage = nil
+          } catch {
+            fileDamage = error
+          }
+          guard let fileDamage else { throw error }
+          damage = fileDamage
+        }
+        report.warnings.append(
+          "snapshot \(info.name) is damaged (\(damage)); falling back to an older one")
+        continue
       }
       store.restored(through: info.seq)
       report.snapshot = info.name
       report.snapshotSeq = info.seq
-      report.persons = persons
+      report.persons = restorer.persons
       break
     }
     if report.snapshot == nil && !snapshots.isEmpty {

@@ -107,11 +107,26 @@ public enum SnapshotFile {
   }
 
   /// Reads snapshot `name` of `directory`, handing each record's payload (an encoded
-  /// `SnapshotRecord`) to `body` in order; throws `damaged` (naming the file and offset) if anything does not check out.
+  /// `SnapshotRecord`) to `body` in order; throws `damaged` (naming the file and offset)
+  /// if anything does not check out.
   @discardableResult
   public static func read(
     _ name: String, directory: String, fileSystem fs: any FileSystem,
     payloads body: (ArraySlice<UInt8>) throws(StorageError) -> Void
+  ) throws(StorageError) -> SnapshotInfo {
+    try read(
+      name, directory: directory, fileSystem: fs,
+      rawPayloads: { (payload) throws(StorageError) in try body(Array(payload)[...]) })
+  }
+
+  /// `read(_:directory:fileSystem:payloads:)` handing each payload as the bytes of the
+  /// read buffer, valid only during the call. `expecting` is first told how many records
+  /// the trailer announces (not checked yet; at most one per 9 bytes of the file).
+  @discardableResult
+  static func read(
+    _ name: String, directory: String, fileSystem fs: any FileSystem,
+    expecting: (Int) -> Void = { _ in },
+    rawPayloads body: (UnsafeRawBufferPointer) throws(StorageError) -> Void
   ) throws(StorageError) -> SnapshotInfo {
     guard let seq = seq(fileName: name) else {
       throw StorageError(.invalid, "\(name) is not a snapshot file name")
@@ -121,7 +136,7 @@ public enum SnapshotFile {
       throw StorageError(error, "opening snapshot \(name)")
     }
     defer { try? fs.close(f) }
-    var reader = ChunkReader(fs: fs, file: f, name: name)
+    let reader = ChunkReader(fs: fs, file: f, name: name)
     let size = try reader.size()
     guard size >= headerSize + trailerSize else {
       throw .damaged(name, at: 0, "a snapshot of \(size) bytes is cut short")
@@ -129,11 +144,11 @@ public enum SnapshotFile {
 
     // Header.
     try reader.ensure(0, headerSize)
-    let header = Array(reader.bytes(0, headerSize))
+    let header = reader.bytes(0, headerSize)
     guard header.prefix(8).elementsEqual(magic) else {
       throw .damaged(name, at: 0, "not a snapshot (bad magic)")
     }
-    let (fileVersion, fileSeq) = header.withUnsafeBytes { (readLE32($0, 8), readLE64($0, 12)) }
+    let (fileVersion, fileSeq) = (readLE32(header, 8), readLE64(header, 12))
     guard fileVersion == version else {
       throw .damaged(
         name, at: 8,
@@ -142,7 +157,16 @@ public enum SnapshotFile {
     guard fileSeq == seq else {
       throw .damaged(name, at: 12, "the header says seq \(fileSeq), the file name \(seq)")
     }
-    var crc = header.withUnsafeBytes { CRC32C.update(0, $0) }
+    var crc = CRC32C.update(0, header)
+    do {
+      let trailer = try fs.read(f, count: trailerSize, at: Int64(size - trailerSize))
+      if trailer.count == trailerSize {
+        let announced = trailer.withUnsafeBytes { Int(readLE32($0, 0)) }
+        expecting(min(announced, (size - headerSize - trailerSize) / (RecordFrame.headerSize + 1)))
+      }
+    } catch {
+      throw StorageError(error, "reading snapshot \(name)")
+    }
 
     // Records.
     let recordsEnd = size - trailerSize
@@ -153,7 +177,7 @@ public enum SnapshotFile {
         throw .damaged(name, at: Int64(offset), "a record header runs into the trailer")
       }
       try reader.ensure(offset, RecordFrame.headerSize)
-      let length = reader.bytes(offset, 4).withUnsafeBytes { Int(readLE32($0, 0)) }
+      let length = Int(readLE32(reader.bytes(offset, 4), 0))
       guard length > 0, length <= RecordFrame.maxPayloadSize,
         length <= recordsEnd - offset - RecordFrame.headerSize
       else {
@@ -162,13 +186,12 @@ public enum SnapshotFile {
       let frameSize = RecordFrame.headerSize + length
       try reader.ensure(offset, frameSize)
       let frame = reader.bytes(offset, frameSize)
-      let parsed = frame.withUnsafeBytes { RecordFrame.parse($0, at: 0) }
-      guard case .record = parsed else {
+      guard case .record = RecordFrame.parse(frame, at: 0) else {
         throw .damaged(name, at: Int64(offset), "record checksum mismatch")
       }
-      crc = frame.withUnsafeBytes { CRC32C.update(crc, $0) }
+      crc = CRC32C.update(crc, frame)
       do {
-        try body(frame.dropFirst(RecordFrame.headerSize))
+        try body(UnsafeRawBufferPointer(rebasing: frame[RecordFrame.headerSize...]))
       } catch {
         guard error.kind == .damaged, error.file == nil else { throw error }
         throw .damaged(name, at: Int64(offset), "record \(count): \(error.message)")
@@ -179,11 +202,9 @@ public enum SnapshotFile {
 
     // Trailer.
     try reader.ensure(recordsEnd, trailerSize)
-    let trailer = Array(reader.bytes(recordsEnd, trailerSize))
-    let (storedCount, storedCRC) = trailer.withUnsafeBytes { (readLE32($0, 0), readLE32($0, 4)) }
-    crc = trailer.withUnsafeBytes {
-      CRC32C.update(crc, UnsafeRawBufferPointer(rebasing: $0[0..<4]))
-    }
+    let trailer = reader.bytes(recordsEnd, trailerSize)
+    let (storedCount, storedCRC) = (readLE32(trailer, 0), readLE32(trailer, 4))
+    crc = CRC32C.update(crc, UnsafeRawBufferPointer(rebasing: trailer[0..<4]))
     guard storedCount == count else {
       throw .damaged(
         name, at: Int64(recordsEnd),
@@ -217,14 +238,16 @@ public enum SnapshotFile {
   }
 }
 
-/// Reads a file front to back in large chunks, keeping the bytes not yet consumed.
-private struct ChunkReader {
+/// Reads a file front to back in large chunks into one buffer it reuses, keeping the
+/// bytes not yet consumed. The bytes it hands out are valid until the next `ensure`.
+private final class ChunkReader {
   let fs: any FileSystem
   let file: FileHandle
   let name: String
-  /// File bytes `start ..< start + buffer.count`.
-  private var buffer: [UInt8] = []
+  /// File bytes `start ..< start + held` are at the front of `storage`.
+  private var storage = UnsafeMutableRawBufferPointer(start: nil, count: 0)
   private var start = 0
+  private var held = 0
   private var fileSize = -1
   private static let chunk = 4 << 20
 
@@ -234,7 +257,9 @@ private struct ChunkReader {
     self.name = name
   }
 
-  mutating func size() throws(StorageError) -> Int {
+  deinit { storage.deallocate() }
+
+  func size() throws(StorageError) -> Int {
     if fileSize < 0 {
       do { fileSize = Int(try fs.size(file)) } catch {
         throw StorageError(error, "reading snapshot \(name)")
@@ -243,29 +268,44 @@ private struct ChunkReader {
     return fileSize
   }
 
-  /// Makes file bytes `offset ..< offset + count` available; bytes before `offset` are
-  /// dropped.
-  mutating func ensure(_ offset: Int, _ count: Int) throws(StorageError) {
-    if offset >= start && offset + count <= start + buffer.count { return }
-    if offset > start {
-      buffer.removeFirst(min(offset - start, buffer.count))
-      start = offset
+  /// Makes file bytes `offset ..< offset + count` available (`offset` never goes back);
+  /// bytes before `offset` are dropped.
+  func ensure(_ offset: Int, _ count: Int) throws(StorageError) {
+    if offset >= start && offset + count <= start + held { return }
+    let kept = offset >= start && offset < start + held ? start + held - offset : 0
+    let capacity = max(count, Self.chunk)
+    if storage.count < capacity {
+      let bigger = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 16)
+      if kept > 0 {
+        bigger.baseAddress!.copyMemory(
+          from: storage.baseAddress! + (offset - start), byteCount: kept)
+      }
+      storage.deallocate()
+      storage = bigger
+    } else if kept > 0 {
+      storage.baseAddress!.copyMemory(
+        from: storage.baseAddress! + (offset - start), byteCount: kept)
     }
-    let have = start + buffer.count
-    let want = max(offset + count - have, Self.chunk)
+    start = offset
+    held = kept
     let more: [UInt8]
-    do { more = try fs.read(file, count: want, at: Int64(have)) } catch {
+    do { more = try fs.read(file, count: capacity - kept, at: Int64(offset + kept)) } catch {
       throw StorageError(error, "reading snapshot \(name)")
     }
-    buffer += more
-    guard offset + count <= start + buffer.count else {
-      throw .damaged(name, at: Int64(start + buffer.count), "the file ended while being read")
+    if !more.isEmpty {
+      more.withUnsafeBytes {
+        (storage.baseAddress! + kept).copyMemory(from: $0.baseAddress!, byteCount: $0.count)
+      }
+      held += more.count
+    }
+    guard count <= held else {
+      throw .damaged(name, at: Int64(start + held), "the file ended while being read")
     }
   }
 
   /// File bytes `offset ..< offset + count` (made available by `ensure`).
-  func bytes(_ offset: Int, _ count: Int) -> ArraySlice<UInt8> {
-    buffer[(offset - start)..<(offset - start + count)]
+  func bytes(_ offset: Int, _ count: Int) -> UnsafeRawBufferPointer {
+    UnsafeRawBufferPointer(start: storage.baseAddress! + (offset - start), count: count)
   }
 }
 

@@ -55,6 +55,12 @@ struct Shard {
     return found
   }
 
+  /// Makes room for `n` more persons (restoring a snapshot of known size).
+  mutating func reserve(_ n: Int) {
+    records.reserveCapacity(records.count + n)
+    keys.reserve(keys.count + n)
+  }
+
   mutating func insert(_ record: PersonRecord, hash: UInt64) -> UInt32 {
     let slot: UInt32
     if let free = freeSlots.popLast() {

@@ -94,6 +94,13 @@ struct SlotTable {
     count -= 1
   }
 
+  /// Makes room for `n` entries in all without growing again.
+  mutating func reserve(_ n: Int) {
+    var size = max(16, slots.count)
+    while n * 5 > size * 4 { size *= 2 }
+    if size > slots.count { rehash(size) }
+  }
+
   private mutating func place(_ e: UInt64) {
     let mask = slots.count - 1
     var i = Int(UInt32(truncatingIfNeeded: e >> 32)) & mask
@@ -101,9 +108,11 @@ struct SlotTable {
     slots[i] = e
   }
 
-  private mutating func grow() {
+  private mutating func grow() { rehash(max(16, slots.count * 2)) }
+
+  private mutating func rehash(_ size: Int) {
     let old = slots
-    slots = [UInt64](repeating: 0, count: max(16, old.count * 2))
+    slots = [UInt64](repeating: 0, count: size)
     for e in old where e != 0 { place(e) }
   }
 

@@ -35,8 +35,31 @@ public enum SnapshotRecordCodec {
     return withExtendedLifetime(a) { Proto.pack(&r) }
   }
 
-  /// Decodes a record; anything but a valid `SnapshotRecord` is `damaged`.
+  /// Decodes a record; anything but a valid `SnapshotRecord` is `damaged`. Persons are
+  /// read directly (PersonSnapshotReader.swift), other records with protobuf-c.
   public static func decode(_ payload: ArraySlice<UInt8>) throws(StorageError) -> SnapshotRecord {
+    let direct = payload.withUnsafeBytes { raw in
+      Result { () throws(StorageError) -> SnapshotRecord? in
+        guard let r = try person(in: raw) else { return nil }
+        return .person(
+          workspace: try ProtoWireReader.string(r.workspace, "person.workspace"), r.person)
+      }
+    }
+    if let record = try direct.get() { return record }
+    return try decodeWithProtobufC(payload)
+  }
+
+  /// Decodes a record with protobuf-c (a copy of `payload`).
+  static func decodeWithProtobufC(_ payload: UnsafeRawBufferPointer) throws(StorageError)
+    -> SnapshotRecord
+  {
+    try decodeWithProtobufC(Array(payload)[...])
+  }
+
+  /// Decodes a record with protobuf-c.
+  static func decodeWithProtobufC(_ payload: ArraySlice<UInt8>) throws(StorageError)
+    -> SnapshotRecord
+  {
     try Proto.withUnpacked(
       payload, "snapshot record", subcenter__storage__v1__snapshot_record__unpack
     ) { (r) throws(StorageError) -> SnapshotRecord in
@@ -168,7 +191,7 @@ public enum SnapshotRecordCodec {
       nextHistorySeq: m.next_history_seq, sends: sends)
   }
 
-  private static func nameID(_ v: UInt32, _ field: String) throws(StorageError) -> NameID {
+  static func nameID(_ v: UInt32, _ field: String) throws(StorageError) -> NameID {
     guard v <= UInt32(NameID.max) else {
       throw StorageError(.damaged, "\(field): \(v) is not a channel or topic number")
     }
