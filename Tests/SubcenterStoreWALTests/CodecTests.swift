@@ -149,6 +149,53 @@ enum Samples {
     #expect(direct == 40)
   }
 
+  /// Records read field by field read as protobuf-c reads them: every sample, every
+  /// prefix of the fast ones (both refuse, or both read the same), reordered fields.
+  @Test func directDecodingEqualsProtobufC() throws {
+    func same(_ bytes: [UInt8]) -> Bool {
+      let a = try? LogRecordCodec.decode(bytes[...])
+      let b = try? LogRecordCodec.decodeWithProtobufC(bytes[...])
+      return a?.seq == b?.seq && a?.command == b?.command && (a == nil) == (b == nil)
+    }
+    var direct = 0
+    for c in Samples.commands {
+      let bytes = LogRecordCodec.encode(c, seq: 77)
+      let fast = try bytes.withUnsafeBytes { raw in try LogRecordCodec.decodeDirectly(raw) }
+      if let fast {
+        direct += 1
+        #expect(fast.seq == 77 && fast.command == c)
+        for n in 0..<bytes.count { #expect(same(Array(bytes[..<n])), "\(c) cut at \(n)") }
+      }
+      #expect(same(bytes))
+    }
+    #expect(direct == 4)
+    // Fields in another order, an unknown field, and a person key given twice.
+    var w = WireWriter()
+    w.string(3, "actor")
+    w.int(99, 5)
+    var m = WireWriter()
+    m.int(5, Int64(PreferenceState.unsubscribed.rawValue))
+    m.string(4, "news")
+    var key = WireWriter()
+    key.string(1, "first")
+    m.message(2, key)
+    key.reset()
+    key.string(2, "anon")
+    m.message(2, key)
+    m.string(1, "acme")
+    w.message(12, m)
+    w.int(1, 9)
+    let record = try LogRecordCodec.decode(w.bytes[...])
+    #expect(record.seq == 9)
+    #expect(
+      record.command
+        == .setPreference(
+          .init(
+            workspace: "acme", person: .anonymous("anon"), channel: "", topic: "news",
+            state: .unsubscribed, source: "", noticeVersion: "", at: 0, actor: "actor")))
+    #expect(same(w.bytes))
+  }
+
   @Test func optionalIdentifiersKeepPresence() throws {
     for email in [nil, "", "a@b.c"] as [String?] {
       for phone in [nil, "", "+15555550100"] as [String?] {

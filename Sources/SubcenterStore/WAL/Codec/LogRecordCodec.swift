@@ -189,6 +189,116 @@ public enum LogRecordCodec {
   public static func decode(_ payload: ArraySlice<UInt8>) throws(StorageError)
     -> (seq: UInt64, command: Command?)
   {
+    let direct = payload.withUnsafeBytes { raw in
+      Result { () throws(StorageError) in try decodeDirectly(raw) }
+    }
+    if let record = try direct.get() { return record }
+    return try decodeWithProtobufC(payload)
+  }
+
+  /// The records `encodeDirectly` writes (SetPreference, SetGlobal), read field by field
+  /// as protobuf-c reads them (any order, unknown fields skipped); nil for any other
+  /// record, or one protobuf-c must interpret (a message field given twice is merged).
+  static func decodeDirectly(_ payload: UnsafeRawBufferPointer) throws(StorageError)
+    -> (seq: UInt64, command: Command?)?
+  {
+    var r = ProtoWireReader(payload)
+    var seq: UInt64 = 0
+    var at: Int64 = 0
+    var actor = ""
+    var message: (field: UInt64, bytes: UnsafeRawBufferPointer)?
+    while !r.atEnd {
+      let (field, wire) = try r.key()
+      switch field {
+      case 1: seq = try r.varint(wire, "log record.seq")
+      case 2: at = Int64(bitPattern: try r.varint(wire, "log record.at"))
+      case 3: actor = try r.text(wire, "log record.actor")
+      case 12, 13:
+        if message != nil { return nil }
+        message = (field, try r.bytes(wire, "log record.command"))
+      case 10...20: return nil
+      default: try r.skip(wire)
+      }
+    }
+    guard let message else { return nil }
+    var m = ProtoWireReader(message.bytes)
+    var workspace = ""
+    var person: PersonKey?
+    var source = ""
+    if message.field == 12 {
+      var channel = ""
+      var topic = ""
+      var state = PreferenceState.unspecified
+      var notice = ""
+      while !m.atEnd {
+        let (field, wire) = try m.key()
+        switch field {
+        case 1: workspace = try m.string(wire, "set_preference.workspace")
+        case 2: person = try personKey(try m.bytes(wire, "set_preference.person"), person)
+        case 3: channel = try m.string(wire, "set_preference.channel")
+        case 4: topic = try m.string(wire, "set_preference.topic")
+        case 5:
+          let v = try m.varint(wire, "set_preference.state")
+          guard let s = PreferenceState(rawValue: Int32(truncatingIfNeeded: v)) else {
+            throw StorageError(.damaged, "set_preference.state: unknown value \(v)")
+          }
+          state = s
+        case 6: source = try m.text(wire, "set_preference.source")
+        case 7: notice = try m.text(wire, "set_preference.notice_version")
+        default: try m.skip(wire)
+        }
+      }
+      guard let person else { throw StorageError(.damaged, "set_preference.person: no person key") }
+      return (
+        seq,
+        .setPreference(
+          .init(
+            workspace: workspace, person: person, channel: channel, topic: topic, state: state,
+            source: source, noticeVersion: notice, at: at, actor: actor))
+      )
+    }
+    var unsubscribed = false
+    while !m.atEnd {
+      let (field, wire) = try m.key()
+      switch field {
+      case 1: workspace = try m.string(wire, "set_global.workspace")
+      case 2: person = try personKey(try m.bytes(wire, "set_global.person"), person)
+      case 3: unsubscribed = try m.varint(wire, "set_global.unsubscribed") != 0
+      case 4: source = try m.text(wire, "set_global.source")
+      default: try m.skip(wire)
+      }
+    }
+    guard let person else { throw StorageError(.damaged, "set_global.person: no person key") }
+    return (
+      seq,
+      .setGlobal(
+        .init(
+          workspace: workspace, person: person, unsubscribed: unsubscribed, source: source,
+          at: at, actor: actor))
+    )
+  }
+
+  /// A `PersonKey` message merged into `key` (the oneof member set last wins).
+  private static func personKey(_ b: UnsafeRawBufferPointer, _ key: PersonKey?)
+    throws(StorageError) -> PersonKey?
+  {
+    var key = key
+    var r = ProtoWireReader(b)
+    while !r.atEnd {
+      let (field, wire) = try r.key()
+      switch field {
+      case 1: key = .person(try r.string(wire, "person.person_id"))
+      case 2: key = .anonymous(try r.string(wire, "person.anonymous_id"))
+      default: try r.skip(wire)
+      }
+    }
+    return key
+  }
+
+  /// Any record, unpacked by protobuf-c.
+  static func decodeWithProtobufC(_ payload: ArraySlice<UInt8>) throws(StorageError)
+    -> (seq: UInt64, command: Command?)
+  {
     try Proto.withUnpacked(payload, "log record", subcenter__storage__v1__log_record__unpack) {
       (r) throws(StorageError) in
       let at = r.at
