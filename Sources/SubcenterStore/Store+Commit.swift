@@ -292,9 +292,9 @@ extension SubscriptionStore {
     return try shards[first].state.withLock { (shard: inout Shard) throws(E) -> R in
       // Move the shard out while its lock is held (keeping its storage uniquely
       // referenced), and back before the lock is released.
-      locked.shards.shards[first] = shard
+      locked.shards.hold(first, shard)
       shard = Shard.placeholder
-      defer { shard = locked.shards.shards.removeValue(forKey: first)! }
+      defer { shard = locked.shards.release(first) }
       return try lockLevel(rest.dropFirst(), &locked, body)
     }
   }

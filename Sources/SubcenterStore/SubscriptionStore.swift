@@ -249,16 +249,45 @@ public final class SubscriptionStore: Sendable {
 }
 
 /// The shards `withShards` / `withLocks` hold locked, by index.
+/// Most commands lock one shard: it is kept inline, others in a small array (no hashing,
+/// no allocation for the common case).
 struct LockedShards {
-  var shards: [Int: Shard] = [:]
+  struct Held {
+    let index: Int
+    var shard: Shard
+  }
+  private var first: Held?
+  private var others: [Held] = []
 
   /// The locked shards' indices, ascending.
-  var indices: [Int] { shards.keys.sorted() }
+  var indices: [Int] { ((first.map { [$0.index] } ?? []) + others.map(\.index)).sorted() }
+
+  /// Takes over shard `i` while its lock is held.
+  mutating func hold(_ i: Int, _ shard: Shard) {
+    if first == nil {
+      first = Held(index: i, shard: shard)
+    } else {
+      others.append(Held(index: i, shard: shard))
+    }
+  }
+
+  /// Gives shard `i` back before its lock is released.
+  mutating func release(_ i: Int) -> Shard {
+    if let f = first, f.index == i {
+      first = nil
+      return f.shard
+    }
+    let k = others.firstIndex { $0.index == i }!
+    return others.remove(at: k).shard
+  }
 
   /// Runs `body` on locked shard `i` (a programming error if `i` is not locked).
   mutating func with(_ i: Int, _ body: (inout Shard) -> Void) {
-    precondition(shards[i] != nil, "shard \(i) is not locked")
-    body(&shards[i]!)
+    if first?.index == i { return body(&first!.shard) }
+    guard let k = others.firstIndex(where: { $0.index == i }) else {
+      preconditionFailure("shard \(i) is not locked")
+    }
+    body(&others[k].shard)
   }
 
   /// Runs `body` on the record of `key` if it exists; `body` returns the person after the
