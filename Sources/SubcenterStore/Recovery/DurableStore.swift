@@ -34,8 +34,12 @@ final class WALCommitLog: CommitLog {
   /// The log, once recovery has read the old one and knows the next seq.
   func attach(_ log: WriteAheadLog) { wal.withLock { $0 = log } }
 
-  /// The writer thread goes back to writing; the store applies on its own queue.
-  var appliesElsewhere: Bool { true }
+  /// With `--fsync always` the writer goes back to writing (and waiting on the disk)
+  /// while the store applies the last batch on its own queue; with the other policies
+  /// there is no wait to overlap, and applying on the writer thread saves a thread hop.
+  let appliesElsewhere: Bool
+
+  init(appliesElsewhere: Bool) { self.appliesElsewhere = appliesElsewhere }
 
   func append(
     _ command: Command, completion: @escaping @Sendable (Result<UInt64, CoreError>) -> Void
@@ -125,7 +129,7 @@ public final class DurableStore: Sendable {
     for f in try WALSegment.removeTemporaryFiles(directory: directory, fileSystem: fileSystem) {
       report.warnings.append("removed \(f), an unfinished log segment rewrite")
     }
-    let commitLog = WALCommitLog()
+    let commitLog = WALCommitLog(appliesElsewhere: fsync == .always)
     var store = SubscriptionStore(
       clock: clock, secret: secret, log: commitLog, createDefaultWorkspace: false)
 
