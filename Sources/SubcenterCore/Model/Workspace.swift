@@ -228,7 +228,7 @@ public final class Workspace: Sendable {
     -> NameID
   {
     guard !name.isEmpty else { throw .invalidArgument(field, "a channel must be given") }
-    guard let id = channelIDs[name], configuredChannel[Int(id)] else {
+    guard let id = Self.number(name, channelNames, channelIDs), configuredChannel[Int(id)] else {
       throw .invalidArgument(field, "unknown channel")
     }
     return id
@@ -237,10 +237,22 @@ public final class Workspace: Sendable {
   /// A configured topic's number, 0 for ""; an unknown topic is `invalidArgument`.
   public func configuredTopic(_ name: String, field: String = "topic") throws(CoreError) -> NameID {
     if name.isEmpty { return 0 }
-    guard let id = topicIDs[name], topicDefaults[Int(id)] != .unspecified else {
+    guard let id = Self.number(name, topicNames, topicIDs), topicDefaults[Int(id)] != .unspecified
+    else {
       throw .invalidArgument(field, "unknown topic")
     }
     return id
+  }
+
+  /// The number of `name`: a scan of a few names costs less than hashing the name (this
+  /// runs on every call); many names go through the dictionary.
+  @inline(__always)
+  private static func number(_ name: String, _ names: [String], _ ids: [String: NameID])
+    -> NameID?
+  {
+    guard names.count <= 16 else { return ids[name] }
+    for i in names.indices where names[i] == name { return NameID(i) }
+    return nil
   }
 
   /// The message limit of a channel, if it has one.
