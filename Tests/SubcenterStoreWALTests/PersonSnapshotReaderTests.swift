@@ -257,21 +257,4 @@ import Testing
     }
     #expect(t.count == 10_000)
   }
-
-  @Test func fileChecksumFromFrameChecksumsEqualsOnePass() {
-    var rng: UInt64 = 7
-    for n in [1, 2, 7, 8, 9, 63, 64, 65, 140, 1000, 4097, 70_000] {
-      var payload = [UInt8](repeating: 0, count: n)
-      for i in payload.indices {
-        rng = rng &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-        payload[i] = UInt8(truncatingIfNeeded: rng >> 33)
-      }
-      var frame: [UInt8] = []
-      RecordFrame.append(payload, to: &frame)
-      let start = CRC32C.checksum([1, 2, 3])
-      let direct = frame.withUnsafeBytes { CRC32C.update(start, $0) }
-      let combined = frame.withUnsafeBytes { FileChecksum.afterFrame(start, $0) }
-      #expect(combined == direct, "payload of \(n) bytes")
-    }
-  }
 }

@@ -189,7 +189,7 @@ public enum SnapshotFile {
       guard case .record = RecordFrame.parse(frame, at: 0) else {
         throw .damaged(name, at: Int64(offset), "record checksum mismatch")
       }
-      crc = FileChecksum.afterFrame(crc, frame)
+      crc = CRC32C.update(crc, frame)
       do {
         try body(UnsafeRawBufferPointer(rebasing: frame[RecordFrame.headerSize...]))
       } catch {
@@ -236,66 +236,6 @@ public enum SnapshotFile {
   {
     try read(name, directory: directory, fileSystem: fs, payloads: { _ in })
   }
-}
-
-/// The file checksum over a frame without a second pass over its payload: the file
-/// checksum covers `length ‖ crc ‖ payload`, the frame's own (already verified) checksum
-/// `length ‖ payload`, and CRCs are linear, so the payload's share of the file checksum
-/// follows from the frame's checksum and the register advanced over as many zero bytes.
-enum FileChecksum {
-  /// The file checksum `crc` continued over `frame` (whose own checksum holds).
-  static func afterFrame(_ crc: UInt32, _ frame: UnsafeRawBufferPointer) -> UInt32 {
-    let n = frame.count - RecordFrame.headerSize
-    let lengthAndCRC = UnsafeRawBufferPointer(rebasing: frame[0..<8])
-    let length = UnsafeRawBufferPointer(rebasing: frame[0..<4])
-    let difference = CRC32C.update(crc, lengthAndCRC) ^ CRC32C.update(0, length)
-    return advance(difference, zeroBytes: n) ^ readLE32(frame, 4)
-  }
-
-  /// A CRC register advanced over `n` zero bytes (a linear map).
-  static func advance(_ register: UInt32, zeroBytes n: Int) -> UInt32 {
-    var r = register
-    var n = n
-    var k = 0
-    while n > 0 && k < tables.count {
-      if n & 1 != 0 { r = apply(k, r) }
-      n >>= 1
-      k += 1
-    }
-    return r
-  }
-
-  @inline(__always)
-  private static func apply(_ k: Int, _ r: UInt32) -> UInt32 {
-    tables[k].withUnsafeBufferPointer { t in
-      t[Int(r & 0xFF)] ^ t[256 + Int((r >> 8) & 0xFF)] ^ t[512 + Int((r >> 16) & 0xFF)]
-        ^ t[768 + Int(r >> 24)]
-    }
-  }
-
-  /// `tables[k][j * 256 + b]`: register `b << 8j` advanced over 2^k zero bytes, for every
-  /// payload length up to `RecordFrame.maxPayloadSize`.
-  private static let tables: [[UInt32]] = {
-    // One zero byte: the register without inversion, through CRC32C.update's inversions.
-    func oneZero(_ r: UInt32) -> UInt32 {
-      ~[UInt8(0)].withUnsafeBytes { CRC32C.update(~r, $0) }
-    }
-    var out: [[UInt32]] = [(0..<1024).map { oneZero(UInt32($0 & 0xFF) << (8 * ($0 >> 8))) }]
-    while 1 << (out.count - 1) < RecordFrame.maxPayloadSize {
-      let t = out[out.count - 1]
-      func twice(_ r: UInt32) -> UInt32 {
-        var r = r
-        for _ in 0..<2 {
-          r =
-            t[Int(r & 0xFF)] ^ t[256 + Int((r >> 8) & 0xFF)] ^ t[512 + Int((r >> 16) & 0xFF)]
-            ^ t[768 + Int(r >> 24)]
-        }
-        return r
-      }
-      out.append((0..<1024).map { twice(UInt32($0 & 0xFF) << (8 * ($0 >> 8))) })
-    }
-    return out
-  }()
 }
 
 /// Reads a file front to back in large chunks into one buffer it reuses, keeping the
