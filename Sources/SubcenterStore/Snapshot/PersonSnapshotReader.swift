@@ -52,6 +52,25 @@ struct ProtoWireReader {
     return (k >> 3, k & 7)
   }
 
+  /// The next field's tag: its number << 3 | its wire type.
+  @inline(__always)
+  mutating func tag() throws(StorageError) -> UInt64 {
+    let k = try varint()
+    guard k >= 8 else { throw malformed("field number 0") }
+    return k
+  }
+
+  /// Skips the field of `tag`, which no case of its reader took: a field it does not
+  /// know, or (damage) one of the `known` ones given with another wire type.
+  mutating func skip(tag: UInt64, known: ClosedRange<UInt64>, _ message: StaticString)
+    throws(StorageError)
+  {
+    guard !known.contains(tag >> 3) else {
+      throw malformed("\(message) field \(tag >> 3) has wire type \(tag & 7)")
+    }
+    try skip(tag & 7)
+  }
+
   /// A length-delimited field's bytes.
   @inline(__always)
   mutating func lengthDelimited() throws(StorageError) -> UnsafeRawBufferPointer {
@@ -291,15 +310,15 @@ extension SnapshotRecordCodec {
     var e = PreferenceRecord(channel: 0, topic: 0, state: .unspecified, updatedAt: 0)
     var r = ProtoWireReader(m)
     while !r.atEnd {
-      let (field, wire) = try r.key()
-      switch field {
-      case 1: channel = UInt32(truncatingIfNeeded: try r.varint(wire, "person.entries.channel"))
-      case 2: topic = UInt32(truncatingIfNeeded: try r.varint(wire, "person.entries.topic"))
-      case 3: state = Int32(truncatingIfNeeded: try r.varint(wire, "person.entries.state"))
-      case 4: e.updatedAt = Int64(bitPattern: try r.varint(wire, "person.entries.updated_at"))
-      case 5: e.source = try r.text(wire, "person.entries.source")
-      case 6: e.noticeVersion = try r.text(wire, "person.entries.notice_version")
-      default: try r.skip(wire)
+      let tag = try r.tag()
+      switch tag {
+      case 0x08: channel = UInt32(truncatingIfNeeded: try r.varint())
+      case 0x10: topic = UInt32(truncatingIfNeeded: try r.varint())
+      case 0x18: state = Int32(truncatingIfNeeded: try r.varint())
+      case 0x20: e.updatedAt = Int64(bitPattern: try r.varint())
+      case 0x2A: e.source = ProtoWireReader.text(try r.lengthDelimited())
+      case 0x32: e.noticeVersion = ProtoWireReader.text(try r.lengthDelimited())
+      default: try r.skip(tag: tag, known: 1...6, "person.entries")
       }
     }
     e.channel = try nameID(channel, "person.entries.channel")
@@ -326,17 +345,17 @@ extension SnapshotRecordCodec {
     var detail = ""
     var r = ProtoWireReader(m)
     while !r.atEnd {
-      let (field, wire) = try r.key()
-      switch field {
-      case 1: seq = UInt32(truncatingIfNeeded: try r.varint(wire, "person.history.seq"))
-      case 2: at = Int64(bitPattern: try r.varint(wire, "person.history.at"))
-      case 3: action = UInt32(truncatingIfNeeded: try r.varint(wire, "person.history.action"))
-      case 4: channel = UInt32(truncatingIfNeeded: try r.varint(wire, "person.history.channel"))
-      case 5: topic = UInt32(truncatingIfNeeded: try r.varint(wire, "person.history.topic"))
-      case 6: source = try r.text(wire, "person.history.source")
-      case 7: actor = try r.text(wire, "person.history.actor")
-      case 8: detail = try r.text(wire, "person.history.detail")
-      default: try r.skip(wire)
+      let tag = try r.tag()
+      switch tag {
+      case 0x08: seq = UInt32(truncatingIfNeeded: try r.varint())
+      case 0x10: at = Int64(bitPattern: try r.varint())
+      case 0x18: action = UInt32(truncatingIfNeeded: try r.varint())
+      case 0x20: channel = UInt32(truncatingIfNeeded: try r.varint())
+      case 0x28: topic = UInt32(truncatingIfNeeded: try r.varint())
+      case 0x32: source = ProtoWireReader.text(try r.lengthDelimited())
+      case 0x3A: actor = ProtoWireReader.text(try r.lengthDelimited())
+      case 0x42: detail = ProtoWireReader.text(try r.lengthDelimited())
+      default: try r.skip(tag: tag, known: 1...8, "person.history")
       }
     }
     guard action <= UInt8.max, let a = HistoryAction(rawValue: UInt8(action)) else {

@@ -234,7 +234,7 @@ public enum SnapshotFile {
   public static func validate(_ name: String, directory: String, fileSystem fs: any FileSystem)
     throws(StorageError) -> SnapshotInfo
   {
-    try read(name, directory: directory, fileSystem: fs, payloads: { _ in })
+    try read(name, directory: directory, fileSystem: fs, rawPayloads: { _ in })
   }
 }
 
