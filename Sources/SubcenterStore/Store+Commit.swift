@@ -25,12 +25,12 @@
 // it (Store+Snapshot.swift).
 //
 // Whoever drains may be the applier's own queue (`Applier.thread`, scheduled by the
-// completions of a log that `appliesElsewhere`, as the write-ahead log does, so its
-// writer thread goes straight on to its next write and fsync), the thread that completed
-// the record (any other log), or the thread of a write whose record completed inline or raced its
-// own `append` (it drains once its validation locks are released: draining needs locks
-// it may still hold). A completion that writes again just queues; the drainer picks it
-// up.
+// completions of a log that `appliesElsewhere` — the write-ahead log with `--fsync
+// always` — so its writer thread goes straight on to its next write and fsync), the
+// thread that completed the record (any other log), or the thread of a write whose
+// record completed inline or raced its own `append` (it drains once its validation
+// locks are released: draining needs locks it may still hold). A completion that writes
+// again just queues; the drainer picks it up.
 //
 // Lock order: `Applier.gate` → the state locks (SubscriptionStore.swift) → the leaves
 // (`Applier.queue`, a `PendingCommit`'s state, the log's own lock).
