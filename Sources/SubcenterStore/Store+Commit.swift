@@ -179,7 +179,10 @@ final class Join: Sendable {
 final class Applier: Sendable {
   struct Queue {
     var items: [(PendingCommit, Result<UInt64, CoreError>)] = []
+    /// A thread is draining: it takes whatever is queued before it stops.
     var draining = false
+    /// A drain is queued on `thread` and has not started yet.
+    var drainScheduled = false
   }
 
   let queue = Mutex(Queue())
@@ -187,8 +190,6 @@ final class Applier: Sendable {
   /// thread, so the writer goes on to the next write and fsync while the last batch is
   /// applied and answered (their I/O wait and this CPU work overlap).
   let thread = DispatchQueue(label: "subcenter.applier")
-  /// A drain is queued on `thread` and has not started yet.
-  let drainScheduled = Atomic<Bool>(false)
   /// Held while commands are applied, and while a snapshot copies the state; holds the
   /// sequence number of the last applied record.
   let gate = Mutex<UInt64>(0)
@@ -381,19 +382,18 @@ extension SubscriptionStore {
       // The appender still holds locks the application needs: it drains once it has
       // released them.
       applier.queue.withLock { $0.items.append((c, result)) }
+    case .afterAppend where log.appliesElsewhere:
+      // A drain on the applier's queue, unless one is running (it takes this record
+      // before it stops) or already queued.
+      let schedule = applier.queue.withLock { q -> Bool in
+        q.items.append((c, result))
+        if q.draining || q.drainScheduled { return false }
+        q.drainScheduled = true
+        return true
+      }
+      if schedule { applier.thread.async { [self] in drain() } }
     case .afterAppend:
       applier.queue.withLock { $0.items.append((c, result)) }
-      if log.appliesElsewhere { scheduleDrain() } else { drain() }
-    }
-  }
-
-  /// Drains on the applier's queue soon (once for many records delivered meanwhile).
-  private func scheduleDrain() {
-    if applier.drainScheduled.exchange(true, ordering: .acquiringAndReleasing) { return }
-    applier.thread.async { [self] in
-      // Cleared before draining: a record queued from here on schedules another drain,
-      // one queued before is taken by this one.
-      applier.drainScheduled.store(false, ordering: .releasing)
       drain()
     }
   }
@@ -403,6 +403,7 @@ extension SubscriptionStore {
   func drain() {
     typealias Item = (PendingCommit, Result<UInt64, CoreError>)
     let first: [Item]? = applier.queue.withLock { q in
+      q.drainScheduled = false
       if q.draining || q.items.isEmpty { return nil }
       q.draining = true
       defer { q.items = [] }
