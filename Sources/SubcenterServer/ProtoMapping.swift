@@ -244,9 +244,14 @@ enum ProtoMapping {
     return ProtoCodec.pack(m)
   }
 
-  /// Preferences, written directly (every write RPC answers with it).
+  /// The hot answers below are written directly, after `GRPCMessageFramer.prefixSize`
+  /// spare bytes, for `ServerCall.respond(framed:)`.
+  static let framePrefix = GRPCMessageFramer.prefixSize
+
+  /// Preferences (every write RPC answers with it), framed.
   static func preferences(_ p: Preferences) -> [UInt8] {
-    var w = WireWriter(capacity: 64 + 40 * (p.entries.count + p.effective.count))
+    var w = WireWriter(
+      capacity: 64 + 40 * (p.entries.count + p.effective.count), reserving: framePrefix)
     w.string(1, p.personID)
     w.bool(2, p.globalUnsubscribed)
     w.int(3, p.globalUpdatedAt)
@@ -273,9 +278,9 @@ enum ProtoMapping {
     return w.bytes
   }
 
-  /// A DeliveryDecision (three small fields).
+  /// A DeliveryDecision (three small fields), framed.
   static func decision(_ d: Decision) -> [UInt8] {
-    var w = WireWriter(capacity: 8 + d.personID.utf8.count)
+    var w = WireWriter(capacity: 8 + d.personID.utf8.count, reserving: framePrefix)
     write(d, to: &w)
     return w.bytes
   }
@@ -286,9 +291,9 @@ enum ProtoMapping {
     w.string(3, d.personID)
   }
 
-  /// DeliveryBatchResponse: field 1 repeated DeliveryDecision.
+  /// DeliveryBatchResponse: field 1 repeated DeliveryDecision, framed.
   static func decisions(_ ds: [Decision]) -> [UInt8] {
-    var w = WireWriter(capacity: ds.count * 24)
+    var w = WireWriter(capacity: ds.count * 24, reserving: framePrefix)
     var one = WireWriter(capacity: 64)
     for d in ds {
       one.reset()

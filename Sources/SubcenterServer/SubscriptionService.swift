@@ -51,22 +51,22 @@ public final class SubscriptionService: GRPCService, Sendable {
       },
       rpc("Subscribe", .write, WireReader.preferenceRequest, \.workspace) { s, req, cred, call in
         s.store.setPreference(req, state: .subscribed, actor: cred.name) { r in
-          call.answer(r, ProtoMapping.preferences)
+          call.answerFramed(r, ProtoMapping.preferences)
         }
       },
       rpc("Unsubscribe", .write, WireReader.preferenceRequest, \.workspace) { s, req, cred, call in
         s.store.setPreference(req, state: .unsubscribed, actor: cred.name) { r in
-          call.answer(r, ProtoMapping.preferences)
+          call.answerFramed(r, ProtoMapping.preferences)
         }
       },
       rpc("UnsubscribeAll", .write, ProtoMapping.global, \.workspace) { s, req, cred, call in
         s.store.setGlobal(req, unsubscribed: true, actor: cred.name) { r in
-          call.answer(r, ProtoMapping.preferences)
+          call.answerFramed(r, ProtoMapping.preferences)
         }
       },
       rpc("Resubscribe", .write, ProtoMapping.global, \.workspace) { s, req, cred, call in
         s.store.setGlobal(req, unsubscribed: false, actor: cred.name) { r in
-          call.answer(r, ProtoMapping.preferences)
+          call.answerFramed(r, ProtoMapping.preferences)
         }
       },
       rpc(
@@ -74,22 +74,22 @@ public final class SubscriptionService: GRPCService, Sendable {
         { (b) throws(RPCStatus) in try ProtoMapping.workspaceAndPerson(b, profile: false) },
         \.workspace
       ) { s, req, _, call in
-        call.answer(
+        call.answerFramed(
           Result { () throws(CoreError) in
             try s.store.preferences(workspace: req.workspace, person: req.person)
           }, ProtoMapping.preferences)
       },
       rpc("CheckDelivery", .check, WireReader.deliveryRequest, \.workspace) { s, req, _, call in
-        s.store.checkDelivery(req) { r in call.answer(r, ProtoMapping.decision) }
+        s.store.checkDelivery(req) { r in call.answerFramed(r, ProtoMapping.decision) }
       },
       rpc("CheckDeliveryBatch", .check, ProtoMapping.deliveryBatch, \.workspace) {
         s, req, _, call in
-        s.store.checkDeliveryBatch(req) { r in call.answer(r, ProtoMapping.decisions) }
+        s.store.checkDeliveryBatch(req) { r in call.answerFramed(r, ProtoMapping.decisions) }
       },
       rpc("OverrideForImportantMessage", .override, ProtoMapping.override, \.workspace) {
         s, req, cred, call in
         s.store.overrideForImportantMessage(req, actor: cred.name) { r in
-          call.answer(r, ProtoMapping.decision)
+          call.answerFramed(r, ProtoMapping.decision)
         }
       },
       rpc("ForgetPerson", .privacy, ProtoMapping.forget, \.0.workspace) { s, req, cred, call in
@@ -204,6 +204,14 @@ extension ServerCall {
   func answer<T>(_ result: Result<T, CoreError>, _ encode: (T) -> [UInt8]) {
     switch result {
     case .success(let v): respond(encode(v))
+    case .failure(let e): finish(e.rpcStatus)
+    }
+  }
+
+  /// `answer` with an encoder that leaves room for the gRPC prefix (sent without a copy).
+  func answerFramed<T>(_ result: Result<T, CoreError>, _ encode: (T) -> [UInt8]) {
+    switch result {
+    case .success(let v): respond(framed: encode(v))
     case .failure(let e): finish(e.rpcStatus)
     }
   }

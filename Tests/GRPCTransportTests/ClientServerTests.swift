@@ -30,6 +30,14 @@ private struct EchoService: GRPCService {
           call.finish(.ok)
         }
       },
+      // Answers with a message built with room for the prefix; with a request byte n > 0,
+      // sends n plain messages first (the framed one then queues behind them).
+      ServiceMethod(path: "/test.Echo/Framed") { call in
+        let n = Int(call.request.first ?? 0)
+        for i in 0..<n { call.send([UInt8(i), 1, 2]) }
+        call.respond(
+          framed: [UInt8](repeating: 0xEE, count: GRPCMessageFramer.prefixSize) + [9, 8, 7])
+      },
       .unary("/test.Echo/Metadata") { call in
         Array((call.metadata["x-token"] ?? "").utf8) + (call.metadata.binary("x-raw-bin") ?? [])
       },
@@ -101,6 +109,20 @@ private func withServer(
         return true
       }
       #expect(got == (0..<200).map { UInt8($0) })
+    }
+  }
+
+  @Test func framedAnswersArriveWhole() throws {
+    try withServer { _, connect in
+      let client = try connect()
+      for n in [0, 1, 3] {
+        var got: [[UInt8]] = []
+        try client.serverStreaming("/test.Echo/Framed", request: [UInt8(n)]) { m in
+          got.append(m)
+          return true
+        }
+        #expect(got == (0..<n).map { [UInt8($0), 1, 2] } + [[9, 8, 7]])
+      }
     }
   }
 

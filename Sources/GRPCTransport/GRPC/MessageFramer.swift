@@ -85,6 +85,20 @@ public struct GRPCMessageDeframer {
 }
 
 public enum GRPCMessageFramer {
+  /// The size of the prefix: a message built with this many leading bytes to spare can
+  /// be sent without a copy (`ServerCall.respond(framed:)`).
+  public static let prefixSize = 5
+
+  /// Fills the first `prefixSize` bytes of `framed` with the prefix of the rest.
+  static func writePrefix(_ framed: inout [UInt8]) {
+    let n = UInt32(framed.count - prefixSize)
+    framed[0] = 0
+    framed[1] = UInt8(truncatingIfNeeded: n >> 24)
+    framed[2] = UInt8(truncatingIfNeeded: n >> 16)
+    framed[3] = UInt8(truncatingIfNeeded: n >> 8)
+    framed[4] = UInt8(truncatingIfNeeded: n)
+  }
+
   /// Appends `message` with its 5-byte prefix (never compressed) to `buffer`.
   public static func frame(_ message: [UInt8], into buffer: inout [UInt8]) {
     let n = UInt32(message.count)

@@ -57,6 +57,7 @@ final class HTTP2Stream {
   func sendMessage(_ message: [UInt8], whenDrained: (@Sendable () -> Void)?) {
     session.sendMessage(self, message, whenDrained: whenDrained)
   }
+  func sendFramed(_ framed: [UInt8]) { session.sendFramed(self, framed) }
   func finish(_ status: RPCStatus, trailers: Metadata) {
     session.finish(self, status, trailers: trailers)
   }
@@ -267,10 +268,10 @@ final class HTTP2ServerSession {
   }
 
   /// A metadata value as a String, shared with an earlier call of this connection when
-  /// the bytes are the same. Short values are stored inline by String, long ones are not
-  /// worth keeping.
+  /// the bytes are the same (comparing them costs less than decoding them again). Long
+  /// values are not worth keeping.
   private func metadataValue(_ p: UnsafePointer<UInt8>, _ n: Int) -> String {
-    guard n > 15 && n <= 256 else { return makeString(p, n) }
+    guard n <= 256 else { return makeString(p, n) }
     for v in recentValues where v.bytes.count == n && memcmp(p, v.bytes, n) == 0 {
       return v.string
     }
@@ -425,6 +426,29 @@ final class HTTP2ServerSession {
       s.outbound.reserveCapacity(message.count + 5)
     }
     GRPCMessageFramer.frame(message, into: &s.outbound)
+    outboundAdded(s, whenDrained: whenDrained)
+  }
+
+  /// Sends a message whose first `GRPCMessageFramer.prefixSize` bytes are spare: they
+  /// take the prefix, and the array becomes the stream's output without a copy when
+  /// nothing else is waiting to go out.
+  func sendFramed(_ s: HTTP2Stream, _ framed: [UInt8]) {
+    guard !s.finished else {
+      s.call?.noteHandedOff(framed.count)
+      return
+    }
+    var framed = framed
+    GRPCMessageFramer.writePrefix(&framed)
+    if s.outOffset == s.outbound.count {
+      s.outbound = framed
+      s.outOffset = 0
+    } else {
+      s.outbound.append(contentsOf: framed)
+    }
+    outboundAdded(s, whenDrained: nil)
+  }
+
+  private func outboundAdded(_ s: HTTP2Stream, whenDrained: (@Sendable () -> Void)?) {
     if let w = whenDrained { s.drainedCallbacks.append(w) }
     if !s.headersSent {
       sendHeaders(s, Metadata())

@@ -124,6 +124,23 @@ public final class ServerCall: @unchecked Sendable {
     }
   }
 
+  /// `respond` for a message built with `GRPCMessageFramer.prefixSize` spare bytes in
+  /// front (the transport writes the prefix there), which is then sent without a copy.
+  public func respond(framed: [UInt8]) {
+    precondition(framed.count >= GRPCMessageFramer.prefixSize, "no room for the prefix")
+    buffered.add(framed.count, ordering: .relaxed)
+    if loop.inLoop {
+      guard let s = stream else { return }
+      s.sendFramed(framed)
+      s.finish(.ok, trailers: Metadata())
+    } else {
+      onLoop {
+        $0.sendFramed(framed)
+        $0.finish(.ok, trailers: Metadata())
+      }
+    }
+  }
+
   /// Ends the call with the status of `error` (UNKNOWN for errors that carry none).
   public func fail(_ error: any Error) {
     let status = (error as? any RPCStatusConvertible)?.rpcStatus ?? RPCStatus(.unknown, "\(error)")

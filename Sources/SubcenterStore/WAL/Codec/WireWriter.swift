@@ -9,7 +9,12 @@ public struct WireWriter {
   /// What was written so far.
   public var bytes: [UInt8] = []
 
-  @inlinable public init(capacity: Int = 0) { bytes.reserveCapacity(capacity) }
+  /// An empty writer; with `reserving`, that many zero bytes come first (room for a
+  /// header the caller fills in later, such as gRPC's message prefix).
+  @inlinable public init(capacity: Int = 0, reserving: Int = 0) {
+    bytes.reserveCapacity(capacity + reserving)
+    if reserving > 0 { bytes.append(contentsOf: repeatElement(0, count: reserving)) }
+  }
 
   @inlinable public mutating func varint(_ value: UInt64) {
     var v = value
