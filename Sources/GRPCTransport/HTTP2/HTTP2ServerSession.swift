@@ -66,6 +66,13 @@ final class HTTP2Stream {
 /// The nghttp2 server session of one connection.
 final class HTTP2ServerSession {
   private var session: OpaquePointer!
+  /// The session's cache of nghttp2's small blocks (CNGHTTP2/shim.h): a stream's frames
+  /// and buffers reuse freed blocks instead of a malloc/free pair each.
+  private let pool: UnsafeMutablePointer<subcenter_pool> = {
+    let p = UnsafeMutablePointer<subcenter_pool>.allocate(capacity: 1)
+    p.initialize(to: subcenter_pool())
+    return p
+  }()
   private let router: Router
   let limits: SessionLimits
   let loop: any CallLoop
@@ -114,10 +121,11 @@ final class HTTP2ServerSession {
     nghttp2_option_set_no_http_messaging(option, 0)
 
     var s: OpaquePointer?
-    let rv = nghttp2_session_server_new2(
-      &s, callbacks, Unmanaged.passUnretained(self).toOpaque(), option)
+    var mem = subcenter_pool_mem(pool)  // copied by nghttp2
+    let rv = nghttp2_session_server_new3(
+      &s, callbacks, Unmanaged.passUnretained(self).toOpaque(), option, &mem)
     guard rv == 0, let s else {
-      throw HTTP2Error(code: Int(rv), what: "nghttp2_session_server_new2")
+      throw HTTP2Error(code: Int(rv), what: "nghttp2_session_server_new3")
     }
     session = s
 
@@ -137,7 +145,11 @@ final class HTTP2ServerSession {
     nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, 8 << 20)
   }
 
-  deinit { nghttp2_session_del(session) }
+  deinit {
+    nghttp2_session_del(session)
+    subcenter_pool_destroy(pool)
+    pool.deallocate()
+  }
 
   // MARK: Bytes in and out
 
