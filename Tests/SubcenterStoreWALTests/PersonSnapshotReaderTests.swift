@@ -133,7 +133,7 @@ import Testing
         .contains("is not a channel or topic number"))
     // A NUL in an identifier.
     #expect(
-      refusal([0x12, 0x05, 0x12, 0x03, 0x0A, 0x01, 0x00]) == "person.key.person_id holds a NUL byte"
+      refusal([0x12, 0x05, 0x12, 0x03, 0x0A, 0x01, 0x00]) == "person_key.person_id holds a NUL byte"
     )
   }
 }

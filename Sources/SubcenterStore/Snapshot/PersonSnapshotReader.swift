@@ -157,6 +157,26 @@ struct ProtoWireReader {
   }
 }
 
+extension ProtoWireReader {
+  /// A `PersonKey` message, snapshot's or log record's (a second one given for the same
+  /// field is merged into the first: the oneof member set last wins).
+  static func personKey(_ m: UnsafeRawBufferPointer, merging key: PersonKey?)
+    throws(StorageError) -> PersonKey?
+  {
+    var key = key
+    var r = ProtoWireReader(m)
+    while !r.atEnd {
+      let (field, wire) = try r.key()
+      switch field {
+      case 1: key = .person(try r.string(wire, "person_key.person_id"))
+      case 2: key = .anonymous(try r.string(wire, "person_key.anonymous_id"))
+      default: try r.skip(wire)
+      }
+    }
+    return key
+  }
+}
+
 /// A person record as read: the person and its workspace id's bytes (pointing into the
 /// record).
 struct PersonSnapshotBytes {
@@ -218,7 +238,7 @@ extension SnapshotRecordCodec {
       case 1: workspace = try r.bytes(wire, "person.workspace")
       case 2:
         keySeen = true
-        key = try personKey(r.bytes(wire, "person.key"), merging: key)
+        key = try ProtoWireReader.personKey(r.bytes(wire, "person.key"), merging: key)
       case 3: email = try r.string(wire, "person.email")
       case 4: phone = try r.string(wire, "person.phone")
       case 5: anonymousIDs.append(try r.string(wire, "person.anonymous_ids"))
@@ -261,24 +281,6 @@ extension SnapshotRecordCodec {
       updatedAt: updatedAt, global: global, entries: entries, history: history,
       nextHistorySeq: nextHistorySeq, sends: sends)
     return PersonSnapshotBytes(workspace: workspace, person: person)
-  }
-
-  /// A `PersonKey` message (a second one given for the field is merged into the first:
-  /// the oneof member set last wins).
-  private static func personKey(_ m: UnsafeRawBufferPointer, merging key: PersonKey?)
-    throws(StorageError) -> PersonKey?
-  {
-    var key = key
-    var r = ProtoWireReader(m)
-    while !r.atEnd {
-      let (field, wire) = try r.key()
-      switch field {
-      case 1: key = .person(try r.string(wire, "person.key.person_id"))
-      case 2: key = .anonymous(try r.string(wire, "person.key.anonymous_id"))
-      default: try r.skip(wire)
-      }
-    }
-    return key
   }
 
   /// A `GlobalFlag` message merged into `flag`.

@@ -234,7 +234,9 @@ public enum LogRecordCodec {
         let (field, wire) = try m.key()
         switch field {
         case 1: workspace = try m.string(wire, "set_preference.workspace")
-        case 2: person = try personKey(try m.bytes(wire, "set_preference.person"), person)
+        case 2:
+          person = try ProtoWireReader.personKey(
+            try m.bytes(wire, "set_preference.person"), merging: person)
         case 3: channel = try m.string(wire, "set_preference.channel")
         case 4: topic = try m.string(wire, "set_preference.topic")
         case 5:
@@ -262,7 +264,9 @@ public enum LogRecordCodec {
       let (field, wire) = try m.key()
       switch field {
       case 1: workspace = try m.string(wire, "set_global.workspace")
-      case 2: person = try personKey(try m.bytes(wire, "set_global.person"), person)
+      case 2:
+        person = try ProtoWireReader.personKey(
+          try m.bytes(wire, "set_global.person"), merging: person)
       case 3: unsubscribed = try m.varint(wire, "set_global.unsubscribed") != 0
       case 4: source = try m.text(wire, "set_global.source")
       default: try m.skip(wire)
@@ -276,23 +280,6 @@ public enum LogRecordCodec {
           workspace: workspace, person: person, unsubscribed: unsubscribed, source: source,
           at: at, actor: actor))
     )
-  }
-
-  /// A `PersonKey` message merged into `key` (the oneof member set last wins).
-  private static func personKey(_ b: UnsafeRawBufferPointer, _ key: PersonKey?)
-    throws(StorageError) -> PersonKey?
-  {
-    var key = key
-    var r = ProtoWireReader(b)
-    while !r.atEnd {
-      let (field, wire) = try r.key()
-      switch field {
-      case 1: key = .person(try r.string(wire, "person.person_id"))
-      case 2: key = .anonymous(try r.string(wire, "person.anonymous_id"))
-      default: try r.skip(wire)
-      }
-    }
-    return key
   }
 
   /// Any record, unpacked by protobuf-c.
