@@ -119,6 +119,32 @@ extension FileSystem {
   }
 }
 
+/// The suffix of a file being written before it is renamed into place (snapshots,
+/// segment rewrites).
+let temporaryFileSuffix = ".tmp"
+
+/// Deletes the temporary files in `directory` whose name without the suffix `isOurs`
+/// (files a writer never finished), syncing the directory if it removed any; returns
+/// their names. `what` names them in the error.
+func removeTemporaryFiles(
+  directory: String, fileSystem fs: any FileSystem, what: String, isOurs: (String) -> Bool
+) throws(StorageError) -> [String] {
+  var removed: [String] = []
+  do {
+    for n in try fs.list(directory)
+    where n.hasSuffix(temporaryFileSuffix)
+      && isOurs(String(n.dropLast(temporaryFileSuffix.count)))
+    {
+      try fs.unlink(joinPath(directory, n))
+      removed.append(n)
+    }
+    if !removed.isEmpty { try fs.syncDirectory(directory) }
+  } catch {
+    throw StorageError(error, "removing \(what)")
+  }
+  return removed
+}
+
 /// `directory/name`.
 @inlinable
 func joinPath(_ directory: String, _ name: String) -> String {

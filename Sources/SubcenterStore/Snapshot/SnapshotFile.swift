@@ -36,7 +36,7 @@ public enum SnapshotFile {
   public static let version: UInt32 = 1
   public static let headerSize = 20
   public static let trailerSize = 8
-  static let temporarySuffix = ".tmp"
+  static let temporarySuffix = temporaryFileSuffix
 
   /// `snapshot-<seq, 20 digits>.snap`.
   public static func fileName(seq: UInt64) -> String {
@@ -76,18 +76,9 @@ public enum SnapshotFile {
   public static func removeTemporaryFiles(directory: String, fileSystem fs: any FileSystem)
     throws(StorageError) -> [String]
   {
-    var removed: [String] = []
-    do {
-      for n in try fs.list(directory)
-      where n.hasSuffix(temporarySuffix) && seq(fileName: String(n.dropLast(4))) != nil {
-        try fs.unlink(joinPath(directory, n))
-        removed.append(n)
-      }
-      if !removed.isEmpty { try fs.syncDirectory(directory) }
-    } catch {
-      throw StorageError(error, "removing unfinished snapshots")
-    }
-    return removed
+    try SubcenterStore.removeTemporaryFiles(
+      directory: directory, fileSystem: fs, what: "unfinished snapshots"
+    ) { seq(fileName: $0) != nil }
   }
 
   /// Deletes every snapshot older than `seq` (once a newer one is durable), syncs the

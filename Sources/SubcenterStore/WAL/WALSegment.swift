@@ -282,7 +282,7 @@ extension WALSegment {
     return erased
   }
 
-  static let temporarySuffix = ".tmp"
+  static let temporarySuffix = temporaryFileSuffix
 
   /// Deletes the temporary files of segment rewrites that never finished; returns their
   /// names.
@@ -290,17 +290,8 @@ extension WALSegment {
   public static func removeTemporaryFiles(directory: String, fileSystem fs: any FileSystem)
     throws(StorageError) -> [String]
   {
-    var removed: [String] = []
-    do {
-      for n in try fs.list(directory)
-      where n.hasSuffix(temporarySuffix) && firstSeq(fileName: String(n.dropLast(4))) != nil {
-        try fs.unlink(joinPath(directory, n))
-        removed.append(n)
-      }
-      if !removed.isEmpty { try fs.syncDirectory(directory) }
-    } catch {
-      throw StorageError(error, "removing unfinished segment rewrites")
-    }
-    return removed
+    try SubcenterStore.removeTemporaryFiles(
+      directory: directory, fileSystem: fs, what: "unfinished segment rewrites"
+    ) { firstSeq(fileName: $0) != nil }
   }
 }
