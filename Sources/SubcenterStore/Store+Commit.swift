@@ -24,9 +24,11 @@
 // guards `lastAppliedSeq`, so a snapshot that holds `gate` sees exactly the records up to
 // it (Store+Snapshot.swift).
 //
-// Whoever drains may be the applier's own queue (`Applier.thread`, scheduled by the
-// completions of a log that `appliesElsewhere` — the write-ahead log with `--fsync
-// always` — so its writer thread goes straight on to its next write and fsync), the
+// Whoever drains may be the thread the server named (`applyDurableRecords(on:)`: the
+// first event loop, which then answers its own calls without a hand-off) or else the
+// applier's own queue (`Applier.thread`), scheduled by the completions of a log that
+// `appliesElsewhere` — the write-ahead log with `--fsync always` — so its writer thread
+// goes straight on to its next write and fsync; the
 // thread that completed the record (any other log), or the thread of a write whose
 // record completed inline or raced its own `append` (it drains once its validation
 // locks are released: draining needs locks it may still hold). A completion that writes
@@ -186,10 +188,16 @@ final class Applier: Sendable {
   }
 
   let queue = Mutex(Queue())
-  /// Records the log completed are applied on this queue, not on the log's writer
-  /// thread, so the writer goes on to the next write and fsync while the last batch is
-  /// applied and answered (their I/O wait and this CPU work overlap).
+  /// Records the log completed are applied on this queue (unless `executor` takes them),
+  /// not on the log's writer thread, so the writer goes on to the next write and fsync
+  /// while the last batch is applied and answered (their I/O wait and this CPU work
+  /// overlap).
   let thread = DispatchQueue(label: "subcenter.applier")
+  /// Where drains run instead, while it accepts them (`applyDurableRecords(on:)`).
+  let executor = Mutex<Executor?>(nil)
+  /// In a struct: a closure kept directly in a `Mutex` gains a reabstraction thunk at
+  /// every `withLock`, a chain that grows with each call.
+  struct Executor { let submit: @Sendable (@escaping @Sendable () -> Void) -> Bool }
   /// Held while commands are applied, and while a snapshot copies the state; holds the
   /// sequence number of the last applied record.
   let gate = Mutex<UInt64>(0)
@@ -391,7 +399,11 @@ extension SubscriptionStore {
         q.drainScheduled = true
         return true
       }
-      if schedule { applier.thread.async { [self] in drain() } }
+      guard schedule else { return }
+      let task: @Sendable () -> Void = { [self] in drain() }
+      if applier.executor.withLock({ $0 })?.submit(task) != true {
+        applier.thread.async(execute: task)
+      }
     case .afterAppend:
       applier.queue.withLock { $0.items.append((c, result)) }
       drain()

@@ -55,6 +55,16 @@ public final class SubscriptionStore: Sendable {
     if createDefaultWorkspace { ensureDefaultWorkspace { _ in } }
   }
 
+  /// Where records that a log which `appliesElsewhere` made durable are applied and
+  /// answered: `executor` runs the given drain on some thread of its own (an event loop)
+  /// and returns true, or returns false when it no longer can (the store's own queue then
+  /// runs it).
+  public func applyDurableRecords(
+    on executor: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
+  ) {
+    applier.executor.withLock { $0 = Applier.Executor(submit: executor) }
+  }
+
   /// Configures workspace `default` if no workspace exists or is being configured
   /// (SPEC §1); answers whether it did.
   public func ensureDefaultWorkspace(completion: @escaping Completion<Bool>) {

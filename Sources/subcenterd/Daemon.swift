@@ -74,7 +74,12 @@ enum Daemon {
       store: store, ttlSeconds: options.anonymousTTLSeconds)
     sweeper.start()
     let server = GRPCServer(configuration: options.transport, services: [service])
-    do { try server.start() } catch {
+    do {
+      try server.start()
+      // Durable writes are applied and answered on the first event loop (one thread
+      // less to wake per batch); its calls' answers then go out without a hand-off.
+      store.applyDurableRecords { task in server.submit(toLoop: 0, task) }
+    } catch {
       writeStderrLine(
         "subcenterd: cannot listen on \(options.transport.listen) (--listen): \(error)")
       return 1

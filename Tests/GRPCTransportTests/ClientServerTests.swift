@@ -164,6 +164,33 @@ private func withServer(
     }
   }
 
+  @Test func tasksHandedToALoopRunThereUntilItStops() throws {
+    let certs = try TestCertificates.shared()
+    let tls = try TLSContext.server(
+      certificateChainFile: certs.serverCertificateFile, privateKeyFile: certs.serverKeyFile)
+    let server = GRPCServer(
+      configuration: ServerConfiguration(
+        listen: SocketAddress(host: "127.0.0.1", port: 0), loops: 2, tls: tls),
+      services: [EchoService()], logger: { _ in })
+    #expect(!server.submit(toLoop: 0) {}, "no loop before start")
+    try server.start()
+    let ran = DispatchSemaphore(value: 0)
+    let ranOnLoop = Mutex(0)
+    for i in 0..<4 {
+      #expect(
+        server.submit(toLoop: i) {
+          ranOnLoop.withLock { $0 += 1 }
+          ran.signal()
+        })
+    }
+    for _ in 0..<4 { #expect(ran.wait(timeout: .now() + 5) == .success) }
+    #expect(ranOnLoop.withLock { $0 } == 4)
+    server.shutdown()
+    server.wait()
+    #expect(!server.submit(toLoop: 0) { Issue.record("ran on a stopped loop") })
+    #expect(!server.submit(toLoop: 1) { Issue.record("ran on a stopped loop") })
+  }
+
   @Test func healthIsServedForEachService() throws {
     try withServer { _, connect in
       let client = try connect()

@@ -25,6 +25,11 @@ final class DeferredCommitLog: CommitLog {
   /// One completer at a time, so completions come in log order.
   private let completer = Mutex(())
   private let writerDone = DispatchSemaphore(value: 0)
+  /// As the write-ahead log with `--fsync always`: the store applies completed records
+  /// on its own queue (or its executor), not on the completing thread.
+  let appliesElsewhere: Bool
+
+  init(appliesElsewhere: Bool = false) { self.appliesElsewhere = appliesElsewhere }
 
   func append(_ command: Command, completion: @escaping Done) {
     let refused = state.withLock { s -> Bool in
@@ -105,4 +110,14 @@ final class DeferredCommitLog: CommitLog {
     writerDone.wait()
     while complete() > 0 {}
   }
+}
+
+/// Polls `condition` every millisecond for up to `seconds`; returns its last value.
+func waitUntil(seconds: Double = 10, _ condition: () -> Bool) -> Bool {
+  let deadline = DispatchTime.now() + seconds
+  while !condition() {
+    if DispatchTime.now() > deadline { return false }
+    usleep(1000)
+  }
+  return true
 }

@@ -40,16 +40,17 @@ final class Call<T: Sendable>: Sendable {
 /// A store on a `DeferredCommitLog`, with workspace acme configured and durable.
 final class Deferred: Sendable {
   let clock = ManualClock(t0)
-  let log = DeferredCommitLog()
+  let log: DeferredCommitLog
   let store: SubscriptionStore
 
-  init(_ config: WorkspaceConfig = acme) {
+  init(_ config: WorkspaceConfig = acme, appliesElsewhere: Bool = false) {
+    log = DeferredCommitLog(appliesElsewhere: appliesElsewhere)
     store = SubscriptionStore(
       clock: clock, secret: secret, log: log, createDefaultWorkspace: false)
     let c = Call<WorkspaceConfig>()
     store.configureWorkspace(config, actor: "admin", mayCreate: true, completion: c.completion)
     log.complete()
-    precondition(c.done)
+    precondition(waitUntil { c.done })
   }
 
   func identify(
@@ -415,6 +416,43 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
     #expect(d.log.queued == 60)
     while d.log.queued > 0 { d.log.complete(7) }
     #expect(order.withLock { $0 } == Array(0..<60))
+  }
+
+  @Test func durableRecordsAreAppliedWhereTheExecutorSaysUntilItRefuses() throws {
+    let d = Deferred(appliesElsewhere: true)
+    let identified = d.identify("u1")
+    d.log.complete()
+    #expect(waitUntil { identified.done }, "applied on the store's queue: no executor yet")
+    // An executor that keeps the drains it is handed until the test runs them.
+    let held = Mutex<(accepting: Bool, tasks: [@Sendable () -> Void])>((true, []))
+    d.store.applyDurableRecords { task in
+      held.withLock { h in
+        if h.accepting { h.tasks.append(task) }
+        return h.accepting
+      }
+    }
+    let first = d.set(.personID("u1"), .unsubscribed, channel: "email")
+    let second = d.set(.personID("u1"), .unsubscribed, channel: "sms")
+    d.log.complete()
+    let drains = held.withLock { h in
+      defer { h.tasks = [] }
+      return h.tasks
+    }
+    #expect(drains.count == 1, "one drain for a batch")
+    #expect(!first.done && !second.done, "not applied before the executor runs the drain")
+    #expect(try d.store.preferences(workspace: "acme", person: .personID("u1")).entries.isEmpty)
+    for task in drains { task() }
+    #expect(try first.get().entries.map(\.channel) == ["email"])
+    #expect(try second.get().entries.map(\.channel).sorted() == ["email", "sms"])
+
+    // Once it refuses (its loop stopped), the store's own queue applies them.
+    held.withLock { $0.accepting = false }
+    let third = d.set(.personID("u1"), .unsubscribed, channel: "push")
+    d.log.complete()
+    #expect(waitUntil { third.done })
+    #expect(try third.get().entries.count == 3)
+    #expect(held.withLock { $0.tasks.isEmpty })
+    #expect(d.settled)
   }
 
   @Test func inFlightRemovalsAndMerges() throws {

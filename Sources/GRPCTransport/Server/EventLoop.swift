@@ -13,7 +13,7 @@ public final class EventLoop: @unchecked Sendable {
   let index: Int
   private let epfd: Int32
   private let wakeFD: Int32
-  private let tasks = Mutex<[@Sendable () -> Void]>([])
+  private let tasks = Mutex(TaskQueue())
   private let wakePending = Atomic<Bool>(false)
   private var threadID: UInt = 0
   private var timers = TimerHeap()
@@ -47,13 +47,30 @@ public final class EventLoop: @unchecked Sendable {
   /// True when called on this loop's thread.
   public var inLoop: Bool { CLinux_pthread_self() == threadID }
 
-  /// Runs `task` on the loop thread, soon. Safe from any thread.
-  public func execute(_ task: @escaping @Sendable () -> Void) {
-    tasks.withLock { $0.append(task) }
+  /// Work handed to the loop by other threads.
+  private struct TaskQueue {
+    var tasks: [@Sendable () -> Void] = []
+    /// The loop has stopped: nothing handed to it runs any more.
+    var closed = false
+  }
+
+  /// Runs `task` on the loop thread, soon. Safe from any thread. A task handed to a loop
+  /// that has stopped is dropped.
+  public func execute(_ task: @escaping @Sendable () -> Void) { _ = submit(task) }
+
+  /// `execute`, saying whether the task will run: false once the loop has stopped.
+  public func submit(_ task: @escaping @Sendable () -> Void) -> Bool {
+    let accepted = tasks.withLock { q in
+      if q.closed { return false }
+      q.tasks.append(task)
+      return true
+    }
+    guard accepted else { return false }
     if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
       var one: UInt64 = 1
       _ = Glibc.write(wakeFD, &one, 8)
     }
+    return true
   }
 
   /// Schedules `action` on the loop thread after `nanoseconds`. Loop thread only.
@@ -128,14 +145,17 @@ public final class EventLoop: @unchecked Sendable {
       flushDirty()
       if draining && liveConnections == 0 { running = false }
     }
+    // What was handed over before the loop stopped still runs; later tasks are refused.
+    tasks.withLock { $0.closed = true }
+    runTasks()
     for case let c? in connections { c.close() }
   }
 
   private func runTasks() {
     wakePending.store(false, ordering: .releasing)
-    let batch = tasks.withLock { t -> [@Sendable () -> Void] in
-      let b = t
-      t.removeAll(keepingCapacity: true)
+    let batch = tasks.withLock { q -> [@Sendable () -> Void] in
+      let b = q.tasks
+      q.tasks.removeAll(keepingCapacity: true)
       return b
     }
     for task in batch { task() }

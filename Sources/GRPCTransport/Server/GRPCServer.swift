@@ -71,6 +71,13 @@ public final class GRPCServer: @unchecked Sendable {
     }
   }
 
+  /// Runs `task` on event loop `index` (modulo the number of loops) and returns true, or
+  /// returns false when that loop is not running (not started, or stopped).
+  public func submit(toLoop index: Int, _ task: @escaping @Sendable () -> Void) -> Bool {
+    guard !loops.isEmpty else { return false }
+    return loops[index % loops.count].submit(task)
+  }
+
   /// Graceful shutdown: stop accepting, GOAWAY every connection, let calls in flight
   /// finish for up to the grace period, then close the rest. Returns at once; `wait`
   /// returns when it is done.
