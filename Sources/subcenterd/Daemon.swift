@@ -30,6 +30,12 @@ enum Daemon {
       writeStderrLine("subcenterd: cannot create data directory \(options.dataDirectory) (--data)")
       return 1
     }
+    let dataLock: DataDirectoryLock
+    do { dataLock = try DataDirectoryLock(directory: options.dataDirectory) } catch {
+      writeStderrLine("subcenterd: \(error.message)")
+      return 1
+    }
+    defer { withExtendedLifetime(dataLock) {} }
     let service: SubscriptionService
     let store: SubscriptionStore
     let durable: DurableStore

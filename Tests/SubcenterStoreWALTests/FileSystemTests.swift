@@ -74,6 +74,29 @@ import Testing
     try exercise(PosixFileSystem(), dir.path)
   }
 
+  @Test func aDataDirectoryIsLockedByOneHolderAtATime() throws {
+    let dir = TemporaryDirectory()
+    defer { dir.remove() }
+    var first: DataDirectoryLock? = try DataDirectoryLock(directory: dir.path)
+    do {
+      _ = try DataDirectoryLock(directory: dir.path)
+      Issue.record("a second lock on a held data directory was granted")
+    } catch {
+      #expect(error.kind == .unavailable)
+      #expect(error.message.contains("in use by another running subcenterd"))
+    }
+    #expect(try PosixFileSystem().list(dir.path).isEmpty, "the lock writes no file")
+    withExtendedLifetime(first) {}
+    first = nil
+    _ = try DataDirectoryLock(directory: dir.path)
+    do {
+      _ = try DataDirectoryLock(directory: dir.path + "/missing")
+      Issue.record("locked a missing directory")
+    } catch {
+      #expect(error.kind == .io && error.errno == ENOENT)
+    }
+  }
+
   @Test func inMemory() throws {
     let fs = FaultyFileSystem()
     try fs.createDirectory("/data")

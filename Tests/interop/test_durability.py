@@ -150,3 +150,27 @@ def test_durability_sigterm_restart_keeps_every_acknowledged_change(tmp_path, fs
         raise AssertionError(f"{e}\n{srv.describe()}") from None
     finally:
         srv.close()
+
+
+def test_second_server_on_one_data_directory_is_refused(tmp_path):
+    """Two servers on one data directory would write the same log segments: the second is
+    refused at start, changing nothing; the first keeps serving; after a kill -9 the lock is
+    gone with the process and a restart takes it."""
+    from interop_support import free_port, run_to_exit, tls_args
+    srv = DurableServer(str(tmp_path)).start()
+    try:
+        ws = unique("lock")
+        srv.client.ConfigureWorkspace(workspace_config(ws))
+        before = sorted(os.listdir(srv.data))
+        rc, _, err = run_to_exit("subcenterd", tls_args() + ["--listen", f"127.0.0.1:{free_port()}"]
+                                 + srv._args(), timeout=20)
+        assert rc == 1, f"a second subcenterd on {srv.data} exited {rc}: {err[-2000:]!r}"
+        assert "in use by another running subcenterd" in err, err[-2000:]
+        assert sorted(os.listdir(srv.data)) == before
+        assert srv.server.alive()
+        srv.client.Identify(workspace=ws, person_id="still-served")
+        srv.kill9()
+        srv.start()
+        assert srv.client.GetProfile(workspace=ws, person="still-served").person_id == "still-served"
+    finally:
+        srv.close()
