@@ -124,36 +124,46 @@ extension SubscriptionStore {
     return person
   }
 
+  /// Returns the person after the change when it had to decode it (nil when the packed
+  /// record was changed in place, the usual case).
   func applySetPreference(
     _ cmd: Command.SetPreference, channel: NameID, topic: NameID, shard: inout Shard,
     slot: UInt32
-  ) -> Person {
-    let d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
-    var p = d.person
-    p.setPreference(
+  ) -> Person? {
+    if PersonCodec.setPreference(
+      &shard.records[Int(slot)], channel: channel, topic: topic, state: cmd.state,
+      source: cmd.source, noticeVersion: cmd.noticeVersion, at: cmd.at, actor: cmd.actor,
+      strings: &shard.strings)
+    {
+      return nil
+    }
+    var d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
+    d.person.setPreference(
       channel: channel, topic: topic, state: cmd.state, source: cmd.source,
       noticeVersion: cmd.noticeVersion, at: cmd.at, actor: cmd.actor)
-    PersonCodec.update(&shard.records[Int(slot)], with: p, tail: d.tail, strings: &shard.strings)
-    return p
+    PersonCodec.update(
+      &shard.records[Int(slot)], with: d.person, tail: d.tail, strings: &shard.strings)
+    return d.person
   }
 
   func applySetGlobal(_ cmd: Command.SetGlobal, shard: inout Shard, slot: UInt32) -> Person {
-    let d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
-    var p = d.person
-    p.setGlobal(unsubscribed: cmd.unsubscribed, source: cmd.source, at: cmd.at, actor: cmd.actor)
-    PersonCodec.update(&shard.records[Int(slot)], with: p, tail: d.tail, strings: &shard.strings)
-    return p
+    var d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
+    d.person.setGlobal(
+      unsubscribed: cmd.unsubscribed, source: cmd.source, at: cmd.at, actor: cmd.actor)
+    PersonCodec.update(
+      &shard.records[Int(slot)], with: d.person, tail: d.tail, strings: &shard.strings)
+    return d.person
   }
 
   func applyOverride(
     _ cmd: Command.Override, channel: NameID, topic: NameID, shard: inout Shard, slot: UInt32
   ) {
-    let d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
-    var p = d.person
-    p.appendHistory(
+    var d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
+    d.person.appendHistory(
       action: .override, channel: channel, topic: topic, actor: cmd.actor, detail: cmd.detail,
       at: cmd.at)
-    PersonCodec.update(&shard.records[Int(slot)], with: p, tail: d.tail, strings: &shard.strings)
+    PersonCodec.update(
+      &shard.records[Int(slot)], with: d.person, tail: d.tail, strings: &shard.strings)
   }
 
   /// Removes a person and its identifier index entries.

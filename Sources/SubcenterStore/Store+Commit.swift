@@ -133,6 +133,8 @@ struct Applied: Sendable {
   var found = true
   /// The person after the change, for the commands that decode it anyway.
   var person: Person?
+  /// Where the person's record is (shard, slot), when it was found.
+  var location: (shard: Int, slot: UInt32)?
 }
 
 /// The in-flight commands a validation consulted.
@@ -301,8 +303,9 @@ extension SubscriptionStore {
     return try shards[first].state.withLock { (shard: inout Shard) throws(E) -> R in
       // Move the shard out while its lock is held (keeping its storage uniquely
       // referenced), and back before the lock is released.
-      locked.shards.hold(first, shard)
-      shard = Shard.placeholder
+      var taken = Shard.placeholder
+      swap(&taken, &shard)
+      locked.shards.hold(first, consume taken)
       defer { shard = locked.shards.release(first) }
       return try lockLevel(rest.dropFirst(), &locked, body)
     }

@@ -262,7 +262,7 @@ extension SubscriptionStore {
         let c = try commit(
           .setPreference(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r,
           completion: completion
-        ) { _, applied in preferencesAnswer(h, applied, at: at) }
+        ) { locked, applied in preferencesAnswer(h, &locked, applied, at: at) }
         r.register(shard: &shard, index: s, by: c)
         return .committed
       }
@@ -294,7 +294,7 @@ extension SubscriptionStore {
         let c = try commit(
           .setGlobal(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r,
           completion: completion
-        ) { _, applied in preferencesAnswer(h, applied, at: at) }
+        ) { locked, applied in preferencesAnswer(h, &locked, applied, at: at) }
         r.register(shard: &shard, index: s, by: c)
         return .committed
       }
@@ -624,11 +624,21 @@ extension SubscriptionStore {
 }
 
 /// The answer of a preference write: the person as the write left it.
-private func preferencesAnswer(_ h: WorkspaceHandle, _ applied: Applied, at: Int64) -> Result<
-  Preferences, CoreError
-> {
-  guard let p = applied.person else { return .failure(.notFound("person not found")) }
-  return .success(
-    h.current.preferences(
-      personID: p.key.personID, global: p.global, entries: p.entries, subject: p, now: at))
+private func preferencesAnswer(
+  _ h: WorkspaceHandle, _ locked: inout Locked, _ applied: Applied, at: Int64
+) -> Result<Preferences, CoreError> {
+  if let p = applied.person {
+    return .success(
+      h.current.preferences(
+        personID: p.key.personID, global: p.global, entries: p.entries, subject: p, now: at))
+  }
+  guard applied.found, let (s, slot) = applied.location else {
+    return .failure(.notFound("person not found"))
+  }
+  var answer: Preferences?
+  locked.shards.with(s) { shard in
+    answer = PersonCodec.preferences(
+      shard.records[Int(slot)], model: h.current, strings: shard.strings, now: at)
+  }
+  return .success(answer!)
 }

@@ -225,10 +225,8 @@ public final class SubscriptionStore: Sendable {
     let ref = try PersonRef.validated(person, field: "person")
     let at = now()
     let prefs = try withPerson(h, ref) { shard, slot in
-      let p = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
-        .person
-      return h.current.preferences(
-        personID: p.key.personID, global: p.global, entries: p.entries, subject: p, now: at)
+      PersonCodec.preferences(
+        shard.records[Int(slot)], model: h.current, strings: shard.strings, now: at)
     }
     guard let prefs else { throw .notFound("person not found") }
     return prefs
@@ -272,8 +270,9 @@ struct LockedShards {
   /// The locked shards' indices, ascending.
   var indices: [Int] { ((first.map { [$0.index] } ?? []) + others.map(\.index)).sorted() }
 
-  /// Takes over shard `i` while its lock is held.
-  mutating func hold(_ i: Int, _ shard: Shard) {
+  /// Takes over shard `i` while its lock is held (moved, not copied: the shard's
+  /// storage stays uniquely referenced).
+  mutating func hold(_ i: Int, _ shard: consuming Shard) {
     if first == nil {
       first = Held(index: i, shard: shard)
     } else {
@@ -283,10 +282,7 @@ struct LockedShards {
 
   /// Gives shard `i` back before its lock is released.
   mutating func release(_ i: Int) -> Shard {
-    if let f = first, f.index == i {
-      first = nil
-      return f.shard
-    }
+    if first?.index == i { return first.take()!.shard }
     let k = others.firstIndex { $0.index == i }!
     return others.remove(at: k).shard
   }
@@ -306,10 +302,11 @@ struct LockedShards {
     _ h: WorkspaceHandle, _ key: PersonKey, _ body: (inout Shard, UInt32) -> Person?
   ) -> Applied {
     let hash = KeyHash.person(h.number, key)
+    let s = shardIndex(hash)
     var out = Applied(found: false)
-    with(shardIndex(hash)) { shard in
+    with(s) { shard in
       if let slot = shard.find(workspace: h.number, key: key, hash: hash) {
-        out = Applied(found: true, person: body(&shard, slot))
+        out = Applied(found: true, person: body(&shard, slot), location: (s, slot))
       }
     }
     return out

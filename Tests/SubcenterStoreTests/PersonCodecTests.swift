@@ -135,6 +135,79 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
     }
   }
 
+  /// The in-place SetPreference equals decode → `Person.setPreference` → `update`, byte
+  /// for byte and string table for string table, over random persons and changes: new and
+  /// existing entries, interned, inline and over-long sources, notice versions, times
+  /// equal to the last history entry's, and times before it (refused, nothing changed).
+  @Test func packedSetPreferenceEqualsDecodedSetPreference() {
+    var rng = SplitMix(seed: 17)
+    for round in 0..<2 {
+      var strings = StringTable()
+      if round == 1 {
+        // A full table: every new string stays inline.
+        for i in 0..<StringTable.maxEntries { _ = strings.id(for: "filler \(i)") }
+      }
+      for _ in 0..<400 {
+        var record = PersonCodec.encode(randomPerson(&rng), workspace: 1, strings: &strings)
+        var slowRecord = record
+        var slowStrings = strings
+        var lastAt =
+          PersonCodec.decode(record, history: true, strings: strings).person.history
+          .last?.at ?? Int64.min
+        for step in 0..<Int(1 + rng.next() % 12) {
+          let channel = NameID(rng.next() % 4)
+          let topic = NameID(rng.next() % 4)
+          let state: PreferenceState = rng.next() % 2 == 0 ? .subscribed : .unsubscribed
+          let sources = ["", "preference_center", "s\(step)", String(repeating: "x", count: 200)]
+          let source = sources[Int(rng.next() % 4)]
+          let notice = rng.next() % 3 == 0 ? "v\(rng.next() % 3)" : ""
+          let created = PersonCodec.decode(record, history: false, strings: strings).person
+            .createdAt
+          var at = max(lastAt, created) + Int64(rng.next() % 3)
+          if rng.next() % 10 == 0 && lastAt > Int64.min { at = lastAt - 1 }
+          let before = record.blob
+          let done = PersonCodec.setPreference(
+            &record, channel: channel, topic: topic, state: state, source: source,
+            noticeVersion: notice, at: at, actor: "actor", strings: &strings)
+          if at < lastAt {
+            #expect(!done, "a change sorting before the stored history is refused")
+            #expect(record.blob == before)
+            continue
+          }
+          #expect(done)
+          var d = PersonCodec.decode(slowRecord, history: false, strings: slowStrings)
+          d.person.setPreference(
+            channel: channel, topic: topic, state: state, source: source, noticeVersion: notice,
+            at: at, actor: "actor")
+          PersonCodec.update(&slowRecord, with: d.person, tail: d.tail, strings: &slowStrings)
+          #expect(record.blob == slowRecord.blob)
+          #expect(record.flags == slowRecord.flags && record.sends == slowRecord.sends)
+          #expect(
+            PersonCodec.decode(record, history: true, strings: strings).person
+              == PersonCodec.decode(slowRecord, history: true, strings: slowStrings).person)
+          lastAt = at
+        }
+        strings = slowStrings
+      }
+    }
+  }
+
+  /// The answer read from the record equals the answer built from the decoded person.
+  @Test func packedPreferencesEqualDecoded() throws {
+    let model = try Workspace(acme, previous: nil)
+    var rng = SplitMix(seed: 23)
+    var strings = StringTable()
+    for _ in 0..<1000 {
+      let p = randomPerson(&rng)
+      let r = PersonCodec.encode(p, workspace: 1, strings: &strings)
+      let now = p.createdAt + Int64(rng.next() % 4000)
+      #expect(
+        PersonCodec.preferences(r, model: model, strings: strings, now: now)
+          == model.preferences(
+            personID: p.key.personID, global: p.global, entries: p.entries, subject: p, now: now))
+    }
+  }
+
   @Test func packedDecisionEqualsDecoded() {
     var rng = SplitMix(seed: 3)
     var strings = StringTable()

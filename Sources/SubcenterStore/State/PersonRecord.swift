@@ -114,6 +114,176 @@ enum PersonCodec {
     record.flags = flags(p)
   }
 
+  /// `Person.setPreference` on the packed record, without decoding the person: the
+  /// entry is set in the hot section (in place, or inserted in order), its history entry
+  /// appended after the stored ones, and the cold section rewritten from its bytes with the
+  /// new entry's fields. The result equals decode → `setPreference` → `update`, byte for
+  /// byte. Returns false, changing nothing, when the new history entry would sort before
+  /// the stored ones (`update` re-sorts then): the caller takes the decoding path.
+  static func setPreference(
+    _ r: inout PersonRecord, channel: NameID, topic: NameID, state: PreferenceState,
+    source: String, noticeVersion: String, at: Int64, actor: String,
+    strings: inout StringTable
+  ) -> Bool {
+    let oldColdStart = coldStart(r.blob)
+    let n = entryCount(r)
+    let entriesStart = 8 + (Int(r.blob[6]) | Int(r.blob[7]) << 8)
+    // The entry's place among the sorted (channel, topic) keys.
+    let key = UInt32(channel) << 16 | UInt32(topic)
+    var lo = 0
+    var hi = n
+    while lo < hi {
+      let mid = (lo + hi) / 2
+      let o = entriesStart + 5 * mid
+      let k =
+        UInt32(r.blob[o]) << 16 | UInt32(r.blob[o + 1]) << 24 | UInt32(r.blob[o + 2])
+        | UInt32(r.blob[o + 3]) << 8
+      if k < key { lo = mid + 1 } else { hi = mid }
+    }
+    let entryAt = entriesStart + 5 * lo
+    let exists =
+      lo < n && UInt16(r.blob[entryAt]) | UInt16(r.blob[entryAt + 1]) << 8 == channel
+      && UInt16(r.blob[entryAt + 2]) | UInt16(r.blob[entryAt + 3]) << 8 == topic
+
+    let cold = coldLayout(r.blob, entryCount: n, entry: lo)
+    let (createdAt, lastAt, nextSeq) = (cold.createdAt, cold.lastHistoryAt, cold.nextHistorySeq)
+    let (before, after) = (cold.entryStart, exists ? cold.entryEnd : cold.entryStart)
+    guard at >= lastAt else { return false }
+
+    // What follows the stored history: the new history entry, then the new cold section.
+    var tail = ByteWriter()
+    tail.bytes.reserveCapacity(r.blob.count - oldColdStart + 48)
+    var previous = lastAt
+    writeHistory(
+      HistoryRecord(
+        seq: nextSeq, at: at, action: state == .subscribed ? .subscribe : .unsubscribe,
+        channel: channel, topic: topic, source: source, actor: actor,
+        detail: noticeVersion.isEmpty ? "" : "notice_version: \(noticeVersion)"),
+      previous: &previous, into: &tail, strings: &strings)
+    let coldOffset = tail.bytes.count
+    tail.zigzag(createdAt)
+    tail.zigzag(at &- createdAt)
+    r.blob.withUnsafeBufferPointer { b in
+      tail.bytes.append(contentsOf: b[cold.identityStart..<before])
+      tail.zigzag(at &- createdAt)
+      tail.ref(source, &strings)
+      tail.ref(noticeVersion, &strings)
+      tail.bytes.append(contentsOf: b[after..<cold.entriesEnd])
+    }
+    tail.varint(UInt64(nextSeq &+ 1))
+    tail.varint(UInt64(cold.historyCount + 1))
+    tail.zigzag(at &- createdAt)
+
+    // Edit the record in place: drop the old cold section, set or insert the hot entry,
+    // append the tail.
+    r.blob.removeSubrange(oldColdStart...)
+    let stateByte = UInt8(truncatingIfNeeded: state.rawValue)
+    if exists {
+      r.blob[entryAt + 4] = stateByte
+    } else {
+      let entry: [UInt8] = [
+        UInt8(truncatingIfNeeded: channel), UInt8(truncatingIfNeeded: channel >> 8),
+        UInt8(truncatingIfNeeded: topic), UInt8(truncatingIfNeeded: topic >> 8), stateByte,
+      ]
+      r.blob.insert(contentsOf: entry, at: entryAt)
+      r.blob[4] = UInt8(truncatingIfNeeded: n + 1)
+      r.blob[5] = UInt8(truncatingIfNeeded: (n + 1) >> 8)
+    }
+    let newColdStart = UInt32(r.blob.count + coldOffset)
+    r.blob.append(contentsOf: tail.bytes)
+    for i in 0..<4 { r.blob[i] = UInt8(truncatingIfNeeded: newColdStart >> (8 * i)) }
+    return true
+  }
+
+  /// Offsets in a record's cold section (see the layout above).
+  private struct ColdLayout {
+    var createdAt: Int64 = 0
+    /// Where email, phone, anonymous ids and the global flag begin.
+    var identityStart = 0
+    /// Where entry `entry`'s fields begin and end (both at `entriesEnd` for an entry past
+    /// the last).
+    var entryStart = 0
+    var entryEnd = 0
+    var entriesEnd = 0
+    var nextHistorySeq: UInt32 = 0
+    var historyCount = 0
+    var lastHistoryAt: Int64 = 0
+  }
+
+  /// Reads the cold section's layout. (A function of its own, so its reader's reference to
+  /// `blob` is gone before the caller edits the record in place.)
+  private static func coldLayout(_ blob: [UInt8], entryCount n: Int, entry: Int) -> ColdLayout {
+    var l = ColdLayout()
+    var rd = ByteReader(blob)
+    rd.i = coldStart(blob)
+    l.createdAt = rd.zigzag()
+    _ = rd.zigzag()
+    l.identityStart = rd.i
+    rd.skipString()
+    rd.skipString()
+    for _ in 0..<Int(rd.varint()) { rd.skipString() }
+    if rd.u8() != 0 {
+      _ = rd.zigzag()
+      rd.skipRef()
+    }
+    l.entryStart = rd.i
+    for i in 0..<n {
+      if i == entry { l.entryStart = rd.i }
+      _ = rd.zigzag()
+      rd.skipRef()
+      rd.skipRef()
+      if i == entry { l.entryEnd = rd.i }
+    }
+    l.entriesEnd = rd.i
+    if entry >= n { (l.entryStart, l.entryEnd) = (rd.i, rd.i) }
+    l.nextHistorySeq = UInt32(truncatingIfNeeded: rd.varint())
+    l.historyCount = Int(rd.varint())
+    l.lastHistoryAt = l.createdAt &+ rd.zigzag()
+    return l
+  }
+
+  /// What GetPreferences and the write RPCs answer with, read from the record: the person
+  /// id, the global flag and the entries (no identifiers, history or sends decoded).
+  static func preferences(
+    _ r: borrowing PersonRecord, model: Workspace, strings: StringTable, now: Int64
+  ) -> Preferences {
+    var rd = ByteReader(r.blob)
+    let n = entryCount(r)
+    let entriesStart = 8 + (Int(r.blob[6]) | Int(r.blob[7]) << 8)
+    rd.i = coldStart(r.blob)
+    let createdAt = rd.zigzag()
+    _ = rd.zigzag()
+    rd.skipString()
+    rd.skipString()
+    for _ in 0..<Int(rd.varint()) { rd.skipString() }
+    var global: GlobalFlag?
+    let g = rd.u8()
+    if g != 0 {
+      let at = createdAt &+ rd.zigzag()
+      global = GlobalFlag(unsubscribed: g == 1, updatedAt: at, source: rd.ref(strings))
+    }
+    var entries: [PreferenceRecord] = []
+    entries.reserveCapacity(n)
+    for i in 0..<n {
+      let o = entriesStart + 5 * i
+      let at = createdAt &+ rd.zigzag()
+      let source = rd.ref(strings)
+      let notice = rd.ref(strings)
+      entries.append(
+        PreferenceRecord(
+          channel: UInt16(r.blob[o]) | UInt16(r.blob[o + 1]) << 8,
+          topic: UInt16(r.blob[o + 2]) | UInt16(r.blob[o + 3]) << 8,
+          state: PreferenceState(rawValue: Int32(r.blob[o + 4])) ?? .unspecified,
+          updatedAt: at, source: source, noticeVersion: notice))
+    }
+    let personID =
+      r.isAnonymous ? "" : String(decoding: r.blob[8..<entriesStart], as: UTF8.self)
+    return withSubject(r) { subject in
+      model.preferences(
+        personID: personID, global: global, entries: entries, subject: subject, now: now)
+    }
+  }
+
   private static func flags(_ p: Person) -> UInt8 {
     (p.isAnonymous ? PersonRecord.anonymousFlag : 0)
       | (p.isGloballyUnsubscribed ? PersonRecord.globalFlag : 0)
@@ -506,6 +676,12 @@ struct ByteReader {
   mutating func string() -> String { rawString(Int(varint())) }
 
   mutating func skipString() { i += Int(varint()) }
+
+  /// Skips a `ref` (an inline one's bytes too).
+  mutating func skipRef() {
+    let n = varint()
+    if n & 1 == 0 { i += Int(n >> 1) }
+  }
 
   /// Reads a `str` and compares it with `value` byte for byte.
   mutating func stringEquals(_ value: String) -> Bool {
