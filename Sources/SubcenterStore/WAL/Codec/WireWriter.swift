@@ -40,13 +40,12 @@ public struct WireWriter {
 
   /// A `string` or `bytes` field; with `always` (a set oneof member) even when empty.
   @inlinable public mutating func string(_ field: UInt64, _ value: String, always: Bool = false) {
-    guard always || !value.isEmpty else { return }
+    let utf8 = value.utf8
+    let n = utf8.count
+    guard always || n != 0 else { return }
     varint(field << 3 | 2)
-    var v = value
-    v.withUTF8 { b in
-      varint(UInt64(b.count))
-      bytes.append(contentsOf: b)
-    }
+    varint(UInt64(n))
+    bytes.append(contentsOf: utf8)
   }
 
   /// A length-delimited field holding `message`'s bytes (written even when empty, as a
