@@ -36,7 +36,7 @@ let package = Package(
         .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))
       ]),
     .target(name: "SubcenterCore"),
-    .target(name: "SubcenterStore", dependencies: ["SubcenterCore", "SubcenterProto"]),
+    .target(name: "SubcenterStore", dependencies: ["SubcenterCore", "SubcenterProto", "CLinux"]),
     .target(
       name: "SubcenterServer",
       dependencies: ["GRPCTransport", "SubcenterCore", "SubcenterStore", "SubcenterProto"]),

@@ -14,4 +14,43 @@ extern int accept4(int sockfd, struct sockaddr *addr, socklen_t *addrlen, int fl
 
 // Stable thread id for "am I on this loop?" checks.
 static inline unsigned long CLinux_pthread_self(void) { return (unsigned long)pthread_self(); }
+
+// CRC-32C with the crc32 instruction of SSE 4.2: `crc` is the running (inverted) state,
+// as the instruction takes it. Call only when CLinux_crc32c_hardware() says the CPU has it.
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <stddef.h>
+#include <stdint.h>
+static inline int CLinux_crc32c_hardware(void) {
+  unsigned int a, b, c, d;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_2) != 0;
+}
+__attribute__((target("sse4.2")))
+static inline uint32_t CLinux_crc32c(uint32_t crc, const unsigned char *p, size_t n) {
+  uint64_t c = crc;
+  while (n >= 8) {
+    uint64_t v;
+    __builtin_memcpy(&v, p, 8);
+    c = __builtin_ia32_crc32di(c, v);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t c32 = (uint32_t)c;
+  while (n > 0) {
+    c32 = __builtin_ia32_crc32qi(c32, *p);
+    p++;
+    n--;
+  }
+  return c32;
+}
+#else
+#include <stddef.h>
+#include <stdint.h>
+static inline int CLinux_crc32c_hardware(void) { return 0; }
+static inline uint32_t CLinux_crc32c(uint32_t crc, const unsigned char *p, size_t n) {
+  (void)p;
+  (void)n;
+  return crc;
+}
+#endif
 #endif

@@ -1,6 +1,9 @@
 // CRC-32C (Castagnoli, reflected polynomial 0x82F63B78, initial value and final XOR
-// 0xFFFFFFFF), the checksum of every framed record and of snapshot files. Slicing-by-8:
-// eight 256-entry tables, eight bytes per step.
+// 0xFFFFFFFF), the checksum of every framed record and of snapshot files. With the crc32
+// instruction of SSE 4.2 when the CPU has it (CLinux/shim.h), eight bytes per instruction;
+// otherwise slicing-by-8: eight 256-entry tables, eight bytes per step.
+
+import CLinux
 
 /// CRC-32C checksums.
 public enum CRC32C {
@@ -17,6 +20,18 @@ public enum CRC32C {
   /// The checksum of the bytes already summed into `crc` followed by `bytes`
   /// (`update(0, b)` is the checksum of `b`; `update(checksum(a), b)` that of `a ‖ b`).
   public static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
+    guard let base = bytes.baseAddress, bytes.count > 0 else { return crc }
+    if hardware {
+      return ~CLinux_crc32c(~crc, base.assumingMemoryBound(to: UInt8.self), bytes.count)
+    }
+    return software(crc, bytes)
+  }
+
+  /// Whether the crc32 instruction is used.
+  static let hardware = CLinux_crc32c_hardware() != 0
+
+  /// `update` with the tables (the reference the instruction is tested against).
+  static func software(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
     guard var p = bytes.baseAddress, bytes.count > 0 else { return crc }
     var n = bytes.count
     var c = ~crc
