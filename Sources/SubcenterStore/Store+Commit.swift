@@ -24,15 +24,16 @@
 // guards `lastAppliedSeq`, so a snapshot that holds `gate` sees exactly the records up to
 // it (Store+Snapshot.swift).
 //
-// Whoever drains may be the thread the server named (`applyDurableRecords(on:)`: the
-// first event loop, which then answers its own calls without a hand-off) or else the
-// applier's own queue (`Applier.thread`), scheduled by the completions of a log that
-// `appliesElsewhere` — the write-ahead log with `--fsync always` — so its writer thread
-// goes straight on to its next write and fsync; the
-// thread that completed the record (any other log), or the thread of a write whose
-// record completed inline or raced its own `append` (it drains once its validation
-// locks are released: draining needs locks it may still hold). A completion that writes
-// again just queues; the drainer picks it up.
+// Whoever drains may be:
+//   - for a log that `appliesElsewhere` (the write-ahead log with `--fsync always`, whose
+//     writer thread goes straight on to its next write and fsync): the thread the server
+//     named (`applyDurableRecords(on:)`: the first event loop, which then answers its own
+//     calls without a hand-off), or else the applier's own queue (`Applier.thread`);
+//   - for any other log: the thread that completed the record;
+//   - the thread of a write whose record completed inline or raced its own `append` (it
+//     drains once its validation locks are released: draining needs locks it may still
+//     hold).
+// A completion that writes again just queues; the drainer picks it up.
 //
 // Lock order: `Applier.gate` → the state locks (SubscriptionStore.swift) → the leaves
 // (`Applier.queue`, a `PendingCommit`'s state, the log's own lock).
