@@ -53,9 +53,9 @@ final class PendingCommit: Sendable {
   let scope: LockScope
   let reservations: Reservations
   /// Under the command's locks, once applied: builds the answer and returns what
-  /// completes the call (run after the locks are released).
+  /// completes the call (run after the locks are released). Given a failure, it needs
+  /// no lock: the answer is that failure.
   let finish: @Sendable (inout Locked, Result<Applied, CoreError>) -> @Sendable () -> Void
-  let fail: @Sendable (CoreError) -> Void
   private let state = Mutex(State())
 
   enum Arrival { case duringAppend, failedDuringAppend, afterAppend }
@@ -75,14 +75,18 @@ final class PendingCommit: Sendable {
 
   init(
     command: Command, scope: LockScope, reservations: Reservations,
-    finish: @escaping @Sendable (inout Locked, Result<Applied, CoreError>) -> @Sendable () -> Void,
-    fail: @escaping @Sendable (CoreError) -> Void
+    finish: @escaping @Sendable (inout Locked, Result<Applied, CoreError>) -> @Sendable () -> Void
   ) {
     self.command = command
     self.scope = scope
     self.reservations = reservations
     self.finish = finish
-    self.fail = fail
+  }
+
+  /// Completes the call with `error`: the record did not become durable.
+  func fail(_ error: CoreError) {
+    var nothing = Locked()
+    finish(&nothing, .failure(error))()
   }
 
   /// The log's completion arrived: was `append` still running?
@@ -238,15 +242,15 @@ extension SubscriptionStore {
     case .identify(let c):
       return LockScope(workspace: h, identity: true, shards: shards(of: c, h!))
     case .setPreference(let c):
-      return LockScope(workspace: h, shards: [shard(c.person)])
+      return LockScope(workspace: h, shards: oneShard[shard(c.person)])
     case .setGlobal(let c):
-      return LockScope(workspace: h, shards: [shard(c.person)])
+      return LockScope(workspace: h, shards: oneShard[shard(c.person)])
     case .override(let c):
-      return LockScope(workspace: h, shards: [shard(c.person)])
+      return LockScope(workspace: h, shards: oneShard[shard(c.person)])
     case .recordSends(let c):
       return LockScope(workspace: h, shards: c.persons.map(shard))
     case .forget(let c):
-      return LockScope(workspace: h, identity: true, shards: [shard(c.person)])
+      return LockScope(workspace: h, identity: true, shards: oneShard[shard(c.person)])
     case .suppress(let c):
       return LockScope(workspace: h, identity: true, shards: c.forget.map(shard))
     case .unsuppress:
@@ -336,8 +340,7 @@ extension SubscriptionStore {
         case .failure(let e): r = .failure(e)
         }
         return { completion(r) }
-      },
-      fail: { completion(.failure($0)) })
+      })
     log.append(command) { [self] result in delivered(c, result) }
     try c.appendReturned()
     return c

@@ -260,7 +260,7 @@ extension SubscriptionStore {
         var r = Reservations()
         r.slots = [SlotReservation(shard: s, slot: slot)]
         let c = try commit(
-          .setPreference(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r,
+          .setPreference(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
           completion: completion
         ) { locked, applied in preferencesAnswer(h, &locked, applied, at: at) }
         r.register(shard: &shard, index: s, by: c)
@@ -292,7 +292,7 @@ extension SubscriptionStore {
         var r = Reservations()
         r.slots = [SlotReservation(shard: s, slot: slot)]
         let c = try commit(
-          .setGlobal(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r,
+          .setGlobal(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
           completion: completion
         ) { locked, applied in preferencesAnswer(h, &locked, applied, at: at) }
         r.register(shard: &shard, index: s, by: c)
@@ -347,7 +347,7 @@ extension SubscriptionStore {
           var r = Reservations()
           r.slots = [SlotReservation(shard: s, slot: slot, channel: target.channel, sends: 1)]
           let c = try commitQuietly(
-            .recordSends(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r)
+            .recordSends(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r)
           r.register(shard: &shard, index: s, by: c)
           deps.add(c)
         }
@@ -542,7 +542,7 @@ extension SubscriptionStore {
             SlotReservation(shard: s, slot: $0, channel: target.channel, sends: 1)
           }
           let c = try commitQuietly(
-            .recordSends(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r)
+            .recordSends(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r)
           r.register(shard: &shard, index: s, by: c)
           deps.add(c)
         }
@@ -608,7 +608,7 @@ extension SubscriptionStore {
         var r = Reservations()
         r.slots = [SlotReservation(shard: s, slot: slot)]
         let c = try commit(
-          .override(cmd), scope: LockScope(workspace: h, shards: [s]), reservations: r,
+          .override(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
           completion: completion
         ) { _, _ in .success(decision) }
         r.register(shard: &shard, index: s, by: c)

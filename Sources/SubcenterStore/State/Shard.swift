@@ -30,6 +30,10 @@ struct Location: Equatable {
 @inline(__always)
 func shardIndex(_ personHash: UInt64) -> Int { Int(personHash & UInt64(shardCount - 1)) }
 
+/// `[s]` for each shard `s`, made once: a one-shard `LockScope` shares it instead of
+/// allocating an array per write.
+let oneShard: [[Int]] = (0..<shardCount).map { [$0] }
+
 struct Shard {
   /// What a shard's mutex holds while `withShards` has moved the shard out.
   static let placeholder = Shard()
