@@ -121,7 +121,14 @@ enum CheckData {
         }
       }
       if problems.isEmpty {
-        if scan.damage == nil { ok("\(segment.name): \(range): OK") }
+        if scan.damage == nil {
+          ok("\(segment.name): \(range): OK")
+          if scan.unwrittenBytes > 0 {
+            writeStdoutLine(
+              "  followed by \(scan.unwrittenBytes) bytes of zeros: space the writer "
+                + "preallocated and never wrote (start-up cuts it)")
+          }
+        }
       } else {
         bad("\(segment.name): \(range): DAMAGED: \(problems.joined(separator: "; "))")
       }

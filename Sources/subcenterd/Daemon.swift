@@ -49,7 +49,8 @@ enum Daemon {
         opened = try DurableStore.open(
           directory: options.dataDirectory, clock: SystemClock(), secret: secret,
           fsync: options.fsync, truncateDamaged: options.recoverTruncate,
-          changeRetentionSeconds: options.changeRetentionSeconds, log: log)
+          changeRetentionSeconds: options.changeRetentionSeconds,
+          preallocateLogBytes: 4 << 20, log: log)
       } catch {
         writeStderrLine("subcenterd: cannot recover \(options.dataDirectory): \(error)")
         writeStderrLine(

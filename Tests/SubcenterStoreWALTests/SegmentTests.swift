@@ -1,4 +1,4 @@
-// Record framing and segment scanning: a torn tail at every byte offset, a zeroed tail,
+// Record framing and segment scanning: a torn tail at every byte offset, zeros at the end,
 // damage in the middle named by offset, wrong seqs, damaged headers.
 
 import SubcenterCore
@@ -97,20 +97,31 @@ func segmentBytes(firstSeq: UInt64 = 1, count: Int) -> (bytes: [UInt8], recordSt
     }
   }
 
-  @Test func zeroedTailIsTorn() {
+  @Test func zerosAfterTheRecordsAreUnwrittenSpaceNotDamage() {
     let (bytes, starts) = segmentBytes(count: 3)
-    // The file grew but its last blocks never got their data.
+    // Zeros the writer preallocated (or blocks that never got their data): the end.
     var zeroed = bytes + [UInt8](repeating: 0, count: 4096)
     var scan = WALSegment.scan(zeroed, file: "f", firstSeq: 1)
-    #expect(scan.damage?.kind == .tornTail)
+    #expect(scan.damage == nil)
     #expect(scan.records.count == 3)
     #expect(scan.validEnd == bytes.count)
-    // The last record zeroed in place.
+    #expect(scan.unwrittenBytes == 4096)
+    // The last record zeroed in place: it is gone, the rest reads.
     zeroed = bytes
     for i in starts[2]..<bytes.count { zeroed[i] = 0 }
     scan = WALSegment.scan(zeroed, file: "f", firstSeq: 1)
+    #expect(scan.damage == nil)
+    #expect(scan.records.count == 2)
+    // A record cut short and followed by zeros is torn; one followed by a non-zero byte
+    // after the zeros is torn too.
+    zeroed = Array(bytes[..<(bytes.count - 3)]) + [UInt8](repeating: 0, count: 100)
+    scan = WALSegment.scan(zeroed, file: "f", firstSeq: 1)
     #expect(scan.damage?.kind == .tornTail)
     #expect(scan.records.count == 2)
+    zeroed = bytes + [UInt8](repeating: 0, count: 100) + [7]
+    scan = WALSegment.scan(zeroed, file: "f", firstSeq: 1)
+    #expect(scan.damage?.kind == .tornTail)
+    #expect(scan.records.count == 3)
   }
 
   @Test func damageInTheMiddleNamesItsOffset() {

@@ -211,14 +211,17 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(report.nextSeq == 201)
   }
 
-  @Test func acknowledgedRecordsSurviveACrashAtAnyPoint() throws {
+  /// With and without preallocated zeros ahead of the records.
+  @Test(arguments: [0, 300])
+  func acknowledgedRecordsSurviveACrashAtAnyPoint(preallocate: Int) throws {
     // Crash at the nth changing call of the writer (random prefix of unsynced data kept),
     // for every n, with four threads appending.
     var crashed = 0
     for n in 1...120 {
       let fs = try dataDirectory()
       let wal = try WriteAheadLog(
-        directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(segmentSize: 700))
+        directory: "/data", fileSystem: fs, nextSeq: 1,
+        options: .init(segmentSize: 700, preallocateBytes: preallocate))
       fs.crash(afterOperations: n, seed: UInt64(n))
       let answers = Answers()
       // Each thread waits for its answer before its next append, as callers of an RPC do.
@@ -314,6 +317,71 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(answers.failures.count == 1)
     #expect(answers.refused.count == 1)
     wal.close()
+  }
+
+  @Test func preallocatedZerosAreCutWhenASegmentIsLeftAndAtClose() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1,
+      options: .init(segmentSize: 1024, preallocateBytes: 256))
+    let answers = Answers()
+    for i in 1...60 {
+      answers.append(Samples.command(i), to: wal)
+      if i % 5 == 0 { answers.wait() }
+    }
+    answers.wait()
+    let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
+    #expect(segments.count > 2)
+    func scan(_ s: WALSegmentFile) throws -> SegmentScan {
+      try WALSegment.scan(s, directory: "/data", fileSystem: fs)
+    }
+    // Left segments end with their last record; the active one in zeros, up to a chunk.
+    for s in segments.dropLast() {
+      let left = try scan(s)
+      #expect(left.damage == nil && left.unwrittenBytes == 0)
+    }
+    let active = try scan(segments.last!)
+    #expect(active.damage == nil && active.unwrittenBytes > 0)
+    #expect(active.bytes.count % 256 == 0)
+    // Crashed now (the files as they are): recovery reads every record and cuts the
+    // zeros, without a warning.
+    let copy = try dataDirectory()
+    for s in segments { copy.setContents("/data/" + s.name, fs.contents("/data/" + s.name)!) }
+    let (report, records) = try readLog(copy)
+    #expect(report.warnings.isEmpty)
+    #expect(records.count == 60)
+    #expect(
+      try WALSegment.scan(segments.last!, directory: "/data", fileSystem: copy)
+        .unwrittenBytes == 0)
+    // Closed: the active segment is cut back too.
+    wal.close()
+    #expect(try scan(segments.last!).unwrittenBytes == 0)
+    #expect(try readLog(fs).records.count == 60)
+  }
+
+  @Test func preallocationOnAFullDiskFallsBackToPlainWrites() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1,
+      options: .init(preallocateBytes: 4096))
+    // Room for a few records, not for a chunk of zeros.
+    fs.setFreeSpace(300)
+    let answers = Answers()
+    for i in 1...2 { answers.appendAndWait(Samples.command(i), to: wal) }
+    #expect(answers.acked.keys.sorted() == [1, 2])
+    for i in 3...12 { answers.appendAndWait(Samples.command(i), to: wal) }
+    #expect(!answers.failures.isEmpty && answers.failures.allSatisfy { $0.kind == .noSpace })
+    #expect(wal.status.failure == nil)
+    fs.setFreeSpace(nil)
+    answers.appendWhenAccepted(Samples.command(13), to: wal)
+    let acked = answers.acked
+    #expect(acked.values.contains(Samples.command(13)))
+    wal.close()
+    fs.crash()
+    fs.restart()
+    let (report, records) = try readLog(fs)
+    #expect(report.warnings.isEmpty)
+    #expect(Dictionary(uniqueKeysWithValues: records) == acked)
   }
 
   @Test func fullDiskFailsTheBatchThenRecovers() throws {

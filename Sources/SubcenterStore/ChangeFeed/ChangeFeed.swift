@@ -387,7 +387,15 @@ final class Watcher: @unchecked Sendable {
       defer { try? feed.fileSystem.close(f) }
       let size = try feed.fileSystem.size(f)
       if size <= Int64(offset) { return false }
-      bytes = try feed.fileSystem.read(f, count: Int(size) - offset, at: Int64(offset))
+      // At most 1 MiB a read (the segment may end in preallocated zeros), unless the next
+      // record is larger: then all of it.
+      var count = min(Int(size) - offset, 1 << 20)
+      let head = try feed.fileSystem.read(f, count: RecordFrame.headerSize, at: Int64(offset))
+      if head.count == RecordFrame.headerSize {
+        let length = Int(head[0]) | Int(head[1]) << 8 | Int(head[2]) << 16 | Int(head[3]) << 24
+        count = max(count, min(Int(size) - offset, RecordFrame.headerSize + length))
+      }
+      bytes = try feed.fileSystem.read(f, count: count, at: Int64(offset))
     } catch {
       throw StorageError(error, "reading log segment \(segment.name)")
     }

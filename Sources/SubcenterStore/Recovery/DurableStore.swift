@@ -120,7 +120,7 @@ public final class DurableStore: Sendable {
     directory: String, fileSystem: any FileSystem = PosixFileSystem(), clock: any WallClock,
     secret: [UInt8], fsync: FsyncPolicy, truncateDamaged: Bool,
     changeRetentionSeconds: Int = 86_400, feedOptions: ChangeFeed.Options = .init(),
-    log: @escaping @Sendable (String) -> Void
+    preallocateLogBytes: Int = 0, log: @escaping @Sendable (String) -> Void
   ) throws(StorageError) -> (DurableStore, RecoveryReport) {
     var report = RecoveryReport()
     for f in try SnapshotFile.removeTemporaryFiles(directory: directory, fileSystem: fileSystem) {
@@ -227,7 +227,7 @@ public final class DurableStore: Sendable {
 
     let wal = try WriteAheadLog(
       directory: directory, fileSystem: fileSystem, nextSeq: read.nextSeq,
-      options: .init(fsync: fsync, log: log))
+      options: .init(fsync: fsync, preallocateBytes: preallocateLogBytes, log: log))
     commitLog.attach(wal)
     do { try store.ensureDefaultWorkspace() } catch {
       throw StorageError(.unavailable, "cannot create workspace default: \(error)")

@@ -2,7 +2,8 @@
 // checking that seqs follow on from segment to segment.
 //
 // - A torn tail of the newest segment (a write the crash interrupted, never
-//   acknowledged) is cut off, with a warning.
+//   acknowledged) is cut off, with a warning; zeros after its last record (space the
+//   writer preallocated) are cut off silently.
 // - Any other damage — a bad record followed by good ones, a torn tail in an older
 //   segment, a missing stretch of seqs, a bad header — stops the read with an error naming
 //   the file and byte offset, unless `truncateDamaged` (`--recover-truncate`): then the
@@ -104,7 +105,11 @@ public enum WALReader {
         }
       } else if repair && newest {
         // The writer starts a new segment next: this one must be complete on disk first.
-        try syncFile(segment.name, directory, fs)
+        if let scan, scan.unwrittenBytes > 0 {
+          try cut(segment, to: scan.validEnd, directory: directory, fs: fs)
+        } else {
+          try syncFile(segment.name, directory, fs)
+        }
       }
 
       if let scan {

@@ -64,6 +64,10 @@ public struct SegmentScan: Sendable {
   /// Why reading stopped before the end of the file, if it did.
   public let damage: SegmentDamage?
 
+  /// The zeros after the last record of an undamaged segment: space the writer
+  /// preallocated and never wrote (0 when the records end the file).
+  public var unwrittenBytes: Int { damage == nil ? bytes.count - validEnd : 0 }
+
   /// The payload of record `i`.
   public func payload(_ i: Int) -> ArraySlice<UInt8> { bytes[records[i]] }
 }
@@ -169,10 +173,12 @@ public enum WALSegment {
         )
       }
 
-      // The records.
+      // The records, up to the end of the file or to zeros that fill the rest of it
+      // (preallocated space, never written: zeros are never a record).
       var offset = headerSize
       var expected = firstSeq
       while offset < b.count {
+        if b[offset] == 0 && !b[offset...].contains(where: { $0 != 0 }) { return (offset, nil) }
         switch RecordFrame.parse(b, at: offset) {
         case .record(let payload, let next):
           let seq = leadingSequence(UnsafeRawBufferPointer(rebasing: b[payload]))
