@@ -23,9 +23,9 @@
 // Preallocation (`preallocateBytes`, with `FsyncPolicy.always`): the active segment is
 // extended with zeros a chunk at a time, ahead of the records, so that most batches write
 // over space the file already has and their `fdatasync` need not write the inode (a file
-// size that changes costs ext4 a second write and wait per fsync). The zeros after the last
-// record read as a torn tail (recovery cuts them, with a warning, after a crash); a
-// segment is cut back to its records when it is left and at close.
+// size that changes costs ext4 a second write and wait per fsync). Zeros after the last
+// record end the log (WALSegment.scan; recovery cuts them after a crash); a segment is cut
+// back to its records when it is left and at close.
 
 import Glibc
 import Synchronization
