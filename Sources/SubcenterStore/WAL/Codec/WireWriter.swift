@@ -16,7 +16,11 @@ public struct WireWriter {
     if reserving > 0 { bytes.append(contentsOf: repeatElement(0, count: reserving)) }
   }
 
-  @inlinable public mutating func varint(_ value: UInt64) {
+  @inlinable @inline(__always) public mutating func varint(_ value: UInt64) {
+    if value < 0x80 {  // tags, lengths, enums: one byte
+      bytes.append(UInt8(truncatingIfNeeded: value))
+      return
+    }
     var v = value
     while v >= 0x80 {
       bytes.append(UInt8(truncatingIfNeeded: v) | 0x80)
@@ -45,7 +49,9 @@ public struct WireWriter {
     guard always || n != 0 else { return }
     varint(field << 3 | 2)
     varint(UInt64(n))
-    bytes.append(contentsOf: utf8)
+    if utf8.withContiguousStorageIfAvailable({ bytes.append(contentsOf: $0) }) == nil {
+      bytes.append(contentsOf: utf8)
+    }
   }
 
   /// A length-delimited field holding `message`'s bytes (written even when empty, as a
