@@ -256,24 +256,23 @@ enum ProtoMapping {
     w.bool(2, p.globalUnsubscribed)
     w.int(3, p.globalUpdatedAt)
     w.string(4, p.globalSource)
-    var one = WireWriter(capacity: 64)
     for e in p.entries {
-      one.reset()
-      one.string(1, e.channel)
-      one.string(2, e.topic)
-      one.int(3, Int64(e.state.rawValue))
-      one.int(4, e.updatedAt)
-      one.string(5, e.source)
-      one.string(6, e.noticeVersion)
-      w.message(5, one)
+      w.message(5) { m in
+        m.string(1, e.channel)
+        m.string(2, e.topic)
+        m.int(3, Int64(e.state.rawValue))
+        m.int(4, e.updatedAt)
+        m.string(5, e.source)
+        m.string(6, e.noticeVersion)
+      }
     }
     for e in p.effective {
-      one.reset()
-      one.string(1, e.channel)
-      one.string(2, e.topic)
-      one.bool(3, e.allowed)
-      one.int(4, Int64(e.reason.rawValue))
-      w.message(6, one)
+      w.message(6) { m in
+        m.string(1, e.channel)
+        m.string(2, e.topic)
+        m.bool(3, e.allowed)
+        m.int(4, Int64(e.reason.rawValue))
+      }
     }
     return w.bytes
   }
@@ -294,12 +293,7 @@ enum ProtoMapping {
   /// DeliveryBatchResponse: field 1 repeated DeliveryDecision, framed.
   static func decisions(_ ds: [Decision]) -> [UInt8] {
     var w = WireWriter(capacity: ds.count * 24, reserving: framePrefix)
-    var one = WireWriter(capacity: 64)
-    for d in ds {
-      one.reset()
-      write(d, to: &one)
-      w.message(1, one)
-    }
+    for d in ds { w.message(1) { write(d, to: &$0) } }
     return w.bytes
   }
 

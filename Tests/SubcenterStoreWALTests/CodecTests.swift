@@ -151,6 +151,25 @@ enum Samples {
 
   /// Records read field by field read as protobuf-c reads them: every sample, every
   /// prefix of the fast ones (both refuse, or both read the same), reordered fields.
+  /// A nested message written in place equals one written apart and copied in, at the
+  /// lengths where its length prefix grows a byte.
+  @Test func nestedMessageInPlaceEqualsCopied() {
+    for n in [0, 1, 124, 125, 126, 127, 128, 200, 16_379, 16_380, 16_381, 16_384, 70_000] {
+      let text = String(repeating: "x", count: n)
+      var apart = WireWriter()
+      apart.string(1, text)
+      var copied = WireWriter(reserving: 5)
+      copied.int(1, 7)
+      copied.message(5, apart)
+      copied.bool(2, true)
+      var inPlace = WireWriter(reserving: 5)
+      inPlace.int(1, 7)
+      inPlace.message(5) { $0.string(1, text) }
+      inPlace.bool(2, true)
+      #expect(inPlace.bytes == copied.bytes, "string of \(n) bytes")
+    }
+  }
+
   @Test func directDecodingEqualsProtobufC() throws {
     func same(_ bytes: [UInt8]) -> Bool {
       let a = try? LogRecordCodec.decode(bytes[...])

@@ -62,6 +62,24 @@ public struct WireWriter {
     bytes.append(contentsOf: message.bytes)
   }
 
+  /// A length-delimited field whose message `body` writes in place, after a length fixed
+  /// up once it is known (one byte is kept for it; a message of 128 bytes or more makes
+  /// room for the rest). Written even when empty, like `message(_:_:)`.
+  @inlinable public mutating func message(_ field: UInt64, _ body: (inout WireWriter) -> Void) {
+    varint(field << 3 | 2)
+    let at = bytes.count
+    bytes.append(0)
+    body(&self)
+    let n = bytes.count - at - 1
+    if n < 0x80 {
+      bytes[at] = UInt8(truncatingIfNeeded: n)
+      return
+    }
+    var length = WireWriter(capacity: 10)
+    length.varint(UInt64(n))
+    bytes.replaceSubrange(at..<(at + 1), with: length.bytes)
+  }
+
   /// The number of bytes `varint(value)` writes.
   @inlinable public static func varintSize(_ value: UInt64) -> Int {
     var n = 1
