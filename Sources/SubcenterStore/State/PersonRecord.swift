@@ -226,7 +226,6 @@ enum PersonCodec {
       _ = rd.zigzag()
       rd.skipRef()
     }
-    l.entryStart = rd.i
     for i in 0..<n {
       if i == entry { l.entryStart = rd.i }
       _ = rd.zigzag()
@@ -248,7 +247,6 @@ enum PersonCodec {
     _ r: borrowing PersonRecord, model: Workspace, strings: StringTable, now: Int64
   ) -> Preferences {
     var rd = ByteReader(r.blob)
-    let n = entryCount(r)
     let entriesStart = 8 + (Int(r.blob[6]) | Int(r.blob[7]) << 8)
     rd.i = coldStart(r.blob)
     let createdAt = rd.zigzag()
@@ -256,26 +254,9 @@ enum PersonCodec {
     rd.skipString()
     rd.skipString()
     for _ in 0..<Int(rd.varint()) { rd.skipString() }
-    var global: GlobalFlag?
-    let g = rd.u8()
-    if g != 0 {
-      let at = createdAt &+ rd.zigzag()
-      global = GlobalFlag(unsubscribed: g == 1, updatedAt: at, source: rd.ref(strings))
-    }
-    var entries: [PreferenceRecord] = []
-    entries.reserveCapacity(n)
-    for i in 0..<n {
-      let o = entriesStart + 5 * i
-      let at = createdAt &+ rd.zigzag()
-      let source = rd.ref(strings)
-      let notice = rd.ref(strings)
-      entries.append(
-        PreferenceRecord(
-          channel: UInt16(r.blob[o]) | UInt16(r.blob[o + 1]) << 8,
-          topic: UInt16(r.blob[o + 2]) | UInt16(r.blob[o + 3]) << 8,
-          state: PreferenceState(rawValue: Int32(r.blob[o + 4])) ?? .unspecified,
-          updatedAt: at, source: source, noticeVersion: notice))
-    }
+    let (global, entries) = readGlobalAndEntries(
+      &rd, createdAt: createdAt, entriesStart: entriesStart, count: entryCount(r),
+      strings: strings)
     let personID =
       r.isAnonymous ? "" : String(decoding: r.blob[8..<entriesStart], as: UTF8.self)
     return withSubject(r) { subject in
@@ -370,15 +351,8 @@ enum PersonCodec {
     let keyLength = Int(rd.u16())
     let keyString = rd.rawString(keyLength)
     let anonymous = r.isAnonymous
-    var hot: [(NameID, NameID, PreferenceState)] = []
-    hot.reserveCapacity(entryCount)
-    for _ in 0..<entryCount {
-      let c = rd.u16()
-      let t = rd.u16()
-      let s = PreferenceState(rawValue: Int32(rd.u8())) ?? .unspecified
-      hot.append((c, t, s))
-    }
-    let historyStart = rd.i
+    let entriesStart = rd.i
+    let historyStart = entriesStart + 5 * entryCount
     rd.i = coldStart
     let createdAt = rd.zigzag()
     let updatedAt = createdAt &+ rd.zigzag()
@@ -386,22 +360,8 @@ enum PersonCodec {
     let phone = rd.string()
     var ids: [String] = anonymous ? [keyString] : []
     for _ in 0..<Int(rd.varint()) { ids.append(rd.string()) }
-    var global: GlobalFlag?
-    let g = rd.u8()
-    if g != 0 {
-      let at = createdAt &+ rd.zigzag()
-      global = GlobalFlag(unsubscribed: g == 1, updatedAt: at, source: rd.ref(strings))
-    }
-    var entries: [PreferenceRecord] = []
-    entries.reserveCapacity(entryCount)
-    for (c, t, s) in hot {
-      let at = createdAt &+ rd.zigzag()
-      let source = rd.ref(strings)
-      let notice = rd.ref(strings)
-      entries.append(
-        PreferenceRecord(
-          channel: c, topic: t, state: s, updatedAt: at, source: source, noticeVersion: notice))
-    }
+    let (global, entries) = readGlobalAndEntries(
+      &rd, createdAt: createdAt, entriesStart: entriesStart, count: entryCount, strings: strings)
     let nextSeq = UInt32(truncatingIfNeeded: rd.varint())
     let historyCount = Int(rd.varint())
     let lastAt = createdAt &+ rd.zigzag()
@@ -418,6 +378,36 @@ enum PersonCodec {
         SendRecord(channel: NameID(truncatingIfNeeded: $0 >> 48), at: Int64($0 & 0xFFFF_FFFF_FFFF))
       })
     return (person, HistoryTail(count: historyCount, lastAt: lastAt))
+  }
+
+  /// The global flag and the entries: `rd` at the cold section's global flag (left after
+  /// the entries' fields), the entries' keys and states read from the hot section at
+  /// `entriesStart`.
+  private static func readGlobalAndEntries(
+    _ rd: inout ByteReader, createdAt: Int64, entriesStart: Int, count: Int,
+    strings: StringTable
+  ) -> (GlobalFlag?, [PreferenceRecord]) {
+    var global: GlobalFlag?
+    let g = rd.u8()
+    if g != 0 {
+      let at = createdAt &+ rd.zigzag()
+      global = GlobalFlag(unsubscribed: g == 1, updatedAt: at, source: rd.ref(strings))
+    }
+    var entries: [PreferenceRecord] = []
+    entries.reserveCapacity(count)
+    for i in 0..<count {
+      let o = entriesStart + 5 * i
+      let at = createdAt &+ rd.zigzag()
+      let source = rd.ref(strings)
+      let notice = rd.ref(strings)
+      entries.append(
+        PreferenceRecord(
+          channel: UInt16(rd.bytes[o]) | UInt16(rd.bytes[o + 1]) << 8,
+          topic: UInt16(rd.bytes[o + 2]) | UInt16(rd.bytes[o + 3]) << 8,
+          state: PreferenceState(rawValue: Int32(rd.bytes[o + 4])) ?? .unspecified,
+          updatedAt: at, source: source, noticeVersion: notice))
+    }
+    return (global, entries)
   }
 
   /// The stored history alone.
