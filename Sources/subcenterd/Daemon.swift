@@ -50,7 +50,7 @@ enum Daemon {
           directory: options.dataDirectory, clock: SystemClock(), secret: secret,
           fsync: options.fsync, truncateDamaged: options.recoverTruncate,
           changeRetentionSeconds: options.changeRetentionSeconds,
-          preallocateLogBytes: 4 << 20, log: log)
+          preallocateLogBytes: WriteAheadLog.Options.serverPreallocateBytes, log: log)
       } catch {
         writeStderrLine("subcenterd: cannot recover \(options.dataDirectory): \(error)")
         writeStderrLine(

@@ -289,6 +289,39 @@ private final class CollectingSink: ChangeSink {
     #expect(again.end == .unavailable("the server is shutting down"))
   }
 
+  /// The active segment read in chunks smaller than one record, ending in preallocated
+  /// zeros: every record still arrives, once, in order, for a watcher that catches up and
+  /// one that follows.
+  @Test func smallReadChunksAndPreallocatedZerosLoseNothing() throws {
+    let fs = FaultyFileSystem()
+    try fs.createDirectory(cfDirectory)
+    var options = ChangeFeed.Options()
+    options.readChunk = 40
+    let d = try DurableStore.open(
+      directory: cfDirectory, fileSystem: fs, clock: ManualClock(), secret: cfSecret,
+      fsync: .always, truncateDamaged: false, feedOptions: options, preallocateLogBytes: 4096,
+      log: { _ in }
+    ).0
+    _ = cfWait { c in
+      d.store.configureWorkspace(
+        WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "a", mayCreate: true
+      ) { c($0.map { _ in 0 }) }
+    }
+    let follower = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: follower)
+    for i in 0..<20 { write(d.store, "p\(i)") }
+    let late = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: late)
+    let want = (0..<20).flatMap { ["p\($0)", "p\($0)"] }
+    for sink in [follower, late] {
+      sink.wait(for: 40)
+      #expect(sink.events.map(\.personID) == want)
+      let seqs = sink.events.map(\.seq)
+      #expect(seqs == seqs.sorted() && Set(seqs).count == seqs.count)
+    }
+    d.close()
+  }
+
   @Test func retentionDeletesExpiredCoveredSegmentsOnly() throws {
     let (fs, clock, d) = try setUp()
     write(d.store, "p1")

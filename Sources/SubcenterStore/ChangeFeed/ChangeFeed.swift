@@ -64,6 +64,9 @@ public final class ChangeFeed: Sendable {
     public var stallLimitNanos: UInt64 = 30_000_000_000
     public var queueLimit = 4096
     public var pollNanos: UInt64 = 20_000_000
+    /// At most this many bytes of the active segment are read at a time (it may end in
+    /// megabytes of preallocated zeros), more only for a record larger than that.
+    public var readChunk = 1 << 20
     public init() {}
   }
 
@@ -387,15 +390,18 @@ final class Watcher: @unchecked Sendable {
       defer { try? feed.fileSystem.close(f) }
       let size = try feed.fileSystem.size(f)
       if size <= Int64(offset) { return false }
-      // At most 1 MiB a read (the segment may end in preallocated zeros), unless the next
-      // record is larger: then all of it.
-      var count = min(Int(size) - offset, 1 << 20)
-      let head = try feed.fileSystem.read(f, count: RecordFrame.headerSize, at: Int64(offset))
-      if head.count == RecordFrame.headerSize {
-        let length = Int(head[0]) | Int(head[1]) << 8 | Int(head[2]) << 16 | Int(head[3]) << 24
-        count = max(count, min(Int(size) - offset, RecordFrame.headerSize + length))
+      let available = Int(size) - offset
+      var read = try feed.fileSystem.read(
+        f, count: min(available, feed.options.readChunk), at: Int64(offset))
+      // The next record is larger than the chunk: read the whole of it.
+      if read.count >= RecordFrame.headerSize {
+        let length = Int(read[0]) | Int(read[1]) << 8 | Int(read[2]) << 16 | Int(read[3]) << 24
+        let whole = min(available, RecordFrame.headerSize + length)
+        if whole > read.count {
+          read = try feed.fileSystem.read(f, count: whole, at: Int64(offset))
+        }
       }
-      bytes = try feed.fileSystem.read(f, count: count, at: Int64(offset))
+      bytes = read
     } catch {
       throw StorageError(error, "reading log segment \(segment.name)")
     }

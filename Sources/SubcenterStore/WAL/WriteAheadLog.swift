@@ -73,6 +73,8 @@ public final class WriteAheadLog: Sendable {
     /// With `FsyncPolicy.always`, the active segment is extended with zeros this many
     /// bytes at a time ahead of its records (0: never; see the top of this file).
     public var preallocateBytes: Int
+    /// What subcenterd preallocates at a time.
+    public static let serverPreallocateBytes = 4 << 20
     /// Where the writer reports failures, for the operator.
     public var log: @Sendable (String) -> Void
 
