@@ -207,4 +207,21 @@ private func str(_ n: Int, _ c: Character = "a") -> String { String(repeating: c
       try c.configuredChannel("")
     }
   }
+
+  /// Names are looked up by a scan while a workspace has few of them and through a
+  /// dictionary past 16: both give every name its number and nil to an unknown name.
+  @Test(arguments: [3, 16, 17, 40])
+  func namesResolveToTheirNumbers(count: Int) throws {
+    let ws = try Workspace(
+      config {
+        $0.channels = (0..<count).map { "channel-\($0)" }
+        $0.topics = (0..<count).map { Topic(id: "topic-\($0)", defaultState: .subscribed) }
+        $0.limits = []
+      })
+    for (i, name) in ws.channelNames.enumerated() { #expect(ws.channelID(name) == NameID(i)) }
+    for (i, name) in ws.topicNames.enumerated() { #expect(ws.topicID(name) == NameID(i)) }
+    #expect(ws.channelNames.count == count + 1)
+    #expect(ws.channelID("channel-\(count)") == nil)
+    #expect(ws.topicID("topic") == nil)
+  }
 }

@@ -209,9 +209,9 @@ public final class Workspace: Sendable {
   }
 
   /// The number of a channel name, configured or not (nil if never numbered).
-  public func channelID(_ name: String) -> NameID? { channelIDs[name] }
+  public func channelID(_ name: String) -> NameID? { Self.number(name, channelNames, channelIDs) }
   /// The number of a topic name, configured or not (nil if never numbered).
-  public func topicID(_ name: String) -> NameID? { topicIDs[name] }
+  public func topicID(_ name: String) -> NameID? { Self.number(name, topicNames, topicIDs) }
 
   public func channelName(_ id: NameID) -> String { channelNames[Int(id)] }
   public func topicName(_ id: NameID) -> String { topicNames[Int(id)] }
