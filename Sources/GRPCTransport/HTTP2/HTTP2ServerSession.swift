@@ -57,7 +57,7 @@ final class HTTP2Stream {
   func sendMessage(_ message: [UInt8], whenDrained: (@Sendable () -> Void)?) {
     session.sendMessage(self, message, whenDrained: whenDrained)
   }
-  func sendFramed(_ framed: [UInt8]) { session.sendFramed(self, framed) }
+  func sendFramed(_ framed: consuming [UInt8]) { session.sendFramed(self, consume framed) }
   func finish(_ status: RPCStatus, trailers: Metadata) {
     session.finish(self, status, trailers: trailers)
   }
@@ -444,12 +444,13 @@ final class HTTP2ServerSession {
   /// Sends a message whose first `GRPCMessageFramer.prefixSize` bytes are spare: they
   /// take the prefix, and the array becomes the stream's output without a copy when
   /// nothing else is waiting to go out.
-  func sendFramed(_ s: HTTP2Stream, _ framed: [UInt8]) {
+  /// `framed` is consumed: the prefix is written into the caller's buffer, not a copy.
+  func sendFramed(_ s: HTTP2Stream, _ framed: consuming [UInt8]) {
     guard !s.finished else {
       s.call?.noteHandedOff(framed.count)
       return
     }
-    var framed = framed
+    var framed = consume framed
     GRPCMessageFramer.writePrefix(&framed)
     if s.outOffset == s.outbound.count {
       s.outbound = framed

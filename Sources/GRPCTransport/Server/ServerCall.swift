@@ -126,14 +126,15 @@ public final class ServerCall: @unchecked Sendable {
 
   /// `respond` for a message built with `GRPCMessageFramer.prefixSize` spare bytes in
   /// front (the transport writes the prefix there), which is then sent without a copy.
-  public func respond(framed: [UInt8]) {
+  public func respond(framed: consuming [UInt8]) {
     precondition(framed.count >= GRPCMessageFramer.prefixSize, "no room for the prefix")
     buffered.add(framed.count, ordering: .relaxed)
     if loop.inLoop {
       guard let s = stream else { return }
-      s.sendFramed(framed)
+      s.sendFramed(consume framed)
       s.finish(.ok, trailers: Metadata())
     } else {
+      let framed = consume framed
       onLoop {
         $0.sendFramed(framed)
         $0.finish(.ok, trailers: Metadata())
