@@ -129,13 +129,13 @@ extension SubscriptionStore {
   func applySetPreference(
     _ cmd: Command.SetPreference, channel: NameID, topic: NameID, shard: inout Shard,
     slot: UInt32
-  ) -> Person? {
+  ) {
     if PersonCodec.setPreference(
       &shard.records[Int(slot)], channel: channel, topic: topic, state: cmd.state,
       source: cmd.source, noticeVersion: cmd.noticeVersion, at: cmd.at, actor: cmd.actor,
       strings: &shard.strings)
     {
-      return nil
+      return
     }
     var d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
     d.person.setPreference(
@@ -143,16 +143,20 @@ extension SubscriptionStore {
       noticeVersion: cmd.noticeVersion, at: cmd.at, actor: cmd.actor)
     PersonCodec.update(
       &shard.records[Int(slot)], with: d.person, tail: d.tail, strings: &shard.strings)
-    return d.person
   }
 
-  func applySetGlobal(_ cmd: Command.SetGlobal, shard: inout Shard, slot: UInt32) -> Person {
+  func applySetGlobal(_ cmd: Command.SetGlobal, shard: inout Shard, slot: UInt32) {
+    if PersonCodec.setGlobal(
+      &shard.records[Int(slot)], unsubscribed: cmd.unsubscribed, source: cmd.source, at: cmd.at,
+      actor: cmd.actor, strings: &shard.strings)
+    {
+      return
+    }
     var d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
     d.person.setGlobal(
       unsubscribed: cmd.unsubscribed, source: cmd.source, at: cmd.at, actor: cmd.actor)
     PersonCodec.update(
       &shard.records[Int(slot)], with: d.person, tail: d.tail, strings: &shard.strings)
-    return d.person
   }
 
   func applyOverride(

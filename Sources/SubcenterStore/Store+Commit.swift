@@ -497,10 +497,12 @@ extension SubscriptionStore {
       let (channel, topic) = try numbers(h!, channel: c.channel, topic: c.topic)
       return shards.onPerson(h!, c.person) { shard, slot in
         applySetPreference(c, channel: channel, topic: topic, shard: &shard, slot: slot)
+        return nil
       }
     case .setGlobal(let c):
       return shards.onPerson(h!, c.person) { shard, slot in
         applySetGlobal(c, shard: &shard, slot: slot)
+        return nil
       }
     case .recordSends(let c):
       let (channel, _) = try numbers(h!, channel: c.channel, topic: "")

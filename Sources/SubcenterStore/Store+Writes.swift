@@ -627,11 +627,6 @@ extension SubscriptionStore {
 private func preferencesAnswer(
   _ h: WorkspaceHandle, _ locked: inout Locked, _ applied: Applied, at: Int64
 ) -> Result<Preferences, CoreError> {
-  if let p = applied.person {
-    return .success(
-      h.current.preferences(
-        personID: p.key.personID, global: p.global, entries: p.entries, subject: p, now: at))
-  }
   guard applied.found, let (s, slot) = applied.location else {
     return .failure(.notFound("person not found"))
   }

@@ -135,12 +135,14 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
     }
   }
 
-  /// The in-place SetPreference equals decode → `Person.setPreference` → `update`, byte
-  /// for byte and string table for string table, over random persons and changes: new and
-  /// existing entries, interned, inline and over-long sources, notice versions, times
-  /// equal to the last history entry's, and times before it (refused, nothing changed).
-  @Test func packedSetPreferenceEqualsDecodedSetPreference() {
+  /// The in-place SetPreference and SetGlobal equal decode → `Person.setPreference` /
+  /// `setGlobal` → `update`, byte for byte and string table for string table, over random
+  /// persons and changes: new and existing entries, the global flag set, cleared and set
+  /// again, interned, inline and over-long sources, notice versions, times equal to the
+  /// last history entry's, and times before it (refused, nothing changed).
+  @Test func packedChangesEqualDecodedChanges() {
     var rng = SplitMix(seed: 17)
+    var globals = 0
     for round in 0..<2 {
       var strings = StringTable()
       if round == 1 {
@@ -161,14 +163,20 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
           let sources = ["", "preference_center", "s\(step)", String(repeating: "x", count: 200)]
           let source = sources[Int(rng.next() % 4)]
           let notice = rng.next() % 3 == 0 ? "v\(rng.next() % 3)" : ""
+          let global = rng.next() % 3 == 0
           let created = PersonCodec.decode(record, history: false, strings: strings).person
             .createdAt
           var at = max(lastAt, created) + Int64(rng.next() % 3)
           if rng.next() % 10 == 0 && lastAt > Int64.min { at = lastAt - 1 }
           let before = record.blob
-          let done = PersonCodec.setPreference(
-            &record, channel: channel, topic: topic, state: state, source: source,
-            noticeVersion: notice, at: at, actor: "actor", strings: &strings)
+          let done =
+            global
+            ? PersonCodec.setGlobal(
+              &record, unsubscribed: state == .unsubscribed, source: source, at: at,
+              actor: "actor", strings: &strings)
+            : PersonCodec.setPreference(
+              &record, channel: channel, topic: topic, state: state, source: source,
+              noticeVersion: notice, at: at, actor: "actor", strings: &strings)
           if at < lastAt {
             #expect(!done, "a change sorting before the stored history is refused")
             #expect(record.blob == before)
@@ -176,9 +184,15 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
           }
           #expect(done)
           var d = PersonCodec.decode(slowRecord, history: false, strings: slowStrings)
-          d.person.setPreference(
-            channel: channel, topic: topic, state: state, source: source, noticeVersion: notice,
-            at: at, actor: "actor")
+          if global {
+            globals += 1
+            d.person.setGlobal(
+              unsubscribed: state == .unsubscribed, source: source, at: at, actor: "actor")
+          } else {
+            d.person.setPreference(
+              channel: channel, topic: topic, state: state, source: source,
+              noticeVersion: notice, at: at, actor: "actor")
+          }
           PersonCodec.update(&slowRecord, with: d.person, tail: d.tail, strings: &slowStrings)
           #expect(record.blob == slowRecord.blob)
           #expect(record.flags == slowRecord.flags && record.sends == slowRecord.sends)
@@ -190,6 +204,7 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
         strings = slowStrings
       }
     }
+    #expect(globals > 500)
   }
 
   /// The answer read from the record equals the answer built from the decoded person.

@@ -195,11 +195,59 @@ enum PersonCodec {
     return true
   }
 
+  /// `Person.setGlobal` on the packed record, as `setPreference` does it: the history
+  /// entry appended after the stored ones, the cold section rewritten from its bytes with
+  /// the new global flag, the record's flag byte set. Equals decode → `setGlobal` →
+  /// `update`, byte for byte; returns false, changing nothing, when the history entry would
+  /// sort before the stored ones.
+  static func setGlobal(
+    _ r: inout PersonRecord, unsubscribed: Bool, source: String, at: Int64, actor: String,
+    strings: inout StringTable
+  ) -> Bool {
+    let oldColdStart = coldStart(r.blob)
+    let n = entryCount(r)
+    let cold = coldLayout(r.blob, entryCount: n, entry: n)
+    guard at >= cold.lastHistoryAt else { return false }
+    let createdAt = cold.createdAt
+    var tail = ByteWriter()
+    tail.bytes.reserveCapacity(r.blob.count - oldColdStart + 48)
+    var previous = cold.lastHistoryAt
+    writeHistory(
+      HistoryRecord(
+        seq: cold.nextHistorySeq, at: at, action: unsubscribed ? .unsubscribeAll : .resubscribe,
+        channel: 0, topic: 0, source: source, actor: actor, detail: ""),
+      previous: &previous, into: &tail, strings: &strings)
+    let coldOffset = tail.bytes.count
+    tail.zigzag(createdAt)
+    tail.zigzag(at &- createdAt)
+    r.blob.withUnsafeBufferPointer { b in
+      tail.bytes.append(contentsOf: b[cold.identityStart..<cold.globalStart])
+      tail.u8(unsubscribed ? 1 : 2)
+      tail.zigzag(at &- createdAt)
+      tail.ref(source, &strings)
+      tail.bytes.append(contentsOf: b[cold.globalEnd..<cold.entriesEnd])
+    }
+    tail.varint(UInt64(cold.nextHistorySeq &+ 1))
+    tail.varint(UInt64(cold.historyCount + 1))
+    tail.zigzag(at &- createdAt)
+
+    r.blob.removeSubrange(oldColdStart...)
+    let newColdStart = UInt32(r.blob.count + coldOffset)
+    r.blob.append(contentsOf: tail.bytes)
+    for i in 0..<4 { r.blob[i] = UInt8(truncatingIfNeeded: newColdStart >> (8 * i)) }
+    r.flags =
+      unsubscribed ? r.flags | PersonRecord.globalFlag : r.flags & ~PersonRecord.globalFlag
+    return true
+  }
+
   /// Offsets in a record's cold section (see the layout above).
   private struct ColdLayout {
     var createdAt: Int64 = 0
     /// Where email, phone, anonymous ids and the global flag begin.
     var identityStart = 0
+    /// Where the global flag (its byte, and its time and source when set) begins and ends.
+    var globalStart = 0
+    var globalEnd = 0
     /// Where entry `entry`'s fields begin and end (both at `entriesEnd` for an entry past
     /// the last).
     var entryStart = 0
@@ -222,10 +270,12 @@ enum PersonCodec {
     rd.skipString()
     rd.skipString()
     for _ in 0..<Int(rd.varint()) { rd.skipString() }
+    l.globalStart = rd.i
     if rd.u8() != 0 {
       _ = rd.zigzag()
       rd.skipRef()
     }
+    l.globalEnd = rd.i
     for i in 0..<n {
       if i == entry { l.entryStart = rd.i }
       _ = rd.zigzag()
