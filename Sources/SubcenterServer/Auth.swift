@@ -7,6 +7,18 @@ import GRPCTransport
 /// What a credential may do.
 public enum Scope: String, Sendable, CaseIterable, Codable {
   case read, write, check, override, privacy, pii, admin
+
+  fileprivate var bit: UInt8 {
+    switch self {
+    case .read: 1
+    case .write: 2
+    case .check: 4
+    case .override: 8
+    case .privacy: 16
+    case .pii: 32
+    case .admin: 64
+    }
+  }
 }
 
 /// An authenticated caller.
@@ -17,9 +29,22 @@ public struct Credential: Sendable {
   public let workspace: String
   public let scopes: Set<Scope>
   fileprivate let digest: [UInt8]
+  /// `scopes` as bits (`Scope.bit`): checked on every call, without hashing.
+  private let scopeBits: UInt8
+
+  fileprivate init(name: String, workspace: String, scopes: Set<Scope>, digest: [UInt8]) {
+    self.name = name
+    self.workspace = workspace
+    self.scopes = scopes
+    self.digest = digest
+    scopeBits = scopes.reduce(0) { $0 | $1.bit }
+  }
+
+  /// Whether the credential holds `scope`, or `admin`.
+  private func holds(_ scope: Scope) -> Bool { scopeBits & (scope.bit | Scope.admin.bit) != 0 }
 
   /// Whether PII may be shown unredacted.
-  public var seesPII: Bool { scopes.contains(.pii) || scopes.contains(.admin) }
+  public var seesPII: Bool { holds(.pii) }
 
   /// Checks that this credential may use `scope` in `workspace`: PERMISSION_DENIED
   /// otherwise. A workspace token is refused on another workspace, even with admin.
@@ -28,7 +53,7 @@ public struct Credential: Sendable {
       throw RPCStatus(
         .permissionDenied, "credential '\(name)' is not valid for workspace '\(ws)'")
     }
-    guard scopes.contains(scope) || scopes.contains(.admin) else {
+    guard holds(scope) else {
       throw RPCStatus(.permissionDenied, "credential '\(name)' lacks scope '\(scope.rawValue)'")
     }
   }
