@@ -256,22 +256,26 @@ enum ProtoMapping {
     w.bool(2, p.globalUnsubscribed)
     w.int(3, p.globalUpdatedAt)
     w.string(4, p.globalSource)
-    for e in p.entries {
+    // Fields read through the subscript, not from elements bound by `for e in`: that
+    // copies each element (a retain and release of every String in it).
+    let entries = p.entries
+    for i in entries.indices {
       w.message(5) { m in
-        m.string(1, e.channel)
-        m.string(2, e.topic)
-        m.int(3, Int64(e.state.rawValue))
-        m.int(4, e.updatedAt)
-        m.string(5, e.source)
-        m.string(6, e.noticeVersion)
+        m.string(1, entries[i].channel)
+        m.string(2, entries[i].topic)
+        m.int(3, Int64(entries[i].state.rawValue))
+        m.int(4, entries[i].updatedAt)
+        m.string(5, entries[i].source)
+        m.string(6, entries[i].noticeVersion)
       }
     }
-    for e in p.effective {
+    let effective = p.effective
+    for i in effective.indices {
       w.message(6) { m in
-        m.string(1, e.channel)
-        m.string(2, e.topic)
-        m.bool(3, e.allowed)
-        m.int(4, Int64(e.reason.rawValue))
+        m.string(1, effective[i].channel)
+        m.string(2, effective[i].topic)
+        m.bool(3, effective[i].allowed)
+        m.int(4, Int64(effective[i].reason.rawValue))
       }
     }
     return w.bytes

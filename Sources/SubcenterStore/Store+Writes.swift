@@ -243,6 +243,9 @@ extension SubscriptionStore {
       try Validate.maxBytes(req.source, Limits.sourceBytes, field: "source")
       try Validate.maxBytes(req.noticeVersion, Limits.noticeVersionBytes, field: "notice_version")
       let at = now()
+      // The fields the closure needs, not the whole request (which it would copy).
+      let (channelName, topicName) = (req.channel, req.topic)
+      let (source, noticeVersion) = (req.source, req.noticeVersion)
       let step = try withPersonForWrite(h, ref, &deps) {
         (shard, s, slot, deps) throws(CoreError) -> Step<Preferences> in
         let record = shard.records[Int(slot)]
@@ -254,9 +257,9 @@ extension SubscriptionStore {
           throw .resourceExhausted("a person holds at most \(UInt16.max) preference entries")
         }
         let cmd = Command.SetPreference(
-          workspace: h.id, person: PersonCodec.key(record), channel: req.channel,
-          topic: req.topic, state: state, source: req.source,
-          noticeVersion: req.noticeVersion, at: at, actor: actor)
+          workspace: h.id, person: PersonCodec.key(record), channel: channelName,
+          topic: topicName, state: state, source: source,
+          noticeVersion: noticeVersion, at: at, actor: actor)
         var r = Reservations()
         r.slots = [SlotReservation(shard: s, slot: slot)]
         let c = try commit(
