@@ -81,6 +81,7 @@ public final class FaultyFileSystem: FileSystem {
     var crashSeed: UInt64?
     var crashes = 0
     var syncLatencyMicros: UInt32 = 0
+    var largestRead = 0
 
     var used: Int { inodes.values.reduce(0) { $0 + $1.data.count } }
   }
@@ -119,6 +120,14 @@ public final class FaultyFileSystem: FileSystem {
 
   /// How many calls of `operation` were made so far.
   public func count(_ operation: Operation) -> Int { state.withLock { $0.counts[operation] ?? 0 } }
+
+  /// The most bytes one `read` returned since the last call (which starts a new count).
+  public func takeLargestRead() -> Int {
+    state.withLock { s in
+      defer { s.largestRead = 0 }
+      return s.largestRead
+    }
+  }
 
   /// Crashes (as `crash(seed:)`) when the `n`th changing call from now (write, truncate,
   /// sync, directory sync, rename, unlink, create) is made: that call fails with EIO and
@@ -257,7 +266,9 @@ public final class FaultyFileSystem: FileSystem {
       let h = try Self.handle(&s, file, "pread", writing: false)
       let data = s.inodes[h.inode]!.data
       let start = min(Int(offset), data.count)
-      return Array(data[start..<min(start + count, data.count)])
+      let end = min(start + count, data.count)
+      s.largestRead = max(s.largestRead, end - start)
+      return Array(data[start..<end])
     }
   }
 

@@ -322,6 +322,88 @@ private final class CollectingSink: ChangeSink {
     d.close()
   }
 
+  func rotate(_ d: DurableStore) throws {
+    _ = cfWait { c in
+      try! d.wal.rotate { r in c(r.map { _ in 0 }.mapError { _ in CoreError.unavailable("") }) }
+    }
+  }
+
+  /// Complete segments are read a chunk at a time too: watchers that start at the oldest
+  /// record and inside a complete segment get every record once, in order, and no read
+  /// returns more than one record's frame (the chunk is smaller than any record).
+  @Test func completeSegmentsAreReadInChunks() throws {
+    let fs = FaultyFileSystem()
+    try fs.createDirectory(cfDirectory)
+    var options = ChangeFeed.Options()
+    options.readChunk = 40
+    let d = try DurableStore.open(
+      directory: cfDirectory, fileSystem: fs, clock: ManualClock(), secret: cfSecret,
+      fsync: .always, truncateDamaged: false, feedOptions: options, log: { _ in }
+    ).0
+    _ = cfWait { c in
+      d.store.configureWorkspace(
+        WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "a", mayCreate: true
+      ) { c($0.map { _ in 0 }) }
+    }
+    for i in 0..<30 {
+      write(d.store, "p\(i)")
+      if i % 10 == 9 { try rotate(d) }
+    }
+    let segments = try WALSegment.list(directory: cfDirectory, fileSystem: fs)
+    #expect(segments.count == 4)
+    let all = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: all)
+    all.wait(for: 60)
+    let want = (0..<30).flatMap { ["p\($0)", "p\($0)"] }
+    #expect(all.events.map(\.personID) == want)
+    let seqs = all.events.map(\.seq)
+    #expect(seqs == seqs.sorted() && Set(seqs).count == 60)
+
+    _ = fs.takeLargestRead()
+    // After a record in the middle of the first segment, and of the second.
+    for start in [seqs[7], seqs[29]] {
+      let late = CollectingSink()
+      d.changeFeed.watch(workspace: "acme", from: .after(start), sink: late)
+      let expected = seqs.filter { $0 > start }
+      late.wait(for: expected.count)
+      #expect(late.events.map(\.seq) == expected)
+    }
+    #expect(fs.takeLargestRead() < 200, "a whole segment was read at once")
+    d.close()
+  }
+
+  /// A complete segment damaged in the middle: the watcher gets the records before the
+  /// damage, then its watch fails naming the segment.
+  @Test func aDamagedCompleteSegmentFailsTheWatch() throws {
+    let (fs, _, d) = try setUp()
+    for i in 0..<6 { write(d.store, "p\(i)") }
+    try rotate(d)
+    write(d.store, "p6")
+    let clean = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: clean)
+    clean.wait(for: 14)
+    let first = try WALSegment.list(directory: cfDirectory, fileSystem: fs)[0]
+    let path = cfDirectory + "/" + first.name
+    var bytes = fs.contents(path)!
+    let scan = WALSegment.scan(bytes, file: first.name, firstSeq: first.firstSeq)
+    // A byte in the payload of the 8th record.
+    bytes[scan.records[7].lowerBound + 3] ^= 0xFF
+    fs.setContents(path, bytes)
+    let sink = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: sink)
+    sink.wait(for: 100)
+    let before = clean.events.filter { $0.seq < first.firstSeq + 7 }
+    #expect(!before.isEmpty)
+    #expect(sink.events == before, "the events of the records before the damaged one")
+    guard case .failed(let m) = sink.end else {
+      Issue.record("expected a failed watch, got \(String(describing: sink.end))")
+      d.close()
+      return
+    }
+    #expect(m.contains(first.name))
+    d.close()
+  }
+
   @Test func retentionDeletesExpiredCoveredSegmentsOnly() throws {
     let (fs, clock, d) = try setUp()
     write(d.store, "p1")

@@ -12,10 +12,13 @@
 // then.)
 //
 // Per watcher:
-// - Complete segments are read whole (one `WALSegment.scan`, dropped once passed); the
-//   segment being written is read incrementally from the byte offset reached, each frame
-//   checked for the expected seq (on a mismatch — the segment was rotated and rewritten
-//   meanwhile — it is read again whole).
+// - Segments, complete or being written, are read a chunk (`readChunk`, 1 MiB) at a time
+//   from the byte offset reached, each frame checked for the expected seq; a watcher
+//   never holds more of the log than one chunk (or one record larger than it). Where a
+//   watcher starts, and after a mismatch (the segment was rewritten by erasure meanwhile),
+//   the offset of its next record is found by walking the segment's frames, a chunk at a
+//   time. A complete segment that does not hold the records its name and the next
+//   segment's promise is damaged; the segment being written may simply not hold them yet.
 // - At most `queueLimit` decoded events wait in its queue; they go to the stream while the
 //   stream buffers less than `highWater` bytes. A watcher whose stream stays above
 //   `highWater` for `stallLimit` (30 s) with events waiting, or buffers more than
@@ -64,8 +67,9 @@ public final class ChangeFeed: Sendable {
     public var stallLimitNanos: UInt64 = 30_000_000_000
     public var queueLimit = 4096
     public var pollNanos: UInt64 = 20_000_000
-    /// At most this many bytes of the active segment are read at a time (it may end in
-    /// megabytes of preallocated zeros), more only for a record larger than that.
+    /// At most this many bytes of a segment are read at a time (segments are 64 MiB, the
+    /// active one may end in megabytes of preallocated zeros), more only for a record
+    /// larger than that.
     public var readChunk = 1 << 20
     public init() {}
   }
@@ -240,12 +244,9 @@ final class Watcher: @unchecked Sendable {
   private var queue: [ChangeEvent] = []
   private var head = 0
   private var blockedSince: UInt64?
-  /// A complete segment read whole.
-  private var scan: SegmentScan?
-  private var scanFirstSeq: UInt64 = 0
-  /// Where reading the active segment got to: its first seq and the byte offset of the
-  /// record `cursor + 1`.
-  private var tail: (firstSeq: UInt64, offset: Int)?
+  /// Where reading got to: in the segment of first seq `firstSeq`, record `seq` (then
+  /// `cursor + 1`) starts at byte `offset`.
+  private var tail: (firstSeq: UInt64, seq: UInt64, offset: Int)?
 
   init(id: Int, workspace: String, start: WatchStart, sink: any ChangeSink) {
     self.id = id
@@ -257,7 +258,6 @@ final class Watcher: @unchecked Sendable {
   func dropErased(_ seqs: Set<UInt64>) {
     queue = queue[head...].filter { !seqs.contains($0.seq) }
     head = 0
-    scan = nil
     tail = nil
   }
 
@@ -340,74 +340,22 @@ final class Watcher: @unchecked Sendable {
 
   private func read(feed: ChangeFeed, durable: UInt64) throws -> Bool {
     let want = cursor + 1
-    let limit = feed.options.queueLimit
-    if let scan, want >= scanFirstSeq, want < scanFirstSeq + UInt64(scan.records.count) {
-      var i = Int(want - scanFirstSeq)
-      while i < scan.records.count && queue.count < limit && cursor < durable {
-        try queueEvents(scanFirstSeq + UInt64(i), scan.payload(i))
-        i += 1
-      }
-      if i == scan.records.count { self.scan = nil }
-      return true
-    }
-    scan = nil
     let segments = try WALSegment.list(directory: feed.directory, fileSystem: feed.fileSystem)
     guard let index = segments.lastIndex(where: { $0.firstSeq <= want }) else {
       throw Expired()
     }
     let segment = segments[index]
-    if index + 1 < segments.count {
-      // A complete segment: read it whole.
-      let s = try WALSegment.scan(segment, directory: feed.directory, fileSystem: feed.fileSystem)
-      if let d = s.damage {
-        throw StorageError.damaged(segment.name, at: Int64(d.offset), d.reason)
-      }
-      guard want < segment.firstSeq + UInt64(s.records.count) else {
-        throw StorageError.damaged(segment.name, at: 0, "seq \(want) is missing from the log")
-      }
-      scan = s
-      scanFirstSeq = segment.firstSeq
-      tail = nil
-      return true
-    }
-    // The active segment: read from where we got to.
-    var offset: Int
-    if let t = tail, t.firstSeq == segment.firstSeq {
+    let complete = index + 1 < segments.count
+    let offset: Int
+    if let t = tail, t.firstSeq == segment.firstSeq, t.seq == want {
       offset = t.offset
     } else {
-      let s = try WALSegment.scan(segment, directory: feed.directory, fileSystem: feed.fileSystem)
-      let i = Int(want - segment.firstSeq)
-      if i < s.records.count {
-        offset = s.records[i].lowerBound - RecordFrame.headerSize
-      } else {
-        offset = s.validEnd
-      }
-      tail = (segment.firstSeq, offset)
+      offset = try locate(want, in: segment, complete: complete, feed: feed)
     }
-    let bytes: [UInt8]
-    do {
-      let f = try feed.fileSystem.open(joinPath(feed.directory, segment.name))
-      defer { try? feed.fileSystem.close(f) }
-      let size = try feed.fileSystem.size(f)
-      if size <= Int64(offset) { return false }
-      let available = Int(size) - offset
-      var read = try feed.fileSystem.read(
-        f, count: min(available, feed.options.readChunk), at: Int64(offset))
-      // The next record is larger than the chunk: read the whole of it.
-      if read.count >= RecordFrame.headerSize {
-        let length = Int(read[0]) | Int(read[1]) << 8 | Int(read[2]) << 16 | Int(read[3]) << 24
-        let whole = min(available, RecordFrame.headerSize + length)
-        if whole > read.count {
-          read = try feed.fileSystem.read(f, count: whole, at: Int64(offset))
-        }
-      }
-      bytes = read
-    } catch {
-      throw StorageError(error, "reading log segment \(segment.name)")
-    }
+    let bytes = try chunk(of: segment, at: offset, feed: feed)
     // Frames of the records after `cursor`, up to `durable`.
-    var room = max(0, limit - queue.count)
-    var expected = cursor + 1
+    var room = max(0, feed.options.queueLimit - queue.count)
+    var expected = want
     let (frames, mismatch) = bytes.withUnsafeBytes { b -> ([(UInt64, Range<Int>, Int)], Bool) in
       var out: [(UInt64, Range<Int>, Int)] = []
       var at = 0
@@ -427,12 +375,74 @@ final class Watcher: @unchecked Sendable {
       try queueEvents(seq, bytes[payload])
       consumed = next
     }
-    let progressed = !frames.isEmpty
     if mismatch {
+      // The segment changed since the offset was found: find it again next time (where
+      // real damage is reported).
       tail = nil
-      return progressed
+      return !frames.isEmpty
     }
-    tail = (segment.firstSeq, offset + consumed)
-    return progressed
+    if frames.isEmpty && complete {
+      // The next segment starts after `want`, so this one must hold it.
+      throw StorageError.damaged(
+        segment.name, at: Int64(offset), "no valid record of seq \(want) where it should be")
+    }
+    tail = (segment.firstSeq, expected, offset + consumed)
+    return !frames.isEmpty
+  }
+
+  /// The byte offset of record `seq` in `segment`, found by walking its frames a chunk at
+  /// a time; in the segment being written, where its records end if `seq` is not there
+  /// yet. A complete segment whose frames end or break before `seq` is damaged.
+  private func locate(
+    _ seq: UInt64, in segment: WALSegmentFile, complete: Bool, feed: ChangeFeed
+  ) throws -> Int {
+    var offset = WALSegment.headerSize
+    var at = segment.firstSeq
+    while at < seq {
+      let bytes = try chunk(of: segment, at: offset, feed: feed)
+      let (walked, broken) = bytes.withUnsafeBytes { b -> (Int, Bool) in
+        var o = 0
+        while at < seq, case .record(let payload, let next) = RecordFrame.parse(b, at: o) {
+          guard WALSegment.leadingSequence(UnsafeRawBufferPointer(rebasing: b[payload])) == at
+          else { return (o, true) }
+          o = next
+          at += 1
+        }
+        return (o, false)
+      }
+      offset += walked
+      if broken || (walked == 0 && at < seq) {
+        if !complete { return offset }
+        throw StorageError.damaged(
+          segment.name, at: Int64(offset), "seq \(seq) is missing from the log")
+      }
+    }
+    return offset
+  }
+
+  /// The bytes of `segment` from `offset`: `readChunk` of them at most, or the whole of a
+  /// record larger than that; none past the end of the file.
+  private func chunk(of segment: WALSegmentFile, at offset: Int, feed: ChangeFeed) throws
+    -> [UInt8]
+  {
+    do {
+      let f = try feed.fileSystem.open(joinPath(feed.directory, segment.name))
+      defer { try? feed.fileSystem.close(f) }
+      let size = try feed.fileSystem.size(f)
+      if size <= Int64(offset) { return [] }
+      let available = Int(size) - offset
+      let read = try feed.fileSystem.read(
+        f, count: min(available, feed.options.readChunk), at: Int64(offset))
+      if read.count >= RecordFrame.headerSize {
+        let length = Int(read[0]) | Int(read[1]) << 8 | Int(read[2]) << 16 | Int(read[3]) << 24
+        let whole = min(available, RecordFrame.headerSize + length)
+        if whole > read.count && length <= RecordFrame.maxPayloadSize {
+          return try feed.fileSystem.read(f, count: whole, at: Int64(offset))
+        }
+      }
+      return read
+    } catch {
+      throw StorageError(error, "reading log segment \(segment.name)")
+    }
   }
 }
