@@ -210,12 +210,14 @@ private final class CollectingSink: ChangeSink {
 }
 
 @Suite(.serialized) struct ChangeFeedStoreTests {
-  func open(_ fs: FaultyFileSystem, _ clock: ManualClock, retention: Int = 60) throws
-    -> DurableStore
-  {
+  func open(
+    _ fs: FaultyFileSystem, _ clock: ManualClock, retention: Int = 60,
+    feedOptions: ChangeFeed.Options = .init(), preallocate: Int = 0
+  ) throws -> DurableStore {
     try DurableStore.open(
       directory: cfDirectory, fileSystem: fs, clock: clock, secret: cfSecret, fsync: .always,
-      truncateDamaged: false, changeRetentionSeconds: retention, log: { _ in }
+      truncateDamaged: false, changeRetentionSeconds: retention, feedOptions: feedOptions,
+      preallocateLogBytes: preallocate, log: { _ in }
     ).0
   }
 
@@ -237,11 +239,13 @@ private final class CollectingSink: ChangeSink {
     }
   }
 
-  func setUp() throws -> (FaultyFileSystem, ManualClock, DurableStore) {
+  func setUp(feedOptions: ChangeFeed.Options = .init(), preallocate: Int = 0) throws -> (
+    FaultyFileSystem, ManualClock, DurableStore
+  ) {
     let fs = FaultyFileSystem()
     try fs.createDirectory(cfDirectory)
     let clock = ManualClock()
-    let d = try open(fs, clock)
+    let d = try open(fs, clock, feedOptions: feedOptions, preallocate: preallocate)
     _ = cfWait { c in
       d.store.configureWorkspace(
         WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "a", mayCreate: true
@@ -293,20 +297,9 @@ private final class CollectingSink: ChangeSink {
   /// zeros: every record still arrives, once, in order, for a watcher that catches up and
   /// one that follows.
   @Test func smallReadChunksAndPreallocatedZerosLoseNothing() throws {
-    let fs = FaultyFileSystem()
-    try fs.createDirectory(cfDirectory)
     var options = ChangeFeed.Options()
     options.readChunk = 40
-    let d = try DurableStore.open(
-      directory: cfDirectory, fileSystem: fs, clock: ManualClock(), secret: cfSecret,
-      fsync: .always, truncateDamaged: false, feedOptions: options, preallocateLogBytes: 4096,
-      log: { _ in }
-    ).0
-    _ = cfWait { c in
-      d.store.configureWorkspace(
-        WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "a", mayCreate: true
-      ) { c($0.map { _ in 0 }) }
-    }
+    let (_, _, d) = try setUp(feedOptions: options, preallocate: 4096)
     let follower = CollectingSink()
     d.changeFeed.watch(workspace: "acme", from: .oldest, sink: follower)
     for i in 0..<20 { write(d.store, "p\(i)") }
@@ -332,19 +325,9 @@ private final class CollectingSink: ChangeSink {
   /// record and inside a complete segment get every record once, in order, and no read
   /// returns more than one record's frame (the chunk is smaller than any record).
   @Test func completeSegmentsAreReadInChunks() throws {
-    let fs = FaultyFileSystem()
-    try fs.createDirectory(cfDirectory)
     var options = ChangeFeed.Options()
     options.readChunk = 40
-    let d = try DurableStore.open(
-      directory: cfDirectory, fileSystem: fs, clock: ManualClock(), secret: cfSecret,
-      fsync: .always, truncateDamaged: false, feedOptions: options, log: { _ in }
-    ).0
-    _ = cfWait { c in
-      d.store.configureWorkspace(
-        WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "a", mayCreate: true
-      ) { c($0.map { _ in 0 }) }
-    }
+    let (fs, _, d) = try setUp(feedOptions: options)
     for i in 0..<30 {
       write(d.store, "p\(i)")
       if i % 10 == 9 { try rotate(d) }
