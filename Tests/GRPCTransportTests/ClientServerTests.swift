@@ -247,3 +247,58 @@ private func withServer(
     }
   }
 }
+
+/// The server, for a handler that needs it, and how often the end-of-pass work ran.
+private final class PassState: Sendable {
+  let server = Mutex<GRPCServer?>(nil)
+  let ran = Atomic<Int>(0)
+}
+
+/// A handler that asks for work at the end of its loop's pass and answers whether it was
+/// taken and whether it already ran.
+private struct EndOfPassService: GRPCService {
+  let serviceName = "test.Pass"
+  let state: PassState
+
+  var methods: [ServiceMethod] {
+    [
+      .unary("/test.Pass/Mark") { [state] _ in
+        let server = state.server.withLock { $0 }!
+        let taken = server.atEndOfLoopPass { state.ran.add(1, ordering: .relaxed) }
+        return [taken ? 1 : 0, UInt8(state.ran.load(ordering: .relaxed))]
+      }
+    ]
+  }
+}
+
+@Suite struct EndOfLoopPassTests {
+  /// Work handed over on a loop thread runs after the handler, on that loop, before it
+  /// waits again (with nothing else arriving); on any other thread it is refused.
+  @Test func endOfPassWorkRunsAfterTheHandler() throws {
+    let certs = try TestCertificates.shared()
+    let tls = try TLSContext.server(
+      certificateChainFile: certs.serverCertificateFile, privateKeyFile: certs.serverKeyFile)
+    let state = PassState()
+    let server = GRPCServer(
+      configuration: ServerConfiguration(
+        listen: SocketAddress(host: "127.0.0.1", port: 0), loops: 2, tls: tls),
+      services: [EndOfPassService(state: state)], logger: { _ in })
+    state.server.withLock { $0 = server }
+    try server.start()
+    defer {
+      server.shutdown()
+      server.wait()
+      state.server.withLock { $0 = nil }
+    }
+    #expect(!server.atEndOfLoopPass { state.ran.add(100, ordering: .relaxed) })
+    let client = try GRPCClient(
+      address: SocketAddress(host: "127.0.0.1", port: server.port), serverName: "localhost",
+      tls: try TLSContext.client(trustRootsFile: certs.caFile))
+    for call in 0..<3 {
+      let answer = try client.unary("/test.Pass/Mark", request: []).message
+      #expect(answer == [1, UInt8(call)], "taken, and not run inside the handler")
+      for _ in 0..<1000 where state.ran.load(ordering: .relaxed) == call { usleep(1000) }
+      #expect(state.ran.load(ordering: .relaxed) == call + 1)
+    }
+  }
+}

@@ -112,6 +112,41 @@ func dataDirectory() throws -> FaultyFileSystem {
 }
 
 @Suite struct WriteAheadLogTests {
+  /// With a wake deferral, an append that finds the writer asleep hands the wake-up to the
+  /// deferral: nothing is written until it runs it, then every record appended meanwhile
+  /// goes in one batch. A deferral that declines (another thread) leaves the appender to
+  /// wake the writer at once.
+  @Test func aDeferredWakeWritesWhenTheDeferralRunsIt() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
+    let answers = Answers()
+    answers.appendAndWait(Samples.command(1), to: wal)
+    let held = Mutex<[@Sendable () -> Void]>([])
+    let accept = Atomic<Bool>(true)
+    wal.deferWriterWake { signal in
+      guard accept.load(ordering: .relaxed) else { return false }
+      held.withLock { $0.append(signal) }
+      return true
+    }
+    usleep(20_000)  // the writer goes back to sleep after record 1
+    for i in 2...5 { answers.append(Samples.command(i), to: wal) }
+    usleep(100_000)
+    #expect(held.withLock { $0.count } == 1, "one wake-up for the four appends")
+    #expect(answers.acked.count == 1, "nothing written before the deferred wake-up ran")
+    let syncs = fs.count(.sync)
+    for signal in held.withLock({ $0 }) { signal() }
+    answers.wait()
+    #expect(answers.acked.count == 5)
+    #expect(fs.count(.sync) == syncs + 1, "records 2-5 in one batch, under one fsync")
+
+    accept.store(false, ordering: .relaxed)
+    usleep(20_000)
+    answers.appendAndWait(Samples.command(6), to: wal)
+    #expect(answers.acked.count == 6)
+    #expect(held.withLock { $0.count } == 1)
+    wal.close()
+  }
+
   @Test func appendsAreWrittenInOrderAndReadBack() throws {
     let fs = try dataDirectory()
     let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)

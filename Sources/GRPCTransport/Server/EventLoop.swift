@@ -19,6 +19,8 @@ public final class EventLoop: @unchecked Sendable {
   private var timers = TimerHeap()
   private var connections: [ServerConnection?] = []
   private var dirty: [ServerConnection] = []
+  /// Work for the end of this pass (`atEndOfPass`).
+  private var endOfPass: [() -> Void] = []
   private var listenFD: Int32 = -1
   private var running = true
   private var draining = false
@@ -79,6 +81,16 @@ public final class EventLoop: @unchecked Sendable {
       deadline: min(monotonicNanos(), .max - nanoseconds) + nanoseconds, action: action)
     timers.insert(t)
     return t
+  }
+
+  /// Runs `task` at the end of this pass of the loop, after the events it handles and the
+  /// output they made are flushed, before the loop waits again; returns false (running
+  /// nothing) when not called on this loop's thread. For work worth doing once per pass
+  /// rather than once per call (waking the log writer).
+  public func atEndOfPass(_ task: @escaping () -> Void) -> Bool {
+    guard inLoop else { return false }
+    endOfPass.append(task)
+    return true
   }
 
   /// Asks for `conn` to be flushed at the end of this loop iteration.
@@ -143,11 +155,13 @@ public final class EventLoop: @unchecked Sendable {
       let now = monotonicNanos()
       for t in timers.popDue(now: now) { t.fire() }
       flushDirty()
+      runEndOfPass()
       if draining && liveConnections == 0 { running = false }
     }
     // What was handed over before the loop stopped still runs; later tasks are refused.
     tasks.withLock { $0.closed = true }
     runTasks()
+    runEndOfPass()
     for case let c? in connections { c.close() }
   }
 
@@ -159,6 +173,14 @@ public final class EventLoop: @unchecked Sendable {
       return b
     }
     for task in batch { task() }
+  }
+
+  private func runEndOfPass() {
+    while !endOfPass.isEmpty {
+      let batch = endOfPass
+      endOfPass.removeAll(keepingCapacity: true)
+      for task in batch { task() }
+    }
   }
 
   private func flushDirty() {

@@ -71,6 +71,13 @@ public final class GRPCServer: @unchecked Sendable {
     }
   }
 
+  /// Runs `task` at the end of the current pass of the event loop whose thread calls this
+  /// (`EventLoop.atEndOfPass`); returns false, running nothing, on any other thread.
+  public func atEndOfLoopPass(_ task: @escaping @Sendable () -> Void) -> Bool {
+    for loop in loops where loop.atEndOfPass(task) { return true }
+    return false
+  }
+
   /// Runs `task` on event loop `index` (modulo the number of loops) and returns true, or
   /// returns false when that loop is not running (not started, or stopped).
   public func submit(toLoop index: Int, _ task: @escaping @Sendable () -> Void) -> Bool {

@@ -146,17 +146,34 @@ public final class WriteAheadLog: Sendable {
     guard record.count <= RecordFrame.maxPayloadSize - 11 else {
       throw StorageError(.invalid, "a log record of \(record.count) bytes is too large")
     }
-    let wake = try core.shared.withLock { (s) throws(StorageError) -> Bool in
+    let (wake, deferral) = try core.shared.withLock {
+      (s) throws(StorageError) -> (Bool, WALCore.WakeDeferral?) in
       if let refusal = s.refusal { throw refusal }
       s.queue.append(WALCore.Pending(bytes: record, completion: completion))
       s.queuedBytes += record.count
       if s.writerIdle {
         s.writerIdle = false
-        return true
+        return (true, s.wakeDeferral)
       }
-      return false
+      return (false, nil)
     }
-    if wake { core.wake.signal() }
+    guard wake else { return }
+    // Woken once per pass of the appender's event loop rather than at once: the records
+    // of every call handled in that pass then go in one batch (and the writer does not
+    // take the core from the loop after each call).
+    let event = core.wake
+    if let deferral, deferral.run({ event.signal() }) { return }
+    event.signal()
+  }
+
+  /// Has `deferral` signal the idle writer after a first append instead of the appender:
+  /// it takes the signal and returns true if it will run it soon (at the end of the
+  /// current event-loop pass, `GRPCServer.atEndOfLoopPass`), or returns false (called
+  /// from another thread), and the appender signals at once.
+  public func deferWriterWake(
+    to deferral: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
+  ) {
+    core.shared.withLock { $0.wakeDeferral = WALCore.WakeDeferral(run: deferral) }
   }
 
   /// Leaves the active segment (if it holds a record) for a new one, after the records
@@ -228,6 +245,12 @@ public final class WriteAheadLog: Sendable {
 
 /// What appenders and the writer share.
 final class WALCore: Sendable {
+  /// In a struct: a closure kept directly in a `Mutex` gains a reabstraction thunk at
+  /// every `withLock`.
+  struct WakeDeferral {
+    let run: @Sendable (@escaping @Sendable () -> Void) -> Bool
+  }
+
   struct Pending {
     var bytes: [UInt8]
     var completion: WriteAheadLog.Completion
@@ -239,6 +262,7 @@ final class WALCore: Sendable {
     var rotations: [@Sendable (Result<UInt64, StorageError>) -> Void] = []
     /// The writer is about to sleep: an appender must signal `wake`.
     var writerIdle = false
+    var wakeDeferral: WakeDeferral?
     var closing = false
     /// Why appends throw right now: a permanent failure, a batch being failed, closed.
     var refusal: StorageError?
