@@ -87,7 +87,7 @@ public final class EventLoop: @unchecked Sendable {
   /// output they made are flushed, before the loop waits again; returns false (running
   /// nothing) when not called on this loop's thread. For work worth doing once per pass
   /// rather than once per call (waking the log writer).
-  public func atEndOfPass(_ task: @escaping () -> Void) -> Bool {
+  func atEndOfPass(_ task: @escaping () -> Void) -> Bool {
     guard inLoop else { return false }
     endOfPass.append(task)
     return true
