@@ -124,8 +124,8 @@ extension SubscriptionStore {
     return person
   }
 
-  /// Returns the person after the change when it had to decode it (nil when the packed
-  /// record was changed in place, the usual case).
+  /// Changes the packed record in place (the usual case), or through the decoded person
+  /// when the change sorts before its stored history.
   func applySetPreference(
     _ cmd: Command.SetPreference, channel: NameID, topic: NameID, shard: inout Shard,
     slot: UInt32

@@ -146,33 +146,21 @@ enum PersonCodec {
       && UInt16(r.blob[entryAt + 2]) | UInt16(r.blob[entryAt + 3]) << 8 == topic
 
     let cold = coldLayout(r.blob, entryCount: n, entry: lo)
-    let (createdAt, lastAt, nextSeq) = (cold.createdAt, cold.lastHistoryAt, cold.nextHistorySeq)
     let (before, after) = (cold.entryStart, exists ? cold.entryEnd : cold.entryStart)
-    guard at >= lastAt else { return false }
+    guard at >= cold.lastHistoryAt else { return false }
 
     // What follows the stored history: the new history entry, then the new cold section.
-    var tail = ByteWriter()
-    tail.bytes.reserveCapacity(r.blob.count - oldColdStart + 48)
-    var previous = lastAt
-    writeHistory(
-      HistoryRecord(
-        seq: nextSeq, at: at, action: state == .subscribed ? .subscribe : .unsubscribe,
-        channel: channel, topic: topic, source: source, actor: actor,
-        detail: noticeVersion.isEmpty ? "" : "notice_version: \(noticeVersion)"),
-      previous: &previous, into: &tail, strings: &strings)
-    let coldOffset = tail.bytes.count
-    tail.zigzag(createdAt)
-    tail.zigzag(at &- createdAt)
-    r.blob.withUnsafeBufferPointer { b in
-      tail.bytes.append(contentsOf: b[cold.identityStart..<before])
-      tail.zigzag(at &- createdAt)
+    let history = HistoryRecord(
+      seq: cold.nextHistorySeq, at: at, action: state == .subscribed ? .subscribe : .unsubscribe,
+      channel: channel, topic: topic, source: source, actor: actor,
+      detail: noticeVersion.isEmpty ? "" : "notice_version: \(noticeVersion)")
+    let tail = changeTail(r.blob, cold, history, strings: &strings) { old, tail, strings in
+      tail.bytes.append(contentsOf: old[cold.identityStart..<before])
+      tail.zigzag(at &- cold.createdAt)
       tail.ref(source, &strings)
       tail.ref(noticeVersion, &strings)
-      tail.bytes.append(contentsOf: b[after..<cold.entriesEnd])
+      tail.bytes.append(contentsOf: old[after..<cold.entriesEnd])
     }
-    tail.varint(UInt64(nextSeq &+ 1))
-    tail.varint(UInt64(cold.historyCount + 1))
-    tail.zigzag(at &- createdAt)
 
     // Edit the record in place: drop the old cold section, set or insert the hot entry,
     // append the tail.
@@ -189,9 +177,7 @@ enum PersonCodec {
       r.blob[4] = UInt8(truncatingIfNeeded: n + 1)
       r.blob[5] = UInt8(truncatingIfNeeded: (n + 1) >> 8)
     }
-    let newColdStart = UInt32(r.blob.count + coldOffset)
-    r.blob.append(contentsOf: tail.bytes)
-    for i in 0..<4 { r.blob[i] = UInt8(truncatingIfNeeded: newColdStart >> (8 * i)) }
+    append(tail, to: &r)
     return true
   }
 
@@ -208,36 +194,51 @@ enum PersonCodec {
     let n = entryCount(r)
     let cold = coldLayout(r.blob, entryCount: n, entry: n)
     guard at >= cold.lastHistoryAt else { return false }
-    let createdAt = cold.createdAt
-    var tail = ByteWriter()
-    tail.bytes.reserveCapacity(r.blob.count - oldColdStart + 48)
-    var previous = cold.lastHistoryAt
-    writeHistory(
-      HistoryRecord(
-        seq: cold.nextHistorySeq, at: at, action: unsubscribed ? .unsubscribeAll : .resubscribe,
-        channel: 0, topic: 0, source: source, actor: actor, detail: ""),
-      previous: &previous, into: &tail, strings: &strings)
-    let coldOffset = tail.bytes.count
-    tail.zigzag(createdAt)
-    tail.zigzag(at &- createdAt)
-    r.blob.withUnsafeBufferPointer { b in
-      tail.bytes.append(contentsOf: b[cold.identityStart..<cold.globalStart])
+    let history = HistoryRecord(
+      seq: cold.nextHistorySeq, at: at, action: unsubscribed ? .unsubscribeAll : .resubscribe,
+      channel: 0, topic: 0, source: source, actor: actor, detail: "")
+    let tail = changeTail(r.blob, cold, history, strings: &strings) { old, tail, strings in
+      tail.bytes.append(contentsOf: old[cold.identityStart..<cold.globalStart])
       tail.u8(unsubscribed ? 1 : 2)
-      tail.zigzag(at &- createdAt)
+      tail.zigzag(at &- cold.createdAt)
       tail.ref(source, &strings)
-      tail.bytes.append(contentsOf: b[cold.globalEnd..<cold.entriesEnd])
+      tail.bytes.append(contentsOf: old[cold.globalEnd..<cold.entriesEnd])
     }
-    tail.varint(UInt64(cold.nextHistorySeq &+ 1))
-    tail.varint(UInt64(cold.historyCount + 1))
-    tail.zigzag(at &- createdAt)
-
     r.blob.removeSubrange(oldColdStart...)
-    let newColdStart = UInt32(r.blob.count + coldOffset)
-    r.blob.append(contentsOf: tail.bytes)
-    for i in 0..<4 { r.blob[i] = UInt8(truncatingIfNeeded: newColdStart >> (8 * i)) }
+    append(tail, to: &r)
     r.flags =
       unsubscribed ? r.flags | PersonRecord.globalFlag : r.flags & ~PersonRecord.globalFlag
     return true
+  }
+
+  /// What follows the stored history after an in-place change: `history`, then a new cold
+  /// section whose fields from the identifiers to the entries' `middle` writes (from the
+  /// old record's bytes); the change's time is the new `updatedAt` and last history time.
+  private static func changeTail(
+    _ blob: [UInt8], _ cold: ColdLayout, _ history: HistoryRecord, strings: inout StringTable,
+    middle: (UnsafeBufferPointer<UInt8>, inout ByteWriter, inout StringTable) -> Void
+  ) -> (bytes: ByteWriter, coldOffset: Int) {
+    var tail = ByteWriter()
+    tail.bytes.reserveCapacity(blob.count - coldStart(blob) + 48)
+    var previous = cold.lastHistoryAt
+    writeHistory(history, previous: &previous, into: &tail, strings: &strings)
+    let coldOffset = tail.bytes.count
+    tail.zigzag(cold.createdAt)
+    tail.zigzag(history.at &- cold.createdAt)
+    blob.withUnsafeBufferPointer { middle($0, &tail, &strings) }
+    tail.varint(UInt64(cold.nextHistorySeq &+ 1))
+    tail.varint(UInt64(cold.historyCount + 1))
+    tail.zigzag(history.at &- cold.createdAt)
+    return (tail, coldOffset)
+  }
+
+  /// Appends a `changeTail` to a record whose old cold section was removed, pointing the
+  /// header at the new one.
+  private static func append(_ tail: (bytes: ByteWriter, coldOffset: Int), to r: inout PersonRecord)
+  {
+    let newColdStart = UInt32(r.blob.count + tail.coldOffset)
+    r.blob.append(contentsOf: tail.bytes.bytes)
+    for i in 0..<4 { r.blob[i] = UInt8(truncatingIfNeeded: newColdStart >> (8 * i)) }
   }
 
   /// Offsets in a record's cold section (see the layout above).
