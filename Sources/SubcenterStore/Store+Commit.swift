@@ -184,6 +184,14 @@ final class Join: Sendable {
   }
 }
 
+/// Somewhere else to run work (an event loop the server names): `run` takes a task and
+/// returns true if it will run it, false if the caller must. In a struct: a closure kept
+/// directly in a `Mutex` gains a reabstraction thunk at every `withLock`, a chain that
+/// grows with each call.
+struct TaskRunner: Sendable {
+  let run: @Sendable (@escaping @Sendable () -> Void) -> Bool
+}
+
 /// The queue of completed records and the gate of application.
 final class Applier: Sendable {
   struct Queue {
@@ -201,10 +209,7 @@ final class Applier: Sendable {
   /// overlap).
   let thread = DispatchQueue(label: "subcenter.applier")
   /// Where drains run instead, while it accepts them (`applyDurableRecords(on:)`).
-  let executor = Mutex<Executor?>(nil)
-  /// In a struct: a closure kept directly in a `Mutex` gains a reabstraction thunk at
-  /// every `withLock`, a chain that grows with each call.
-  struct Executor { let submit: @Sendable (@escaping @Sendable () -> Void) -> Bool }
+  let executor = Mutex<TaskRunner?>(nil)
   /// Held while commands are applied, and while a snapshot copies the state; holds the
   /// sequence number of the last applied record.
   let gate = Mutex<UInt64>(0)
@@ -408,7 +413,7 @@ extension SubscriptionStore {
       }
       guard schedule else { return }
       let task: @Sendable () -> Void = { [self] in drain() }
-      if applier.executor.withLock({ $0 })?.submit(task) != true {
+      if applier.executor.withLock({ $0 })?.run(task) != true {
         applier.thread.async(execute: task)
       }
     case .afterAppend:

@@ -62,7 +62,7 @@ public final class SubscriptionStore: Sendable {
   public func applyDurableRecords(
     on executor: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
   ) {
-    applier.executor.withLock { $0 = Applier.Executor(submit: executor) }
+    applier.executor.withLock { $0 = TaskRunner(run: executor) }
   }
 
   /// Configures workspace `default` if no workspace exists or is being configured

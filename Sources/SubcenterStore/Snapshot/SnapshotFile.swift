@@ -36,7 +36,6 @@ public enum SnapshotFile {
   public static let version: UInt32 = 1
   public static let headerSize = 20
   public static let trailerSize = 8
-  static let temporarySuffix = temporaryFileSuffix
 
   /// `snapshot-<seq, 20 digits>.snap`.
   public static func fileName(seq: UInt64) -> String {
@@ -320,7 +319,7 @@ public final class SnapshotWriter {
     self.name = SnapshotFile.fileName(seq: seq)
     do {
       file = try fs.open(
-        joinPath(directory, name + SnapshotFile.temporarySuffix), [.write, .create, .truncate])
+        joinPath(directory, name + temporaryFileSuffix), [.write, .create, .truncate])
     } catch {
       throw StorageError(error, "creating snapshot \(name)")
     }
@@ -355,7 +354,7 @@ public final class SnapshotWriter {
     buffer += littleEndianBytes(UInt32(count))
     try flush()
     buffer = littleEndianBytes(crc)
-    let temporary = joinPath(directory, name + SnapshotFile.temporarySuffix)
+    let temporary = joinPath(directory, name + temporaryFileSuffix)
     do {
       try fs.write(f, buffer)
       try fs.sync(f)
@@ -377,7 +376,7 @@ public final class SnapshotWriter {
     guard let f = file else { return }
     file = nil
     try? fs.close(f)
-    try? fs.unlink(joinPath(directory, name + SnapshotFile.temporarySuffix))
+    try? fs.unlink(joinPath(directory, name + temporaryFileSuffix))
   }
 
   private func flush() throws(StorageError) {

@@ -268,7 +268,7 @@ extension WALSegment {
     }
     guard erased > 0 else { return 0 }
     let path = joinPath(directory, segment.name)
-    let temporary = path + temporarySuffix
+    let temporary = path + temporaryFileSuffix
     do throws(FileSystemError) {
       let f = try fs.open(temporary, [.write, .create, .truncate])
       do throws(FileSystemError) {
@@ -287,8 +287,6 @@ extension WALSegment {
     }
     return erased
   }
-
-  static let temporarySuffix = temporaryFileSuffix
 
   /// Deletes the temporary files of segment rewrites that never finished; returns their
   /// names.

@@ -147,7 +147,7 @@ public final class WriteAheadLog: Sendable {
       throw StorageError(.invalid, "a log record of \(record.count) bytes is too large")
     }
     let (wake, deferral) = try core.shared.withLock {
-      (s) throws(StorageError) -> (Bool, WALCore.WakeDeferral?) in
+      (s) throws(StorageError) -> (Bool, TaskRunner?) in
       if let refusal = s.refusal { throw refusal }
       s.queue.append(WALCore.Pending(bytes: record, completion: completion))
       s.queuedBytes += record.count
@@ -173,7 +173,7 @@ public final class WriteAheadLog: Sendable {
   public func deferWriterWake(
     to deferral: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
   ) {
-    core.shared.withLock { $0.wakeDeferral = WALCore.WakeDeferral(run: deferral) }
+    core.shared.withLock { $0.wakeDeferral = TaskRunner(run: deferral) }
   }
 
   /// Leaves the active segment (if it holds a record) for a new one, after the records
@@ -245,12 +245,6 @@ public final class WriteAheadLog: Sendable {
 
 /// What appenders and the writer share.
 final class WALCore: Sendable {
-  /// In a struct: a closure kept directly in a `Mutex` gains a reabstraction thunk at
-  /// every `withLock`.
-  struct WakeDeferral {
-    let run: @Sendable (@escaping @Sendable () -> Void) -> Bool
-  }
-
   struct Pending {
     var bytes: [UInt8]
     var completion: WriteAheadLog.Completion
@@ -262,7 +256,7 @@ final class WALCore: Sendable {
     var rotations: [@Sendable (Result<UInt64, StorageError>) -> Void] = []
     /// The writer is about to sleep: an appender must signal `wake`.
     var writerIdle = false
-    var wakeDeferral: WakeDeferral?
+    var wakeDeferral: TaskRunner?
     var closing = false
     /// Why appends throw right now: a permanent failure, a batch being failed, closed.
     var refusal: StorageError?
