@@ -82,6 +82,7 @@ public final class FaultyFileSystem: FileSystem {
     var crashes = 0
     var syncLatencyMicros: UInt32 = 0
     var largestRead = 0
+    var lists = 0
 
     var used: Int { inodes.values.reduce(0) { $0 + $1.data.count } }
   }
@@ -120,6 +121,9 @@ public final class FaultyFileSystem: FileSystem {
 
   /// How many calls of `operation` were made so far.
   public func count(_ operation: Operation) -> Int { state.withLock { $0.counts[operation] ?? 0 } }
+
+  /// How many times a directory was listed so far.
+  public var listCount: Int { state.withLock { $0.lists } }
 
   /// The most bytes one `read` returned since the last call (which starts a new count).
   public func takeLargestRead() -> Int {
@@ -354,6 +358,7 @@ public final class FaultyFileSystem: FileSystem {
   public func list(_ directory: String) throws(FileSystemError) -> [String] {
     try state.withLock { (s) throws(FileSystemError) -> [String] in
       try Self.up(&s, "opendir", directory)
+      s.lists += 1
       let dir = Self.normalized(directory)
       guard s.directories.contains(dir) else {
         throw FileSystemError("opendir", path: directory, errno: ENOENT)

@@ -323,7 +323,8 @@ private final class CollectingSink: ChangeSink {
 
   /// Complete segments are read a chunk at a time too: watchers that start at the oldest
   /// record and inside a complete segment get every record once, in order, and no read
-  /// returns more than one record's frame (the chunk is smaller than any record).
+  /// returns more than one record's frame (the chunk is smaller than any record); the
+  /// directory is not listed again for every chunk.
   @Test func completeSegmentsAreReadInChunks() throws {
     var options = ChangeFeed.Options()
     options.readChunk = 40
@@ -334,9 +335,13 @@ private final class CollectingSink: ChangeSink {
     }
     let segments = try WALSegment.list(directory: cfDirectory, fileSystem: fs)
     #expect(segments.count == 4)
+    let listed = fs.listCount
     let all = CollectingSink()
     d.changeFeed.watch(workspace: "acme", from: .oldest, sink: all)
     all.wait(for: 60)
+    // Read on from where it stopped: the directory is listed at the start and where a
+    // segment ends, not for each of the ~60 one-record reads.
+    #expect(fs.listCount - listed <= 12, "listed \(fs.listCount - listed) times")
     let want = (0..<30).flatMap { ["p\($0)", "p\($0)"] }
     #expect(all.events.map(\.personID) == want)
     let seqs = all.events.map(\.seq)
@@ -355,9 +360,11 @@ private final class CollectingSink: ChangeSink {
     d.close()
   }
 
-  /// A complete segment damaged in the middle: the watcher gets the records before the
-  /// damage, then its watch fails naming the segment.
-  @Test func aDamagedCompleteSegmentFailsTheWatch() throws {
+  /// A complete segment damaged in the middle — a payload byte flipped, or a frame length
+  /// past the largest a record may have: the watcher gets the records before the damage,
+  /// then its watch fails naming the segment.
+  @Test(arguments: [false, true])
+  func aDamagedCompleteSegmentFailsTheWatch(lengthField: Bool) throws {
     let (fs, _, d) = try setUp()
     for i in 0..<6 { write(d.store, "p\(i)") }
     try rotate(d)
@@ -369,8 +376,13 @@ private final class CollectingSink: ChangeSink {
     let path = cfDirectory + "/" + first.name
     var bytes = fs.contents(path)!
     let scan = WALSegment.scan(bytes, file: first.name, firstSeq: first.firstSeq)
-    // A byte in the payload of the 8th record.
-    bytes[scan.records[7].lowerBound + 3] ^= 0xFF
+    // The 8th record: a byte of its payload, or its length (0xFFFFFFFF).
+    let payload = scan.records[7].lowerBound
+    if lengthField {
+      for i in 0..<4 { bytes[payload - RecordFrame.headerSize + i] = 0xFF }
+    } else {
+      bytes[payload + 3] ^= 0xFF
+    }
     fs.setContents(path, bytes)
     let sink = CollectingSink()
     d.changeFeed.watch(workspace: "acme", from: .oldest, sink: sink)

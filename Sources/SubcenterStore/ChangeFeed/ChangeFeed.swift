@@ -244,9 +244,9 @@ final class Watcher: @unchecked Sendable {
   private var queue: [ChangeEvent] = []
   private var head = 0
   private var blockedSince: UInt64?
-  /// Where reading got to: in the segment of first seq `firstSeq`, record `seq` (then
-  /// `cursor + 1`) starts at byte `offset`.
-  private var tail: (firstSeq: UInt64, seq: UInt64, offset: Int)?
+  /// Where reading got to: in `segment`, record `seq` (then `cursor + 1`) starts at byte
+  /// `offset`.
+  private var tail: (segment: WALSegmentFile, seq: UInt64, offset: Int)?
 
   init(id: Int, workspace: String, start: WatchStart, sink: any ChangeSink) {
     self.id = id
@@ -340,6 +340,13 @@ final class Watcher: @unchecked Sendable {
 
   private func read(feed: ChangeFeed, durable: UInt64) throws -> Bool {
     let want = cursor + 1
+    // Go on where the last read stopped, without listing the directory; list it when that
+    // segment holds nothing more (the next record is in a newer one) or none was read yet.
+    if let t = tail, t.seq == want,
+      try readFrames(t.segment, at: t.offset, complete: false, feed: feed, durable: durable)
+    {
+      return true
+    }
     let segments = try WALSegment.list(directory: feed.directory, fileSystem: feed.fileSystem)
     guard let index = segments.lastIndex(where: { $0.firstSeq <= want }) else {
       throw Expired()
@@ -347,13 +354,23 @@ final class Watcher: @unchecked Sendable {
     let segment = segments[index]
     let complete = index + 1 < segments.count
     let offset: Int
-    if let t = tail, t.firstSeq == segment.firstSeq, t.seq == want {
+    if let t = tail, t.segment == segment, t.seq == want {
       offset = t.offset
     } else {
       offset = try locate(want, in: segment, complete: complete, feed: feed)
     }
+    return try readFrames(segment, at: offset, complete: complete, feed: feed, durable: durable)
+  }
+
+  /// Queues the events of the records of `segment` from byte `offset` (the record after
+  /// `cursor`) on, up to `durable`, as many as one chunk holds; returns whether it queued
+  /// any. In a `complete` segment, no record there is damage.
+  private func readFrames(
+    _ segment: WALSegmentFile, at offset: Int, complete: Bool, feed: ChangeFeed,
+    durable: UInt64
+  ) throws -> Bool {
+    let want = cursor + 1
     let bytes = try chunk(of: segment, at: offset, feed: feed)
-    // Frames of the records after `cursor`, up to `durable`.
     var room = max(0, feed.options.queueLimit - queue.count)
     var expected = want
     let (frames, mismatch) = bytes.withUnsafeBytes { b -> ([(UInt64, Range<Int>, Int)], Bool) in
@@ -386,7 +403,7 @@ final class Watcher: @unchecked Sendable {
       throw StorageError.damaged(
         segment.name, at: Int64(offset), "no valid record of seq \(want) where it should be")
     }
-    tail = (segment.firstSeq, expected, offset + consumed)
+    tail = (segment, expected, offset + consumed)
     return !frames.isEmpty
   }
 
