@@ -149,8 +149,6 @@ enum Samples {
     #expect(direct == 40)
   }
 
-  /// Records read field by field read as protobuf-c reads them: every sample, every
-  /// prefix of the fast ones (both refuse, or both read the same), reordered fields.
   /// A nested message written in place equals one written apart and copied in, at the
   /// lengths where its length prefix grows a byte.
   @Test func nestedMessageInPlaceEqualsCopied() {
@@ -170,6 +168,8 @@ enum Samples {
     }
   }
 
+  /// Records read field by field read as protobuf-c reads them: every sample, every
+  /// prefix of the fast ones (both refuse, or both read the same), reordered fields.
   @Test func directDecodingEqualsProtobufC() throws {
     func same(_ bytes: [UInt8]) -> Bool {
       let a = try? LogRecordCodec.decode(bytes[...])

@@ -76,6 +76,16 @@ final class Answers: Sendable {
     }
   }
 
+  /// Appends the sample commands of `numbers` in order, waiting for the answers after
+  /// every `batch` of them (so the writer makes batches of about that size).
+  func append(samples numbers: ClosedRange<Int>, to wal: WriteAheadLog, waitingEvery batch: Int) {
+    for i in numbers {
+      append(Samples.command(i), to: wal)
+      if i % batch == 0 { wait() }
+    }
+    wait()
+  }
+
   /// Waits for every answer.
   func wait() {
     let r = group.wait(timeout: .now() + 30)
@@ -208,11 +218,7 @@ func dataDirectory() throws -> FaultyFileSystem {
       directory: "/data", fileSystem: fs, nextSeq: 1,
       options: .init(segmentSize: 1024))
     let answers = Answers()
-    for i in 1...200 {
-      answers.append(Samples.command(i), to: wal)
-      if i % 10 == 0 { answers.wait() }
-    }
-    answers.wait()
+    answers.append(samples: 1...200, to: wal, waitingEvery: 10)
     let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
     #expect(segments.count > 5)
     #expect(segments.first?.firstSeq == 1)
@@ -360,11 +366,7 @@ func dataDirectory() throws -> FaultyFileSystem {
       directory: "/data", fileSystem: fs, nextSeq: 1,
       options: .init(segmentSize: 1024, preallocateBytes: 256))
     let answers = Answers()
-    for i in 1...60 {
-      answers.append(Samples.command(i), to: wal)
-      if i % 5 == 0 { answers.wait() }
-    }
-    answers.wait()
+    answers.append(samples: 1...60, to: wal, waitingEvery: 5)
     let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
     #expect(segments.count > 2)
     func scan(_ s: WALSegmentFile) throws -> SegmentScan {

@@ -26,6 +26,7 @@ import pytest
 
 from crash_support import (DurableServer, Writer, config_problems, initial_email,
                            workspace_config)
+from interop_support import free_port, run_to_exit, tls_args
 from sc_support import unique
 
 CYCLES = max(1, int(os.environ.get("SUBCENTER_CRASH_CYCLES", "30")))
@@ -157,7 +158,6 @@ def test_second_server_on_one_data_directory_is_refused(tmp_path):
     """Two servers on one data directory would write the same log segments: the second is
     refused at start, changing nothing; the first keeps serving; after a kill -9 the lock is
     gone with the process and a restart takes it."""
-    from interop_support import free_port, run_to_exit, tls_args
     srv = DurableServer(str(tmp_path)).start()
     try:
         ws = unique("lock")
