@@ -278,14 +278,14 @@ enum ProtoMapping {
         m.int(4, Int64(effective[i].reason.rawValue))
       }
     }
-    return w.bytes
+    return w.finish()
   }
 
   /// A DeliveryDecision (three small fields), framed.
   static func decision(_ d: Decision) -> [UInt8] {
     var w = WireWriter(capacity: 8 + d.personID.utf8.count, reserving: framePrefix)
     write(d, to: &w)
-    return w.bytes
+    return w.finish()
   }
 
   private static func write(_ d: Decision, to w: inout WireWriter) {
@@ -298,7 +298,7 @@ enum ProtoMapping {
   static func decisions(_ ds: [Decision]) -> [UInt8] {
     var w = WireWriter(capacity: ds.count * 24, reserving: framePrefix)
     for d in ds { w.message(1) { write(d, to: &$0) } }
-    return w.bytes
+    return w.finish()
   }
 
   static func forgetResponse(

@@ -149,6 +149,44 @@ enum Samples {
     #expect(direct == 40)
   }
 
+  /// Fields written past the writer's room (it starts with 16 bytes and grows) equal the
+  /// same fields encoded byte by byte, after the reserved zeros; `finish()` hands over
+  /// exactly what `bytes` shows.
+  @Test func writerGrowsPastItsRoom() {
+    var expected: [UInt8] = [0, 0, 0, 0, 0]
+    func varint(_ value: UInt64) {
+      var v = value
+      while v >= 0x80 {
+        expected.append(UInt8(truncatingIfNeeded: v) | 0x80)
+        v >>= 7
+      }
+      expected.append(UInt8(v))
+    }
+    var w = WireWriter(reserving: 5)
+    for i in 0..<300 {
+      let text = String(repeating: "é", count: i % 70)  // 0 to 138 bytes
+      w.string(1, text)
+      if !text.isEmpty {
+        varint(1 << 3 | 2)
+        varint(UInt64(text.utf8.count))
+        expected += Array(text.utf8)
+      }
+      let n = Int64(i) * 1_000_003 - 150_000_000  // negative ones take ten bytes
+      w.int(2, n)
+      if n != 0 {
+        varint(2 << 3)
+        varint(UInt64(bitPattern: n))
+      }
+      w.bool(3, i % 3 == 0)
+      if i % 3 == 0 { expected += [3 << 3, 1] }
+      w.varint(UInt64(i) << 20)
+      varint(UInt64(i) << 20)
+    }
+    #expect(w.count == expected.count)
+    #expect(w.bytes == expected)
+    #expect(w.finish() == expected)
+  }
+
   /// A nested message written in place equals one written apart and copied in, at the
   /// lengths where its length prefix grows a byte.
   @Test func nestedMessageInPlaceEqualsCopied() {

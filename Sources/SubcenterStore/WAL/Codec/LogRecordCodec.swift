@@ -23,33 +23,38 @@ public enum LogRecordCodec {
   /// Resubscribe), written field by field: the same bytes protobuf-c packs, without its
   /// message tree. nil for every other command.
   static func encodeDirectly(_ command: Command, seq: UInt64) -> [UInt8]? {
-    var m = WireWriter(capacity: 96)
-    let field: UInt64
+    // One buffer: the record's own fields, then the command's message in place (its
+    // length fixed up after it), as protobuf-c orders them.
+    var w = WireWriter(capacity: 128)
+    func header(_ at: Int64, _ actor: String) {
+      w.int(1, Int64(bitPattern: seq))
+      w.int(2, at)
+      w.string(3, actor)
+    }
     switch command {
     case .setPreference(let c):
-      m.string(1, c.workspace)
-      personKey(c.person, field: 2, into: &m)
-      m.string(3, c.channel)
-      m.string(4, c.topic)
-      m.int(5, Int64(c.state.rawValue))
-      m.string(6, c.source)
-      m.string(7, c.noticeVersion)
-      field = 12
+      header(c.at, c.actor)
+      w.message(12) { m in
+        m.string(1, c.workspace)
+        personKey(c.person, field: 2, into: &m)
+        m.string(3, c.channel)
+        m.string(4, c.topic)
+        m.int(5, Int64(c.state.rawValue))
+        m.string(6, c.source)
+        m.string(7, c.noticeVersion)
+      }
     case .setGlobal(let c):
-      m.string(1, c.workspace)
-      personKey(c.person, field: 2, into: &m)
-      m.bool(3, c.unsubscribed)
-      m.string(4, c.source)
-      field = 13
+      header(c.at, c.actor)
+      w.message(13) { m in
+        m.string(1, c.workspace)
+        personKey(c.person, field: 2, into: &m)
+        m.bool(3, c.unsubscribed)
+        m.string(4, c.source)
+      }
     default:
       return nil
     }
-    var w = WireWriter(capacity: m.bytes.count + 32)
-    w.int(1, Int64(bitPattern: seq))
-    w.int(2, command.at)
-    w.string(3, actor(of: command))
-    w.message(field, m)
-    return w.bytes
+    return w.finish()
   }
 
   /// A `PersonKey` message field (its oneof member written even when empty).

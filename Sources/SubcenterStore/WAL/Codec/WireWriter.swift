@@ -5,79 +5,141 @@
 // "") is not written, unless it is a oneof member that is set.
 
 /// Appends protobuf fields to a byte array.
+///
+/// The array is room the writer grows ahead of what it writes: each field is written
+/// with one check of room and uniqueness and plain stores, instead of an `append` (with
+/// its own checks) per byte. `finish()` hands the written bytes over without copying.
 public struct WireWriter {
-  /// What was written so far.
-  public var bytes: [UInt8] = []
+  /// Room: the first `count` bytes are written, the rest undefined.
+  @usableFromInline var storage: [UInt8]
+  /// How many bytes are written.
+  @usableFromInline var written: Int
+  /// How many bytes are written.
+  public var count: Int { written }
 
-  /// An empty writer; with `reserving`, that many zero bytes come first (room for a
-  /// header the caller fills in later, such as gRPC's message prefix).
+  /// An empty writer with room for `capacity` bytes; with `reserving`, that many zero
+  /// bytes come first (room for a header the caller fills in later, such as gRPC's
+  /// message prefix).
   @inlinable public init(capacity: Int = 0, reserving: Int = 0) {
-    bytes.reserveCapacity(capacity + reserving)
-    if reserving > 0 { bytes.append(contentsOf: repeatElement(0, count: reserving)) }
+    storage = [UInt8](repeating: 0, count: Swift.max(capacity + reserving, 16))
+    written = reserving
+  }
+
+  /// What was written so far (a copy; `finish()` hands over the bytes themselves).
+  public var bytes: [UInt8] { Array(storage[..<count]) }
+
+  /// The written bytes, without copying them.
+  @inlinable public consuming func finish() -> [UInt8] {
+    storage.removeLast(storage.count - count)
+    return storage
+  }
+
+  /// Runs `body` on the room after the written bytes, at least `room` bytes of it;
+  /// `body` returns how many bytes it wrote there.
+  @inlinable @inline(__always) mutating func write(
+    room: Int, _ body: (UnsafeMutablePointer<UInt8>) -> Int
+  ) {
+    if storage.count - count < room { grow(room) }
+    let at = written
+    written += storage.withUnsafeMutableBufferPointer { body($0.baseAddress! + at) }
+  }
+
+  @usableFromInline mutating func grow(_ room: Int) {
+    storage.append(contentsOf: repeatElement(0, count: Swift.max(room, storage.count)))
+  }
+
+  /// Writes `value` as a varint at `p`; returns its size (at most 10).
+  @inlinable @inline(__always) static func put(_ value: UInt64, at p: UnsafeMutablePointer<UInt8>)
+    -> Int
+  {
+    var v = value
+    var i = 0
+    while v >= 0x80 {
+      p[i] = UInt8(truncatingIfNeeded: v) | 0x80
+      v >>= 7
+      i += 1
+    }
+    p[i] = UInt8(truncatingIfNeeded: v)
+    return i + 1
   }
 
   @inlinable @inline(__always) public mutating func varint(_ value: UInt64) {
-    if value < 0x80 {  // tags, lengths, enums: one byte
-      bytes.append(UInt8(truncatingIfNeeded: value))
-      return
-    }
-    var v = value
-    while v >= 0x80 {
-      bytes.append(UInt8(truncatingIfNeeded: v) | 0x80)
-      v >>= 7
-    }
-    bytes.append(UInt8(v))
+    write(room: 10) { Self.put(value, at: $0) }
   }
 
   /// A varint field (`int64`, `uint64`, enums); negative values take ten bytes.
   @inlinable public mutating func int(_ field: UInt64, _ value: Int64) {
     guard value != 0 else { return }
-    varint(field << 3)
-    varint(UInt64(bitPattern: value))
+    write(room: 20) { p in
+      let n = Self.put(field << 3, at: p)
+      return n + Self.put(UInt64(bitPattern: value), at: p + n)
+    }
   }
 
   @inlinable public mutating func bool(_ field: UInt64, _ value: Bool) {
     guard value else { return }
-    varint(field << 3)
-    bytes.append(1)
+    write(room: 11) { p in
+      let n = Self.put(field << 3, at: p)
+      p[n] = 1
+      return n + 1
+    }
   }
 
   /// A `string` or `bytes` field; with `always` (a set oneof member) even when empty.
   @inlinable public mutating func string(_ field: UInt64, _ value: String, always: Bool = false) {
     let utf8 = value.utf8
-    let n = utf8.count
-    guard always || n != 0 else { return }
-    varint(field << 3 | 2)
-    varint(UInt64(n))
-    if utf8.withContiguousStorageIfAvailable({ bytes.append(contentsOf: $0) }) == nil {
-      bytes.append(contentsOf: utf8)
+    let length = utf8.count
+    guard always || length != 0 else { return }
+    write(room: 20 + length) { p in
+      var n = Self.put(field << 3 | 2, at: p)
+      n += Self.put(UInt64(length), at: p + n)
+      let to = p + n
+      if utf8.withContiguousStorageIfAvailable({ to.update(from: $0.baseAddress!, count: length) })
+        == nil
+      {
+        for (i, b) in utf8.enumerated() { to[i] = b }
+      }
+      return n + length
     }
   }
 
   /// A length-delimited field holding `message`'s bytes (written even when empty, as a
   /// set message field or a repeated message's element must be).
   @inlinable public mutating func message(_ field: UInt64, _ message: borrowing WireWriter) {
-    varint(field << 3 | 2)
-    varint(UInt64(message.bytes.count))
-    bytes.append(contentsOf: message.bytes)
+    let length = message.count
+    write(room: 20 + length) { p in
+      var n = Self.put(field << 3 | 2, at: p)
+      n += Self.put(UInt64(length), at: p + n)
+      let to = p + n
+      message.storage.withUnsafeBufferPointer { to.update(from: $0.baseAddress!, count: length) }
+      return n + length
+    }
   }
 
   /// A length-delimited field whose message `body` writes in place, after a length fixed
   /// up once it is known (one byte is kept for it; a message of 128 bytes or more makes
   /// room for the rest). Written even when empty, like `message(_:_:)`.
   @inlinable public mutating func message(_ field: UInt64, _ body: (inout WireWriter) -> Void) {
-    varint(field << 3 | 2)
-    let at = bytes.count
-    bytes.append(0)
+    write(room: 11) { p in
+      let n = Self.put(field << 3 | 2, at: p)
+      p[n] = 0
+      return n + 1
+    }
+    let at = count - 1
     body(&self)
-    let n = bytes.count - at - 1
-    if n < 0x80 {
-      bytes[at] = UInt8(truncatingIfNeeded: n)
+    let length = count - at - 1
+    if length < 0x80 {
+      storage[at] = UInt8(truncatingIfNeeded: length)
       return
     }
-    var length = WireWriter(capacity: 10)
-    length.varint(UInt64(n))
-    bytes.replaceSubrange(at..<(at + 1), with: length.bytes)
+    // Move the message up to make room for the longer length.
+    let extra = Self.varintSize(UInt64(length)) - 1
+    write(room: extra) { _ in extra }
+    storage.withUnsafeMutableBufferPointer { b in
+      let p = b.baseAddress! + at
+      (p + 1 + extra).update(from: p + 1, count: length)
+      _ = Self.put(UInt64(length), at: p)
+    }
   }
 
   /// The number of bytes `varint(value)` writes.
@@ -92,5 +154,5 @@ public struct WireWriter {
   }
 
   /// Empties the writer, keeping its storage (for a scratch writer reused per element).
-  @inlinable public mutating func reset() { bytes.removeAll(keepingCapacity: true) }
+  @inlinable public mutating func reset() { written = 0 }
 }
