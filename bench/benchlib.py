@@ -75,19 +75,24 @@ def cmd_wait_port(args):
 # ---------------------------------------------------------------------------- metrics
 
 SAMPLE = re.compile(r"^subcenter_grpc_calls_total(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
+WAL_SAMPLE = re.compile(r"^(?P<name>subcenter_wal_[a-z_]+)\s+(?P<value>\S+)")
 CODE = re.compile(r'(?:^|,)\s*code\s*=\s*"(?P<code>[^"]*)"')
 
 
 def cmd_metrics(args):
-    """Sums subcenter_grpc_calls_total over all series: code="OK" vs every other code."""
+    """Sums subcenter_grpc_calls_total over all series: code="OK" vs every other code; keeps
+    the write-ahead log's samples (subcenter_wal_*) under "wal"."""
     url, out = args
-    result = {"available": False, "ok": None, "other": None, "error": None}
+    result = {"available": False, "ok": None, "other": None, "error": None, "wal": {}}
     try:
         with urllib.request.urlopen(url, timeout=3) as r:
             text = r.read(8 << 20).decode("utf-8", "replace")
         ok = other = 0.0
         seen = False
         for line in text.splitlines():
+            w = WAL_SAMPLE.match(line)
+            if w:
+                result["wal"][w.group("name")] = float(w.group("value"))
             m = SAMPLE.match(line)
             if not m:
                 continue
@@ -889,6 +894,36 @@ def issue3_report(d, meta, rows, problems, warnings, verdicts, out):
     out("")
 
 
+def log_line(d, meta, fsync):
+    """What the write-ahead log did in the req/s runs of one fsync policy, from the server's
+    subcenter_wal_* counters read before and after each run (summed over the rounds)."""
+    total = {}
+    for k in range(1, meta["rounds"] + 1):
+        stem = os.path.join(d, f"metrics-writes-{fsync}-c4m32-r{k}-tput")
+        if not (os.path.exists(stem + "-before.json") and os.path.exists(stem + "-after.json")):
+            continue
+        a, b = read_json(stem + "-before.json"), read_json(stem + "-after.json")
+        for name, value in b.get("wal", {}).items():
+            if name in a.get("wal", {}):
+                total[name] = total.get(name, 0) + value - a["wal"][name]
+    records = total.get("subcenter_wal_records_total")
+    batches = total.get("subcenter_wal_batches_total")
+    syncs = total.get("subcenter_wal_syncs_total")
+    if not records or not batches:
+        return f"- write-ahead log, `--fsync {fsync}`: no subcenter_wal_* figures in /metrics"
+    line = (f"- write-ahead log, `--fsync {fsync}` (its /metrics counters over the req/s runs): "
+            f"{records / batches:.1f} records a write (group commit), "
+            f"{total.get('subcenter_wal_bytes_total', 0) / batches / 1024:.1f} KiB a write")
+    if syncs:
+        line += (f"; {records / syncs:.1f} records an fdatasync, which took "
+                 f"{total.get('subcenter_wal_sync_seconds_total', 0) / syncs * 1000:.3f} ms on "
+                 f"average")
+    else:
+        line += "; no fdatasync during the runs"
+    failed = total.get("subcenter_wal_failed_batches_total", 0)
+    return line + (f"; **{failed:.0f} failed batches**" if failed else "")
+
+
 def issue4_report(d, meta, problems, warnings, verdicts, out):
     """Issue 4's table: durable writes beside Redis (same rounds), recovery times."""
     args = "-c4 -m32"
@@ -1004,6 +1039,8 @@ def issue4_report(d, meta, problems, warnings, verdicts, out):
         "records of one batch under one fsync. `-c 128` (128 connections, one command each) "
         "costs redis-benchmark far more CPU per request, so it measures the client more than "
         "Redis; it is shown for reference only.")
+    for f in ("always", "none"):
+        out(log_line(d, meta, f))
     for f in ("always", "none"):
         out(count_line(f"writes-{f}", args, w[f], problems).replace(
             f"- `{args}`:", f"- server's own count (`/metrics`), `--fsync {f}`:", 1))

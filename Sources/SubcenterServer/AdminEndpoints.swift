@@ -2,12 +2,14 @@
 // /readyz (ready to serve gRPC).
 
 import GRPCTransport
+import SubcenterStore
 
 public enum AdminEndpoints {
-  /// The handler for `AdminHTTPServer`, reading live figures from `server`.
-  public static func handler(server: GRPCServer, isReady: @escaping @Sendable () -> Bool)
-    -> @Sendable (String) -> AdminResponse
-  {
+  /// The handler for `AdminHTTPServer`, reading live figures from `server` and, when
+  /// given, the write-ahead log `log`.
+  public static func handler(
+    server: GRPCServer, log: WriteAheadLog? = nil, isReady: @escaping @Sendable () -> Bool
+  ) -> @Sendable (String) -> AdminResponse {
     { path in
       switch path {
       case "/healthz":
@@ -27,11 +29,43 @@ public enum AdminEndpoints {
           # TYPE subcenter_open_connections gauge
           subcenter_open_connections \(s.openConnections)
 
-          """
+          """ + (log.map { logMetrics($0.status) } ?? "")
         return AdminResponse(status: 200, contentType: "text/plain; version=0.0.4", body: text)
       default:
         return AdminResponse(status: 404, body: "not found: try /metrics, /healthz, /readyz\n")
       }
     }
+  }
+
+  /// The write-ahead log's figures: what it wrote, how it synced, whether it failed.
+  static func logMetrics(_ s: WriteAheadLog.Status) -> String {
+    let c = s.counters
+    return """
+      # HELP subcenter_wal_records_total Log records written (with --fsync always, synced) and acknowledged.
+      # TYPE subcenter_wal_records_total counter
+      subcenter_wal_records_total \(c.records)
+      # HELP subcenter_wal_batches_total Writes of queued records (group commits).
+      # TYPE subcenter_wal_batches_total counter
+      subcenter_wal_batches_total \(c.batches)
+      # HELP subcenter_wal_bytes_total Bytes of framed records written.
+      # TYPE subcenter_wal_bytes_total counter
+      subcenter_wal_bytes_total \(c.bytes)
+      # HELP subcenter_wal_syncs_total fdatasync calls on the active log segment.
+      # TYPE subcenter_wal_syncs_total counter
+      subcenter_wal_syncs_total \(c.syncs)
+      # HELP subcenter_wal_sync_seconds_total Time spent in those fdatasync calls.
+      # TYPE subcenter_wal_sync_seconds_total counter
+      subcenter_wal_sync_seconds_total \(Double(c.syncNanos) / 1e9)
+      # HELP subcenter_wal_failed_batches_total Batches answered UNAVAILABLE: a full disk or an I/O error.
+      # TYPE subcenter_wal_failed_batches_total counter
+      subcenter_wal_failed_batches_total \(c.failedBatches)
+      # HELP subcenter_wal_failed 1 once the log has failed for good: no write is acknowledged until a restart.
+      # TYPE subcenter_wal_failed gauge
+      subcenter_wal_failed \(s.failure == nil ? 0 : 1)
+      # HELP subcenter_wal_durable_seq The newest seq on disk for sure.
+      # TYPE subcenter_wal_durable_seq gauge
+      subcenter_wal_durable_seq \(s.durableThrough)
+
+      """
   }
 }

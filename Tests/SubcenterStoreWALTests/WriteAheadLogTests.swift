@@ -196,10 +196,19 @@ func dataDirectory() throws -> FaultyFileSystem {
       for i in 0..<100 { answers.appendAndWait(Samples.command(t * 1000 + i), to: wal) }
     }
     answers.wait()
+    let counters = wal.status.counters
     wal.close()
     let syncs = fs.count(.sync) - syncsBefore
     #expect(answers.acked.count == 800)
     #expect(syncs < 400, "800 records took \(syncs) syncs")
+    // The counters /metrics shows: one write and one sync a batch, each sync's time.
+    #expect(counters.records == 800)
+    #expect(counters.syncs == UInt64(syncs))
+    #expect(counters.batches == counters.syncs)
+    #expect(counters.syncNanos >= counters.syncs * 2_000_000)
+    #expect(counters.failedBatches == 0)
+    let segment = try fs.size(fs.open("/data/" + WALSegment.fileName(firstSeq: 1)))
+    #expect(counters.bytes == UInt64(segment) - UInt64(WALSegment.headerSize))
     let (_, records) = try readLog(fs)
     #expect(records.count == 800)
     // Each thread's records are in the order it appended them.
@@ -325,6 +334,8 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(second.acked.isEmpty)
     #expect(second.failures.first?.kind == .unavailable)
     #expect(wal.status.failure != nil)
+    #expect(wal.status.counters.records == 1)
+    #expect(wal.status.counters.failedBatches == 1)
     #expect(messages.withLock { $0 }.contains { $0.contains("restart") })
 
     // Failed for good: later appends are refused at once, even though syncs work again.
@@ -442,6 +453,7 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(answers.failures.allSatisfy { $0.kind == .noSpace })
     #expect(answers.failures.first?.coreError.kind == .unavailable)
     #expect(wal.status.failure == nil)
+    #expect(wal.status.counters.failedBatches == UInt64(answers.failures.count))
 
     // Space is back: writes resume by themselves, with the next seqs.
     fs.setFreeSpace(nil)
@@ -514,6 +526,8 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(answers.acked.count == 20)
     #expect(fs.count(.sync) == syncs)
     #expect(wal.status.durableThrough == 0)
+    #expect(wal.status.counters.syncs == 0)
+    #expect(wal.status.counters.records == 20)
     wal.close()
     #expect(fs.count(.sync) == syncs + 1)
     fs.crash()

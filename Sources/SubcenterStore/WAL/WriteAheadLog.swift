@@ -107,6 +107,24 @@ public final class WriteAheadLog: Sendable {
     public var activeSegment: UInt64
     /// Why the log refuses writes for good, if it does.
     public var failure: StorageError?
+    /// What the writer has done since the log was opened.
+    public var counters: Counters
+  }
+
+  /// What the writer has done since the log was opened (for /metrics: records per
+  /// fsync and the time an fsync takes are what bound durable writes).
+  public struct Counters: Sendable, Equatable {
+    /// Records written (and, with `FsyncPolicy.always`, synced) and acknowledged.
+    public var records: UInt64 = 0
+    /// The writes that took them: one a batch of queued records (group commit).
+    public var batches: UInt64 = 0
+    /// Bytes of framed records in those batches.
+    public var bytes: UInt64 = 0
+    /// `fdatasync` calls on the active segment, and the time spent in them.
+    public var syncs: UInt64 = 0
+    public var syncNanos: UInt64 = 0
+    /// Batches answered with an error instead: a full disk or an I/O error.
+    public var failedBatches: UInt64 = 0
   }
 
   let core: WALCore
@@ -214,7 +232,7 @@ public final class WriteAheadLog: Sendable {
     core.shared.withLock { s in
       Status(
         nextSeq: s.nextSeq, writtenThrough: s.nextSeq - 1, durableThrough: s.durableThrough,
-        activeSegment: s.activeSegment, failure: s.failure)
+        activeSegment: s.activeSegment, failure: s.failure, counters: s.counters)
     }
   }
 
@@ -265,6 +283,7 @@ final class WALCore: Sendable {
     var nextSeq: UInt64
     var durableThrough: UInt64
     var activeSegment: UInt64
+    var counters = WriteAheadLog.Counters()
   }
 
   let directory: String
@@ -448,6 +467,12 @@ final class WALWriter: @unchecked Sendable {
       outOfSpace = false
       options.log("write-ahead log: space is back; writes are accepted again")
     }
+    let bytes = buffer.count
+    core.shared.withLock { s in
+      s.counters.records += UInt64(batch.count)
+      s.counters.batches += 1
+      s.counters.bytes += UInt64(bytes)
+    }
     for (i, p) in batch.enumerated() { p.completion(.success(first + UInt64(i))) }
   }
 
@@ -487,13 +512,18 @@ final class WALWriter: @unchecked Sendable {
 
   private func syncActive() throws(StorageError) {
     guard let active, unsynced else { return }
+    let start = monotonicNanos()
     do { try fs.syncData(active) } catch {
       throw StorageError(error, "syncing log segment \(activeName)")
     }
     unsynced = false
     lastSync = monotonicNanos()
-    let through = nextSeq - 1
-    core.shared.withLock { $0.durableThrough = through }
+    let (through, took) = (nextSeq - 1, lastSync - start)
+    core.shared.withLock { s in
+      s.durableThrough = through
+      s.counters.syncs += 1
+      s.counters.syncNanos += took
+    }
   }
 
   // MARK: Segments
@@ -599,6 +629,7 @@ final class WALWriter: @unchecked Sendable {
     let queued = core.shared.withLock { s -> [WALCore.Pending] in
       s.refusal = refusal
       if !transient { s.failure = refusal }
+      if !batch.isEmpty { s.counters.failedBatches += 1 }
       let q = s.queue
       s.queue = []
       s.queuedBytes = 0
