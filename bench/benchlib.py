@@ -435,8 +435,8 @@ def cmd_store_bench(args):
 
 def cmd_measured(args):
     """measured OUT.json CMD...: as store-bench, for `subcenter-bench recovery` (expects
-    snapshot_load_ms= or replay_ms=)."""
-    run_measured(args[0], args[1:], ("snapshot_load_ms", "replay_ms"))
+    snapshot_load_ms= or replay_ms=) and `subcenter-bench writes` (writes_per_sec=)."""
+    run_measured(args[0], args[1:], ("snapshot_load_ms", "replay_ms", "writes_per_sec"))
 
 
 def run_measured(out, cmd, expect):
@@ -952,6 +952,20 @@ def issue4_report(d, meta, problems, warnings, verdicts, out):
                        "client_cpu": median(c.get("cpu1") for c in cpus if c)}
     if not redis["p32"]["rps_all"]:
         problems.append("issue 4: no redis-benchmark results in this output")
+    inproc = [read_json(os.path.join(d, f"inproc-r{k}.json"))
+              for k in range(1, meta["rounds"] + 1)
+              if os.path.exists(os.path.join(d, f"inproc-r{k}.json"))]
+    if not inproc:
+        problems.append("issue 4: no subcenter-bench writes results in this output")
+    for k, r in enumerate(inproc, 1):
+        other = r["cpu"]["cpu0"] - (r["cpu"]["process"] or 0)
+        if other > 0.10:
+            warnings.append(f"subcenter-bench writes round {k}: {other:.0%} of CPU 0 went to "
+                            "something other than the benchmark")
+    alone = {"rps": median(r["figures"]["writes_per_sec"] for r in inproc),
+             "rps_all": [r["figures"]["writes_per_sec"] for r in inproc],
+             "per_cpu": median(r["figures"].get("writes_per_cpu_sec") for r in inproc),
+             "cpu": median(r["cpu"]["process"] for r in inproc)}
     ident = os.path.join(d, "writes-identify.txt")
     idents = open(ident).read().splitlines() if os.path.exists(ident) else []
     for line in idents:
@@ -1001,6 +1015,10 @@ def issue4_report(d, meta, problems, warnings, verdicts, out):
         f"(`-c 4 -P 32`): {met(ok_w)} |")
     out(f"| `Unsubscribe` ops/s at `{args}`, `--fsync none` (median) | {fmt(w['none']['rps'])} "
         f"| | {fmt(ratio(w['none']['rps'], redis['p32']['rps']), '{:.2f}')} | |")
+    out(f"| the store and write-ahead log alone: `Unsubscribe` on the store in-process "
+        f"(`subcenter-bench writes`, 128 in flight, `--fsync always`, no gRPC, HTTP/2 or TLS), "
+        f"one core (median) | {fmt(alone['rps'])} | {fmt(redis['p32']['rps'])} "
+        f"| {fmt(ratio(alone['rps'], redis['p32']['rps']), '{:.2f}')} | |")
     out(f"| Redis SET ops/s, `redis-benchmark -c 128` (no pipelining; second reference) "
         f"| | {fmt(redis['c128']['rps'])} | {fmt(ratio(w['always']['rps'], redis['c128']['rps']), '{:.2f}')} | |")
     out(f"| snapshot load of {sf.get('persons', persons):,} persons (`DurableStore.open`, median "
@@ -1028,6 +1046,12 @@ def issue4_report(d, meta, problems, warnings, verdicts, out):
         out(f"- `--fsync {f}`: ops/s {spread(r['rps_all']) or fmt(r['rps'])} over the rounds; "
             f"server CPU {fmt(r['server_cpu'], pct)}, client CPU {fmt(r['client_cpu'], pct)}; "
             f"ops/s per second of server CPU {fmt(r['rps_per_cpu'])}")
+    out(f"- the store and log alone (`subcenter-bench writes`): writes/s "
+        f"{spread(alone['rps_all']) or fmt(alone['rps'])} over the rounds; its CPU "
+        f"{fmt(alone['cpu'], pct)}; writes per second of its CPU {fmt(alone['per_cpu'])}. "
+        f"Beside the full path's {fmt(w['always']['rps_per_cpu'])} per server CPU-second and "
+        f"Health/Check's (TLS, HTTP/2, gRPC framing, no store) in issue 2's table, this splits "
+        f"a durable write's cost between the store with its log and the transport")
     for kind, label in (("p32", "-c 4 -P 32"), ("c128", "-c 128")):
         r = redis[kind]
         out(f"- Redis `{label}`: SET/s {spread(r['rps_all']) or fmt(r['rps'])} over the rounds; "

@@ -14,7 +14,13 @@
 //       snapshot_load_ms= (median). --snapshot off: R log records (N identifies, the rest
 //       preference changes over those N persons), closed without a snapshot; then times
 //       open (log replay); prints replay_ms= (median) and replay_records=.
+//   subcenter-bench writes --data DIR [--fsync always] [--inflight 128] [--seconds 5]
+//       the store and write-ahead log of subcenterd without its transport: Unsubscribe
+//       calls on the store (person "bench", channel email) from this thread, --inflight
+//       of them in flight, in a new DurableStore in DIR; prints writes_per_sec= and
+//       writes_per_cpu_sec= (over the process's CPU time).
 
+import Dispatch
 import GRPCTransport
 import Glibc
 import SubcenterCore
@@ -38,6 +44,7 @@ enum Bench {
         FlagSpec("snapshot", default: "on", help: "recovery: on (snapshot load) | off (replay)"),
         FlagSpec("records", default: "1000000", help: "recovery --snapshot off: log records"),
         FlagSpec("opens", default: "3", help: "recovery: timed opens (median printed)"),
+        FlagSpec("inflight", default: "128", help: "writes: calls in flight"),
       ]
     do {
       let flags = try Flags(
@@ -65,6 +72,16 @@ enum Bench {
           directory: dir, persons: persons, snapshot: snap == "on",
           records: try flags.int("records", in: 1...50_000_000) ?? 1_000_000,
           opens: try flags.int("opens", in: 1...20) ?? 3)
+      case "writes":
+        guard args.contains(where: { $0.hasPrefix("--data") }), let dir = flags.string("data")
+        else {
+          writeStderrLine("subcenter-bench: writes needs --data DIR (an empty directory)")
+          return 2
+        }
+        return try writes(
+          directory: dir, fsync: FsyncPolicy(flags.string("fsync") ?? "always") ?? .always,
+          inFlight: try flags.int("inflight", in: 1...100_000) ?? 128,
+          seconds: try flags.int("seconds", in: 1...600) ?? 5)
       default:
         writeStderrLine("subcenter-bench: unknown mode \(mode)")
         return 2
@@ -278,6 +295,66 @@ enum Bench {
     return 0
   }
 
+  /// Durable Unsubscribes through the store alone: what the write path costs without
+  /// gRPC, HTTP/2 and TLS (the log writer and the applier are the server's).
+  static func writes(directory: String, fsync: FsyncPolicy, inFlight: Int, seconds: Int) throws
+    -> Int32
+  {
+    if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+      writeStderrLine("subcenter-bench: cannot create \(directory)")
+      return 1
+    }
+    let (durable, report) = try DurableStore.open(
+      directory: directory, clock: SystemClock(), secret: Crypto.randomBytes(count: 32),
+      fsync: fsync, truncateDamaged: false,
+      preallocateLogBytes: WriteAheadLog.Options.serverPreallocateBytes, log: { _ in })
+    defer { durable.close() }
+    guard report.persons == 0 && report.recordsReplayed == 0 else {
+      writeStderrLine("subcenter-bench: \(directory) is not empty")
+      return 1
+    }
+    let store = durable.store
+    let w = Pipeline(window: inFlight)
+    w.submit {
+      store.identify(
+        IdentifyRequest(workspace: "default", personID: "bench"), actor: "bench", completion: $0)
+    }
+    try w.drain()
+    let request = PreferenceRequest(
+      workspace: "default", person: .personID("bench"), channel: "email", source: "bench")
+    func run(for millis: Int64) throws -> Int {
+      let start = monotonicMillis()
+      var n = 0
+      while monotonicMillis() - start < millis {
+        w.submit {
+          store.setPreference(request, state: .unsubscribed, actor: "bench", completion: $0)
+        }
+        n += 1
+      }
+      try w.drain()
+      return n
+    }
+    _ = try run(for: 1000)  // warm-up
+    let (cpu0, t0) = (cpuSeconds(), monotonicMillis())
+    let n = try run(for: Int64(seconds) * 1000)
+    let (cpu, elapsed) = (cpuSeconds() - cpu0, Double(monotonicMillis() - t0) / 1000)
+    let log = durable.wal.status.counters
+    print(
+      "fsync=\(fsync) inflight=\(inFlight) writes=\(n) seconds=\(elapsed) "
+        + "writes_per_sec=\(Int(Double(n) / elapsed)) cpu_seconds=\(cpu) "
+        + "writes_per_cpu_sec=\(Int(Double(n) / cpu)) log_records=\(log.records) "
+        + "log_syncs=\(log.syncs)")
+    return 0
+  }
+
+  /// The process's user + system CPU time.
+  static func cpuSeconds() -> Double {
+    var u = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &u)
+    return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec)
+      + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
+  }
+
   static func rssKiB() -> Int {
     guard let f = fopen("/proc/self/status", "r") else { return 0 }
     defer { fclose(f) }
@@ -300,25 +377,29 @@ enum Bench {
 }
 
 /// Keeps up to `window` store writes in flight (their completions come from the log
-/// writer's thread); `drain` waits for all and throws the first failure.
+/// writer's or the applier's thread; a full window blocks `submit` until one completes);
+/// `drain` waits for all and throws the first failure.
 final class Pipeline: Sendable {
   let window: Int
-  let inFlight = Atomic<Int>(0)
+  let slots: DispatchSemaphore
   let failure = Mutex<CoreError?>(nil)
 
-  init(window: Int = 1024) { self.window = window }
+  init(window: Int = 1024) {
+    self.window = window
+    slots = DispatchSemaphore(value: window)
+  }
 
   func submit<T>(_ body: (@escaping Completion<T>) -> Void) {
-    while inFlight.load(ordering: .acquiring) >= window { usleep(20) }
-    inFlight.add(1, ordering: .acquiringAndReleasing)
+    slots.wait()
     body { r in
       if case .failure(let e) = r { self.failure.withLock { if $0 == nil { $0 = e } } }
-      self.inFlight.subtract(1, ordering: .acquiringAndReleasing)
+      self.slots.signal()
     }
   }
 
   func drain() throws(CoreError) {
-    while inFlight.load(ordering: .acquiring) > 0 { usleep(50) }
+    for _ in 0..<window { slots.wait() }
+    for _ in 0..<window { slots.signal() }
     if let e = failure.withLock({ $0 }) { throw e }
   }
 }
