@@ -8,12 +8,11 @@ import Synchronization
 
 extension SubscriptionStore {
   func applyConfigure(_ model: Workspace, registry reg: inout Registry) {
-    if let existing = reg.byID[model.id] {
+    if let existing = reg.handle(model.id) {
       existing.model.withLock { $0 = model }
     } else {
-      let h = WorkspaceHandle(number: reg.nextNumber, model: model)
+      reg.add(WorkspaceHandle(number: reg.nextNumber, model: model))
       reg.nextNumber += 1
-      reg.byID[model.id] = h
     }
   }
 
@@ -270,12 +269,12 @@ extension SubscriptionStore {
 
   /// The resolved configuration of a workspace (names of channel and topic numbers).
   public func workspaceModel(_ id: String) -> Workspace? {
-    registry.withLock { $0.byID[id] }?.current
+    registry.withLock { $0.handle(id) }?.current
   }
 
   /// Every person of a workspace, decoded in full, ordered by key.
   public func persons(in workspace: String) -> [Person] {
-    guard let h = registry.withLock({ $0.byID[workspace] }) else { return [] }
+    guard let h = registry.withLock({ $0.handle(workspace) }) else { return [] }
     var out: [Person] = []
     for box in shards {
       let part = box.state.withLock { shard in
@@ -294,7 +293,7 @@ extension SubscriptionStore {
 
   /// The suppressed identifiers' hashes of a workspace, sorted.
   public func suppressionHashes(in workspace: String) -> [SuppressionHash] {
-    guard let h = registry.withLock({ $0.byID[workspace] }) else { return [] }
+    guard let h = registry.withLock({ $0.handle(workspace) }) else { return [] }
     return h.identity.withLock { $0.suppressed.sorted() }
   }
 }

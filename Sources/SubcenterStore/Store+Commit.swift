@@ -493,7 +493,7 @@ extension SubscriptionStore {
   ) throws(CoreError) -> Applied {
     switch command {
     case .configureWorkspace(let c):
-      let model = try Workspace(c.config, previous: registry.byID[c.config.workspace]?.current)
+      let model = try Workspace(c.config, previous: registry.handle(c.config.workspace)?.current)
       applyConfigure(model, registry: &registry)
       return Applied()
     case .identify(let c):

@@ -24,7 +24,7 @@ extension SubscriptionStore {
         (reg: inout Registry) throws(CoreError) -> Step<WorkspaceConfig> in
         let pending = reg.pending[config.workspace]
         if let pending { deps.add(pending.last) }
-        let previous = pending?.value ?? reg.byID[config.workspace]?.current
+        let previous = pending?.value ?? reg.handle(config.workspace)?.current
         guard previous != nil || mayCreate else {
           throw .permissionDenied("only a credential for every workspace may create one")
         }

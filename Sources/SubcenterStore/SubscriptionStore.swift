@@ -105,7 +105,7 @@ public final class SubscriptionStore: Sendable {
   func now() -> Int64 { clock.nowMillis() }
 
   func handle(_ workspace: String) throws(CoreError) -> WorkspaceHandle {
-    if let h = registry.withLock({ $0.byID[workspace] }) { return h }
+    if let h = registry.withLock({ $0.handle(workspace) }) { return h }
     try Validate.workspaceID(workspace)
     throw .notFound("workspace not found")
   }

@@ -311,3 +311,26 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
     #expect(table.count == model.values.reduce(0) { $0 + $1.count })
   }
 }
+
+@Suite struct RegistryTests {
+  /// Every call looks its workspace up: by a scan of the ids while there are at most
+  /// `scanLimit`, by the dictionary beyond. Both find each workspace, and nothing else,
+  /// on either side of the limit (ids long enough not to be small Strings too).
+  @Test func findsWorkspacesOnBothSidesOfTheScanLimit() throws {
+    var reg = Registry()
+    let limit = Registry.scanLimit
+    for n in 1...(limit + 8) {
+      var config = acme
+      config.workspace = n % 2 == 0 ? "w\(n)" : "a-longer-workspace-id-\(n)"
+      reg.add(WorkspaceHandle(number: UInt16(n), model: try Workspace(config)))
+      for k in 1...n {
+        let id = k % 2 == 0 ? "w\(k)" : "a-longer-workspace-id-\(k)"
+        #expect(reg.handle(id)?.number == UInt16(k), "\(id) among \(n)")
+      }
+      #expect(reg.handle("w\(n + 2)") == nil)
+      #expect(reg.handle("a-longer-workspace-id-\(n + 2)") == nil)
+      #expect(reg.handle("") == nil)
+    }
+    #expect(reg.byID.count == limit + 8)
+  }
+}

@@ -130,10 +130,28 @@ final class WorkspaceHandle: Sendable {
 }
 
 struct Registry {
-  var byID: [String: WorkspaceHandle] = [:]
+  private(set) var byID: [String: WorkspaceHandle] = [:]
+  /// The same handles while there are at most `scanLimit`: comparing a few ids costs less
+  /// than hashing one (every call looks its workspace up).
+  private var few: [WorkspaceHandle] = []
+  static let scanLimit = 16
   var nextNumber: UInt16 = 1
   /// The model each workspace will have once its in-flight configurations are applied.
   var pending: [String: Claim<Workspace>] = [:]
+
+  /// The workspace `id` names, if it exists.
+  func handle(_ id: String) -> WorkspaceHandle? {
+    guard byID.count <= Self.scanLimit else { return byID[id] }
+    for h in few where h.id == id { return h }
+    return nil
+  }
+
+  /// Adds a new workspace's handle.
+  mutating func add(_ h: WorkspaceHandle) {
+    precondition(byID[h.id] == nil, "workspace \(h.id) exists")
+    byID[h.id] = h
+    few = byID.count <= Self.scanLimit ? few + [h] : []
+  }
 
   /// Workspaces that in-flight configurations create.
   var pendingCreations: Int { pending.keys.count { byID[$0] == nil } }

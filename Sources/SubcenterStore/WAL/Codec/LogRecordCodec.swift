@@ -24,19 +24,25 @@ public enum LogRecordCodec {
   /// message tree. nil for every other command.
   static func encodeDirectly(_ command: Command, seq: UInt64) -> [UInt8]? {
     // One buffer: the record's own fields, then the command's message in place (its
-    // length fixed up after it), as protobuf-c orders them.
+    // length fixed up after it), as protobuf-c orders them. Both messages start with
+    // workspace (1) and person (2).
     var w = WireWriter(capacity: 128)
-    func header(_ at: Int64, _ actor: String) {
+    func record(
+      _ field: UInt64, at: Int64, actor: String, workspace: String, person: PersonKey,
+      _ rest: (inout WireWriter) -> Void
+    ) {
       w.int(1, Int64(bitPattern: seq))
       w.int(2, at)
       w.string(3, actor)
+      w.message(field) { m in
+        m.string(1, workspace)
+        personKey(person, field: 2, into: &m)
+        rest(&m)
+      }
     }
     switch command {
     case .setPreference(let c):
-      header(c.at, c.actor)
-      w.message(12) { m in
-        m.string(1, c.workspace)
-        personKey(c.person, field: 2, into: &m)
+      record(12, at: c.at, actor: c.actor, workspace: c.workspace, person: c.person) { m in
         m.string(3, c.channel)
         m.string(4, c.topic)
         m.int(5, Int64(c.state.rawValue))
@@ -44,10 +50,7 @@ public enum LogRecordCodec {
         m.string(7, c.noticeVersion)
       }
     case .setGlobal(let c):
-      header(c.at, c.actor)
-      w.message(13) { m in
-        m.string(1, c.workspace)
-        personKey(c.person, field: 2, into: &m)
+      record(13, at: c.at, actor: c.actor, workspace: c.workspace, person: c.person) { m in
         m.bool(3, c.unsubscribed)
         m.string(4, c.source)
       }
