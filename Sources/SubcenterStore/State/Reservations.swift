@@ -140,18 +140,31 @@ struct Reservations: Sendable {
   /// Registers the slots of shard `index`.
   func register(shard: inout Shard, index: Int, by c: PendingCommit) {
     for r in slots where r.shard == index {
-      var p = shard.pending[r.slot] ?? PendingSlot(last: c)
-      p.writes += 1
-      p.last = c
-      if r.sends > 0 {
-        if let i = p.sends.firstIndex(where: { $0.channel == r.channel }) {
-          p.sends[i].count += r.sends
-        } else {
-          p.sends.append((r.channel, r.sends))
-        }
-      }
-      shard.pending[r.slot] = p
+      // In place: one look-up of the slot, not a read and a write.
+      Self.addHold(r, by: c, on: &shard.pending[r.slot, default: PendingSlot(last: c)])
     }
+  }
+
+  private static func addHold(_ r: SlotReservation, by c: PendingCommit, on p: inout PendingSlot) {
+    p.writes += 1
+    p.last = c
+    if r.sends > 0 {
+      if let i = p.sends.firstIndex(where: { $0.channel == r.channel }) {
+        p.sends[i].count += r.sends
+      } else {
+        p.sends.append((r.channel, r.sends))
+      }
+    }
+  }
+
+  /// Takes `r`'s hold off `p`; true when nothing holds the slot any more.
+  private static func removeHold(_ r: SlotReservation, from p: inout PendingSlot) -> Bool {
+    p.writes -= 1
+    if r.sends > 0, let i = p.sends.firstIndex(where: { $0.channel == r.channel }) {
+      p.sends[i].count -= r.sends
+      if p.sends[i].count <= 0 { p.sends.remove(at: i) }
+    }
+    return p.writes <= 0
   }
 
   // MARK: Releasing (under the command's locks, when it is applied or has failed)
@@ -163,13 +176,8 @@ struct Reservations: Sendable {
     for (k, _) in persons { drop(&locked.identity.pending.persons, k) }
     for r in slots {
       locked.shards.with(r.shard) { shard in
-        guard var p = shard.pending[r.slot] else { return }
-        p.writes -= 1
-        if r.sends > 0, let i = p.sends.firstIndex(where: { $0.channel == r.channel }) {
-          p.sends[i].count -= r.sends
-          if p.sends[i].count <= 0 { p.sends.remove(at: i) }
-        }
-        shard.pending[r.slot] = p.writes > 0 ? p : nil
+        guard let i = shard.pending.index(forKey: r.slot) else { return }
+        if Self.removeHold(r, from: &shard.pending.values[i]) { shard.pending.remove(at: i) }
       }
     }
   }
