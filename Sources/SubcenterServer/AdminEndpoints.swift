@@ -6,9 +6,9 @@ import SubcenterStore
 
 public enum AdminEndpoints {
   /// The handler for `AdminHTTPServer`, reading live figures from `server` and, when
-  /// given, the write-ahead log `log`.
+  /// given, from `storage` (its write-ahead log and snapshots).
   public static func handler(
-    server: GRPCServer, log: WriteAheadLog? = nil, isReady: @escaping @Sendable () -> Bool
+    server: GRPCServer, storage: DurableStore? = nil, isReady: @escaping @Sendable () -> Bool
   ) -> @Sendable (String) -> AdminResponse {
     { path in
       switch path {
@@ -29,7 +29,7 @@ public enum AdminEndpoints {
           # TYPE subcenter_open_connections gauge
           subcenter_open_connections \(s.openConnections)
 
-          """ + (log.map { logMetrics($0.status) } ?? "")
+          """ + (storage.map { storageMetrics($0.wal.status, $0.snapshotStatus) } ?? "")
         return AdminResponse(status: 200, contentType: "text/plain; version=0.0.4", body: text)
       default:
         return AdminResponse(status: 404, body: "not found: try /metrics, /healthz, /readyz\n")
@@ -37,8 +37,11 @@ public enum AdminEndpoints {
     }
   }
 
-  /// The write-ahead log's figures: what it wrote, how it synced, whether it failed.
-  static func logMetrics(_ s: WriteAheadLog.Status) -> String {
+  /// The write-ahead log's figures (what it wrote, how it synced, whether it failed) and
+  /// the snapshots'.
+  static func storageMetrics(_ s: WriteAheadLog.Status, _ snap: DurableStore.SnapshotStatus)
+    -> String
+  {
     let c = s.counters
     return """
       # HELP subcenter_wal_records_total Log records written (with --fsync always, synced) and acknowledged.
@@ -65,6 +68,18 @@ public enum AdminEndpoints {
       # HELP subcenter_wal_durable_seq The newest seq on disk for sure.
       # TYPE subcenter_wal_durable_seq gauge
       subcenter_wal_durable_seq \(s.durableThrough)
+      # HELP subcenter_snapshot_seq The seq the newest snapshot on disk covers (0: none yet).
+      # TYPE subcenter_snapshot_seq gauge
+      subcenter_snapshot_seq \(snap.seq)
+      # HELP subcenter_snapshot_last_written_timestamp_seconds When this process last wrote a snapshot (Unix time; 0: not yet).
+      # TYPE subcenter_snapshot_last_written_timestamp_seconds gauge
+      subcenter_snapshot_last_written_timestamp_seconds \(Double(snap.writtenAt) / 1000)
+      # HELP subcenter_snapshots_written_total Snapshots written.
+      # TYPE subcenter_snapshots_written_total counter
+      subcenter_snapshots_written_total \(snap.written)
+      # HELP subcenter_snapshots_failed_total Snapshot attempts that failed (the state stays in the log; the server log says why).
+      # TYPE subcenter_snapshots_failed_total counter
+      subcenter_snapshots_failed_total \(snap.failed)
 
       """
   }

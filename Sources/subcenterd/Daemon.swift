@@ -95,7 +95,7 @@ enum Daemon {
     }
     let ready = ReadyFlag()
     let admin = AdminHTTPServer(
-      handler: AdminEndpoints.handler(server: server, log: durable.wal, isReady: { ready.value }))
+      handler: AdminEndpoints.handler(server: server, storage: durable, isReady: { ready.value }))
     do { try admin.start(options.adminListen) } catch {
       writeStderrLine(
         "subcenterd: cannot listen on \(options.adminListen) (--admin-listen): \(error)")

@@ -479,6 +479,38 @@ private func dsDifference(_ got: SubscriptionStore, _ want: SubscriptionStore) -
     ).get()
   }
 
+  /// What /metrics shows of snapshots: the newest one's seq and when it was written
+  /// move with each snapshot; a failed one is counted and moves neither.
+  @Test func snapshotStatusFollowsSnapshotsAndCountsFailures() throws {
+    let (fs, clock, durable, _) = try populated()
+    defer { durable.close() }
+    let fresh = durable.snapshotStatus
+    #expect(fresh.seq == 0 && fresh.writtenAt == 0 && fresh.written == 0 && fresh.failed == 0)
+
+    clock.advance(by: 1000)
+    let seq = try durable.snapshot()
+    var status = durable.snapshotStatus
+    #expect(status.seq == seq && seq > 0)
+    let firstAt = clock.nowMillis()
+    #expect(status.writtenAt == firstAt)
+    #expect((status.written, status.failed) == (1, 0))
+
+    clock.advance(by: 10)
+    _ = try DSOp.identify("p9", email: "p9@example.com").apply(durable.store).get()
+    fs.setFreeSpace(0)
+    clock.advance(by: 1000)
+    #expect(throws: StorageError.self) { try durable.snapshot() }
+    status = durable.snapshotStatus
+    #expect(status.seq == seq && status.writtenAt == firstAt)
+    #expect((status.written, status.failed) == (1, 1))
+
+    fs.setFreeSpace(nil)
+    let next = try durable.snapshot()
+    #expect(next > seq)
+    #expect(durable.snapshotStatus.seq == next)
+    #expect(durable.snapshotStatus.written == 2)
+  }
+
   @Test func diskFullRefusesTheWriteAndResumesWhenSpaceIsBack() throws {
     let (fs, clock, durable, model) = try populated()
     let before = try preferences(durable.store, "p0")

@@ -1,14 +1,20 @@
 """The admin HTTP endpoints (`--admin-listen`, SPEC §6): /healthz, /readyz, and /metrics with the
-gRPC call counts and the write-ahead log's figures (records, group commits, fsyncs and their
-time, failures), read by a plain HTTP client as a scraper would."""
+gRPC call counts, the write-ahead log's figures (records, group commits, fsyncs and their
+time, failures) and the snapshots', read by a plain HTTP client as a scraper would."""
 
+import json
+import time
 import urllib.error
 import urllib.request
+
+from sc_support import b64url_decode
 
 WAL_COUNTERS = ["subcenter_wal_records_total", "subcenter_wal_batches_total",
                 "subcenter_wal_bytes_total", "subcenter_wal_syncs_total",
                 "subcenter_wal_sync_seconds_total", "subcenter_wal_failed_batches_total"]
 WAL_GAUGES = ["subcenter_wal_failed", "subcenter_wal_durable_seq"]
+SNAPSHOT_COUNTERS = ["subcenter_snapshots_written_total", "subcenter_snapshots_failed_total"]
+SNAPSHOT_GAUGES = ["subcenter_snapshot_seq", "subcenter_snapshot_last_written_timestamp_seconds"]
 
 
 def get(server, path: str) -> tuple[int, str, str]:
@@ -41,9 +47,10 @@ def test_health_ready_and_unknown_paths(sc):
 
 def test_metrics_describe_every_sample(sc):
     samples, text = metrics(sc.server)
-    for name in WAL_COUNTERS + WAL_GAUGES + ["subcenter_open_connections"]:
+    counters = WAL_COUNTERS + SNAPSHOT_COUNTERS
+    for name in counters + WAL_GAUGES + SNAPSHOT_GAUGES + ["subcenter_open_connections"]:
         assert name in samples, f"{name} missing from /metrics"
-        kind = "counter" if name in WAL_COUNTERS else "gauge"
+        kind = "counter" if name in counters else "gauge"
         assert f"# TYPE {name} {kind}" in text and f"# HELP {name} " in text
     assert 'subcenter_grpc_calls_total{code="OK"}' in samples
 
@@ -73,3 +80,20 @@ def test_metrics_count_durable_writes(sc):
     assert grew('subcenter_grpc_calls_total{code="OK"}') >= writes
     assert after["subcenter_wal_failed"] == 0
     assert after["subcenter_wal_failed_batches_total"] == 0
+
+
+def test_metrics_follow_snapshots(sc):
+    """ForgetPerson with wait_for_erasure answers after a compaction, which writes a
+    snapshot: /metrics then shows it (seq, time, count)."""
+    ws = sc.workspace()
+    sc.person(ws, "gone")
+    before, _ = metrics(sc.server)
+    started = time.time()
+    r = sc.root.ForgetPerson(workspace=ws, person="gone", wait_for_erasure=True, timeout=30)
+    receipt_seq = json.loads(b64url_decode(r.receipt.split(".")[0]))["snapshot_seq"]
+    after, _ = metrics(sc.server)
+    assert after["subcenter_snapshots_written_total"] > before["subcenter_snapshots_written_total"]
+    assert after["subcenter_snapshot_seq"] >= receipt_seq > before["subcenter_snapshot_seq"]
+    written = after["subcenter_snapshot_last_written_timestamp_seconds"]
+    assert started - 1 <= written <= time.time() + 1
+    assert after["subcenter_snapshots_failed_total"] == 0

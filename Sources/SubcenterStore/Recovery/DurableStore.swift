@@ -69,6 +69,8 @@ public final class DurableStore: Sendable {
   let log: @Sendable (String) -> Void
   /// One snapshot at a time; the seq of the newest one on disk.
   private let snapshotting = Mutex<UInt64>(0)
+  /// The same seq and what snapshots did, readable while one is written (/metrics).
+  private let snapshots = Mutex(SnapshotStatus())
   /// Snapshots, erasure and retention passes, one at a time (taken before `snapshotting`).
   private let maintenance = Mutex<Maintenance>(Maintenance())
   /// The change feed over the retained log.
@@ -84,6 +86,20 @@ public final class DurableStore: Sendable {
     /// The active segment and when a retention pass first saw records in it (ms).
     var active: (seq: UInt64, since: Int64) = (0, 0)
   }
+
+  /// What snapshots have done since the store was opened.
+  public struct SnapshotStatus: Sendable, Equatable {
+    /// The seq the newest snapshot on disk covers (0: none).
+    public var seq: UInt64 = 0
+    /// When this process last wrote one (Unix ms; 0: not yet).
+    public var writtenAt: Int64 = 0
+    /// Snapshots written, and attempts that failed (the state stays in the log).
+    public var written: UInt64 = 0
+    public var failed: UInt64 = 0
+  }
+
+  /// What snapshots have done; never waits for one being written.
+  public var snapshotStatus: SnapshotStatus { snapshots.withLock { $0 } }
 
   /// What recovery did, for the start-up log.
   public struct RecoveryReport: Sendable {
@@ -110,6 +126,7 @@ public final class DurableStore: Sendable {
     self.fileSystem = fileSystem
     self.log = log
     snapshotting.withLock { $0 = snapshotSeq }
+    snapshots.withLock { $0.seq = snapshotSeq }
   }
 
   /// Opens `directory`: loads the newest valid snapshot (falling back to an older one,
@@ -256,7 +273,15 @@ public final class DurableStore: Sendable {
     }
   }
 
+  /// `writeSnapshotFile`, counting a failure in `snapshotStatus`.
   private func writeSnapshot(force: Bool) throws(StorageError) -> UInt64 {
+    do { return try writeSnapshotFile(force: force) } catch {
+      snapshots.withLock { $0.failed += 1 }
+      throw error
+    }
+  }
+
+  private func writeSnapshotFile(force: Bool) throws(StorageError) -> UInt64 {
     try snapshotting.withLock { (last: inout UInt64) throws(StorageError) -> UInt64 in
       let state = store.snapshotState()
       guard force || state.seq > last || last == 0 else { return last }
@@ -280,6 +305,12 @@ public final class DurableStore: Sendable {
         throw error
       }
       last = state.seq
+      let at = clock.nowMillis()
+      snapshots.withLock { s in
+        s.seq = state.seq
+        s.writtenAt = at
+        s.written += 1
+      }
       for old in try SnapshotFile.remove(
         olderThan: state.seq, directory: directory, fileSystem: fileSystem)
       {
