@@ -129,42 +129,47 @@ extension SubscriptionStore {
     _ cmd: Command.SetPreference, channel: NameID, topic: NameID, shard: inout Shard,
     slot: UInt32
   ) {
-    if PersonCodec.setPreference(
-      &shard.records[Int(slot)], channel: channel, topic: topic, state: cmd.state,
-      source: cmd.source, noticeVersion: cmd.noticeVersion, at: cmd.at, actor: cmd.actor,
-      strings: &shard.strings)
-    {
-      return
+    guard
+      !PersonCodec.setPreference(
+        &shard.records[Int(slot)], channel: channel, topic: topic, state: cmd.state,
+        source: cmd.source, noticeVersion: cmd.noticeVersion, at: cmd.at, actor: cmd.actor,
+        strings: &shard.strings)
+    else { return }
+    changeDecoded(&shard, slot) {
+      $0.setPreference(
+        channel: channel, topic: topic, state: cmd.state, source: cmd.source,
+        noticeVersion: cmd.noticeVersion, at: cmd.at, actor: cmd.actor)
     }
-    var d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
-    d.person.setPreference(
-      channel: channel, topic: topic, state: cmd.state, source: cmd.source,
-      noticeVersion: cmd.noticeVersion, at: cmd.at, actor: cmd.actor)
-    PersonCodec.update(
-      &shard.records[Int(slot)], with: d.person, tail: d.tail, strings: &shard.strings)
   }
 
+  /// As `applySetPreference`.
   func applySetGlobal(_ cmd: Command.SetGlobal, shard: inout Shard, slot: UInt32) {
-    if PersonCodec.setGlobal(
-      &shard.records[Int(slot)], unsubscribed: cmd.unsubscribed, source: cmd.source, at: cmd.at,
-      actor: cmd.actor, strings: &shard.strings)
-    {
-      return
+    guard
+      !PersonCodec.setGlobal(
+        &shard.records[Int(slot)], unsubscribed: cmd.unsubscribed, source: cmd.source,
+        at: cmd.at, actor: cmd.actor, strings: &shard.strings)
+    else { return }
+    changeDecoded(&shard, slot) {
+      $0.setGlobal(unsubscribed: cmd.unsubscribed, source: cmd.source, at: cmd.at, actor: cmd.actor)
     }
-    var d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
-    d.person.setGlobal(
-      unsubscribed: cmd.unsubscribed, source: cmd.source, at: cmd.at, actor: cmd.actor)
-    PersonCodec.update(
-      &shard.records[Int(slot)], with: d.person, tail: d.tail, strings: &shard.strings)
   }
 
   func applyOverride(
     _ cmd: Command.Override, channel: NameID, topic: NameID, shard: inout Shard, slot: UInt32
   ) {
+    changeDecoded(&shard, slot) {
+      $0.appendHistory(
+        action: .override, channel: channel, topic: topic, actor: cmd.actor, detail: cmd.detail,
+        at: cmd.at)
+    }
+  }
+
+  /// Decodes the record (its stored history left packed), applies `change` to the person
+  /// and writes the record back.
+  private func changeDecoded(_ shard: inout Shard, _ slot: UInt32, _ change: (inout Person) -> Void)
+  {
     var d = PersonCodec.decode(shard.records[Int(slot)], history: false, strings: shard.strings)
-    d.person.appendHistory(
-      action: .override, channel: channel, topic: topic, actor: cmd.actor, detail: cmd.detail,
-      at: cmd.at)
+    change(&d.person)
     PersonCodec.update(
       &shard.records[Int(slot)], with: d.person, tail: d.tail, strings: &shard.strings)
   }

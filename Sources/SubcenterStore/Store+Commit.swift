@@ -136,7 +136,7 @@ final class PendingCommit: Sendable {
 struct Applied: Sendable {
   /// False when the person the command names was gone (the command changed nothing).
   var found = true
-  /// The person after the change, for the commands that decode it anyway.
+  /// The person after the change (Identify, which builds it anyway).
   var person: Person?
   /// Where the person's record is (shard, slot), when it was found.
   var location: (shard: Int, slot: UInt32)?
@@ -502,12 +502,10 @@ extension SubscriptionStore {
       let (channel, topic) = try numbers(h!, channel: c.channel, topic: c.topic)
       return shards.onPerson(h!, c.person) { shard, slot in
         applySetPreference(c, channel: channel, topic: topic, shard: &shard, slot: slot)
-        return nil
       }
     case .setGlobal(let c):
       return shards.onPerson(h!, c.person) { shard, slot in
         applySetGlobal(c, shard: &shard, slot: slot)
-        return nil
       }
     case .recordSends(let c):
       let (channel, _) = try numbers(h!, channel: c.channel, topic: "")
@@ -517,7 +515,6 @@ extension SubscriptionStore {
         let a = shards.onPerson(h!, key) { shard, slot in
           PersonCodec.recordSend(
             &shard.records[Int(slot)], channel: channel, at: c.at, limit: limit)
-          return nil
         }
         found = found || a.found
       }
@@ -526,7 +523,6 @@ extension SubscriptionStore {
       let (channel, topic) = try numbers(h!, channel: c.channel, topic: c.topic)
       return shards.onPerson(h!, c.person) { shard, slot in
         applyOverride(c, channel: channel, topic: topic, shard: &shard, slot: slot)
-        return nil
       }
     case .forget(let c):
       let s = shardIndex(KeyHash.person(h!.number, c.person))

@@ -296,17 +296,17 @@ struct LockedShards {
     body(&others[k].shard)
   }
 
-  /// Runs `body` on the record of `key` if it exists; `body` returns the person after the
-  /// change when it has decoded it.
+  /// Runs `body` on the record of `key` if it exists.
   mutating func onPerson(
-    _ h: WorkspaceHandle, _ key: PersonKey, _ body: (inout Shard, UInt32) -> Person?
+    _ h: WorkspaceHandle, _ key: PersonKey, _ body: (inout Shard, UInt32) -> Void
   ) -> Applied {
     let hash = KeyHash.person(h.number, key)
     let s = shardIndex(hash)
     var out = Applied(found: false)
     with(s) { shard in
       if let slot = shard.find(workspace: h.number, key: key, hash: hash) {
-        out = Applied(found: true, person: body(&shard, slot), location: (s, slot))
+        body(&shard, slot)
+        out = Applied(found: true, location: (s, slot))
       }
     }
     return out
