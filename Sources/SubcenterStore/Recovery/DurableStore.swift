@@ -67,11 +67,10 @@ public final class DurableStore: Sendable {
   let directory: String
   let fileSystem: any FileSystem
   let log: @Sendable (String) -> Void
-  /// One snapshot at a time; the seq of the newest one on disk.
-  private let snapshotting = Mutex<UInt64>(0)
-  /// The same seq and what snapshots did, readable while one is written (/metrics).
+  /// What snapshots did, the newest one's seq among it; held only to read or update it,
+  /// so /metrics never waits for a snapshot being written.
   private let snapshots = Mutex(SnapshotStatus())
-  /// Snapshots, erasure and retention passes, one at a time (taken before `snapshotting`).
+  /// Snapshots, erasure and retention passes, one at a time.
   private let maintenance = Mutex<Maintenance>(Maintenance())
   /// The change feed over the retained log.
   public let changeFeed: ChangeFeed
@@ -125,7 +124,6 @@ public final class DurableStore: Sendable {
     self.directory = directory
     self.fileSystem = fileSystem
     self.log = log
-    snapshotting.withLock { $0 = snapshotSeq }
     snapshots.withLock { $0.seq = snapshotSeq }
   }
 
@@ -258,23 +256,21 @@ public final class DurableStore: Sendable {
     return (durable, report)
   }
 
-  /// The seq of the newest snapshot on disk (0 when none).
-  public var snapshotSeq: UInt64 { snapshotting.withLock { $0 } }
-
   /// Writes a snapshot of the committed state if anything changed since the last one,
   /// then deletes older snapshots and the log segments it covers. Returns its seq (the
   /// existing one's when nothing changed). Blocking: call it off the event loops.
   @discardableResult
   public func snapshot(force: Bool = false) throws(StorageError) -> UInt64 {
     try maintenance.withLock { (m: inout Maintenance) throws(StorageError) -> UInt64 in
-      let seq = try writeSnapshot(force: force)
+      let seq = try writeSnapshot(force: force, &m)
       try deleteExpiredSegments(&m)
       return seq
     }
   }
 
-  /// `writeSnapshotFile`, counting a failure in `snapshotStatus`.
-  private func writeSnapshot(force: Bool) throws(StorageError) -> UInt64 {
+  /// `writeSnapshotFile`, counting a failure in `snapshotStatus`. Under `maintenance`
+  /// (its state passed as the proof), so one snapshot is written at a time.
+  private func writeSnapshot(force: Bool, _: inout Maintenance) throws(StorageError) -> UInt64 {
     do { return try writeSnapshotFile(force: force) } catch {
       snapshots.withLock { $0.failed += 1 }
       throw error
@@ -282,42 +278,40 @@ public final class DurableStore: Sendable {
   }
 
   private func writeSnapshotFile(force: Bool) throws(StorageError) -> UInt64 {
-    try snapshotting.withLock { (last: inout UInt64) throws(StorageError) -> UInt64 in
-      let state = store.snapshotState()
-      guard force || state.seq > last || last == 0 else { return last }
-      let writer = try SnapshotWriter(directory: directory, seq: state.seq, fileSystem: fileSystem)
-      do throws(StorageError) {
-        for w in state.workspaces {
-          try writer.append(.workspace(WorkspaceSnapshot(w)))
-          for r in SnapshotRecord.suppressions(
-            workspace: w.id, set: Set(state.suppressions(in: w.id)))
-          {
-            try writer.append(r)
-          }
+    let last = snapshots.withLock { $0.seq }
+    let state = store.snapshotState()
+    guard force || state.seq > last || last == 0 else { return last }
+    let writer = try SnapshotWriter(directory: directory, seq: state.seq, fileSystem: fileSystem)
+    do throws(StorageError) {
+      for w in state.workspaces {
+        try writer.append(.workspace(WorkspaceSnapshot(w)))
+        for r in SnapshotRecord.suppressions(
+          workspace: w.id, set: Set(state.suppressions(in: w.id)))
+        {
+          try writer.append(r)
         }
-        try state.forEachPerson { (ws, person) throws(StorageError) in
-          try writer.append(.person(workspace: ws, person))
-        }
-        let name = try writer.commit()
-        log("snapshot \(name) written (\(state.personCount) persons)")
-      } catch {
-        writer.abandon()
-        throw error
       }
-      last = state.seq
-      let at = clock.nowMillis()
-      snapshots.withLock { s in
-        s.seq = state.seq
-        s.writtenAt = at
-        s.written += 1
+      try state.forEachPerson { (ws, person) throws(StorageError) in
+        try writer.append(.person(workspace: ws, person))
       }
-      for old in try SnapshotFile.remove(
-        olderThan: state.seq, directory: directory, fileSystem: fileSystem)
-      {
-        log("removed \(old), covered by the new snapshot")
-      }
-      return state.seq
+      let name = try writer.commit()
+      log("snapshot \(name) written (\(state.personCount) persons)")
+    } catch {
+      writer.abandon()
+      throw error
     }
+    let at = clock.nowMillis()
+    snapshots.withLock { s in
+      s.seq = state.seq
+      s.writtenAt = at
+      s.written += 1
+    }
+    for old in try SnapshotFile.remove(
+      olderThan: state.seq, directory: directory, fileSystem: fileSystem)
+    {
+      log("removed \(old), covered by the new snapshot")
+    }
+    return state.seq
   }
 
   /// Erasure compaction: closes the active log segment, snapshots (deleting every older
@@ -327,7 +321,7 @@ public final class DurableStore: Sendable {
   public func compact() throws(StorageError) -> UInt64 {
     try maintenance.withLock { (m: inout Maintenance) throws(StorageError) -> UInt64 in
       let active = try rotateLog()
-      let seq = try writeSnapshot(force: true)
+      let seq = try writeSnapshot(force: true, &m)
       try eraseRetained(before: active, &m)
       try deleteExpiredSegments(&m)
       return seq
@@ -418,7 +412,8 @@ public final class DurableStore: Sendable {
         plan.append(.init(firstSeq: s.firstSeq, newestAt: .max))
       }
     }
-    let (count, uncovered) = RetentionPlan.deletable(plan, cutoff: cutoff, snapshotSeq: snapshotSeq)
+    let (count, uncovered) = RetentionPlan.deletable(
+      plan, cutoff: cutoff, snapshotSeq: snapshotStatus.seq)
     guard count > 0 else { return uncovered }
     for s in segments[0..<count] {
       do { try fileSystem.unlink(joinPath(directory, s.name)) } catch {
@@ -443,7 +438,7 @@ public final class DurableStore: Sendable {
         if now - m.active.since >= rotateAfterMillis { _ = try rotateLog() }
       }
       if try deleteExpiredSegments(&m) {
-        _ = try writeSnapshot(force: false)
+        _ = try writeSnapshot(force: false, &m)
         try deleteExpiredSegments(&m)
       }
     }
