@@ -233,12 +233,8 @@ enum Samples {
     var m = WireWriter()
     m.int(5, Int64(PreferenceState.unsubscribed.rawValue))
     m.string(4, "news")
-    var key = WireWriter()
-    key.string(1, "first")
-    m.message(2, key)
-    key.reset()
-    key.string(2, "anon")
-    m.message(2, key)
+    m.message(2) { $0.string(1, "first") }
+    m.message(2) { $0.string(2, "anon") }
     m.string(1, "acme")
     w.message(12, m)
     w.int(1, 9)

@@ -152,7 +152,4 @@ public struct WireWriter {
     }
     return n
   }
-
-  /// Empties the writer, keeping its storage (for a scratch writer reused per element).
-  @inlinable public mutating func reset() { written = 0 }
 }
