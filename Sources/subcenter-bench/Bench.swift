@@ -50,6 +50,15 @@ enum Bench {
       let flags = try Flags(
         arguments: Array(args.dropFirst()), environment: [:], specs: specs)
       let persons = try flags.int("persons", in: 1...50_000_000) ?? 1_000_000
+      /// --data, which `recovery` and `writes` need (the flag has a default: it must be given).
+      func dataDirectory() -> String? {
+        guard args.contains(where: { $0.hasPrefix("--data") }), let dir = flags.string("data")
+        else {
+          writeStderrLine("subcenter-bench: \(mode) needs --data DIR (an empty directory)")
+          return nil
+        }
+        return dir
+      }
       switch mode {
       case "store":
         return try storeBench(
@@ -58,11 +67,7 @@ enum Bench {
       case "serve":
         return try serve(flags: flags, persons: persons)
       case "recovery":
-        guard args.contains(where: { $0.hasPrefix("--data") }), let dir = flags.string("data")
-        else {
-          writeStderrLine("subcenter-bench: recovery needs --data DIR (an empty directory)")
-          return 2
-        }
+        guard let dir = dataDirectory() else { return 2 }
         let snap = flags.string("snapshot") ?? "on"
         guard snap == "on" || snap == "off" else {
           writeStderrLine("subcenter-bench: --snapshot: expected on or off, got '\(snap)'")
@@ -73,13 +78,15 @@ enum Bench {
           records: try flags.int("records", in: 1...50_000_000) ?? 1_000_000,
           opens: try flags.int("opens", in: 1...20) ?? 3)
       case "writes":
-        guard args.contains(where: { $0.hasPrefix("--data") }), let dir = flags.string("data")
-        else {
-          writeStderrLine("subcenter-bench: writes needs --data DIR (an empty directory)")
+        guard let dir = dataDirectory() else { return 2 }
+        let fsyncText = flags.string("fsync") ?? "always"
+        guard let fsync = FsyncPolicy(fsyncText) else {
+          writeStderrLine(
+            "subcenter-bench: --fsync: expected always, none or interval:MS, got '\(fsyncText)'")
           return 2
         }
         return try writes(
-          directory: dir, fsync: FsyncPolicy(flags.string("fsync") ?? "always") ?? .always,
+          directory: dir, fsync: fsync,
           inFlight: try flags.int("inflight", in: 1...100_000) ?? 128,
           seconds: try flags.int("seconds", in: 1...600) ?? 5)
       default:
@@ -186,21 +193,11 @@ enum Bench {
   static func recovery(
     directory: String, persons: Int, snapshot: Bool, records: Int, opens: Int
   ) throws -> Int32 {
-    if mkdir(directory, 0o700) != 0 && errno != EEXIST {
-      writeStderrLine("subcenter-bench: cannot create \(directory)")
-      return 1
-    }
     let secret = Crypto.randomBytes(count: 32)
     let quiet: @Sendable (String) -> Void = { _ in }
     let t0 = monotonicMillis()
     do {
-      let (durable, report) = try DurableStore.open(
-        directory: directory, clock: SystemClock(), secret: secret, fsync: .none,
-        truncateDamaged: false, log: quiet)
-      guard report.persons == 0 && report.recordsReplayed == 0 else {
-        writeStderrLine("subcenter-bench: \(directory) is not empty")
-        return 1
-      }
+      guard let durable = try openEmpty(directory, secret: secret, fsync: .none) else { return 1 }
       let store = durable.store
       let config = WorkspaceConfig(
         workspace: "bench", channels: ["email", "sms", "push"],
@@ -296,23 +293,17 @@ enum Bench {
   }
 
   /// Durable Unsubscribes through the store alone: what the write path costs without
-  /// gRPC, HTTP/2 and TLS (the log writer and the applier are the server's).
+  /// gRPC, HTTP/2 and TLS (the server's log writer; records are applied on the store's
+  /// applier thread, where subcenterd applies them on its first event loop).
   static func writes(directory: String, fsync: FsyncPolicy, inFlight: Int, seconds: Int) throws
     -> Int32
   {
-    if mkdir(directory, 0o700) != 0 && errno != EEXIST {
-      writeStderrLine("subcenter-bench: cannot create \(directory)")
-      return 1
-    }
-    let (durable, report) = try DurableStore.open(
-      directory: directory, clock: SystemClock(), secret: Crypto.randomBytes(count: 32),
-      fsync: fsync, truncateDamaged: false,
-      preallocateLogBytes: WriteAheadLog.Options.serverPreallocateBytes, log: { _ in })
+    guard
+      let durable = try openEmpty(
+        directory, secret: Crypto.randomBytes(count: 32), fsync: fsync,
+        preallocateLogBytes: WriteAheadLog.Options.serverPreallocateBytes)
+    else { return 1 }
     defer { durable.close() }
-    guard report.persons == 0 && report.recordsReplayed == 0 else {
-      writeStderrLine("subcenter-bench: \(directory) is not empty")
-      return 1
-    }
     let store = durable.store
     let w = Pipeline(window: inFlight)
     w.submit {
@@ -345,6 +336,26 @@ enum Bench {
         + "writes_per_cpu_sec=\(Int(Double(n) / cpu)) log_records=\(log.records) "
         + "log_syncs=\(log.syncs)")
     return 0
+  }
+
+  /// A DurableStore on `directory` (created if missing), which must hold none yet; nil,
+  /// said on stderr, when it cannot be created or is not empty.
+  static func openEmpty(
+    _ directory: String, secret: [UInt8], fsync: FsyncPolicy, preallocateLogBytes: Int = 0
+  ) throws -> DurableStore? {
+    if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+      writeStderrLine("subcenter-bench: cannot create \(directory)")
+      return nil
+    }
+    let (durable, report) = try DurableStore.open(
+      directory: directory, clock: SystemClock(), secret: secret, fsync: fsync,
+      truncateDamaged: false, preallocateLogBytes: preallocateLogBytes, log: { _ in })
+    guard report.persons == 0 && report.recordsReplayed == 0 else {
+      durable.close()
+      writeStderrLine("subcenter-bench: \(directory) is not empty")
+      return nil
+    }
+    return durable
   }
 
   /// The process's user + system CPU time.
