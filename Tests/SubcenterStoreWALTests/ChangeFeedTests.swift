@@ -315,6 +315,29 @@ private final class CollectingSink: ChangeSink {
     d.close()
   }
 
+  /// The segment being written ends in megabytes of preallocated zeros: a watcher reads
+  /// only as far as its durable records reach (the log says how far), not a chunk of
+  /// zeros for every record it follows.
+  @Test func theActiveSegmentIsReadOnlyThroughItsDurableRecords() throws {
+    let (fs, _, d) = try setUp(preallocate: 4 << 20)
+    let follower = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: follower)
+    for i in 0..<5 {
+      _ = fs.takeLargestRead()
+      write(d.store, "p\(i)")
+      follower.wait(for: 2 * (i + 1))
+      // Reads cover the records since the last read: a few hundred bytes, not 1 MiB.
+      #expect(fs.takeLargestRead() < 4096, "read past the durable records")
+    }
+    #expect(follower.events.map(\.personID) == (0..<5).flatMap { ["p\($0)", "p\($0)"] })
+    let st = d.wal.status
+    #expect(st.activeDurableBytes > WALSegment.headerSize)
+    let size = try fs.size(
+      fs.open(cfDirectory + "/" + WALSegment.fileName(firstSeq: st.activeSegment)))
+    #expect(size == 4 << 20 && st.activeDurableBytes < 4096)
+    d.close()
+  }
+
   func rotate(_ d: DurableStore) throws {
     _ = cfWait { c in
       try! d.wal.rotate { r in c(r.map { _ in 0 }.mapError { _ in CoreError.unavailable("") }) }

@@ -196,7 +196,8 @@ func dataDirectory() throws -> FaultyFileSystem {
       for i in 0..<100 { answers.appendAndWait(Samples.command(t * 1000 + i), to: wal) }
     }
     answers.wait()
-    let counters = wal.status.counters
+    let status = wal.status
+    let counters = status.counters
     wal.close()
     let syncs = fs.count(.sync) - syncsBefore
     #expect(answers.acked.count == 800)
@@ -209,6 +210,7 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(counters.failedBatches == 0)
     let segment = try fs.size(fs.open("/data/" + WALSegment.fileName(firstSeq: 1)))
     #expect(counters.bytes == UInt64(segment) - UInt64(WALSegment.headerSize))
+    #expect(status.activeDurableBytes == Int(segment))
     let (_, records) = try readLog(fs)
     #expect(records.count == 800)
     // Each thread's records are in the order it appended them.
@@ -528,6 +530,7 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(wal.status.durableThrough == 0)
     #expect(wal.status.counters.syncs == 0)
     #expect(wal.status.counters.records == 20)
+    #expect(wal.status.activeDurableBytes == WALSegment.headerSize)
     wal.close()
     #expect(fs.count(.sync) == syncs + 1)
     fs.crash()

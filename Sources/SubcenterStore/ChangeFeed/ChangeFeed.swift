@@ -18,7 +18,9 @@
 //   watcher starts, and after a mismatch (the segment was rewritten by erasure meanwhile),
 //   the offset of its next record is found by walking the segment's frames, a chunk at a
 //   time. A complete segment that does not hold the records its name and the next
-//   segment's promise is damaged; the segment being written may simply not hold them yet.
+//   segment's promise is damaged; the segment being written may simply not hold them yet,
+//   and is read only as far as the log says its records are durable
+//   (`Status.activeDurableBytes`), never into its preallocated zeros.
 // - At most `queueLimit` decoded events wait in its queue; they go to the stream while the
 //   stream buffers less than `highWater` bytes. A watcher whose stream stays above
 //   `highWater` for `stallLimit` (30 s) with events waiting, or buffers more than
@@ -205,7 +207,7 @@ public final class ChangeFeed: Sendable {
         return
       }
       for seqs in erased { for w in watchers { w.dropErased(seqs) } }
-      let durable = wal.status.durableThrough
+      let durable = Watcher.DurableEnd(wal.status)
       let now = monotonicNanos()
       var kept: [Watcher] = []
       for w in watchers {
@@ -262,7 +264,7 @@ final class Watcher: @unchecked Sendable {
   }
 
   /// Reads and sends what it can; returns why the watch ends, if it does.
-  func step(feed: ChangeFeed, durable: UInt64, now: UInt64) -> ChangeFeedEnd? {
+  func step(feed: ChangeFeed, durable: DurableEnd, now: UInt64) -> ChangeFeedEnd? {
     do {
       if let start {
         self.start = nil
@@ -309,7 +311,7 @@ final class Watcher: @unchecked Sendable {
           return nil
         }
         blockedSince = nil
-        if cursor >= durable { return nil }
+        if cursor >= durable.seq { return nil }
         if try !read(feed: feed, durable: durable) { return nil }
       }
     } catch let e as StorageError where e.errno == ENOENT {
@@ -334,11 +336,23 @@ final class Watcher: @unchecked Sendable {
     cursor = seq
   }
 
-  /// Reads records after `cursor` (up to `durable`) into the queue; false when nothing
-  /// more could be read now.
   private struct Expired: Error {}
 
-  private func read(feed: ChangeFeed, durable: UInt64) throws -> Bool {
+  /// How far the log is durable: through seq `seq`, and in the segment being written (first
+  /// seq `activeSegment`) through byte `activeBytes`, read together from the log's status.
+  struct DurableEnd {
+    var seq: UInt64
+    var activeSegment: UInt64
+    var activeBytes: Int
+
+    init(_ s: WriteAheadLog.Status) {
+      (seq, activeSegment, activeBytes) = (s.durableThrough, s.activeSegment, s.activeDurableBytes)
+    }
+  }
+
+  /// Reads records after `cursor` (up to `durable`) into the queue; false when nothing
+  /// more could be read now.
+  private func read(feed: ChangeFeed, durable: DurableEnd) throws -> Bool {
     let want = cursor + 1
     // Go on where the last read stopped, without listing the directory; list it when that
     // segment holds nothing more (the next record is in a newer one) or none was read yet.
@@ -357,7 +371,7 @@ final class Watcher: @unchecked Sendable {
     if let t = tail, t.segment == segment, t.seq == want {
       offset = t.offset
     } else {
-      offset = try locate(want, in: segment, complete: complete, feed: feed)
+      offset = try locate(want, in: segment, complete: complete, feed: feed, durable: durable)
     }
     return try readFrames(segment, at: offset, complete: complete, feed: feed, durable: durable)
   }
@@ -367,16 +381,16 @@ final class Watcher: @unchecked Sendable {
   /// any. In a `complete` segment, no record there is damage.
   private func readFrames(
     _ segment: WALSegmentFile, at offset: Int, complete: Bool, feed: ChangeFeed,
-    durable: UInt64
+    durable: DurableEnd
   ) throws -> Bool {
     let want = cursor + 1
-    let bytes = try chunk(of: segment, at: offset, feed: feed)
+    let bytes = try chunk(of: segment, at: offset, feed: feed, durable: durable)
     var room = max(0, feed.options.queueLimit - queue.count)
     var expected = want
     let (frames, mismatch) = bytes.withUnsafeBytes { b -> ([(UInt64, Range<Int>, Int)], Bool) in
       var out: [(UInt64, Range<Int>, Int)] = []
       var at = 0
-      while at < b.count && room > 0 && expected <= durable {
+      while at < b.count && room > 0 && expected <= durable.seq {
         guard case .record(let payload, let next) = RecordFrame.parse(b, at: at) else { break }
         let seq = WALSegment.leadingSequence(UnsafeRawBufferPointer(rebasing: b[payload]))
         guard seq == expected else { return (out, true) }
@@ -411,12 +425,12 @@ final class Watcher: @unchecked Sendable {
   /// a time; in the segment being written, where its records end if `seq` is not there
   /// yet. A complete segment whose frames end or break before `seq` is damaged.
   private func locate(
-    _ seq: UInt64, in segment: WALSegmentFile, complete: Bool, feed: ChangeFeed
+    _ seq: UInt64, in segment: WALSegmentFile, complete: Bool, feed: ChangeFeed, durable: DurableEnd
   ) throws -> Int {
     var offset = WALSegment.headerSize
     var at = segment.firstSeq
     while at < seq {
-      let bytes = try chunk(of: segment, at: offset, feed: feed)
+      let bytes = try chunk(of: segment, at: offset, feed: feed, durable: durable)
       let (walked, broken) = bytes.withUnsafeBytes { b -> (Int, Bool) in
         var o = 0
         while at < seq, case .record(let payload, let next) = RecordFrame.parse(b, at: o) {
@@ -438,14 +452,16 @@ final class Watcher: @unchecked Sendable {
   }
 
   /// The bytes of `segment` from `offset`: `readChunk` of them at most, or the whole of a
-  /// record larger than that; none past the end of the file.
-  private func chunk(of segment: WALSegmentFile, at offset: Int, feed: ChangeFeed) throws
-    -> [UInt8]
-  {
+  /// record larger than that; none past the end of the file, nor, in the segment being
+  /// written, past its durable records (not the preallocated zeros after them).
+  private func chunk(
+    of segment: WALSegmentFile, at offset: Int, feed: ChangeFeed, durable: DurableEnd
+  ) throws -> [UInt8] {
     do {
       let f = try feed.fileSystem.open(joinPath(feed.directory, segment.name))
       defer { try? feed.fileSystem.close(f) }
-      let size = try feed.fileSystem.size(f)
+      var size = try feed.fileSystem.size(f)
+      if segment.firstSeq == durable.activeSegment { size = min(size, Int64(durable.activeBytes)) }
       if size <= Int64(offset) { return [] }
       let available = Int(size) - offset
       let read = try feed.fileSystem.read(

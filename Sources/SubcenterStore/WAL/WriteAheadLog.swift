@@ -105,6 +105,9 @@ public final class WriteAheadLog: Sendable {
     public var durableThrough: UInt64
     /// The first seq of the segment being written; older segments are complete.
     public var activeSegment: UInt64
+    /// How many bytes from its start the segment being written holds of durable records
+    /// (beyond: records not yet synced, or preallocated zeros).
+    public var activeDurableBytes: Int
     /// Why the log refuses writes for good, if it does.
     public var failure: StorageError?
     /// What the writer has done since the log was opened.
@@ -232,7 +235,8 @@ public final class WriteAheadLog: Sendable {
     core.shared.withLock { s in
       Status(
         nextSeq: s.nextSeq, writtenThrough: s.nextSeq - 1, durableThrough: s.durableThrough,
-        activeSegment: s.activeSegment, failure: s.failure, counters: s.counters)
+        activeSegment: s.activeSegment, activeDurableBytes: s.activeDurableBytes,
+        failure: s.failure, counters: s.counters)
     }
   }
 
@@ -283,6 +287,7 @@ final class WALCore: Sendable {
     var nextSeq: UInt64
     var durableThrough: UInt64
     var activeSegment: UInt64
+    var activeDurableBytes = WALSegment.headerSize
     var counters = WriteAheadLog.Counters()
   }
 
@@ -518,9 +523,10 @@ final class WALWriter: @unchecked Sendable {
     }
     unsynced = false
     lastSync = monotonicNanos()
-    let (through, took) = (nextSeq - 1, lastSync - start)
+    let (through, bytes, took) = (nextSeq - 1, segmentBytes, lastSync - start)
     core.shared.withLock { s in
       s.durableThrough = through
+      s.activeDurableBytes = bytes
       s.counters.syncs += 1
       s.counters.syncNanos += took
     }
@@ -603,7 +609,10 @@ final class WALWriter: @unchecked Sendable {
     fileBytes = segmentBytes
     segmentRecords = 0
     unsynced = false
-    core.shared.withLock { $0.activeSegment = firstSeq }
+    core.shared.withLock { s in
+      s.activeSegment = firstSeq
+      s.activeDurableBytes = WALSegment.headerSize
+    }
   }
 
   // MARK: Failure and close
