@@ -598,11 +598,18 @@ private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, user
 
 private let onHeader: nghttp2_on_header_callback = {
   session, frame, name, nlen, value, vlen, _, user in
-  let hd = frame!.pointee.hd
   // Request headers only; trailers from a client carry nothing we use.
-  guard frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST, let s = streamOf(session, hd.stream_id)
+  guard frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST,
+    let stream = nghttp2_session_get_stream_user_data(session, frame!.pointee.hd.stream_id)
   else { return 0 }
-  sessionOf(user).header(s, name!, nlen, value!, vlen)
+  // Called for every header of every request: neither object is retained for the call
+  // (two retains and releases a header otherwise). Both outlive it: the session is in
+  // `nghttp2_session_mem_recv`, and `header` never drops a stream.
+  Unmanaged<HTTP2ServerSession>.fromOpaque(user!)._withUnsafeGuaranteedRef { me in
+    Unmanaged<HTTP2Stream>.fromOpaque(stream)._withUnsafeGuaranteedRef { s in
+      me.header(s, name!, nlen, value!, vlen)
+    }
+  }
   return 0
 }
 
