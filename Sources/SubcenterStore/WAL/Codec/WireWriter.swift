@@ -21,8 +21,32 @@ public struct WireWriter {
   /// bytes come first (room for a header the caller fills in later, such as gRPC's
   /// message prefix).
   @inlinable public init(capacity: Int = 0, reserving: Int = 0) {
-    storage = [UInt8](repeating: 0, count: Swift.max(capacity + reserving, 16))
+    // Not `[UInt8](repeating:count:)`: that allocates through the standard library's
+    // unspecialized path, which looks up the array's storage type at run time (more than
+    // the allocation itself costs); reserving capacity in an empty array is specialized.
+    storage = []
+    storage.reserveCapacity(Swift.max(capacity + reserving, 16))
     written = reserving
+    fillRoom()
+  }
+
+  /// Zeros to copy into new room (a copy from contiguous bytes is a `memcpy`; appending
+  /// a repeated zero goes a byte at a time). Allocated once, never written or freed (so
+  /// `nonisolated(unsafe)`), and not an array, whose every use is a retain and release.
+  @usableFromInline nonisolated(unsafe) static let zeros: UnsafeBufferPointer<UInt8> = {
+    let p = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: 1024)
+    p.initialize(repeating: 0)
+    return UnsafeBufferPointer(p)
+  }()
+
+  /// Makes all of the array's capacity room: appends zeros up to it.
+  @usableFromInline mutating func fillRoom() {
+    var left = storage.capacity - storage.count
+    while left > 0 {
+      let n = Swift.min(left, Self.zeros.count)
+      storage.append(contentsOf: UnsafeBufferPointer(rebasing: Self.zeros[..<n]))
+      left -= n
+    }
   }
 
   /// What was written so far (a copy; `finish()` hands over the bytes themselves).
@@ -45,7 +69,8 @@ public struct WireWriter {
   }
 
   @usableFromInline mutating func grow(_ room: Int) {
-    storage.append(contentsOf: repeatElement(0, count: Swift.max(room, storage.count)))
+    storage.reserveCapacity(storage.count + Swift.max(room, storage.count))
+    fillRoom()
   }
 
   /// Writes `value` as a varint at `p`; returns its size (at most 10).
