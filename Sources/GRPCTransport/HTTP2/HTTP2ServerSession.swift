@@ -577,9 +577,13 @@ final class HTTP2ServerSession {
 
 // MARK: - nghttp2 callbacks: find the session or stream, hand off to Swift at once.
 
+/// Runs `body` on the session, not retained for the call: every callback comes from
+/// `nghttp2_session_mem_recv` or `_mem_send`, which the session itself is running.
 @inline(__always)
-private func sessionOf(_ user: UnsafeMutableRawPointer?) -> HTTP2ServerSession {
-  Unmanaged<HTTP2ServerSession>.fromOpaque(user!).takeUnretainedValue()
+private func withSession<R>(_ user: UnsafeMutableRawPointer?, _ body: (HTTP2ServerSession) -> R)
+  -> R
+{
+  Unmanaged<HTTP2ServerSession>.fromOpaque(user!)._withUnsafeGuaranteedRef(body)
 }
 
 @inline(__always)
@@ -591,7 +595,7 @@ private func streamOf(_ session: OpaquePointer?, _ id: Int32) -> HTTP2Stream? {
 private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, user in
   let hd = frame!.pointee.hd
   if hd.type == frameHeaders && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
-    sessionOf(user).beginHeaders(hd.stream_id)
+    withSession(user) { $0.beginHeaders(hd.stream_id) }
   }
   return 0
 }
@@ -602,10 +606,9 @@ private let onHeader: nghttp2_on_header_callback = {
   guard frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST,
     let stream = nghttp2_session_get_stream_user_data(session, frame!.pointee.hd.stream_id)
   else { return 0 }
-  // Called for every header of every request: neither object is retained for the call
-  // (two retains and releases a header otherwise). Both outlive it: the session is in
-  // `nghttp2_session_mem_recv`, and `header` never drops a stream.
-  Unmanaged<HTTP2ServerSession>.fromOpaque(user!)._withUnsafeGuaranteedRef { me in
+  // Called for every header of every request: the stream is not retained for the call
+  // either (`header` never drops a stream).
+  withSession(user) { me in
     Unmanaged<HTTP2Stream>.fromOpaque(stream)._withUnsafeGuaranteedRef { s in
       me.header(s, name!, nlen, value!, vlen)
     }
@@ -618,24 +621,27 @@ private let onFrameRecv: nghttp2_on_frame_recv_callback = { session, frame, user
   guard hd.type == frameHeaders || hd.type == frameData, let s = streamOf(session, hd.stream_id)
   else { return 0 }
   let endStream = hd.flags & flagEndStream != 0
-  let me = sessionOf(user)
-  if hd.type == frameHeaders && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
-    me.requestHeadersDone(s, endStream: endStream)
-  } else if endStream {
-    me.requestEnded(s)
+  let isRequestHeaders =
+    hd.type == frameHeaders && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST
+  withSession(user) { me in
+    if isRequestHeaders {
+      me.requestHeadersDone(s, endStream: endStream)
+    } else if endStream {
+      me.requestEnded(s)
+    }
   }
   return 0
 }
 
 private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { session, _, id, data, len, user in
   if let s = streamOf(session, id) {
-    sessionOf(user).data(s, UnsafeRawBufferPointer(start: data, count: len))
+    withSession(user) { $0.data(s, UnsafeRawBufferPointer(start: data, count: len)) }
   }
   return 0
 }
 
 private let onStreamClose: nghttp2_on_stream_close_callback = { session, id, _, user in
-  if let s = streamOf(session, id) { sessionOf(user).streamClosed(s) }
+  if let s = streamOf(session, id) { withSession(user) { $0.streamClosed(s) } }
   return 0
 }
 
@@ -644,7 +650,7 @@ private let onFrameSend: nghttp2_on_frame_send_callback = { session, frame, user
   if (hd.type == frameHeaders || hd.type == frameData) && hd.flags & flagEndStream != 0,
     let s = streamOf(session, hd.stream_id)
   {
-    sessionOf(user).frameSent(s)
+    withSession(user) { $0.frameSent(s) }
   }
   return 0
 }
@@ -654,5 +660,5 @@ private let readResponseData: nghttp2_data_source_read_callback = {
   guard let s = streamOf(session, id) else {
     return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
   }
-  return sessionOf(user).readData(s, buf!, length, flags!)
+  return withSession(user) { $0.readData(s, buf!, length, flags!) }
 }
