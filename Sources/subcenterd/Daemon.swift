@@ -86,7 +86,8 @@ enum Daemon {
       // Durable writes are applied and answered on the first event loop (one thread
       // less to wake per batch); its calls' answers then go out without a hand-off.
       store.applyDurableRecords { task in server.submit(toLoop: 0, task) }
-      // The log writer is woken once per event-loop pass, not once per call.
+      // Records reach the log writer once per event-loop pass (batches of whole passes),
+      // not once per call.
       durable.wal.deferWriterWake { signal in server.atEndOfLoopPass(signal) }
     } catch {
       writeStderrLine(

@@ -157,6 +157,59 @@ func dataDirectory() throws -> FaultyFileSystem {
     wal.close()
   }
 
+  /// With a wake deferral, the writer takes only records whose deferred task has run
+  /// (their event-loop pass ended), even when it comes back from an fsync and finds others
+  /// queued: they wait for their task and then go in one batch. A rotation asked for
+  /// meanwhile comes after the ready records; closing writes everything queued.
+  @Test func theWriterTakesOnlyRecordsMadeReady() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
+    let answers = Answers()
+    let held = Mutex<[@Sendable () -> Void]>([])
+    wal.deferWriterWake { task in
+      held.withLock { $0.append(task) }
+      return true
+    }
+    func runHeld() {
+      for task in held.withLock({ h in
+        defer { h = [] }; return h
+      }) { task() }
+    }
+    fs.setSyncLatency(microseconds: 100_000)
+    answers.append(Samples.command(1), to: wal)
+    runHeld()
+    usleep(30_000)  // record 1 is in its slow fsync
+    for i in 2...4 { answers.append(Samples.command(i), to: wal) }
+    #expect(held.withLock { $0.count } == 1, "one task for the three appends")
+    usleep(200_000)  // the writer is back from record 1's fsync
+    #expect(answers.acked.count == 1, "records 2-4 wait for their task")
+    fs.setSyncLatency(microseconds: 0)
+    let syncs = fs.count(.sync)
+    runHeld()
+    answers.wait()
+    #expect(answers.acked.count == 4)
+    #expect(fs.count(.sync) == syncs + 1, "records 2-4 in one batch, under one fsync")
+
+    // A rotation waits for no record that is not ready; records queued before it are.
+    answers.append(Samples.command(5), to: wal)
+    let rotated = Mutex<UInt64?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    try wal.rotate { r in
+      rotated.withLock { $0 = try? r.get() }
+      done.signal()
+    }
+    done.wait()
+    #expect(rotated.withLock { $0 } == 6, "record 5, queued before the rotation, precedes it")
+    answers.append(Samples.command(6), to: wal)
+    usleep(50_000)
+    #expect(answers.acked.count == 5, "record 6 waits for its task")
+    wal.close()  // writes what is queued, ready or not
+    answers.wait()
+    #expect(answers.acked.count == 6)
+    let (report, records) = try readLog(fs)
+    #expect(report.lastSeq == 6 && records.map(\.0) == Array(1...6))
+  }
+
   @Test func appendsAreWrittenInOrderAndReadBack() throws {
     let fs = try dataDirectory()
     let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
