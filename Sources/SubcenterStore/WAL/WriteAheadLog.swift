@@ -19,8 +19,8 @@
 // the records whose appender's event-loop pass has ended (`WALCore.markReady`), whole
 // passes, never the part of a pass the loop had queued when the writer came back from its
 // last fsync. Such a part (often a record or two) cost a whole fsync of its own, ~40 us of
-// kernel CPU on a virtio disk, taken from the loop's core: the log took 57 records a batch
-// at -c4 -m32, 80 with whole passes, and 5% more durable writes a second.
+// kernel CPU on a virtio disk, taken from the loop's core: at -c4 -m32 the log took 57-67
+// records a batch, 75-82 with whole passes, and ~7% more durable writes a second.
 //
 // Segments: the writer starts a new segment `wal-<next seq>.log` when it opens and when
 // the active one would grow past `segmentSize`. Before a segment is left it is synced
