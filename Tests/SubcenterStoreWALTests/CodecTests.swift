@@ -149,10 +149,10 @@ enum Samples {
     #expect(direct == 40)
   }
 
-  /// Fields written past the writer's room (it starts with 16 bytes and grows) equal the
-  /// same fields encoded byte by byte, after the reserved zeros; `finish()` hands over
-  /// exactly what `bytes` shows.
-  @Test func writerGrowsPastItsRoom() {
+  /// Fields written past the writer's room (16 bytes, or more than its block of zeros
+  /// copied in at once, and it grows) equal the same fields encoded byte by byte, after the
+  /// reserved zeros; `finish()` hands over exactly what `bytes` shows.
+  @Test(arguments: [0, 3_000]) func writerGrowsPastItsRoom(capacity: Int) {
     var expected: [UInt8] = [0, 0, 0, 0, 0]
     func varint(_ value: UInt64) {
       var v = value
@@ -162,7 +162,7 @@ enum Samples {
       }
       expected.append(UInt8(v))
     }
-    var w = WireWriter(reserving: 5)
+    var w = WireWriter(capacity: capacity, reserving: 5)
     for i in 0..<300 {
       let text = String(repeating: "é", count: i % 70)  // 0 to 138 bytes
       w.string(1, text)
