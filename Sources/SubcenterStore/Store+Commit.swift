@@ -33,7 +33,10 @@
 //   - the thread of a write whose record completed inline or raced its own `append` (it
 //     drains once its validation locks are released: draining needs locks it may still
 //     hold).
-// A completion that writes again just queues; the drainer picks it up.
+// A completion that writes again just queues; the drainer picks it up. With
+// `flushAnswers`, a drain sends the answers given so far after every so many records of a
+// run (the server: every 32), so a client gets them while the rest are applied instead of
+// all at the end of the event-loop pass.
 //
 // Lock order: `Applier.gate` → the state locks (SubscriptionStore.swift) → the leaves
 // (`Applier.queue`, a `PendingCommit`'s state, the log's own lock).
@@ -192,6 +195,13 @@ struct TaskRunner: Sendable {
   let run: @Sendable (@escaping @Sendable () -> Void) -> Bool
 }
 
+/// Sends the answers given so far while a drain applies a run of records (the server:
+/// its event loop's pending output), after every `every` of them.
+struct AnswerFlush: Sendable {
+  let every: Int
+  let run: @Sendable () -> Void
+}
+
 /// The queue of completed records and the gate of application.
 final class Applier: Sendable {
   struct Queue {
@@ -210,6 +220,8 @@ final class Applier: Sendable {
   let thread = DispatchQueue(label: "subcenter.applier")
   /// Where drains run instead, while it accepts them (`applyDurableRecords(on:)`).
   let executor = Mutex<TaskRunner?>(nil)
+  /// What sends the answers given so far in a long run of records (`flushAnswers`).
+  let answerFlush = Mutex<AnswerFlush?>(nil)
   /// Held while commands are applied, and while a snapshot copies the state; holds the
   /// sequence number of the last applied record.
   let gate = Mutex<UInt64>(0)
@@ -434,9 +446,14 @@ extension SubscriptionStore {
       return q.items
     }
     guard var batch = first else { return }
+    let flush = applier.answerFlush.withLock { $0 }
     applier.gate.withLock { last in
       while true {
-        for (c, result) in batch { process(c, result, &last) }
+        for (i, (c, result)) in batch.enumerated() {
+          process(c, result, &last)
+          // Between records, not after the last: the event loop sends what is left.
+          if let flush, (i + 1) % flush.every == 0, i + 1 < batch.count { flush.run() }
+        }
         batch = applier.queue.withLock { q in
           if q.items.isEmpty {
             q.draining = false

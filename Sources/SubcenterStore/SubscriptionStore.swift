@@ -65,6 +65,16 @@ public final class SubscriptionStore: Sendable {
     applier.executor.withLock { $0 = TaskRunner(run: executor) }
   }
 
+  /// Has the thread applying durable records call `flush` after every `every` of them in a
+  /// longer run (never after the last), so the answers given so far can leave while the
+  /// rest are applied (the server: it sends its event loop's pending output). `flush` runs
+  /// on whichever thread applies (an event loop, the store's own queue, a writer), with
+  /// the application's gate held, and must not call into the store.
+  public func flushAnswers(every: Int, with flush: @escaping @Sendable () -> Void) {
+    precondition(every > 0, "flush after at least one record")
+    applier.answerFlush.withLock { $0 = AnswerFlush(every: every, run: flush) }
+  }
+
   /// Configures workspace `default` if no workspace exists or is being configured
   /// (SPEC §1); answers whether it did.
   public func ensureDefaultWorkspace(completion: @escaping Completion<Bool>) {

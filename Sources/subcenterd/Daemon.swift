@@ -86,6 +86,9 @@ enum Daemon {
       // Durable writes are applied and answered on the first event loop (one thread
       // less to wake per batch); its calls' answers then go out without a hand-off.
       store.applyDurableRecords { task in server.submit(toLoop: 0, task) }
+      // A long run of durable records (a batch of many calls) sends its answers every 32
+      // records, so clients get them while the loop applies the rest.
+      store.flushAnswers(every: 32) { server.flushLoopOutput() }
       // Records reach the log writer once per event-loop pass (batches of whole passes),
       // not once per call.
       durable.wal.deferWriterWake { signal in server.atEndOfLoopPass(signal) }

@@ -302,3 +302,79 @@ private struct EndOfPassService: GRPCService {
     }
   }
 }
+
+/// The calls a `FlushService` holds, and whether the held call's client got its answer.
+private final class FlushState: Sendable {
+  let server = Mutex<GRPCServer?>(nil)
+  let held = Mutex<ServerCall?>(nil)
+  let heldAnswered = DispatchSemaphore(value: 0)
+}
+
+/// `Hold` keeps its call unanswered; `Release` (on another connection, same loop) answers
+/// the held call, sends the loop's output now, and waits for the held call's client to
+/// have its answer before answering itself: [1] if it came while the loop was still in
+/// this handler, [0] if not.
+private struct FlushService: GRPCService {
+  let serviceName = "test.Flush"
+  let state: FlushState
+
+  var methods: [ServiceMethod] {
+    [
+      ServiceMethod(path: "/test.Flush/Hold") { [state] call in
+        state.held.withLock { $0 = call }
+      },
+      ServiceMethod(path: "/test.Flush/Release") { [state] call in
+        state.held.withLock { $0 }!.respond([7])
+        state.server.withLock { $0 }!.flushLoopOutput()
+        let inTime = state.heldAnswered.wait(timeout: .now() + .seconds(3)) == .success
+        call.respond([inTime ? 1 : 0])
+        state.server.withLock { $0 }!.flushLoopOutput()  // its own input: left for the pass
+      },
+    ]
+  }
+}
+
+@Suite struct FlushLoopOutputTests {
+  /// An answer given on the loop leaves at `flushLoopOutput`, before the loop's pass ends
+  /// (here while the loop is still in another connection's handler); the connection whose
+  /// input is being processed is left for the end of the pass; off the loop it does
+  /// nothing.
+  @Test func answersLeaveBeforeTheEndOfThePass() throws {
+    let certs = try TestCertificates.shared()
+    let tls = try TLSContext.server(
+      certificateChainFile: certs.serverCertificateFile, privateKeyFile: certs.serverKeyFile)
+    let state = FlushState()
+    let server = GRPCServer(
+      configuration: ServerConfiguration(
+        listen: SocketAddress(host: "127.0.0.1", port: 0), loops: 1, tls: tls),
+      services: [FlushService(state: state)], logger: { _ in })
+    state.server.withLock { $0 = server }
+    try server.start()
+    defer {
+      server.shutdown()
+      server.wait()
+      state.server.withLock { $0 = nil }
+    }
+    server.flushLoopOutput()  // not a loop thread: nothing to do
+    func client() throws -> GRPCClient {
+      try GRPCClient(
+        address: SocketAddress(host: "127.0.0.1", port: server.port), serverName: "localhost",
+        tls: try TLSContext.client(trustRootsFile: certs.caFile))
+    }
+    let holder = try client()
+    let releaser = try client()
+    let heldAnswer = Mutex<[UInt8]?>(nil)
+    let holding = DispatchGroup()
+    holding.enter()
+    DispatchQueue.global().async {
+      let answer = try? holder.unary("/test.Flush/Hold", request: []).message
+      heldAnswer.withLock { $0 = answer }
+      state.heldAnswered.signal()
+      holding.leave()
+    }
+    for _ in 0..<1000 where state.held.withLock({ $0 }) == nil { usleep(1000) }
+    #expect(try releaser.unary("/test.Flush/Release", request: []).message == [1])
+    holding.wait()
+    #expect(heldAnswer.withLock { $0 } == [7])
+  }
+}

@@ -455,6 +455,48 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
     #expect(d.settled)
   }
 
+  /// With `flushAnswers(every: 2)`, a drain applying five records flushes after the
+  /// second and the fourth, each time with the answers before it given, not after the
+  /// last; a drain of one record never flushes.
+  @Test func aLongDrainFlushesItsAnswersEverySoManyRecords() throws {
+    let d = Deferred(appliesElsewhere: true)
+    let identified = d.identify("u1")
+    d.log.complete()
+    #expect(waitUntil { identified.done })
+    let held = Mutex<[@Sendable () -> Void]>([])
+    d.store.applyDurableRecords { task in
+      held.withLock { $0.append(task) }
+      return true
+    }
+    let calls = Mutex<[Call<Preferences>]>([])
+    let answeredAtFlush = Mutex<[Int]>([])
+    d.store.flushAnswers(every: 2) {
+      let answered = calls.withLock { $0.filter(\.done).count }
+      answeredAtFlush.withLock { $0.append(answered) }
+    }
+    func runHeld() {
+      for task in held.withLock({ h in
+        defer { h = [] }
+        return h
+      }) { task() }
+    }
+    for channel in ["email", "sms", "push", "email", "sms"] {
+      let c = d.set(.personID("u1"), .unsubscribed, channel: channel)
+      calls.withLock { $0.append(c) }
+    }
+    d.log.complete()
+    runHeld()
+    #expect(calls.withLock { $0.allSatisfy(\.done) })
+    #expect(answeredAtFlush.withLock { $0 } == [2, 4])
+
+    let one = d.set(.personID("u1"), .subscribed, channel: "push")
+    d.log.complete()
+    runHeld()
+    #expect(one.done)
+    #expect(answeredAtFlush.withLock { $0 } == [2, 4])
+    #expect(d.settled)
+  }
+
   @Test func inFlightRemovalsAndMerges() throws {
     let d = Deferred()
     _ = d.identify("u1", email: "u1@x.com")

@@ -71,6 +71,13 @@ public final class GRPCServer: @unchecked Sendable {
     }
   }
 
+  /// Sends the pending output of the calling thread's event loop now (the answers given
+  /// since its pass began) rather than at the end of the pass, except on the connection
+  /// whose input the loop is processing; does nothing on any other thread.
+  public func flushLoopOutput() {
+    for loop in loops where loop.inLoop { loop.flushOutputNow() }
+  }
+
   /// Runs `task` at the end of the current pass of the event loop whose thread calls this
   /// (`EventLoop.atEndOfPass`); returns false, running nothing, on any other thread.
   public func atEndOfLoopPass(_ task: @escaping @Sendable () -> Void) -> Bool {
