@@ -271,34 +271,49 @@ private struct EndOfPassService: GRPCService {
   }
 }
 
+/// Runs `body` with a started server of `service` on `loops` event loops (put in
+/// `slot` for the service's handlers while it runs) and a function opening a client.
+private func withService(
+  _ service: any GRPCService, loops: Int, slot: borrowing Mutex<GRPCServer?>,
+  _ body: (GRPCServer, () throws -> GRPCClient) throws -> Void
+) throws {
+  let certs = try TestCertificates.shared()
+  let tls = try TLSContext.server(
+    certificateChainFile: certs.serverCertificateFile, privateKeyFile: certs.serverKeyFile)
+  let server = GRPCServer(
+    configuration: ServerConfiguration(
+      listen: SocketAddress(host: "127.0.0.1", port: 0), loops: loops, tls: tls),
+    services: [service], logger: { _ in })
+  slot.withLock { $0 = server }
+  try server.start()
+  defer {
+    server.shutdown()
+    server.wait()
+    slot.withLock { $0 = nil }
+  }
+  let clientTLS = try TLSContext.client(trustRootsFile: certs.caFile)
+  try body(server) {
+    try GRPCClient(
+      address: SocketAddress(host: "127.0.0.1", port: server.port), serverName: "localhost",
+      tls: clientTLS)
+  }
+}
+
 @Suite struct EndOfLoopPassTests {
   /// Work handed over on a loop thread runs after the handler, on that loop, before it
   /// waits again (with nothing else arriving); on any other thread it is refused.
   @Test func endOfPassWorkRunsAfterTheHandler() throws {
-    let certs = try TestCertificates.shared()
-    let tls = try TLSContext.server(
-      certificateChainFile: certs.serverCertificateFile, privateKeyFile: certs.serverKeyFile)
     let state = PassState()
-    let server = GRPCServer(
-      configuration: ServerConfiguration(
-        listen: SocketAddress(host: "127.0.0.1", port: 0), loops: 2, tls: tls),
-      services: [EndOfPassService(state: state)], logger: { _ in })
-    state.server.withLock { $0 = server }
-    try server.start()
-    defer {
-      server.shutdown()
-      server.wait()
-      state.server.withLock { $0 = nil }
-    }
-    #expect(!server.atEndOfLoopPass { state.ran.add(100, ordering: .relaxed) })
-    let client = try GRPCClient(
-      address: SocketAddress(host: "127.0.0.1", port: server.port), serverName: "localhost",
-      tls: try TLSContext.client(trustRootsFile: certs.caFile))
-    for call in 0..<3 {
-      let answer = try client.unary("/test.Pass/Mark", request: []).message
-      #expect(answer == [1, UInt8(call)], "taken, and not run inside the handler")
-      for _ in 0..<1000 where state.ran.load(ordering: .relaxed) == call { usleep(1000) }
-      #expect(state.ran.load(ordering: .relaxed) == call + 1)
+    try withService(EndOfPassService(state: state), loops: 2, slot: state.server) {
+      server, connect in
+      #expect(!server.atEndOfLoopPass { state.ran.add(100, ordering: .relaxed) })
+      let client = try connect()
+      for call in 0..<3 {
+        let answer = try client.unary("/test.Pass/Mark", request: []).message
+        #expect(answer == [1, UInt8(call)], "taken, and not run inside the handler")
+        for _ in 0..<1000 where state.ran.load(ordering: .relaxed) == call { usleep(1000) }
+        #expect(state.ran.load(ordering: .relaxed) == call + 1)
+      }
     }
   }
 }
@@ -340,41 +355,25 @@ private struct FlushService: GRPCService {
   /// input is being processed is left for the end of the pass; off the loop it does
   /// nothing.
   @Test func answersLeaveBeforeTheEndOfThePass() throws {
-    let certs = try TestCertificates.shared()
-    let tls = try TLSContext.server(
-      certificateChainFile: certs.serverCertificateFile, privateKeyFile: certs.serverKeyFile)
     let state = FlushState()
-    let server = GRPCServer(
-      configuration: ServerConfiguration(
-        listen: SocketAddress(host: "127.0.0.1", port: 0), loops: 1, tls: tls),
-      services: [FlushService(state: state)], logger: { _ in })
-    state.server.withLock { $0 = server }
-    try server.start()
-    defer {
-      server.shutdown()
-      server.wait()
-      state.server.withLock { $0 = nil }
+    try withService(FlushService(state: state), loops: 1, slot: state.server) {
+      server, connect in
+      server.flushLoopOutput()  // not a loop thread: nothing to do
+      let holder = try connect()
+      let releaser = try connect()
+      let heldAnswer = Mutex<[UInt8]?>(nil)
+      let holding = DispatchGroup()
+      holding.enter()
+      DispatchQueue.global().async {
+        let answer = try? holder.unary("/test.Flush/Hold", request: []).message
+        heldAnswer.withLock { $0 = answer }
+        state.heldAnswered.signal()
+        holding.leave()
+      }
+      for _ in 0..<1000 where state.held.withLock({ $0 }) == nil { usleep(1000) }
+      #expect(try releaser.unary("/test.Flush/Release", request: []).message == [1])
+      holding.wait()
+      #expect(heldAnswer.withLock { $0 } == [7])
     }
-    server.flushLoopOutput()  // not a loop thread: nothing to do
-    func client() throws -> GRPCClient {
-      try GRPCClient(
-        address: SocketAddress(host: "127.0.0.1", port: server.port), serverName: "localhost",
-        tls: try TLSContext.client(trustRootsFile: certs.caFile))
-    }
-    let holder = try client()
-    let releaser = try client()
-    let heldAnswer = Mutex<[UInt8]?>(nil)
-    let holding = DispatchGroup()
-    holding.enter()
-    DispatchQueue.global().async {
-      let answer = try? holder.unary("/test.Flush/Hold", request: []).message
-      heldAnswer.withLock { $0 = answer }
-      state.heldAnswered.signal()
-      holding.leave()
-    }
-    for _ in 0..<1000 where state.held.withLock({ $0 }) == nil { usleep(1000) }
-    #expect(try releaser.unary("/test.Flush/Release", request: []).message == [1])
-    holding.wait()
-    #expect(heldAnswer.withLock { $0 } == [7])
   }
 }

@@ -115,6 +115,19 @@ func readLog(
   return (report, records)
 }
 
+/// Asks `wal` for a rotation and waits for it: the new active segment's first seq, nil
+/// if it failed.
+func rotateAndWait(_ wal: WriteAheadLog) throws -> UInt64? {
+  let rotated = Mutex<UInt64?>(nil)
+  let done = DispatchSemaphore(value: 0)
+  try wal.rotate { r in
+    rotated.withLock { $0 = try? r.get() }
+    done.signal()
+  }
+  done.wait()
+  return rotated.withLock { $0 }
+}
+
 func dataDirectory() throws -> FaultyFileSystem {
   let fs = FaultyFileSystem()
   try fs.createDirectory("/data")
@@ -192,14 +205,7 @@ func dataDirectory() throws -> FaultyFileSystem {
 
     // A rotation waits for no record that is not ready; records queued before it are.
     answers.append(Samples.command(5), to: wal)
-    let rotated = Mutex<UInt64?>(nil)
-    let done = DispatchSemaphore(value: 0)
-    try wal.rotate { r in
-      rotated.withLock { $0 = try? r.get() }
-      done.signal()
-    }
-    done.wait()
-    #expect(rotated.withLock { $0 } == 6, "record 5, queued before the rotation, precedes it")
+    #expect(try rotateAndWait(wal) == 6, "record 5, queued before the rotation, precedes it")
     answers.append(Samples.command(6), to: wal)
     usleep(50_000)
     #expect(answers.acked.count == 5, "record 6 waits for its task")
@@ -294,14 +300,7 @@ func dataDirectory() throws -> FaultyFileSystem {
     for s in segments { #expect(fs.durableContents("/data/" + s.name) != nil) }
 
     // An explicit rotation closes the active segment.
-    let rotated = Mutex<UInt64?>(nil)
-    let done = DispatchSemaphore(value: 0)
-    try wal.rotate { r in
-      rotated.withLock { $0 = try? r.get() }
-      done.signal()
-    }
-    done.wait()
-    #expect(rotated.withLock { $0 } == 201)
+    #expect(try rotateAndWait(wal) == 201)
     #expect(wal.status.activeSegment == 201)
 
     // Segments a snapshot at seq 150 covers can go; never the active one.
