@@ -145,7 +145,11 @@ public final class EventLoop: @unchecked Sendable {
         } else if fd == listenFD {
           acceptAll()
         } else if Int(fd) < connections.count, let conn = connections[Int(fd)] {
-          if ev.events & EPOLLOUT.rawValue != 0 { conn.socketWritable() }
+          if ev.events & EPOLLOUT.rawValue != 0 {
+            flushing = true
+            conn.socketWritable()
+            flushing = false
+          }
           if ev.events & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
             receiving = conn
             conn.socketReadable()
@@ -205,7 +209,8 @@ public final class EventLoop: @unchecked Sendable {
 
   /// Sends the output of every connection that has some now, but the one whose input is
   /// being processed (its output leaves at the end of the pass, as everyone's did). On the
-  /// loop's thread (`GRPCServer.flushLoopOutput`); nothing while a flush is running.
+  /// loop's thread (`GRPCServer.flushLoopOutput`); nothing while a flush is running (the
+  /// end-of-pass one, or a socket's that became writable).
   func flushOutputNow() {
     guard !flushing else { return }
     flushing = true
