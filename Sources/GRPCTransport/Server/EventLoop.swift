@@ -145,15 +145,9 @@ public final class EventLoop: @unchecked Sendable {
         } else if fd == listenFD {
           acceptAll()
         } else if Int(fd) < connections.count, let conn = connections[Int(fd)] {
-          if ev.events & EPOLLOUT.rawValue != 0 {
-            flushing = true
-            conn.socketWritable()
-            flushing = false
-          }
+          if ev.events & EPOLLOUT.rawValue != 0 { conn.socketWritable() }
           if ev.events & (EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
-            receiving = conn
             conn.socketReadable()
-            receiving = nil
           }
         }
       }
@@ -190,8 +184,6 @@ public final class EventLoop: @unchecked Sendable {
   }
 
   private func flushDirty() {
-    flushing = true
-    defer { flushing = false }
     while !dirty.isEmpty {
       let batch = dirty
       dirty.removeAll(keepingCapacity: true)
@@ -202,23 +194,14 @@ public final class EventLoop: @unchecked Sendable {
     }
   }
 
-  /// The connection whose input is being processed: its TLS input loop and nghttp2's
-  /// `mem_recv` are running, and a flush must not re-enter them.
-  private var receiving: ServerConnection?
-  private var flushing = false
-
-  /// Sends the output of every connection that has some now, but the one whose input is
-  /// being processed (its output leaves at the end of the pass, as everyone's did). On the
-  /// loop's thread (`GRPCServer.flushLoopOutput`); nothing while a flush is running (the
-  /// end-of-pass one, or a socket's that became writable).
+  /// Sends the output of every connection that has some now, but of those busy with
+  /// their own input or output (left for the end of the pass, as everyone's was). On the
+  /// loop's thread (`GRPCServer.flushLoopOutput`).
   func flushOutputNow() {
-    guard !flushing else { return }
-    flushing = true
-    defer { flushing = false }
     let batch = dirty
     dirty.removeAll(keepingCapacity: true)
     for c in batch {
-      if c === receiving {
+      if c.isBusy {
         dirty.append(c)
         continue
       }

@@ -72,8 +72,9 @@ public final class GRPCServer: @unchecked Sendable {
   }
 
   /// Sends the pending output of the calling thread's event loop now (the answers given
-  /// since its pass began) rather than at the end of the pass, except on the connection
-  /// whose input the loop is processing; does nothing on any other thread.
+  /// since its pass began) rather than at the end of the pass, except on a connection in
+  /// the middle of its own input or output (the one whose input the loop is reading);
+  /// does nothing on any other thread.
   public func flushLoopOutput() {
     for loop in loops where loop.inLoop { loop.flushOutputNow() }
   }

@@ -20,6 +20,9 @@ final class ServerConnection {
   private var closed = false
   private var peerClosed = false
   var isDirty = false
+  /// Reading its input or writing its output: its TLS session and nghttp2 session are in
+  /// use, and a flush from elsewhere (`EventLoop.flushOutputNow`) must leave it for later.
+  private(set) var isBusy = false
 
   /// Plaintext frames gathered before one TLS write (fewer, fuller TLS records).
   private static let plainBatch = 16 * 1024 - 64
@@ -48,6 +51,8 @@ final class ServerConnection {
 
   func socketReadable() {
     guard !closed, let tls else { return }
+    isBusy = true
+    defer { isBusy = false }
     var total = 0
     while total < 1 << 20 {
       let n = Glibc.read(fd, loop.readBuffer.baseAddress, loop.readBuffer.count)
@@ -145,6 +150,9 @@ final class ServerConnection {
   /// the connection when HTTP/2 is done with it.
   func flush() {
     guard !closed, let tls else { return }
+    let wasBusy = isBusy
+    isBusy = true
+    defer { isBusy = wasBusy }
     if let http2 {
       var plain: [UInt8] = []
       swap(&plain, &loop.outScratch)
