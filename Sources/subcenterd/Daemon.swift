@@ -91,7 +91,7 @@ enum Daemon {
       store.flushAnswers(every: 32) { server.flushLoopOutput() }
       // Records reach the log writer once per event-loop pass (batches of whole passes),
       // not once per call.
-      durable.wal.deferWriterWake { signal in server.atEndOfLoopPass(signal) }
+      durable.wal.deferReadiness { task in server.atEndOfLoopPass(task) }
     } catch {
       writeStderrLine(
         "subcenterd: cannot listen on \(options.transport.listen) (--listen): \(error)")

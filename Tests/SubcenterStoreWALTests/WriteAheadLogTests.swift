@@ -135,7 +135,7 @@ func dataDirectory() throws -> FaultyFileSystem {
 }
 
 @Suite struct WriteAheadLogTests {
-  /// With a wake deferral, an append that finds the writer asleep hands the wake-up to the
+  /// With a readiness deferral, an append that finds the writer asleep hands the wake-up to the
   /// deferral: nothing is written until it runs it, then every record appended meanwhile
   /// goes in one batch. A deferral that declines (another thread) leaves the appender to
   /// wake the writer at once.
@@ -146,7 +146,7 @@ func dataDirectory() throws -> FaultyFileSystem {
     answers.appendAndWait(Samples.command(1), to: wal)
     let held = Mutex<[@Sendable () -> Void]>([])
     let accept = Atomic<Bool>(true)
-    wal.deferWriterWake { signal in
+    wal.deferReadiness { signal in
       guard accept.load(ordering: .relaxed) else { return false }
       held.withLock { $0.append(signal) }
       return true
@@ -170,7 +170,7 @@ func dataDirectory() throws -> FaultyFileSystem {
     wal.close()
   }
 
-  /// With a wake deferral, the writer takes only records whose deferred task has run
+  /// With a readiness deferral, the writer takes only records whose deferred task has run
   /// (their event-loop pass ended), even when it comes back from an fsync and finds others
   /// queued: they wait for their task and then go in one batch. A rotation asked for
   /// meanwhile comes after the ready records; closing writes everything queued.
@@ -179,7 +179,7 @@ func dataDirectory() throws -> FaultyFileSystem {
     let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
     let answers = Answers()
     let held = Mutex<[@Sendable () -> Void]>([])
-    wal.deferWriterWake { task in
+    wal.deferReadiness { task in
       held.withLock { $0.append(task) }
       return true
     }

@@ -15,7 +15,7 @@
 //   record validated against a failing one (the store validates against the records in
 //   flight) is therefore never written without it.
 //
-// Ready records (with a wake deferral: subcenterd's event loops): the writer takes only
+// Ready records (with `deferReadiness`: subcenterd's event loops): the writer takes only
 // the records whose appender's event-loop pass has ended (`WALCore.markReady`), whole
 // passes, never the part of a pass the loop had queued when the writer came back from its
 // last fsync. Such a part (often a record or two) cost a whole fsync of its own, ~40 us of
@@ -179,7 +179,7 @@ public final class WriteAheadLog: Sendable {
       if let refusal = s.refusal { throw refusal }
       s.queue.append(WALCore.Pending(bytes: record, completion: completion))
       s.queuedBytes += record.count
-      guard let deferral = s.wakeDeferral else {
+      guard let deferral = s.readyDeferral else {
         s.ready = s.queue.count
         guard s.writerIdle else { return (false, nil) }
         s.writerIdle = false
@@ -204,10 +204,10 @@ public final class WriteAheadLog: Sendable {
   /// task and returns true if it will run it soon (at the end of the current event-loop
   /// pass, `GRPCServer.atEndOfLoopPass`), or returns false (called from another thread),
   /// and the appender runs it at once.
-  public func deferWriterWake(
+  public func deferReadiness(
     to deferral: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
   ) {
-    core.shared.withLock { $0.wakeDeferral = TaskRunner(run: deferral) }
+    core.shared.withLock { $0.readyDeferral = TaskRunner(run: deferral) }
   }
 
   /// Leaves the active segment (if it holds a record) for a new one, after the records
@@ -292,9 +292,9 @@ final class WALCore: Sendable {
     var rotations: [@Sendable (Result<UInt64, StorageError>) -> Void] = []
     /// The writer is about to sleep: whoever makes records ready must signal `wake`.
     var writerIdle = false
-    var wakeDeferral: TaskRunner?
+    var readyDeferral: TaskRunner?
     /// How many records, from the front of `queue`, the writer may take (all of them,
-    /// without a wake deferral).
+    /// without a readiness deferral).
     var ready = 0
     /// The deferral holds a `markReady` that has not run yet.
     var readyScheduled = false
