@@ -45,21 +45,28 @@ private struct EchoService: GRPCService {
   }
 }
 
+/// Runs `body` with a started server of `service` (an `EchoService` by default) on `loops`
+/// event loops and a function opening a client connection; `publish` gets the server once
+/// it runs and nil once it stopped (for handlers that need it).
 private func withServer(
+  _ service: any GRPCService = EchoService(), loops: Int = 2,
   handshakeTimeoutNanos: UInt64 = 10_000_000_000,
+  publish: (GRPCServer?) -> Void = { _ in },
   _ body: (GRPCServer, () throws -> GRPCClient) throws -> Void
 ) throws {
   let certs = try TestCertificates.shared()
   let tls = try TLSContext.server(
     certificateChainFile: certs.serverCertificateFile, privateKeyFile: certs.serverKeyFile)
   var config = ServerConfiguration(
-    listen: SocketAddress(host: "127.0.0.1", port: 0), loops: 2, tls: tls)
+    listen: SocketAddress(host: "127.0.0.1", port: 0), loops: loops, tls: tls)
   config.handshakeTimeoutNanos = handshakeTimeoutNanos
-  let server = GRPCServer(configuration: config, services: [EchoService()], logger: { _ in })
+  let server = GRPCServer(configuration: config, services: [service], logger: { _ in })
+  publish(server)
   try server.start()
   defer {
     server.shutdown()
     server.wait()
+    publish(nil)
   }
   let clientTLS = try TLSContext.client(trustRootsFile: certs.caFile)
   try body(server) {
@@ -271,40 +278,14 @@ private struct EndOfPassService: GRPCService {
   }
 }
 
-/// Runs `body` with a started server of `service` on `loops` event loops (put in
-/// `slot` for the service's handlers while it runs) and a function opening a client.
-private func withService(
-  _ service: any GRPCService, loops: Int, slot: borrowing Mutex<GRPCServer?>,
-  _ body: (GRPCServer, () throws -> GRPCClient) throws -> Void
-) throws {
-  let certs = try TestCertificates.shared()
-  let tls = try TLSContext.server(
-    certificateChainFile: certs.serverCertificateFile, privateKeyFile: certs.serverKeyFile)
-  let server = GRPCServer(
-    configuration: ServerConfiguration(
-      listen: SocketAddress(host: "127.0.0.1", port: 0), loops: loops, tls: tls),
-    services: [service], logger: { _ in })
-  slot.withLock { $0 = server }
-  try server.start()
-  defer {
-    server.shutdown()
-    server.wait()
-    slot.withLock { $0 = nil }
-  }
-  let clientTLS = try TLSContext.client(trustRootsFile: certs.caFile)
-  try body(server) {
-    try GRPCClient(
-      address: SocketAddress(host: "127.0.0.1", port: server.port), serverName: "localhost",
-      tls: clientTLS)
-  }
-}
-
 @Suite struct EndOfLoopPassTests {
   /// Work handed over on a loop thread runs after the handler, on that loop, before it
   /// waits again (with nothing else arriving); on any other thread it is refused.
   @Test func endOfPassWorkRunsAfterTheHandler() throws {
     let state = PassState()
-    try withService(EndOfPassService(state: state), loops: 2, slot: state.server) {
+    try withServer(
+      EndOfPassService(state: state), publish: { s in state.server.withLock { $0 = s } }
+    ) {
       server, connect in
       #expect(!server.atEndOfLoopPass { state.ran.add(100, ordering: .relaxed) })
       let client = try connect()
@@ -356,7 +337,9 @@ private struct FlushService: GRPCService {
   /// nothing.
   @Test func answersLeaveBeforeTheEndOfThePass() throws {
     let state = FlushState()
-    try withService(FlushService(state: state), loops: 1, slot: state.server) {
+    try withServer(
+      FlushService(state: state), loops: 1, publish: { s in state.server.withLock { $0 = s } }
+    ) {
       server, connect in
       server.flushLoopOutput()  // not a loop thread: nothing to do
       let holder = try connect()
