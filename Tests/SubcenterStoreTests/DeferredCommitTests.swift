@@ -457,7 +457,7 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
 
   /// With `flushAnswers(every: 2)`, a drain applying five records flushes after the
   /// second and the fourth, each time with the answers before it given, not after the
-  /// last; a drain of one record never flushes.
+  /// last; a drain of one record never flushes, one of four only after the second.
   @Test func aLongDrainFlushesItsAnswersEverySoManyRecords() throws {
     let d = Deferred(appliesElsewhere: true)
     let identified = d.identify("u1")
@@ -494,6 +494,17 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
     runHeld()
     #expect(one.done)
     #expect(answeredAtFlush.withLock { $0 } == [2, 4])
+
+    // A run of exactly twice `every`: one flush, after the second record, none after the
+    // fourth (the last).
+    for channel in ["email", "sms", "push", "email"] {
+      let c = d.set(.personID("u1"), .subscribed, channel: channel)
+      calls.withLock { $0.append(c) }
+    }
+    d.log.complete()
+    runHeld()
+    #expect(calls.withLock { $0.allSatisfy(\.done) })
+    #expect(answeredAtFlush.withLock { $0 } == [2, 4, 7])
     #expect(d.settled)
   }
 
