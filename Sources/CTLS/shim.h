@@ -51,18 +51,6 @@ static inline long CTLS_BIO_get_mem_data(BIO *b, char **pp) { return BIO_get_mem
 static inline int CTLS_BIO_reset(BIO *b) { return (int)BIO_reset(b); }
 // OPENSSL_free is a macro.
 static inline void CTLS_OPENSSL_free(void *p) { OPENSSL_free(p); }
-// SHA-256 without the EVP fetch that SHA256()/EVP_Q_digest do on every call in 3.0
-// (per-call token hashing is on the request path). The low-level API is deprecated, not
-// removed, in OpenSSL 3.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-static inline void CTLS_sha256(const uint8_t *data, size_t len, uint8_t out[32]) {
-  SHA256_CTX c;
-  SHA256_Init(&c);
-  SHA256_Update(&c, data, len);
-  SHA256_Final(out, &c);
-}
-#pragma GCC diagnostic pop
 // ALPN select: SSL_select_next_proto takes `unsigned char **`, the callback's out is const.
 static inline int CTLS_select_h2(const unsigned char **out, unsigned char *outlen,
                                  const unsigned char *in, unsigned int inlen) {

@@ -3,6 +3,7 @@
 
 import Foundation
 import GRPCTransport
+import SubcenterCore
 
 /// What a credential may do.
 public enum Scope: String, Sendable, CaseIterable, Codable {
@@ -104,7 +105,7 @@ public struct TokenStore: Sendable {
     credentials = tokens.map {
       Credential(
         name: $0.name, workspace: $0.workspace, scopes: $0.scopes,
-        digest: Crypto.sha256(Array($0.token.utf8)))
+        digest: SHA256.hash($0.token.utf8))
     }
   }
 
@@ -133,7 +134,7 @@ public struct TokenStore: Sendable {
     guard let token = Self.bearerToken(header) else {
       throw RPCStatus(.unauthenticated, "authorization must be 'Bearer <token>'")
     }
-    let digest = Crypto.sha256(token)
+    let digest = SHA256.hash(token)
     var found: Credential?
     for c in credentials where Crypto.constantTimeEqual(c.digest, digest) { found = c }
     guard let found else { throw RPCStatus(.unauthenticated, "unknown token") }
@@ -162,7 +163,7 @@ public struct TokenStore: Sendable {
     token: String, entry: String
   ) {
     let token = "sc_" + Base64.encode(Crypto.randomBytes(count: 32), url: true)
-    let hash = Crypto.hex(Crypto.sha256(Array(token.utf8)))
+    let hash = Crypto.hex(SHA256.hash(token.utf8))
     let scopeList = scopes.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
     let entry =
       "{\"name\": \"\(name)\", \"sha256\": \"\(hash)\", \"workspace\": \"\(workspace)\", \"scopes\": [\(scopeList)]}"

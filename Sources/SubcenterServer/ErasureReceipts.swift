@@ -3,16 +3,17 @@
 // workspace, person_hash, erased_at, erasure_deadline and snapshot_seq.
 
 import GRPCTransport
+import SubcenterCore
 
 /// Makes and verifies receipts with the server secret.
 public struct ErasureReceipts: Sendable {
-  private let secret: [UInt8]
+  private let mac: HMACSHA256
 
-  public init(secret: [UInt8]) { self.secret = secret }
+  public init(secret: [UInt8]) { mac = HMACSHA256(key: secret) }
 
   /// The keyed hash of a person id, as hex (the receipt's `person_hash`).
   public func personHash(workspace: String, personID: String) -> String {
-    Crypto.hex(Crypto.hmacSHA256(key: secret, data: Array("person:\(workspace):\(personID)".utf8)))
+    Crypto.hex(mac.authenticate("person:\(workspace):\(personID)".utf8))
   }
 
   public func make(
@@ -23,7 +24,7 @@ public struct ErasureReceipts: Sendable {
       "{\"workspace\":\(Self.jsonString(workspace)),\"person_hash\":\"\(personHash(workspace: workspace, personID: personID))\","
       + "\"erased_at\":\(erasedAt),\"erasure_deadline\":\(erasureDeadline),\"snapshot_seq\":\(snapshotSeq)}"
     let body = Base64.encode(Array(json.utf8), url: true)
-    let sig = Base64.encode(Crypto.hmacSHA256(key: secret, data: Array(body.utf8)), url: true)
+    let sig = Base64.encode(mac.authenticate(body.utf8), url: true)
     return body + "." + sig
   }
 
@@ -33,7 +34,7 @@ public struct ErasureReceipts: Sendable {
     guard parts.count == 2, let sig = Base64.decode(String(parts[1])),
       let json = Base64.decode(String(parts[0]))
     else { return nil }
-    let expected = Crypto.hmacSHA256(key: secret, data: Array(parts[0].utf8))
+    let expected = mac.authenticate(parts[0].utf8)
     guard Crypto.constantTimeEqual(sig, expected) else { return nil }
     return String(decoding: json, as: UTF8.self)
   }

@@ -1,29 +1,10 @@
-// Small crypto helpers over OpenSSL for the layers above (token digests, keyed hashes,
-// secrets), so no other module touches OpenSSL.
+// Small crypto helpers over OpenSSL for the layers above (random secrets and tokens, and
+// comparing digests), so no other module touches OpenSSL. The digests themselves
+// (SHA-256, HMAC-SHA-256) are SubcenterCore's, one implementation for every layer.
 
 import CTLS
 
 public enum Crypto {
-  /// SHA-256 of `data`.
-  public static func sha256(_ data: [UInt8]) -> [UInt8] {
-    [UInt8](unsafeUninitializedCapacity: 32) { out, n in
-      data.withUnsafeBufferPointer { d in CTLS_sha256(d.baseAddress, d.count, out.baseAddress) }
-      n = 32
-    }
-  }
-
-  /// HMAC-SHA-256 of `data` under `key`.
-  public static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
-    var out = [UInt8](repeating: 0, count: 32)
-    var len: UInt32 = 32
-    key.withUnsafeBufferPointer { k in
-      data.withUnsafeBufferPointer { d in
-        _ = HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), d.baseAddress, d.count, &out, &len)
-      }
-    }
-    return out
-  }
-
   /// `count` bytes from OpenSSL's CSPRNG.
   public static func randomBytes(count: Int) -> [UInt8] {
     var out = [UInt8](repeating: 0, count: count)
