@@ -83,49 +83,29 @@ enum ProtoCodec {
     _ bytes: UnsafeBufferPointer<UInt8>, _ descriptor: UnsafePointer<ProtobufCMessageDescriptor>,
     path: String = ""
   ) throws(RPCStatus) {
-    var i = 0
-    let n = bytes.count
-    func varint() -> UInt64? {
-      var v: UInt64 = 0
-      var shift: UInt64 = 0
-      while i < n, shift < 64 {
-        let b = bytes[i]
-        i += 1
-        v |= UInt64(b & 0x7F) << shift
-        if b < 0x80 { return v }
-        shift += 7
-      }
-      return nil
-    }
+    var r = WireReader(UnsafeRawBufferPointer(bytes))
     let d = descriptor.pointee
-    while i < n {
-      guard let key = varint() else { return }  // malformed: unpack reports it
-      let number = UInt32(truncatingIfNeeded: key >> 3)
-      switch key & 7 {
-      case 0: guard varint() != nil else { return }
-      case 1: i += 8
-      case 5: i += 4
-      case 2:
-        guard let len = varint(), len <= UInt64(n - i) else { return }
-        let start = i
-        i += Int(len)
-        var k = 0
-        while k < Int(d.n_fields) && d.fields[k].id != number { k += 1 }
-        guard k < Int(d.n_fields) else { continue }
-        let f = d.fields[k]
-        let value = UnsafeBufferPointer(rebasing: bytes[start..<i])
-        if f.type == PROTOBUF_C_TYPE_STRING {
-          if !value.isEmpty, memchr(value.baseAddress!, 0, value.count) != nil {
-            throw RPCStatus(
-              .invalidArgument,
-              "\(path)\(String(cString: f.name)): must not contain a NUL character")
-          }
-        } else if f.type == PROTOBUF_C_TYPE_MESSAGE, let sub = f.descriptor {
-          try checkStrings(
-            value, sub.assumingMemoryBound(to: ProtobufCMessageDescriptor.self),
-            path: path + String(cString: f.name) + ".")
+    while !r.atEnd {
+      let (number, wire) = try r.key()
+      guard wire == 2 else {
+        try r.skip(wire)
+        continue
+      }
+      let value = try r.lengthDelimited().bindMemory(to: UInt8.self)
+      var k = 0
+      while k < Int(d.n_fields) && d.fields[k].id != UInt32(truncatingIfNeeded: number) { k += 1 }
+      guard k < Int(d.n_fields) else { continue }
+      let f = d.fields[k]
+      if f.type == PROTOBUF_C_TYPE_STRING {
+        if !value.isEmpty, memchr(value.baseAddress!, 0, value.count) != nil {
+          throw RPCStatus(
+            .invalidArgument,
+            "\(path)\(String(cString: f.name)): must not contain a NUL character")
         }
-      default: return
+      } else if f.type == PROTOBUF_C_TYPE_MESSAGE, let sub = f.descriptor {
+        try checkStrings(
+          value, sub.assumingMemoryBound(to: ProtobufCMessageDescriptor.self),
+          path: path + String(cString: f.name) + ".")
       }
     }
   }
