@@ -5,6 +5,9 @@ after a restart. The erasure receipt verifies with `subcenterctl verify-receipt`
 does not."""
 
 import base64
+import hashlib
+import hmac
+import json
 import os
 import subprocess
 import tempfile
@@ -98,6 +101,15 @@ def test_forgotten_person_leaves_no_trace_on_disk():
                             capture_output=True, text=True, timeout=10)
         assert ok.returncode == 0 and "VALID" in ok.stdout, ok.stdout + ok.stderr
         body, sig = r.receipt.split(".")
+        # Anyone holding the secret checks it with a standard HMAC-SHA-256, not only our tool:
+        # the signature over the first part, and the person hash over "person:<ws>:<id>".
+        with open(os.path.join(srv.data, "secret.key"), "rb") as f:
+            key = f.read()
+        mac = hmac.new(key, body.encode(), hashlib.sha256).digest()
+        assert sig == base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        assert claims["person_hash"] == hmac.new(
+            key, f"person:{ws}:{pid}".encode(), hashlib.sha256).hexdigest()
         forged = body[:-2] + ("A" if body[-2] != "A" else "B") + body[-1] + "." + sig
         bad = subprocess.run([ctl, "verify-receipt", forged, "--data", srv.data],
                              capture_output=True, text=True, timeout=10)
