@@ -39,7 +39,7 @@
 // all at the end of the event-loop pass.
 //
 // Lock order: `Applier.gate` → the state locks (SubscriptionStore.swift) → the leaves
-// (`Applier.queue`, a `PendingCommit`'s state, the log's own lock).
+// (a `PendingCommit`'s state → `Applier.queue`; the log's own lock).
 
 import Dispatch
 import SubcenterCore
@@ -92,14 +92,19 @@ final class PendingCommit: Sendable {
     finish(&nothing, .failure(error))()
   }
 
-  /// The log's completion arrived: was `append` still running?
-  func arrive(_ result: Result<UInt64, CoreError>) -> Arrival {
+  /// The log's completion arrived: was `append` still running? If it was, and the
+  /// record is durable, `queue` hands it to the applier before the appender can see the
+  /// arrival: the drain the appender runs once `append` has returned then finds it. (Had
+  /// the appender drained between the arrival and the hand-off, nothing would apply the
+  /// record until some later drain, and its call would wait until then.)
+  func arrive(_ result: Result<UInt64, CoreError>, queue: () -> Void) -> Arrival {
     state.withLock { s in
       guard case .appending = s.phase else { return .afterAppend }
       if case .failure(let e) = result {
         s.phase = .failedDuringAppend(e)
         return .failedDuringAppend
       }
+      queue()
       s.phase = .arrivedDuringAppend
       return .duringAppend
     }
@@ -407,13 +412,14 @@ extension SubscriptionStore {
 
   /// The log's completion for `c`.
   private func delivered(_ c: PendingCommit, _ result: Result<UInt64, CoreError>) {
-    switch c.arrive(result) {
+    let arrival = c.arrive(result) { applier.queue.withLock { $0.items.append((c, result)) } }
+    switch arrival {
     case .failedDuringAppend:
       return  // `commit` throws; nothing was reserved.
     case .duringAppend:
-      // The appender still holds locks the application needs: it drains once it has
-      // released them.
-      applier.queue.withLock { $0.items.append((c, result)) }
+      // Queued: the appender still holds locks the application needs, and drains once it
+      // has released them.
+      return
     case .afterAppend where log.appliesElsewhere:
       // A drain on the applier's queue, unless one is running (it takes this record
       // before it stops) or already queued.

@@ -4,6 +4,7 @@
 // complete in log order, replay and snapshots reproduce the state.
 
 import Dispatch
+import Glibc
 import SubcenterCore
 import Synchronization
 import Testing
@@ -453,6 +454,46 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
     #expect(try third.get().entries.count == 3)
     #expect(held.withLock { $0.tasks.isEmpty })
     #expect(d.settled)
+  }
+
+  /// A durable record whose completion arrives while its `append` is still running is
+  /// handed to the applier before the appender can learn of the arrival: `appendReturned`
+  /// (after which the appender drains) waits until the hand-off is done. When the
+  /// completing thread queued the record only after `arrive` had returned, an appender
+  /// slipping in between drained an empty queue and the call waited for some later drain
+  /// (found by the power-loss test under load: a write left unanswered on an idle store).
+  @Test func aRecordArrivingDuringItsAppendIsQueuedBeforeTheAppenderSeesIt() throws {
+    let c = PendingCommit(
+      command: .configureWorkspace(.init(config: acme, at: t0, actor: "admin")),
+      scope: LockScope(), reservations: Reservations(), finish: { _, _ in {} })
+    let handingOff = DispatchSemaphore(value: 0)
+    let queued = Atomic<Bool>(false)
+    let arrival = Mutex<PendingCommit.Arrival?>(nil)
+    DispatchQueue.global().async {
+      let a = c.arrive(.success(1)) {
+        handingOff.signal()
+        usleep(100_000)  // a slow hand-off: the appender returns from append meanwhile
+        queued.store(true, ordering: .releasing)
+      }
+      arrival.withLock { $0 = a }
+    }
+    handingOff.wait()
+    try c.appendReturned()
+    let queuedFirst = queued.load(ordering: .acquiring)
+    #expect(
+      queuedFirst, "the appender went on before the record was queued")
+    #expect(waitUntil { arrival.withLock { $0 } == .duringAppend })
+
+    // A failure during append is not queued (append throws it instead), and a record
+    // arriving after append returned is the applier's to schedule, not queued here.
+    let failed = PendingCommit(
+      command: .configureWorkspace(.init(config: acme, at: t0, actor: "admin")),
+      scope: LockScope(), reservations: Reservations(), finish: { _, _ in {} })
+    var handedOff = 0
+    #expect(failed.arrive(.failure(.unavailable("disk"))) { handedOff += 1 } == .failedDuringAppend)
+    #expect(throws: CoreError.self) { try failed.appendReturned() }
+    #expect(c.arrive(.success(2)) { handedOff += 1 } == .afterAppend)
+    #expect(handedOff == 0)
   }
 
   /// With `flushAnswers(every: 2)`, a drain applying five records flushes after the
