@@ -48,6 +48,22 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
     queue.sync {}
   }
 
+  /// Finishes, in the background, an erasure a crash interrupted: a forget acknowledged
+  /// just before the crash must still leave the disk within the erasure deadline
+  /// (`DurableStore.finishInterruptedErasure`). Call once, after recovery.
+  public func finishInterruptedErasure() {
+    queue.async { [self] in
+      do {
+        if let seq = try durable.finishInterruptedErasure() {
+          log("erasure: finished the erasure a restart interrupted (snapshot at seq \(seq))")
+        }
+      } catch {
+        log("erasure check after recovery failed: \(error); retrying in 1 s")
+        queue.asyncAfter(deadline: .now() + .seconds(1)) { self.finishInterruptedErasure() }
+      }
+    }
+  }
+
   public func scheduleErasure() -> UInt64 {
     let seq = durable.store.lastAppliedSeq
     let start = state.withLock { s -> Bool in

@@ -76,6 +76,7 @@ enum Daemon {
       return 2
     }
     compaction.start()
+    compaction.finishInterruptedErasure()
     durable.startMaintenance(erasureDeadlineSeconds: options.erasureDeadlineSeconds)
     let sweeper = AnonymousProfileSweeper(
       store: store, ttlSeconds: options.anonymousTTLSeconds)

@@ -412,6 +412,53 @@ private func dsDifference(_ got: SubscriptionStore, _ want: SubscriptionStore) -
     try store.preferences(workspace: "acme", person: .personID(p))
   }
 
+  /// The data files (snapshots, log segments) that hold `text`.
+  private func files(holding text: String, _ fs: FaultyFileSystem) throws -> [String] {
+    let needle = Array(text.utf8)
+    return try fs.list(dsDirectory).filter { name in
+      guard let bytes = fs.contents(dsDirectory + "/" + name) else { return false }
+      return bytes.count >= needle.count
+        && (0...(bytes.count - needle.count)).contains {
+          bytes[$0..<($0 + needle.count)].elementsEqual(needle)
+        }
+    }
+  }
+
+  /// A forget acknowledged right before a crash, whose compaction never ran or was cut
+  /// short at any step, is finished after the restart: `finishInterruptedErasure`
+  /// compacts, and no file holds the person's email any more. With nothing left to erase
+  /// it does nothing.
+  @Test func anErasureACrashInterruptedIsFinishedAfterTheRestart() throws {
+    for n in [nil] + Array(1...16) as [Int?] {
+      let (fs, clock, durable, _) = try populated()
+      try durable.snapshot()
+      clock.advance(by: 10)
+      let forgot = dsWait { c in
+        durable.store.forget(
+          ForgetRequest(workspace: "acme", person: .personID("p1")), actor: "privacy"
+        ) { c($0.map { "\($0)" }) }
+      }
+      #expect(throws: Never.self) { try forgot.get() }
+      if let n {
+        fs.crash(afterOperations: n)
+        _ = try? durable.compact()
+      }
+      if !fs.isDown { fs.crash() }
+      durable.close()
+      fs.restart()
+      let reopened = try dsOpen(fs, clock)
+      #expect(try !files(holding: "p0@example.com", fs).isEmpty, "a person not forgotten stays")
+      let before = try files(holding: "p1@example.com", fs)
+      if n == nil { #expect(before.count >= 2, "the snapshot and the log hold p1: \(before)") }
+      let seq = try reopened.finishInterruptedErasure()
+      #expect((seq != nil) == !before.isEmpty, "compaction \(n as Any): \(before)")
+      #expect(try files(holding: "p1@example.com", fs) == [], "compaction cut at step \(n as Any)")
+      #expect(try reopened.finishInterruptedErasure() == nil)
+      #expect(throws: CoreError.self) { try preferences(reopened.store, "p1") }
+      reopened.close()
+    }
+  }
+
   @Test(arguments: [false, true])
   func fsyncErrorStopsEveryLaterWriteAndKeepsReads(powerCut: Bool) throws {
     let (fs, clock, durable, model) = try populated()

@@ -145,3 +145,34 @@ def test_person_id_leaves_after_change_retention():
         assert srv.client.GetProfile(workspace=ws, person="still-works").person_id
     finally:
         srv.close()
+
+
+@pytest.mark.deadline(120)
+def test_erasure_completes_after_a_crash_right_after_forget():
+    """A forget acknowledged just before a kill -9 (before its compaction ran) must still
+    leave the disk within the erasure deadline of the restarted server."""
+    base = tempfile.mkdtemp(prefix="erasure-crash-")
+    srv = DurableServer(base, extra=("--erasure-deadline", "2")).start()
+    try:
+        sc = srv.client
+        ws = unique("ec")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        tag = unique("zc")
+        pid, email = f"person-{tag}", f"crash.erase.{tag}@distinct-{tag}.example"
+        sc.Identify(workspace=ws, person_id=pid, email=email)
+        sc.Unsubscribe(workspace=ws, person=pid, channel="email", source=f"source-{tag}")
+        # A snapshot holding the person, then the log: both must lose it.
+        assert srv.terminate() == 0
+        srv.start()
+        secrets = {"email": email, "source": f"source-{tag}"}
+        assert len(_scan(srv.data, secrets)) >= 2
+        srv.client.ForgetPerson(workspace=ws, person=pid)
+        srv.kill9()  # its compaction was still to come (it waits ~100 ms for more forgets)
+        srv.start()
+        expect_code(NOT_FOUND, lambda: srv.client.GetProfile(workspace=ws, person=pid))
+        deadline = time.monotonic() + 2 + 3  # the erasure deadline, and some slack
+        while _scan(srv.data, secrets) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _scan(srv.data, secrets) == []
+    finally:
+        srv.close()

@@ -136,6 +136,8 @@ public struct ErasurePlan: Sendable {
   private var removedAt: [Key: UInt64] = [:]
   /// Every key that belonged to a person when it was removed, with that seq.
   private var erasedBefore: [Key: UInt64] = [:]
+  /// The seq of the newest removal observed (0: none).
+  public private(set) var newestRemoval: UInt64 = 0
 
   public init() {}
 
@@ -149,6 +151,7 @@ public struct ErasurePlan: Sendable {
       let k = Key(workspace: ws, person: p)
       removedAt[k] = seq
       erasedBefore[k] = seq
+      newestRemoval = max(newestRemoval, seq)
       // The anonymous ids attached to the person leave with it.
       for (alias, o) in owner where o == k { erasedBefore[alias] = seq }
     }

@@ -328,11 +328,35 @@ public final class DurableStore: Sendable {
     }
   }
 
-  /// Rewrites the complete segments before `active` without the records `ErasurePlan`
-  /// erases.
-  private func eraseRetained(before active: UInt64, _ m: inout Maintenance)
-    throws(StorageError)
-  {
+  /// After a restart: finishes the erasure a crash interrupted, with a compaction, when
+  /// a removal is newer than the newest snapshot (the crash came before its compaction's
+  /// snapshot), an older snapshot is left (before the deletion of older snapshots) or a
+  /// complete segment still holds a record of a person removed later (during the
+  /// rewrite). Reads every retained segment. Returns the compaction's snapshot seq, nil
+  /// when nothing was left to erase.
+  public func finishInterruptedErasure() throws(StorageError) -> UInt64? {
+    let outstanding = try maintenance.withLock { (_: inout Maintenance) throws(StorageError) in
+      let (segments, plan) = try erasurePlan(before: wal.status.activeSegment)
+      if plan.newestRemoval > snapshotStatus.seq { return true }
+      let snapshots = try SnapshotFile.list(directory: directory, fileSystem: fileSystem)
+      if snapshots.count > 1 && plan.newestRemoval > 0 { return true }
+      guard !plan.isEmpty else { return false }
+      for s in segments {
+        let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
+        for i in 0..<scan.records.count {
+          let (_, command) = try LogRecordCodec.decode(scan.payload(i))
+          if plan.erases(seq: s.firstSeq + UInt64(i), command: command) { return true }
+        }
+      }
+      return false
+    }
+    return outstanding ? try compact() : nil
+  }
+
+  /// The complete segments before `active`, and the `ErasurePlan` of their records.
+  private func erasurePlan(before active: UInt64) throws(StorageError) -> (
+    [WALSegmentFile], ErasurePlan
+  ) {
     let segments = try WALSegment.list(directory: directory, fileSystem: fileSystem)
       .filter { $0.firstSeq < active }
     var plan = ErasurePlan()
@@ -346,6 +370,15 @@ public final class DurableStore: Sendable {
         plan.observe(seq: s.firstSeq + UInt64(i), command: command)
       }
     }
+    return (segments, plan)
+  }
+
+  /// Rewrites the complete segments before `active` without the records `ErasurePlan`
+  /// erases.
+  private func eraseRetained(before active: UInt64, _ m: inout Maintenance)
+    throws(StorageError)
+  {
+    let (segments, plan) = try erasurePlan(before: active)
     guard !plan.isEmpty else { return }
     var erased = Set<UInt64>()
     for s in segments {
