@@ -79,7 +79,7 @@ enum Daemon {
     compaction.finishInterruptedErasure()
     durable.startMaintenance(erasureDeadlineSeconds: options.erasureDeadlineSeconds)
     let sweeper = AnonymousProfileSweeper(
-      store: store, ttlSeconds: options.anonymousTTLSeconds)
+      store: store, ttlSeconds: options.anonymousTTLSeconds, erasure: compaction)
     sweeper.start()
     let server = GRPCServer(configuration: options.transport, services: [service])
     do {

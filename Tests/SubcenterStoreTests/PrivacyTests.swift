@@ -69,6 +69,7 @@ import Testing
       ], reason: "complaint")
     #expect(r.suppressed == 3, "duplicates count once")
     #expect(r.forgottenPersonIDs == ["u1"], "anonymous profiles are forgotten but not listed")
+    #expect(r.forgottenProfiles == 2, "but counted, so that the server has them erased")
     #expect(
       try f.check(.personID("u1")).reason == .unknownPerson,
       "the holder's person id is not suppressed")

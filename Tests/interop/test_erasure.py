@@ -176,3 +176,62 @@ def test_erasure_completes_after_a_crash_right_after_forget():
         assert _scan(srv.data, secrets) == []
     finally:
         srv.close()
+
+
+def _wait_until_gone(srv: DurableServer, secrets: dict[str, str], seconds: float) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while _scan(srv.data, secrets) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _scan(srv.data, secrets)
+
+
+@pytest.mark.deadline(120)
+def test_an_anonymous_profile_a_suppression_forgets_leaves_the_disk():
+    """A suppression that forgets only an anonymous profile (it has no person id, so the
+    answer lists nobody) erases it like any other removal."""
+    base = tempfile.mkdtemp(prefix="erasure-anon-")
+    srv = DurableServer(base, extra=("--erasure-deadline", "2")).start()
+    try:
+        sc = srv.client
+        ws = unique("ea")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        tag = unique("za")
+        anon = f"anon-{tag}"
+        sc.Identify(workspace=ws, anonymous_id=anon)
+        sc.Subscribe(workspace=ws, person=pb.PersonRef(anonymous_id=anon), channel="email",
+                     source=f"anon-source-{tag}")
+        assert srv.terminate() == 0
+        srv.start()
+        secrets = {"source": f"anon-source-{tag}"}
+        assert _scan(srv.data, secrets)
+        r = srv.client.SuppressIdentifiers(workspace=ws, identifiers=[
+            pb.Identifier(kind=pb.IDENTIFIER_KIND_ANONYMOUS_ID, value=anon)], reason="test")
+        assert r.suppressed == 1 and list(r.forgotten_person_ids) == []
+        assert _wait_until_gone(srv, secrets, 2 + 3) == []
+    finally:
+        srv.close()
+
+
+@pytest.mark.deadline(120)
+def test_an_expired_anonymous_profile_leaves_the_disk():
+    """Anonymous-TTL expiry is a removal too (it emits a forget): the profile's data leaves
+    every file within the erasure deadline after it expires."""
+    base = tempfile.mkdtemp(prefix="erasure-ttl-")
+    srv = DurableServer(base, extra=("--erasure-deadline", "2", "--anonymous-ttl", "1")).start()
+    try:
+        sc = srv.client
+        ws = unique("et")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        tag = unique("zt")
+        anon = f"anon-{tag}"
+        sc.Identify(workspace=ws, anonymous_id=anon)
+        sc.Subscribe(workspace=ws, person=pb.PersonRef(anonymous_id=anon), channel="email",
+                     source=f"ttl-source-{tag}")
+        secrets = {"source": f"ttl-source-{tag}"}
+        assert _scan(srv.data, secrets)
+        # Expiry within ~1 s of the TTL (the sweep runs every TTL), then the deadline.
+        assert _wait_until_gone(srv, secrets, 1 + 1 + 2 + 3) == []
+        expect_code(NOT_FOUND, lambda: srv.client.GetProfile(
+            workspace=ws, person=pb.PersonRef(anonymous_id=anon)))
+    finally:
+        srv.close()
