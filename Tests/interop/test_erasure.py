@@ -17,7 +17,7 @@ import pytest
 
 import interop_support as support
 from crash_support import DurableServer
-from sc_support import NOT_FOUND, expect_code, pb, unique
+from sc_support import FAILED_PRECONDITION, NOT_FOUND, expect_code, pb, unique
 
 
 def _encodings(text: str) -> list[bytes]:
@@ -233,5 +233,32 @@ def test_an_expired_anonymous_profile_leaves_the_disk():
         assert _wait_until_gone(srv, secrets, 1 + 1 + 2 + 3) == []
         expect_code(NOT_FOUND, lambda: srv.client.GetProfile(
             workspace=ws, person=pb.PersonRef(anonymous_id=anon)))
+    finally:
+        srv.close()
+
+
+@pytest.mark.deadline(120)
+def test_suppressed_identifiers_are_kept_only_as_keyed_hashes():
+    """A suppression keeps only keyed hashes on disk: neither the identifiers a forget with
+    also_suppress suppressed nor one suppressed on its own appear in any file."""
+    base = tempfile.mkdtemp(prefix="erasure-suppress-")
+    srv = DurableServer(base, extra=("--erasure-deadline", "2")).start()
+    try:
+        sc = srv.client
+        ws = unique("es")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        tag = unique("zs")
+        pid, email, phone = f"person-{tag}", f"held.{tag}@distinct-{tag}.example", "+4915198765432"
+        alone = f"never.held.{tag}@distinct-{tag}.example"
+        sc.Identify(workspace=ws, person_id=pid, email=email, phone=phone)
+        sc.SuppressIdentifiers(workspace=ws, identifiers=[
+            pb.Identifier(kind=pb.IDENTIFIER_KIND_EMAIL, value=alone)], reason="complaint")
+        sc.ForgetPerson(workspace=ws, person=pid, also_suppress=True, wait_for_erasure=True,
+                        timeout=30)
+        expect_code(FAILED_PRECONDITION, lambda: sc.Identify(workspace=ws, person_id="x" + tag,
+                                                             email=email))
+        assert srv.terminate() == 0  # and the final snapshot
+        secrets = {"email": email, "phone": phone, "suppressed email": alone}
+        assert _scan(srv.data, secrets) == []
     finally:
         srv.close()
