@@ -163,6 +163,36 @@ private final class CollectingSink: ChangeSink {
     #expect(!plan.erases(seq: 10, command: nil))
   }
 
+  /// An anonymous id leaves with the person it was attached to; a profile made later
+  /// under the same id is someone else's, and a later removal of a new person with the
+  /// first one's id does not erase it. (It did: a replay from the log then lost that
+  /// profile, and its merge into another person.)
+  @Test func anAnonymousIdLeavesWithItsPersonAndIsNotTheirsAfter() {
+    let p = PersonKey.person("p"), r = PersonKey.person("r")
+    let anon = PersonKey.anonymous("anon")
+    let log: [Command] = [
+      .identify(
+        .init(workspace: "w", person: p, creates: true, anonymousID: "anon", at: 1, actor: "x")),  // 1
+      .forget(.init(workspace: "w", person: p, at: 1, actor: "x")),  // 2: anon leaves with p
+      .identify(.init(workspace: "w", person: anon, creates: true, at: 1, actor: "x")),  // 3
+      .setGlobal(
+        .init(workspace: "w", person: anon, unsubscribed: true, source: "s", at: 1, actor: "x")),  // 4
+      .identify(.init(workspace: "w", person: p, creates: true, at: 1, actor: "x")),  // 5: a new p
+      .forget(.init(workspace: "w", person: p, at: 1, actor: "x")),  // 6
+      .identify(
+        .init(
+          workspace: "w", person: r, creates: true, anonymousID: "anon", mergesProfile: true,
+          at: 1, actor: "x")),  // 7: the new anonymous profile lives on in r
+    ]
+    var plan = ErasurePlan()
+    for (i, c) in log.enumerated() { plan.observe(seq: UInt64(i + 1), command: c) }
+    let erased = log.enumerated().filter {
+      plan.erases(seq: UInt64($0.offset + 1), command: $0.element)
+    }
+    .map { $0.offset + 1 }
+    #expect(erased == [1, 5])
+  }
+
   @Test func nothingRemovedNothingErased() {
     var plan = ErasurePlan()
     plan.observe(

@@ -152,8 +152,13 @@ public struct ErasurePlan: Sendable {
       removedAt[k] = seq
       erasedBefore[k] = seq
       newestRemoval = max(newestRemoval, seq)
-      // The anonymous ids attached to the person leave with it.
-      for (alias, o) in owner where o == k { erasedBefore[alias] = seq }
+      // The anonymous ids attached to the person leave with it, and belong to nobody
+      // after: a profile made later under one of them is someone else, not erased when
+      // a later person of this key is removed.
+      for (alias, o) in owner where o == k {
+        erasedBefore[alias] = seq
+        owner[alias] = nil
+      }
     }
   }
 
