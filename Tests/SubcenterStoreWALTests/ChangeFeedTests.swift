@@ -171,12 +171,14 @@ private final class CollectingSink: ChangeSink {
     let p = PersonKey.person("p"), r = PersonKey.person("r")
     let anon = PersonKey.anonymous("anon")
     let log: [Command] = [
+      // 1
       .identify(
-        .init(workspace: "w", person: p, creates: true, anonymousID: "anon", at: 1, actor: "x")),  // 1
+        .init(workspace: "w", person: p, creates: true, anonymousID: "anon", at: 1, actor: "x")),
       .forget(.init(workspace: "w", person: p, at: 1, actor: "x")),  // 2: anon leaves with p
       .identify(.init(workspace: "w", person: anon, creates: true, at: 1, actor: "x")),  // 3
+      // 4
       .setGlobal(
-        .init(workspace: "w", person: anon, unsubscribed: true, source: "s", at: 1, actor: "x")),  // 4
+        .init(workspace: "w", person: anon, unsubscribed: true, source: "s", at: 1, actor: "x")),
       .identify(.init(workspace: "w", person: p, creates: true, at: 1, actor: "x")),  // 5: a new p
       .forget(.init(workspace: "w", person: p, at: 1, actor: "x")),  // 6
       .identify(
