@@ -1,8 +1,9 @@
 """Snapshots and replay give back the same state (SPEC §4), black box: after a random mix of
 every kind of write, everything the read RPCs show (profiles, preferences with their
-effective decisions, whole histories, delivery decisions, the workspace) is the same after
-a graceful restart (from the final snapshot), after a kill -9 (a snapshot plus the log after
-it) and after a start from the log alone (every snapshot removed).
+effective decisions, whole histories, delivery decisions, the workspace) and the whole
+change feed (WatchChanges from the oldest) are the same after a graceful restart (from the
+final snapshot), after a kill -9 (a snapshot plus the log after it) and after a start from
+the log alone (every snapshot removed).
 
 The choices follow SUBCENTER_EQUIV_SEED (printed, and named in every failure);
 SUBCENTER_EQUIV_OPS sets the writes per phase (default 600). Select with `-k equivalence`.
@@ -19,7 +20,7 @@ import grpc
 import pytest
 
 from crash_support import DurableServer
-from sc_support import pb, unique
+from sc_support import TOKENS, pb, pb_grpc, unique
 
 SEED = int(os.environ.get("SUBCENTER_EQUIV_SEED") or random.SystemRandom().randrange(1, 2**31))
 OPS = max(1, int(os.environ.get("SUBCENTER_EQUIV_OPS", "600")))
@@ -139,6 +140,28 @@ def _dump(sc, ws: str) -> dict[str, str]:
     return out
 
 
+def _settle(sc, ws: str, serial: int) -> None:
+    """Waits for the erasures under way: a forget with wait_for_erasure returns after a
+    compaction covering every removal before it."""
+    person = f"settle-{serial}"
+    sc.Identify(workspace=ws, person_id=person)
+    sc.ForgetPerson(workspace=ws, person=person, wait_for_erasure=True, timeout=30)
+
+
+def _feed(channel, ws: str) -> list[str]:
+    """Every retained event of the workspace, in order (read until the stream is quiet)."""
+    stub = pb_grpc.SubscriptionCenterStub(channel)
+    call = stub.WatchChanges(pb.WatchRequest(workspace=ws, from_oldest=True), timeout=1.5,
+                             metadata=[("authorization", "Bearer " + TOKENS["sc-root"])])
+    events = []
+    try:
+        for e in call:
+            events.append(str(e).replace("\n", " "))
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, f"{e.code()} {e.details()}"
+    return events
+
+
 def _same(want: dict[str, str], got: dict[str, str], when: str) -> None:
     """Asserts the two dumps agree; the message names every read that differs."""
     keys = [k for k in want if want[k] != got.get(k)]
@@ -146,6 +169,12 @@ def _same(want: dict[str, str], got: dict[str, str], when: str) -> None:
                         for k in keys[:3])
     assert not keys, (f"[SUBCENTER_EQUIV_SEED={SEED}] {when}: {len(keys)} reads differ "
                       f"({' | '.join(keys)})\n{details}")
+
+
+def _after(srv: DurableServer, ws: str) -> dict[str, str]:
+    got = _dump(srv.client, ws)
+    got["feed"] = "\n".join(_feed(srv.channel, ws))
+    return got
 
 
 @pytest.mark.deadline(240)
@@ -159,29 +188,34 @@ def test_restart_equivalence_snapshot_log_and_log_alone():
         srv.client.ConfigureWorkspace(_config(ws, promo=True, limit=2))
         for i in range(OPS):
             _write(srv.client, ws, rng, i)
+        _settle(srv.client, ws, 1)
         before = _dump(srv.client, ws)
+        before["feed"] = "\n".join(_feed(srv.channel, ws))
         # Positive control: the writes left persons with histories to compare.
         known = [k for k, v in before.items() if k.startswith("profile") and "error" not in v]
         assert len(known) >= 3, f"[SUBCENTER_EQUIV_SEED={SEED}] only {known} exist"
         assert sum(v.count("action:") for k, v in before.items() if k.startswith("history")) > 20
+        assert before["feed"].count("seq:") > 20
 
         assert srv.terminate() == 0  # a final snapshot
         srv.start()
-        _same(before, _dump(srv.client, ws), "after SIGTERM")
+        _same(before, _after(srv, ws), "after SIGTERM")
 
         for i in range(OPS, 2 * OPS):
             _write(srv.client, ws, rng, i)
+        _settle(srv.client, ws, 2)
         before = _dump(srv.client, ws)
+        before["feed"] = "\n".join(_feed(srv.channel, ws))
         srv.kill9()  # the snapshot of the SIGTERM, then these writes from the log
         srv.start()
-        _same(before, _dump(srv.client, ws), "after kill -9")
+        _same(before, _after(srv, ws), "after kill -9")
 
         srv.kill9()
         for name in os.listdir(srv.data):
             if name.startswith("snapshot-"):
                 os.remove(os.path.join(srv.data, name))
         srv.start()  # every record replayed from the retained log
-        _same(before, _dump(srv.client, ws), "from the log alone")
+        _same(before, _after(srv, ws), "from the log alone")
     finally:
         srv.close()
         shutil.rmtree(base, ignore_errors=True)
