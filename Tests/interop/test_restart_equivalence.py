@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 
 import grpc
 import pytest
@@ -215,6 +216,49 @@ def test_restart_equivalence_snapshot_log_and_log_alone():
             if name.startswith("snapshot-"):
                 os.remove(os.path.join(srv.data, name))
         srv.start()  # every record replayed from the retained log
+        _same(before, _after(srv, ws), "from the log alone")
+    finally:
+        srv.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.deadline(240)
+def test_restart_equivalence_after_concurrent_writes():
+    """The same, with the writes made by several threads at once: the order the server
+    applied them in is the order its log replays them in."""
+    print(f"restart equivalence, concurrent: SUBCENTER_EQUIV_SEED={SEED}, {OPS} writes")
+    base = tempfile.mkdtemp(prefix="equivalence-concurrent-")
+    srv = DurableServer(base).start()
+    try:
+        ws = unique("eqc")
+        srv.client.ConfigureWorkspace(_config(ws, promo=True, limit=2))
+        failures: list[str] = []
+
+        def writer(n: int) -> None:
+            rng = random.Random(f"{SEED}/{n}")
+            try:
+                for i in range(OPS // 4):
+                    _write(srv.client, ws, rng, n * OPS + i)
+            except Exception as e:  # noqa: BLE001 - reported below
+                failures.append(f"writer {n}: {e!r}")
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not failures, failures
+        _settle(srv.client, ws, 1)
+        before = _dump(srv.client, ws)
+        before["feed"] = "\n".join(_feed(srv.channel, ws))
+        srv.kill9()
+        srv.start()
+        _same(before, _after(srv, ws), "after kill -9")
+        srv.kill9()
+        for name in os.listdir(srv.data):
+            if name.startswith("snapshot-"):
+                os.remove(os.path.join(srv.data, name))
+        srv.start()
         _same(before, _after(srv, ws), "from the log alone")
     finally:
         srv.close()
