@@ -134,10 +134,7 @@ def test_person_id_leaves_after_change_retention():
         sc.Subscribe(workspace=ws, person=pid, channel="email", source=f"source-{tag}")
         sc.ForgetPerson(workspace=ws, person=pid, wait_for_erasure=True, timeout=30)
         secrets = {"person id": pid, "email": f"ret.{tag}@example.com", "source": f"source-{tag}"}
-        deadline = time.monotonic() + 15
-        while _scan(srv.data, secrets) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _scan(srv.data, secrets) == []
+        assert _wait_until_gone(srv, secrets, 15) == []
         sc.Identify(workspace=ws, person_id="still-works")
         assert srv.terminate() == 0
         srv.start()
@@ -170,12 +167,21 @@ def test_erasure_completes_after_a_crash_right_after_forget():
         srv.kill9()  # its compaction was still to come (it waits ~100 ms for more forgets)
         srv.start()
         expect_code(NOT_FOUND, lambda: srv.client.GetProfile(workspace=ws, person=pid))
-        deadline = time.monotonic() + 2 + 3  # the erasure deadline, and some slack
-        while _scan(srv.data, secrets) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _scan(srv.data, secrets) == []
+        assert _wait_until_gone(srv, secrets, 2 + 3) == []  # the deadline, and some slack
     finally:
         srv.close()
+
+
+def _anonymous_profile(sc) -> tuple[str, str, dict[str, str]]:
+    """A workspace with an anonymous profile that chose something; the workspace, the
+    anonymous id, and the profile's source to scan for."""
+    ws, tag = unique("ea"), unique("za")
+    sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+    anon = f"anon-{tag}"
+    sc.Identify(workspace=ws, anonymous_id=anon)
+    sc.Subscribe(workspace=ws, person=pb.PersonRef(anonymous_id=anon), channel="email",
+                 source=f"anon-source-{tag}")
+    return ws, anon, {"source": f"anon-source-{tag}"}
 
 
 def _wait_until_gone(srv: DurableServer, secrets: dict[str, str], seconds: float) -> list[str]:
@@ -192,17 +198,9 @@ def test_an_anonymous_profile_a_suppression_forgets_leaves_the_disk():
     base = tempfile.mkdtemp(prefix="erasure-anon-")
     srv = DurableServer(base, extra=("--erasure-deadline", "2")).start()
     try:
-        sc = srv.client
-        ws = unique("ea")
-        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
-        tag = unique("za")
-        anon = f"anon-{tag}"
-        sc.Identify(workspace=ws, anonymous_id=anon)
-        sc.Subscribe(workspace=ws, person=pb.PersonRef(anonymous_id=anon), channel="email",
-                     source=f"anon-source-{tag}")
-        assert srv.terminate() == 0
+        ws, anon, secrets = _anonymous_profile(srv.client)
+        assert srv.terminate() == 0  # a snapshot holding it too
         srv.start()
-        secrets = {"source": f"anon-source-{tag}"}
         assert _scan(srv.data, secrets)
         r = srv.client.SuppressIdentifiers(workspace=ws, identifiers=[
             pb.Identifier(kind=pb.IDENTIFIER_KIND_ANONYMOUS_ID, value=anon)], reason="test")
@@ -219,15 +217,7 @@ def test_an_expired_anonymous_profile_leaves_the_disk():
     base = tempfile.mkdtemp(prefix="erasure-ttl-")
     srv = DurableServer(base, extra=("--erasure-deadline", "2", "--anonymous-ttl", "1")).start()
     try:
-        sc = srv.client
-        ws = unique("et")
-        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
-        tag = unique("zt")
-        anon = f"anon-{tag}"
-        sc.Identify(workspace=ws, anonymous_id=anon)
-        sc.Subscribe(workspace=ws, person=pb.PersonRef(anonymous_id=anon), channel="email",
-                     source=f"ttl-source-{tag}")
-        secrets = {"source": f"ttl-source-{tag}"}
+        ws, anon, secrets = _anonymous_profile(srv.client)
         assert _scan(srv.data, secrets)
         # Expiry within ~1 s of the TTL (the sweep runs every TTL), then the deadline.
         assert _wait_until_gone(srv, secrets, 1 + 1 + 2 + 3) == []

@@ -173,9 +173,34 @@ def _same(want: dict[str, str], got: dict[str, str], when: str) -> None:
 
 
 def _after(srv: DurableServer, ws: str) -> dict[str, str]:
+    """The reads and the change feed, as they are now."""
     got = _dump(srv.client, ws)
     got["feed"] = "\n".join(_feed(srv.channel, ws))
     return got
+
+
+def _settled(srv: DurableServer, ws: str, serial: int) -> dict[str, str]:
+    """The reads and the change feed once the erasures under way have finished."""
+    _settle(srv.client, ws, serial)
+    return _after(srv, ws)
+
+
+def _kill_and_replay(srv: DurableServer, ws: str, before: dict[str, str]) -> None:
+    """The same state after a kill -9 (snapshot + log) and from the log alone."""
+    srv.kill9()
+    srv.start()
+    _same(before, _after(srv, ws), "after kill -9")
+    _restart_from_the_log_alone(srv)
+    _same(before, _after(srv, ws), "from the log alone")
+
+
+def _restart_from_the_log_alone(srv: DurableServer) -> None:
+    """kill -9, delete every snapshot, start: every record is replayed from the log."""
+    srv.kill9()
+    for name in os.listdir(srv.data):
+        if name.startswith("snapshot-"):
+            os.remove(os.path.join(srv.data, name))
+    srv.start()
 
 
 @pytest.mark.deadline(240)
@@ -189,9 +214,7 @@ def test_restart_equivalence_snapshot_log_and_log_alone():
         srv.client.ConfigureWorkspace(_config(ws, promo=True, limit=2))
         for i in range(OPS):
             _write(srv.client, ws, rng, i)
-        _settle(srv.client, ws, 1)
-        before = _dump(srv.client, ws)
-        before["feed"] = "\n".join(_feed(srv.channel, ws))
+        before = _settled(srv, ws, 1)
         # Positive control: the writes left persons with histories to compare.
         known = [k for k, v in before.items() if k.startswith("profile") and "error" not in v]
         assert len(known) >= 3, f"[SUBCENTER_EQUIV_SEED={SEED}] only {known} exist"
@@ -204,19 +227,8 @@ def test_restart_equivalence_snapshot_log_and_log_alone():
 
         for i in range(OPS, 2 * OPS):
             _write(srv.client, ws, rng, i)
-        _settle(srv.client, ws, 2)
-        before = _dump(srv.client, ws)
-        before["feed"] = "\n".join(_feed(srv.channel, ws))
-        srv.kill9()  # the snapshot of the SIGTERM, then these writes from the log
-        srv.start()
-        _same(before, _after(srv, ws), "after kill -9")
-
-        srv.kill9()
-        for name in os.listdir(srv.data):
-            if name.startswith("snapshot-"):
-                os.remove(os.path.join(srv.data, name))
-        srv.start()  # every record replayed from the retained log
-        _same(before, _after(srv, ws), "from the log alone")
+        # The snapshot of the SIGTERM, then these writes from the log; then the log alone.
+        _kill_and_replay(srv, ws, _settled(srv, ws, 2))
     finally:
         srv.close()
         shutil.rmtree(base, ignore_errors=True)
@@ -248,18 +260,7 @@ def test_restart_equivalence_after_concurrent_writes():
         for t in threads:
             t.join(timeout=120)
         assert not failures, failures
-        _settle(srv.client, ws, 1)
-        before = _dump(srv.client, ws)
-        before["feed"] = "\n".join(_feed(srv.channel, ws))
-        srv.kill9()
-        srv.start()
-        _same(before, _after(srv, ws), "after kill -9")
-        srv.kill9()
-        for name in os.listdir(srv.data):
-            if name.startswith("snapshot-"):
-                os.remove(os.path.join(srv.data, name))
-        srv.start()
-        _same(before, _after(srv, ws), "from the log alone")
+        _kill_and_replay(srv, ws, _settled(srv, ws, 1))
     finally:
         srv.close()
         shutil.rmtree(base, ignore_errors=True)
