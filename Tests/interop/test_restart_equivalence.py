@@ -77,9 +77,13 @@ def _write(sc, ws: str, rng: random.Random, serial: int) -> None:
         elif k < 63:
             call = sc.UnsubscribeAll if rng.random() < 0.5 else sc.Resubscribe
             call(workspace=ws, person=_ref(rng), source=src)
-        elif k < 78:
+        elif k < 73:
             sc.CheckDelivery(workspace=ws, person=_ref(rng), channel=rng.choice(CHANNELS),
                              topic=rng.choice(["", "news"]), record_send=True)
+        elif k < 78:
+            sc.CheckDeliveryBatch(workspace=ws, channel=rng.choice(CHANNELS), topic="news",
+                                  persons=[_ref(rng) for _ in range(rng.randrange(1, 6))],
+                                  record_send=True)
         elif k < 84:
             sc.OverrideForImportantMessage(workspace=ws, person=_ref(rng), channel="sms",
                                            message_id=f"m{serial}", justification=f"why {serial}")
