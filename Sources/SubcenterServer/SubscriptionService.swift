@@ -119,9 +119,6 @@ public final class SubscriptionService: GRPCService, Sendable {
       rpc("SuppressIdentifiers", .privacy, ProtoMapping.suppress, \.workspace) {
         s, req, cred, call in
         s.store.suppress(req, actor: cred.name) { r in
-          if case .success(let result) = r, result.forgottenProfiles > 0 {
-            _ = s.erasure?.scheduleErasure()
-          }
           call.answer(r, ProtoMapping.suppressResponse)
         }
       },

@@ -227,6 +227,8 @@ final class Applier: Sendable {
   let executor = Mutex<TaskRunner?>(nil)
   /// What sends the answers given so far in a long run of records (`flushAnswers`).
   let answerFlush = Mutex<AnswerFlush?>(nil)
+  /// Called after a change that removed persons is applied (`whenPersonsRemoved`).
+  let personsRemoved = Mutex<(@Sendable () -> Void)?>(nil)
   /// Held while commands are applied, and while a snapshot copies the state; holds the
   /// sequence number of the last applied record.
   let gate = Mutex<UInt64>(0)
@@ -497,6 +499,9 @@ extension SubscriptionStore {
       if seq > last {
         last = seq
         applier.applied.store(seq, ordering: .releasing)
+      }
+      if applied, !ChangeEvents.removals(of: c.command).isEmpty {
+        applier.personsRemoved.withLock { $0 }?()
       }
       complete()
       c.settle(applied)

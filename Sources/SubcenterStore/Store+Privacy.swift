@@ -105,8 +105,7 @@ extension SubscriptionStore {
         }
         let result = SuppressResult(
           suppressed: Int32(fresh),
-          forgottenPersonIDs: holders.filter { !$0.0.isAnonymous }.map(\.0.value),
-          forgottenProfiles: holders.count)
+          forgottenPersonIDs: holders.filter { !$0.0.isAnonymous }.map(\.0.value))
         if fresh == 0 && holders.isEmpty { return .value(result) }
         let cmd = Command.Suppress(
           workspace: h.id, hashes: targets.map(\.1), forget: holders.map(\.0),

@@ -70,6 +70,15 @@ public final class SubscriptionStore: Sendable {
   /// rest are applied (the server: it sends its event loop's pending output). `flush` runs
   /// on whichever thread applies (an event loop, the store's own queue, a writer), with
   /// the application's gate held, and must not call into the store.
+  /// Has the thread applying durable records call `body` after each change that removed
+  /// persons (a forget, a suppression that forgot someone, anonymous profiles expired),
+  /// once it is applied (`lastAppliedSeq` covers it) and before its call is answered: the
+  /// server schedules their erasure from disk there, whatever made the change. Runs with
+  /// the application's gate held: it must be quick and must not call into the store.
+  public func whenPersonsRemoved(_ body: @escaping @Sendable () -> Void) {
+    applier.personsRemoved.withLock { $0 = body }
+  }
+
   public func flushAnswers(every: Int, with flush: @escaping @Sendable () -> Void) {
     precondition(every > 0, "flush after at least one record")
     applier.answerFlush.withLock { $0 = AnswerFlush(every: every, run: flush) }

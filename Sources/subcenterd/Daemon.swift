@@ -77,9 +77,12 @@ enum Daemon {
     }
     compaction.start()
     compaction.finishInterruptedErasure()
+    // Every removal (ForgetPerson, a suppression that forgets, the anonymous TTL) is
+    // erased from disk within the deadline.
+    store.whenPersonsRemoved { _ = compaction.scheduleErasure() }
     durable.startMaintenance(erasureDeadlineSeconds: options.erasureDeadlineSeconds)
     let sweeper = AnonymousProfileSweeper(
-      store: store, ttlSeconds: options.anonymousTTLSeconds, erasure: compaction)
+      store: store, ttlSeconds: options.anonymousTTLSeconds)
     sweeper.start()
     let server = GRPCServer(configuration: options.transport, services: [service])
     do {

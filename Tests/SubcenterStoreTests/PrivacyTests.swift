@@ -2,6 +2,7 @@
 
 import SubcenterCore
 import SubcenterStore
+import Synchronization
 import Testing
 
 @Suite struct PrivacyTests {
@@ -69,7 +70,6 @@ import Testing
       ], reason: "complaint")
     #expect(r.suppressed == 3, "duplicates count once")
     #expect(r.forgottenPersonIDs == ["u1"], "anonymous profiles are forgotten but not listed")
-    #expect(r.forgottenProfiles == 2, "but counted, so that the server has them erased")
     #expect(
       try f.check(.personID("u1")).reason == .unknownPerson,
       "the holder's person id is not suppressed")
@@ -108,6 +108,30 @@ import Testing
       }?.field == "reason")
     #expect(try f.suppress([], reason: String(repeating: "r", count: 256)).suppressed == 0)
     #expect(f.store.suppressionHashes(in: "acme").isEmpty)
+  }
+
+  /// Every change that removes persons, and only those, is reported once applied (the
+  /// server schedules their erasure from disk there): a forget, a suppression that forgets
+  /// only an anonymous profile (its answer lists no person id), an anonymous-TTL expiry;
+  /// not a suppression that forgets nobody, nor any other write.
+  @Test func everyRemovalIsReportedOnceApplied() throws {
+    let f = Fixture()
+    let reported = Mutex(0)
+    f.store.whenPersonsRemoved { reported.withLock { $0 += 1 } }
+    func count() -> Int { reported.withLock { $0 } }
+    try f.identify("u1", email: "u1@x.com")
+    try f.identify(anonymousID: "c1")
+    try f.identify(anonymousID: "c2")
+    try f.set(.personID("u1"), .unsubscribed, channel: "email")
+    _ = try f.suppress([Identifier(kind: .email, value: "nobody@x.com")])
+    #expect(count() == 0, "no write so far removed anyone")
+    _ = try f.forget(.personID("u1"))
+    #expect(count() == 1)
+    let r = try f.suppress([Identifier(kind: .anonymousID, value: "c1")])
+    #expect(r.forgottenPersonIDs == [] && count() == 2, "an anonymous profile counts too")
+    f.clock.advance(by: 10_000)
+    #expect(try sync { f.store.expireAnonymousProfiles(ttlMillis: 5_000, completion: $0) } == 1)
+    #expect(count() == 3, "the TTL expiry of c2")
   }
 
   @Test func anonymousTTL() throws {

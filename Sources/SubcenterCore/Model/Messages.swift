@@ -316,13 +316,10 @@ public struct SuppressResult: Sendable, Equatable {
   /// Persons forgotten because they held a suppressed identifier (anonymous profiles,
   /// which have no person id, are forgotten but not listed).
   public var forgottenPersonIDs: [String]
-  /// Profiles forgotten, anonymous ones included: each must then be erased from disk.
-  public var forgottenProfiles: Int
 
-  public init(suppressed: Int32, forgottenPersonIDs: [String], forgottenProfiles: Int? = nil) {
+  public init(suppressed: Int32, forgottenPersonIDs: [String]) {
     self.suppressed = suppressed
     self.forgottenPersonIDs = forgottenPersonIDs
-    self.forgottenProfiles = forgottenProfiles ?? forgottenPersonIDs.count
   }
 }
 
