@@ -126,14 +126,9 @@ def test_person_id_leaves_after_change_retention():
     srv = DurableServer(base, extra=("--change-retention", "2")).start()
     try:
         sc = srv.client
-        ws = unique("er")
-        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
-        tag = unique("zr")
-        pid = f"person-{tag}"
-        sc.Identify(workspace=ws, person_id=pid, email=f"ret.{tag}@example.com")
-        sc.Subscribe(workspace=ws, person=pid, channel="email", source=f"source-{tag}")
+        ws, pid, secrets = _identified_person(sc)
         sc.ForgetPerson(workspace=ws, person=pid, wait_for_erasure=True, timeout=30)
-        secrets = {"person id": pid, "email": f"ret.{tag}@example.com", "source": f"source-{tag}"}
+        secrets["person id"] = pid
         assert _wait_until_gone(srv, secrets, 15) == []
         sc.Identify(workspace=ws, person_id="still-works")
         assert srv.terminate() == 0
@@ -151,17 +146,10 @@ def test_erasure_completes_after_a_crash_right_after_forget():
     base = tempfile.mkdtemp(prefix="erasure-crash-")
     srv = DurableServer(base, extra=("--erasure-deadline", "2")).start()
     try:
-        sc = srv.client
-        ws = unique("ec")
-        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
-        tag = unique("zc")
-        pid, email = f"person-{tag}", f"crash.erase.{tag}@distinct-{tag}.example"
-        sc.Identify(workspace=ws, person_id=pid, email=email)
-        sc.Unsubscribe(workspace=ws, person=pid, channel="email", source=f"source-{tag}")
+        ws, pid, secrets = _identified_person(srv.client)
         # A snapshot holding the person, then the log: both must lose it.
         assert srv.terminate() == 0
         srv.start()
-        secrets = {"email": email, "source": f"source-{tag}"}
         assert len(_scan(srv.data, secrets)) >= 2
         srv.client.ForgetPerson(workspace=ws, person=pid)
         srv.kill9()  # its compaction was still to come (it waits ~100 ms for more forgets)
@@ -170,6 +158,17 @@ def test_erasure_completes_after_a_crash_right_after_forget():
         assert _wait_until_gone(srv, secrets, 2 + 3) == []  # the deadline, and some slack
     finally:
         srv.close()
+
+
+def _identified_person(sc) -> tuple[str, str, dict[str, str]]:
+    """A workspace with an identified person who chose something; the workspace, the
+    person id, and the person's email and source to scan for."""
+    ws, tag = unique("ei"), unique("zi")
+    sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+    pid, email = f"person-{tag}", f"erase.{tag}@distinct-{tag}.example"
+    sc.Identify(workspace=ws, person_id=pid, email=email)
+    sc.Subscribe(workspace=ws, person=pid, channel="email", source=f"source-{tag}")
+    return ws, pid, {"email": email, "source": f"source-{tag}"}
 
 
 def _anonymous_profile(sc) -> tuple[str, str, dict[str, str]]:
