@@ -145,6 +145,19 @@ def _dump(sc, ws: str) -> dict[str, str]:
     return out
 
 
+def _three_persons_with_histories(sc, ws: str) -> None:
+    """p0-p2 exist with 7 history entries each, whatever the random writes left (some seeds
+    forget or suppress nearly everyone)."""
+    persons = PERSONS[:3]
+    sc.UnsuppressIdentifiers(workspace=ws, identifiers=[
+        pb.Identifier(kind=pb.IDENTIFIER_KIND_PERSON_ID, value=p) for p in persons])
+    for p in persons:
+        sc.Identify(workspace=ws, person_id=p)
+        for i in range(6):
+            call = sc.Subscribe if i % 2 else sc.Unsubscribe
+            call(workspace=ws, person=p, channel=CHANNELS[i % 2], source=f"control-{i}")
+
+
 def _settle(sc, ws: str, serial: int) -> None:
     """Waits for the erasures under way: a forget with wait_for_erasure returns after a
     compaction covering every removal before it."""
@@ -218,8 +231,9 @@ def test_restart_equivalence_snapshot_log_and_log_alone():
         srv.client.ConfigureWorkspace(_config(ws, promo=True, limit=2))
         for i in range(OPS):
             _write(srv.client, ws, rng, i)
+        _three_persons_with_histories(srv.client, ws)
         before = _settled(srv, ws, 1)
-        # Positive control: the writes left persons with histories to compare.
+        # Positive control: there are persons with histories to compare.
         known = [k for k, v in before.items() if k.startswith("profile") and "error" not in v]
         assert len(known) >= 3, f"[SUBCENTER_EQUIV_SEED={SEED}] only {known} exist"
         assert sum(v.count("action:") for k, v in before.items() if k.startswith("history")) > 20
