@@ -47,15 +47,18 @@ public struct Credential: Sendable {
   /// Whether PII may be shown unredacted.
   public var seesPII: Bool { holds(.pii) }
 
-  /// Checks that this credential may use `scope` in `workspace`: PERMISSION_DENIED
-  /// otherwise. A workspace token is refused on another workspace, even with admin.
-  public func authorize(_ scope: Scope, workspace ws: String) throws(RPCStatus) {
+  /// PERMISSION_DENIED unless this credential holds `scope` (or `admin`).
+  public func authorize(_ scope: Scope) throws(RPCStatus) {
+    guard holds(scope) else {
+      throw RPCStatus(.permissionDenied, "credential '\(name)' lacks scope '\(scope.rawValue)'")
+    }
+  }
+
+  /// PERMISSION_DENIED unless this credential is valid for workspace `ws`.
+  public func authorize(workspace ws: String) throws(RPCStatus) {
     guard workspace == "*" || workspace == ws else {
       throw RPCStatus(
         .permissionDenied, "credential '\(name)' is not valid for workspace '\(ws)'")
-    }
-    guard holds(scope) else {
-      throw RPCStatus(.permissionDenied, "credential '\(name)' lacks scope '\(scope.rawValue)'")
     }
   }
 }
@@ -117,6 +120,7 @@ public struct TokenStore: Sendable {
     guard let header = metadata["authorization"] else {
       throw RPCStatus(.unauthenticated, "missing authorization: Bearer <token>")
     }
+    guard metadata.count(of: "authorization") == 1 else { throw Self.malformed }
     if let cached = connection.userData as? VerifiedHeader, cached.matches(header) {
       return cached.credential
     }
@@ -131,8 +135,8 @@ public struct TokenStore: Sendable {
     guard let header = metadata["authorization"] else {
       throw RPCStatus(.unauthenticated, "missing authorization: Bearer <token>")
     }
-    guard let token = Self.bearerToken(header) else {
-      throw RPCStatus(.unauthenticated, "authorization must be 'Bearer <token>'")
+    guard metadata.count(of: "authorization") == 1, let token = Self.bearerToken(header) else {
+      throw Self.malformed
     }
     let digest = SHA256.hash(token)
     var found: Credential?
@@ -140,6 +144,9 @@ public struct TokenStore: Sendable {
     guard let found else { throw RPCStatus(.unauthenticated, "unknown token") }
     return found
   }
+
+  static let malformed = RPCStatus(
+    .unauthenticated, "authorization must be one header 'Bearer <token>'")
 
   /// The token bytes of a `Bearer` header (scheme matched case-insensitively, RFC 7235):
   /// "Bearer", one or more spaces, then a token without spaces or tabs.

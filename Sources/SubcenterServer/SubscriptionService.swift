@@ -159,7 +159,8 @@ public final class SubscriptionService: GRPCService, Sendable {
     ]
   }
 
-  /// One RPC: authenticate, unpack, authorize, then `body`. Any thrown status ends the call.
+  /// One RPC: authenticate, check the scope, unpack, check the workspace, then `body`. Any
+  /// thrown status ends the call; a caller without the scope learns nothing of its request.
   private func rpc<Request>(
     _ name: String, _ scope: Scope,
     _ decode: @escaping @Sendable ([UInt8]) throws(RPCStatus) -> Request,
@@ -169,8 +170,9 @@ public final class SubscriptionService: GRPCService, Sendable {
     ServiceMethod(path: "/\(serviceName)/\(name)") { [self] call in
       do throws(RPCStatus) {
         let credential = try tokens.authenticate(call.metadata, connection: call.connection)
+        try credential.authorize(scope)
         let request = try decode(call.request)
-        try credential.authorize(scope, workspace: workspace(request))
+        try credential.authorize(workspace: workspace(request))
         body(self, request, credential, call)
       } catch {
         call.finish(error)

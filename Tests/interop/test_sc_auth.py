@@ -5,7 +5,7 @@ missing, unknown and malformed credentials; the Bearer scheme case-insensitively
 import pytest
 
 from interop_support import RPC_TIMEOUT, health_pb2, health_stub
-from sc_support import (NOT_FOUND, PERMISSION_DENIED, SCOPE_TOKENS, TOKENS, UNAUTHENTICATED,
+from sc_support import (INVALID, NOT_FOUND, PERMISSION_DENIED, SCOPE_TOKENS, TOKENS, UNAUTHENTICATED,
                         entries_map, expect_code, ident, pb, unique)
 
 
@@ -143,6 +143,17 @@ BAD_METADATA = {
     "bearer-alone": [("authorization", "Bearer")],
     "token-without-scheme": [("authorization", TOKENS["sc-root"])],
     "other-scheme-real-token": [("authorization", "Token " + TOKENS["sc-root"])],
+    # Whitespace at either end reaches the service (not a reset stream) and is refused there.
+    "bearer-space-empty-token": [("authorization", "Bearer ")],
+    "trailing-space": [("authorization", f"Bearer {TOKENS['sc-root']} ")],
+    "leading-space": [("authorization", f" Bearer {TOKENS['sc-root']}")],
+    # Two headers are not one Bearer credential, whichever comes first (the shared
+    # connection has the root token's header verified already).
+    "two-headers-good-first": [("authorization", f"Bearer {TOKENS['sc-root']}"),
+                               ("authorization", "Bearer sct_" + "x" * 32)],
+    "two-headers-bad-first": [("authorization", "Bearer sct_" + "x" * 32),
+                              ("authorization", f"Bearer {TOKENS['sc-root']}")],
+    "the-same-header-twice": [("authorization", f"Bearer {TOKENS['sc-root']}")] * 2,
 }
 
 
@@ -158,6 +169,17 @@ def test_unauthenticated(sc, case):
     expect_code(UNAUTHENTICATED, lambda: c.GetWorkspace(workspace=unique("nows")))
     expect_code(NOT_FOUND,
                 lambda: sc.root.GetProfile(workspace=ws, person="intruder"))
+
+
+def test_a_caller_without_the_scope_learns_nothing_of_its_request(sc):
+    """The scope is checked before the request is read: a malformed request from a caller
+    without the scope is PERMISSION_DENIED, as a well-formed one is."""
+    ws = sc.workspace()
+    reader = sc.client(SCOPE_TOKENS["read"])
+    for bad in ["nul\x00inside", "\x7f", "x" * 257]:
+        expect_code(PERMISSION_DENIED, lambda: reader.Identify(workspace=ws, person_id=bad))
+        expect_code(INVALID, lambda: sc.root.Identify(workspace=ws, person_id=bad),
+                    field="person_id")
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])

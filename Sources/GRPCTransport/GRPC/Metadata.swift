@@ -44,6 +44,11 @@ public struct Metadata: Sendable, Sequence, ExpressibleByDictionaryLiteral {
     return key == name ? nil : storage.first { $0.name == key }?.value
   }
 
+  /// How many entries `name` (lower case) has.
+  public func count(of name: String) -> Int {
+    storage.reduce(0) { $0 + ($1.name == name ? 1 : 0) }
+  }
+
   /// The first value of a `-bin` key, decoded.
   public func binary(_ name: String) -> [UInt8]? {
     self[name].flatMap(Base64.decode)

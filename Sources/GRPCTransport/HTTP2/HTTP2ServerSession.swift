@@ -119,6 +119,9 @@ final class HTTP2ServerSession {
     nghttp2_option_set_stream_reset_rate_limit(option, 1000, 33)
     nghttp2_option_set_max_continuations(option, 8)
     nghttp2_option_set_no_http_messaging(option, 0)
+    // A value with leading or trailing whitespace (`authorization: Bearer `) reaches the
+    // service, which answers with a gRPC status, instead of a reset stream.
+    nghttp2_option_set_no_rfc9113_leading_and_trailing_ws_validation(option, 1)
 
     var s: OpaquePointer?
     var mem = subcenter_pool_mem(pool)  // copied by nghttp2
