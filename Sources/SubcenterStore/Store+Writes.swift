@@ -91,10 +91,13 @@ extension SubscriptionStore {
         effectivelySuppressed(identity, kind, value, &deps)
       }
 
+      // A conflict is reported after the suppression checks: a suppressed identifier
+      // refuses the call whatever else it names.
+      var conflict: CoreError?
       var newEmail: String?
       if let email {
         if let holder = holder(.email, email) {
-          guard holder == key else { throw .alreadyExists("email", "belongs to another person") }
+          if holder != key { conflict = .alreadyExists("email", "belongs to another person") }
         } else {
           newEmail = email
         }
@@ -102,7 +105,9 @@ extension SubscriptionStore {
       var newPhone: String?
       if let phone {
         if let holder = holder(.phone, phone) {
-          guard holder == key else { throw .alreadyExists("phone", "belongs to another person") }
+          if holder != key, conflict == nil {
+            conflict = .alreadyExists("phone", "belongs to another person")
+          }
         } else {
           newPhone = phone
         }
@@ -114,8 +119,8 @@ extension SubscriptionStore {
           if holder.isAnonymous {
             attach = anonymousID
             merges = true
-          } else if holder != key {
-            throw .alreadyExists("anonymous_id", "belongs to another person")
+          } else if holder != key, conflict == nil {
+            conflict = .alreadyExists("anonymous_id", "belongs to another person")
           }
         } else {
           attach = anonymousID
@@ -134,6 +139,7 @@ extension SubscriptionStore {
       if let attach, !merges, suppressed(.anonymousID, attach) {
         throw .failedPrecondition("anonymous_id", "this identifier is suppressed")
       }
+      if let conflict { throw conflict }
       if merges, view != nil, let anonymousID,
         entryCountBound(h, key, &deps) + entryCountBound(h, .anonymous(anonymousID), &deps)
           > Int(UInt16.max)

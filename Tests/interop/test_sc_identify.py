@@ -231,6 +231,15 @@ def test_suppressed_identifier_is_failed_precondition_and_nothing_is_stored(sc):
         workspace=ws, person_id="old", email="gone@example.com", phone="+14155550777"))
     after = sc.root.GetProfile(workspace=ws, person="old")
     assert (after.email, after.phone) == (before.email, before.phone)
+    # a suppressed identifier wins over one another person holds, in whichever field
+    sc.root.SuppressIdentifiers(workspace=ws, identifiers=[ident("phone", "+14155550999")])
+    sc.root.Identify(workspace=ws, person_id="holder", email="held@example.com",
+                     anonymous_id="held-cookie")
+    for fields in ({"email": "held@example.com", "phone": "+14155550999"},
+                   {"email": "gone@example.com", "anonymous_id": "held-cookie"}):
+        expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(
+            workspace=ws, person_id="newbie", **fields))
+        expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws, person="newbie"))
 
 
 def test_email_or_phone_without_person_id_is_invalid(sc):
