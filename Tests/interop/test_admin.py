@@ -45,6 +45,25 @@ def test_health_ready_and_unknown_paths(sc):
     assert status == 404 and "/metrics" in body
 
 
+def test_head_is_get_without_the_body_and_other_methods_are_refused(sc):
+    address = sc.server.argv[sc.server.argv.index("--admin-listen") + 1]
+    for path, status in [("/healthz", 200), ("/readyz", 200), ("/metrics", 200), ("/nope", 404)]:
+        req = urllib.request.Request(f"http://{address}{path}", method="HEAD")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                got, length, body = r.status, r.headers["Content-Length"], r.read()
+        except urllib.error.HTTPError as e:
+            got, length, body = e.code, e.headers["Content-Length"], e.read()
+        assert (got, body) == (status, b""), path
+        assert int(length) > 0, path  # the length GET's body would have
+    req = urllib.request.Request(f"http://{address}/healthz", method="POST", data=b"x")
+    try:
+        urllib.request.urlopen(req, timeout=5)
+        raise AssertionError("POST was served")
+    except urllib.error.HTTPError as e:
+        assert e.code == 405 and e.headers["Allow"] == "GET, HEAD"
+
+
 def test_metrics_describe_every_sample(sc):
     samples, text = metrics(sc.server)
     counters = WAL_COUNTERS + SNAPSHOT_COUNTERS

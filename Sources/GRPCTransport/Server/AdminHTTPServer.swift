@@ -74,20 +74,23 @@ public final class AdminHTTPServer: @unchecked Sendable {
     let line = String(decoding: request.prefix { $0 != 13 && $0 != 10 }, as: UTF8.self)
     let parts = line.split(separator: " ")
     let response: AdminResponse
-    if parts.count >= 2, parts[0] == "GET" {
+    // HEAD (as load balancers probe) is GET without the body.
+    let isHead = parts.first == "HEAD"
+    if parts.count >= 2, parts[0] == "GET" || isHead {
       let path = String(parts[1].split(separator: "?", maxSplits: 1).first ?? "")
       response = handler(path)
     } else {
-      response = AdminResponse(status: 405, body: "only GET is served\n")
+      response = AdminResponse(status: 405, body: "only GET and HEAD are served\n")
     }
     let reason =
       [200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"][
         response.status] ?? "Status"
     let body = Array(response.body.utf8)
+    let allow = response.status == 405 ? "Allow: GET, HEAD\r\n" : ""
     let head =
       "HTTP/1.1 \(response.status) \(reason)\r\nContent-Type: \(response.contentType)\r\n"
-      + "Content-Length: \(body.count)\r\nConnection: close\r\n\r\n"
-    let all = Array(head.utf8) + body
+      + "Content-Length: \(body.count)\r\n\(allow)Connection: close\r\n\r\n"
+    let all = Array(head.utf8) + (isHead ? [] : body)
     var off = 0
     while off < all.count {
       let n = all.withUnsafeBytes { write(c, $0.baseAddress! + off, all.count - off) }
