@@ -84,3 +84,22 @@ def test_missing_certificate_refused(tmp_path):
     rc, out, err = run_to_exit("subcenterd", args, timeout=10)
     assert rc not in (None, 0), f"exit {rc}, stderr {err[-2000:]!r}"
     assert any(w in err for w in ("nope.pem", "nope.key", "tls-cert", "tls-key")), err[-2000:]
+
+
+@pytest.mark.parametrize("loops", ["1", "2"])
+def test_an_address_in_use_is_refused_even_by_this_users_own_server(subcenterd, tmp_path, loops):
+    """A second subcenterd on the address of a running one must not start: its SO_REUSEPORT
+    listeners would silently join the first one's and take half of its connections."""
+    grpc_taken = ["--listen", f"127.0.0.1:{subcenterd.port}",
+                  "--admin-listen", f"127.0.0.1:{free_port()}"]
+    admin = subcenterd.argv[subcenterd.argv.index("--admin-listen") + 1]
+    admin_taken = ["--listen", f"127.0.0.1:{free_port()}", "--admin-listen", admin]
+    for args, flag in [(grpc_taken, "--listen"), (admin_taken, "--admin-listen")]:
+        rc, out, err = run_to_exit(
+            "subcenterd", args + ["--loops", loops, "--data", str(tmp_path / flag)] + tls_args(),
+            timeout=10)
+        assert rc not in (None, 0), f"started on a taken {flag}: exit {rc}, stderr {err[-2000:]!r}"
+        assert flag.lstrip("-") in err and "in use" in err, err[-2000:]
+    resp = health_stub(make_channel(subcenterd.port)).Check(
+        health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING

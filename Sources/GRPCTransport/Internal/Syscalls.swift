@@ -82,10 +82,31 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
 }
 
 enum Socket {
-  /// A non-blocking listening socket with SO_REUSEPORT, so each loop can own one.
-  static func listen(_ address: SocketAddress, backlog: Int32 = 1024) throws(SystemError) -> (
-    fd: Int32, port: UInt16
-  ) {
+  /// A non-blocking listening socket; with `reusePort` (SO_REUSEPORT) each event loop can
+  /// own one on the same address.
+  static func listen(
+    _ address: SocketAddress, backlog: Int32 = 1024, reusePort: Bool = false
+  ) throws(SystemError) -> (fd: Int32, port: UInt16) {
+    let fd = try bound(address, reusePort: reusePort)
+    do throws(SystemError) {
+      try syscall("listen") { Glibc.listen(fd, backlog) }
+      return (fd, try localPort(fd))
+    } catch {
+      close(fd)
+      throw error
+    }
+  }
+
+  /// Fails with EADDRINUSE when something listens on `address`, SO_REUSEPORT listeners of
+  /// this user included (which a SO_REUSEPORT bind would silently join: a second server
+  /// on the same port would then share the connections).
+  static func checkFree(_ address: SocketAddress) throws(SystemError) {
+    close(try bound(address, reusePort: false))
+  }
+
+  private static func bound(_ address: SocketAddress, reusePort: Bool) throws(SystemError)
+    -> Int32
+  {
     let fd = try syscall("socket") {
       Glibc.socket(
         address.family,
@@ -97,13 +118,14 @@ enum Socket {
       try syscall("setsockopt(SO_REUSEADDR)") {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
       }
-      try syscall("setsockopt(SO_REUSEPORT)") {
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size))
+      if reusePort {
+        try syscall("setsockopt(SO_REUSEPORT)") {
+          setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
       }
       let rc = address.withSockaddr { sa, len in Glibc.bind(fd, sa, len) } ?? -1
       if rc != 0 { throw SystemError(call: "bind(\(address))", errno: Glibc.errno) }
-      try syscall("listen") { Glibc.listen(fd, backlog) }
-      return (fd, try localPort(fd))
+      return fd
     } catch {
       close(fd)
       throw error

@@ -53,10 +53,14 @@ public final class GRPCServer: @unchecked Sendable {
   /// Binds every loop's listener and starts the loop threads.
   public func start() throws(SystemError) {
     var port = configuration.listen.port
+    if port != 0 {
+      try Socket.checkFree(SocketAddress(host: configuration.listen.host, port: port))
+    }
     for i in 0..<max(configuration.loops, 1) {
       let loop = try EventLoop(index: i)
       loop.server = self
-      let l = try Socket.listen(SocketAddress(host: configuration.listen.host, port: port))
+      let l = try Socket.listen(
+        SocketAddress(host: configuration.listen.host, port: port), reusePort: true)
       port = l.port
       try loop.setListener(l.fd)
       loops.append(loop)
