@@ -20,7 +20,7 @@ certs: bootstrap
 
 ## make run: install what is missing, build, make dev certificates and a token, start the server.
 run: build certs
-	@scripts/run-dev
+	@scripts/run-dev $(ARGS)
 
 ## make test: the whole suite (CI runs this).
 test: bootstrap check-generated lint build certs test-unit test-interop

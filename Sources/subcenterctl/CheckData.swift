@@ -18,7 +18,8 @@ import SubcenterStore
 enum CheckData {
   static func run(directory: String) -> Int32 {
     let fs = PosixFileSystem()
-    var damaged = 0
+    var damagedSnapshots = 0
+    var damaged = 0  // in the log
     var warnings = 0
     func ok(_ line: String) { writeStdoutLine(line) }
     func warn(_ line: String) {
@@ -62,7 +63,8 @@ enum CheckData {
         ok("\(info.name): \(read.records) records, seq \(info.seq): OK")
         if base == nil { base = read }
       } catch {
-        bad("\(info.name): DAMAGED: \(describe(error, file: info.name))")
+        damagedSnapshots += 1
+        writeStdoutLine("\(info.name): DAMAGED: \(describe(error, file: info.name))")
         if base == nil {
           writeStdoutLine(
             "  (start-up skips it and falls back to an older snapshot, or to the whole log)")
@@ -71,15 +73,26 @@ enum CheckData {
     }
     let after = base?.seq ?? 0
 
-    // Each log segment on its own.
+    // Each log segment on its own. Damage whose unreadable or missing records all lie at
+    // or below the newest valid snapshot does not stop start-up (recovery reads from the
+    // segment holding the snapshot's next seq on); only the change feed's history is hurt.
+    func belowSnapshot(_ line: String) {
+      warn(
+        line + " (WARNING only: every record it loses is at or below the snapshot's seq "
+          + "\(after), so start-up does not read them; WatchChanges from before them ends "
+          + "there until the change retention deletes the segment)")
+    }
     var expected: UInt64?
     for (i, segment) in segments.enumerated() {
       let newest = i == segments.count - 1
+      // The records up to the next segment's first seq are in this one.
+      let coveredBySnapshot = !newest && segments[i + 1].firstSeq - 1 <= after
       let scan: SegmentScan
       do throws(StorageError) {
         scan = try WALSegment.scan(segment, directory: directory, fileSystem: fs)
       } catch {
-        bad("\(segment.name): DAMAGED: \(describe(error, file: segment.name))")
+        let line = "\(segment.name): DAMAGED: \(describe(error, file: segment.name))"
+        if coveredBySnapshot { belowSnapshot(line) } else { bad(line) }
         expected = nil
         continue
       }
@@ -100,7 +113,9 @@ enum CheckData {
         }
       }
       var problems: [String] = []
+      var onlyBelowSnapshot = undecodable == nil
       if let expected, segment.firstSeq != expected {
+        onlyBelowSnapshot = onlyBelowSnapshot && segment.firstSeq - 1 <= after
         problems.append(
           "starts at seq \(segment.firstSeq) but the previous segment ends at seq \(expected - 1)"
         )
@@ -115,6 +130,7 @@ enum CheckData {
                 + "cuts the file to \(scan.validEnd) bytes")
           }
         } else {
+          onlyBelowSnapshot = onlyBelowSnapshot && coveredBySnapshot
           problems.append(
             "at byte offset \(d.offset): \(d.reason)"
               + (d.kind == .tornTail ? " (cut short, but later segments exist)" : ""))
@@ -130,7 +146,8 @@ enum CheckData {
           }
         }
       } else {
-        bad("\(segment.name): \(range): DAMAGED: \(problems.joined(separator: "; "))")
+        let line = "\(segment.name): \(range): DAMAGED: \(problems.joined(separator: "; "))"
+        if onlyBelowSnapshot { belowSnapshot(line) } else { bad(line) }
       }
       expected = segment.firstSeq + UInt64(count)
     }
@@ -152,9 +169,16 @@ enum CheckData {
 
     if damaged > 0 {
       writeStdoutLine(
-        "DAMAGED: \(damaged) problem(s). subcenterd refuses to start on a damaged log; back up "
-          + "the directory, then restore it from a backup or start with --recover-truncate "
-          + "(which drops everything after the last good record).")
+        "DAMAGED: \(damaged + damagedSnapshots) problem(s). subcenterd refuses to start on a "
+          + "damaged log; back up the directory, then restore it from a backup or start with "
+          + "--recover-truncate (which drops everything after the last good record).")
+      return 1
+    }
+    if damagedSnapshots > 0 {
+      writeStdoutLine(
+        "DAMAGED: \(damagedSnapshots) snapshot(s); the log is sound. subcenterd starts: it "
+          + "skips a damaged snapshot and recovers as above. Keep a copy for inspection; the "
+          + "next snapshot written replaces it.")
       return 1
     }
     writeStdoutLine(warnings > 0 ? "OK, with \(warnings) warning(s)" : "OK")

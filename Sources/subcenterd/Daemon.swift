@@ -30,6 +30,12 @@ enum Daemon {
       writeStderrLine("subcenterd: cannot create data directory \(options.dataDirectory) (--data)")
       return 1
     }
+    var st = stat()
+    if stat(options.dataDirectory, &st) == 0, st.st_mode & 0o077 != 0 {
+      writeStderrLine(
+        "subcenterd: warning: the data directory \(options.dataDirectory) has mode "
+          + "0\(String(st.st_mode & 0o777, radix: 8)); it holds personal data: chmod 700 it")
+    }
     let dataLock: DataDirectoryLock
     do { dataLock = try DataDirectoryLock(directory: options.dataDirectory) } catch {
       writeStderrLine("subcenterd: \(error.message)")

@@ -365,10 +365,12 @@ def test_damage_damaged_newest_snapshot_falls_back():
         _flip_middle_byte(os.path.join(alt.data, snaps1[0]))
         rc, text = _check_data(alt.data)
         assert rc == 1 and snaps1[0] in text and "DAMAGED" in text, text
+        assert "the log is sound" in text and "refuses" not in text, text
+        assert "replay" in text, text  # how recovery will go, the damaged snapshot skipped
         alt.start()
         assert _present(alt, ws, first) == first
         out = alt.server.output()
-        assert snaps1[0] in out and "damaged" in out, out
+        assert snaps1[0] in out and "falling back to the whole log" in out, out
         alt.close()
 
         # A second run: more changes, SIGTERM → a newer snapshot; the older snapshot and the
@@ -396,10 +398,53 @@ def test_damage_damaged_newest_snapshot_falls_back():
         alt.start()
         assert _present(alt, ws, first + second) == first + second
         out = alt.server.output()
-        assert snaps2[0] in out and "damaged" in out and "falling back" in out, out
+        assert snaps2[0] in out and "falling back to an older snapshot" in out, out
         alt.close()
 
         # (With change retention, the log still reaches back to seq 1 here: no third case.)
+    finally:
+        srv.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.deadline(90)
+def test_damage_in_records_the_snapshot_holds_loses_no_state():
+    """A damaged record that the newest snapshot already holds: start-up still refuses (the
+    segment might hold later records past the damage), saying that the snapshot holds the
+    state up to its seq; with --recover-truncate every person is there, and the log's gap
+    below the snapshot is only a warning for check-data (exit 0), as for the server."""
+    root = tempfile.mkdtemp(prefix="damage-covered-")
+    srv = DurableServer(root, extra=SNAPSHOT_INTERVAL)
+    try:
+        srv.start()
+        ws = unique("cov")
+        srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
+        persons = [f"c{i}" for i in range(6)]
+        for p in persons:
+            srv.client.Identify(workspace=ws, person_id=p)
+        assert srv.terminate() == 0  # the snapshot holds every record; the segment stays
+        segment = _newest_segment_with_records(srv.data)
+        records = _records(os.path.join(srv.data, segment))
+        snapshot_seq = int(_snapshots(srv.data)[-1].split("-")[1].split(".")[0])
+        assert records[-1][2] == snapshot_seq, (records, snapshot_seq)
+        off = records[2][0]
+        with open(os.path.join(srv.data, segment), "r+b") as f:
+            f.seek(off + 4)
+            f.write(b"\xff\xff\xff\xff")  # the frame's checksum
+        rc, text = _run_refused(srv)
+        assert rc not in (None, 0), text
+        assert f"the changes after seq {snapshot_seq}" in text, text
+        srv.extra.append("--recover-truncate")
+        srv.start()
+        assert _present(srv, ws, persons) == persons
+        srv.client.Identify(workspace=ws, person_id="later")
+        srv.kill9()
+        srv.extra.remove("--recover-truncate")
+        srv.start()
+        assert _present(srv, ws, persons + ["later"]) == persons + ["later"]
+        srv.kill9()
+        rc, text = _check_data(srv.data)
+        assert rc == 0 and "WARNING only" in text and f"seq {snapshot_seq}" in text, text
     finally:
         srv.close()
         shutil.rmtree(root, ignore_errors=True)

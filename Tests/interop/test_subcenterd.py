@@ -103,3 +103,30 @@ def test_an_address_in_use_is_refused_even_by_this_users_own_server(subcenterd, 
     resp = health_stub(make_channel(subcenterd.port)).Check(
         health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_data_files_are_private_and_a_readable_directory_is_flagged(tmp_path):
+    """The data holds personal data: files are created 0600, and a data directory others can
+    read (e.g. a restore into a plain `mkdir`) is named in a warning at start."""
+    import os
+    import stat
+    from crash_support import DurableServer
+    srv = DurableServer(str(tmp_path))
+    os.makedirs(srv.data, mode=0o755)
+    os.chmod(srv.data, 0o755)
+    try:
+        srv.start()
+        srv.client.Identify(workspace="default", person_id="p1", email="p1@example.com")
+        assert srv.terminate() == 0  # a snapshot too
+        out = srv.server.output()
+        assert "has mode 0755" in out and "chmod 700" in out, out
+        modes = {f: stat.S_IMODE(os.stat(os.path.join(srv.data, f)).st_mode)
+                 for f in os.listdir(srv.data)}
+        assert any(f.startswith("snapshot-") for f in modes) and \
+            any(f.startswith("wal-") for f in modes), modes
+        assert all(m == 0o600 for m in modes.values()), {f: oct(m) for f, m in modes.items()}
+        os.chmod(srv.data, 0o700)
+        srv.start()
+        assert "has mode" not in srv.server.output()
+    finally:
+        srv.close()

@@ -93,11 +93,11 @@ public protocol FileSystem: Sendable {
 }
 
 extension FileSystem {
-  /// Opens a file with mode 0644 when it is created.
+  /// Opens a file with mode 0600 when it is created (the data holds personal data).
   public func open(_ path: String, _ options: OpenOptions = []) throws(FileSystemError)
     -> FileHandle
   {
-    try open(path, options, permissions: 0o644)
+    try open(path, options, permissions: 0o600)
   }
 
   /// Creates a directory with mode 0700; succeeds if it exists.

@@ -190,8 +190,9 @@ public final class DurableStore: Sendable {
           guard let fileDamage else { throw error }
           damage = fileDamage
         }
+        let fallback = n + 1 < snapshots.count ? "an older snapshot" : "the whole log"
         report.warnings.append(
-          "snapshot \(info.name) is damaged (\(damage)); falling back to an older one")
+          "snapshot \(info.name) is damaged (\(damage)); falling back to \(fallback)")
         continue
       }
       store.restored(through: info.seq)

@@ -72,6 +72,15 @@ public enum WALReader {
 
       if let d = damage {
         let cutTo = scan?.validEnd ?? 0
+        let lastGood =
+          (scan?.records.count ?? 0) > 0
+          ? segment.firstSeq + UInt64(scan!.records.count) - 1 : expected - 1
+        // What is lost past the damage: the snapshot may cover some of it.
+        let lost =
+          lastGood >= after
+          ? "everything after seq \(lastGood)"
+          : "the changes after seq \(after) (the snapshot holds the state up to there; the "
+            + "change feed loses seqs \(lastGood + 1)-\(after) of its history)"
         if d.torn && newest {
           report.warnings.append(
             "\(segment.name): torn record at byte offset \(d.offset) cut off (\(d.reason)); "
@@ -81,7 +90,7 @@ public enum WALReader {
           let later = segments[(i + 1)...].map(\.name)
           report.warnings.append(
             "\(segment.name) at byte offset \(d.offset): \(d.reason); cut there as "
-              + "--recover-truncate asks"
+              + "--recover-truncate asks, discarding \(lost) that the log held"
               + (later.isEmpty
                 ? "" : ", and later segments deleted: \(later.joined(separator: ", "))"))
           try cut(segment, to: cutTo, directory: directory, fs: fs)
@@ -93,15 +102,12 @@ public enum WALReader {
           if !later.isEmpty { try syncDirectory(directory, fs) }
           report.discarded = later
         } else {
-          let lastGood =
-            (scan?.records.count ?? 0) > 0
-            ? segment.firstSeq + UInt64(scan!.records.count) - 1 : expected - 1
           throw StorageError.damaged(
             segment.name, at: Int64(d.offset),
             "\(d.reason)\(d.torn ? " (and later segments exist)" : ""). Start-up stopped: the "
               + "log is damaged before its end. To start from the last good record (seq "
-              + "\(lastGood)) and discard everything after it, back up the data directory and "
-              + "restart with --recover-truncate.")
+              + "\(max(lastGood, after))) and discard \(lost) that the log holds, back up the "
+              + "data directory and restart with --recover-truncate.")
         }
       } else if repair && newest {
         // The writer starts a new segment next: this one must be complete on disk first.
