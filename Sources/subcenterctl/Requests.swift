@@ -1,9 +1,6 @@
-// Request encoding and response printing for subcenterctl's service commands. Requests
-// are small, so they are written field by field; responses are unpacked with protobuf-c.
-
-import CProtobufC
-import GRPCTransport
-import SubcenterProto
+// Request encoding and text printing for subcenterctl's service commands. Requests are
+// small, so they are written field by field; responses arrive as `ProtoMessage`s
+// (ProtoValue.swift) and are printed for people here (`--json` prints them as they are).
 
 /// Writes protobuf fields (strings, bools, varints and nested messages).
 struct ProtoWriter {
@@ -28,6 +25,12 @@ struct ProtoWriter {
     varint(UInt64(bitPattern: value))
   }
 
+  mutating func uint(_ field: Int, _ value: UInt64) {
+    guard value != 0 else { return }
+    tag(field, 0)
+    varint(value)
+  }
+
   mutating func message(_ field: Int, _ m: ProtoWriter) {
     tag(field, 2)
     varint(UInt64(m.bytes.count))
@@ -45,135 +48,142 @@ struct ProtoWriter {
     bytes.append(UInt8(v))
   }
 
-  /// A PersonRef from `id`, `email:…`, `phone:…` or `anon:…`.
-  static func person(_ text: String) -> ProtoWriter {
-    var w = ProtoWriter()
-    if text.hasPrefix("email:") {
-      w.string(2, String(text.dropFirst(6)))
-    } else if text.hasPrefix("phone:") {
-      w.string(3, String(text.dropFirst(6)))
-    } else if text.hasPrefix("anon:") {
-      w.string(4, String(text.dropFirst(5)))
-    } else {
-      w.string(1, text)
+  /// Splits `id`, `email:…`, `phone:…` or `anon:…` into its kind (the field number of
+  /// PersonRef and the IdentifierKind value alike: 1 person id, 2 email, 3 phone, 4
+  /// anonymous id) and value.
+  static func identifier(_ text: String) -> (kind: Int, value: String) {
+    for (prefix, kind) in [("email:", 2), ("phone:", 3), ("anon:", 4)] where text.hasPrefix(prefix)
+    {
+      return (kind, String(text.dropFirst(prefix.count)))
     }
+    return (1, text)
+  }
+
+  /// A PersonRef.
+  static func person(_ text: String) -> ProtoWriter {
+    let (kind, value) = identifier(text)
+    var w = ProtoWriter()
+    w.string(kind, value)
+    return w
+  }
+
+  /// An Identifier (for SuppressRequest).
+  static func suppressionIdentifier(_ text: String) -> ProtoWriter {
+    let (kind, value) = identifier(text)
+    var w = ProtoWriter()
+    w.int(1, Int64(kind))
+    w.string(2, value)
     return w
   }
 }
 
 /// Renders responses as text.
 enum Printer {
-  static func str(_ p: UnsafeMutablePointer<CChar>?) -> String {
-    p.map { String(cString: $0) } ?? ""
+  static func reason(_ m: ProtoMessage) -> String {
+    m.enumName("reason", prefix: "DECISION_REASON_")
   }
 
-  static func unpacked<T>(
-    _ bytes: [UInt8],
-    _ unpack: (UnsafeMutablePointer<ProtobufCAllocator>?, Int, UnsafePointer<UInt8>?) ->
-      UnsafeMutablePointer<T>?,
-    _ body: (T) -> String
-  ) -> String {
-    guard let m = bytes.withUnsafeBufferPointer({ unpack(nil, $0.count, $0.baseAddress) }) else {
-      return "(unparsable response)"
-    }
-    defer {
-      m.withMemoryRebound(to: ProtobufCMessage.self, capacity: 1) {
-        protobuf_c_message_free_unpacked($0, nil)
-      }
-    }
-    return body(m.pointee)
+  static func state(_ m: ProtoMessage) -> String {
+    m.enumName("state", prefix: "PREFERENCE_STATE_")
   }
 
-  static func profile(_ b: [UInt8]) -> String {
-    unpacked(b, subcenter__v1__profile__unpack) { p in
-      var anon: [String] = []
-      for i in 0..<p.n_anonymous_ids { anon.append(str(p.anonymous_ids[i])) }
-      return """
-        person_id: \(str(p.person_id))
-        email: \(str(p.email))
-        phone: \(str(p.phone))
-        anonymous_ids: \(anon.joined(separator: ", "))
-        created_at: \(p.created_at)  updated_at: \(p.updated_at)\(p.redacted != 0 ? "  (redacted)" : "")
-        """
-    }
+  static func profile(_ p: ProtoMessage) -> String {
+    """
+    person_id: \(p.string("person_id"))
+    email: \(p.string("email"))
+    phone: \(p.string("phone"))
+    anonymous_ids: \(p.strings("anonymous_ids").joined(separator: ", "))
+    created_at: \(p.int("created_at"))  updated_at: \(p.int("updated_at"))\(p.bool("redacted") ? "  (redacted)" : "")
+    """
   }
 
-  static let reasons = [
-    "UNSPECIFIED", "SUBSCRIBED", "OVERRIDDEN_IMPORTANT", "SUPPRESSED", "UNKNOWN_PERSON",
-    "GLOBAL_UNSUBSCRIBED", "CHANNEL_UNSUBSCRIBED", "TOPIC_UNSUBSCRIBED", "TOPIC_NOT_OPTED_IN",
-    "MESSAGE_LIMIT_REACHED",
-  ]
-
-  static func reason(_ raw: UInt32) -> String {
-    Int(raw) < reasons.count ? reasons[Int(raw)] : "\(raw)"
+  static func preferences(_ p: ProtoMessage) -> String {
+    var out = "person_id: \(p.string("person_id"))\n"
+    out += "global_unsubscribed: \(p.bool("global_unsubscribed"))"
+    if p.int("global_updated_at") != 0 {
+      out += " (at \(p.int("global_updated_at")), source=\(p.string("global_source")))"
+    }
+    out += "\n"
+    for e in p.messages("entries") {
+      out += "entry (\(e.string("channel")), \(e.string("topic"))): \(state(e)) "
+      out += "source=\(e.string("source"))"
+      if !e.string("notice_version").isEmpty { out += " notice=\(e.string("notice_version"))" }
+      out += "\n"
+    }
+    for e in p.messages("effective") {
+      out +=
+        "effective (\(e.string("channel")), \(e.string("topic"))): "
+        + "\(e.bool("allowed") ? "allowed" : "denied") \(reason(e))\n"
+    }
+    return out
   }
 
-  static func preferences(_ b: [UInt8]) -> String {
-    unpacked(b, subcenter__v1__preferences__unpack) { p in
-      var out = "person_id: \(str(p.person_id))\n"
-      out += "global_unsubscribed: \(p.global_unsubscribed != 0)\n"
-      for i in 0..<p.n_entries {
-        let e = p.entries[i]!.pointee
-        let state = e.state.rawValue == 1 ? "SUBSCRIBED" : "UNSUBSCRIBED"
-        out += "entry (\(str(e.channel)), \(str(e.topic))): \(state) source=\(str(e.source))\n"
-      }
-      for i in 0..<p.n_effective {
-        let e = p.effective[i]!.pointee
-        out +=
-          "effective (\(str(e.channel)), \(str(e.topic))): "
-          + "\(e.allowed != 0 ? "allowed" : "denied") \(reason(e.reason.rawValue))\n"
-      }
-      return out
-    }
+  static func decision(_ d: ProtoMessage) -> String {
+    "\(d.bool("allowed") ? "allowed" : "denied") \(reason(d)) person_id=\(d.string("person_id"))"
   }
 
-  static func decision(_ b: [UInt8]) -> String {
-    unpacked(b, subcenter__v1__delivery_decision__unpack) { d in
-      "\(d.allowed != 0 ? "allowed" : "denied") \(reason(d.reason.rawValue)) person_id=\(str(d.person_id))"
-    }
+  /// One line per person, in request order: the PERSON operand, then the decision.
+  static func batch(_ b: ProtoMessage, persons: [String]) -> String {
+    b.messages("decisions").enumerated().map { i, d in
+      "\(i < persons.count ? persons[i] : "#\(i)"): \(decision(d))"
+    }.joined(separator: "\n")
   }
 
-  static func history(_ b: [UInt8]) -> String {
-    unpacked(b, subcenter__v1__history_response__unpack) { h in
-      var out = ""
-      for i in 0..<h.n_entries {
-        let e = h.entries[i]!.pointee
-        out +=
-          "\(e.at) \(str(e.action)) (\(str(e.channel)), \(str(e.topic))) source=\(str(e.source)) "
-          + "actor=\(str(e.actor)) \(str(e.detail))\n"
-      }
-      let next = str(h.next_page_token)
-      if !next.isEmpty { out += "next page: \(next)\n" }
-      return out
+  static func history(_ h: ProtoMessage) -> String {
+    var out = ""
+    for e in h.messages("entries") {
+      out +=
+        "\(e.int("at")) \(e.string("action")) (\(e.string("channel")), \(e.string("topic"))) "
+        + "source=\(e.string("source")) actor=\(e.string("actor")) \(e.string("detail"))\n"
     }
+    let next = h.string("next_page_token")
+    if !next.isEmpty { out += "next page: \(next)\n" }
+    return out
   }
 
-  static func workspace(_ b: [UInt8]) -> String {
-    unpacked(b, subcenter__v1__workspace_config__unpack) { w in
-      var channels: [String] = []
-      for i in 0..<w.n_channels { channels.append(str(w.channels[i])) }
-      var out = "workspace: \(str(w.workspace))\nchannels: \(channels.joined(separator: ", "))\n"
-      for i in 0..<w.n_topics {
-        let t = w.topics[i]!.pointee
-        let d = t.default_state.rawValue == 1 ? "SUBSCRIBED" : "UNSUBSCRIBED"
-        out += "topic \(str(t.id)): \(str(t.name)) (default \(d))\n"
-      }
-      for i in 0..<w.n_limits {
-        let l = w.limits[i]!.pointee
-        out += "limit \(str(l.channel)): \(l.max_messages) per \(l.window_seconds) s\n"
-      }
-      out += "allow_important_override: \(w.allow_important_override != 0)\n"
-      return out
+  static func workspace(_ w: ProtoMessage) -> String {
+    var out = "workspace: \(w.string("workspace"))\n"
+    out += "channels: \(w.strings("channels").joined(separator: ", "))\n"
+    for t in w.messages("topics") {
+      out +=
+        "topic \(t.string("id")): \(t.string("name")) "
+        + "(default \(t.enumName("default_state", prefix: "TOPIC_DEFAULT_")))\n"
     }
+    for l in w.messages("limits") {
+      out +=
+        "limit \(l.string("channel")): \(l.int("max_messages")) per "
+        + "\(l.int("window_seconds")) s\n"
+    }
+    out += "allow_important_override: \(w.bool("allow_important_override"))\n"
+    return out
   }
 
-  static func forget(_ b: [UInt8]) -> String {
-    unpacked(b, subcenter__v1__forget_response__unpack) { f in
-      """
-      person_id: \(str(f.person_id))
-      erased_at: \(f.erased_at)  erasure_deadline: \(f.erasure_deadline)
-      receipt: \(str(f.receipt))
-      """
+  static func forget(_ f: ProtoMessage) -> String {
+    """
+    person_id: \(f.string("person_id"))
+    erased_at: \(f.int("erased_at"))  erasure_deadline: \(f.int("erasure_deadline"))
+    receipt: \(f.string("receipt"))
+    """
+  }
+
+  static func suppress(_ r: ProtoMessage, removed: Bool) -> String {
+    let forgotten = r.strings("forgotten_person_ids").joined(separator: ", ")
+    return
+      "\(removed ? "unsuppressed" : "suppressed"): \(r.int("suppressed"))\n"
+      + "forgotten_person_ids: \(forgotten)"
+  }
+
+  /// One line per change event.
+  static func event(_ e: ProtoMessage) -> String {
+    var out = "seq \(e.int("seq")) at \(e.int("at")) \(e.string("action"))"
+    out += " person_id=\(e.string("person_id"))"
+    if !e.string("anonymous_id").isEmpty { out += " anonymous_id=\(e.string("anonymous_id"))" }
+    if !e.string("channel").isEmpty || !e.string("topic").isEmpty {
+      out += " (\(e.string("channel")), \(e.string("topic")))"
     }
+    let s = state(e)
+    if s != "UNSPECIFIED" { out += " \(s)" }
+    if !e.string("source").isEmpty { out += " source=\(e.string("source"))" }
+    return out
   }
 }

@@ -162,7 +162,8 @@ public final class GRPCClient: @unchecked Sendable {
     if n == 0 { throw fail(RPCStatus(.unavailable, "connection closed by the server")) }
     if n < 0 {
       if errno == EINTR || errno == EAGAIN { return }
-      throw fail(RPCStatus(.unavailable, "read failed: errno \(errno)"))
+      throw fail(
+        RPCStatus(.unavailable, "\(SystemError(call: "read from the server", errno: errno))"))
     }
     tls.feed(UnsafeRawBufferPointer(rebasing: readBuffer[0..<n]))
     while true {
@@ -201,9 +202,16 @@ public final class GRPCClient: @unchecked Sendable {
     let out = tls.takeOutput()
     var off = 0
     while off < out.count {
-      let n = out.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, out.count - off) }
+      // MSG_NOSIGNAL: a peer that closed is an error here, not a SIGPIPE that kills the
+      // process using this client.
+      let n = out.withUnsafeBytes {
+        Glibc.send(fd, $0.baseAddress! + off, out.count - off, Int32(MSG_NOSIGNAL))
+      }
       if n < 0 && errno == EINTR { continue }
-      if n <= 0 { throw fail(RPCStatus(.unavailable, "write failed: errno \(errno)")) }
+      if n <= 0 {
+        throw fail(
+          RPCStatus(.unavailable, "\(SystemError(call: "write to the server", errno: errno))"))
+      }
       off += n
     }
   }

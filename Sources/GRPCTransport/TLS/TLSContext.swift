@@ -91,7 +91,7 @@ public final class TLSContext: @unchecked Sendable {
   }
 
   /// A client context that trusts `trustRootsFile` (PEM CA certificates), offers ALPN h2,
-  /// and optionally presents a client certificate.
+  /// and optionally presents a client certificate (chain and key, PEM; both or neither).
   public static func client(
     trustRootsFile: String?, certificateChainFile: String? = nil, privateKeyFile: String? = nil
   ) throws(TLSError) -> TLSContext {
@@ -109,10 +109,20 @@ public final class TLSContext: @unchecked Sendable {
     guard SSL_CTX_set_alpn_protos(ctx, alpn, UInt32(alpn.count)) == 0 else {
       throw TLSError("setting ALPN")
     }
-    if let cert = certificateChainFile, let key = privateKeyFile {
-      guard SSL_CTX_use_certificate_chain_file(ctx, cert) == 1,
-        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1
-      else { throw TLSError("loading client certificate \(cert)") }
+    switch (certificateChainFile, privateKeyFile) {
+    case (nil, nil): break
+    case (let cert?, let key?):
+      guard SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 else {
+        throw TLSError("loading client certificate chain \(cert)")
+      }
+      guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
+        throw TLSError("loading client private key \(key)")
+      }
+      guard SSL_CTX_check_private_key(ctx) == 1 else {
+        throw TLSError("client private key \(key) does not match the certificate \(cert)")
+      }
+    default:
+      throw TLSError("a client certificate needs both its chain and its private key")
     }
     return c
   }

@@ -1,0 +1,263 @@
+"""subcenterctl (SPEC §6) against a real subcenterd over TLS: every command changes or reads the
+server as asked (checked through grpcio, not through subcenterctl's own output), `--json` prints
+every field of the response with enum value names, `watch` prints events as they arrive, mTLS
+with --cert/--key, $SUBCENTER_TOKEN, and the exit codes of refused command lines and calls."""
+
+import json
+import os
+import select
+import subprocess
+import time
+
+import pytest
+
+import interop_support as support
+from sc_support import (FAILED_PRECONDITION, NOT_FOUND, TOKENS, entries_map, expect_code, limit,
+                        pb, pb_grpc, ref_anon, ref_email, server_args, topic, unique)
+
+
+def argv(port, *args, token="sc-root"):
+    out = [str(support.binary("subcenterctl")), "--server", f"127.0.0.1:{port}",
+           "--ca", str(support.CA_PEM)]
+    return out + (["--token", TOKENS[token]] if token else []) + [str(a) for a in args]
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUBCENTER_")}
+    env.update(extra)
+    return env
+
+
+def ctl(sc, *args, token="sc-root", code=0, stdin=None, env=None, cwd=support.REPO):
+    r = subprocess.run(argv(sc.port, *args, token=token), capture_output=True, text=True,
+                       input=stdin, env=clean_env(**(env or {})), cwd=cwd, timeout=60)
+    assert r.returncode == code, f"exit {r.returncode}, wanted {code}\n{r.stdout}{r.stderr}"
+    return r
+
+
+def ctl_json(sc, *args, **kw):
+    return json.loads(ctl(sc, "--json", *args, **kw).stdout)
+
+
+def fields(message_type) -> list:
+    return [f.name for f in message_type.DESCRIPTOR.fields]
+
+
+def test_identify_profile_and_anonymous_profile(sc):
+    ws, pid = sc.workspace(), unique("p")
+    ctl(sc, "identify", ws, pid, f"{pid}@example.com", "+14155550123")
+    got = sc.root.GetProfile(workspace=ws, person=pid)
+    assert (got.email, got.phone) == (f"{pid}@example.com", "+14155550123")
+    prof = ctl_json(sc, "profile", ws, f"email:{pid}@example.com")
+    assert list(prof) == fields(pb.Profile)  # every field, in .proto order, defaults included
+    assert prof["person_id"] == pid and prof["anonymous_ids"] == [] and prof["redacted"] is False
+    assert prof["created_at"] == got.created_at  # int64 as a JSON number
+    anon = ctl_json(sc, "identify", ws, "", "", "", "anon-" + pid)
+    assert anon["person_id"] == "" and anon["anonymous_ids"] == ["anon-" + pid]
+    assert sc.root.GetProfile(workspace=ws, person=ref_anon("anon-" + pid)).person_id == ""
+
+
+def test_preference_commands_with_source_and_notice_version(sc):
+    ws = sc.workspace(topics=[topic("news", "unsub")])
+    pid = sc.person(ws, email="n@example.com").person_id
+    ctl(sc, "subscribe", ws, pid, "email", "news", "--source", "pc", "--notice-version", "v7")
+    ctl(sc, "unsubscribe", ws, "email:n@example.com", "sms")
+    prefs = sc.root.GetPreferences(workspace=ws, person=pid)
+    assert entries_map(prefs) == {("email", "news"): ("SUBSCRIBED", "pc", "v7"),
+                                  ("sms", ""): ("UNSUBSCRIBED", "subcenterctl", "")}
+    ctl(sc, "unsubscribe-all", ws, pid, "--source", "one_click")
+    prefs = sc.root.GetPreferences(workspace=ws, person=pid)
+    assert prefs.global_unsubscribed and prefs.global_source == "one_click"
+    got = ctl_json(sc, "resubscribe", ws, pid)
+    assert not sc.root.GetPreferences(workspace=ws, person=pid).global_unsubscribed
+    assert list(got) == fields(pb.Preferences) and got["global_unsubscribed"] is False
+    assert {(e["channel"], e["topic"]): e["state"] for e in got["entries"]} == {
+        ("email", "news"): "PREFERENCE_STATE_SUBSCRIBED",
+        ("sms", ""): "PREFERENCE_STATE_UNSUBSCRIBED"}
+    eff = {(e["channel"], e["topic"]): e["reason"] for e in ctl_json(sc, "preferences", ws,
+                                                                       pid)["effective"]}
+    assert eff[("sms", "")] == "DECISION_REASON_CHANNEL_UNSUBSCRIBED"
+    assert eff[("push", "news")] == "DECISION_REASON_TOPIC_NOT_OPTED_IN"
+
+
+def test_check_batch_record_send_and_override(sc):
+    ws = sc.workspace(limits=[limit("email", 1, 3600), limit("sms", 1, 3600)],
+                      allow_override=True)
+    pid = sc.person(ws).person_id
+    for _ in range(2):  # without --record-send nothing is counted
+        d = ctl_json(sc, "check", ws, pid, "email")
+        assert d == {"allowed": True, "reason": "DECISION_REASON_SUBSCRIBED", "person_id": pid}
+    assert "allowed SUBSCRIBED" in ctl(sc, "check", ws, pid, "email", "--record-send").stdout
+    limited = sc.root.CheckDelivery(workspace=ws, person=pid, channel="email")
+    assert limited.reason == pb.DECISION_REASON_MESSAGE_LIMIT_REACHED
+    batch = ctl_json(sc, "check-batch", ws, "sms", "", pid, "nobody", "--record-send")
+    assert [(d["allowed"], d["reason"], d["person_id"]) for d in batch["decisions"]] == [
+        (True, "DECISION_REASON_SUBSCRIBED", pid), (False, "DECISION_REASON_UNKNOWN_PERSON", "")]
+    assert sc.root.CheckDelivery(workspace=ws, person=pid, channel="sms").reason == \
+        pb.DECISION_REASON_MESSAGE_LIMIT_REACHED
+    o = ctl_json(sc, "override", ws, pid, "email", "", "msg-42", "password reset")
+    assert o["allowed"] and o["reason"] == "DECISION_REASON_OVERRIDDEN_IMPORTANT"
+    top = sc.root.GetHistory(workspace=ws, person=pid).entries[0]
+    assert top.action == "override" and "msg-42" in top.detail and top.actor == "sc-root"
+
+
+def test_history_pages(sc):
+    ws = sc.workspace()
+    pid = sc.person(ws).person_id
+    for ch in ("email", "sms", "push"):
+        sc.root.Subscribe(workspace=ws, person=pid, channel=ch, source="s")
+    text = ctl(sc, "history", ws, pid, "--page-size", "2").stdout
+    assert len(text.splitlines()) == 3 and "subscribe (push, )" in text.splitlines()[0]
+    token = text.splitlines()[-1].removeprefix("next page: ")
+    want = sc.root.GetHistory(workspace=ws, person=pid, page_size=2, page_token=token)
+    got = ctl_json(sc, "history", ws, pid, "--page-size", "2", "--page-token", token)
+    assert [(e["at"], e["action"], e["channel"]) for e in got["entries"]] == \
+        [(e.at, e.action, e.channel) for e in want.entries] and len(want.entries) == 2
+    assert got["next_page_token"] == want.next_page_token
+
+
+def test_forget_also_suppress_wait_and_verify_receipt(sc, tmp_path):
+    ws, pid = sc.workspace(), unique("p")
+    sc.person(ws, person_id=pid, email=f"{pid}@example.com")
+    f = ctl_json(sc, "forget", ws, pid, "--also-suppress", "--wait", "--timeout-ms", "70000")
+    assert list(f) == fields(pb.ForgetResponse) and f["person_id"] == pid
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws, person=pid))
+    expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(
+        workspace=ws, person_id=unique("p"), email=f"{pid}@example.com"))
+    data = sc.server.argv[sc.server.argv.index("--data") + 1]
+    ok = ctl(sc, "verify-receipt", f["receipt"], "--data", data)
+    assert ok.stdout.startswith("VALID: ") and json.loads(ok.stdout[7:])["workspace"] == ws
+    missing = ctl(sc, "verify-receipt", f["receipt"], code=2, cwd=tmp_path)  # no ./data here
+    assert "./data/secret.key" in missing.stderr and "--data" in missing.stderr
+
+
+def test_suppress_and_unsuppress(sc):
+    ws, pid = sc.workspace(), unique("p")
+    sc.person(ws, person_id=pid, email=f"{pid}@example.com")
+    r = ctl_json(sc, "suppress", ws, f"email:{pid.upper()}@EXAMPLE.COM", "phone:+14155550777",
+                 "--reason", "complaint")
+    assert r == {"suppressed": 2, "forgotten_person_ids": [pid]}
+    expect_code(NOT_FOUND, lambda: sc.root.GetProfile(workspace=ws, person=pid))
+    expect_code(FAILED_PRECONDITION, lambda: sc.root.Identify(
+        workspace=ws, person_id="again", email=f"{pid}@example.com"))
+    assert "unsuppressed: 1" in ctl(sc, "unsuppress", ws, f"email:{pid}@example.com").stdout
+    assert sc.root.Identify(workspace=ws, person_id="again", email=f"{pid}@example.com")
+    assert sc.root.GetProfile(workspace=ws, person=ref_email(f"{pid}@example.com")).person_id \
+        == "again"
+
+
+def test_workspace_set_from_file_and_stdin(sc, tmp_path):
+    ws = unique("ws")
+    path = tmp_path / "ws.json"
+    path.write_text(json.dumps({
+        "channels": ["email", "sms"],
+        "topics": [{"id": "news", "name": "News \"daily\"", "description": "tab\there",
+                    "default_state": "UNSUBSCRIBED"},
+                   {"id": "tips", "name": "Tips", "default_state": "TOPIC_DEFAULT_SUBSCRIBED"}],
+        "limits": [{"channel": "email", "max_messages": 3, "window_seconds": 86400}],
+        "allow_important_override": True}))
+    ctl(sc, "workspace", "set", ws, path)
+    cfg = sc.root.GetWorkspace(workspace=ws)
+    assert list(cfg.channels) == ["email", "sms"] and cfg.allow_important_override
+    assert [(t.id, t.name, t.description, t.default_state) for t in cfg.topics] == [
+        ("news", "News \"daily\"", "tab\there", pb.TOPIC_DEFAULT_UNSUBSCRIBED),
+        ("tips", "Tips", "", pb.TOPIC_DEFAULT_SUBSCRIBED)]
+    assert [(l.channel, l.max_messages, l.window_seconds) for l in cfg.limits] == \
+        [("email", 3, 86400)]
+    # `workspace get --json`, edited, goes back in through stdin.
+    got = ctl_json(sc, "workspace", "get", ws)
+    assert got["topics"][0]["description"] == "tab\there"  # control characters escaped
+    got["channels"].append("push")
+    got["allow_important_override"] = False
+    ctl(sc, "workspace", "set", ws, "-", stdin=json.dumps(got))
+    cfg = sc.root.GetWorkspace(workspace=ws)
+    assert list(cfg.channels) == ["email", "sms", "push"] and not cfg.allow_important_override
+    assert len(cfg.topics) == 2 and len(cfg.limits) == 1
+    for bad, named in [({"topics": [{"id": "x", "default_state": "OPT_IN"}]},
+                        "topics[0].default_state"),
+                       ({"channels": ["email"], "limitz": []}, "limitz"),
+                       ({"limits": [{"channel": "email", "max_messages": "3"}]},
+                        "limits[0].max_messages")]:
+        r = ctl(sc, "workspace", "set", ws, "-", stdin=json.dumps(bad), code=2)
+        assert named in r.stderr, r.stderr
+    assert "not JSON" in ctl(sc, "workspace", "set", ws, "-", stdin="{", code=2).stderr
+    assert list(sc.root.GetWorkspace(workspace=ws).channels) == ["email", "sms", "push"]
+
+
+def test_watch_from_oldest_and_live(sc):
+    ws = sc.workspace()
+    pid = sc.person(ws).person_id
+    sc.root.Subscribe(workspace=ws, person=pid, channel="email", source="a")
+    sc.root.Unsubscribe(workspace=ws, person=pid, channel="sms", source="b")
+    lines = ctl(sc, "watch", ws, "--from-oldest", "--count", "3", "--json").stdout.splitlines()
+    events = [json.loads(l) for l in lines]
+    assert [list(e) for e in events] == [fields(pb.ChangeEvent)] * 3
+    assert [(e["action"], e["channel"], e["state"], e["source"]) for e in events] == [
+        ("identify", "", "PREFERENCE_STATE_UNSPECIFIED", ""),
+        ("subscribe", "email", "PREFERENCE_STATE_SUBSCRIBED", "a"),
+        ("unsubscribe", "sms", "PREFERENCE_STATE_UNSUBSCRIBED", "b")]
+    stub = pb_grpc.SubscriptionCenterStub(sc.channel)
+    feed = stub.WatchChanges(pb.WatchRequest(workspace=ws, from_oldest=True), timeout=10,
+                             metadata=[("authorization", "Bearer " + TOKENS["sc-root"])])
+    assert [e["seq"] for e in events] == [next(feed).seq for _ in range(3)]
+    feed.cancel()
+    # Live: each event is printed as it arrives, with no deadline (a unary call gets 5 s).
+    proc = subprocess.Popen(argv(sc.port, "watch", ws, "--after-seq", events[-1]["seq"],
+                                 "--count", "2"), stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.PIPE, env=clean_env(), cwd=support.REPO)
+    try:
+        time.sleep(5.5)
+        sc.root.Subscribe(workspace=ws, person=pid, channel="push", source="live")
+        assert select.select([proc.stdout], [], [], 10)[0], "no event printed within 10 s"
+        first = proc.stdout.readline()
+        assert "subscribe" in first and "(push, )" in first and "source=live" in first, first
+        assert proc.poll() is None  # still watching for the second event
+        sc.root.Unsubscribe(workspace=ws, person=pid, channel="push", source="live")
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        assert "unsubscribe" in out and f"person_id={pid}" in out
+    finally:
+        proc.kill()
+
+
+def test_refusals_and_errors(sc):
+    ws = sc.workspace()
+    pid = sc.person(ws).person_id
+    r = ctl(sc, "subscribe", ws, pid, "fax", code=1)
+    assert r.stderr.startswith("subcenterctl: INVALID_ARGUMENT: ") and "channel" in r.stderr
+    assert list(sc.root.GetPreferences(workspace=ws, person=pid).entries) == []
+    r = ctl(sc, "history", ws, pid, "--page-size", "5000", code=1)
+    assert "INVALID_ARGUMENT" in r.stderr and "page_size" in r.stderr
+    assert "NOT_FOUND" in ctl(sc, "profile", ws, "ghost", code=1).stderr
+    assert "UNAUTHENTICATED" in ctl(sc, "profile", ws, pid, token=None, code=1).stderr
+    assert "unknown command 'frobnicate'" in ctl(sc, "frobnicate", code=2).stderr
+    assert "--bogus" in ctl(sc, "profile", ws, pid, "--bogus", code=2).stderr
+    assert "--record-send" in ctl(sc, "subscribe", ws, pid, "email", "--record-send",
+                                  code=2).stderr
+    assert "missing operands" in ctl(sc, "override", ws, pid, "email", code=2).stderr
+    assert "workspace get WS" in ctl(sc, "workspace", "delete", ws, code=2).stderr
+    usage = ctl(sc, "--help").stdout
+    for word in ("check-batch", "unsuppress", "workspace set", "watch", "--cert", "--json",
+                 "--also-suppress", "--page-token", "--from-oldest", "verify-receipt"):
+        assert word in usage, word
+    # $SUBCENTER_TOKEN stands in for --token: the history's actor is that token's name.
+    ctl(sc, "subscribe", ws, pid, "sms", token=None, env={"SUBCENTER_TOKEN": TOKENS["sc-write"]})
+    assert sc.root.GetHistory(workspace=ws, person=pid).entries[0].actor == "sc-write"
+
+
+def test_mtls_client_certificate(start_server):
+    server = start_server("subcenterd", server_args(), client_ca=True)
+    cert = ["--cert", support.CLIENT_PEM, "--key", support.CLIENT_KEY]
+    run = lambda *a: subprocess.run(argv(server.port, *a), capture_output=True, text=True,
+                                    env=clean_env(), cwd=support.REPO, timeout=30)
+    r = run("identify", "default", "m1", "m1@example.com", *cert)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with support.make_channel(server.port, client_cert=True) as ch:
+        got = pb_grpc.SubscriptionCenterStub(ch).GetProfile(
+            pb.GetProfileRequest(workspace="default", person=pb.PersonRef(person_id="m1")),
+            metadata=[("authorization", "Bearer " + TOKENS["sc-root"])], timeout=10)
+    assert got.email == "m1@example.com"
+    refused = run("profile", "default", "m1")  # no client certificate
+    assert refused.returncode == 1 and refused.stderr.startswith("subcenterctl: UNAVAILABLE: ")
+    half = run("profile", "default", "m1", "--cert", support.CLIENT_PEM)
+    assert half.returncode == 2 and "--key" in half.stderr
