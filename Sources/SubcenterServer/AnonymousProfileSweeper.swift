@@ -1,5 +1,6 @@
-// Deletes anonymous profiles unchanged for `--anonymous-ttl` (SPEC §1), checking once a
-// minute (or every TTL, if shorter) on a background queue. (Their erasure from disk is
+// Deletes anonymous profiles unchanged for `--anonymous-ttl` (SPEC §1), checking at start
+// (profiles whose TTL ran out while the server was down go at once) and then once a minute
+// (or every TTL, if shorter) on a background queue. (Their erasure from disk is
 // scheduled like every removal's: `SubscriptionStore.whenPersonsRemoved`.)
 
 import Dispatch
@@ -19,7 +20,7 @@ public final class AnonymousProfileSweeper: @unchecked Sendable {
 
   public func start() {
     let period = DispatchTimeInterval.milliseconds(Int(min(ttlMillis, 60_000)))
-    timer.schedule(deadline: .now() + period, repeating: period)
+    timer.schedule(deadline: .now(), repeating: period)
     timer.setEventHandler { [store, ttlMillis] in
       store.expireAnonymousProfiles(ttlMillis: ttlMillis) { _ in }
     }

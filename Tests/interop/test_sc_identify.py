@@ -305,3 +305,25 @@ def test_anonymous_profiles_expire_after_the_ttl_unless_changed(start_server):
         assert c.GetProfile(workspace=ws, person=ref_anon("attached-cookie")).person_id == "p"
     finally:
         env.close()
+
+
+@pytest.mark.deadline(60)
+def test_anonymous_profiles_whose_ttl_ran_out_while_the_server_was_down_go_at_start(tmp_path):
+    """The TTL counts while the server is down: a profile that expired meanwhile is gone right
+    after the restart, not one sweep period (here the TTL, 4 s) later."""
+    from crash_support import DurableServer
+    srv = DurableServer(str(tmp_path), extra=("--anonymous-ttl", "4"))
+    try:
+        srv.start()
+        srv.client.Identify(workspace="default", anonymous_id="left-while-down")
+        assert srv.terminate() == 0
+        time.sleep(4.5)
+        srv.start()
+        started = time.monotonic()
+        while _exists(srv.client, "default", "left-while-down") and \
+                time.monotonic() - started < 10:
+            time.sleep(0.05)
+        assert time.monotonic() - started < 2.0, \
+            f"an expired anonymous profile was served {time.monotonic() - started:.1f} s after start"
+    finally:
+        srv.close()
