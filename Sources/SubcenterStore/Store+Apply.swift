@@ -267,6 +267,7 @@ extension SubscriptionStore {
         last = seq
         applier.applied.store(seq, ordering: .releasing)
       }
+      if let seq { noteEvents(command, seq: seq, h) }
     }
   }
 

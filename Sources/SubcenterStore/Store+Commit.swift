@@ -500,6 +500,7 @@ extension SubscriptionStore {
         last = seq
         applier.applied.store(seq, ordering: .releasing)
       }
+      noteEvents(c.command, seq: seq, c.scope.workspace)
       if applied, !ChangeEvents.removals(of: c.command).isEmpty {
         applier.personsRemoved.withLock { $0 }?()
       }
@@ -510,6 +511,13 @@ extension SubscriptionStore {
       c.fail(error)
       c.settle(false)
     }
+  }
+
+  /// Records `seq` as the workspace's newest change-feed event if its record has one (the
+  /// feed reads the log, so whether the command changed anything does not matter).
+  func noteEvents(_ command: Command, seq: UInt64, _ h: WorkspaceHandle?) {
+    guard let h, ChangeEvents.hasEvents(command) else { return }
+    h.lastEventSeq.store(seq, ordering: .relaxed)
   }
 
   /// Applies a command to the state under its locks (`scope(of:)`): the live path and

@@ -19,9 +19,15 @@ public struct StoreSnapshot: Sendable {
   public let seq: UInt64
   /// Every workspace, ordered by id, with its name numbering.
   public let workspaces: [Workspace]
+  let lastEventSeqs: [String: UInt64]
   let ids: [UInt16: String]
   let suppressed: [String: Set<SuppressionHash>]
   let shards: [Shard]
+
+  /// A workspace's snapshot record.
+  public func snapshot(of workspace: Workspace) -> WorkspaceSnapshot {
+    WorkspaceSnapshot(workspace, lastEventSeq: lastEventSeqs[workspace.id] ?? 0)
+  }
 
   /// A workspace's suppressed identifiers' hashes, sorted.
   public func suppressions(in workspace: String) -> [SuppressionHash] {
@@ -68,16 +74,30 @@ extension SubscriptionStore {
         }
       }
       return StoreSnapshot(
-        seq: last, workspaces: handles.map(\.current), ids: ids, suppressed: suppressed,
-        shards: copies)
+        seq: last, workspaces: handles.map(\.current),
+        lastEventSeqs: Dictionary(
+          uniqueKeysWithValues: handles.map { ($0.id, $0.lastEventSeq.load(ordering: .relaxed)) }),
+        ids: ids, suppressed: suppressed, shards: copies)
     }
   }
 
   // MARK: Restoring
 
-  /// Recovery: adds (or replaces) a workspace with the name numbering a snapshot kept.
-  public func restore(workspace model: Workspace) {
-    registry.withLock { reg in applyConfigure(model, registry: &reg) }
+  /// Recovery: adds (or replaces) a workspace with the name numbering and the newest
+  /// event's seq a snapshot kept.
+  public func restore(workspace model: Workspace, lastEventSeq: UInt64 = 0) {
+    let h = registry.withLock { reg in
+      applyConfigure(model, registry: &reg)
+      return reg.handle(model.id)
+    }
+    h?.lastEventSeq.store(lastEventSeq, ordering: .relaxed)
+  }
+
+  /// The seq of the newest log record holding a change-feed event of `workspace` (0 when
+  /// it has none, or does not exist). The change feed uses it to tell a watcher whose
+  /// cursor is older than the retention whether it missed anything.
+  public func lastEventSeq(workspace: String) -> UInt64 {
+    registry.withLock { $0.handle(workspace) }?.lastEventSeq.load(ordering: .relaxed) ?? 0
   }
 
   /// Recovery: adds a person of a restored workspace as a snapshot kept it (channels and
@@ -156,7 +176,7 @@ struct SnapshotRestorer {
     guard let record = try SnapshotRecordCodec.person(in: payload) else {
       switch try SnapshotRecordCodec.decodeWithProtobufC(payload) {
       case .workspace(let w):
-        store.restore(workspace: try w.restore())
+        store.restore(workspace: try w.restore(), lastEventSeq: w.lastEventSeq)
         workspace = nil
       case .suppressions(let id, let hashes): try store.restore(suppressions: hashes, workspace: id)
       case .person(let id, let person):

@@ -125,6 +125,25 @@ private final class CollectingSink: ChangeSink {
     ]
     for c in none { #expect(ChangeEvents.events(seq: 1, command: c).isEmpty) }
     #expect(ChangeEvents.events(seq: 1, command: nil).isEmpty)
+
+    // `hasEvents`, checked for every record applied, agrees with `events`.
+    let others: [Command] = [
+      .identify(.init(workspace: "w", person: p, creates: true, at: 1, actor: "x")),
+      .identify(.init(workspace: "w", person: p, creates: false, at: 1, actor: "x")),
+      .identify(
+        .init(workspace: "w", person: p, creates: false, phone: "+15550000001", at: 1, actor: "x")),
+      .identify(
+        .init(
+          workspace: "w", person: p, creates: false, anonymousID: "a-1", mergesProfile: true,
+          at: 1, actor: "x")),
+      .setGlobal(
+        .init(workspace: "w", person: p, unsubscribed: true, source: "", at: 1, actor: "x")),
+      .suppress(.init(workspace: "w", hashes: [], forget: [], reason: "", at: 1, actor: "x")),
+      .expireAnonymous(.init(workspace: "w", profiles: [], at: 1)),
+    ]
+    for c in none + others + [forget, suppress, expire] {
+      #expect(ChangeEvents.hasEvents(c) == !ChangeEvents.events(seq: 1, command: c).isEmpty)
+    }
   }
 }
 

@@ -337,6 +337,7 @@ enum Samples {
     anonymous.setGlobal(unsubscribed: false, source: "", at: 8, actor: "")
     let records: [SnapshotRecord] = [
       .workspace(WorkspaceSnapshot(workspace)),
+      .workspace(WorkspaceSnapshot(workspace, lastEventSeq: 1 << 40 | 7)),
       .person(workspace: "acme", Self.person()),
       .person(workspace: "acme", anonymous),
       .person(workspace: "acme", Person(key: .person("bare"), at: 0)),

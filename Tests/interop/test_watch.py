@@ -244,6 +244,56 @@ def test_watch_cursor_older_than_retention_is_out_of_range():
         srv.close()
 
 
+@pytest.mark.deadline(120)
+def test_watch_of_a_quiet_workspace_resumes_after_other_workspaces_records_expired():
+    """OUT_OF_RANGE means an event after the cursor expired: a consumer of a workspace with
+    no change since its cursor missed nothing, however much of other workspaces' log
+    expired meanwhile, also after a SIGTERM (the snapshot keeps the workspace's newest
+    event seq) and a kill -9 restart; a cursor before that workspace's expired event is
+    still OUT_OF_RANGE."""
+    srv = DurableServer(tempfile.mkdtemp(prefix="watch-quiet-"),
+                        extra=("--change-retention", "2", "--erasure-deadline", "2")).start()
+    try:
+        sc = srv.client
+        quiet, busy = unique("wq"), unique("wb")
+        for ws in (quiet, busy):
+            sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        sc.Identify(workspace=quiet, person_id="q")
+        w = Watch(srv.channel, workspace=quiet, from_oldest=True)
+        (event,) = w.take(1)
+        w.cancel()
+        for restart in ("none", "sigterm", "kill9"):
+            # The busy workspace writes until the quiet one's newest event has left the log.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                srv.client.Identify(workspace=busy, person_id=unique("b"))
+                try:
+                    first_error(srv.channel, workspace=busy, after_seq=event.seq - 1,
+                                timeout=0.3)
+                except grpc.RpcError as e:
+                    if e.code() == OUT_OF_RANGE:
+                        break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the records never expired")
+            if restart == "sigterm":
+                assert srv.terminate() == 0
+                srv.start()
+            elif restart == "kill9":
+                srv.kill9()
+                srv.start()
+            expect_code(OUT_OF_RANGE, lambda: first_error(
+                srv.channel, workspace=quiet, after_seq=event.seq - 1, timeout=3))
+            w = Watch(srv.channel, workspace=quiet, after_seq=event.seq)
+            srv.client.Subscribe(workspace=quiet, person="q", channel="email", source=restart)
+            (e,) = w.take(1)
+            assert w.error is None and (e.action, e.source) == ("subscribe", restart), (e, restart)
+            w.cancel()
+            event = e
+    finally:
+        srv.close()
+
+
 @pytest.mark.deadline(180)
 def test_watch_resumes_across_kill9_missing_nothing_and_nothing_twice():
     """A consumer that reconnects with the last seq it saw, across kill -9 restarts while

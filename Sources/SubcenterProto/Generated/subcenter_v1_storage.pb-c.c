@@ -2384,7 +2384,7 @@ const ProtobufCMessageDescriptor subcenter__storage__v1__snapshot_record__descri
   (ProtobufCMessageInit) subcenter__storage__v1__snapshot_record__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor subcenter__storage__v1__workspace_snapshot__field_descriptors[3] =
+static const ProtobufCFieldDescriptor subcenter__storage__v1__workspace_snapshot__field_descriptors[4] =
 {
   {
     "config",
@@ -2422,16 +2422,29 @@ static const ProtobufCFieldDescriptor subcenter__storage__v1__workspace_snapshot
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "last_event_seq",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Subcenter__Storage__V1__WorkspaceSnapshot, last_event_seq),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned subcenter__storage__v1__workspace_snapshot__field_indices_by_name[] = {
   1,   /* field[1] = channel_names */
   0,   /* field[0] = config */
+  3,   /* field[3] = last_event_seq */
   2,   /* field[2] = topic_names */
 };
 static const ProtobufCIntRange subcenter__storage__v1__workspace_snapshot__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor subcenter__storage__v1__workspace_snapshot__descriptor =
 {
@@ -2441,7 +2454,7 @@ const ProtobufCMessageDescriptor subcenter__storage__v1__workspace_snapshot__des
   "Subcenter__Storage__V1__WorkspaceSnapshot",
   "subcenter.storage.v1",
   sizeof(Subcenter__Storage__V1__WorkspaceSnapshot),
-  3,
+  4,
   subcenter__storage__v1__workspace_snapshot__field_descriptors,
   subcenter__storage__v1__workspace_snapshot__field_indices_by_name,
   1,  subcenter__storage__v1__workspace_snapshot__number_ranges,

@@ -455,10 +455,15 @@ struct  Subcenter__Storage__V1__WorkspaceSnapshot
   char **channel_names;
   size_t n_topic_names;
   char **topic_names;
+  /*
+   * The seq of the workspace's newest change-feed event (0: none yet): after the log
+   * records holding it expire, a watcher resuming at or past it has missed nothing.
+   */
+  uint64_t last_event_seq;
 };
 #define SUBCENTER__STORAGE__V1__WORKSPACE_SNAPSHOT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&subcenter__storage__v1__workspace_snapshot__descriptor) \
-    , NULL, 0,NULL, 0,NULL }
+    , NULL, 0,NULL, 0,NULL, 0 }
 
 
 struct  Subcenter__Storage__V1__GlobalFlag

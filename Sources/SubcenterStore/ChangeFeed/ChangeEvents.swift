@@ -93,6 +93,19 @@ public enum ChangeEvents {
     }
   }
 
+  /// Whether the record holding `command` has events: `!events(seq:command:).isEmpty`,
+  /// without building them (checked for every record applied).
+  public static func hasEvents(_ command: Command) -> Bool {
+    switch command {
+    case .identify(let c):
+      return c.creates || c.email != nil || c.phone != nil || c.anonymousID != nil
+    case .setPreference, .setGlobal, .forget: return true
+    case .suppress(let c): return !c.forget.isEmpty
+    case .expireAnonymous(let c): return !c.profiles.isEmpty
+    case .configureWorkspace, .recordSends, .override, .unsuppress: return false
+    }
+  }
+
   /// The persons a record holds data of (a removal's own record is its tombstone, not
   /// data: see `isTombstone`).
   static func persons(of command: Command) -> [PersonKey] {

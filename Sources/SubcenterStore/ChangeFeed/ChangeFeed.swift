@@ -80,6 +80,8 @@ public final class ChangeFeed: Sendable {
   let fileSystem: any FileSystem
   let wal: WriteAheadLog
   let options: Options
+  /// A workspace's newest event seq (`SubscriptionStore.lastEventSeq(workspace:)`).
+  let lastEventSeq: @Sendable (String) -> UInt64
   let wake = WakeEvent()
 
   struct State {
@@ -95,11 +97,15 @@ public final class ChangeFeed: Sendable {
   /// How many watchers there are (the log's completions only wake the thread then).
   let watching = Atomic<Int>(0)
 
-  init(directory: String, fileSystem: any FileSystem, wal: WriteAheadLog, options: Options) {
+  init(
+    directory: String, fileSystem: any FileSystem, wal: WriteAheadLog, options: Options,
+    lastEventSeq: @escaping @Sendable (String) -> UInt64
+  ) {
     self.directory = directory
     self.fileSystem = fileSystem
     self.wal = wal
     self.options = options
+    self.lastEventSeq = lastEventSeq
   }
 
   /// Starts a watch of `workspace`'s events. Returns an id for `cancel`.
@@ -279,11 +285,13 @@ final class Watcher: @unchecked Sendable {
               "after_seq \(seq) is beyond the newest seq \(newest); "
                 + "the oldest retained seq is \(retained)")
           }
-          if seq + 1 < oldest {
+          // Only a missed event is a reason: a workspace quiet since the cursor (its newest
+          // event at or before it) missed nothing while other workspaces' records expired.
+          if seq + 1 < oldest, feed.lastEventSeq(workspace) > seq {
             return .outOfRange(
               "the events after seq \(seq) have expired; the oldest retained seq is \(retained)")
           }
-          cursor = seq
+          cursor = max(seq, oldest - 1)
         }
         lastSent = cursor
       }

@@ -118,7 +118,8 @@ public final class DurableStore: Sendable {
     self.changeRetentionMillis = changeRetentionMillis
     self.clock = clock
     self.changeFeed = ChangeFeed(
-      directory: directory, fileSystem: fileSystem, wal: wal, options: feedOptions)
+      directory: directory, fileSystem: fileSystem, wal: wal, options: feedOptions,
+      lastEventSeq: { [store] in store.lastEventSeq(workspace: $0) })
     self.store = store
     self.wal = wal
     self.directory = directory
@@ -285,7 +286,7 @@ public final class DurableStore: Sendable {
     let writer = try SnapshotWriter(directory: directory, seq: state.seq, fileSystem: fileSystem)
     do throws(StorageError) {
       for w in state.workspaces {
-        try writer.append(.workspace(WorkspaceSnapshot(w)))
+        try writer.append(.workspace(state.snapshot(of: w)))
         for r in SnapshotRecord.suppressions(
           workspace: w.id, set: Set(state.suppressions(in: w.id)))
         {

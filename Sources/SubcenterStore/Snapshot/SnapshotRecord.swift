@@ -38,18 +38,25 @@ public struct WorkspaceSnapshot: Sendable, Equatable {
   public var channelNames: [String]
   /// `topicNames[n]` is topic number n's name; `[0]` is "".
   public var topicNames: [String]
+  /// The seq of the workspace's newest change-feed event (0: none): see
+  /// `SubscriptionStore.lastEventSeq(workspace:)`.
+  public var lastEventSeq: UInt64
 
-  public init(config: WorkspaceConfig, channelNames: [String], topicNames: [String]) {
+  public init(
+    config: WorkspaceConfig, channelNames: [String], topicNames: [String],
+    lastEventSeq: UInt64 = 0
+  ) {
     self.config = config
     self.channelNames = channelNames
     self.topicNames = topicNames
+    self.lastEventSeq = lastEventSeq
   }
 
   /// The snapshot of a live workspace.
-  public init(_ workspace: Workspace) {
+  public init(_ workspace: Workspace, lastEventSeq: UInt64 = 0) {
     self.init(
       config: workspace.config, channelNames: workspace.channelNames,
-      topicNames: workspace.topicNames)
+      topicNames: workspace.topicNames, lastEventSeq: lastEventSeq)
   }
 
   /// The workspace again, with the same numbers for every name. A numbering that cannot

@@ -118,6 +118,9 @@ final class WorkspaceHandle: Sendable {
   let id: String
   let model: Mutex<Workspace>
   let identity = Mutex(IdentityState())
+  /// The seq of the newest log record with a change-feed event of this workspace (0:
+  /// none), set as records are applied under `Applier.gate`, kept in snapshots.
+  let lastEventSeq = Atomic<UInt64>(0)
 
   init(number: UInt16, model: Workspace) {
     self.number = number

@@ -19,6 +19,7 @@ public enum SnapshotRecordCodec {
       m.pointee.channel_names = a.cStrings(w.channelNames)
       m.pointee.n_topic_names = w.topicNames.count
       m.pointee.topic_names = a.cStrings(w.topicNames)
+      m.pointee.last_event_seq = w.lastEventSeq
       r.record_case = SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD_WORKSPACE
       r.workspace = m
     case .person(let workspace, let p):
@@ -71,7 +72,8 @@ public enum SnapshotRecordCodec {
             config: try LogRecordCodec.workspaceConfig(
               LogRecordCodec.present(m.config, "workspace.config")),
             channelNames: Proto.strings(m.channel_names, m.n_channel_names),
-            topicNames: Proto.strings(m.topic_names, m.n_topic_names)))
+            topicNames: Proto.strings(m.topic_names, m.n_topic_names),
+            lastEventSeq: m.last_event_seq))
       case SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD_PERSON:
         let m = try LogRecordCodec.present(r.person, "person")
         return .person(workspace: Proto.string(m.workspace), try person(m))
