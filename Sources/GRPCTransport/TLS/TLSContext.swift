@@ -62,15 +62,7 @@ public final class TLSContext: @unchecked Sendable {
   ) throws(TLSError) -> TLSContext {
     let c = try TLSContext(server: true)
     let ctx = c.handle
-    guard SSL_CTX_use_certificate_chain_file(ctx, certificateChainFile) == 1 else {
-      throw TLSError("loading certificate chain \(certificateChainFile)")
-    }
-    guard SSL_CTX_use_PrivateKey_file(ctx, privateKeyFile, SSL_FILETYPE_PEM) == 1 else {
-      throw TLSError("loading private key \(privateKeyFile)")
-    }
-    guard SSL_CTX_check_private_key(ctx) == 1 else {
-      throw TLSError("private key \(privateKeyFile) does not match the certificate")
-    }
+    try c.use(certificateChainFile: certificateChainFile, privateKeyFile: privateKeyFile)
     _ = SSL_CTX_set_options(ctx, CTLS_OP_CIPHER_SERVER_PREFERENCE | CTLS_OP_NO_TICKET)
     _ = SSL_CTX_set_num_tickets(ctx, 0)
     _ = CTLS_SSL_CTX_set_session_cache_mode(ctx, CTLS_SESS_CACHE_OFF)
@@ -112,18 +104,24 @@ public final class TLSContext: @unchecked Sendable {
     switch (certificateChainFile, privateKeyFile) {
     case (nil, nil): break
     case (let cert?, let key?):
-      guard SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 else {
-        throw TLSError("loading client certificate chain \(cert)")
-      }
-      guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
-        throw TLSError("loading client private key \(key)")
-      }
-      guard SSL_CTX_check_private_key(ctx) == 1 else {
-        throw TLSError("client private key \(key) does not match the certificate \(cert)")
-      }
+      try c.use(certificateChainFile: cert, privateKeyFile: key)
     default:
       throw TLSError("a client certificate needs both its chain and its private key")
     }
     return c
+  }
+
+  /// Loads the certificate chain and private key (PEM files) this side presents.
+  private func use(certificateChainFile: String, privateKeyFile: String) throws(TLSError) {
+    guard SSL_CTX_use_certificate_chain_file(handle, certificateChainFile) == 1 else {
+      throw TLSError("loading certificate chain \(certificateChainFile)")
+    }
+    guard SSL_CTX_use_PrivateKey_file(handle, privateKeyFile, SSL_FILETYPE_PEM) == 1 else {
+      throw TLSError("loading private key \(privateKeyFile)")
+    }
+    guard SSL_CTX_check_private_key(handle) == 1 else {
+      throw TLSError(
+        "private key \(privateKeyFile) does not match the certificate \(certificateChainFile)")
+    }
   }
 }
