@@ -155,3 +155,27 @@ def test_many_streams_one_connection(raw):
         assert st.grpc_status == 0, st.summary()
         frames = parse_grpc_frames(st.data)
         assert len(messages_pb2.SimpleResponse.FromString(frames[0]).payload.body) == i
+
+
+def test_large_responses_keep_flowing_to_a_client_that_only_reads(interop_server):
+    """A client granting large windows up front sends nothing while it reads: once the socket
+    drains, the server must go on producing HTTP/2 output by itself (it used to stop after
+    the first socket-full and wait for the client's next frame)."""
+    import h2.settings
+    conn = RawH2(interop_server.port)
+    try:
+        conn.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        conn.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        conn._flush()
+        size = 4_000_000
+        body = grpc_frame(messages_pb2.SimpleRequest(response_size=size).SerializeToString())
+        sids = [conn.request(UNARY, body) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(conn.streams[s].ended for s in sids):
+            if not conn.pump(0.5):
+                break
+        got = [len(conn.streams[s].data) for s in sids]
+        assert all(conn.streams[s].ended for s in sids), f"stalled at {got} bytes"
+        assert all(n > size for n in got), got
+    finally:
+        conn.close()

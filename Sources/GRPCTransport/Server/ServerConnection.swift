@@ -147,12 +147,18 @@ final class ServerConnection {
   // MARK: Output
 
   /// Moves HTTP/2 output through TLS to the socket, as far as the socket takes it; closes
-  /// the connection when HTTP/2 is done with it.
+  /// the connection when HTTP/2 is done with it. Called again when the socket drains, it
+  /// first sends what waited and then goes on producing (a client that only reads sends
+  /// nothing that would call it otherwise).
   func flush() {
     guard !closed, let tls else { return }
     let wasBusy = isBusy
     isBusy = true
     defer { isBusy = wasBusy }
+    if pendingBytes > 0 {
+      writeCiphertext()
+      if closed { return }
+    }
     if let http2 {
       var plain: [UInt8] = []
       swap(&plain, &loop.outScratch)
