@@ -1,6 +1,7 @@
 """subcenterd: serves Health but not the interop TestService; bad settings are refused."""
 
 import atexit
+import os
 import shutil
 import tempfile
 
@@ -130,3 +131,52 @@ def test_data_files_are_private_and_a_readable_directory_is_flagged(tmp_path):
         assert "has mode" not in srv.server.output()
     finally:
         srv.close()
+
+
+@pytest.mark.deadline(60)
+def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(tmp_path):
+    """With every file descriptor taken, a failed accept pauses the listener for a second
+    (said once per pause) instead of waking the loops again at once: they used to spin at
+    100% CPU and log tens of MB a second. Accepting resumes when descriptors free up."""
+    import resource
+    import socket
+    import subprocess
+    import time
+    from interop_support import binary
+    port = free_port()
+    log = tmp_path / "server.log"
+    args = [str(binary("subcenterd")), "--listen", f"127.0.0.1:{port}", "--admin-listen",
+            f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "data"), "--loops", "1"] + tls_args()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=lambda:
+                                resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)))
+    socks = []
+    try:
+        deadline = time.monotonic() + 20
+        while b"listening on" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        for _ in range(60):  # more than the descriptors left; each waits for its handshake
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+
+        def cpu() -> float:
+            fields = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        before = cpu()
+        time.sleep(3)
+        used = cpu() - before
+        failures = log.read_text().count("accept failed")
+        assert failures >= 1, "no accept failed: the descriptors never ran out"
+        assert used < 1.0 and failures <= 10, f"{used:.2f} s of CPU in 3 s, {failures} log lines"
+        for s in socks:
+            s.close()
+        socks = []
+        time.sleep(1.5)
+        resp = health_stub(make_channel(port)).Check(health_pb2.HealthCheckRequest(service=""),
+                                                     timeout=RPC_TIMEOUT)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for s in socks:
+            s.close()
+        proc.kill()
+        proc.wait()

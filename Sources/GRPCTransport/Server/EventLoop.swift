@@ -216,7 +216,7 @@ public final class EventLoop: @unchecked Sendable {
     while !draining {
       let fd: Int32?
       do { fd = try Socket.accept(listenFD) } catch {
-        server.log("accept failed: \(error)")
+        pauseAccepting(error)
         return
       }
       guard let fd else { return }
@@ -233,6 +233,18 @@ public final class EventLoop: @unchecked Sendable {
       connections[Int(fd)] = conn
       liveConnections += 1
       server.connectionOpened()
+    }
+  }
+
+  /// After a failed accept (out of file descriptors or memory) the listener, still
+  /// readable, would wake the loop at once, again and again: stop watching it for a
+  /// second (connections wait in the kernel's backlog), and say so once per pause.
+  private func pauseAccepting(_ error: SystemError) {
+    _ = epoll_ctl(epfd, EPOLL_CTL_DEL, listenFD, nil)
+    server.log("accept failed: \(error); accepting again in 1 s")
+    _ = schedule(after: 1_000_000_000) { [unowned self] in
+      guard !self.draining, self.listenFD >= 0 else { return }
+      try? self.register(fd: self.listenFD, events: EPOLLIN.rawValue)
     }
   }
 
