@@ -64,6 +64,23 @@ def test_head_is_get_without_the_body_and_other_methods_are_refused(sc):
         assert e.code == 405 and e.headers["Allow"] == "GET, HEAD"
 
 
+def test_idle_connections_do_not_delay_a_probe(sc):
+    """Connections that send nothing (each may wait 2 s for its request) must not queue a
+    health probe behind them: a probe with a 1 s timeout still answers."""
+    import socket
+    host, port = sc.server.argv[sc.server.argv.index("--admin-listen") + 1].rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=2) for _ in range(8)]
+    try:
+        time.sleep(0.2)
+        start = time.monotonic()
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=1) as r:
+            assert r.status == 200
+        assert time.monotonic() - start < 1.0
+    finally:
+        for s in idle:
+            s.close()
+
+
 def test_metrics_describe_every_sample(sc):
     samples, text = metrics(sc.server)
     counters = WAL_COUNTERS + SNAPSHOT_COUNTERS

@@ -180,3 +180,15 @@ def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(tmp_path):
             s.close()
         proc.kill()
         proc.wait()
+
+
+def test_sighup_leaves_the_server_running(subcenterd, sd_channel):
+    """A closed terminal or SSH session (SIGHUP) does not kill the server."""
+    import signal
+    import time
+    subcenterd.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert subcenterd.proc.poll() is None, "subcenterd died of SIGHUP"
+    resp = health_stub(sd_channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                         timeout=RPC_TIMEOUT)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING

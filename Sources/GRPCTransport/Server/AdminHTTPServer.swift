@@ -1,8 +1,11 @@
-// A tiny plain-HTTP/1.1 server for operators: GET requests only, one short answer each,
-// one thread. It serves /metrics, /healthz and /readyz beside the gRPC port; it is not on
-// any hot path.
+// A tiny plain-HTTP/1.1 server for operators: GET (and HEAD) requests only, one short
+// answer each. It serves /metrics, /healthz and /readyz beside the gRPC port; it is not on
+// any hot path. One thread accepts; each connection is answered on a thread of its own
+// (at most `maxConnections` at once, more are closed at once), so a client that connects
+// and sends nothing delays no one's probe.
 
 import Glibc
+import Synchronization
 
 /// One answer of the admin server.
 public struct AdminResponse: Sendable {
@@ -17,8 +20,10 @@ public struct AdminResponse: Sendable {
   }
 }
 
-/// Serves GET requests on one blocking thread.
+/// Serves GET requests: one accepting thread, connections answered concurrently.
 public final class AdminHTTPServer: @unchecked Sendable {
+  static let maxConnections = 32
+  private let open = Atomic<Int>(0)
   // `fd` and `thread` are set in start() and read by stop() on the same controlling thread.
   private let handler: @Sendable (String) -> AdminResponse
   private var fd: Int32 = -1
@@ -53,10 +58,28 @@ public final class AdminHTTPServer: @unchecked Sendable {
       var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
       if poll(&p, 1, 200) <= 0 { continue }
       guard let c = try? Socket.accept(listener) else { continue }
-      handle(c)
-      close(c)
+      guard open.add(1, ordering: .relaxed).newValue <= Self.maxConnections else {
+        open.subtract(1, ordering: .relaxed)
+        close(c)
+        continue
+      }
+      let job = Unmanaged.passRetained(AdminConnection(server: self, fd: c)).toOpaque()
+      var tid = pthread_t()
+      if pthread_create(&tid, nil, adminConnectionMain, job) == 0 {
+        pthread_detach(tid)
+      } else {
+        Unmanaged<AdminConnection>.fromOpaque(job).release()
+        answer(c)
+      }
     }
     close(listener)
+  }
+
+  /// Answers connection `c` and closes it.
+  fileprivate func answer(_ c: Int32) {
+    handle(c)
+    close(c)
+    open.subtract(1, ordering: .relaxed)
   }
 
   private func handle(_ c: Int32) {
@@ -98,6 +121,22 @@ public final class AdminHTTPServer: @unchecked Sendable {
       off += n
     }
   }
+}
+
+/// One accepted connection, handed to its thread.
+private final class AdminConnection {
+  let server: AdminHTTPServer
+  let fd: Int32
+  init(server: AdminHTTPServer, fd: Int32) {
+    self.server = server
+    self.fd = fd
+  }
+}
+
+private func adminConnectionMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+  let job = Unmanaged<AdminConnection>.fromOpaque(arg!).takeRetainedValue()
+  job.server.answer(job.fd)
+  return nil
 }
 
 private func adminThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {

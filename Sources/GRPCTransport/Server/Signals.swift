@@ -5,9 +5,11 @@ import Glibc
 
 public enum TerminationSignals {
   /// Blocks SIGTERM and SIGINT in the calling thread and every thread it creates later,
-  /// and ignores SIGPIPE. Call first thing in `main`.
+  /// and ignores SIGPIPE and SIGHUP (a closed terminal or SSH session leaves the server
+  /// running, as Redis does). Call first thing in `main`.
   public static func block() {
     signal(SIGPIPE, SIG_IGN)
+    signal(SIGHUP, SIG_IGN)
     var set = sigset_t()
     sigemptyset(&set)
     sigaddset(&set, SIGTERM)
