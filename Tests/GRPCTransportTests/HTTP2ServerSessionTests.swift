@@ -303,7 +303,24 @@ struct TestService: GRPCService {
     #expect(client.responses[none]?.header("grpc-status") == "13")
     #expect(client.responses[two]?.header("grpc-status") == "13")
     #expect(client.responses[truncated]?.header("grpc-status") == "13")
-    #expect(client.responses[truncated]?.header("grpc-message") == "truncated request message")
+    #expect(
+      client.responses[truncated]?.header("grpc-message")
+        == "the request body does not end at the end of a message (is its length prefix right?)")
+  }
+
+  @Test func compressedFlagNamesTheEncodingThatDoesNotAllowIt() throws {
+    let none = client.request(path: "/test.Test/Echo", body: [1, 0, 0, 0, 1, 0xAA])
+    let identity = client.request(
+      path: "/test.Test/Echo", headers: [("grpc-encoding", "identity")],
+      body: [1, 0, 0, 0, 1, 0xAA])
+    harness.pump()
+    #expect(client.responses[none]?.header("grpc-status") == "13")
+    #expect(
+      client.responses[none]?.header("grpc-message") == "compressed message without grpc-encoding")
+    #expect(client.responses[identity]?.header("grpc-status") == "13")
+    #expect(
+      client.responses[identity]?.header("grpc-message")
+        == "compressed message with grpc-encoding identity")
   }
 
   @Test func oversizedHeaderListIsResourceExhausted() throws {

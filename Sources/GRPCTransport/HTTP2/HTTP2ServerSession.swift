@@ -354,7 +354,11 @@ final class HTTP2ServerSession {
       try s.deframer.process(bytes) { (m) throws(RPCStatus) in
         if m.compressed {
           guard let enc = s.grpcEncoding, enc != "identity" else {
-            throw RPCStatus(.internal, "compressed message without grpc-encoding")
+            throw RPCStatus(
+              .internal,
+              s.grpcEncoding == nil
+                ? "compressed message without grpc-encoding"
+                : "compressed message with grpc-encoding identity")
           }
           throw RPCStatus(.unimplemented, "grpc-encoding \(enc) is not supported")
         }
@@ -376,7 +380,10 @@ final class HTTP2ServerSession {
         s,
         RPCStatus(
           .internal,
-          s.deframer.isIdle ? "no request message for \(s.path)" : "truncated request message"))
+          s.deframer.isIdle
+            ? "no request message for \(s.path)"
+            : "the request body does not end at the end of a message (is its length prefix "
+              + "right?)"))
       return
     }
     s.requestMessage = nil
