@@ -179,3 +179,54 @@ def test_large_responses_keep_flowing_to_a_client_that_only_reads(interop_server
         assert all(n > size for n in got), got
     finally:
         conn.close()
+
+
+def _rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_answers_a_client_does_not_read_are_bounded_and_the_rest_wait(start_server):
+    """A client that asks for many large answers without reading them (window 0): the
+    connection holds at most ~16 MiB of unsent answers; later calls wait to run, and run
+    once the client reads, each answered in full."""
+    import h2.settings
+    server = start_server("interop-server")
+    conn = RawH2(server.port)
+    try:
+        conn.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        conn._flush()
+        assert conn.wait_settings(5)
+        before = _rss_kib(server.proc.pid)
+        size, calls = 1_000_000, 120
+        body = grpc_frame(messages_pb2.SimpleRequest(response_size=size).SerializeToString())
+        sids = [conn.request(UNARY, body) for _ in range(calls)]
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            conn.pump(0.1)
+        grown_mib = (_rss_kib(server.proc.pid) - before) / 1024
+        assert grown_mib < 60, f"{grown_mib:.0f} MiB held for {calls} unread 1 MB answers"
+        # Reset streams give their unsent answers' room back (the first ones ran, a later
+        # one is held): the rest still all run once the client reads.
+        import h2.errors
+        for sid in sids[:5] + sids[-1:]:
+            conn.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+        conn._flush()
+        kept = sids[5:-1]
+        conn.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        conn.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        conn._flush()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(conn.streams[s].ended for s in kept):
+            if not conn.pump(0.5):
+                break
+        done = [s for s in kept if conn.streams[s].ended and conn.streams[s].grpc_status == 0]
+        assert len(done) == len(kept), f"{len(done)} of {len(kept)} answered"
+        assert all(len(conn.streams[s].data) > size for s in kept)
+        # Nothing is left counted: a new large call on the connection runs at once.
+        st = conn.wait(conn.request(UNARY, body), timeout=10)
+        assert st.grpc_status == 0 and len(st.data) > size, st.summary()
+    finally:
+        conn.close()

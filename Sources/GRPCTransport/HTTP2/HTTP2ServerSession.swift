@@ -10,6 +10,9 @@ public struct SessionLimits: Sendable {
   public var maxMessageBytes = 4 * 1024 * 1024
   public var maxConcurrentStreams = 256
   public var maxHeaderListBytes = 16 * 1024
+  /// Answer bytes a connection may hold unsent (its client reads slowly or not at all)
+  /// before its next calls wait to run until that falls back under it.
+  public var maxQueuedResponseBytes = 16 * 1024 * 1024
   public init() {}
 }
 
@@ -43,6 +46,8 @@ final class HTTP2Stream {
   var pendingOKTrailers = false
   var deferred = false
   var drainedCallbacks: [@Sendable () -> Void] = []
+  /// Closed by nghttp2 (a held call whose stream closed is not run).
+  var closed = false
   // The session's list of open streams (intrusive, so no hashing per call).
   var prev: HTTP2Stream?
   var next: HTTP2Stream?
@@ -97,6 +102,11 @@ final class HTTP2ServerSession {
   private var nextRecentValue = 0
   /// Counts answered calls (OK or not) for the server's metrics.
   var onCallFinished: (RPCStatus.Code) -> Void = { _ in }
+  /// Answer bytes queued on streams that nghttp2 has not taken yet.
+  private(set) var queuedResponseBytes = 0
+  /// Streams whose request ended while `queuedResponseBytes` was over the limit: their
+  /// calls run, in order, once it is back under (the handler has not run yet).
+  private var held: [HTTP2Stream] = []
 
   init(router: Router, limits: SessionLimits, loop: any CallLoop) throws(HTTP2Error) {
     self.router = router
@@ -174,7 +184,21 @@ final class HTTP2ServerSession {
       if n == 0 { break }
       out.append(contentsOf: UnsafeBufferPointer(start: data, count: n))
     }
+    if !held.isEmpty { runHeldCalls() }
     return true
+  }
+
+  /// Runs the held calls while the queued answers stay under the limit.
+  private func runHeldCalls() {
+    var next = 0
+    while next < held.count, queuedResponseBytes <= limits.maxQueuedResponseBytes {
+      let s = held[next]
+      next += 1
+      if !s.closed, !s.finished, let route = s.route, let request = s.requestMessage {
+        startCall(s, route, request)
+      }
+    }
+    held.removeFirst(next)
   }
 
   var wantsRead: Bool { nghttp2_session_want_read(session) != 0 }
@@ -215,6 +239,10 @@ final class HTTP2ServerSession {
     s.prev = nil
     s.next = nil
     activeStreams -= 1
+    s.closed = true
+    queuedResponseBytes -= s.outbound.count - s.outOffset
+    s.outbound = []
+    s.outOffset = 0
     detach(s)
     Unmanaged.passUnretained(s).release()
   }
@@ -386,6 +414,14 @@ final class HTTP2ServerSession {
               + "right?)"))
       return
     }
+    if queuedResponseBytes > limits.maxQueuedResponseBytes {
+      held.append(s)
+      return
+    }
+    startCall(s, route, request)
+  }
+
+  private func startCall(_ s: HTTP2Stream, _ route: ServiceMethod, _ request: [UInt8]) {
     s.requestMessage = nil
     let call = ServerCall(
       path: s.path, metadata: s.metadata, request: request,
@@ -448,6 +484,7 @@ final class HTTP2ServerSession {
       s.outbound.reserveCapacity(message.count + 5)
     }
     GRPCMessageFramer.frame(message, into: &s.outbound)
+    queuedResponseBytes += message.count + GRPCMessageFramer.prefixSize
     outboundAdded(s, whenDrained: whenDrained)
   }
 
@@ -462,6 +499,7 @@ final class HTTP2ServerSession {
     }
     var framed = consume framed
     GRPCMessageFramer.writePrefix(&framed)
+    queuedResponseBytes += framed.count
     if s.outOffset == s.outbound.count {
       s.outbound = framed
       s.outOffset = 0
@@ -551,6 +589,7 @@ final class HTTP2ServerSession {
           from: src.baseAddress!.assumingMemoryBound(to: UInt8.self) + s.outOffset, count: n)
       }
       s.outOffset += n
+      queuedResponseBytes -= n
       s.call?.noteHandedOff(n)
       if s.outOffset == s.outbound.count {
         s.outbound.removeAll(keepingCapacity: s.outbound.count <= 64 * 1024)
