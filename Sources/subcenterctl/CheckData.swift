@@ -49,7 +49,10 @@ enum CheckData {
 
     // Leftovers of writes that never finished: start-up deletes them.
     for n in names.sorted() where n.hasSuffix(".tmp") {
-      warn("\(n): WARNING: an unfinished snapshot or segment rewrite (start-up deletes it)")
+      warn(
+        n == "secret.key.tmp"
+          ? "\(n): WARNING: left by a crash while secret.key was first written; harmless"
+          : "\(n): WARNING: an unfinished snapshot or segment rewrite (start-up deletes it)")
     }
 
     // Snapshots, newest first: the newest valid one is where recovery starts.

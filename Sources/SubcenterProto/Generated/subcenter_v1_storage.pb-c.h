@@ -423,9 +423,9 @@ typedef enum {
 } Subcenter__Storage__V1__SnapshotRecord__RecordCase;
 
 /*
- * One record of a snapshot file. A snapshot holds, in this order: every workspace, then
- * every person and every suppression set (a workspace's record comes before anything of
- * that workspace).
+ * One record of a snapshot file. A snapshot holds, in this order: each workspace (in id
+ * order) followed by its suppression sets, then every person (a workspace's record comes
+ * before anything of that workspace).
  */
 struct  Subcenter__Storage__V1__SnapshotRecord
 {

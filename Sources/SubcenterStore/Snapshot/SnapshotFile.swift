@@ -8,8 +8,9 @@
 //   8           4     version  u32, 1
 //   12          8     seq      u64, the seq in the file name
 //   20          ...   records  framed (RecordFrame.swift): [u32 length][u32 CRC-32C of the
-//                              length and payload][payload = a `SnapshotRecord`], every
-//                              workspace first, then persons and suppression sets
+//                              length and payload][payload = a `SnapshotRecord`]: each
+//                              workspace (id order) with its suppression sets, then
+//                              every person
 //   size - 8    4     count    u32, the number of records
 //   size - 4    4     crc      u32, CRC-32C of every byte before it (header, records, count)
 //
