@@ -1,5 +1,6 @@
 // The admin HTTP endpoints: /metrics (Prometheus text), /healthz (the process answers),
-// /readyz (ready to serve gRPC).
+// /readyz (ready to serve gRPC, and able to make writes durable: 503 once the write-ahead
+// log has failed for good, as writes are then refused until a restart).
 
 import GRPCTransport
 import SubcenterStore
@@ -15,6 +16,10 @@ public enum AdminEndpoints {
       case "/healthz":
         return AdminResponse(status: 200, body: "ok\n")
       case "/readyz":
+        if let failure = storage?.wal.status.failure {
+          return AdminResponse(
+            status: 503, body: "not ready: the write-ahead log failed (\(failure)); restart\n")
+        }
         return isReady()
           ? AdminResponse(status: 200, body: "ready\n")
           : AdminResponse(status: 503, body: "not ready\n")

@@ -237,7 +237,11 @@ enum Ctl {
     }
     let tls = try TLSContext.client(
       trustRootsFile: flags.string("ca"), certificateChainFile: cert, privateKeyFile: key)
-    return try GRPCClient(address: address, serverName: flags.string("server-name"), tls: tls)
+    // --timeout-ms also bounds the TLS and HTTP/2 handshakes (10 s without it).
+    let handshake = try flags.int("timeout-ms", in: 1...86_400_000) ?? 10_000
+    return try GRPCClient(
+      address: address, serverName: flags.string("server-name"), tls: tls,
+      connectTimeoutMillis: Int32(handshake))
   }
 
   static func execute(_ command: Command, _ o: [String], flags: Flags) throws -> Int32 {
@@ -261,6 +265,9 @@ enum Ctl {
         client, "/grpc.health.v1.Health/Watch", request: request, metadata: Metadata(),
         timeout: timeout, count: flags.int("count", in: 1...Int.max), show)
     case "token create":
+      guard !o[0].isEmpty, !o[1].isEmpty else {
+        throw UsageError("token create: NAME and WORKSPACE must not be empty")
+      }
       var scopes: [Scope] = []
       for s in o[2...] {
         guard let scope = Scope(rawValue: s) else { throw UsageError("unknown scope '\(s)'") }
@@ -432,9 +439,16 @@ enum Ctl {
     return 0
   }
 
-  static func metadata(_ flags: Flags) -> Metadata {
+  /// The call's `authorization` header; a token with anything but visible ASCII (say a
+  /// CR from a token file saved with CRLF) is a usage error, not a reset stream.
+  static func metadata(_ flags: Flags) throws -> Metadata {
     var md = Metadata()
     if let token = flags.string("token") ?? Flags.processEnvironment()["SUBCENTER_TOKEN"] {
+      guard !token.isEmpty, token.utf8.allSatisfy({ (0x21...0x7E).contains($0) }) else {
+        throw UsageError(
+          "the token must be visible ASCII characters only (no spaces, control characters "
+            + "or line ends)")
+      }
       md.add("authorization", "Bearer \(token)")
     }
     return md

@@ -548,6 +548,36 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(records.map(\.0) == Array(1...8))
   }
 
+  @Test func outOfFileDescriptorsAtRotationFailsOnlyThatThenRecovers() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(segmentSize: 300))
+    let answers = Answers()
+    for i in 1...4 {
+      answers.append(Samples.command(i), to: wal)
+      answers.wait()
+    }
+    // A rotation asked for (as an erasure compaction does) cannot make its segment: it
+    // fails, the active segment stays, and writes go on.
+    fs.fail(.create, errno: EMFILE)
+    #expect(try rotateAndWait(wal) == nil)
+    #expect(wal.status.failure == nil)
+    answers.append(Samples.command(5), to: wal)
+    answers.wait()
+    // A rotation the segment size asks for: that batch is refused, the next ones are not.
+    fs.fail(.create, errno: ENFILE)
+    for i in 6...12 { answers.appendWhenAccepted(Samples.command(i), to: wal) }
+    let (acked, failures) = answers.state.withLock { ($0.acked.count, $0.failures.count) }
+    #expect(acked == 11 && failures == 1)
+    #expect(try rotateAndWait(wal) != nil)
+    wal.close()
+    #expect(wal.status.failure == nil)
+    let (report, records) = try readLog(fs)
+    #expect(report.warnings.isEmpty)
+    #expect(records.count == 11)
+    #expect(records.map(\.0) == Array(1...11))
+  }
+
   @Test func intervalPolicySyncsLater() throws {
     let fs = try dataDirectory()
     let wal = try WriteAheadLog(

@@ -81,6 +81,16 @@ def test_idle_connections_do_not_delay_a_probe(sc):
             s.close()
 
 
+def test_a_silent_connection_is_closed_unanswered_and_an_unfinished_request_is_400(sc):
+    import socket
+    host, port = sc.server.argv[sc.server.argv.index("--admin-listen") + 1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as silent, \
+            socket.create_connection((host, int(port)), timeout=5) as unfinished:
+        unfinished.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line
+        assert silent.recv(100) == b""
+        assert unfinished.recv(100).startswith(b"HTTP/1.1 400 ")
+
+
 def test_metrics_describe_every_sample(sc):
     samples, text = metrics(sc.server)
     counters = WAL_COUNTERS + SNAPSHOT_COUNTERS

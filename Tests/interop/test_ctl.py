@@ -261,3 +261,63 @@ def test_mtls_client_certificate(start_server):
     assert refused.returncode == 1 and refused.stderr.startswith("subcenterctl: UNAVAILABLE: ")
     half = run("profile", "default", "m1", "--cert", support.CLIENT_PEM)
     assert half.returncode == 2 and "--key" in half.stderr
+
+
+def test_tls_failures_are_unavailable_not_a_crash(sc):
+    """A server whose certificate does not verify, a name it is not valid for, a peer that
+    closes at once or says nothing: exit 1 with UNAVAILABLE (they used to abort with a
+    double free), and --timeout-ms bounds the handshake."""
+    import socket
+    import threading
+    base = [str(support.binary("subcenterctl")), "--token", TOKENS["sc-root"]]
+    run = lambda *a: subprocess.run(base + [str(x) for x in a], capture_output=True, text=True,
+                                    env=clean_env(), cwd=support.REPO, timeout=30)
+    server = f"127.0.0.1:{sc.port}"
+    for args in (["--ca", support.SERVER_PEM], ["--ca", support.CA_PEM, "--server-name",
+                                                "wrong.example"]):
+        r = run("--server", server, *args, "health")
+        assert r.returncode == 1 and r.stderr.startswith("subcenterctl: UNAVAILABLE: "), r
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        held = []
+        stop = threading.Event()
+
+        def accept(close_at_once: bool):
+            c, _ = listener.accept()
+            if close_at_once:
+                c.close()
+            else:
+                held.append(c)
+
+        t = threading.Thread(target=accept, args=(True,))
+        t.start()
+        r = run("--server", f"127.0.0.1:{port}", "--ca", support.CA_PEM, "health")
+        t.join()
+        assert r.returncode == 1 and "UNAVAILABLE" in r.stderr, r
+        t = threading.Thread(target=accept, args=(False,))
+        t.start()
+        start = time.monotonic()
+        r = run("--server", f"127.0.0.1:{port}", "--ca", support.CA_PEM, "--timeout-ms", "800",
+                "health")
+        took = time.monotonic() - start
+        t.join()
+        for c in held:
+            c.close()
+        assert r.returncode == 1 and "timed out" in r.stderr and took < 5, (took, r)
+
+
+def test_token_create_writes_json_and_tokens_must_be_printable(sc, tmp_path):
+    r = subprocess.run([str(support.binary("subcenterctl")), "token", "create", 'ops"team\\x',
+                        "default", "read"], capture_output=True, text=True, env=clean_env())
+    assert r.returncode == 0, r
+    entry = json.loads(r.stdout.split("tokens file entry: ", 1)[1])
+    assert entry["name"] == 'ops"team\\x' and entry["scopes"] == ["read"]
+    r = subprocess.run([str(support.binary("subcenterctl")), "token", "create", "", "default",
+                        "read"], capture_output=True, text=True, env=clean_env())
+    assert r.returncode == 2 and "must not be empty" in r.stderr
+    ws = sc.workspace()
+    r = ctl(sc, "workspace", "get", ws, token=None, env={"SUBCENTER_TOKEN": TOKENS["sc-root"] + "\r"},
+            code=2)
+    assert "visible ASCII" in r.stderr

@@ -38,17 +38,15 @@ public final class GRPCClient: @unchecked Sendable {
     let name = serverName ?? address.host
     authority = "\(name):\(address.port)"
     do { tls = try TLSSession(context: context, serverName: name) } catch {
-      Glibc.close(fd)
-      throw RPCStatus(.unavailable, "\(error)")
-    }
-    do {
-      try handshake(timeoutMillis: connectTimeoutMillis)
-      try startSession()
-    } catch {
+      // Not every property is set yet, so deinit will not run: release by hand.
       Glibc.close(fd)
       readBuffer.deallocate()
-      throw error
+      throw RPCStatus(.unavailable, "\(error)")
     }
+    // From here on a throw runs deinit (every property is set), which closes the socket
+    // and frees the buffer: doing it here too freed them twice.
+    try handshake(timeoutMillis: connectTimeoutMillis)
+    try startSession()
   }
 
   deinit {

@@ -22,7 +22,7 @@ public struct AdminResponse: Sendable {
 
 /// Serves GET requests: one accepting thread, connections answered concurrently.
 public final class AdminHTTPServer: @unchecked Sendable {
-  static let maxConnections = 32
+  static let maxConnections = 128
   private let open = Atomic<Int>(0)
   // `fd` and `thread` are set in start() and read by stop() on the same controlling thread.
   private let handler: @Sendable (String) -> AdminResponse
@@ -82,6 +82,17 @@ public final class AdminHTTPServer: @unchecked Sendable {
     open.subtract(1, ordering: .relaxed)
   }
 
+  /// Whether `request` holds the blank line that ends HTTP/1 headers (CRLF or LF); a body
+  /// may follow it.
+  static func endsHeaders(_ request: [UInt8]) -> Bool {
+    guard request.count >= 2 else { return false }
+    for i in 1..<request.count where request[i] == 10 {
+      if request[i - 1] == 10 { return true }
+      if i >= 3, request[i - 1] == 13, request[i - 2] == 10, request[i - 3] == 13 { return true }
+    }
+    return false
+  }
+
   private func handle(_ c: Int32) {
     var request: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: 4096)
@@ -92,21 +103,30 @@ public final class AdminHTTPServer: @unchecked Sendable {
       let n = buf.withUnsafeMutableBytes { read(c, $0.baseAddress, $0.count) }
       if n <= 0 { break }
       request.append(contentsOf: buf[0..<n])
-      if request.count >= 4, request.suffix(4).elementsEqual([13, 10, 13, 10]) { break }
+      if Self.endsHeaders(request) { break }
     }
+    // A connection that sent nothing is closed unanswered; one whose request did not end
+    // (no blank line within 2 s or 16 KiB) gets 400.
+    if request.isEmpty { return }
+    let complete = Self.endsHeaders(request)
     let line = String(decoding: request.prefix { $0 != 13 && $0 != 10 }, as: UTF8.self)
     let parts = line.split(separator: " ")
     let response: AdminResponse
     // HEAD (as load balancers probe) is GET without the body.
     let isHead = parts.first == "HEAD"
-    if parts.count >= 2, parts[0] == "GET" || isHead {
+    if !complete {
+      response = AdminResponse(status: 400, body: "incomplete request\n")
+    } else if parts.count >= 2, parts[0] == "GET" || isHead {
       let path = String(parts[1].split(separator: "?", maxSplits: 1).first ?? "")
       response = handler(path)
     } else {
       response = AdminResponse(status: 405, body: "only GET and HEAD are served\n")
     }
     let reason =
-      [200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"][
+      [
+        200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+        503: "Service Unavailable",
+      ][
         response.status] ?? "Status"
     let body = Array(response.body.utf8)
     let allow = response.status == 405 ? "Allow: GET, HEAD\r\n" : ""

@@ -137,7 +137,9 @@ public struct Flags: Sendable {
       let pad = String(repeating: " ", count: max(1, 34 - left.count))
       out += "  \(left)\(pad)\(s.help)\(def)\n"
     }
-    out += "Each flag can also be set as \(envPrefix)<FLAG>, e.g. \(envPrefix)LISTEN; flags win.\n"
+    let example = String((specs.first?.name ?? "flag").uppercased().map { $0 == "-" ? "_" : $0 })
+    out +=
+      "Each flag can also be set as \(envPrefix)<FLAG>, e.g. \(envPrefix)\(example); flags win.\n"
     return out
   }
 }

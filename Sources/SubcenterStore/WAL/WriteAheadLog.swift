@@ -505,7 +505,7 @@ final class WALWriter: @unchecked Sendable {
     }
     if outOfSpace {
       outOfSpace = false
-      options.log("write-ahead log: space is back; writes are accepted again")
+      options.log("write-ahead log: writes are accepted again")
     }
     let bytes = buffer.count
     core.shared.withLock { s in
@@ -596,16 +596,23 @@ final class WALWriter: @unchecked Sendable {
     try openSegment(firstSeq: nextSeq)
   }
 
-  /// Leaves the active segment for `wal-<firstSeq>.log`.
+  /// Leaves the active segment for `wal-<firstSeq>.log`. The new segment is made before
+  /// the old one is left: when it cannot be (out of file descriptors, a full disk), the
+  /// old one stays active and the log goes on.
   private func rotate(firstSeq: UInt64) throws(StorageError) {
+    let next = try createSegment(firstSeq: firstSeq)
     if let old = active {
       // Every segment but the newest is complete on disk, whatever the policy.
-      try dropPreallocated()
-      try syncActive()
+      do {
+        try dropPreallocated()
+        try syncActive()
+      } catch {
+        try? fs.close(next)
+        throw error
+      }
       try? fs.close(old)
-      active = nil
     }
-    try openSegment(firstSeq: firstSeq)
+    adopt(next, firstSeq: firstSeq)
   }
 
   private func rotateOnRequest() -> Result<UInt64, StorageError> {
@@ -615,13 +622,22 @@ final class WALWriter: @unchecked Sendable {
       try rotate(firstSeq: nextSeq)
       return .success(nextSeq)
     } catch {
-      if error.kind != .noSpace { fail([], error) }
+      // Out of space or of file descriptors, the old segment stays active: only this
+      // rotation fails (the compaction asking for it retries).
+      let transient = error.kind == .noSpace || error.errno == EMFILE || error.errno == ENFILE
+      if !transient { fail([], error) }
       return .failure(error)
     }
   }
 
-  /// Creates the segment, writes its header, syncs it and the directory.
+  /// Creates the segment, writes its header, syncs it and the directory, and makes it
+  /// the active one.
   private func openSegment(firstSeq: UInt64) throws(StorageError) {
+    adopt(try createSegment(firstSeq: firstSeq), firstSeq: firstSeq)
+  }
+
+  /// Creates `wal-<firstSeq>.log` with its header, synced, and syncs the directory.
+  private func createSegment(firstSeq: UInt64) throws(StorageError) -> FileHandle {
     let name = WALSegment.fileName(firstSeq: firstSeq)
     let path = joinPath(core.directory, name)
     let f: FileHandle
@@ -637,9 +653,14 @@ final class WALWriter: @unchecked Sendable {
       if error.isNoSpace { try? fs.unlink(path) }
       throw StorageError(error, "creating log segment \(name)")
     }
+    return f
+  }
+
+  /// Makes `f`, the segment `createSegment` made for `firstSeq`, the active one.
+  private func adopt(_ f: FileHandle, firstSeq: UInt64) {
     active = f
     activeFirstSeq = firstSeq
-    activeName = name
+    activeName = WALSegment.fileName(firstSeq: firstSeq)
     segmentBytes = WALSegment.headerSize
     fileBytes = segmentBytes
     segmentRecords = 0
@@ -652,12 +673,17 @@ final class WALWriter: @unchecked Sendable {
 
   // MARK: Failure and close
 
-  /// Fails `batch` and everything queued. ENOSPC fails only them; anything else fails
-  /// the log for good.
+  /// Fails `batch` and everything queued. ENOSPC, and a segment that could not be made
+  /// for want of file descriptors, fail only them; anything else fails the log for good.
   private func fail(_ batch: [WALCore.Pending], _ error: StorageError) {
-    let transient = error.kind == .noSpace
+    let outOfDescriptors = error.errno == EMFILE || error.errno == ENFILE
+    let transient = error.kind == .noSpace || outOfDescriptors
     let message: String
-    if transient {
+    if outOfDescriptors {
+      message =
+        "write-ahead log: \(error.message). Out of file descriptors: writes are refused "
+        + "with UNAVAILABLE until some are free, then resume by themselves; reads continue."
+    } else if transient {
       message =
         "write-ahead log: \(error.message). The disk is full: writes are refused with "
         + "UNAVAILABLE until space is freed, then resume by themselves; reads continue."
