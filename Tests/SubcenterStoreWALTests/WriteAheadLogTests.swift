@@ -524,7 +524,9 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(records.map(\.1) == [1, 2, 3, 7, 8, 9].map(Samples.command))
   }
 
-  @Test func fullDiskAtRotationFailsTheBatchThenRecovers() throws {
+  /// A log of 300-byte segments holding samples 1-4, one batch each (the next records
+  /// soon make it rotate).
+  private func smallSegmentLog() throws -> (FaultyFileSystem, WriteAheadLog, Answers) {
     let fs = try dataDirectory()
     let wal = try WriteAheadLog(
       directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(segmentSize: 300))
@@ -533,6 +535,11 @@ func dataDirectory() throws -> FaultyFileSystem {
       answers.append(Samples.command(i), to: wal)
       answers.wait()
     }
+    return (fs, wal, answers)
+  }
+
+  @Test func fullDiskAtRotationFailsTheBatchThenRecovers() throws {
+    let (fs, wal, answers) = try smallSegmentLog()
     fs.setFreeSpace(0)
     for i in 5...8 {
       answers.append(Samples.command(i), to: wal)
@@ -549,14 +556,7 @@ func dataDirectory() throws -> FaultyFileSystem {
   }
 
   @Test func outOfFileDescriptorsAtRotationFailsOnlyThatThenRecovers() throws {
-    let fs = try dataDirectory()
-    let wal = try WriteAheadLog(
-      directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(segmentSize: 300))
-    let answers = Answers()
-    for i in 1...4 {
-      answers.append(Samples.command(i), to: wal)
-      answers.wait()
-    }
+    let (fs, wal, answers) = try smallSegmentLog()
     // A rotation asked for (as an erasure compaction does) cannot make its segment: it
     // fails, the active segment stays, and writes go on.
     fs.fail(.create, errno: EMFILE)
