@@ -91,6 +91,26 @@ def test_a_silent_connection_is_closed_unanswered_and_an_unfinished_request_is_4
         assert unfinished.recv(100).startswith(b"HTTP/1.1 400 ")
 
 
+def test_the_admin_port_takes_128_connections_at_once(sc):
+    """128 connections are answered concurrently; one more is closed at once, unanswered
+    (the 128 silent ones are closed after 2 s, and probes work again)."""
+    import socket
+    host, port = sc.server.argv[sc.server.argv.index("--admin-listen") + 1].rsplit(":", 1)
+    held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(128)]
+    try:
+        time.sleep(0.5)
+        with socket.create_connection((host, int(port)), timeout=5) as extra:
+            start = time.monotonic()
+            assert extra.recv(100) == b""
+            assert time.monotonic() - start < 1.0, "the 129th connection was not closed at once"
+        time.sleep(2.5)
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as r:
+            assert r.status == 200
+    finally:
+        for c in held:
+            c.close()
+
+
 def test_metrics_describe_every_sample(sc):
     samples, text = metrics(sc.server)
     counters = WAL_COUNTERS + SNAPSHOT_COUNTERS
