@@ -117,14 +117,11 @@ public struct TokenStore: Sendable {
   public func authenticate(_ metadata: Metadata, connection: ConnectionContext) throws(RPCStatus)
     -> Credential
   {
-    guard let header = metadata["authorization"] else {
-      throw RPCStatus(.unauthenticated, "missing authorization: Bearer <token>")
-    }
-    guard metadata.count(of: "authorization") == 1 else { throw Self.malformed }
+    let header = try Self.authorizationHeader(metadata)
     if let cached = connection.userData as? VerifiedHeader, cached.matches(header) {
       return cached.credential
     }
-    let credential = try authenticate(metadata)
+    let credential = try credential(header)
     connection.userData = VerifiedHeader(header: Array(header.utf8), credential: credential)
     return credential
   }
@@ -132,12 +129,21 @@ public struct TokenStore: Sendable {
   /// The credential of the call's `authorization: Bearer <token>`; UNAUTHENTICATED when
   /// the header is missing, malformed or names no known token.
   public func authenticate(_ metadata: Metadata) throws(RPCStatus) -> Credential {
+    try credential(Self.authorizationHeader(metadata))
+  }
+
+  /// The call's one `authorization` header (missing or repeated: UNAUTHENTICATED).
+  private static func authorizationHeader(_ metadata: Metadata) throws(RPCStatus) -> String {
     guard let header = metadata["authorization"] else {
       throw RPCStatus(.unauthenticated, "missing authorization: Bearer <token>")
     }
-    guard metadata.count(of: "authorization") == 1, let token = Self.bearerToken(header) else {
-      throw Self.malformed
-    }
+    guard metadata.count(of: "authorization") == 1 else { throw malformed }
+    return header
+  }
+
+  /// The credential whose token `header` carries.
+  private func credential(_ header: String) throws(RPCStatus) -> Credential {
+    guard let token = Self.bearerToken(header) else { throw Self.malformed }
     let digest = SHA256.hash(token)
     var found: Credential?
     for c in credentials where Crypto.constantTimeEqual(c.digest, digest) { found = c }

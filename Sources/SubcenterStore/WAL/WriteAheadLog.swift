@@ -624,8 +624,7 @@ final class WALWriter: @unchecked Sendable {
     } catch {
       // Out of space or of file descriptors, the old segment stays active: only this
       // rotation fails (the compaction asking for it retries).
-      let transient = error.kind == .noSpace || error.errno == EMFILE || error.errno == ENFILE
-      if !transient { fail([], error) }
+      if !Self.isTransient(error) { fail([], error) }
       return .failure(error)
     }
   }
@@ -676,8 +675,8 @@ final class WALWriter: @unchecked Sendable {
   /// Fails `batch` and everything queued. ENOSPC, and a segment that could not be made
   /// for want of file descriptors, fail only them; anything else fails the log for good.
   private func fail(_ batch: [WALCore.Pending], _ error: StorageError) {
-    let outOfDescriptors = error.errno == EMFILE || error.errno == ENFILE
-    let transient = error.kind == .noSpace || outOfDescriptors
+    let outOfDescriptors = Self.isOutOfDescriptors(error)
+    let transient = Self.isTransient(error)
     let message: String
     if outOfDescriptors {
       message =
@@ -715,6 +714,16 @@ final class WALWriter: @unchecked Sendable {
         if s.failure == nil && !s.closing { s.refusal = nil }
       }
     }
+  }
+
+  private static func isOutOfDescriptors(_ error: StorageError) -> Bool {
+    error.errno == EMFILE || error.errno == ENFILE
+  }
+
+  /// A failure that passes by itself (space or descriptors freed): it fails a batch or a
+  /// rotation, not the log.
+  private static func isTransient(_ error: StorageError) -> Bool {
+    error.kind == .noSpace || isOutOfDescriptors(error)
   }
 
   private func complete(_ batch: [WALCore.Pending], _ result: Result<UInt64, StorageError>) {
