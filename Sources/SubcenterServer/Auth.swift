@@ -178,7 +178,7 @@ public struct TokenStore: Sendable {
     let token = "sc_" + Base64.encode(Crypto.randomBytes(count: 32), url: true)
     let hash = Crypto.hex(SHA256.hash(token.utf8))
     let scopeList = scopes.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
-    let (n, w) = (ErasureReceipts.jsonString(name), ErasureReceipts.jsonString(workspace))
+    let (n, w) = (JSONText.quoted(name), JSONText.quoted(workspace))
     let entry =
       "{\"name\": \(n), \"sha256\": \"\(hash)\", \"workspace\": \(w), \"scopes\": [\(scopeList)]}"
     return (token, entry)

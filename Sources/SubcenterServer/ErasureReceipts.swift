@@ -21,7 +21,7 @@ public struct ErasureReceipts: Sendable {
     snapshotSeq: UInt64
   ) -> String {
     let json =
-      "{\"workspace\":\(Self.jsonString(workspace)),\"person_hash\":\"\(personHash(workspace: workspace, personID: personID))\","
+      "{\"workspace\":\(JSONText.quoted(workspace)),\"person_hash\":\"\(personHash(workspace: workspace, personID: personID))\","
       + "\"erased_at\":\(erasedAt),\"erasure_deadline\":\(erasureDeadline),\"snapshot_seq\":\(snapshotSeq)}"
     let body = Base64.encode(Array(json.utf8), url: true)
     let sig = Base64.encode(mac.authenticate(body.utf8), url: true)
@@ -37,20 +37,5 @@ public struct ErasureReceipts: Sendable {
     let expected = mac.authenticate(parts[0].utf8)
     guard Crypto.constantTimeEqual(sig, expected) else { return nil }
     return String(decoding: json, as: UTF8.self)
-  }
-
-  static func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-      switch u {
-      case "\"": out += "\\\""
-      case "\\": out += "\\\\"
-      case _ where u.value < 0x20:
-        let hex = String(u.value, radix: 16)
-        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-      default: out.unicodeScalars.append(u)
-      }
-    }
-    return out + "\""
   }
 }

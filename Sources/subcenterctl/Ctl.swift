@@ -275,9 +275,7 @@ enum Ctl {
       }
       let t = TokenStore.createToken(name: o[0], workspace: o[1], scopes: scopes)
       if json {
-        var token = ""
-        ProtoValue.writeJSONString(t.token, to: &token)
-        writeStdoutLine("{\"token\": \(token), \"entry\": \(t.entry)}")
+        writeStdoutLine("{\"token\": \(JSONText.quoted(t.token)), \"entry\": \(t.entry)}")
       } else {
         writeStdoutLine("token: \(t.token)")
         writeStdoutLine("tokens file entry: \(t.entry)")

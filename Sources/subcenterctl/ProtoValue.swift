@@ -5,6 +5,7 @@
 
 import CProtobufC
 import GRPCTransport
+import SubcenterServer
 
 /// One field's value, in .proto terms.
 enum ProtoValue {
@@ -188,8 +189,8 @@ extension ProtoMessage {
 extension ProtoValue {
   func writeJSON(to out: inout String) {
     switch self {
-    case .string(let s): Self.writeJSONString(s, to: &out)
-    case .bytes(let b): Self.writeJSONString(Base64.encode(b), to: &out)
+    case .string(let s): JSONText.append(s, to: &out)
+    case .bytes(let b): JSONText.append(Base64.encode(b), to: &out)
     case .bool(let b): out += b ? "true" : "false"
     case .int(let v): out += String(v)
     case .uint(let v): out += String(v)
@@ -197,15 +198,15 @@ extension ProtoValue {
       if v.isFinite {
         out += "\(v)"
       } else {
-        Self.writeJSONString(v.isNaN ? "NaN" : v > 0 ? "Infinity" : "-Infinity", to: &out)
+        JSONText.append(v.isNaN ? "NaN" : v > 0 ? "Infinity" : "-Infinity", to: &out)
       }
     case .enumeration(let name, let number):
-      if let name { Self.writeJSONString(name, to: &out) } else { out += String(number) }
+      if let name { JSONText.append(name, to: &out) } else { out += String(number) }
     case .message(let m):
       out += "{"
       for (i, f) in m.fields.enumerated() {
         if i > 0 { out += ", " }
-        Self.writeJSONString(f.name, to: &out)
+        JSONText.append(f.name, to: &out)
         out += ": "
         f.value.writeJSON(to: &out)
       }
@@ -218,21 +219,5 @@ extension ProtoValue {
       }
       out += "]"
     }
-  }
-
-  /// A JSON string literal: quotes, backslashes and control characters escaped.
-  static func writeJSONString(_ s: String, to out: inout String) {
-    out += "\""
-    for u in s.unicodeScalars {
-      switch u {
-      case "\"": out += "\\\""
-      case "\\": out += "\\\\"
-      case _ where u.value < 0x20 || u.value == 0x7F:
-        let hex = String(u.value, radix: 16, uppercase: true)
-        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-      default: out.unicodeScalars.append(u)
-      }
-    }
-    out += "\""
   }
 }
