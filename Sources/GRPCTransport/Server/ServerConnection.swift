@@ -157,7 +157,8 @@ final class ServerConnection {
     defer { isBusy = wasBusy }
     if pendingBytes > 0 {
       writeCiphertext()
-      if closed { return }
+      // Still blocked: nothing more can go out until the socket drains again.
+      if closed || pendingBytes > 0 { return }
     }
     if let http2 {
       var plain: [UInt8] = []
