@@ -63,6 +63,12 @@ let package = Package(
     .testTarget(
       name: "SubcenterStoreWALTests",
       dependencies: ["SubcenterStore", "SubcenterCore", "SubcenterTestSupport"]),
+    .testTarget(
+      name: "SubcenterServerTests",
+      dependencies: [
+        "SubcenterServer", "SubcenterStore", "SubcenterCore", "GRPCTransport",
+        "SubcenterTestSupport",
+      ]),
   ],
   swiftLanguageModes: [.v6]
 )
