@@ -75,3 +75,58 @@ private final class FloodService: GRPCService {
     #expect(service.maxBuffered.load(ordering: .relaxed) <= FloodService.size + 5)
   }
 }
+
+/// Answers with as many bytes as its request's four bytes say (big-endian).
+private struct SizedAnswerService: GRPCService {
+  let serviceName = "test.Sized"
+
+  var methods: [ServiceMethod] {
+    [
+      .unary("/test.Sized/Answer") { call in
+        let size = call.request.prefix(4).reduce(0) { $0 << 8 | Int($1) }
+        return [UInt8](repeating: 7, count: size)
+      }
+    ]
+  }
+}
+
+@Suite struct UnsentAnswerLimitTests {
+  /// A call whose request ends while the connection holds more unsent answer bytes than
+  /// `maxQueuedResponseBytes` waits to run; at the limit exactly it runs. Once the client
+  /// reads, the waiting call runs.
+  @Test(arguments: [0, 1])
+  func aCallWaitsOnlyOverTheLimit(over: Int) throws {
+    var limits = SessionLimits()
+    limits.maxQueuedResponseBytes = 100_000
+    let hang = TestService()
+    let h = try H2Harness([SizedAnswerService(), hang], limits: limits)
+    // The client reads nothing: its 64 KiB - 1 windows let that much of the answer out and
+    // the rest stays queued, the limit exactly or one byte more.
+    let framed = 65_535 + limits.maxQueuedResponseBytes + over
+    let size = UInt32(framed - GRPCMessageFramer.prefixSize)
+    let big = h.client.request(
+      path: "/test.Sized/Answer",
+      body: GRPCMessageFramer.frame(withUnsafeBytes(of: size.bigEndian) { Array($0) }))
+    var unread: [UInt8] = []
+    func deliverRequests() {
+      let bytes = h.client.produce()
+      #expect(bytes.withUnsafeBytes { h.server.receive($0) })
+      h.loop.runTasks()
+    }
+    deliverRequests()
+    #expect(h.server.produce(into: &unread, limit: .max))
+    #expect(h.server.queuedResponseBytes == limits.maxQueuedResponseBytes + over)
+
+    h.client.request(path: "/test.Test/Hang", body: GRPCMessageFramer.frame([]))
+    deliverRequests()
+    #expect((hang.held.current != nil) == (over == 0))
+    #expect(h.server.produce(into: &unread, limit: .max))
+    #expect((hang.held.current != nil) == (over == 0), "nothing was read: it still waits")
+
+    h.client.receive(unread)
+    h.pump()
+    #expect(h.client.responses[big]?.data.count == framed)
+    #expect(h.client.responses[big]?.header("grpc-status") == "0")
+    #expect(hang.held.current != nil, "the waiting call ran once the client read")
+  }
+}
