@@ -27,8 +27,10 @@ struct ProtoMessage {
 
   subscript(_ name: String) -> ProtoValue? { fields.first { $0.name == name }?.value }
 
-  func string(_ name: String) -> String {
-    if case .string(let s)? = self[name] { return s }
+  /// A string field for a terminal: control characters (C0, DEL, C1) shown escaped as
+  /// `\u{1B}`, so a stored value cannot move the cursor or fake a line of output.
+  func text(_ name: String) -> String {
+    if case .string(let s)? = self[name] { return Self.printable(s) }
     return ""
   }
 
@@ -59,11 +61,28 @@ struct ProtoMessage {
     return []
   }
 
-  func strings(_ name: String) -> [String] {
+  /// A repeated string field, each as `text` shows it.
+  func texts(_ name: String) -> [String] {
     list(name).compactMap {
-      if case .string(let s) = $0 { return s }
+      if case .string(let s) = $0 { return Self.printable(s) }
       return nil
     }
+  }
+
+  static func printable(_ s: String) -> String {
+    func isControl(_ u: Unicode.Scalar) -> Bool {
+      u.value < 0x20 || (0x7F...0x9F).contains(u.value)
+    }
+    guard s.unicodeScalars.contains(where: isControl) else { return s }
+    var out = ""
+    for u in s.unicodeScalars {
+      if isControl(u) {
+        out += "\\u{" + String(u.value, radix: 16, uppercase: true) + "}"
+      } else {
+        out.unicodeScalars.append(u)
+      }
+    }
+    return out
   }
 
   func messages(_ name: String) -> [ProtoMessage] {

@@ -89,37 +89,37 @@ enum Printer {
 
   static func profile(_ p: ProtoMessage) -> String {
     """
-    person_id: \(p.string("person_id"))
-    email: \(p.string("email"))
-    phone: \(p.string("phone"))
-    anonymous_ids: \(p.strings("anonymous_ids").joined(separator: ", "))
+    person_id: \(p.text("person_id"))
+    email: \(p.text("email"))
+    phone: \(p.text("phone"))
+    anonymous_ids: \(p.texts("anonymous_ids").joined(separator: ", "))
     created_at: \(p.int("created_at"))  updated_at: \(p.int("updated_at"))\(p.bool("redacted") ? "  (redacted)" : "")
     """
   }
 
   static func preferences(_ p: ProtoMessage) -> String {
-    var out = "person_id: \(p.string("person_id"))\n"
+    var out = "person_id: \(p.text("person_id"))\n"
     out += "global_unsubscribed: \(p.bool("global_unsubscribed"))"
     if p.int("global_updated_at") != 0 {
-      out += " (at \(p.int("global_updated_at")), source=\(p.string("global_source")))"
+      out += " (at \(p.int("global_updated_at")), source=\(p.text("global_source")))"
     }
     out += "\n"
     for e in p.messages("entries") {
-      out += "entry (\(e.string("channel")), \(e.string("topic"))): \(state(e)) "
-      out += "source=\(e.string("source"))"
-      if !e.string("notice_version").isEmpty { out += " notice=\(e.string("notice_version"))" }
+      out += "entry (\(e.text("channel")), \(e.text("topic"))): \(state(e)) "
+      out += "source=\(e.text("source"))"
+      if !e.text("notice_version").isEmpty { out += " notice=\(e.text("notice_version"))" }
       out += "\n"
     }
     for e in p.messages("effective") {
       out +=
-        "effective (\(e.string("channel")), \(e.string("topic"))): "
+        "effective (\(e.text("channel")), \(e.text("topic"))): "
         + "\(e.bool("allowed") ? "allowed" : "denied") \(reason(e))\n"
     }
     return out
   }
 
   static func decision(_ d: ProtoMessage) -> String {
-    "\(d.bool("allowed") ? "allowed" : "denied") \(reason(d)) person_id=\(d.string("person_id"))"
+    "\(d.bool("allowed") ? "allowed" : "denied") \(reason(d)) person_id=\(d.text("person_id"))"
   }
 
   /// One line per person, in request order: the PERSON operand, then the decision.
@@ -133,25 +133,25 @@ enum Printer {
     var out = ""
     for e in h.messages("entries") {
       out +=
-        "\(e.int("at")) \(e.string("action")) (\(e.string("channel")), \(e.string("topic"))) "
-        + "source=\(e.string("source")) actor=\(e.string("actor")) \(e.string("detail"))\n"
+        "\(e.int("at")) \(e.text("action")) (\(e.text("channel")), \(e.text("topic"))) "
+        + "source=\(e.text("source")) actor=\(e.text("actor")) \(e.text("detail"))\n"
     }
-    let next = h.string("next_page_token")
+    let next = h.text("next_page_token")
     if !next.isEmpty { out += "next page: \(next)\n" }
     return out
   }
 
   static func workspace(_ w: ProtoMessage) -> String {
-    var out = "workspace: \(w.string("workspace"))\n"
-    out += "channels: \(w.strings("channels").joined(separator: ", "))\n"
+    var out = "workspace: \(w.text("workspace"))\n"
+    out += "channels: \(w.texts("channels").joined(separator: ", "))\n"
     for t in w.messages("topics") {
       out +=
-        "topic \(t.string("id")): \(t.string("name")) "
+        "topic \(t.text("id")): \(t.text("name")) "
         + "(default \(t.enumName("default_state", prefix: "TOPIC_DEFAULT_")))\n"
     }
     for l in w.messages("limits") {
       out +=
-        "limit \(l.string("channel")): \(l.int("max_messages")) per "
+        "limit \(l.text("channel")): \(l.int("max_messages")) per "
         + "\(l.int("window_seconds")) s\n"
     }
     out += "allow_important_override: \(w.bool("allow_important_override"))\n"
@@ -160,14 +160,14 @@ enum Printer {
 
   static func forget(_ f: ProtoMessage) -> String {
     """
-    person_id: \(f.string("person_id"))
+    person_id: \(f.text("person_id"))
     erased_at: \(f.int("erased_at"))  erasure_deadline: \(f.int("erasure_deadline"))
-    receipt: \(f.string("receipt"))
+    receipt: \(f.text("receipt"))
     """
   }
 
   static func suppress(_ r: ProtoMessage, removed: Bool) -> String {
-    let forgotten = r.strings("forgotten_person_ids").joined(separator: ", ")
+    let forgotten = r.texts("forgotten_person_ids").joined(separator: ", ")
     return
       "\(removed ? "unsuppressed" : "suppressed"): \(r.int("suppressed"))\n"
       + "forgotten_person_ids: \(forgotten)"
@@ -175,15 +175,15 @@ enum Printer {
 
   /// One line per change event.
   static func event(_ e: ProtoMessage) -> String {
-    var out = "seq \(e.int("seq")) at \(e.int("at")) \(e.string("action"))"
-    out += " person_id=\(e.string("person_id"))"
-    if !e.string("anonymous_id").isEmpty { out += " anonymous_id=\(e.string("anonymous_id"))" }
-    if !e.string("channel").isEmpty || !e.string("topic").isEmpty {
-      out += " (\(e.string("channel")), \(e.string("topic")))"
+    var out = "seq \(e.int("seq")) at \(e.int("at")) \(e.text("action"))"
+    out += " person_id=\(e.text("person_id"))"
+    if !e.text("anonymous_id").isEmpty { out += " anonymous_id=\(e.text("anonymous_id"))" }
+    if !e.text("channel").isEmpty || !e.text("topic").isEmpty {
+      out += " (\(e.text("channel")), \(e.text("topic")))"
     }
     let s = state(e)
     if s != "UNSPECIFIED" { out += " \(s)" }
-    if !e.string("source").isEmpty { out += " source=\(e.string("source"))" }
+    if !e.text("source").isEmpty { out += " source=\(e.text("source"))" }
     return out
   }
 }

@@ -80,6 +80,22 @@ def test_preference_commands_with_source_and_notice_version(sc):
     assert eff[("push", "news")] == "DECISION_REASON_TOPIC_NOT_OPTED_IN"
 
 
+def test_text_output_escapes_control_characters(sc):
+    """A stored value with control characters (a source is free text) cannot drive the
+    operator's terminal or fake a line: text output shows them escaped, --json as JSON does."""
+    ws = sc.workspace()
+    pid = sc.person(ws).person_id
+    source = "pc\x1b[2J\nforged: line\x85"
+    sc.root.Unsubscribe(workspace=ws, person=pid, channel="sms", source=source)
+    out = ctl(sc, "preferences", ws, pid).stdout
+    assert "\x1b" not in out and "\x85" not in out and "\nforged" not in out
+    assert "pc\\u{1B}[2J\\u{A}forged: line\\u{85}" in out
+    history = ctl(sc, "history", ws, pid).stdout
+    assert "\x1b" not in history and "\\u{1B}" in history
+    got = ctl_json(sc, "preferences", ws, pid)
+    assert [e["source"] for e in got["entries"]] == [source]
+
+
 def test_check_batch_record_send_and_override(sc):
     ws = sc.workspace(limits=[limit("email", 1, 3600), limit("sms", 1, 3600)],
                       allow_override=True)
