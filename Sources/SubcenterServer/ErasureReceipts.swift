@@ -29,13 +29,15 @@ public struct ErasureReceipts: Sendable {
   }
 
   /// The receipt's JSON if its signature is ours; nil when tampered with or malformed.
+  /// Only the form `make` writes verifies (unpadded base64url, nothing after either part),
+  /// so one receipt has one spelling.
   public func verify(_ receipt: String) -> String? {
     let parts = receipt.split(separator: ".", omittingEmptySubsequences: false)
-    guard parts.count == 2, let sig = Base64.decode(String(parts[1])),
-      let json = Base64.decode(String(parts[0]))
+    guard parts.count == 2, let json = Base64.decode(String(parts[0])),
+      Base64.encode(json, url: true) == parts[0]
     else { return nil }
-    let expected = mac.authenticate(parts[0].utf8)
-    guard Crypto.constantTimeEqual(sig, expected) else { return nil }
+    let expected = Base64.encode(mac.authenticate(parts[0].utf8), url: true)
+    guard Crypto.constantTimeEqual(Array(parts[1].utf8), Array(expected.utf8)) else { return nil }
     return String(decoding: json, as: UTF8.self)
   }
 }
