@@ -154,6 +154,9 @@ struct Applied: Sendable {
 struct Deps {
   private(set) var commits: [PendingCommit] = []
   private var seen = Set<ObjectIdentifier>()
+  /// Look-ups that found their person being merged away by a command in `commits`: the
+  /// call must run again once those are applied (`Step.again`).
+  var awaitingMerges = 0
 
   var isEmpty: Bool { commits.isEmpty }
 
@@ -170,6 +173,9 @@ enum Step<T: Sendable> {
   case value(T)
   /// The answer, computed once the consulted in-flight commands are applied.
   case read(@Sendable () -> Result<T, CoreError>)
+  /// The call, made again once the consulted in-flight commands are applied (a person it
+  /// names was being merged into another).
+  case again(@Sendable (@escaping Completion<T>) -> Void)
 }
 
 /// Counts arrivals, then reports whether all were applied.
@@ -392,6 +398,12 @@ extension SubscriptionStore {
     case .value(let v) where deps.isEmpty: completion(.success(v))  // no closure to allocate
     case .value(let v): respond(after: deps, completion) { .success(v) }
     case .read(let f): respond(after: deps, completion, f)
+    case .again(let call) where deps.isEmpty: call(completion)
+    case .again(let call):
+      let join = Join(deps.commits.count) { ok in
+        if ok { call(completion) } else { completion(.failure(notDurable)) }
+      }
+      for c in deps.commits { c.whenSettled(join.arrive) }
     }
     drain()
   }

@@ -122,7 +122,9 @@ extension SubscriptionStore {
   /// Like `withPerson`, for a write. A ref by email, phone or anonymous id names the
   /// person the commands in flight leave holding it, when that person has a record (so
   /// a write through an anonymous id being merged goes to the person it is merged into),
-  /// else its committed holder. `body` gets the shard's index and the `Deps`.
+  /// else its committed holder. An anonymous profile being merged into a person not
+  /// created yet is neither: nil, with `deps.awaitingMerges` counting it (the caller
+  /// answers `Step.again`). `body` gets the shard's index and the `Deps`.
   func withPersonForWrite<R: Sendable>(
     _ h: WorkspaceHandle, _ ref: PersonRef, _ deps: inout Deps,
     _ body: (inout Shard, Int, UInt32, inout Deps) throws(CoreError) -> R
@@ -150,6 +152,13 @@ extension SubscriptionStore {
           (shard: inout Shard) throws(CoreError) -> Bool in
           guard shard.holds(slot: loc.slot, workspace: h.number, kind: kind, value: value) else {
             return false
+          }
+          if let p = shard.pending[loc.slot], p.mergedAway {
+            // An anonymous profile a merge in flight removes: what is written now must
+            // reach the person, whose record may not exist yet. Again once it is applied.
+            deps.add(p.last)
+            deps.awaitingMerges += 1
+            return true
           }
           result = try body(&shard, loc.shard, loc.slot, &deps)
           return true

@@ -182,11 +182,25 @@ extension SubscriptionStore {
       r.persons.append((key, after))
       let scope = self.scope(of: .identify(cmd), h)
       return try withShards(scope.shards) {
-        (_: inout LockedShards) throws(CoreError) -> Step<Profile> in
+        (shards: inout LockedShards) throws(CoreError) -> Step<Profile> in
+        // The anonymous profile merged away, marked for writes that find it meanwhile.
+        var merged: (shard: Int, hash: UInt64)?
+        if merges, let attach {
+          let hash = KeyHash.person(h.number, .anonymous(attach))
+          merged = (shardIndex(hash), hash)
+          shards.with(merged!.shard) { shard in
+            if let slot = shard.find(workspace: h.number, key: .anonymous(attach), hash: hash) {
+              r.slots.append(SlotReservation(shard: merged!.shard, slot: slot, mergesAway: true))
+            }
+          }
+        }
         let c = try commit(
           .identify(cmd), scope: scope, reservations: r, completion: completion
         ) { _, applied in .success(applied.person!.profile) }
         r.register(identity: &identity, by: c)
+        if let merged {
+          shards.with(merged.shard) { r.register(shard: &$0, index: merged.shard, by: c) }
+        }
         return .committed
       }
     }
@@ -275,8 +289,13 @@ extension SubscriptionStore {
         r.register(shard: &shard, index: s, by: c)
         return .committed
       }
-      guard let step else { throw .notFound("person not found") }
-      return step
+      if let step { return step }
+      guard deps.awaitingMerges == 0 else {
+        return .again { [self] in
+          setPreference(req, state: state, actor: actor, completion: $0)
+        }
+      }
+      throw .notFound("person not found")
     }
   }
 
@@ -307,8 +326,13 @@ extension SubscriptionStore {
         r.register(shard: &shard, index: s, by: c)
         return .committed
       }
-      guard let step else { throw .notFound("person not found") }
-      return step
+      if let step { return step }
+      guard deps.awaitingMerges == 0 else {
+        return .again { [self] in
+          setGlobal(req, unsubscribed: unsubscribed, actor: actor, completion: $0)
+        }
+      }
+      throw .notFound("person not found")
     }
   }
 
@@ -325,10 +349,13 @@ extension SubscriptionStore {
       let channel = try model.configuredChannel(req.channel)
       let topic = try model.configuredTopic(req.topic)
       let target = model.target(channel: channel, topic: topic)
-      return .value(
-        try check(
-          h, ref, target: target, channelName: req.channel, recordSend: req.recordSend,
-          at: now(), &deps))
+      let decision = try check(
+        h, ref, target: target, channelName: req.channel, recordSend: req.recordSend,
+        at: now(), &deps)
+      guard deps.awaitingMerges == 0 else {
+        return .again { [self] in checkDelivery(req, completion: $0) }
+      }
+      return .value(decision)
     }
   }
 
@@ -387,12 +414,29 @@ extension SubscriptionStore {
     _ req: DeliveryBatchRequest, completion: @escaping Completion<[Decision]>
   ) {
     perform(completion) { (deps: inout Deps) throws(CoreError) -> Step<[Decision]> in
-      .value(try checkDeliveryBatch(req, &deps))
+      let (decisions, again) = try checkDeliveryBatch(req, &deps)
+      guard !again.isEmpty else { return .value(decisions) }
+      // Counted sends through anonymous profiles being merged: those persons again, once
+      // the merges are applied.
+      var rest = req
+      rest.persons = again.map { req.persons[$0] }
+      return .again { [self, rest] completion in
+        checkDeliveryBatch(rest) { result in
+          completion(
+            result.map { redone in
+              var all = decisions
+              for (k, i) in again.enumerated() { all[i] = redone[k] }
+              return all
+            })
+        }
+      }
     }
   }
 
+  /// The decisions, and the indices of the persons to decide again once `deps` are
+  /// applied (`Deps.awaitingMerges`).
   private func checkDeliveryBatch(_ req: DeliveryBatchRequest, _ deps: inout Deps)
-    throws(CoreError) -> [Decision]
+    throws(CoreError) -> ([Decision], again: [Int])
   {
     let h = try handle(req.workspace)
     guard req.persons.count <= Limits.batchPersons else {
@@ -468,6 +512,7 @@ extension SubscriptionStore {
     var decisions = [Decision](
       repeating: Decision(allowed: false, reason: .unknownPerson, personID: ""), count: n)
     var missing: [Int] = []
+    var again: [Int] = []
     for s in 0..<shardCount where starts[s] < starts[s + 1] {
       try shards[s].state.withLock { (shard: inout Shard) throws(CoreError) in
         var sendSlots: [UInt32] = []
@@ -517,6 +562,11 @@ extension SubscriptionStore {
               slow.append(i)
               continue
             }
+            if inFlight, let p = shard.pending[candidate[i]], p.mergedAway {
+              deps.add(p.last)
+              again.append(i)
+              continue
+            }
             slot = candidate[i]
             personID = ""
           }
@@ -560,9 +610,11 @@ extension SubscriptionStore {
 
     // Refs whose index entry was ambiguous, moved or is changing: the one-person path.
     for i in slow {
+      let merges = deps.awaitingMerges
       decisions[i] = try check(
         h, refs[i], target: target, channelName: req.channel, recordSend: req.recordSend,
         at: at, &deps)
+      if deps.awaitingMerges > merges { again.append(i) }
     }
     // Refs that name nobody: suppressed or unknown (hashing only if anything is suppressed).
     let ambiguous = Set(slow)
@@ -577,7 +629,7 @@ extension SubscriptionStore {
         }
       }
     }
-    return decisions
+    return (decisions, again)
   }
 
   // MARK: OverrideForImportantMessage
@@ -624,6 +676,9 @@ extension SubscriptionStore {
         return .committed
       }
       if let step { return step }
+      guard deps.awaitingMerges == 0 else {
+        return .again { [self] in overrideForImportantMessage(req, actor: actor, completion: $0) }
+      }
       return .value(
         Decision(
           allowed: false, reason: isSuppressed(h, ref) ? .suppressed : .unknownPerson,

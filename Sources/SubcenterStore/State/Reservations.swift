@@ -91,6 +91,9 @@ struct PendingSlot {
   var writes = 0
   /// Counted sends in flight, per channel.
   var sends: [(channel: NameID, count: Int)] = []
+  /// An in-flight Identify merges this anonymous profile into a person: a write naming it
+  /// waits for that and goes to the person (`withPersonForWrite`).
+  var mergedAway = false
   var last: PendingCommit
 
   func sends(_ channel: NameID) -> Int {
@@ -106,6 +109,8 @@ struct SlotReservation: Sendable {
   var channel: NameID = 0
   /// Sends counted on `channel` (0: a write that counts none).
   var sends = 0
+  /// The hold of a merge on the anonymous profile it removes.
+  var mergesAway = false
 }
 
 /// Everything one in-flight command registered.
@@ -148,6 +153,7 @@ struct Reservations: Sendable {
   private static func addHold(_ r: SlotReservation, by c: PendingCommit, on p: inout PendingSlot) {
     p.writes += 1
     p.last = c
+    if r.mergesAway { p.mergedAway = true }
     if r.sends > 0 {
       if let i = p.sends.firstIndex(where: { $0.channel == r.channel }) {
         p.sends[i].count += r.sends

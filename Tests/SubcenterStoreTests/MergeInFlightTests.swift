@@ -1,0 +1,80 @@
+// Writes through an anonymous id while an Identify merging that anonymous profile into a
+// person is in flight: they wait for the merge and go to the person (they were answered
+// NOT_FOUND, or counted a send on the profile the merge removes, and lost).
+
+import SubcenterCore
+import Testing
+
+@testable import SubcenterStore
+
+@Suite struct MergeInFlightTests {
+  /// A store with anonymous profile c1 durable, and its merge into new person u1 in flight.
+  /// `appliesElsewhere`: records are applied, and calls made again, on the store's queue
+  /// (as with the write-ahead log), not on the completing thread.
+  private func merging(sends: Int = 0, appliesElsewhere: Bool) throws -> (Deferred, Call<Profile>) {
+    let d = Deferred(appliesElsewhere: appliesElsewhere)
+    let anonymous = d.identify(anonymousID: "c1")
+    d.log.complete()
+    #expect(waitUntil { anonymous.done })
+    for _ in 0..<sends {
+      let c = d.check(.anonymousID("c1"), record: true)
+      d.log.complete()
+      #expect(waitUntil { c.done })
+      #expect(try c.get().allowed)
+    }
+    return (d, d.identify("u1", anonymousID: "c1"))
+  }
+
+  @Test(arguments: [false, true])
+  func preferenceGlobalAndOverrideWritesReachThePerson(appliesElsewhere: Bool) throws {
+    let (d, merge) = try merging(appliesElsewhere: appliesElsewhere)
+    let set = d.set(.anonymousID("c1"), .unsubscribed, channel: "sms")
+    let global = d.global(.anonymousID("c1"), unsubscribed: true)
+    let override = d.override(.anonymousID("c1"))
+    #expect(d.log.queued == 1, "nothing logged against the profile the merge removes")
+    d.log.complete()
+    #expect(waitUntil { merge.done })
+    #expect(try merge.get().personID == "u1")
+    #expect(waitUntil { d.log.queued == 3 })
+    d.log.complete()
+    #expect(waitUntil { set.done && global.done && override.done })
+    #expect(try set.get().personID == "u1")
+    #expect(try override.get().personID == "u1")
+    let prefs = try d.store.preferences(workspace: "acme", person: .personID("u1"))
+    #expect(prefs.globalUnsubscribed)
+    #expect(prefs.entries.map { "\($0.channel):\($0.state)" } == ["sms:unsubscribed"])
+    let history = try d.store.history(
+      HistoryRequest(workspace: "acme", person: .anonymousID("c1"))
+    ).entries.map(\.action)
+    #expect(history.prefix(3) == [.override, .unsubscribeAll, .unsubscribe])
+    #expect(d.settled)
+  }
+
+  @Test(arguments: [false, true], [false, true])
+  func countedSendsCountOnThePerson(batch: Bool, appliesElsewhere: Bool) throws {
+    // email allows 2 sends a minute; the anonymous profile has used one.
+    let (d, merge) = try merging(sends: 1, appliesElsewhere: appliesElsewhere)
+    var checks: [Call<Decision>] = []
+    var batches: [Call<[Decision]>] = []
+    for _ in 0..<2 {
+      if batch {
+        batches.append(d.batch([.anonymousID("c1")], record: true))
+      } else {
+        checks.append(d.check(.anonymousID("c1"), record: true))
+      }
+    }
+    d.log.complete()
+    #expect(waitUntil { merge.done })
+    #expect(try merge.get().personID == "u1")
+    #expect(waitUntil { d.log.queued == 1 }, "one more send is allowed, and counted")
+    d.log.complete()
+    #expect(waitUntil { checks.allSatisfy(\.done) && batches.allSatisfy(\.done) })
+    let decisions = try checks.map { try $0.get() } + batches.map { try $0.get()[0] }
+    #expect(decisions.map(\.personID) == ["u1", "u1"])
+    #expect(decisions.map(\.reason) == [.subscribed, .messageLimitReached])
+    let after = d.check(.personID("u1"))
+    #expect(waitUntil { after.done })
+    #expect(try after.get().reason == .messageLimitReached)
+    #expect(d.settled)
+  }
+}
