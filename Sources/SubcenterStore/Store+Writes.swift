@@ -184,13 +184,12 @@ extension SubscriptionStore {
       return try withShards(scope.shards) {
         (shards: inout LockedShards) throws(CoreError) -> Step<Profile> in
         // The anonymous profile merged away, marked for writes that find it meanwhile.
-        var merged: (shard: Int, hash: UInt64)?
         if merges, let attach {
           let hash = KeyHash.person(h.number, .anonymous(attach))
-          merged = (shardIndex(hash), hash)
-          shards.with(merged!.shard) { shard in
+          let s = shardIndex(hash)
+          shards.with(s) { shard in
             if let slot = shard.find(workspace: h.number, key: .anonymous(attach), hash: hash) {
-              r.slots.append(SlotReservation(shard: merged!.shard, slot: slot, mergesAway: true))
+              r.slots.append(SlotReservation(shard: s, slot: slot, mergesAway: true))
             }
           }
         }
@@ -198,9 +197,7 @@ extension SubscriptionStore {
           .identify(cmd), scope: scope, reservations: r, completion: completion
         ) { _, applied in .success(applied.person!.profile) }
         r.register(identity: &identity, by: c)
-        if let merged {
-          shards.with(merged.shard) { r.register(shard: &$0, index: merged.shard, by: c) }
-        }
+        for m in r.slots { shards.with(m.shard) { r.register(shard: &$0, index: m.shard, by: c) } }
         return .committed
       }
     }
