@@ -197,6 +197,20 @@ def test_workspace_set_from_file_and_stdin(sc, tmp_path):
         r = ctl(sc, "workspace", "set", ws, "-", stdin=json.dumps(bad), code=2)
         assert named in r.stderr, r.stderr
     assert "not JSON" in ctl(sc, "workspace", "set", ws, "-", stdin="{", code=2).stderr
+    # What a lenient parser would take and silently half-apply: refused, naming it.
+    for text, named in [('{"channels": ["email"], "channels": ["sms"]}', 'key "channels" twice'),
+                        ('{"topics": [{"id": "a", "id": "b", "default_state": "SUBSCRIBED"}]}',
+                         'key "id" twice'),
+                        ('{"channels": ["email", "sms",]}', "comma before ']'"),
+                        ('{"channels": ["email"],\n}', "comma before '}'")]:
+        r = ctl(sc, "workspace", "set", ws, "-", stdin=text, code=2)
+        assert named in r.stderr, r.stderr
+    # Keys may repeat in different objects, and commas inside strings are text.
+    ctl(sc, "workspace", "set", ws, "-", stdin=json.dumps(
+        {"channels": ["email", "sms", "push"],
+         "topics": [{"id": "a", "name": "x,]", "default_state": "SUBSCRIBED"},
+                    {"id": "b", "name": "\"id\":", "default_state": "SUBSCRIBED"}]}))
+    assert [t.name for t in sc.root.GetWorkspace(workspace=ws).topics] == ["x,]", '"id":']
     assert list(sc.root.GetWorkspace(workspace=ws).channels) == ["email", "sms", "push"]
 
 
