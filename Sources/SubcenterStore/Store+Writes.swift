@@ -282,7 +282,7 @@ extension SubscriptionStore {
         let c = try commit(
           .setPreference(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
           completion: completion
-        ) { locked, applied in preferencesAnswer(h, &locked, applied, at: at) }
+        ) { locked, applied in preferencesAnswer(model, &locked, applied, at: at) }
         r.register(shard: &shard, index: s, by: c)
         return .committed
       }
@@ -308,6 +308,7 @@ extension SubscriptionStore {
       let h = try handle(req.workspace)
       let ref = try PersonRef.validated(req.person, field: "person")
       try Validate.maxBytes(req.source, Limits.sourceBytes, field: "source")
+      let model = h.current
       let at = now()
       let step = try withPersonForWrite(h, ref, &deps) {
         (shard, s, slot, _) throws(CoreError) -> Step<Preferences> in
@@ -319,7 +320,7 @@ extension SubscriptionStore {
         let c = try commit(
           .setGlobal(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
           completion: completion
-        ) { locked, applied in preferencesAnswer(h, &locked, applied, at: at) }
+        ) { locked, applied in preferencesAnswer(model, &locked, applied, at: at) }
         r.register(shard: &shard, index: s, by: c)
         return .committed
       }
@@ -685,8 +686,10 @@ extension SubscriptionStore {
 }
 
 /// The answer of a preference write: the person as the write left it.
+/// `model` is the configuration the write was validated against (a ConfigureWorkspace
+/// applied meanwhile is ordered after the write, so the answer does not show it).
 private func preferencesAnswer(
-  _ h: WorkspaceHandle, _ locked: inout Locked, _ applied: Applied, at: Int64
+  _ model: Workspace, _ locked: inout Locked, _ applied: Applied, at: Int64
 ) -> Result<Preferences, CoreError> {
   guard applied.found, let (s, slot) = applied.location else {
     return .failure(.notFound("person not found"))
@@ -694,7 +697,7 @@ private func preferencesAnswer(
   var answer: Preferences?
   locked.shards.with(s) { shard in
     answer = PersonCodec.preferences(
-      shard.records[Int(slot)], model: h.current, strings: shard.strings, now: at)
+      shard.records[Int(slot)], model: model, strings: shard.strings, now: at)
   }
   return .success(answer!)
 }

@@ -78,3 +78,29 @@ import Testing
     #expect(d.settled)
   }
 }
+
+@Suite struct ConfigurationInFlightTests {
+  /// A write validated against the configuration in force answers with it, though a
+  /// ConfigureWorkspace in flight is applied before the write (the write is ordered first).
+  @Test func aWriteAnswersWithTheConfigurationItWasValidatedAgainst() throws {
+    let d = Deferred()
+    let person = d.identify("u1")
+    d.log.complete()
+    #expect(waitUntil { person.done })
+    let configured = Call<WorkspaceConfig>()
+    d.store.configureWorkspace(
+      WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "admin", mayCreate: false,
+      completion: configured.completion)
+    let set = d.set(.personID("u1"), .unsubscribed, channel: "sms", topic: "news")
+    let global = d.global(.personID("u1"), unsubscribed: true)
+    #expect(d.log.queued == 3)
+    d.log.complete()
+    #expect(waitUntil { set.done && global.done && configured.done })
+    for prefs in [try set.get(), try global.get()] {
+      #expect(prefs.entries.map(\.channel) == ["sms"])
+      #expect(Set(prefs.effective.map(\.channel)) == ["email", "sms", "push"])
+    }
+    let now = try d.store.preferences(workspace: "acme", person: .personID("u1"))
+    #expect(now.entries.isEmpty && Set(now.effective.map(\.channel)) == ["email"])
+  }
+}
