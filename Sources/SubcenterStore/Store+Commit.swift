@@ -154,9 +154,9 @@ struct Applied: Sendable {
 struct Deps {
   private(set) var commits: [PendingCommit] = []
   private var seen = Set<ObjectIdentifier>()
-  /// Look-ups that found their person being merged away by a command in `commits`: the
-  /// call must run again once those are applied (`Step.again`).
-  var awaitingMerges = 0
+  /// Look-ups that found their person being removed by a command in `commits`: the call
+  /// must run again once those are applied (`Step.again`).
+  var awaitingRemovals = 0
 
   var isEmpty: Bool { commits.isEmpty }
 
@@ -174,7 +174,7 @@ enum Step<T: Sendable> {
   /// The answer, computed once the consulted in-flight commands are applied.
   case read(@Sendable () -> Result<T, CoreError>)
   /// The call, made again once the consulted in-flight commands are applied (a person it
-  /// names was being merged into another).
+  /// names was being removed, or merged into another).
   case again(@Sendable (@escaping Completion<T>) -> Void)
 }
 

@@ -122,9 +122,12 @@ extension SubscriptionStore {
   /// Like `withPerson`, for a write. A ref by email, phone or anonymous id names the
   /// person the commands in flight leave holding it, when that person has a record (so
   /// a write through an anonymous id being merged goes to the person it is merged into),
-  /// else its committed holder. An anonymous profile being merged into a person not
-  /// created yet is neither: nil, with `deps.awaitingMerges` counting it (the caller
-  /// answers `Step.again`). `body` gets the shard's index and the `Deps`.
+  /// else its committed holder. A person a command in flight removes (forgets, expires,
+  /// merges into another) is neither: nil, with `deps.awaitingRemovals` counting it, and
+  /// the caller answers `Step.again`, so the write is decided once the removal is applied
+  /// (it would otherwise be logged after the removal and, answered NOT_FOUND, still reach
+  /// the change feed, or a person created again under the same id). `body` gets the
+  /// shard's index and the `Deps`.
   func withPersonForWrite<R: Sendable>(
     _ h: WorkspaceHandle, _ ref: PersonRef, _ deps: inout Deps,
     _ body: (inout Shard, Int, UInt32, inout Deps) throws(CoreError) -> R
@@ -134,6 +137,7 @@ extension SubscriptionStore {
     let value = ref.value
     let ident = IdentifierKey(kind, value)
     let idHash = KeyHash.identifier(kind, value)
+    let removals = deps.awaitingRemovals
     for _ in 0..<4 {
       let (pending, candidates) = h.identity.withLock {
         identity -> ((PersonKey?, PendingCommit)?, [UInt32]) in
@@ -143,6 +147,7 @@ extension SubscriptionStore {
       if let (holder, last) = pending {
         deps.add(last)
         if let holder, let r = try withKey(h, holder, &deps, body) { return r }
+        if deps.awaitingRemovals > removals { return nil }
       }
       if candidates.isEmpty { return nil }
       for c in candidates {
@@ -153,14 +158,7 @@ extension SubscriptionStore {
           guard shard.holds(slot: loc.slot, workspace: h.number, kind: kind, value: value) else {
             return false
           }
-          if let p = shard.pending[loc.slot], p.mergedAway {
-            // An anonymous profile a merge in flight removes: what is written now must
-            // reach the person, whose record may not exist yet. Again once it is applied.
-            deps.add(p.last)
-            deps.awaitingMerges += 1
-            return true
-          }
-          result = try body(&shard, loc.shard, loc.slot, &deps)
+          result = try run(body, &shard, loc.shard, loc.slot, &deps)
           return true
         }
         if hit { return result }
@@ -169,7 +167,8 @@ extension SubscriptionStore {
     return nil
   }
 
-  /// Runs `body` under the lock of `key`'s shard with its slot; nil if it has no record.
+  /// Runs `body` under the lock of `key`'s shard with its slot; nil if it has no record
+  /// (or is being removed: `run`).
   private func withKey<R: Sendable>(
     _ h: WorkspaceHandle, _ key: PersonKey, _ deps: inout Deps,
     _ body: (inout Shard, Int, UInt32, inout Deps) throws(CoreError) -> R
@@ -178,7 +177,37 @@ extension SubscriptionStore {
     let s = shardIndex(hash)
     return try shards[s].state.withLock { (shard: inout Shard) throws(CoreError) -> R? in
       guard let slot = shard.find(workspace: h.number, key: key, hash: hash) else { return nil }
-      return try body(&shard, s, slot, &deps)
+      return try run(body, &shard, s, slot, &deps)
     }
+  }
+
+  /// Adds to `r` a hold on the record of each of `keys` that marks it removed while `r`'s
+  /// command is in flight (see `run`). Their shards are locked.
+  func holdRemovals(
+    of keys: [PersonKey], _ h: WorkspaceHandle, _ shards: inout LockedShards,
+    into r: inout Reservations
+  ) {
+    for key in keys {
+      let hash = KeyHash.person(h.number, key)
+      let s = shardIndex(hash)
+      shards.with(s) { shard in
+        if let slot = shard.find(workspace: h.number, key: key, hash: hash) {
+          r.slots.append(SlotReservation(shard: s, slot: slot, removes: true))
+        }
+      }
+    }
+  }
+
+  /// `body` on the person at `slot`, unless a command in flight removes it.
+  private func run<R: Sendable>(
+    _ body: (inout Shard, Int, UInt32, inout Deps) throws(CoreError) -> R,
+    _ shard: inout Shard, _ s: Int, _ slot: UInt32, _ deps: inout Deps
+  ) throws(CoreError) -> R? {
+    if let p = shard.pending[slot], p.removed {
+      deps.add(p.last)
+      deps.awaitingRemovals += 1
+      return nil
+    }
+    return try body(&shard, s, slot, &deps)
   }
 }

@@ -33,7 +33,8 @@ extension SubscriptionStore {
         for x in hashes { r.suppressed.append((x, true)) }
         let scope = self.scope(of: .forget(cmd), h)
         return try withShards(scope.shards) {
-          (_: inout LockedShards) throws(CoreError) -> Step<ForgetResult> in
+          (shards: inout LockedShards) throws(CoreError) -> Step<ForgetResult> in
+          holdRemovals(of: [key], h, &shards, into: &r)
           let c = try commit(
             .forget(cmd), scope: scope, reservations: r, completion: completion
           ) { _, applied in
@@ -42,6 +43,7 @@ extension SubscriptionStore {
               : .failure(.notFound("person not found"))
           }
           r.register(identity: &identity, by: c)
+          r.register(shards: &shards, by: c)
           return .committed
         }
       }
@@ -115,11 +117,13 @@ extension SubscriptionStore {
         for (key, view) in holders { r.remove(key, view: view) }
         let scope = self.scope(of: .suppress(cmd), h)
         return try withShards(scope.shards) {
-          (_: inout LockedShards) throws(CoreError) -> Step<SuppressResult> in
+          (shards: inout LockedShards) throws(CoreError) -> Step<SuppressResult> in
+          holdRemovals(of: holders.map(\.0), h, &shards, into: &r)
           let c = try commit(
             .suppress(cmd), scope: scope, reservations: r, completion: completion
           ) { _, _ in .success(result) }
           r.register(identity: &identity, by: c)
+          r.register(shards: &shards, by: c)
           return .committed
         }
       }
@@ -186,6 +190,7 @@ extension SubscriptionStore {
                 ids.append(key.value)
                 let p = PersonCodec.decode(record, history: false, strings: shard.strings).person
                 r.remove(key, view: PersonView(p))
+                r.slots.append(SlotReservation(shard: s, slot: UInt32(slot), removes: true))
               }
               if ids.isEmpty { return 0 }
               let cmd = Command.ExpireAnonymous(workspace: h.id, profiles: ids, at: at)
@@ -193,6 +198,7 @@ extension SubscriptionStore {
                 .expireAnonymous(cmd), scope: scope(of: .expireAnonymous(cmd), h),
                 reservations: r)
               r.register(identity: &identity, by: c)
+              r.register(shard: &shard, index: s, by: c)
               deps.add(c)
               return ids.count
             }

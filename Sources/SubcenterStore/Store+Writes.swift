@@ -183,21 +183,12 @@ extension SubscriptionStore {
       let scope = self.scope(of: .identify(cmd), h)
       return try withShards(scope.shards) {
         (shards: inout LockedShards) throws(CoreError) -> Step<Profile> in
-        // The anonymous profile merged away, marked for writes that find it meanwhile.
-        if merges, let attach {
-          let hash = KeyHash.person(h.number, .anonymous(attach))
-          let s = shardIndex(hash)
-          shards.with(s) { shard in
-            if let slot = shard.find(workspace: h.number, key: .anonymous(attach), hash: hash) {
-              r.slots.append(SlotReservation(shard: s, slot: slot, mergesAway: true))
-            }
-          }
-        }
+        if merges, let attach { holdRemovals(of: [.anonymous(attach)], h, &shards, into: &r) }
         let c = try commit(
           .identify(cmd), scope: scope, reservations: r, completion: completion
         ) { _, applied in .success(applied.person!.profile) }
         r.register(identity: &identity, by: c)
-        for m in r.slots { shards.with(m.shard) { r.register(shard: &$0, index: m.shard, by: c) } }
+        r.register(shards: &shards, by: c)
         return .committed
       }
     }
@@ -287,7 +278,7 @@ extension SubscriptionStore {
         return .committed
       }
       if let step { return step }
-      guard deps.awaitingMerges == 0 else {
+      guard deps.awaitingRemovals == 0 else {
         return .again { [self] in
           setPreference(req, state: state, actor: actor, completion: $0)
         }
@@ -325,7 +316,7 @@ extension SubscriptionStore {
         return .committed
       }
       if let step { return step }
-      guard deps.awaitingMerges == 0 else {
+      guard deps.awaitingRemovals == 0 else {
         return .again { [self] in
           setGlobal(req, unsubscribed: unsubscribed, actor: actor, completion: $0)
         }
@@ -350,7 +341,7 @@ extension SubscriptionStore {
       let decision = try check(
         h, ref, target: target, channelName: req.channel, recordSend: req.recordSend,
         at: now(), &deps)
-      guard deps.awaitingMerges == 0 else {
+      guard deps.awaitingRemovals == 0 else {
         return .again { [self] in checkDelivery(req, completion: $0) }
       }
       return .value(decision)
@@ -414,8 +405,8 @@ extension SubscriptionStore {
     perform(completion) { (deps: inout Deps) throws(CoreError) -> Step<[Decision]> in
       let (decisions, again) = try checkDeliveryBatch(req, &deps)
       guard !again.isEmpty else { return .value(decisions) }
-      // Counted sends through anonymous profiles being merged: those persons again, once
-      // the merges are applied.
+      // Counted sends for persons being removed (or merged into another): those again,
+      // once the removals are applied.
       var rest = req
       rest.persons = again.map { req.persons[$0] }
       return .again { [self, rest] completion in
@@ -432,7 +423,7 @@ extension SubscriptionStore {
   }
 
   /// The decisions, and the indices of the persons to decide again once `deps` are
-  /// applied (`Deps.awaitingMerges`).
+  /// applied (`Deps.awaitingRemovals`).
   private func checkDeliveryBatch(_ req: DeliveryBatchRequest, _ deps: inout Deps)
     throws(CoreError) -> ([Decision], again: [Int])
   {
@@ -560,16 +551,17 @@ extension SubscriptionStore {
               slow.append(i)
               continue
             }
-            if inFlight, let p = shard.pending[candidate[i]], p.mergedAway {
-              deps.add(p.last)
-              again.append(i)
-              continue
-            }
             slot = candidate[i]
             personID = ""
           }
           var extra = counting ? pending[slot] ?? 0 : 0
           if inFlight, let p = shard.pending[slot] {
+            if p.removed {
+              // Being removed (forgotten, merged into a person): decided again after.
+              deps.add(p.last)
+              again.append(i)
+              continue
+            }
             let sends = p.sends(target.channel)
             if sends > 0 {
               extra += sends
@@ -608,11 +600,11 @@ extension SubscriptionStore {
 
     // Refs whose index entry was ambiguous, moved or is changing: the one-person path.
     for i in slow {
-      let merges = deps.awaitingMerges
+      let merges = deps.awaitingRemovals
       decisions[i] = try check(
         h, refs[i], target: target, channelName: req.channel, recordSend: req.recordSend,
         at: at, &deps)
-      if deps.awaitingMerges > merges { again.append(i) }
+      if deps.awaitingRemovals > merges { again.append(i) }
     }
     // Refs that name nobody: suppressed or unknown (hashing only if anything is suppressed).
     let ambiguous = Set(slow)
@@ -674,7 +666,7 @@ extension SubscriptionStore {
         return .committed
       }
       if let step { return step }
-      guard deps.awaitingMerges == 0 else {
+      guard deps.awaitingRemovals == 0 else {
         return .again { [self] in overrideForImportantMessage(req, actor: actor, completion: $0) }
       }
       return .value(

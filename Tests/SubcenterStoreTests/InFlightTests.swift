@@ -104,3 +104,41 @@ import Testing
     #expect(now.entries.isEmpty && Set(now.effective.map(\.channel)) == ["email"])
   }
 }
+
+@Suite struct RemovalInFlightTests {
+  /// Writes naming a person whose ForgetPerson is in flight, by email, anonymous id or
+  /// person id, with an Identify creating the same person id again queued behind them:
+  /// they wait for the forget, then find nobody. (They were logged behind the forget: then
+  /// applied to the new person of the same id, or answered NOT_FOUND and still sent to
+  /// the change feed.)
+  @Test func writesMadeWhileAForgetIsInFlightFindNobody() throws {
+    let d = Deferred()
+    let person = d.identify("u1", email: "u1@x.com", anonymousID: "c1")
+    d.log.complete()
+    #expect(waitUntil { person.done })
+    let forgotten = d.forget(.personID("u1"))
+    let viaEmail = d.set(.email("u1@x.com"), .unsubscribed, channel: "sms")
+    let viaCookie = d.global(.anonymousID("c1"), unsubscribed: true)
+    let viaID = d.set(.personID("u1"), .unsubscribed, channel: "push")
+    let send = d.check(.email("u1@x.com"), record: true)
+    let batch = d.batch([.anonymousID("c1"), .personID("u1")], record: true)
+    let override = d.override(.anonymousID("c1"))
+    let recreated = d.identify("u1")
+    #expect(d.log.queued == 2, "the forget and the new Identify, nothing for the forgotten")
+    d.log.complete()
+    #expect(waitUntil { [viaEmail.done, viaCookie.done, viaID.done].allSatisfy { $0 } })
+    #expect(waitUntil { send.done && batch.done && override.done && recreated.done })
+    #expect(try forgotten.get().personID == "u1")
+    for error in [viaEmail.error, viaCookie.error, viaID.error] {
+      #expect(error?.kind == .notFound)
+    }
+    #expect(try send.get().reason == .unknownPerson && override.get().reason == .unknownPerson)
+    #expect(try batch.get().map(\.reason) == [.unknownPerson, .unknownPerson])
+    let now = try d.store.preferences(workspace: "acme", person: .personID("u1"))
+    #expect(now.entries.isEmpty && !now.globalUnsubscribed)
+    let history = try d.store.history(HistoryRequest(workspace: "acme", person: .personID("u1")))
+    #expect(history.entries.map(\.action) == [.identify])
+    #expect(d.log.commands.count == 4, "the two identifies and the forget: \(d.log.commands)")
+    #expect(d.settled)
+  }
+}

@@ -91,9 +91,9 @@ struct PendingSlot {
   var writes = 0
   /// Counted sends in flight, per channel.
   var sends: [(channel: NameID, count: Int)] = []
-  /// An in-flight Identify merges this anonymous profile into a person: a write naming it
-  /// waits for that and goes to the person (`withPersonForWrite`).
-  var mergedAway = false
+  /// A command in flight removes this person (ForgetPerson, a suppression, the anonymous
+  /// TTL, a merge into a person): a write naming it waits for that (`withPersonForWrite`).
+  var removed = false
   var last: PendingCommit
 
   func sends(_ channel: NameID) -> Int {
@@ -109,8 +109,8 @@ struct SlotReservation: Sendable {
   var channel: NameID = 0
   /// Sends counted on `channel` (0: a write that counts none).
   var sends = 0
-  /// The hold of a merge on the anonymous profile it removes.
-  var mergesAway = false
+  /// The hold of a removal (see `PendingSlot.removed`).
+  var removes = false
 }
 
 /// Everything one in-flight command registered.
@@ -142,6 +142,11 @@ struct Reservations: Sendable {
     for (k, v) in persons { hold(&identity.pending.persons, k, v, c) }
   }
 
+  /// Registers the slots of every shard they are in (all locked).
+  func register(shards: inout LockedShards, by c: PendingCommit) {
+    for s in Set(slots.map(\.shard)) { shards.with(s) { register(shard: &$0, index: s, by: c) } }
+  }
+
   /// Registers the slots of shard `index`.
   func register(shard: inout Shard, index: Int, by c: PendingCommit) {
     for r in slots where r.shard == index {
@@ -153,7 +158,7 @@ struct Reservations: Sendable {
   private static func addHold(_ r: SlotReservation, by c: PendingCommit, on p: inout PendingSlot) {
     p.writes += 1
     p.last = c
-    if r.mergesAway { p.mergedAway = true }
+    if r.removes { p.removed = true }
     if r.sends > 0 {
       if let i = p.sends.firstIndex(where: { $0.channel == r.channel }) {
         p.sends[i].count += r.sends
