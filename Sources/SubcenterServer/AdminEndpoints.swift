@@ -1,6 +1,7 @@
-// The admin HTTP endpoints: /metrics (Prometheus text), /healthz (the process answers),
-// /readyz (ready to serve gRPC, and able to make writes durable: 503 once the write-ahead
-// log has failed for good, as writes are then refused until a restart).
+// The admin HTTP endpoints: GET /metrics (Prometheus text), /healthz (the process
+// answers), /readyz (ready to serve gRPC, and able to make writes durable: 503 once the
+// write-ahead log has failed for good, as writes are then refused until a restart), and
+// POST /snapshot (write a snapshot now, answered with its seq once it is durable).
 
 import GRPCTransport
 import SubcenterStore
@@ -10,8 +11,24 @@ public enum AdminEndpoints {
   /// given, from `storage` (its write-ahead log and snapshots).
   public static func handler(
     server: GRPCServer, storage: DurableStore? = nil, isReady: @escaping @Sendable () -> Bool
-  ) -> @Sendable (String) -> AdminResponse {
-    { path in
+  ) -> @Sendable (AdminRequest) -> AdminResponse {
+    { request in
+      let path = request.path
+      if path == "/snapshot" {
+        guard request.method == "POST" else {
+          return AdminResponse(status: 405, body: "POST /snapshot writes one\n", allow: "POST")
+        }
+        guard let storage else { return AdminResponse(status: 404, body: "no storage\n") }
+        do {
+          let seq = try storage.snapshot()
+          return AdminResponse(status: 200, body: "snapshot at seq \(seq)\n")
+        } catch {
+          return AdminResponse(status: 503, body: "snapshot failed: \(error)\n")
+        }
+      }
+      guard request.method == "GET" else {
+        return AdminResponse(status: 405, body: "\(path) is read with GET\n", allow: "GET, HEAD")
+      }
       switch path {
       case "/healthz":
         return AdminResponse(status: 200, body: "ok\n")
@@ -37,7 +54,8 @@ public enum AdminEndpoints {
           """ + (storage.map { storageMetrics($0.wal.status, $0.snapshotStatus) } ?? "")
         return AdminResponse(status: 200, contentType: "text/plain; version=0.0.4", body: text)
       default:
-        return AdminResponse(status: 404, body: "not found: try /metrics, /healthz, /readyz\n")
+        return AdminResponse(
+          status: 404, body: "not found: try /metrics, /healthz, /readyz, POST /snapshot\n")
       }
     }
   }

@@ -16,7 +16,7 @@ import Testing
   /// A handler over a fresh durable store on `fs`, and the store; `ready` is what the
   /// daemon's start-up flag says.
   private func endpoints(_ fs: FaultyFileSystem, ready: @escaping @Sendable () -> Bool) throws
-    -> (@Sendable (String) -> AdminResponse, DurableStore)
+    -> (@Sendable (AdminRequest) -> AdminResponse, DurableStore)
   {
     try fs.createDirectory(directory)
     let durable = try DurableStore.open(
@@ -58,12 +58,39 @@ import Testing
     let ready = Atomic<Bool>(false)
     let (handle, durable) = try endpoints(FaultyFileSystem()) { ready.load(ordering: .relaxed) }
     defer { durable.close() }
-    #expect(handle("/healthz").status == 200)
-    #expect(handle("/readyz").status == 503, "not ready before start-up ends")
+    #expect(handle(AdminRequest("GET", "/healthz")).status == 200)
+    #expect(handle(AdminRequest("GET", "/readyz")).status == 503, "not ready before start-up ends")
     ready.store(true, ordering: .relaxed)
-    #expect(handle("/readyz").status == 200)
-    #expect(handle("/nope").status == 404)
-    #expect(metric("subcenter_wal_failed", handle("/metrics").body) == "0")
+    #expect(handle(AdminRequest("GET", "/readyz")).status == 200)
+    #expect(handle(AdminRequest("GET", "/nope")).status == 404)
+    #expect(metric("subcenter_wal_failed", handle(AdminRequest("GET", "/metrics")).body) == "0")
+  }
+
+  @Test func postSnapshotWritesOneAndAnswersItsSeq() throws {
+    let fs = FaultyFileSystem()
+    let (handle, durable) = try endpoints(fs) { true }
+    defer { durable.close() }
+    #expect(try configure(durable.store).get().workspace == "acme")
+    let r = handle(AdminRequest("POST", "/snapshot"))
+    #expect(r.status == 200 && r.body.hasPrefix("snapshot at seq "), "\(r.body)")
+    let seq = try #require(UInt64(r.body.dropFirst("snapshot at seq ".count).dropLast()))
+    #expect(seq == durable.wal.status.durableThrough)
+    let digits = String(seq)
+    #expect(
+      try fs.list(directory).contains {
+        $0.hasPrefix("snapshot-") && $0.hasSuffix("\(digits).snap")
+      })
+    #expect(
+      metric("subcenter_snapshot_seq", handle(AdminRequest("GET", "/metrics")).body) == digits)
+    let get = handle(AdminRequest("GET", "/snapshot"))
+    #expect(get.status == 405 && get.allow == "POST")
+    #expect(handle(AdminRequest("POST", "/healthz")).status == 405)
+
+    // A snapshot that cannot be written is a 503 saying why.
+    _ = try configure(durable.store).get()  // a change since the last snapshot
+    fs.fail(.write, nth: 1, errno: ENOSPC, sticky: true)
+    let full = handle(AdminRequest("POST", "/snapshot"))
+    #expect(full.status == 503 && full.body.hasPrefix("snapshot failed: "), "\(full.body)")
   }
 
   @Test func readyzIs503OnceTheLogHasFailedForGood() throws {
@@ -71,7 +98,7 @@ import Testing
     let (handle, durable) = try endpoints(fs) { true }
     defer { durable.close() }
     #expect(try configure(durable.store).get().workspace == "acme")
-    #expect(handle("/readyz").status == 200)
+    #expect(handle(AdminRequest("GET", "/readyz")).status == 200)
 
     fs.fail(.sync, nth: 1, errno: EIO)
     guard case .failure(let e) = configure(durable.store) else {
@@ -79,11 +106,13 @@ import Testing
       return
     }
     #expect(e.kind == .unavailable)
-    let readyz = handle("/readyz")
+    let readyz = handle(AdminRequest("GET", "/readyz"))
     #expect(readyz.status == 503)
     #expect(readyz.body.contains("write-ahead log failed"), "\(readyz.body)")
-    #expect(metric("subcenter_wal_failed", handle("/metrics").body) == "1")
-    #expect(handle("/healthz").status == 200, "the process still answers (reads are served)")
+    #expect(metric("subcenter_wal_failed", handle(AdminRequest("GET", "/metrics")).body) == "1")
+    #expect(
+      handle(AdminRequest("GET", "/healthz")).status == 200,
+      "the process still answers (reads are served)")
   }
 
   @Test func aFullDiskRefusesTheWriteAndStaysReady() throws {
@@ -96,8 +125,9 @@ import Testing
       return
     }
     #expect(e.kind == .unavailable)
-    #expect(handle("/readyz").status == 200, "writes resume once there is room")
-    #expect(metric("subcenter_wal_failed", handle("/metrics").body) == "0")
+    #expect(
+      handle(AdminRequest("GET", "/readyz")).status == 200, "writes resume once there is room")
+    #expect(metric("subcenter_wal_failed", handle(AdminRequest("GET", "/metrics")).body) == "0")
     // Writes resume by themselves (a write sent while the log is still reporting the
     // failure is refused with it: retried a moment later, as a client would).
     var again = configure(durable.store)

@@ -163,3 +163,36 @@ def test_metrics_follow_snapshots(sc):
     written = after["subcenter_snapshot_last_written_timestamp_seconds"]
     assert started - 1 <= written <= time.time() + 1
     assert after["subcenter_snapshots_failed_total"] == 0
+
+
+def test_post_snapshot_writes_one_now(sc):
+    """POST /snapshot (SPEC §4 "snapshots ... on demand"): answered once the snapshot is
+    durable, with its seq; the file is in the data directory and /metrics names it."""
+    import os
+    address = sc.server.argv[sc.server.argv.index("--admin-listen") + 1]
+    data = sc.server.argv[sc.server.argv.index("--data") + 1]
+    ws = sc.workspace()
+    sc.person(ws)  # a change since any snapshot
+
+    def request(method, path="/snapshot"):
+        req = urllib.request.Request(f"http://{address}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.headers.get("Allow"), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Allow"), e.read().decode()
+
+    status, _, body = request("POST")
+    assert status == 200 and body.startswith("snapshot at seq "), (status, body)
+    seq = int(body.split()[-1])
+    before, _ = metrics(sc.server)
+    assert before["subcenter_snapshot_seq"] == seq
+    assert any(name.startswith("snapshot-") and f"{seq:020d}" in name for name in os.listdir(data)), \
+        os.listdir(data)
+    # Nothing changed since: the same snapshot, not another file.
+    assert request("POST")[0::2] == (200, f"snapshot at seq {seq}\n")
+    assert metrics(sc.server)[0]["subcenter_snapshots_written_total"] == \
+        before["subcenter_snapshots_written_total"]
+    # Only POST writes one; other paths are not POSTed to.
+    assert request("GET")[:2] == (405, "POST")
+    assert request("POST", "/metrics")[:2] == (405, "GET, HEAD")

@@ -1,5 +1,5 @@
-// A tiny plain-HTTP/1.1 server for operators: GET (and HEAD) requests only, one short
-// answer each. It serves /metrics, /healthz and /readyz beside the gRPC port; it is not on
+// A tiny plain-HTTP/1.1 server for operators: GET and HEAD (probes, metrics) and POST
+// (operator actions) without a body, one short answer each. It serves /metrics, /healthz and /readyz beside the gRPC port; it is not on
 // any hot path. One thread accepts; each connection is answered on a thread of its own
 // (at most `maxConnections` at once, more are closed at once), so a client that connects
 // and sends nothing delays no one's probe.
@@ -12,27 +12,46 @@ public struct AdminResponse: Sendable {
   public var status: Int
   public var contentType: String
   public var body: String
+  /// The methods a 405 names in its `Allow` header (nil: all the server serves).
+  public var allow: String?
 
-  public init(status: Int, contentType: String = "text/plain; charset=utf-8", body: String) {
+  public init(
+    status: Int, contentType: String = "text/plain; charset=utf-8", body: String,
+    allow: String? = nil
+  ) {
     self.status = status
     self.contentType = contentType
     self.body = body
+    self.allow = allow
   }
 }
 
-/// Serves GET requests: one accepting thread, connections answered concurrently.
+/// One request to the admin server: GET (HEAD is GET without the body) or POST, and the
+/// path without its query.
+public struct AdminRequest: Sendable, Equatable {
+  public var method: String
+  public var path: String
+
+  public init(_ method: String, _ path: String) {
+    self.method = method
+    self.path = path
+  }
+}
+
+/// Serves GET, HEAD and POST requests: one accepting thread, connections answered
+/// concurrently.
 public final class AdminHTTPServer: @unchecked Sendable {
   static let maxConnections = 128
   private let open = Atomic<Int>(0)
   // `fd` and `thread` are set in start() and read by stop() on the same controlling thread.
-  private let handler: @Sendable (String) -> AdminResponse
+  private let handler: @Sendable (AdminRequest) -> AdminResponse
   private var fd: Int32 = -1
   private var thread = pthread_t()
   /// The bound port.
   public private(set) var port: UInt16 = 0
 
-  /// `handler` maps a request path (query dropped) to an answer.
-  public init(handler: @escaping @Sendable (String) -> AdminResponse) {
+  /// `handler` answers each request; a method it does not serve is its 405.
+  public init(handler: @escaping @Sendable (AdminRequest) -> AdminResponse) {
     self.handler = handler
   }
 
@@ -116,11 +135,11 @@ public final class AdminHTTPServer: @unchecked Sendable {
     let isHead = parts.first == "HEAD"
     if !complete {
       response = AdminResponse(status: 400, body: "incomplete request\n")
-    } else if parts.count >= 2, parts[0] == "GET" || isHead {
+    } else if parts.count >= 2, parts[0] == "GET" || parts[0] == "POST" || isHead {
       let path = String(parts[1].split(separator: "?", maxSplits: 1).first ?? "")
-      response = handler(path)
+      response = handler(AdminRequest(isHead ? "GET" : String(parts[0]), path))
     } else {
-      response = AdminResponse(status: 405, body: "only GET and HEAD are served\n")
+      response = AdminResponse(status: 405, body: "only GET, HEAD and POST are served\n")
     }
     let reason =
       [
@@ -129,7 +148,7 @@ public final class AdminHTTPServer: @unchecked Sendable {
       ][
         response.status] ?? "Status"
     let body = Array(response.body.utf8)
-    let allow = response.status == 405 ? "Allow: GET, HEAD\r\n" : ""
+    let allow = response.status == 405 ? "Allow: \(response.allow ?? "GET, HEAD, POST")\r\n" : ""
     let head =
       "HTTP/1.1 \(response.status) \(reason)\r\nContent-Type: \(response.contentType)\r\n"
       + "Content-Length: \(body.count)\r\n\(allow)Connection: close\r\n\r\n"
