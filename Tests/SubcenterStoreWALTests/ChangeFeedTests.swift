@@ -88,14 +88,6 @@ private final class CollectingSink: ChangeSink {
         at: 2, actor: "x"))
     let m = ChangeEvents.events(seq: 2, command: merge)[0]
     #expect(m.action == "merge" && m.personID == "p1" && m.anonymousID == "a-123456")
-    // Creating the person (or setting an identifier) while merging: both, as in history.
-    let createAndMerge = Command.identify(
-      .init(
-        workspace: "w", person: p, creates: true, email: "p1@example.com",
-        anonymousID: "a-123456", mergesProfile: true, at: 2, actor: "x"))
-    let both = ChangeEvents.events(seq: 5, command: createAndMerge)
-    #expect(both.map(\.action) == ["identify", "merge"])
-    #expect(both.map(\.anonymousID) == ["", "a-123456"] && both.allSatisfy { $0.seq == 5 })
     let attach = Command.identify(
       .init(
         workspace: "w", person: p, creates: false, anonymousID: "a-9", mergesProfile: false, at: 2,

@@ -6,9 +6,8 @@
 // history actions but `override`) and `forget` (ForgetPerson, each person a suppression
 // forgets, each anonymous profile the TTL expires). Configuration, counted sends,
 // overrides and (un)suppressions are not events. An event's seq is its record's seq; the
-// few records that remove several persons at once give one `forget` per person, and an
-// Identify that creates a person (or sets an identifier) and merges an anonymous profile
-// gives `identify` then `merge`, all with that seq, sent back to back.
+// few records that remove several persons at once give one `forget` per person, all with
+// that seq, sent back to back.
 
 import SubcenterCore
 
@@ -46,23 +45,21 @@ public enum ChangeEvents {
     guard let command else { return [] }
     switch command {
     case .identify(let c):
-      // As the history: `identify` when the call created the person or set an identifier
-      // (an identify that changes nothing leaves no entry, hence no event), then `merge`
-      // when it merged an anonymous profile in.
-      var events: [ChangeEvent] = []
-      let merged = c.mergesProfile ? c.anonymousID : nil
-      if c.creates || c.email != nil || c.phone != nil || (c.anonymousID != nil && merged == nil) {
-        events.append(
+      if c.mergesProfile, let a = c.anonymousID {
+        return [
           ChangeEvent(
-            workspace: c.workspace, seq: seq, at: c.at, person: c.person, action: "identify"))
+            workspace: c.workspace, seq: seq, at: c.at, person: c.person, anonymousID: a,
+            action: "merge")
+        ]
       }
-      if let merged {
-        events.append(
-          ChangeEvent(
-            workspace: c.workspace, seq: seq, at: c.at, person: c.person, anonymousID: merged,
-            action: "merge"))
+      // An identify that changes nothing leaves no history entry, hence no event.
+      guard c.creates || c.email != nil || c.phone != nil || c.anonymousID != nil else {
+        return []
       }
-      return events
+      return [
+        ChangeEvent(
+          workspace: c.workspace, seq: seq, at: c.at, person: c.person, action: "identify")
+      ]
     case .setPreference(let c):
       var e = ChangeEvent(
         workspace: c.workspace, seq: seq, at: c.at, person: c.person,
