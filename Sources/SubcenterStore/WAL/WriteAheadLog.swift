@@ -491,9 +491,10 @@ final class WALWriter: @unchecked Sendable {
     if options.fsync == .always {
       do { try syncActive() } catch {
         // The batch was answered UNAVAILABLE, so it must not come back at the next start:
-        // cut it off the segment (best effort; the log is failed for good either way).
+        // cut it off the segment and try once to make that durable (best effort: a disk
+        // whose fsync failed may keep the batch; the log is failed for good either way).
         let before = segmentBytes - buffer.count
-        try? fs.truncate(active!, to: Int64(before))
+        if (try? fs.truncate(active!, to: Int64(before))) != nil { try? fs.syncData(active!) }
         segmentBytes = before
         fileBytes = before
         segmentRecords -= batch.count
@@ -690,8 +691,10 @@ final class WALWriter: @unchecked Sendable {
       failed = true
       message =
         "write-ahead log failed: \(error.message). No write is acknowledged from now on "
-        + "(UNAVAILABLE); reads continue. Nothing unacknowledged was applied. Fix the disk, "
-        + "then restart subcenterd: recovery replays every acknowledged write."
+        + "(UNAVAILABLE); reads continue. Nothing unacknowledged was applied in memory; the "
+        + "writes refused at this failure were cut off the log, but a disk that fails its "
+        + "fsync may still hold them, so they can reappear after a restart, as after a crash. "
+        + "Fix the disk, then restart subcenterd: recovery replays every acknowledged write."
     }
     let refusal = StorageError(
       transient ? .noSpace : .unavailable, message, file: error.file, errno: error.errno)
