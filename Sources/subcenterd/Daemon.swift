@@ -59,9 +59,7 @@ enum Daemon {
           preallocateLogBytes: WriteAheadLog.Options.serverPreallocateBytes, log: log)
       } catch {
         writeStderrLine("subcenterd: cannot recover \(options.dataDirectory): \(error)")
-        writeStderrLine(
-          "subcenterd: nothing was changed on disk. Restore the data directory from a backup, "
-            + "or start with --recover-truncate to keep everything before the damage.")
+        writeStderrLine("subcenterd: nothing was changed on disk. \(startUpAdvice(error))")
         return 1
       }
       durable = opened.0
@@ -142,6 +140,23 @@ enum Daemon {
     durable.close()
     writeStderrLine("subcenterd: stopped")
     return 0
+  }
+}
+
+/// What an operator does about a failed recovery: only damage calls for a backup or
+/// `--recover-truncate`; a full disk, too few descriptors or an I/O error do not.
+func startUpAdvice(_ error: StorageError) -> String {
+  switch error.kind {
+  case .damaged:
+    return "Restore the data directory from a backup, or start with --recover-truncate to "
+      + "keep everything before the damage."
+  case .noSpace:
+    return "The disk is full: free some space and start again (the data is intact)."
+  case .io where error.errno == EMFILE || error.errno == ENFILE:
+    return "Out of file descriptors: raise the limit (ulimit -n) and start again."
+  default:
+    return "Check the disk and its permissions, then start again; "
+      + "`subcenterctl check-data DIR` tells whether the files are intact."
   }
 }
 
