@@ -151,6 +151,9 @@ public final class SubscriptionService: GRPCService, Sendable {
         do throws(CoreError) { _ = try s.store.workspace(req.workspace) } catch {
           return call.finish(error.rpcStatus)
         }
+        // Headers now: a quiet workspace may have no event for hours, and clients and
+        // proxies waiting for the response headers would take the stream for stalled.
+        call.sendInitialMetadata(Metadata())
         let id = feed.watch(
           workspace: req.workspace, from: req.start,
           sink: CallChangeSink(call: call, redact: !cred.seesPII))

@@ -121,10 +121,11 @@ enum Daemon {
     let sig = TerminationSignals.wait()
     writeStderrLine("subcenterd: signal \(sig): stopping; finishing calls in flight")
     ready.value = false
-    server.shutdown()
     // Watch streams never end by themselves: end them (UNAVAILABLE) so shutdown need not
-    // wait for them.
+    // wait for them, and before the GOAWAY, as the health service ends its Watch streams
+    // (some HTTP/2 clients drop frames that follow a GOAWAY).
     durable.changeFeed.close()
+    server.shutdown()
     server.wait()
     admin.stop()
     sweeper.stop()

@@ -85,3 +85,45 @@ def test_sigterm_with_open_watch_stream_exits(start_server):
         rc = server.wait_exit(timeout=12)
         call.cancel()
     assert rc == 0, f"exit code {rc} (None: still running 12 s after SIGTERM)"
+
+
+@pytest.mark.deadline(60)
+def test_sigterm_ends_watch_streams_before_the_goaway():
+    """Shutdown ends Health.Watch and WatchChanges streams (UNAVAILABLE) before its first
+    GOAWAY: some HTTP/2 clients (Python's h2, under grpclib and httpx) drop every frame
+    that follows a GOAWAY, and would see a protocol error instead of the status."""
+    import struct
+    import tempfile
+
+    from crash_support import DurableServer
+    from interop_support import RawH2, health_pb2
+    from sc_support import TOKENS, pb
+
+    srv = DurableServer(tempfile.mkdtemp(prefix="shutdown-")).start()
+    try:
+        srv.client.ConfigureWorkspace(pb.WorkspaceConfig(workspace="quiet", channels=["email"]))
+        frame = lambda m: struct.pack(">BI", 0, len(m)) + m  # noqa: E731
+        with RawH2(srv.port) as raw:
+            health = raw.request("/grpc.health.v1.Health/Watch",
+                                 frame(health_pb2.HealthCheckRequest(service="").SerializeToString()))
+            watch = raw.request("/subcenter.v1.SubscriptionCenter/WatchChanges",
+                                frame(pb.WatchRequest(workspace="quiet").SerializeToString()),
+                                extra=[("authorization", "Bearer " + TOKENS["sc-root"])])
+            deadline = time.monotonic() + 5
+            while not raw.streams[health].data:
+                assert time.monotonic() < deadline and raw.pump(0.2), "the watch did not start"
+            raw.pump(0.3)  # the feed has registered the other watch
+            srv.server.expected_exit = True
+            srv.server.terminate()
+            deadline = time.monotonic() + 15
+            while raw.pump(0.2) and time.monotonic() < deadline:
+                pass
+            for sid in (health, watch):
+                st = raw.streams[sid]
+                assert st.ended and ("grpc-status", "14") in [
+                    (k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v)
+                    for k, v in (st.trailers or [])], (sid, st.trailers, st.reset)
+            assert raw.goaway is not None, "no GOAWAY"
+        assert srv.server.wait_exit(timeout=12) == 0
+    finally:
+        srv.close()

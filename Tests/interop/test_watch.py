@@ -143,6 +143,25 @@ def test_watch_in_order_resume_and_restart():
         srv.close()
 
 
+@pytest.mark.deadline(60)
+def test_watch_of_a_quiet_workspace_sends_its_headers_at_once():
+    """A workspace may have no event for hours: the response headers come at once, so clients
+    and proxies waiting for them do not take the stream for stalled."""
+    srv = DurableServer(tempfile.mkdtemp(prefix="watch-")).start()
+    try:
+        ws = unique("wq")
+        srv.client.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        w = Watch(srv.channel, workspace=ws)
+        got = threading.Event()
+        threading.Thread(target=lambda: (w.call.initial_metadata(), got.set()),
+                         daemon=True).start()
+        assert got.wait(5), "no response headers on a watch with nothing to send"
+        assert w.quiet(0.2) == []
+        w.cancel()
+    finally:
+        srv.close()
+
+
 @pytest.mark.deadline(120)
 def test_watch_forget_tombstone_and_redaction():
     srv = DurableServer(tempfile.mkdtemp(prefix="watch-")).start()

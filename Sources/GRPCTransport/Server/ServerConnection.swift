@@ -246,6 +246,11 @@ final class ServerConnection {
       close()
       return
     }
+    // What is queued first (the last message and trailers of the Watch streams shutdown
+    // ends): nghttp2 would send its GOAWAY ahead of them, and some HTTP/2 clients drop
+    // every frame that follows a GOAWAY.
+    flush()
+    if closed { return }
     http2.beginDrain()
     drainTimer = loop.schedule(after: 100_000_000) { [unowned self] in
       self.drainTimer = nil
