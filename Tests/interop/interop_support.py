@@ -58,7 +58,39 @@ def binary(name: str) -> Path:
     return path
 
 
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_START = _ephemeral_start()
+_ports_lock = threading.Lock()
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
+    """A port no one listens on, for a server to bind. Taken below the kernel's ephemeral
+    range: a port from inside it (what binding port 0 gives) can be taken meanwhile as the
+    source port of any outgoing connection, the tests' own clients included, and the server
+    then fails with "Address already in use". Never the same port twice in a process."""
+    import random
+    lo, hi = 10000, _EPHEMERAL_START
+    if hi - lo >= 1000:
+        with _ports_lock:
+            for _ in range(500):
+                p = random.randrange(lo, hi)
+                if p in _ports_given:
+                    continue
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    try:
+                        s.bind(("127.0.0.1", p))
+                    except OSError:
+                        continue
+                _ports_given.add(p)
+                return p
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
