@@ -8,9 +8,10 @@ import SubcenterStore
 
 public enum AdminEndpoints {
   /// The handler for `AdminHTTPServer`, reading live figures from `server` and, when
-  /// given, from `storage` (its write-ahead log and snapshots).
+  /// given, from `storage` (its write-ahead log and snapshots) and `erasure` (compactions).
   public static func handler(
-    server: GRPCServer, storage: DurableStore? = nil, isReady: @escaping @Sendable () -> Bool
+    server: GRPCServer, storage: DurableStore? = nil, erasure: Compaction? = nil,
+    isReady: @escaping @Sendable () -> Bool
   ) -> @Sendable (AdminRequest) -> AdminResponse {
     { request in
       let path = request.path
@@ -52,12 +53,25 @@ public enum AdminEndpoints {
           subcenter_open_connections \(s.openConnections)
 
           """ + (storage.map { storageMetrics($0.wal.status, $0.snapshotStatus) } ?? "")
+          + (erasure.map { erasureMetrics($0.erasureStatus) } ?? "")
         return AdminResponse(status: 200, contentType: "text/plain; version=0.0.4", body: text)
       default:
         return AdminResponse(
           status: 404, body: "not found: try /metrics, /healthz, /readyz, POST /snapshot\n")
       }
     }
+  }
+
+  static func erasureMetrics(_ e: (failed: Int, oldestPendingSeconds: Double)) -> String {
+    """
+    # HELP subcenter_erasure_compactions_failed_total Erasure compactions that failed (each is retried a second later; the server log says why).
+    # TYPE subcenter_erasure_compactions_failed_total counter
+    subcenter_erasure_compactions_failed_total \(e.failed)
+    # HELP subcenter_erasure_oldest_pending_seconds How long the oldest erasure not yet on disk has waited (0: none). Alert when it nears --erasure-deadline.
+    # TYPE subcenter_erasure_oldest_pending_seconds gauge
+    subcenter_erasure_oldest_pending_seconds \(e.oldestPendingSeconds)
+
+    """
   }
 
   /// The write-ahead log's figures (what it wrote, how it synced, whether it failed) and

@@ -17,6 +17,12 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
 
   private struct State {
     var erasurePending = false
+    /// When `erasurePending` was set (monotonic ns).
+    var pendingSince: UInt64?
+    /// When the erasure the running (or failed, to be retried) compaction serves was
+    /// first asked for.
+    var compactingSince: UInt64?
+    var failed = 0
     var erasedThrough: UInt64 = 0
     var waiters: [(seq: UInt64, completion: @Sendable (Result<UInt64, any Error>) -> Void)] = []
   }
@@ -28,6 +34,17 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
     self.durable = durable
     intervalSeconds = snapshotIntervalSeconds
     self.log = log
+  }
+
+  /// For monitoring: erasure compactions that failed (each retried a second later), and how
+  /// long the oldest erasure not yet on disk has waited (0: none waits). An age past
+  /// --erasure-deadline means a forgotten person's data is on disk longer than promised.
+  public var erasureStatus: (failed: Int, oldestPendingSeconds: Double) {
+    let now = DispatchTime.now().uptimeNanoseconds
+    return state.withLock { s in
+      let since = [s.pendingSince, s.compactingSince].compactMap { $0 }.min()
+      return (s.failed, since.map { Double(now &- $0) / 1e9 } ?? 0)
+    }
   }
 
   /// Starts the periodic snapshots.
@@ -67,8 +84,10 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
   public func scheduleErasure() -> UInt64 {
     let seq = durable.store.lastAppliedSeq
     let start = state.withLock { s -> Bool in
-      defer { s.erasurePending = true }
-      return !s.erasurePending
+      if s.erasurePending { return false }
+      s.erasurePending = true
+      s.pendingSince = DispatchTime.now().uptimeNanoseconds
+      return true
     }
     // A short pause lets a burst of forgets share one compaction.
     if start { queue.asyncAfter(deadline: .now() + .milliseconds(100)) { self.compact() } }
@@ -87,7 +106,11 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
   }
 
   private func compact() {
-    state.withLock { $0.erasurePending = false }
+    state.withLock { s in
+      s.compactingSince = s.compactingSince ?? s.pendingSince
+      s.erasurePending = false
+      s.pendingSince = nil
+    }
     let result: Result<UInt64, any Error>
     do { result = .success(try durable.compact()) } catch {
       log("erasure compaction failed: \(error); retrying in 1 s")
@@ -96,7 +119,12 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
     }
     let ready = state.withLock {
       s -> [(Result<UInt64, any Error>, @Sendable (Result<UInt64, any Error>) -> Void)] in
-      if case .success(let seq) = result { s.erasedThrough = max(s.erasedThrough, seq) }
+      switch result {
+      case .success(let seq):
+        s.erasedThrough = max(s.erasedThrough, seq)
+        s.compactingSince = nil
+      case .failure: s.failed += 1
+      }
       let (now, later) = (
         s.waiters.filter { $0.seq <= s.erasedThrough },
         s.waiters.filter { $0.seq > s.erasedThrough }

@@ -107,7 +107,8 @@ enum Daemon {
     }
     let ready = ReadyFlag()
     let admin = AdminHTTPServer(
-      handler: AdminEndpoints.handler(server: server, storage: durable, isReady: { ready.value }))
+      handler: AdminEndpoints.handler(
+        server: server, storage: durable, erasure: compaction, isReady: { ready.value }))
     do { try admin.start(options.adminListen) } catch {
       writeStderrLine(
         "subcenterd: cannot listen on \(options.adminListen) (--admin-listen): \(error)")

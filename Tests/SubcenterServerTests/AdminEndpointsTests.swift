@@ -13,11 +13,13 @@ import Testing
 @Suite struct AdminEndpointsTests {
   private let directory = "/data"
 
-  /// A handler over a fresh durable store on `fs`, and the store; `ready` is what the
-  /// daemon's start-up flag says.
-  private func endpoints(_ fs: FaultyFileSystem, ready: @escaping @Sendable () -> Bool) throws
-    -> (@Sendable (AdminRequest) -> AdminResponse, DurableStore)
-  {
+  /// A handler over a fresh durable store on `fs` (and `erasure`, if given, made by
+  /// `compaction` from the store), and the store; `ready` is what the daemon's start-up
+  /// flag says.
+  private func endpoints(
+    _ fs: FaultyFileSystem, compaction: ((DurableStore) -> Compaction)? = nil,
+    ready: @escaping @Sendable () -> Bool
+  ) throws -> (@Sendable (AdminRequest) -> AdminResponse, DurableStore) {
     try fs.createDirectory(directory)
     let durable = try DurableStore.open(
       directory: directory, fileSystem: fs, clock: ManualClock(1_700_000_000_000),
@@ -32,20 +34,30 @@ import Testing
       configuration: ServerConfiguration(
         listen: SocketAddress(host: "127.0.0.1", port: 0), loops: 1, tls: tls),
       services: [])
-    return (AdminEndpoints.handler(server: server, storage: durable, isReady: ready), durable)
+    let handler = AdminEndpoints.handler(
+      server: server, storage: durable, erasure: compaction?(durable), isReady: ready)
+    return (handler, durable)
   }
 
-  /// Configures workspace `acme` and waits for the store's answer.
-  private func configure(_ store: SubscriptionStore) -> Result<WorkspaceConfig, CoreError> {
-    let box = Mutex<Result<WorkspaceConfig, CoreError>?>(nil)
-    store.configureWorkspace(
-      WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "admin", mayCreate: true
-    ) { r in box.withLock { $0 = r } }
+  /// Runs a store call and waits for its answer.
+  private func wait<T: Sendable>(_ call: (@escaping Completion<T>) -> Void) -> Result<T, CoreError>
+  {
+    let box = Mutex<Result<T, CoreError>?>(nil)
+    call { r in box.withLock { $0 = r } }
     for _ in 0..<200_000 {
       if let r = box.withLock({ $0 }) { return r }
       usleep(50)
     }
     fatalError("the store did not answer within 10 s")
+  }
+
+  /// Configures workspace `acme` and waits for the store's answer.
+  private func configure(_ store: SubscriptionStore) -> Result<WorkspaceConfig, CoreError> {
+    wait {
+      store.configureWorkspace(
+        WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "admin", mayCreate: true,
+        completion: $0)
+    }
   }
 
   private func metric(_ name: String, _ text: String) -> String? {
@@ -91,6 +103,50 @@ import Testing
     fs.fail(.write, nth: 1, errno: ENOSPC, sticky: true)
     let full = handle(AdminRequest("POST", "/snapshot"))
     #expect(full.status == 503 && full.body.hasPrefix("snapshot failed: "), "\(full.body)")
+  }
+
+  @Test func anErasureThatCannotBeWrittenIsCountedAndAged() throws {
+    let fs = FaultyFileSystem()
+    let compactions = Mutex<Compaction?>(nil)
+    let (handle, durable) = try endpoints(
+      fs,
+      compaction: { d in
+        let c = Compaction(durable: d, snapshotIntervalSeconds: 3600, log: { _ in })
+        compactions.withLock { $0 = c }
+        return c
+      }, ready: { true })
+    defer { durable.close() }
+    let compaction = try #require(compactions.withLock { $0 })
+    func metrics() -> (failed: String?, age: Double) {
+      let text = handle(AdminRequest("GET", "/metrics")).body
+      return (
+        metric("subcenter_erasure_compactions_failed_total", text),
+        Double(metric("subcenter_erasure_oldest_pending_seconds", text) ?? "") ?? -1
+      )
+    }
+    #expect(metrics().failed == "0" && metrics().age == 0)
+    _ = try configure(durable.store).get()
+    _ = try wait {
+      durable.store.identify(
+        IdentifyRequest(workspace: "acme", personID: "p1", email: "p1@example.com"),
+        actor: "w", completion: $0)
+    }.get()
+    _ = try wait {
+      durable.store.forget(
+        ForgetRequest(workspace: "acme", person: .personID("p1")), actor: "p", completion: $0)
+    }.get()
+
+    // The disk refuses the compaction's snapshot: it fails, and is retried every second.
+    fs.fail(.write, nth: 1, errno: ENOSPC, sticky: true)
+    _ = compaction.scheduleErasure()
+    for _ in 0..<300 where metrics().failed == "0" { usleep(10_000) }
+    #expect(metrics().failed != "0")
+    #expect(metrics().age > 0)
+    // Space comes back: the next retry erases, and nothing waits any more.
+    fs.clearFaults()
+    for _ in 0..<300 where metrics().age > 0 { usleep(10_000) }
+    #expect(metrics().age == 0)
+    compaction.stop()
   }
 
   @Test func readyzIs503OnceTheLogHasFailedForGood() throws {
