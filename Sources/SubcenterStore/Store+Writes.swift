@@ -465,16 +465,25 @@ extension SubscriptionStore {
       }
     }
     var slow: [Int] = []
-    if !indexed.isEmpty {
+    var waitsFor: [PendingCommit] = []
+    if !indexed.isEmpty || counting {
       h.identity.withLock { identity in
-        let claims = counting && !identity.pending.holders.isEmpty
-        for i in indexed {
-          // A counted send through an identifier whose holder is changing goes the
-          // one-person way, which follows the change.
-          if claims, identity.pending.holders[IdentifierKey(refs[i].kind, refs[i].value)] != nil {
-            slow.append(i)
-            continue
+        // Counted sends for persons whose identity changes in flight (created, merged,
+        // forgotten, an identifier moving): the whole batch waits for those changes, so
+        // that it is decided entirely after them, not partly before.
+        if counting && !identity.pending.isEmpty {
+          for r in refs {
+            let claim =
+              if case .personID(let id) = r {
+                identity.pending.persons[.person(id)]?.last
+              } else {
+                identity.pending.holders[IdentifierKey(r.kind, r.value)]?.last
+              }
+            if let claim { waitsFor.append(claim) }
           }
+          if !waitsFor.isEmpty { return }
+        }
+        for i in indexed {
           let values = identity.index.values(hashes[i])
           if values.count == 1 {
             let loc = Location(packed: values[0])
@@ -485,6 +494,11 @@ extension SubscriptionStore {
           }
         }
       }
+    }
+    if !waitsFor.isEmpty {
+      for c in waitsFor { deps.add(c) }
+      let undecided = Decision(allowed: false, reason: .unknownPerson, personID: "")
+      return ([Decision](repeating: undecided, count: n), again: Array(0..<n))
     }
 
     // Group by shard (counting sort), then decide each shard's persons under one lock.
@@ -557,7 +571,8 @@ extension SubscriptionStore {
           var extra = counting ? pending[slot] ?? 0 : 0
           if inFlight, let p = shard.pending[slot] {
             if p.removed {
-              // Being removed (forgotten, merged into a person): decided again after.
+              // Being removed (forgotten, merged into a person) by a command registered
+              // after the look-up above: this person is decided again after it.
               deps.add(p.last)
               again.append(i)
               continue
