@@ -41,7 +41,8 @@ let package = Package(
       name: "SubcenterServer",
       dependencies: ["GRPCTransport", "SubcenterCore", "SubcenterStore", "SubcenterProto"]),
     .target(
-      name: "SubcenterTestSupport", dependencies: ["GRPCTransport", "CTLS", "SubcenterStore"]),
+      name: "SubcenterTestSupport",
+      dependencies: ["GRPCTransport", "CTLS", "SubcenterStore", "SubcenterCore"]),
 
     .executableTarget(name: "subcenterd", dependencies: ["SubcenterServer", "GRPCTransport"]),
     .executableTarget(

@@ -39,21 +39,9 @@ import Testing
     return (handler, durable)
   }
 
-  /// Runs a store call and waits for its answer.
-  private func wait<T: Sendable>(_ call: (@escaping Completion<T>) -> Void) -> Result<T, CoreError>
-  {
-    let box = Mutex<Result<T, CoreError>?>(nil)
-    call { r in box.withLock { $0 = r } }
-    for _ in 0..<200_000 {
-      if let r = box.withLock({ $0 }) { return r }
-      usleep(50)
-    }
-    fatalError("the store did not answer within 10 s")
-  }
-
   /// Configures workspace `acme` and waits for the store's answer.
   private func configure(_ store: SubscriptionStore) -> Result<WorkspaceConfig, CoreError> {
-    wait {
+    awaitStoreCall {
       store.configureWorkspace(
         WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "admin", mayCreate: true,
         completion: $0)
@@ -126,12 +114,12 @@ import Testing
     }
     #expect(metrics().failed == "0" && metrics().age == 0)
     _ = try configure(durable.store).get()
-    _ = try wait {
+    _ = try awaitStoreCall {
       durable.store.identify(
         IdentifyRequest(workspace: "acme", personID: "p1", email: "p1@example.com"),
         actor: "w", completion: $0)
     }.get()
-    _ = try wait {
+    _ = try awaitStoreCall {
       durable.store.forget(
         ForgetRequest(workspace: "acme", person: .personID("p1")), actor: "p", completion: $0)
     }.get()

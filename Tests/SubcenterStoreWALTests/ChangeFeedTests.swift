@@ -13,17 +13,6 @@ import Testing
 private let cfDirectory = "/data"
 private let cfSecret = Array("change-feed-test-secret".utf8)
 
-private func cfWait<T: Sendable>(_ body: (@escaping Completion<T>) -> Void) -> Result<T, CoreError>
-{
-  let box = Mutex<Result<T, CoreError>?>(nil)
-  body { r in box.withLock { $0 = r } }
-  for _ in 0..<200_000 {
-    if let r = box.withLock({ $0 }) { return r }
-    usleep(50)
-  }
-  fatalError("a store call did not complete within 10 s")
-}
-
 /// A sink that keeps what it gets.
 private final class CollectingSink: ChangeSink {
   let state = Mutex<(events: [ChangeEvent], end: ChangeFeedEnd?)>(([], nil))
@@ -273,14 +262,14 @@ private final class CollectingSink: ChangeSink {
   }
 
   func write(_ store: SubscriptionStore, _ p: String) {
-    _ = cfWait { c in
+    _ = awaitStoreCall { c in
       store.identify(
         IdentifyRequest(workspace: "acme", personID: p, email: "\(p)@x.example"), actor: "w"
       ) {
         c($0.map { _ in 0 })
       }
     }
-    _ = cfWait { c in
+    _ = awaitStoreCall { c in
       store.setPreference(
         PreferenceRequest(
           workspace: "acme", person: .personID(p), channel: "email", topic: "", source: "src-\(p)",
@@ -297,7 +286,7 @@ private final class CollectingSink: ChangeSink {
     try fs.createDirectory(cfDirectory)
     let clock = ManualClock()
     let d = try open(fs, clock, feedOptions: feedOptions, preallocate: preallocate)
-    _ = cfWait { c in
+    _ = awaitStoreCall { c in
       d.store.configureWorkspace(
         WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "a", mayCreate: true
       ) { c($0.map { _ in 0 }) }
@@ -390,7 +379,7 @@ private final class CollectingSink: ChangeSink {
   }
 
   func rotate(_ d: DurableStore) throws {
-    _ = cfWait { c in
+    _ = awaitStoreCall { c in
       try! d.wal.rotate { r in c(r.map { _ in 0 }.mapError { _ in CoreError.unavailable("") }) }
     }
   }
@@ -506,7 +495,7 @@ private final class CollectingSink: ChangeSink {
     let (fs, _, d) = try setUp()
     write(d.store, "gone")
     write(d.store, "stays")
-    _ = cfWait { c in
+    _ = awaitStoreCall { c in
       d.store.forget(ForgetRequest(workspace: "acme", person: .personID("gone")), actor: "w") {
         c($0.map { _ in 0 })
       }
@@ -553,7 +542,7 @@ private final class CollectingSink: ChangeSink {
     ).0
     let sink = StuckSink()
     d.changeFeed.watch(workspace: "default", from: .oldest, sink: sink)
-    _ = cfWait { c in
+    _ = awaitStoreCall { c in
       d.store.identify(IdentifyRequest(workspace: "default", personID: "p"), actor: "w") {
         c($0.map { _ in 0 })
       }

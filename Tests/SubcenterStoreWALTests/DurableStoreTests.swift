@@ -28,18 +28,6 @@ private let dsWorkspace = WorkspaceConfig(
   limits: [MessageLimit(channel: "email", maxMessages: 3, windowSeconds: 60)],
   allowImportantOverride: false)
 
-/// Runs a completion-style store call and waits for its answer.
-private func dsWait<T: Sendable>(_ body: (@escaping Completion<T>) -> Void) -> Result<T, CoreError>
-{
-  let box = Mutex<Result<T, CoreError>?>(nil)
-  body { r in box.withLock { $0 = r } }
-  for _ in 0..<200_000 {
-    if let r = box.withLock({ $0 }) { return r }
-    usleep(50)
-  }
-  fatalError("a store call did not complete within 10 s")
-}
-
 /// One write, with the time it happens at (both stores' clocks are set to it).
 private enum DSOp: CustomStringConvertible {
   case configure
@@ -62,19 +50,19 @@ private enum DSOp: CustomStringConvertible {
   func apply(_ store: SubscriptionStore) -> Result<String, CoreError> {
     switch self {
     case .configure:
-      return dsWait { c in
+      return awaitStoreCall { c in
         store.configureWorkspace(dsWorkspace, actor: "admin", mayCreate: true) {
           c($0.map { "\($0)" })
         }
       }
     case .identify(let p, let email):
-      return dsWait { c in
+      return awaitStoreCall { c in
         store.identify(
           IdentifyRequest(workspace: "acme", personID: p, email: email), actor: "writer"
         ) { c($0.map { "\($0.personID) \($0.email)" }) }
       }
     case .set(let p, let channel, let topic, let state, let source):
-      return dsWait { c in
+      return awaitStoreCall { c in
         store.setPreference(
           PreferenceRequest(
             workspace: "acme", person: .personID(p), channel: channel, topic: topic,
@@ -82,14 +70,14 @@ private enum DSOp: CustomStringConvertible {
         ) { c($0.map { "\($0.entries)" }) }
       }
     case .global(let p, let unsubscribed, let source):
-      return dsWait { c in
+      return awaitStoreCall { c in
         store.setGlobal(
           GlobalRequest(workspace: "acme", person: .personID(p), source: source),
           unsubscribed: unsubscribed, actor: "writer"
         ) { c($0.map { "\($0.globalUnsubscribed)" }) }
       }
     case .send(let p):
-      return dsWait { c in
+      return awaitStoreCall { c in
         store.checkDelivery(
           DeliveryRequest(
             workspace: "acme", person: .personID(p), channel: "email", topic: "news",
@@ -433,7 +421,7 @@ private func dsDifference(_ got: SubscriptionStore, _ want: SubscriptionStore) -
       let (fs, clock, durable, _) = try populated()
       try durable.snapshot()
       clock.advance(by: 10)
-      let forgot = dsWait { c in
+      let forgot = awaitStoreCall { c in
         durable.store.forget(
           ForgetRequest(workspace: "acme", person: .personID("p1")), actor: "privacy"
         ) { c($0.map { "\($0)" }) }
