@@ -15,7 +15,9 @@ public enum ServerSecret {
     return [UInt8](data)
   }
 
-  /// Reads the secret, or creates it (temp file, fsync, rename) when absent.
+  /// Reads the secret, or creates it (temp file, fsync, rename) when absent from a data
+  /// directory that holds no data yet. Data (a snapshot or a log segment) without its
+  /// secret is refused: a new secret would make every suppression stop matching, silently.
   public static func loadOrCreate(dataDirectory: String) throws(FlagError) -> [UInt8] {
     let path = dataDirectory + "/secret.key"
     if let data = FileManager.default.contents(atPath: path) {
@@ -23,6 +25,13 @@ public enum ServerSecret {
         throw FlagError("--data: \(path) must hold exactly 32 bytes, has \(data.count)")
       }
       return [UInt8](data)
+    }
+    if let data = dataFiles(in: dataDirectory).first {
+      throw FlagError(
+        "--data: \(path) is missing, but the directory holds data (\(data)): restore the "
+          + "secret.key that was backed up with it. A new secret would make every "
+          + "suppression stop matching (suppressed people could be messaged again), and "
+          + "earlier receipts and page tokens fail to verify")
     }
     let secret = Crypto.randomBytes(count: 32)
     let tmp = path + ".tmp"
@@ -40,5 +49,14 @@ public enum ServerSecret {
       close(dir)
     }
     return secret
+  }
+
+  /// The snapshots and log segments in `directory`.
+  public static func dataFiles(in directory: String) -> [String] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+    return names.filter {
+      ($0.hasPrefix("snapshot-") && $0.hasSuffix(".snap"))
+        || ($0.hasPrefix("wal-") && $0.hasSuffix(".log"))
+    }.sorted()
   }
 }

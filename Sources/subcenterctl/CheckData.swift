@@ -55,6 +55,19 @@ enum CheckData {
           : "\(n): WARNING: an unfinished snapshot or segment rewrite (start-up deletes it)")
     }
 
+    // The secret the data's suppression hashes, receipts and page tokens are keyed with.
+    if !snapshots.isEmpty || !segments.isEmpty {
+      var st = stat()
+      if stat(directory + "/secret.key", &st) != 0 || st.st_size != 32 {
+        bad(
+          "secret.key: MISSING or not 32 bytes: subcenterd refuses to start on this data; "
+            + "restore the secret.key backed up with it (a new one would make every "
+            + "suppression stop matching)")
+      } else {
+        ok("secret.key: OK")
+      }
+    }
+
     // Snapshots, newest first: the newest valid one is where recovery starts.
     var base: SnapshotInfo?
     for info in snapshots.sorted(by: { $0.seq > $1.seq }) {

@@ -527,3 +527,27 @@ def test_damage_damaged_only_snapshot_and_expired_log_is_refused():
     finally:
         srv.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_damage_data_without_its_secret_key_is_refused(log_case):
+    """A restore that forgot secret.key: start-up refuses (a new secret would make every
+    suppression stop matching, silently) and changes nothing; check-data calls it damage;
+    with the secret back, it starts."""
+    srv = log_case.copy()
+    key = os.path.join(srv.data, "secret.key")
+    saved = open(key, "rb").read()
+    os.unlink(key)
+    before = _tree(srv.data)
+    rc, text = _run_refused(srv)
+    assert rc == 2 and "secret.key is missing" in text and "suppression" in text, text
+    assert _tree(srv.data) == before, "a refused start-up changed the directory"
+    rc, text = _check_data(srv.data)
+    assert rc == 1 and "secret.key: MISSING" in text, text
+    with open(key, "wb") as f:
+        f.write(saved)
+    os.chmod(key, 0o600)
+    rc, text = _check_data(srv.data)
+    assert rc == 0 and "secret.key: OK" in text, text
+    srv.start()
+    srv.close()
+    shutil.rmtree(srv.base, ignore_errors=True)
