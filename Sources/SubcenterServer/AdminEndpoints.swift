@@ -27,7 +27,7 @@ public enum AdminEndpoints {
           return AdminResponse(status: 503, body: "snapshot failed: \(error)\n")
         }
       }
-      guard request.method == "GET" else {
+      guard request.method == "GET" || !["/healthz", "/readyz", "/metrics"].contains(path) else {
         return AdminResponse(status: 405, body: "\(path) is read with GET\n", allow: "GET, HEAD")
       }
       switch path {

@@ -96,7 +96,9 @@ enum CheckData {
       warn(
         line + " (WARNING only: every record it loses is at or below the snapshot's seq "
           + "\(after), so start-up does not read them; WatchChanges from before them ends "
-          + "there until the change retention deletes the segment)")
+          + "there until the change retention deletes the segment, and an erasure cannot "
+          + "rewrite a damaged segment: with subcenterd stopped, delete it, which loses "
+          + "only that change-feed history)")
     }
     var expected: UInt64?
     for (i, segment) in segments.enumerated() {

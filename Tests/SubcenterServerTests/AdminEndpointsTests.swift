@@ -85,6 +85,7 @@ import Testing
     let get = handle(AdminRequest("GET", "/snapshot"))
     #expect(get.status == 405 && get.allow == "POST")
     #expect(handle(AdminRequest("POST", "/healthz")).status == 405)
+    #expect(handle(AdminRequest("POST", "/nope")).status == 404)
 
     // A snapshot that cannot be written is a 503 saying why.
     _ = try configure(durable.store).get()  // a change since the last snapshot
