@@ -77,7 +77,12 @@ public struct TokenStore: Sendable {
   /// Loads a JSON array of `{"name", "sha256", "workspace", "scopes": [..]}`.
   public init(file: String) throws(FlagError) {
     guard let data = FileManager.default.contents(atPath: file) else {
-      throw FlagError("--tokens: cannot read \(file)")
+      var st = stat()
+      let why =
+        stat(file, &st) != 0
+        ? String(cString: strerror(errno))
+        : (st.st_mode & S_IFMT) == S_IFDIR ? "it is a directory" : "permission denied"
+      throw FlagError("--tokens: cannot read \(file): \(why)")
     }
     let entries: [Entry]
     do { entries = try JSONDecoder().decode([Entry].self, from: data) } catch {

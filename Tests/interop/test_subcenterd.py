@@ -72,6 +72,26 @@ def test_bad_environment_value_refused(tmp_path):
         f"stderr names neither SUBCENTER_MAX_MESSAGE_BYTES nor --max-message-bytes: {err[-2000:]!r}"
 
 
+def test_unreadable_files_name_their_flag_or_variable(tmp_path):
+    """A bad certificate or key names the one flag (or the variable it came from), and a
+    tokens file that cannot be read says why."""
+    no_key = base_args(tmp_path)[:-2]  # base_args ends with --tls-key KEY
+    assert "--tls-key" not in no_key
+    rc, _, err = run_to_exit("subcenterd", no_key,
+                             env={"SUBCENTER_TLS_KEY": str(tmp_path / "nokey")}, timeout=10)
+    assert rc == 2 and "SUBCENTER_TLS_KEY (--tls-key): loading private key" in err, err[-2000:]
+    rc, _, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--tls-cert", str(tmp_path)],
+                             timeout=10)
+    assert rc == 2 and "--tls-cert:" in err and "--tls-key" not in err, err[-2000:]
+    rc, _, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--tokens", str(tmp_path)],
+                             timeout=10)
+    assert rc == 2 and "it is a directory" in err, err[-2000:]
+    rc, _, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--tokens",
+                                                                    str(tmp_path / "none.json")],
+                             timeout=10)
+    assert rc == 2 and "No such file or directory" in err, err[-2000:]
+
+
 def test_unknown_flag_refused(tmp_path):
     rc, out, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--no-such-flag", "1"], timeout=10)
     assert rc not in (None, 0), f"exit {rc}, stderr {err[-2000:]!r}"

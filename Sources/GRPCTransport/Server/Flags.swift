@@ -167,7 +167,12 @@ extension ServerConfiguration {
       tls = try TLSContext.server(
         certificateChainFile: cert, privateKeyFile: key, clientCAFile: flags.string("client-ca"))
     } catch {
-      throw FlagError("--tls-cert/--tls-key/--client-ca: \(error)")
+      // The flag whose file the error is about (the message names the file).
+      let text = "\(error)"
+      let files = [("tls-key", key), ("tls-cert", cert), ("client-ca", flags.string("client-ca"))]
+      let name = files.first { $0.1.map { text.contains($0) } ?? false }?.0
+      throw FlagError(
+        "\(name.map { flags.origin($0) } ?? "--tls-cert/--tls-key/--client-ca"): \(text)")
     }
     self.init(listen: listen, loops: loops, tls: tls)
     limits.maxMessageBytes = try flags.int("max-message-bytes", in: 1...(1 << 30)) ?? 4_194_304
