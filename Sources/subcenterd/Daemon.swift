@@ -66,8 +66,8 @@ enum Daemon {
       let r = opened.1
       for w in r.warnings { writeStderrLine("subcenterd: warning: \(w)") }
       writeStderrLine(
-        "subcenterd: recovered \(r.snapshot ?? "no snapshot") (\(r.persons) persons) + "
-          + "\(r.recordsReplayed) log records; next seq \(r.nextSeq)")
+        "subcenterd: recovered \(r.snapshot ?? "no snapshot") (\(count(r.persons, "person"))) + "
+          + "\(count(r.recordsReplayed, "log record")); next seq \(r.nextSeq)")
       store = durable.store
       compaction = Compaction(
         durable: durable, snapshotIntervalSeconds: options.snapshotIntervalSeconds, log: log)
@@ -118,7 +118,7 @@ enum Daemon {
     writeStderrLine("subcenterd: admin HTTP on \(options.adminListen.host):\(admin.port)")
     writeStderrLine(
       "subcenterd: listening on \(options.transport.listen.host):\(server.port) "
-        + "(\(options.transport.loops) loops, TLS, gRPC)")
+        + "(\(count(options.transport.loops, "loop")), TLS, gRPC)")
     let sig = TerminationSignals.wait()
     writeStderrLine("subcenterd: signal \(sig): stopping; finishing calls in flight")
     ready.value = false
@@ -160,6 +160,11 @@ func startUpAdvice(_ error: StorageError) -> String {
     return "Check the disk and its permissions, then start again; "
       + "`subcenterctl check-data DIR` tells whether the files are intact."
   }
+}
+
+/// `n` and the noun, plural unless `n` is 1: "1 loop", "2 loops".
+func count(_ n: some BinaryInteger, _ noun: String) -> String {
+  n == 1 ? "1 \(noun)" : "\(n) \(noun)s"
 }
 
 /// Whether /readyz answers 200.
