@@ -26,6 +26,15 @@ enum Daemon {
       writeStderrLine("subcenterd: see subcenterd --help")
       return 2
     }
+    // A taken address stops the start before the data directory is touched.
+    for (address, flag) in [
+      (options.transport.listen, "--listen"), (options.adminListen, "--admin-listen"),
+    ] {
+      do { try address.checkFree() } catch {
+        writeStderrLine("subcenterd: cannot listen on \(address) (\(flag)): \(error)")
+        return 1
+      }
+    }
     if mkdir(options.dataDirectory, 0o700) != 0 && errno != EEXIST {
       writeStderrLine("subcenterd: cannot create data directory \(options.dataDirectory) (--data)")
       return 1

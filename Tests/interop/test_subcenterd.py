@@ -121,6 +121,7 @@ def test_an_address_in_use_is_refused_even_by_this_users_own_server(subcenterd, 
             timeout=10)
         assert rc not in (None, 0), f"started on a taken {flag}: exit {rc}, stderr {err[-2000:]!r}"
         assert flag.lstrip("-") in err and "in use" in err, err[-2000:]
+        assert not (tmp_path / flag).exists(), "a refused start created its data directory"
     resp = health_stub(make_channel(subcenterd.port)).Check(
         health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING

@@ -217,3 +217,11 @@ func monotonicNanos() -> UInt64 {
   clock_gettime(CLOCK_MONOTONIC, &ts)
   return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
+
+extension SocketAddress {
+  /// Fails (EADDRINUSE) when something listens here already: checked before a server does
+  /// anything it would have to undo.
+  public func checkFree() throws(SystemError) {
+    if port != 0 { try Socket.checkFree(self) }
+  }
+}
