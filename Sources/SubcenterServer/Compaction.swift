@@ -102,7 +102,11 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
       s.waiters.append((seq, completion))
       return nil
     }
-    if let done { completion(.success(done)) }
+    if let done {
+      completion(.success(done))
+    } else if durable.wal.status.failure != nil {
+      failWaiters()
+    }
   }
 
   private func compact() {
@@ -113,9 +117,16 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
     }
     let result: Result<UInt64, any Error>
     do { result = .success(try durable.compact()) } catch {
-      log("erasure compaction failed: \(error); retrying in 1 s")
       result = .failure(error)
-      queue.asyncAfter(deadline: .now() + .seconds(1)) { self.compact() }
+      if durable.wal.status.failure != nil {
+        // No compaction can succeed before a restart (which finishes the erasure): the
+        // calls waiting for it are told now, as every write is.
+        log("erasure compaction failed: \(error); the log has failed: erasure resumes at restart")
+        failWaiters()
+      } else {
+        log("erasure compaction failed: \(error); retrying in 1 s")
+        queue.asyncAfter(deadline: .now() + .seconds(1)) { self.compact() }
+      }
     }
     let ready = state.withLock {
       s -> [(Result<UInt64, any Error>, @Sendable (Result<UInt64, any Error>) -> Void)] in
@@ -133,5 +144,18 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
       return now.map { (.success(s.erasedThrough), $0.completion) }
     }
     for (r, c) in ready { c(r) }
+  }
+
+  /// Answers every waiting ForgetPerson: the log has failed for good.
+  private func failWaiters() {
+    let waiting = state.withLock { s in
+      defer { s.waiters = [] }
+      return s.waiters.map(\.completion)
+    }
+    let error = StorageError(
+      .unavailable,
+      "the write-ahead log has failed: the erasure finishes when subcenterd is "
+        + "restarted (the forget itself is durable)")
+    for c in waiting { c(.failure(error)) }
   }
 }

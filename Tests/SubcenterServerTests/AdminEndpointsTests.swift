@@ -138,6 +138,49 @@ import Testing
     compaction.stop()
   }
 
+  @Test func aWaitingForgetIsAnsweredOnceTheLogHasFailedForGood() throws {
+    let fs = FaultyFileSystem()
+    let compactions = Mutex<Compaction?>(nil)
+    let (_, durable) = try endpoints(
+      fs,
+      compaction: { d in
+        let c = Compaction(durable: d, snapshotIntervalSeconds: 3600, log: { _ in })
+        compactions.withLock { $0 = c }
+        return c
+      }, ready: { true })
+    defer { durable.close() }
+    let compaction = try #require(compactions.withLock { $0 })
+    _ = try configure(durable.store).get()
+    _ = try awaitStoreCall {
+      durable.store.identify(
+        IdentifyRequest(workspace: "acme", personID: "p1"), actor: "w", completion: $0)
+    }.get()
+    _ = try awaitStoreCall {
+      durable.store.forget(
+        ForgetRequest(workspace: "acme", person: .personID("p1")), actor: "p", completion: $0)
+    }.get()
+    // The forget is durable; its compaction meets an fsync error that fails the log.
+    fs.fail(.sync, nth: 1, errno: EIO, sticky: true)
+    let seq = compaction.scheduleErasure()
+    let answered = awaitStoreCall { (done: @escaping Completion<UInt64>) in
+      compaction.whenErased(through: seq) { r in
+        done(r.mapError { .unavailable("\($0)") })
+      }
+    }
+    guard case .failure(let e) = answered else {
+      Issue.record("a waiting forget was told its erasure is done: \(answered)")
+      return
+    }
+    #expect(e.reason.contains("restarted"), "\(e)")
+    #expect(durable.wal.status.failure != nil)
+    // A forget that waits after that is answered at once too.
+    let late = awaitStoreCall { (done: @escaping Completion<UInt64>) in
+      compaction.whenErased(through: seq) { r in done(r.mapError { .unavailable("\($0)") }) }
+    }
+    #expect(throws: CoreError.self) { try late.get() }
+    compaction.stop()
+  }
+
   @Test func readyzIs503OnceTheLogHasFailedForGood() throws {
     let fs = FaultyFileSystem()
     let (handle, durable) = try endpoints(fs) { true }
