@@ -62,7 +62,7 @@ public final class HealthService: GRPCService, @unchecked Sendable {
       defer { s.watchers = [] }
       return s.watchers.map(\.call)
     }
-    for c in calls { c.finish(RPCStatus(.unavailable, "server shutting down")) }
+    for c in calls { c.finish(RPCStatus(.unavailable, "the server is shutting down")) }
   }
 
   public var methods: [ServiceMethod] {
