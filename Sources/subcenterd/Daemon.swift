@@ -68,7 +68,9 @@ enum Daemon {
           preallocateLogBytes: WriteAheadLog.Options.serverPreallocateBytes, log: log)
       } catch {
         writeStderrLine("subcenterd: cannot recover \(options.dataDirectory): \(error)")
-        writeStderrLine("subcenterd: nothing was changed on disk. \(startUpAdvice(error))")
+        writeStderrLine(
+          "subcenterd: nothing was changed on disk. "
+            + startUpAdvice(error, truncating: options.recoverTruncate))
         return 1
       }
       durable = opened.0
@@ -155,9 +157,13 @@ enum Daemon {
 }
 
 /// What an operator does about a failed recovery: only damage calls for a backup or
-/// `--recover-truncate`; a full disk, too few descriptors or an I/O error do not.
-func startUpAdvice(_ error: StorageError) -> String {
+/// `--recover-truncate` (unless it was given: then only a backup); a full disk, too few
+/// descriptors or an I/O error do not.
+func startUpAdvice(_ error: StorageError, truncating: Bool) -> String {
   switch error.kind {
+  case .damaged where truncating:
+    return "--recover-truncate cannot start from this data: restore the data directory "
+      + "from a backup."
   case .damaged:
     return "Restore the data directory from a backup, or start with --recover-truncate to "
       + "keep everything before the damage."

@@ -522,6 +522,8 @@ def test_damage_damaged_only_snapshot_and_expired_log_is_refused():
         assert _segments(srv.data)[0] in text, text
         rc, text = _run_refused(srv, ["--recover-truncate"])
         assert rc is not None and rc != 0, text
+        assert "--recover-truncate cannot start from this data" in text, text
+        assert "or start with --recover-truncate" not in text, text
         rc, text = _check_data(srv.data)
         assert rc == 1 and snaps[-1] in text, text
     finally:
