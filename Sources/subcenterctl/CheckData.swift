@@ -174,13 +174,17 @@ enum CheckData {
     // The log as recovery reads it after the newest valid snapshot (nothing is repaired).
     if damaged == 0 {
       do throws(StorageError) {
+        var erased = 0
         let report = try WALReader.read(
           directory: directory, fileSystem: fs, after: after, repair: false,
           truncateDamaged: false
-        ) { (_, payload) throws(StorageError) in _ = try LogRecordCodec.decode(payload) }
+        ) { (_, payload) throws(StorageError) in
+          if try LogRecordCodec.decode(payload).1 == nil { erased += 1 }
+        }
         writeStdoutLine(
           "recovery would load \(base?.name ?? "no snapshot") and replay "
-            + "\(report.recordsRead) log record(s), up to seq \(report.lastSeq)")
+            + "\(report.recordsRead - erased) log record(s), up to seq \(report.lastSeq)"
+            + (erased > 0 ? " (and skip \(erased) record(s) an erasure emptied)" : ""))
       } catch {
         bad("log: DAMAGED: \(describe(error, file: error.file))")
       }
