@@ -80,7 +80,9 @@ def test_unreadable_files_name_their_flag_or_variable(tmp_path):
     rc, _, err = run_to_exit("subcenterd", no_key,
                              env={"SUBCENTER_TLS_KEY": str(tmp_path / "nokey")}, timeout=10)
     assert rc == 2 and "SUBCENTER_TLS_KEY (--tls-key): loading private key" in err, err[-2000:]
-    rc, _, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--tls-cert", str(tmp_path)],
+    # A certificate path that begins with the key's path still names --tls-cert.
+    cert = tls_args()[3] + ".missing.pem"
+    rc, _, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--tls-cert", cert],
                              timeout=10)
     assert rc == 2 and "--tls-cert:" in err and "--tls-key" not in err, err[-2000:]
     rc, _, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--tokens", str(tmp_path)],

@@ -167,12 +167,11 @@ extension ServerConfiguration {
       tls = try TLSContext.server(
         certificateChainFile: cert, privateKeyFile: key, clientCAFile: flags.string("client-ca"))
     } catch {
-      // The flag whose file the error is about (the message names the file).
-      let text = "\(error)"
+      // The flag that named the file the error is about.
       let files = [("tls-key", key), ("tls-cert", cert), ("client-ca", flags.string("client-ca"))]
-      let name = files.first { $0.1.map { text.contains($0) } ?? false }?.0
+      let name = files.first { $0.1 != nil && $0.1 == error.file }?.0
       throw FlagError(
-        "\(name.map { flags.origin($0) } ?? "--tls-cert/--tls-key/--client-ca"): \(text)")
+        "\(name.map { flags.origin($0) } ?? "--tls-cert/--tls-key/--client-ca"): \(error)")
     }
     self.init(listen: listen, loops: loops, tls: tls)
     limits.maxMessageBytes = try flags.int("max-message-bytes", in: 1...(1 << 30)) ?? 4_194_304

@@ -6,8 +6,11 @@ import CTLS
 /// An OpenSSL failure, with the error queue rendered as text.
 public struct TLSError: Error, CustomStringConvertible, Sendable {
   public let description: String
+  /// The file the failure is about (a certificate, key or CA), when it is about one.
+  public let file: String?
 
-  init(_ what: String) {
+  init(_ what: String, file: String? = nil) {
+    self.file = file
     var parts: [String] = []
     while true {
       let code = ERR_get_error()
@@ -74,7 +77,7 @@ public final class TLSContext: @unchecked Sendable {
       }, nil)
     if let ca = clientCAFile {
       guard SSL_CTX_load_verify_locations(ctx, ca, nil) == 1 else {
-        throw TLSError("loading client CA \(ca)")
+        throw TLSError("loading client CA \(ca)", file: ca)
       }
       if let names = SSL_load_client_CA_file(ca) { SSL_CTX_set_client_CA_list(ctx, names) }
       SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
@@ -114,14 +117,16 @@ public final class TLSContext: @unchecked Sendable {
   /// Loads the certificate chain and private key (PEM files) this side presents.
   private func use(certificateChainFile: String, privateKeyFile: String) throws(TLSError) {
     guard SSL_CTX_use_certificate_chain_file(handle, certificateChainFile) == 1 else {
-      throw TLSError("loading certificate chain \(certificateChainFile)")
+      throw TLSError(
+        "loading certificate chain \(certificateChainFile)", file: certificateChainFile)
     }
     guard SSL_CTX_use_PrivateKey_file(handle, privateKeyFile, SSL_FILETYPE_PEM) == 1 else {
-      throw TLSError("loading private key \(privateKeyFile)")
+      throw TLSError("loading private key \(privateKeyFile)", file: privateKeyFile)
     }
     guard SSL_CTX_check_private_key(handle) == 1 else {
       throw TLSError(
-        "private key \(privateKeyFile) does not match the certificate \(certificateChainFile)")
+        "private key \(privateKeyFile) does not match the certificate \(certificateChainFile)",
+        file: privateKeyFile)
     }
   }
 }
