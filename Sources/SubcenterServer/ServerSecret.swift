@@ -4,6 +4,7 @@
 
 import Foundation
 import GRPCTransport
+import SubcenterStore
 
 public enum ServerSecret {
   /// Reads an existing secret (tools such as `subcenterctl verify-receipt`).
@@ -26,7 +27,7 @@ public enum ServerSecret {
       }
       return [UInt8](data)
     }
-    if let data = dataFiles(in: dataDirectory).first {
+    if let data = firstDataFile(in: dataDirectory) {
       throw FlagError(
         "--data: \(path) is missing, but the directory holds data (\(data)): restore the "
           + "secret.key that was backed up with it. A new secret would make every "
@@ -51,12 +52,11 @@ public enum ServerSecret {
     return secret
   }
 
-  /// The snapshots and log segments in `directory`.
-  public static func dataFiles(in directory: String) -> [String] {
-    let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-    return names.filter {
-      ($0.hasPrefix("snapshot-") && $0.hasSuffix(".snap"))
-        || ($0.hasPrefix("wal-") && $0.hasSuffix(".log"))
-    }.sorted()
+  /// A snapshot or log segment in `directory`, if it holds any.
+  private static func firstDataFile(in directory: String) -> String? {
+    let fs = PosixFileSystem()
+    let snapshot = try? SnapshotFile.list(directory: directory, fileSystem: fs).first?.name
+    let segment = try? WALSegment.list(directory: directory, fileSystem: fs).first?.name
+    return snapshot ?? segment
   }
 }

@@ -1,8 +1,9 @@
-// A tiny plain-HTTP/1.1 server for operators: GET and HEAD (probes, metrics) and POST
-// (operator actions) without a body, one short answer each. It serves /metrics, /healthz and /readyz beside the gRPC port; it is not on
-// any hot path. One thread accepts; each connection is answered on a thread of its own
-// (at most `maxConnections` at once, more are closed at once), so a client that connects
-// and sends nothing delays no one's probe.
+// A tiny plain-HTTP/1.1 server for operators beside the gRPC port: GET and HEAD (probes,
+// metrics) and POST (operator actions) without a body, one short answer each; what each
+// path answers is its handler's (SubcenterServer's AdminEndpoints). Not on any hot path.
+// One thread accepts; each connection is answered on a thread of its own (at most
+// `maxConnections` at once, more are closed at once), so a client that connects and sends
+// nothing delays no one's probe.
 
 import Glibc
 import Synchronization
