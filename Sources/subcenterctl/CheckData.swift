@@ -13,6 +13,7 @@
 
 import GRPCTransport
 import Glibc
+import SubcenterServer
 import SubcenterStore
 
 enum CheckData {
@@ -57,8 +58,7 @@ enum CheckData {
 
     // The secret the data's suppression hashes, receipts and page tokens are keyed with.
     if !snapshots.isEmpty || !segments.isEmpty {
-      var st = stat()
-      if stat(directory + "/secret.key", &st) != 0 || st.st_size != 32 {
+      if (try? ServerSecret.load(dataDirectory: directory)) == nil {
         bad(
           "secret.key: MISSING or not 32 bytes: subcenterd refuses to start on this data; "
             + "restore the secret.key backed up with it (a new one would make every "
