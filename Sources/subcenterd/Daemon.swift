@@ -169,7 +169,7 @@ func startUpAdvice(_ error: StorageError, truncating: Bool) -> String {
       + "keep everything before the damage."
   case .noSpace:
     return "The disk is full: free some space and start again (the data is intact)."
-  case .io where error.errno == EMFILE || error.errno == ENFILE:
+  case .io where error.isOutOfDescriptors:
     return "Out of file descriptors: raise the limit (ulimit -n) and start again."
   default:
     return "Check the disk and its permissions, then start again; "

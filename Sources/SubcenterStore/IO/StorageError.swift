@@ -1,6 +1,7 @@
 // The one error type of the write-ahead log, snapshots and recovery. Messages are for an
 // operator: they name the file, the byte offset when there is one, and what to do next.
 
+import Glibc
 import SubcenterCore
 
 /// A storage failure.
@@ -54,6 +55,9 @@ public struct StorageError: Error, Sendable, Equatable, CustomStringConvertible 
   }
 
   public var description: String { message }
+
+  /// The process (or system) has no file descriptor left: passes once some are closed.
+  public var isOutOfDescriptors: Bool { errno == EMFILE || errno == ENFILE }
 
   /// How a write that this error stopped is answered: `unavailable` (SPEC §3).
   public var coreError: CoreError { .unavailable("storage: \(message)") }

@@ -676,7 +676,7 @@ final class WALWriter: @unchecked Sendable {
   /// Fails `batch` and everything queued. ENOSPC, and a segment that could not be made
   /// for want of file descriptors, fail only them; anything else fails the log for good.
   private func fail(_ batch: [WALCore.Pending], _ error: StorageError) {
-    let outOfDescriptors = Self.isOutOfDescriptors(error)
+    let outOfDescriptors = error.isOutOfDescriptors
     let transient = Self.isTransient(error)
     let message: String
     if outOfDescriptors {
@@ -719,14 +719,10 @@ final class WALWriter: @unchecked Sendable {
     }
   }
 
-  private static func isOutOfDescriptors(_ error: StorageError) -> Bool {
-    error.errno == EMFILE || error.errno == ENFILE
-  }
-
   /// A failure that passes by itself (space or descriptors freed): it fails a batch or a
   /// rotation, not the log.
   private static func isTransient(_ error: StorageError) -> Bool {
-    error.kind == .noSpace || isOutOfDescriptors(error)
+    error.kind == .noSpace || error.isOutOfDescriptors
   }
 
   private func complete(_ batch: [WALCore.Pending], _ result: Result<UInt64, StorageError>) {
