@@ -13,13 +13,12 @@ import Testing
 @Suite struct AdminEndpointsTests {
   private let directory = "/data"
 
-  /// A handler over a fresh durable store on `fs` (and `erasure`, if given, made by
-  /// `compaction` from the store), and the store; `ready` is what the daemon's start-up
-  /// flag says.
-  private func endpoints(
-    _ fs: FaultyFileSystem, compaction: ((DurableStore) -> Compaction)? = nil,
-    ready: @escaping @Sendable () -> Bool
-  ) throws -> (@Sendable (AdminRequest) -> AdminResponse, DurableStore) {
+  /// A handler over a fresh durable store on `fs` and its compactions (not started: no
+  /// periodic snapshots), the store and the compactions; `ready` is what the daemon's
+  /// start-up flag says.
+  private func endpoints(_ fs: FaultyFileSystem, ready: @escaping @Sendable () -> Bool) throws
+    -> (@Sendable (AdminRequest) -> AdminResponse, DurableStore, Compaction)
+  {
     try fs.createDirectory(directory)
     let durable = try DurableStore.open(
       directory: directory, fileSystem: fs, clock: ManualClock(1_700_000_000_000),
@@ -34,9 +33,10 @@ import Testing
       configuration: ServerConfiguration(
         listen: SocketAddress(host: "127.0.0.1", port: 0), loops: 1, tls: tls),
       services: [])
+    let compaction = Compaction(durable: durable, snapshotIntervalSeconds: 3600, log: { _ in })
     let handler = AdminEndpoints.handler(
-      server: server, storage: durable, erasure: compaction?(durable), isReady: ready)
-    return (handler, durable)
+      server: server, storage: durable, erasure: compaction, isReady: ready)
+    return (handler, durable, compaction)
   }
 
   /// Configures workspace `acme` and waits for the store's answer.
@@ -48,6 +48,20 @@ import Testing
     }
   }
 
+  /// Workspace `acme` with person p1, forgotten (durable; its erasure not yet scheduled).
+  private func forgottenPerson(_ store: SubscriptionStore) throws {
+    _ = try configure(store).get()
+    _ = try awaitStoreCall {
+      store.identify(
+        IdentifyRequest(workspace: "acme", personID: "p1", email: "p1@example.com"),
+        actor: "w", completion: $0)
+    }.get()
+    _ = try awaitStoreCall {
+      store.forget(
+        ForgetRequest(workspace: "acme", person: .personID("p1")), actor: "p", completion: $0)
+    }.get()
+  }
+
   private func metric(_ name: String, _ text: String) -> String? {
     text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.map {
       String($0.dropFirst(name.count + 1))
@@ -56,7 +70,7 @@ import Testing
 
   @Test func readyzFollowsStartUpThenTheLog() throws {
     let ready = Atomic<Bool>(false)
-    let (handle, durable) = try endpoints(FaultyFileSystem()) { ready.load(ordering: .relaxed) }
+    let (handle, durable, _) = try endpoints(FaultyFileSystem()) { ready.load(ordering: .relaxed) }
     defer { durable.close() }
     #expect(handle(AdminRequest("GET", "/healthz")).status == 200)
     #expect(handle(AdminRequest("GET", "/readyz")).status == 503, "not ready before start-up ends")
@@ -68,7 +82,7 @@ import Testing
 
   @Test func postSnapshotWritesOneAndAnswersItsSeq() throws {
     let fs = FaultyFileSystem()
-    let (handle, durable) = try endpoints(fs) { true }
+    let (handle, durable, _) = try endpoints(fs) { true }
     defer { durable.close() }
     #expect(try configure(durable.store).get().workspace == "acme")
     let r = handle(AdminRequest("POST", "/snapshot"))
@@ -96,16 +110,8 @@ import Testing
 
   @Test func anErasureThatCannotBeWrittenIsCountedAndAged() throws {
     let fs = FaultyFileSystem()
-    let compactions = Mutex<Compaction?>(nil)
-    let (handle, durable) = try endpoints(
-      fs,
-      compaction: { d in
-        let c = Compaction(durable: d, snapshotIntervalSeconds: 3600, log: { _ in })
-        compactions.withLock { $0 = c }
-        return c
-      }, ready: { true })
+    let (handle, durable, compaction) = try endpoints(fs) { true }
     defer { durable.close() }
-    let compaction = try #require(compactions.withLock { $0 })
     func metrics() -> (failed: String?, age: Double) {
       let text = handle(AdminRequest("GET", "/metrics")).body
       return (
@@ -114,16 +120,7 @@ import Testing
       )
     }
     #expect(metrics().failed == "0" && metrics().age == 0)
-    _ = try configure(durable.store).get()
-    _ = try awaitStoreCall {
-      durable.store.identify(
-        IdentifyRequest(workspace: "acme", personID: "p1", email: "p1@example.com"),
-        actor: "w", completion: $0)
-    }.get()
-    _ = try awaitStoreCall {
-      durable.store.forget(
-        ForgetRequest(workspace: "acme", person: .personID("p1")), actor: "p", completion: $0)
-    }.get()
+    try forgottenPerson(durable.store)
 
     // The disk refuses the compaction's snapshot: it fails, and is retried every second.
     fs.fail(.write, nth: 1, errno: ENOSPC, sticky: true)
@@ -140,25 +137,9 @@ import Testing
 
   @Test func aWaitingForgetIsAnsweredOnceTheLogHasFailedForGood() throws {
     let fs = FaultyFileSystem()
-    let compactions = Mutex<Compaction?>(nil)
-    let (_, durable) = try endpoints(
-      fs,
-      compaction: { d in
-        let c = Compaction(durable: d, snapshotIntervalSeconds: 3600, log: { _ in })
-        compactions.withLock { $0 = c }
-        return c
-      }, ready: { true })
+    let (_, durable, compaction) = try endpoints(fs) { true }
     defer { durable.close() }
-    let compaction = try #require(compactions.withLock { $0 })
-    _ = try configure(durable.store).get()
-    _ = try awaitStoreCall {
-      durable.store.identify(
-        IdentifyRequest(workspace: "acme", personID: "p1"), actor: "w", completion: $0)
-    }.get()
-    _ = try awaitStoreCall {
-      durable.store.forget(
-        ForgetRequest(workspace: "acme", person: .personID("p1")), actor: "p", completion: $0)
-    }.get()
+    try forgottenPerson(durable.store)
     // The forget is durable; its compaction meets an fsync error that fails the log.
     fs.fail(.sync, nth: 1, errno: EIO, sticky: true)
     let seq = compaction.scheduleErasure()
@@ -183,7 +164,7 @@ import Testing
 
   @Test func readyzIs503OnceTheLogHasFailedForGood() throws {
     let fs = FaultyFileSystem()
-    let (handle, durable) = try endpoints(fs) { true }
+    let (handle, durable, _) = try endpoints(fs) { true }
     defer { durable.close() }
     #expect(try configure(durable.store).get().workspace == "acme")
     #expect(handle(AdminRequest("GET", "/readyz")).status == 200)
@@ -205,7 +186,7 @@ import Testing
 
   @Test func aFullDiskRefusesTheWriteAndStaysReady() throws {
     let fs = FaultyFileSystem()
-    let (handle, durable) = try endpoints(fs) { true }
+    let (handle, durable, _) = try endpoints(fs) { true }
     defer { durable.close() }
     fs.fail(.write, nth: 1, errno: ENOSPC)
     guard case .failure(let e) = configure(durable.store) else {
