@@ -6,6 +6,7 @@ Tests import this module directly; conftest.py builds its fixtures on it.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -76,7 +77,6 @@ def free_port() -> int:
     range: a port from inside it (what binding port 0 gives) can be taken meanwhile as the
     source port of any outgoing connection, the tests' own clients included, and the server
     then fails with "Address already in use". Never the same port twice in a process."""
-    import random
     lo, hi = 10000, _EPHEMERAL_START
     if hi - lo >= 1000:
         with _ports_lock:

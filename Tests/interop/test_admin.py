@@ -3,6 +3,8 @@ gRPC call counts, the write-ahead log's figures (records, group commits, fsyncs 
 time, failures) and the snapshots', read by a plain HTTP client as a scraper would."""
 
 import json
+import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -67,7 +69,6 @@ def test_head_is_get_without_the_body_and_other_methods_are_refused(sc):
 def test_idle_connections_do_not_delay_a_probe(sc):
     """Connections that send nothing (each may wait 2 s for its request) must not queue a
     health probe behind them: a probe with a 1 s timeout still answers."""
-    import socket
     host, port = sc.server.argv[sc.server.argv.index("--admin-listen") + 1].rsplit(":", 1)
     idle = [socket.create_connection((host, int(port)), timeout=2) for _ in range(8)]
     try:
@@ -82,7 +83,6 @@ def test_idle_connections_do_not_delay_a_probe(sc):
 
 
 def test_a_silent_connection_is_closed_unanswered_and_an_unfinished_request_is_400(sc):
-    import socket
     host, port = sc.server.argv[sc.server.argv.index("--admin-listen") + 1].rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as silent, \
             socket.create_connection((host, int(port)), timeout=5) as unfinished:
@@ -94,7 +94,6 @@ def test_a_silent_connection_is_closed_unanswered_and_an_unfinished_request_is_4
 def test_the_admin_port_takes_128_connections_at_once(sc):
     """128 connections are answered concurrently; one more is closed at once, unanswered
     (the 128 silent ones are closed after 2 s, and probes work again)."""
-    import socket
     host, port = sc.server.argv[sc.server.argv.index("--admin-listen") + 1].rsplit(":", 1)
     held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(128)]
     try:
@@ -168,7 +167,6 @@ def test_metrics_follow_snapshots(sc):
 def test_post_snapshot_writes_one_now(sc):
     """POST /snapshot (SPEC §4 "snapshots ... on demand"): answered once the snapshot is
     durable, with its seq; the file is in the data directory and /metrics names it."""
-    import os
     address = sc.server.argv[sc.server.argv.index("--admin-listen") + 1]
     data = sc.server.argv[sc.server.argv.index("--data") + 1]
     ws = sc.workspace()

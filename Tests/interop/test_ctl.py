@@ -6,10 +6,10 @@ with --cert/--key, $SUBCENTER_TOKEN, and the exit codes of refused command lines
 import json
 import os
 import select
+import socket
 import subprocess
+import threading
 import time
-
-import pytest
 
 import interop_support as support
 from sc_support import (FAILED_PRECONDITION, NOT_FOUND, TOKENS, entries_map, expect_code, limit,
@@ -297,8 +297,6 @@ def test_tls_failures_are_unavailable_not_a_crash(sc):
     """A server whose certificate does not verify, a name it is not valid for, a peer that
     closes at once or says nothing: exit 1 with UNAVAILABLE (they used to abort with a
     double free), and --timeout-ms bounds the handshake."""
-    import socket
-    import threading
     base = [str(support.binary("subcenterctl")), "--token", TOKENS["sc-root"]]
     run = lambda *a: subprocess.run(base + [str(x) for x in a], capture_output=True, text=True,
                                     env=clean_env(), cwd=support.REPO, timeout=30)
@@ -312,7 +310,6 @@ def test_tls_failures_are_unavailable_not_a_crash(sc):
         listener.listen(4)
         port = listener.getsockname()[1]
         held = []
-        stop = threading.Event()
 
         def accept(close_at_once: bool):
             c, _ = listener.accept()

@@ -2,6 +2,8 @@
 
 import time
 
+import h2.errors
+import h2.settings
 import pytest
 
 from interop_support import (DEFAULT_MAX_MESSAGE, SLEEP_MS, RawH2, grpc_frame, messages_pb2,
@@ -161,7 +163,6 @@ def test_large_responses_keep_flowing_to_a_client_that_only_reads(interop_server
     """A client granting large windows up front sends nothing while it reads: once the socket
     drains, the server must go on producing HTTP/2 output by itself (it used to stop after
     the first socket-full and wait for the client's next frame)."""
-    import h2.settings
     conn = RawH2(interop_server.port)
     try:
         conn.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
@@ -192,7 +193,6 @@ def test_answers_a_client_does_not_read_are_bounded_and_the_rest_wait(start_serv
     """A client that asks for many large answers without reading them (window 0): the
     connection holds at most ~16 MiB of unsent answers; later calls wait to run, and run
     once the client reads, each answered in full."""
-    import h2.settings
     server = start_server("interop-server")
     conn = RawH2(server.port)
     try:
@@ -210,7 +210,6 @@ def test_answers_a_client_does_not_read_are_bounded_and_the_rest_wait(start_serv
         assert grown_mib < 60, f"{grown_mib:.0f} MiB held for {calls} unread 1 MB answers"
         # Reset streams give their unsent answers' room back (the first ones ran, a later
         # one is held): the rest still all run once the client reads.
-        import h2.errors
         for sid in sids[:5] + sids[-1:]:
             conn.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
         conn._flush()

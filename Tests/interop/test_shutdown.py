@@ -1,5 +1,7 @@
 """Graceful shutdown: on SIGTERM the calls already started finish OK and the process exits 0."""
 
+import struct
+import tempfile
 import time
 
 import grpc
@@ -92,8 +94,6 @@ def test_sigterm_ends_watch_streams_before_the_goaway():
     """Shutdown ends Health.Watch and WatchChanges streams (UNAVAILABLE) before its first
     GOAWAY: some HTTP/2 clients (Python's h2, under grpclib and httpx) drop every frame
     that follows a GOAWAY, and would see a protocol error instead of the status."""
-    import struct
-    import tempfile
 
     from crash_support import DurableServer
     from interop_support import RawH2, health_pb2

@@ -2,8 +2,14 @@
 
 import atexit
 import os
+import resource
 import shutil
+import signal
+import socket
+import stat
+import subprocess
 import tempfile
+import time
 
 import grpc
 import pytest
@@ -132,8 +138,6 @@ def test_an_address_in_use_is_refused_even_by_this_users_own_server(subcenterd, 
 def test_data_files_are_private_and_a_readable_directory_is_flagged(tmp_path):
     """The data holds personal data: files are created 0600, and a data directory others can
     read (e.g. a restore into a plain `mkdir`) is named in a warning at start."""
-    import os
-    import stat
     from crash_support import DurableServer
     srv = DurableServer(str(tmp_path))
     os.makedirs(srv.data, mode=0o755)
@@ -161,10 +165,6 @@ def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(tmp_path):
     """With every file descriptor taken, a failed accept pauses the listener for a second
     (said once per pause) instead of waking the loops again at once: they used to spin at
     100% CPU and log tens of MB a second. Accepting resumes when descriptors free up."""
-    import resource
-    import socket
-    import subprocess
-    import time
     from interop_support import binary
     port = free_port()
     log = tmp_path / "server.log"
@@ -207,8 +207,6 @@ def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(tmp_path):
 
 def test_sighup_leaves_the_server_running(subcenterd, sd_channel):
     """A closed terminal or SSH session (SIGHUP) does not kill the server."""
-    import signal
-    import time
     subcenterd.proc.send_signal(signal.SIGHUP)
     time.sleep(0.3)
     assert subcenterd.proc.poll() is None, "subcenterd died of SIGHUP"
