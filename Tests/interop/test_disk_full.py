@@ -27,11 +27,9 @@ from typing import Optional
 import grpc
 import pytest
 
-import interop_support as support
 from crash_support import DurableServer
-from interop_support import free_port, health_pb2, health_stub, make_channel, run_to_exit, tls_args
-from sc_support import (NOT_FOUND, TOKENS, Client, entries_map, expect_code, pb, pb_grpc,
-                        unique)
+from interop_support import free_port, run_to_exit, tls_args
+from sc_support import NOT_FOUND, Client, entries_map, expect_code, pb, pb_grpc, unique
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 TMPFS_SIZE = "8m"
@@ -91,52 +89,20 @@ def fill(directory: str, name: str = "filler") -> str:
 # The server
 
 
-def _ports() -> tuple[int, int]:
-    return free_port(), free_port()
-
-
 class DiskServer(DurableServer):
     """DurableServer with its data directory on the small disk (tokens stay outside it)."""
 
     def __init__(self, base: str, data: str, extra: tuple = ()):
         super().__init__(base, extra=extra)
         self.data = data
-        self.admin_port = 0
 
-    def _args(self) -> list[str]:
-        return ["--admin-listen", f"127.0.0.1:{self.admin_port}", "--data", self.data,
-                "--tokens", self.tokens, "--fsync", self.fsync] + self.extra
-
-    def start(self, timeout: float = 30.0) -> "DiskServer":
-        assert self.server is None or not self.server.alive()
-        self.starts += 1
-        port, self.admin_port = _ports()
-        server = support.ServerProcess("subcenterd", tls_args() + self._args(), port=port)
-        support.LIVE_SERVERS.append(server)
-        try:
-            server.start(timeout=timeout)
-        except BaseException:
-            support.LIVE_SERVERS.remove(server)
-            raise
-        self.server = server
-        self.channel = make_channel(server.port, unlimited=True)
-        self.client = Client(self.channel, TOKENS["sc-root"])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and server.alive():
-            try:
-                r = health_stub(self.channel).Check(health_pb2.HealthCheckRequest(service=""),
-                                                    timeout=2)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return self
-            except grpc.RpcError:
-                pass
-            time.sleep(0.02)
-        raise AssertionError(f"subcenterd start #{self.starts} did not answer Health SERVING\n"
-                             f"{server.output(limit=6000)}")
+    @property
+    def admin_address(self) -> str:
+        return self.server.argv[self.server.argv.index("--admin-listen") + 1]
 
     def admin(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}",
+            with urllib.request.urlopen(f"http://{self.admin_address}{path}",
                                         timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
@@ -362,7 +328,7 @@ def test_disk_full_at_start_up_is_reported_as_a_full_disk(small_disk):
         files = sorted(os.listdir(srv.data))
         filler = fill(mnt)
 
-        port, admin = _ports()
+        port, admin = free_port(), free_port()
         code, out, err = run_to_exit(
             "subcenterd", ["--listen", f"127.0.0.1:{port}"] + tls_args() +
             ["--admin-listen", f"127.0.0.1:{admin}", "--data", srv.data,
