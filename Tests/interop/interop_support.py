@@ -13,6 +13,8 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -94,6 +96,36 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def admin_address(server) -> str:
+    """The `--admin-listen` address a server process was started with."""
+    return server.argv[server.argv.index("--admin-listen") + 1]
+
+
+def admin_request(server, path: str, method: str = "GET", data: Optional[bytes] = None,
+                  timeout: float = 30.0) -> tuple[int, dict, str]:
+    """One request to a server's admin port: (status, headers, body), errors included."""
+    req = urllib.request.Request(f"http://{admin_address(server)}{path}", method=method,
+                                 data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+
+
+def admin_metrics(server) -> tuple[dict[str, float], str]:
+    """The samples of /metrics by name (labels included), and the whole text."""
+    status, headers, text = admin_request(server, "/metrics")
+    content_type = headers.get("Content-Type", "")
+    assert status == 200 and content_type.startswith("text/plain"), (status, content_type)
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples, text
 
 
 def tls_args(client_ca: bool = False) -> list[str]:

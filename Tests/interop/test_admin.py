@@ -6,9 +6,8 @@ import json
 import os
 import socket
 import time
-import urllib.error
-import urllib.request
 
+from interop_support import admin_address, admin_metrics, admin_request
 from sc_support import b64url_decode
 
 WAL_COUNTERS = ["subcenter_wal_records_total", "subcenter_wal_batches_total",
@@ -20,24 +19,8 @@ SNAPSHOT_GAUGES = ["subcenter_snapshot_seq", "subcenter_snapshot_last_written_ti
 
 
 def get(server, path: str) -> tuple[int, str, str]:
-    address = server.argv[server.argv.index("--admin-listen") + 1]
-    try:
-        with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as r:
-            return r.status, r.headers.get("Content-Type", ""), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Content-Type", ""), e.read().decode()
-
-
-def metrics(server) -> tuple[dict[str, float], str]:
-    """The samples of /metrics by name (labels included), and the whole text."""
-    status, content_type, text = get(server, "/metrics")
-    assert status == 200 and content_type.startswith("text/plain"), (status, content_type)
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples, text
+    status, headers, body = admin_request(server, path)
+    return status, headers.get("Content-Type", ""), body
 
 
 def test_health_ready_and_unknown_paths(sc):
@@ -48,34 +31,23 @@ def test_health_ready_and_unknown_paths(sc):
 
 
 def test_head_is_get_without_the_body_and_other_methods_are_refused(sc):
-    address = sc.server.argv[sc.server.argv.index("--admin-listen") + 1]
     for path, status in [("/healthz", 200), ("/readyz", 200), ("/metrics", 200), ("/nope", 404)]:
-        req = urllib.request.Request(f"http://{address}{path}", method="HEAD")
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                got, length, body = r.status, r.headers["Content-Length"], r.read()
-        except urllib.error.HTTPError as e:
-            got, length, body = e.code, e.headers["Content-Length"], e.read()
-        assert (got, body) == (status, b""), path
-        assert int(length) > 0, path  # the length GET's body would have
-    req = urllib.request.Request(f"http://{address}/healthz", method="POST", data=b"x")
-    try:
-        urllib.request.urlopen(req, timeout=5)
-        raise AssertionError("POST was served")
-    except urllib.error.HTTPError as e:
-        assert e.code == 405 and e.headers["Allow"] == "GET, HEAD"
+        got, headers, body = admin_request(sc.server, path, method="HEAD")
+        assert (got, body) == (status, ""), path
+        assert int(headers["Content-Length"]) > 0, path  # the length GET's body would have
+    status, headers, _ = admin_request(sc.server, "/healthz", method="POST", data=b"x")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
 
 
 def test_idle_connections_do_not_delay_a_probe(sc):
     """Connections that send nothing (each may wait 2 s for its request) must not queue a
     health probe behind them: a probe with a 1 s timeout still answers."""
-    host, port = sc.server.argv[sc.server.argv.index("--admin-listen") + 1].rsplit(":", 1)
+    host, port = admin_address(sc.server).rsplit(":", 1)
     idle = [socket.create_connection((host, int(port)), timeout=2) for _ in range(8)]
     try:
         time.sleep(0.2)
         start = time.monotonic()
-        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=1) as r:
-            assert r.status == 200
+        assert admin_request(sc.server, "/healthz", timeout=1)[0] == 200
         assert time.monotonic() - start < 1.0
     finally:
         for s in idle:
@@ -83,7 +55,7 @@ def test_idle_connections_do_not_delay_a_probe(sc):
 
 
 def test_a_silent_connection_is_closed_unanswered_and_an_unfinished_request_is_400(sc):
-    host, port = sc.server.argv[sc.server.argv.index("--admin-listen") + 1].rsplit(":", 1)
+    host, port = admin_address(sc.server).rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as silent, \
             socket.create_connection((host, int(port)), timeout=5) as unfinished:
         unfinished.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line
@@ -94,7 +66,7 @@ def test_a_silent_connection_is_closed_unanswered_and_an_unfinished_request_is_4
 def test_the_admin_port_takes_128_connections_at_once(sc):
     """128 connections are answered concurrently; one more is closed at once, unanswered
     (the 128 silent ones are closed after 2 s, and probes work again)."""
-    host, port = sc.server.argv[sc.server.argv.index("--admin-listen") + 1].rsplit(":", 1)
+    host, port = admin_address(sc.server).rsplit(":", 1)
     held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(128)]
     try:
         time.sleep(0.5)
@@ -103,15 +75,14 @@ def test_the_admin_port_takes_128_connections_at_once(sc):
             assert extra.recv(100) == b""
             assert time.monotonic() - start < 1.0, "the 129th connection was not closed at once"
         time.sleep(2.5)
-        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as r:
-            assert r.status == 200
+        assert admin_request(sc.server, "/healthz", timeout=2)[0] == 200
     finally:
         for c in held:
             c.close()
 
 
 def test_metrics_describe_every_sample(sc):
-    samples, text = metrics(sc.server)
+    samples, text = admin_metrics(sc.server)
     counters = WAL_COUNTERS + SNAPSHOT_COUNTERS
     for name in counters + WAL_GAUGES + SNAPSHOT_GAUGES + ["subcenter_open_connections"]:
         assert name in samples, f"{name} missing from /metrics"
@@ -123,12 +94,12 @@ def test_metrics_describe_every_sample(sc):
 def test_metrics_count_durable_writes(sc):
     ws = sc.workspace()
     sc.person(ws, "p")
-    before, _ = metrics(sc.server)
+    before, _ = admin_metrics(sc.server)
     writes = 20
     for i in range(writes):
         method = sc.root.Subscribe if i % 2 else sc.root.Unsubscribe
         method(workspace=ws, person="p", channel="email", source=f"s{i}")
-    after, _ = metrics(sc.server)
+    after, _ = admin_metrics(sc.server)
 
     def grew(name):
         return after[name] - before[name]
@@ -152,11 +123,11 @@ def test_metrics_follow_snapshots(sc):
     snapshot: /metrics then shows it (seq, time, count)."""
     ws = sc.workspace()
     sc.person(ws, "gone")
-    before, _ = metrics(sc.server)
+    before, _ = admin_metrics(sc.server)
     started = time.time()
     r = sc.root.ForgetPerson(workspace=ws, person="gone", wait_for_erasure=True, timeout=30)
     receipt_seq = json.loads(b64url_decode(r.receipt.split(".")[0]))["snapshot_seq"]
-    after, _ = metrics(sc.server)
+    after, _ = admin_metrics(sc.server)
     assert after["subcenter_snapshots_written_total"] > before["subcenter_snapshots_written_total"]
     assert after["subcenter_snapshot_seq"] >= receipt_seq > before["subcenter_snapshot_seq"]
     written = after["subcenter_snapshot_last_written_timestamp_seconds"]
@@ -167,29 +138,24 @@ def test_metrics_follow_snapshots(sc):
 def test_post_snapshot_writes_one_now(sc):
     """POST /snapshot (SPEC §4 "snapshots ... on demand"): answered once the snapshot is
     durable, with its seq; the file is in the data directory and /metrics names it."""
-    address = sc.server.argv[sc.server.argv.index("--admin-listen") + 1]
     data = sc.server.argv[sc.server.argv.index("--data") + 1]
     ws = sc.workspace()
     sc.person(ws)  # a change since any snapshot
 
     def request(method, path="/snapshot"):
-        req = urllib.request.Request(f"http://{address}{path}", method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, r.headers.get("Allow"), r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers.get("Allow"), e.read().decode()
+        status, headers, body = admin_request(sc.server, path, method=method)
+        return status, headers.get("Allow"), body
 
     status, _, body = request("POST")
     assert status == 200 and body.startswith("snapshot at seq "), (status, body)
     seq = int(body.split()[-1])
-    before, _ = metrics(sc.server)
+    before, _ = admin_metrics(sc.server)
     assert before["subcenter_snapshot_seq"] == seq
     assert any(name.startswith("snapshot-") and f"{seq:020d}" in name for name in os.listdir(data)), \
         os.listdir(data)
     # Nothing changed since: the same snapshot, not another file.
     assert request("POST")[0::2] == (200, f"snapshot at seq {seq}\n")
-    assert metrics(sc.server)[0]["subcenter_snapshots_written_total"] == \
+    assert admin_metrics(sc.server)[0]["subcenter_snapshots_written_total"] == \
         before["subcenter_snapshots_written_total"]
     # Only POST writes one; other paths are not POSTed to.
     assert request("GET")[:2] == (405, "POST")

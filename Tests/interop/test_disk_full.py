@@ -20,15 +20,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from typing import Optional
 
 import grpc
 import pytest
 
 from crash_support import DurableServer
-from interop_support import free_port, run_to_exit, tls_args
+from interop_support import admin_metrics, admin_request, free_port, run_to_exit, tls_args
 from sc_support import NOT_FOUND, Client, entries_map, expect_code, pb, pb_grpc, unique
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -96,23 +94,12 @@ class DiskServer(DurableServer):
         super().__init__(base, extra=extra)
         self.data = data
 
-    @property
-    def admin_address(self) -> str:
-        return self.server.argv[self.server.argv.index("--admin-listen") + 1]
-
     def admin(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://{self.admin_address}{path}",
-                                        timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+        status, _, body = admin_request(self.server, path)
+        return status, body
 
     def metrics(self) -> dict[str, float]:
-        status, text = self.admin("/metrics")
-        assert status == 200, (status, text)
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines() if line and not line.startswith("#")}
+        return admin_metrics(self.server)[0]
 
     def feed(self, ws: str, until_source: str, timeout: float = 5.0) -> list:
         """The workspace's retained events, up to the one carrying `until_source`."""

@@ -14,7 +14,8 @@ import time
 import grpc
 import pytest
 
-from interop_support import (RPC_TIMEOUT, empty_pb2, free_port, health_pb2, health_stub,
+from interop_support import (RPC_TIMEOUT, admin_address, empty_pb2, free_port, health_pb2,
+                             health_stub,
                              make_channel, run_to_exit, shared_server_fixture, interop_stub,
                              tls_args)
 
@@ -121,7 +122,7 @@ def test_an_address_in_use_is_refused_even_by_this_users_own_server(subcenterd, 
     listeners would silently join the first one's and take half of its connections."""
     grpc_taken = ["--listen", f"127.0.0.1:{subcenterd.port}",
                   "--admin-listen", f"127.0.0.1:{free_port()}"]
-    admin = subcenterd.argv[subcenterd.argv.index("--admin-listen") + 1]
+    admin = admin_address(subcenterd)
     admin_taken = ["--listen", f"127.0.0.1:{free_port()}", "--admin-listen", admin]
     for args, flag in [(grpc_taken, "--listen"), (admin_taken, "--admin-listen")]:
         rc, out, err = run_to_exit(
