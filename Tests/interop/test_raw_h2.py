@@ -69,6 +69,19 @@ def test_grpc_proto_content_type_accepted(raw):
     assert st.status == 200 and st.grpc_status == 0, st.summary()
 
 
+def test_other_codec_content_type_unimplemented(raw):
+    # application/grpc+json is gRPC with JSON messages, which this server does not speak:
+    # UNIMPLEMENTED naming the content-type, not a protobuf decoding error.
+    st = raw.wait(raw.request(EMPTY, grpc_frame(b"{}"), content_type="application/grpc+json"),
+                  timeout=5)
+    assert st.status == 200 and st.grpc_status == 12, st.summary()
+    assert b"application/grpc+json" in (st.trailer_or_header(b"grpc-message") or b""), st.summary()
+    st = raw.wait(raw.request(EMPTY, grpc_frame(b""),
+                              content_type="application/grpc+proto;charset=utf-8"), timeout=5)
+    assert st.status == 200 and st.grpc_status == 0, st.summary()
+    assert_usable(raw)
+
+
 def test_unknown_compression_unimplemented(raw):
     st = raw.wait(raw.request(EMPTY, grpc_frame(b"\x01\x02\x03\x04", compressed=True),
                               extra=[("grpc-encoding", "snappy")]), timeout=5)

@@ -17,6 +17,40 @@ public struct SessionLimits: Sendable {
 }
 
 /// One request stream and its response state. Loop thread only.
+/// What a request's `content-type` says: gRPC with protobuf messages (`application/grpc`,
+/// `application/grpc+proto`, either with `;parameters`), gRPC with another message codec
+/// (`application/grpc+json`: answered UNIMPLEMENTED), or not gRPC at all (HTTP 415).
+enum GRPCContentType: Equatable {
+  case missing
+  case notGRPC
+  case protobuf
+  case otherCodec(String)
+
+  init(_ ct: UnsafeBufferPointer<UInt8>) {
+    let prefix: StaticString = "application/grpc"
+    let n = prefix.utf8CodeUnitCount
+    guard ct.count >= n, memcmp(ct.baseAddress!, prefix.utf8Start, n) == 0 else {
+      self = .notGRPC
+      return
+    }
+    if ct.count == n || ct[n] == UInt8(ascii: ";") {
+      self = .protobuf
+      return
+    }
+    guard ct[n] == UInt8(ascii: "+") else {
+      self = .notGRPC
+      return
+    }
+    let rest = ct[(n + 1)...]
+    let codec = rest.prefix { $0 != UInt8(ascii: ";") }
+    if codec.elementsEqual("proto".utf8) {
+      self = .protobuf
+    } else {
+      self = .otherCodec(String(decoding: codec.prefix(64), as: UTF8.self))
+    }
+  }
+}
+
 final class HTTP2Stream {
   let id: Int32
   // The session owns its streams and outlives them.
@@ -24,8 +58,7 @@ final class HTTP2Stream {
   // Request.
   var isPost = false
   var path = ""
-  var contentType: String?
-  var contentTypeOK = false
+  var contentType = GRPCContentType.missing
   var grpcEncoding: String?
   var timeoutNanos: UInt64?
   var metadata = Metadata()
@@ -293,7 +326,7 @@ final class HTTP2ServerSession {
       return
     }
     if bytesEqual(name, nlen, "content-type") {
-      s.contentTypeOK = Self.isGRPCContentType(UnsafeBufferPointer(start: value, count: vlen))
+      s.contentType = GRPCContentType(UnsafeBufferPointer(start: value, count: vlen))
     } else if bytesEqual(name, nlen, "grpc-timeout") {
       s.timeoutNanos = GRPCTimeout.parse(makeString(value, vlen))
     } else if bytesEqual(name, nlen, "grpc-encoding") {
@@ -342,8 +375,18 @@ final class HTTP2ServerSession {
       respondHTTP(s, status: "405")
       return
     }
-    guard s.contentTypeOK else {
+    switch s.contentType {
+    case .protobuf: break
+    case .missing, .notGRPC:
       respondHTTP(s, status: "415")
+      return
+    case .otherCodec(let codec):
+      respondImmediately(
+        s,
+        RPCStatus(
+          .unimplemented,
+          "content-type application/grpc+\(codec) is not supported: this server speaks "
+            + "protobuf (application/grpc or application/grpc+proto)"))
       return
     }
     guard let route = s.path == lastPath ? lastRoute : router.method(for: s.path) else {
@@ -366,14 +409,6 @@ final class HTTP2ServerSession {
     if bytesEqual(p, n, "user-agent") { return "user-agent" }
     if bytesEqual(p, n, "accept-encoding") { return "accept-encoding" }
     return makeString(p, n)
-  }
-
-  /// `application/grpc`, optionally followed by `+format` or `;parameters`.
-  static func isGRPCContentType(_ ct: UnsafeBufferPointer<UInt8>) -> Bool {
-    let prefix: StaticString = "application/grpc"
-    let n = prefix.utf8CodeUnitCount
-    guard ct.count >= n, memcmp(ct.baseAddress!, prefix.utf8Start, n) == 0 else { return false }
-    return ct.count == n || ct[n] == UInt8(ascii: "+") || ct[n] == UInt8(ascii: ";")
   }
 
   fileprivate func data(_ s: HTTP2Stream, _ bytes: UnsafeRawBufferPointer) {
