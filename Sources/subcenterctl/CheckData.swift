@@ -194,7 +194,7 @@ enum CheckData {
       writeStdoutLine(
         "DAMAGED: \(damaged + damagedSnapshots) problem(s). subcenterd refuses to start on a "
           + "damaged log; back up the directory, then restore it from a backup or start with "
-          + "--recover-truncate (which drops everything after the last good record).")
+          + "--recover-truncate (subcenterd's error says what it keeps and what it drops).")
       return 1
     }
     if damagedSnapshots > 0 {

@@ -165,8 +165,8 @@ func startUpAdvice(_ error: StorageError, truncating: Bool) -> String {
     return "--recover-truncate cannot start from this data: restore the data directory "
       + "from a backup."
   case .damaged:
-    return "Restore the data directory from a backup, or start with --recover-truncate to "
-      + "keep everything before the damage."
+    return "Restore the data directory from a backup, or start with --recover-truncate (the "
+      + "message above says what it keeps and what it loses)."
   case .noSpace:
     return "The disk is full: free some space and start again (the data is intact)."
   case .io where error.isOutOfDescriptors:

@@ -749,6 +749,74 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(again.warnings.isEmpty && again.nextSeq == lastGood + 1)
   }
 
+  @Test func damageTheSnapshotHoldsLosesNoChangeWithRecoverTruncate() throws {
+    let fs = try log(count: 40, segmentSize: 1024)
+    let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
+    #expect(segments.count >= 3)
+    // A snapshot at seq `after` in the middle of the second segment; a bit flipped in a
+    // record it holds.
+    let victim = segments[1]
+    let path = "/data/" + victim.name
+    var bytes = fs.contents(path)!
+    let scan = WALSegment.scan(bytes, file: victim.name, firstSeq: victim.firstSeq)
+    #expect(scan.records.count >= 5)
+    let after = victim.firstSeq + 3
+    let offset = scan.records[1].lowerBound - RecordFrame.headerSize
+    bytes[offset + 12] ^= 0x04
+    fs.setContents(path, bytes)
+
+    // Without the flag: refused, saying that the flag loses no change.
+    do {
+      _ = try readLog(fs, after: after)
+      Issue.record("damage in the middle was accepted")
+    } catch {
+      let e = try #require(error as? StorageError)
+      #expect(e.file == victim.name && e.offset == Int64(offset))
+      #expect(e.message.contains("--recover-truncate"))
+      #expect(e.message.contains("loses no change"), "\(e.message)")
+    }
+    #expect(fs.contents(path) == bytes)
+
+    // With it: every record after the snapshot is read, the records past the damage are a
+    // segment of their own, the damaged and older segments are gone.
+    let resumedAt = victim.firstSeq + 2
+    let (report, records) = try readLog(fs, after: after, truncateDamaged: true)
+    #expect(records.map(\.0) == Array((after + 1)...40))
+    #expect(records.map(\.1) == ((after + 1)...40).map { Samples.command(Int($0)) })
+    #expect(report.nextSeq == 41 && report.discarded.isEmpty)
+    #expect(report.warnings.count == 1 && report.warnings[0].contains("no change"))
+    let now = try WALSegment.list(directory: "/data", fileSystem: fs)
+    #expect(now.first == WALSegmentFile(firstSeq: resumedAt))
+    #expect(now.dropFirst().map(\.name) == segments[2...].map(\.name))
+    // It survives a crash (the new segment and the deletions were synced) and reads
+    // cleanly without the flag.
+    fs.crash()
+    fs.restart()
+    let (again, recordsAgain) = try readLog(fs, after: after)
+    #expect(again.warnings.isEmpty && recordsAgain.map(\.0) == Array((after + 1)...40))
+    let (all, history) = try readLog(fs, after: resumedAt - 1)
+    #expect(all.nextSeq == 41 && history.first?.0 == resumedAt)
+  }
+
+  @Test func damageBeforeTheRecordsTheSnapshotNeedsIsCutWhenNothingFollows() throws {
+    // The same damage, but what follows it cannot be read (a second damaged record after
+    // the snapshot's seq): --recover-truncate cuts as before.
+    let fs = try log(count: 40, segmentSize: 1024)
+    let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
+    let victim = segments[1]
+    let path = "/data/" + victim.name
+    var bytes = fs.contents(path)!
+    let scan = WALSegment.scan(bytes, file: victim.name, firstSeq: victim.firstSeq)
+    let after = victim.firstSeq + 1
+    for r in [1, 3] {
+      bytes[scan.records[r].lowerBound + 4] ^= 0x10
+    }
+    fs.setContents(path, bytes)
+    let (report, records) = try readLog(fs, after: after, truncateDamaged: true)
+    #expect(records.isEmpty && report.nextSeq == after + 1)
+    #expect(report.discarded == segments[2...].map(\.name))
+  }
+
   @Test func tornTailOfAnOlderSegmentIsDamage() throws {
     let fs = try log(count: 30, segmentSize: 1024)
     let segments = try WALSegment.list(directory: "/data", fileSystem: fs)

@@ -8,6 +8,11 @@
 //   segment, a missing stretch of seqs, a bad header — stops the read with an error naming
 //   the file and byte offset, unless `truncateDamaged` (`--recover-truncate`): then the
 //   damaged segment is cut at its last good record and every later segment is deleted.
+// - Except when the damage is in records the snapshot holds and the log reads on past it
+//   (a valid record follows with a seq the state still needs, and valid records to the
+//   end of the segment): then no change is lost, only change-feed history, and
+//   `--recover-truncate` keeps the records after the damage as a segment of their own
+//   (the damaged segment and the older ones are deleted, as history with a hole in it).
 
 /// What reading the log found.
 public struct WALReadReport: Sendable, Equatable {
@@ -52,7 +57,7 @@ public enum WALReader {
     var expected = segments[start].firstSeq
     var lastInLog: UInt64 = 0
     for i in start..<segments.count {
-      let segment = segments[i]
+      var segment = segments[i]
       let newest = i == segments.count - 1
       report.segments.append(segment)
 
@@ -75,17 +80,53 @@ public enum WALReader {
         let lastGood =
           (scan?.records.count ?? 0) > 0
           ? segment.firstSeq + UInt64(scan!.records.count) - 1 : expected - 1
-        // What is lost past the damage: the snapshot may cover some of it.
+        // What is lost past the damage: the snapshot may cover some of it, or all.
+        let resumed =
+          d.torn && newest
+          ? nil
+          : scan.flatMap {
+            resumePastDamage($0, at: d.offset, lastGood: lastGood, need: after &+ 1, newest: newest)
+          }
         let lost =
-          lastGood >= after
-          ? "everything after seq \(lastGood)"
-          : "the changes after seq \(after) (the snapshot holds the state up to there; the "
-            + "change feed loses seqs \(lastGood + 1)-\(after) of its history)"
+          if let resumed {
+            "no change, only the change feed's history before seq \(resumed.segment.firstSeq) "
+              + "(the snapshot holds every change up to seq \(after), and valid records "
+              + "follow the damage from seq \(resumed.segment.firstSeq) on)"
+          } else if lastGood >= after {
+            "everything after seq \(lastGood)"
+          } else {
+            "the changes after seq \(after) (the snapshot holds the state up to there; the "
+              + "change feed loses seqs \(lastGood + 1)-\(after) of its history)"
+          }
         if d.torn && newest {
           report.warnings.append(
             "\(segment.name): torn record at byte offset \(d.offset) cut off (\(d.reason)); "
               + "it was never acknowledged")
           if repair { try cut(segment, to: cutTo, directory: directory, fs: fs) }
+        } else if truncateDamaged, let resumed {
+          // The records past the damage become a segment of their own; the damaged one and
+          // the older ones (history with a hole in it) go, after it is durable.
+          let older =
+            segments[..<i].map(\.name) + (resumed.segment == segment ? [] : [segment.name])
+          try WALSegment.replace(
+            resumed.segment, with: Array(resumed.scan.bytes[..<resumed.scan.validEnd]),
+            directory: directory, fileSystem: fs)
+          for name in older {
+            do { try fs.unlink(joinPath(directory, name)) } catch {
+              throw StorageError(error, "deleting log segment \(name)")
+            }
+          }
+          if !older.isEmpty { try syncDirectory(directory, fs) }
+          report.warnings.append(
+            "\(segment.name) at byte offset \(d.offset): \(d.reason); as --recover-truncate "
+              + "asks, the records from seq \(resumed.segment.firstSeq) on are kept in "
+              + "\(resumed.segment.name)"
+              + (older.isEmpty ? "" : " and \(older.joined(separator: ", ")) deleted")
+              + ", losing \(lost)")
+          report.segments[report.segments.count - 1] = resumed.segment
+          segment = resumed.segment
+          scan = resumed.scan
+          damage = nil
         } else if truncateDamaged {
           let later = segments[(i + 1)...].map(\.name)
           report.warnings.append(
@@ -105,9 +146,13 @@ public enum WALReader {
           throw StorageError.damaged(
             segment.name, at: Int64(d.offset),
             "\(d.reason)\(d.torn ? " (and later segments exist)" : ""). Start-up stopped: the "
-              + "log is damaged before its end. To start from the last good record (seq "
-              + "\(max(lastGood, after))) and discard \(lost) that the log holds, back up the "
-              + "data directory and restart with --recover-truncate.")
+              + "log is damaged before its end. "
+              + (resumed != nil
+                ? "Restarting with --recover-truncate (back up the data directory first) "
+                  + "keeps the records after the damage and loses \(lost)."
+                : "To start from the last good record (seq \(max(lastGood, after))) and "
+                  + "discard \(lost) that the log holds, back up the data directory and "
+                  + "restart with --recover-truncate."))
         }
       } else if repair && newest {
         // The writer starts a new segment next: this one must be complete on disk first.
@@ -138,6 +183,31 @@ public enum WALReader {
     }
     report.lastSeq = max(after, lastInLog)
     return report
+  }
+
+  /// The records after damage at `offset` of `scan`, as a segment of their own, when
+  /// they make the damage cost no change: the first valid frame after it holds a seq
+  /// from `lastGood + 1` to `need` (the first seq the state needs), and valid records of
+  /// consecutive seqs follow it to the end of the segment (a torn tail allowed in the
+  /// newest, cut off).
+  private static func resumePastDamage(
+    _ scan: SegmentScan, at offset: Int, lastGood: UInt64, need: UInt64, newest: Bool
+  ) -> (segment: WALSegmentFile, scan: SegmentScan)? {
+    guard lastGood < need else { return nil }
+    let found = scan.bytes.withUnsafeBytes { b -> (offset: Int, seq: UInt64)? in
+      guard let o = RecordFrame.firstValidFrame(b, from: offset + 1, hint: nil),
+        case .record(let payload, _) = RecordFrame.parse(b, at: o),
+        let seq = WALSegment.leadingSequence(UnsafeRawBufferPointer(rebasing: b[payload]))
+      else { return nil }
+      return (o, seq)
+    }
+    guard let found, found.seq > lastGood, found.seq <= need else { return nil }
+    let segment = WALSegmentFile(firstSeq: found.seq)
+    let rest = WALSegment.scan(
+      WALSegment.header(firstSeq: found.seq) + scan.bytes[found.offset...], file: segment.name,
+      firstSeq: found.seq)
+    if let d = rest.damage, d.kind != .tornTail || !newest { return nil }
+    return (segment, rest)
   }
 
   /// Cuts a segment to `size` bytes and syncs it; a segment left without a valid header

@@ -267,12 +267,23 @@ extension WALSegment {
       }
     }
     guard erased > 0 else { return 0 }
+    try replace(segment, with: out, directory: directory, fileSystem: fs)
+    return erased
+  }
+
+  /// Writes `bytes` (a header and frames) as `segment`: as `<name>.tmp`, synced, renamed
+  /// over any file of that name and the directory synced, so a crash leaves either the
+  /// old file (or none) or the whole new one.
+  static func replace(
+    _ segment: WALSegmentFile, with bytes: [UInt8], directory: String,
+    fileSystem fs: any FileSystem
+  ) throws(StorageError) {
     let path = joinPath(directory, segment.name)
     let temporary = path + temporaryFileSuffix
     do throws(FileSystemError) {
       let f = try fs.open(temporary, [.write, .create, .truncate])
       do throws(FileSystemError) {
-        try fs.write(f, out, at: 0)
+        try fs.write(f, bytes, at: 0)
         try fs.sync(f)
         try fs.close(f)
       } catch {
@@ -285,7 +296,6 @@ extension WALSegment {
       try? fs.unlink(temporary)
       throw StorageError(error, "rewriting log segment \(segment.name)")
     }
-    return erased
   }
 
   /// Deletes the temporary files of segment rewrites that never finished; returns their
