@@ -88,7 +88,12 @@ public struct TokenStore: Sendable {
     do { entries = try JSONDecoder().decode([Entry].self, from: data) } catch {
       throw FlagError("--tokens: \(file) is not a JSON array of token entries: \(error)")
     }
+    if let why = StrictJSON.leniency(in: [UInt8](data)) {
+      throw FlagError("--tokens: \(file): \(why)")
+    }
     var creds: [Credential] = []
+    var entryOfDigest: [[UInt8]: Int] = [:]
+    var entryOfName: [String: Int] = [:]
     for (i, e) in entries.enumerated() {
       guard let digest = Crypto.unhex(e.sha256), digest.count == 32 else {
         throw FlagError("--tokens: entry \(i) ('\(e.name)'): sha256 must be 64 hex digits")
@@ -102,6 +107,18 @@ public struct TokenStore: Sendable {
       }
       guard !e.name.isEmpty, !e.workspace.isEmpty else {
         throw FlagError("--tokens: entry \(i): name and workspace must not be empty")
+      }
+      if let why = Self.workspaceProblem(e.workspace) {
+        throw FlagError("--tokens: entry \(i) ('\(e.name)'): \(why)")
+      }
+      // One token, one credential; one name, one credential (history names the caller).
+      if let j = entryOfDigest.updateValue(i, forKey: digest) {
+        throw FlagError("--tokens: entries \(j) and \(i) have the same sha256 (one token)")
+      }
+      if let j = entryOfName.updateValue(i, forKey: e.name) {
+        throw FlagError(
+          "--tokens: entries \(j) and \(i) have the same name '\(e.name)' (history records "
+            + "a caller by its credential's name)")
       }
       creds.append(Credential(name: e.name, workspace: e.workspace, scopes: scopes, digest: digest))
     }
@@ -174,6 +191,16 @@ public struct TokenStore: Sendable {
       for j in i..<u.count where u[j] == 0x20 || u[j] == 0x09 { return nil }
       return Array(u[i...])
     }
+  }
+
+  /// Why `workspace` cannot be a credential's workspace (`*` or a workspace id), nil if it
+  /// can.
+  public static func workspaceProblem(_ workspace: String) -> String? {
+    guard workspace != "*" else { return nil }
+    do { try Validate.workspaceID(workspace) } catch {
+      return "workspace must be \"*\" or a workspace id ([a-z0-9_-]{1,64}): \(error.reason)"
+    }
+    return nil
   }
 
   /// A new random token and the tokens-file entry for it (`subcenterctl token create`).

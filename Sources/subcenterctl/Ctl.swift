@@ -268,6 +268,7 @@ enum Ctl {
       guard !o[0].isEmpty, !o[1].isEmpty else {
         throw UsageError("token create: NAME and WORKSPACE must not be empty")
       }
+      if let why = TokenStore.workspaceProblem(o[1]) { throw UsageError("token create: \(why)") }
       var scopes: [Scope] = []
       for s in o[2...] {
         guard let scope = Scope(rawValue: s) else { throw UsageError("unknown scope '\(s)'") }

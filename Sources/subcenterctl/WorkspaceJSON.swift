@@ -14,6 +14,7 @@
 // rest (ranges, known channels) and names the field in its INVALID_ARGUMENT.
 
 import Foundation
+import SubcenterServer
 
 enum WorkspaceJSON {
   /// The encoded WorkspaceConfig read from `file` (`-` for standard input).
@@ -44,7 +45,7 @@ enum WorkspaceJSON {
 
   static func encode(workspace: String, json: Data) throws -> ProtoWriter {
     let parsed = try JSONSerialization.jsonObject(with: json)
-    try refuseLeniencies(Array(json))
+    if let why = StrictJSON.leniency(in: Array(json)) { throw UsageError(why) }
     let root = try object(parsed, "the document")
     var w = ProtoWriter()
     w.string(1, workspace)
@@ -153,43 +154,6 @@ enum WorkspaceJSON {
     case is [String: Any]: return "an object"
     case let n as NSNumber: return isBool(n) ? (n.boolValue ? "true" : "false") : "\(n)"
     default: return "\(v)"
-    }
-  }
-
-  /// What Foundation's parser lets through but RFC 8259 does not mean: a key twice in one
-  /// object (one of the two values would be dropped without a word) and a comma before `]`
-  /// or `}`. Run on text the parser accepted, so strings and nesting are well formed.
-  static func refuseLeniencies(_ text: [UInt8]) throws(UsageError) {
-    var keys: [Set<[UInt8]>?] = []  // per open bracket: the object's keys, nil for an array
-    var i = 0
-    func nextNonSpace(_ from: Int) -> UInt8? {
-      var j = from
-      while j < text.count, [0x20, 0x09, 0x0A, 0x0D].contains(text[j]) { j += 1 }
-      return j < text.count ? text[j] : nil
-    }
-    while i < text.count {
-      switch text[i] {
-      case UInt8(ascii: "{"): keys.append([])
-      case UInt8(ascii: "["): keys.append(nil)
-      case UInt8(ascii: "}"), UInt8(ascii: "]"): _ = keys.popLast()
-      case UInt8(ascii: ","):
-        if let c = nextNonSpace(i + 1), c == UInt8(ascii: "}") || c == UInt8(ascii: "]") {
-          throw UsageError("a comma before '\(Character(Unicode.Scalar(c)))' (not JSON)")
-        }
-      case UInt8(ascii: "\""):
-        var j = i + 1
-        while text[j] != UInt8(ascii: "\"") { j += text[j] == UInt8(ascii: "\\") ? 2 : 1 }
-        let string = Array(text[(i + 1)..<j])
-        if nextNonSpace(j + 1) == UInt8(ascii: ":"), let last = keys.indices.last,
-          keys[last] != nil, keys[last]!.insert(string).inserted == false
-        {
-          throw UsageError(
-            "the key \"\(String(decoding: string, as: UTF8.self))\" twice in one object")
-        }
-        i = j
-      default: break
-      }
-      i += 1
     }
   }
 }

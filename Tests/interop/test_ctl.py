@@ -344,6 +344,9 @@ def test_token_create_writes_json_and_tokens_must_be_printable(sc, tmp_path):
     r = subprocess.run([str(support.binary("subcenterctl")), "token", "create", "", "default",
                         "read"], capture_output=True, text=True, env=clean_env())
     assert r.returncode == 2 and "must not be empty" in r.stderr
+    r = subprocess.run([str(support.binary("subcenterctl")), "token", "create", "ops", "WA!",
+                        "read"], capture_output=True, text=True, env=clean_env())
+    assert r.returncode == 2 and "workspace must be" in r.stderr, r
     ws = sc.workspace()
     r = ctl(sc, "workspace", "get", ws, token=None, env={"SUBCENTER_TOKEN": TOKENS["sc-root"] + "\r"},
             code=2)

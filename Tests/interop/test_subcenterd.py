@@ -101,6 +101,33 @@ def test_unreadable_files_name_their_flag_or_variable(tmp_path):
     assert rc == 2 and "No such file or directory" in err, err[-2000:]
 
 
+HASH_A, HASH_B = "a" * 64, "b" * 64
+
+
+@pytest.mark.parametrize("entries,expected", [
+    # A workspace that is neither "*" nor an id: the token could never be used.
+    ('[{"name": "a", "sha256": "%s", "workspace": "WA!", "scopes": ["read"]}]' % HASH_A,
+     "workspace must be"),
+    # One token twice: which credential it is would depend on the order of the entries.
+    ('[{"name": "a", "sha256": "%s", "workspace": "wa", "scopes": ["read"]},'
+     ' {"name": "b", "sha256": "%s", "workspace": "wb", "scopes": ["admin"]}]' % (HASH_A, HASH_A),
+     "entries 0 and 1 have the same sha256"),
+    # One name twice: history could not tell the two callers apart.
+    ('[{"name": "a", "sha256": "%s", "workspace": "wa", "scopes": ["read"]},'
+     ' {"name": "a", "sha256": "%s", "workspace": "wa", "scopes": ["admin"]}]' % (HASH_A, HASH_B),
+     "same name 'a'"),
+    # A key twice in one entry: one of the two values would be dropped without a word.
+    ('[{"name": "a", "sha256": "%s", "workspace": "wa", "workspace": "*", "scopes": ["read"]}]'
+     % HASH_A, 'the key "workspace" twice'),
+])
+def test_bad_tokens_file_refused(tmp_path, entries, expected):
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(entries)
+    rc, _, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--tokens", str(tokens)],
+                             timeout=10)
+    assert rc == 2 and "--tokens" in err and expected in err, (rc, err[-2000:])
+
+
 def test_unknown_flag_refused(tmp_path):
     rc, out, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--no-such-flag", "1"], timeout=10)
     assert rc not in (None, 0), f"exit {rc}, stderr {err[-2000:]!r}"
