@@ -85,6 +85,7 @@ enum ProtoCodec {
   ) throws(RPCStatus) {
     var r = WireReader(UnsafeRawBufferPointer(bytes))
     let d = descriptor.pointee
+    var seen: [Int] = []  // per field of a repeated one, the elements read so far
     while !r.atEnd {
       let (number, wire) = try r.key()
       guard wire == 2 else {
@@ -96,16 +97,21 @@ enum ProtoCodec {
       while k < Int(d.n_fields) && d.fields[k].id != UInt32(truncatingIfNeeded: number) { k += 1 }
       guard k < Int(d.n_fields) else { continue }
       let f = d.fields[k]
+      // The field as the error names it: `persons[2]` for an element of a repeated one.
+      var index: Int?
+      if f.label == PROTOBUF_C_LABEL_REPEATED {
+        if seen.isEmpty { seen = Array(repeating: 0, count: Int(d.n_fields)) }
+        index = seen[k]
+        seen[k] += 1
+      }
+      func name() -> String { path + String(cString: f.name) + (index.map { "[\($0)]" } ?? "") }
       if f.type == PROTOBUF_C_TYPE_STRING {
         if !value.isEmpty, memchr(value.baseAddress!, 0, value.count) != nil {
-          throw RPCStatus(
-            .invalidArgument,
-            "\(path)\(String(cString: f.name)): must not contain a NUL character")
+          throw RPCStatus(.invalidArgument, "\(name()): must not contain a NUL character")
         }
       } else if f.type == PROTOBUF_C_TYPE_MESSAGE, let sub = f.descriptor {
         try checkStrings(
-          value, sub.assumingMemoryBound(to: ProtobufCMessageDescriptor.self),
-          path: path + String(cString: f.name) + ".")
+          value, sub.assumingMemoryBound(to: ProtobufCMessageDescriptor.self), path: name() + ".")
       }
     }
   }

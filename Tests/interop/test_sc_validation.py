@@ -390,6 +390,14 @@ def test_nul_in_identifiers_refused(sc, ws):
         raise AssertionError(f"GetProfile('p\\x00x') answered the person {got.person_id!r}")
 
 
+def test_nul_in_a_repeated_field_names_the_element(sc, ws):
+    # In a batch of many persons, the caller must learn which one is bad.
+    expect_code(INVALID, lambda: sc.root.CheckDeliveryBatch(
+        workspace=ws, channel="email", persons=["a", "b", "c\x00"]), field="persons[2].person_id")
+    expect_code(INVALID, lambda: sc.root.ConfigureWorkspace(
+        workspace=ws, channels=["email", "s\x00ms"]), field="channels[1]")
+
+
 def test_nul_in_email_is_refused_or_kept_never_cut(sc, ws):
     try:
         p = sc.root.Identify(workspace=ws, person_id="p", email="p2@example.com\x00.evil")
