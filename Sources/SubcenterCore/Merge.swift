@@ -5,7 +5,8 @@ extension Person {
   /// Merges an anonymous profile into this person: per key the later entry wins by set
   /// time (a tie goes to this person); the later global flag wins (a tie goes to this
   /// person); histories are joined in time order (the profile's entries get new `seq`s
-  /// after this person's); counted sends are joined; the anonymous ids stay attached.
+  /// after this person's, and in the merge's millisecond come before this person's);
+  /// counted sends are joined; the anonymous ids stay attached.
   /// Ends with a `merge` history entry at `at`.
   public mutating func merge(anonymous other: Person, at: Int64, actor: String) {
     for e in other.entries {
@@ -17,9 +18,11 @@ extension Person {
     if let g = other.global, global == nil || g.updatedAt > global!.updatedAt {
       global = g
     }
-    var joined = history
+    // In the merge's millisecond, this person's entries (those of the Identify merging,
+    // which creates or updates it) follow the profile's: they were made after them.
+    var joined = history.filter { $0.at < at }
     joined.reserveCapacity(history.count + other.history.count + 1)
-    for var r in other.history {
+    for var r in other.history + history.filter({ $0.at >= at }) {
       r.seq = nextHistorySeq
       nextHistorySeq &+= 1
       joined.append(r)

@@ -46,6 +46,20 @@ private let t0: Int64 = 1_700_000_000_000
     #expect(person.updatedAt == t0 + 100)
   }
 
+  @Test func inTheMergesMillisecondTheProfilesEntriesComeFirst() {
+    // An anonymous visitor unsubscribes, then signs up: the Identify that creates the person
+    // and merges runs in the same millisecond. Its entries are the newest.
+    var anon = Person(key: .anonymous("a"), at: t0)
+    anon.setPreference(
+      channel: 1, topic: 0, state: .unsubscribed, source: "anon", noticeVersion: "", at: t0 + 5,
+      actor: "x")
+    var person = Person(key: .person("p"), at: t0 + 5)
+    person.appendHistory(action: .identify, actor: "x", detail: "created", at: t0 + 5)
+    person.merge(anonymous: anon, at: t0 + 5, actor: "x")
+    #expect(person.history.map(\.action) == [.unsubscribe, .identify, .merge])
+    #expect(Set(person.history.map(\.seq)).count == 3, "sequence numbers stay unique")
+  }
+
   @Test func laterGlobalFlagWins() {
     var person = Person(key: .person("p"), at: t0)
     var anon = Person(key: .anonymous("a"), at: t0)
