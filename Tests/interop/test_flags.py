@@ -9,24 +9,43 @@ from interop_support import (SLEEP_MS, RawH2, empty_pb2, free_port, interop_stub
                              messages_pb2, run_to_exit, tls_args)
 
 
-def test_max_concurrent_streams_advertised_and_queued(start_server):
+def test_max_concurrent_streams_enforced_with_resource_exhausted(start_server):
+    """SPEC §3: too many streams is RESOURCE_EXHAUSTED. SETTINGS advertise the limit plus 128
+    (so clients send the calls over it instead of queueing them), and a connection at the
+    limit keeps working."""
     server = start_server("interop-server", ["--max-concurrent-streams", "4"])
     with RawH2(server.port) as conn:
         assert conn.wait_settings(5)
-        assert conn.remote_settings.get(3) == 4, conn.remote_settings
-    # 12 calls of 300 ms over one connection limited to 4 streams: all succeed, in >= 3 waves.
+        assert conn.remote_settings.get(3) == 4 + 128, conn.remote_settings
     with make_channel(server.port) as ch:
         stub = interop_stub(ch)
         grpc.channel_ready_future(ch).result(timeout=10)
-        # One call first, so the server's SETTINGS (the stream limit) are known to the client.
-        stub.EmptyCall(empty_pb2.Empty(), timeout=10)
+
+        def wave(n):
+            futs = [stub.EmptyCall.future(empty_pb2.Empty(), timeout=20,
+                                          metadata=[(SLEEP_MS, "500")]) for _ in range(n)]
+            codes, details = [], []
+            for f in futs:
+                try:
+                    f.result(timeout=20)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as e:
+                    codes.append(e.code())
+                    details.append(e.details())
+            return codes, details
+
+        # At the limit: all four run.
+        codes, _ = wave(4)
+        assert codes == [grpc.StatusCode.OK] * 4, codes
+        # Over it: four run, the other eight are refused at once, naming the limit.
         start = time.monotonic()
-        futs = [stub.EmptyCall.future(empty_pb2.Empty(), timeout=20, metadata=[(SLEEP_MS, "300")])
-                for _ in range(12)]
-        for f in futs:
-            assert f.result(timeout=20) == empty_pb2.Empty()
-        elapsed = time.monotonic() - start
-    assert elapsed >= 0.8, f"12 x 300 ms calls with 4 streams took {elapsed:.2f}s (< 0.9 s)"
+        codes, details = wave(12)
+        assert codes.count(grpc.StatusCode.OK) == 4, codes
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 8, codes
+        assert all("the limit is 4" in d for d in details), details
+        assert time.monotonic() - start < 5
+        # And the connection still serves.
+        assert stub.EmptyCall(empty_pb2.Empty(), timeout=10) == empty_pb2.Empty()
 
 
 @pytest.mark.parametrize("loops", ["1", "2", "4"])

@@ -8,7 +8,17 @@ import Glibc
 /// Limits a server session enforces.
 public struct SessionLimits: Sendable {
   public var maxMessageBytes = 4 * 1024 * 1024
+  /// Calls a connection may have open at once; one more is answered RESOURCE_EXHAUSTED
+  /// (SPEC §3: too many streams).
   public var maxConcurrentStreams = 256
+  /// Streams over `maxConcurrentStreams` a client may open before nghttp2 closes the
+  /// connection (`GOAWAY(PROTOCOL_ERROR)`): SETTINGS_MAX_CONCURRENT_STREAMS advertises the
+  /// sum, so gRPC clients send calls over the limit (and get the error at once) rather
+  /// than queue them, while the streams a connection holds stay bounded.
+  public static let refusedStreamsInFlight = 128
+  var advertisedConcurrentStreams: UInt32 {
+    UInt32(min(maxConcurrentStreams + Self.refusedStreamsInFlight, Int(Int32.max)))
+  }
   public var maxHeaderListBytes = 16 * 1024
   /// Answer bytes a connection may hold unsent (its client reads slowly or not at all)
   /// before its next calls wait to run until that falls back under it.
@@ -178,7 +188,7 @@ final class HTTP2ServerSession {
     var settings = [
       nghttp2_settings_entry(
         settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
-        value: UInt32(limits.maxConcurrentStreams)),
+        value: limits.advertisedConcurrentStreams),
       nghttp2_settings_entry(
         settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
         value: UInt32(limits.maxHeaderListBytes)),
@@ -373,6 +383,15 @@ final class HTTP2ServerSession {
     }
     if !s.isPost {
       respondHTTP(s, status: "405")
+      return
+    }
+    if activeStreams > limits.maxConcurrentStreams {
+      respondImmediately(
+        s,
+        RPCStatus(
+          .resourceExhausted,
+          "too many concurrent streams on this connection: the limit is "
+            + "\(limits.maxConcurrentStreams) (--max-concurrent-streams)"))
       return
     }
     switch s.contentType {
