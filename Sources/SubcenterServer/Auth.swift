@@ -74,50 +74,51 @@ public struct TokenStore: Sendable {
     let scopes: [String]
   }
 
-  /// Loads a JSON array of `{"name", "sha256", "workspace", "scopes": [..]}`.
-  public init(file: String) throws(FlagError) {
+  /// Loads a JSON array of `{"name", "sha256", "workspace", "scopes": [..]}`; errors name
+  /// `origin`, the flag (or variable) that gave the file.
+  public init(file: String, origin: String = "--tokens") throws(FlagError) {
     guard let data = FileManager.default.contents(atPath: file) else {
       var st = stat()
       let why =
         stat(file, &st) != 0
         ? String(cString: strerror(errno))
         : (st.st_mode & S_IFMT) == S_IFDIR ? "it is a directory" : "permission denied"
-      throw FlagError("--tokens: cannot read \(file): \(why)")
+      throw FlagError("\(origin): cannot read \(file): \(why)")
     }
     let entries: [Entry]
     do { entries = try JSONDecoder().decode([Entry].self, from: data) } catch {
-      throw FlagError("--tokens: \(file) is not a JSON array of token entries: \(error)")
+      throw FlagError("\(origin): \(file) is not a JSON array of token entries: \(error)")
     }
     if let why = StrictJSON.leniency(in: [UInt8](data)) {
-      throw FlagError("--tokens: \(file): \(why)")
+      throw FlagError("\(origin): \(file): \(why)")
     }
     var creds: [Credential] = []
     var entryOfDigest: [[UInt8]: Int] = [:]
     var entryOfName: [String: Int] = [:]
     for (i, e) in entries.enumerated() {
       guard let digest = Crypto.unhex(e.sha256), digest.count == 32 else {
-        throw FlagError("--tokens: entry \(i) ('\(e.name)'): sha256 must be 64 hex digits")
+        throw FlagError("\(origin): entry \(i) ('\(e.name)'): sha256 must be 64 hex digits")
       }
       var scopes = Set<Scope>()
       for s in e.scopes {
         guard let scope = Scope(rawValue: s) else {
-          throw FlagError("--tokens: entry \(i) ('\(e.name)'): unknown scope '\(s)'")
+          throw FlagError("\(origin): entry \(i) ('\(e.name)'): unknown scope '\(s)'")
         }
         scopes.insert(scope)
       }
       guard !e.name.isEmpty, !e.workspace.isEmpty else {
-        throw FlagError("--tokens: entry \(i): name and workspace must not be empty")
+        throw FlagError("\(origin): entry \(i): name and workspace must not be empty")
       }
       if let why = Self.workspaceProblem(e.workspace) {
-        throw FlagError("--tokens: entry \(i) ('\(e.name)'): \(why)")
+        throw FlagError("\(origin): entry \(i) ('\(e.name)'): \(why)")
       }
       // One token, one credential; one name, one credential (history names the caller).
       if let j = entryOfDigest.updateValue(i, forKey: digest) {
-        throw FlagError("--tokens: entries \(j) and \(i) have the same sha256 (one token)")
+        throw FlagError("\(origin): entries \(j) and \(i) have the same sha256 (one token)")
       }
       if let j = entryOfName.updateValue(i, forKey: e.name) {
         throw FlagError(
-          "--tokens: entries \(j) and \(i) have the same name '\(e.name)' (history records "
+          "\(origin): entries \(j) and \(i) have the same name '\(e.name)' (history records "
             + "a caller by its credential's name)")
       }
       creds.append(Credential(name: e.name, workspace: e.workspace, scopes: scopes, digest: digest))

@@ -9,7 +9,11 @@ public struct ServerOptions: Sendable {
   public var transport: ServerConfiguration
   public var adminListen: SocketAddress
   public var dataDirectory: String
+  /// How the data directory was given (`--data`, or `SUBCENTER_DATA (--data)`), for errors.
+  public var dataOrigin: String
   public var tokensFile: String
+  /// How the tokens file was given, for errors.
+  public var tokensOrigin: String
   public var fsync: FsyncPolicy
   public var snapshotIntervalSeconds: Int
   public var erasureDeadlineSeconds: Int
@@ -42,10 +46,12 @@ public struct ServerOptions: Sendable {
     transport = try ServerConfiguration(flags: flags, defaultLoops: Flags.onlineCores)
     adminListen = try flags.address("admin-listen") ?? SocketAddress(host: "127.0.0.1", port: 9090)
     dataDirectory = flags.string("data") ?? "./data"
+    dataOrigin = flags.origin("data")
     guard !dataDirectory.isEmpty else {
       throw FlagError("\(flags.origin("data")): must not be empty")
     }
     tokensFile = flags.string("tokens") ?? "certs/dev/tokens.json"
+    tokensOrigin = flags.origin("tokens")
     let fsyncText = flags.string("fsync") ?? "always"
     guard let fsync = FsyncPolicy(fsyncText) else {
       throw FlagError(

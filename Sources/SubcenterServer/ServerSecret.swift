@@ -19,35 +19,44 @@ public enum ServerSecret {
   /// Reads the secret, or creates it (temp file, fsync, rename) when absent from a data
   /// directory that holds no data yet. Data (a snapshot or a log segment) without its
   /// secret is refused: a new secret would make every suppression stop matching, silently.
-  public static func loadOrCreate(dataDirectory: String) throws(FlagError) -> [UInt8] {
+  /// A bad or missing secret is a `FlagError` naming `origin` (the flag or variable that
+  /// gave the directory); a secret that cannot be written (a full disk) a `StorageError`,
+  /// with nothing left behind.
+  public static func loadOrCreate(dataDirectory: String, origin: String = "--data") throws
+    -> [UInt8]
+  {
     let path = dataDirectory + "/secret.key"
     if let data = FileManager.default.contents(atPath: path) {
       guard data.count == 32 else {
-        throw FlagError("--data: \(path) must hold exactly 32 bytes, has \(data.count)")
+        throw FlagError("\(origin): \(path) must hold exactly 32 bytes, has \(data.count)")
       }
       return [UInt8](data)
     }
     if let data = firstDataFile(in: dataDirectory) {
       throw FlagError(
-        "--data: \(path) is missing, but the directory holds data (\(data)): restore the "
+        "\(origin): \(path) is missing, but the directory holds data (\(data)): restore the "
           + "secret.key that was backed up with it. A new secret would make every "
           + "suppression stop matching (suppressed people could be messaged again), and "
           + "earlier receipts and page tokens fail to verify")
     }
     let secret = Crypto.randomBytes(count: 32)
+    let fs = PosixFileSystem()
     let tmp = path + ".tmp"
-    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-    guard fd >= 0 else { throw FlagError("--data: cannot create \(tmp): errno \(errno)") }
-    let written = secret.withUnsafeBytes { write(fd, $0.baseAddress, 32) }
-    let synced = fsync(fd) == 0
-    close(fd)
-    guard written == 32, synced, rename(tmp, path) == 0 else {
-      throw FlagError("--data: cannot write \(path): errno \(errno)")
-    }
-    let dir = open(dataDirectory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if dir >= 0 {
-      fsync(dir)
-      close(dir)
+    do throws(FileSystemError) {
+      let f = try fs.open(tmp, [.write, .create, .truncate])
+      do throws(FileSystemError) {
+        try fs.write(f, secret, at: 0)
+        try fs.sync(f)
+        try fs.close(f)
+      } catch {
+        try? fs.close(f)
+        throw error
+      }
+      try fs.rename(tmp, to: path)
+      try fs.syncDirectory(dataDirectory)
+    } catch {
+      try? fs.unlink(tmp)
+      throw StorageError(error, "creating \(path)")
     }
     return secret
   }

@@ -9,7 +9,7 @@
 // on from each other, the log reaching back to the snapshot). Exit status: 0 when every
 // file is sound (a torn tail of the newest segment — a write a crash interrupted, never
 // acknowledged, which start-up cuts off — is only a warning), 1 when anything is
-// damaged, 2 when the directory cannot be read.
+// damaged or the data's secret.key is missing, 2 when the directory cannot be read.
 
 import GRPCTransport
 import Glibc
@@ -21,6 +21,7 @@ enum CheckData {
     let fs = PosixFileSystem()
     var damagedSnapshots = 0
     var damaged = 0  // in the log
+    var secretMissing = false
     var warnings = 0
     func ok(_ line: String) { writeStdoutLine(line) }
     func warn(_ line: String) {
@@ -59,7 +60,8 @@ enum CheckData {
     // The secret the data's suppression hashes, receipts and page tokens are keyed with.
     if !snapshots.isEmpty || !segments.isEmpty {
       if (try? ServerSecret.load(dataDirectory: directory)) == nil {
-        bad(
+        secretMissing = true
+        writeStdoutLine(
           "secret.key: MISSING or not 32 bytes: subcenterd refuses to start on this data; "
             + "restore the secret.key backed up with it (a new one would make every "
             + "suppression stop matching)")
@@ -190,6 +192,12 @@ enum CheckData {
       }
     }
 
+    if secretMissing {
+      writeStdoutLine(
+        "MISSING secret.key: subcenterd refuses to start on this data until the secret.key "
+          + "backed up with it is restored (--recover-truncate does not help)"
+          + (damaged + damagedSnapshots > 0 ? "; and:" : "."))
+    }
     if damaged > 0 {
       writeStdoutLine(
         "DAMAGED: \(damaged + damagedSnapshots) problem(s). subcenterd refuses to start on a "
@@ -204,6 +212,7 @@ enum CheckData {
           + "next snapshot written replaces it.")
       return 1
     }
+    if secretMissing { return 1 }
     writeStdoutLine(warnings > 0 ? "OK, with \(warnings) warning(s)" : "OK")
     return 0
   }

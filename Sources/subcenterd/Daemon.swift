@@ -36,7 +36,9 @@ enum Daemon {
       }
     }
     if mkdir(options.dataDirectory, 0o700) != 0 && errno != EEXIST {
-      writeStderrLine("subcenterd: cannot create data directory \(options.dataDirectory) (--data)")
+      writeStderrLine(
+        "subcenterd: cannot create data directory \(options.dataDirectory) "
+          + "(\(options.dataOrigin)): \(String(cString: strerror(errno)))")
       return 1
     }
     var st = stat()
@@ -56,8 +58,9 @@ enum Daemon {
     let durable: DurableStore
     let compaction: Compaction
     do {
-      let secret = try ServerSecret.loadOrCreate(dataDirectory: options.dataDirectory)
-      let tokens = try TokenStore(file: options.tokensFile)
+      let secret = try ServerSecret.loadOrCreate(
+        dataDirectory: options.dataDirectory, origin: options.dataOrigin)
+      let tokens = try TokenStore(file: options.tokensFile, origin: options.tokensOrigin)
       let log: @Sendable (String) -> Void = { writeStderrLine("subcenterd: \($0)") }
       let opened: (DurableStore, DurableStore.RecoveryReport)
       do {
@@ -86,6 +89,11 @@ enum Daemon {
         store: store, tokens: tokens, secret: secret,
         erasureDeadlineSeconds: options.erasureDeadlineSeconds, erasure: compaction,
         changeFeed: durable.changeFeed)
+    } catch let error as StorageError {
+      // The server secret could not be written (a full disk, say): not a bad setting.
+      writeStderrLine("subcenterd: cannot start on \(options.dataDirectory): \(error)")
+      writeStderrLine("subcenterd: " + startUpAdvice(error, truncating: false))
+      return 1
     } catch {
       writeStderrLine("subcenterd: \(error)")
       return 2

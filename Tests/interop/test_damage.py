@@ -542,7 +542,7 @@ def test_damage_damaged_only_snapshot_and_expired_log_is_refused():
 
 def test_damage_data_without_its_secret_key_is_refused(log_case):
     """A restore that forgot secret.key: start-up refuses (a new secret would make every
-    suppression stop matching, silently) and changes nothing; check-data calls it damage;
+    suppression stop matching, silently) and changes nothing; check-data says so (exit 1);
     with the secret back, it starts."""
     srv = log_case.copy()
     key = os.path.join(srv.data, "secret.key")
@@ -554,6 +554,8 @@ def test_damage_data_without_its_secret_key_is_refused(log_case):
     assert _tree(srv.data) == before, "a refused start-up changed the directory"
     rc, text = _check_data(srv.data)
     assert rc == 1 and "secret.key: MISSING" in text, text
+    # The log is sound: the advice is the secret, not a repair of the log.
+    assert "MISSING secret.key" in text and "damaged log" not in text, text
     with open(key, "wb") as f:
         f.write(saved)
     os.chmod(key, 0o600)

@@ -25,7 +25,7 @@ from typing import Optional
 import grpc
 import pytest
 
-from crash_support import DurableServer
+from crash_support import DurableServer, write_tokens_file
 from interop_support import admin_metrics, admin_request, free_port, run_to_exit, tls_args
 from sc_support import NOT_FOUND, Client, entries_map, expect_code, pb, pb_grpc, unique
 
@@ -332,3 +332,22 @@ def test_disk_full_at_start_up_is_reported_as_a_full_disk(small_disk):
         assert srv.client.GetProfile(workspace=ws, person="kept").email == "kept@example.com"
     finally:
         srv.close()
+
+
+@pytest.mark.deadline(30)
+def test_disk_full_at_first_start_is_reported_as_a_full_disk(small_disk):
+    """The very first start, on a full disk: the server secret cannot be written. Exit 1
+    (good settings that cannot start), saying the disk is full, and nothing left behind."""
+    base, mnt = small_disk
+    filler = fill(mnt)
+    data = os.path.join(mnt, "fresh")
+    os.mkdir(data, 0o700)
+    code, _, err = run_to_exit(
+        "subcenterd", ["--listen", f"127.0.0.1:{free_port()}"] + tls_args() +
+        ["--admin-listen", f"127.0.0.1:{free_port()}", "--data", data,
+         "--tokens", write_tokens_file(base)], timeout=10)
+    assert code == 1, (code, err)
+    assert "disk is full" in err.lower() and "secret.key" in err, err
+    left = [f for f in os.listdir(data) if f.startswith("secret")]
+    assert left == [], left
+    os.unlink(filler)

@@ -62,6 +62,7 @@ def base_args(tmp_path):
 
 @pytest.mark.parametrize("flag,value", [("--max-message-bytes", "abc"), ("--loops", "0"),
                                         ("--max-concurrent-streams", "-1"),
+                                        ("--fsync", "interval:60001"), ("--fsync", "interval:0"),
                                         ("--max-message-bytes", "")])
 def test_bad_flag_value_refused(tmp_path, flag, value):
     rc, out, err = run_to_exit("subcenterd", base_args(tmp_path) + [flag, value], timeout=10)
@@ -99,6 +100,17 @@ def test_unreadable_files_name_their_flag_or_variable(tmp_path):
                                                                     str(tmp_path / "none.json")],
                              timeout=10)
     assert rc == 2 and "No such file or directory" in err, err[-2000:]
+    # Given by a variable, the error names it.
+    rc, _, err = run_to_exit("subcenterd", base_args(tmp_path),
+                             env={"SUBCENTER_TOKENS": str(tmp_path / "none.json")}, timeout=10)
+    assert rc == 2 and "SUBCENTER_TOKENS (--tokens)" in err, err[-2000:]
+    data = tmp_path / "nokey"
+    data.mkdir()
+    (data / "wal-00000000000000000001.log").write_bytes(b"")
+    args = [a for a in base_args(tmp_path)]
+    del args[args.index("--data"):args.index("--data") + 2]
+    rc, _, err = run_to_exit("subcenterd", args, env={"SUBCENTER_DATA": str(data)}, timeout=10)
+    assert rc == 2 and "SUBCENTER_DATA (--data)" in err and "secret.key" in err, err[-2000:]
 
 
 HASH_A, HASH_B = "a" * 64, "b" * 64

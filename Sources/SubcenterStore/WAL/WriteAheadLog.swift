@@ -47,13 +47,14 @@ public enum FsyncPolicy: Sendable, Equatable, CustomStringConvertible {
   /// Only when a segment is left and at close; records are acknowledged once written.
   case none
 
-  /// Parses `always`, `none` or `interval:MS`.
+  /// Parses `always`, `none` or `interval:MS` (MS from 1 to 60,000).
   public init?(_ text: String) {
     switch text {
     case "always": self = .always
     case "none": self = .none
     default:
-      guard text.hasPrefix("interval:"), let ms = Int(text.dropFirst("interval:".count)), ms > 0
+      guard text.hasPrefix("interval:"), let ms = Int(text.dropFirst("interval:".count)),
+        (1...60_000).contains(ms)
       else { return nil }
       self = .interval(milliseconds: ms)
     }
