@@ -26,10 +26,11 @@ import Synchronization
 /// Contract (the store's validation relies on it):
 /// - `append` is called with every lock the command's validation held, so records of
 ///   commands that touch the same state are in the order they were validated.
-/// - `completion` is called exactly once per append: with the record's sequence number
-///   once it is durable, or with an error (`unavailable`) when it cannot be; then the
-///   record is not in the log and consumes no sequence number. Sequence numbers grow
-///   with log order.
+/// - `completion` is called exactly once per append: with the record's last sequence
+///   number once it is durable (a record takes `ChangeEvents.seqCount` of them: one per
+///   person it removes, at least one), or with an error (`unavailable`) when it cannot
+///   be; then the record is not in the log and consumes no sequence number. Sequence
+///   numbers grow with log order.
 /// - Completions come in log order, one at a time. A completion may come inline, from
 ///   inside `append` (a log that completes at once, or refuses at once); otherwise it
 ///   must come from a thread that holds none of the store's locks (the writer thread).
@@ -66,7 +67,7 @@ public final class InMemoryCommitLog: CommitLog {
   ) {
     // Completing inside the lock keeps completions in sequence order across threads.
     state.withLock { s in
-      s.sequence += 1
+      s.sequence += ChangeEvents.seqCount(command)
       if keepsCommands { s.commands.append(command) }
       completion(.success(s.sequence))
     }

@@ -120,13 +120,13 @@ enum CheckData {
       let range =
         count == 0
         ? "no records (first seq \(segment.firstSeq))"
-        : "\(count) records, seq \(segment.firstSeq)-\(segment.firstSeq + UInt64(count) - 1)"
+        : "\(count) records, seq \(segment.firstSeq)-\(scan.endSeq - 1)"
       // Every record must decode as the server's replay decodes it.
       var undecodable: String?
       for r in 0..<count {
         do throws(StorageError) { _ = try LogRecordCodec.decode(scan.payload(r)) } catch {
           undecodable =
-            "record seq \(segment.firstSeq + UInt64(r)) at byte offset "
+            "record seq \(scan.seqs[r]) at byte offset "
             + "\(scan.records[r].lowerBound - RecordFrame.headerSize) does not decode: "
             + "\(error.message)"
           break
@@ -170,7 +170,7 @@ enum CheckData {
         if onlyBelowSnapshot { belowSnapshot(line) } else { bad(line) }
       }
       // After damage, where the next segment starts says nothing new: not a second problem.
-      expected = scan.damage == nil ? segment.firstSeq + UInt64(count) : nil
+      expected = scan.damage == nil ? scan.endSeq : nil
     }
 
     // The log as recovery reads it after the newest valid snapshot (nothing is repaired).

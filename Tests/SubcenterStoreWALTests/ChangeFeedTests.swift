@@ -98,9 +98,16 @@ private final class CollectingSink: ChangeSink {
         actor: "x"))
     let s = ChangeEvents.events(seq: 2, command: suppress)
     #expect(s.map(\.action) == ["forget", "forget"] && s.map(\.personID) == ["p1", ""])
-    #expect(s[1].anonymousID == "zz-1234" && s.allSatisfy { $0.seq == 2 })
+    // A record removing several persons takes a seq per removal: each forget its own.
+    #expect(s[1].anonymousID == "zz-1234" && s.map(\.seq) == [2, 3])
+    #expect(ChangeEvents.seqCount(suppress) == 2 && ChangeEvents.seqCount(forget) == 1)
     let expire = Command.expireAnonymous(.init(workspace: "w", profiles: ["q1", "q2"], at: 1))
-    #expect(ChangeEvents.events(seq: 3, command: expire).map(\.anonymousID) == ["q1", "q2"])
+    let e = ChangeEvents.events(seq: 4, command: expire)
+    #expect(e.map(\.anonymousID) == ["q1", "q2"] && e.map(\.seq) == [4, 5])
+    #expect(ChangeEvents.seqCount(expire) == 2)
+    let suppressOnly = Command.suppress(
+      .init(workspace: "w", hashes: [], forget: [], reason: "r", at: 1, actor: "x"))
+    #expect(ChangeEvents.seqCount(suppressOnly) == 1)
 
     let none: [Command] = [
       .recordSends(.init(workspace: "w", channel: "email", persons: [p], at: 1)),
@@ -331,6 +338,53 @@ private final class CollectingSink: ChangeSink {
     #expect(m.contains("oldest retained seq is 1"))
     d2.close()
     #expect(again.end == .unavailable("the server is shutting down"))
+  }
+
+  /// A suppression forgetting three persons is one record taking three seqs: each
+  /// `forget` has its own, a consumer resuming after any of them gets the rest (read in
+  /// small chunks, across a restart), and the next record's seq follows them.
+  @Test func aRecordRemovingSeveralPersonsGivesEachForgetItsOwnSeq() throws {
+    var options = ChangeFeed.Options()
+    options.readChunk = 40
+    let (fs, clock, d) = try setUp(feedOptions: options)
+    for p in ["a", "b", "c"] { write(d.store, p) }
+    _ = awaitStoreCall { c in
+      d.store.suppress(
+        SuppressRequest(
+          workspace: "acme",
+          identifiers: ["a", "b", "c"].map { Identifier(kind: .personID, value: $0) }),
+        actor: "officer"
+      ) { c($0.map { _ in 0 }) }
+    }
+    write(d.store, "d")
+    let all = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: all)
+    all.wait(for: 11)
+    let forgets = all.events.filter { $0.action == "forget" }
+    #expect(forgets.map(\.personID).sorted() == ["a", "b", "c"])
+    let f = forgets.map(\.seq)
+    #expect(f == [f[0], f[0] + 1, f[0] + 2], "\(f)")
+    let seqs = all.events.map(\.seq)
+    #expect(seqs == seqs.sorted() && Set(seqs).count == seqs.count)
+    #expect(all.events.last?.personID == "d" && all.events.suffix(2).first?.seq == f[2] + 1)
+
+    for (i, cursor) in f.enumerated() {
+      let resumed = CollectingSink()
+      d.changeFeed.watch(workspace: "acme", from: .after(cursor), sink: resumed)
+      resumed.wait(for: 4 - i)
+      #expect(resumed.events.map(\.seq) == Array(seqs.drop { $0 <= cursor }), "after \(cursor)")
+    }
+    d.close()
+
+    // After a restart the log reads back the same, and the next record follows the three.
+    let d2 = try open(fs, clock)
+    let again = CollectingSink()
+    d2.changeFeed.watch(workspace: "acme", from: .after(f[1]), sink: again)
+    write(d2.store, "e")
+    again.wait(for: 5)
+    #expect(again.events.map(\.seq).prefix(3) == [f[2], f[2] + 1, f[2] + 2])
+    #expect(again.events.last.map { $0.personID == "e" && $0.seq == f[2] + 4 } == true)
+    d2.close()
   }
 
   /// The active segment read in chunks smaller than one record, ending in preallocated

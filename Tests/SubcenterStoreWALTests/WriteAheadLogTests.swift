@@ -22,11 +22,11 @@ final class Answers: Sendable {
   let state = Mutex(State())
   let group = DispatchGroup()
 
-  /// Appends `command`; its answer lands in `state`.
-  func append(_ command: Command, to wal: WriteAheadLog) {
+  /// Appends `command` (taking `seqCount` seqs); its answer lands in `state`.
+  func append(_ command: Command, to wal: WriteAheadLog, seqCount: UInt64 = 1) {
     group.enter()
     do {
-      try wal.append(LogRecordCodec.encode(command)) { result in
+      try wal.append(LogRecordCodec.encode(command), seqCount: seqCount) { result in
         self.state.withLock { s in
           switch result {
           case .success(let seq): s.acked[seq] = command
@@ -695,6 +695,31 @@ func dataDirectory() throws -> FaultyFileSystem {
       #expect(after.map(\.0) == Array(1...UInt64(whole + 1)), "cut \(cut)")
       #expect(after.last?.1 == Samples.command(1000))
     }
+  }
+
+  @Test func aRecordMayTakeSeveralSeqs() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
+    let answers = Answers()
+    for (i, count) in [1, 3, 1].enumerated() {
+      answers.append(Samples.command(i + 1), to: wal, seqCount: UInt64(count))
+      answers.wait()
+    }
+    #expect(answers.state.withLock { $0.acked.keys.sorted() } == [1, 2, 5])
+    #expect(wal.status.nextSeq == 6 && wal.status.durableThrough == 5)
+    wal.close()
+    let (report, records) = try readLog(fs)
+    #expect(records.map(\.0) == [1, 2, 5] && report.nextSeq == 6)
+    // Reading after a seq the record taking 2-4 ends at; erasing that record keeps its seqs.
+    let (after, rest) = try readLog(fs, after: 4)
+    #expect(rest.map(\.0) == [5] && after.nextSeq == 6)
+    let segment = try #require(try WALSegment.list(directory: "/data", fileSystem: fs).first)
+    let erased = try WALSegment.rewrite(segment, directory: "/data", fileSystem: fs) { seq, _ in
+      seq == 2 ? .erase : .keep
+    }
+    #expect(erased == 1)
+    let (again, left) = try readLog(fs)
+    #expect(left.map(\.0) == [1, 5] && again.nextSeq == 6)
   }
 
   @Test func withoutRepairNothingChangesOnDisk() throws {

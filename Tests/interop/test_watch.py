@@ -201,6 +201,48 @@ def test_watch_forget_tombstone_and_redaction():
 
 
 @pytest.mark.deadline(120)
+def test_watch_each_forget_of_one_suppression_has_its_own_seq():
+    """One SuppressIdentifiers that forgets three persons: three `forget` events with seqs of
+    their own (SPEC §3: strictly increasing, never reused), so a consumer cut off after the
+    first resumes with its seq and still learns to erase the other two, also after a
+    restart."""
+    srv = DurableServer(tempfile.mkdtemp(prefix="watch-")).start()
+    try:
+        sc = srv.client
+        ws = unique("ws3")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        for p in ("u1", "u2", "u3"):
+            sc.Identify(workspace=ws, person_id=p)
+        r = sc.SuppressIdentifiers(workspace=ws, identifiers=[
+            pb.Identifier(kind=pb.IDENTIFIER_KIND_PERSON_ID, value=p) for p in ("u1", "u2", "u3")])
+        assert sorted(r.forgotten_person_ids) == ["u1", "u2", "u3"]
+        sc.Identify(workspace=ws, person_id="after")
+
+        w = Watch(srv.channel, workspace=ws, from_oldest=True)
+        e = w.take(7)
+        w.cancel()
+        forgets = [x for x in e if x.action == "forget"]
+        assert sorted(x.person_id for x in forgets) == ["u1", "u2", "u3"]
+        seqs = [x.seq for x in e]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 7, seqs
+        # Cut off after each forget in turn: the rest still comes, once.
+        for i, f in enumerate(forgets):
+            w = Watch(srv.channel, workspace=ws, after_seq=f.seq)
+            got = w.take(3 - i)
+            assert [x.seq for x in got] == [s for s in seqs if s > f.seq], (f.seq, got)
+            assert w.quiet(0.3) == []
+            w.cancel()
+        assert srv.terminate() == 0
+        srv.start()
+        w = Watch(srv.channel, workspace=ws, after_seq=forgets[0].seq)
+        got = w.take(3)
+        assert [(x.seq, x.person_id) for x in got] == [(x.seq, x.person_id) for x in e[-3:]]
+        w.cancel()
+    finally:
+        srv.close()
+
+
+@pytest.mark.deadline(120)
 def test_watch_errors_and_scope():
     srv = DurableServer(tempfile.mkdtemp(prefix="watch-")).start()
     try:

@@ -1324,7 +1324,7 @@ const ProtobufCMessageDescriptor subcenter__storage__v1__workspace_config__descr
   (ProtobufCMessageInit) subcenter__storage__v1__workspace_config__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor subcenter__storage__v1__log_record__field_descriptors[14] =
+static const ProtobufCFieldDescriptor subcenter__storage__v1__log_record__field_descriptors[15] =
 {
   {
     "seq",
@@ -1357,6 +1357,18 @@ static const ProtobufCFieldDescriptor subcenter__storage__v1__log_record__field_
     PROTOBUF_C_TYPE_BYTES,
     0,   /* quantifier_offset */
     offsetof(Subcenter__Storage__V1__LogRecord, actor),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "seq_count",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Subcenter__Storage__V1__LogRecord, seq_count),
     NULL,
     NULL,
     0,             /* flags */
@@ -1498,24 +1510,25 @@ static const ProtobufCFieldDescriptor subcenter__storage__v1__log_record__field_
 static const unsigned subcenter__storage__v1__log_record__field_indices_by_name[] = {
   2,   /* field[2] = actor */
   1,   /* field[1] = at */
-  3,   /* field[3] = configure_workspace */
-  13,   /* field[13] = erased */
-  12,   /* field[12] = expire_anonymous */
-  9,   /* field[9] = forget */
-  4,   /* field[4] = identify */
-  8,   /* field[8] = override */
-  7,   /* field[7] = record_sends */
+  4,   /* field[4] = configure_workspace */
+  14,   /* field[14] = erased */
+  13,   /* field[13] = expire_anonymous */
+  10,   /* field[10] = forget */
+  5,   /* field[5] = identify */
+  9,   /* field[9] = override */
+  8,   /* field[8] = record_sends */
   0,   /* field[0] = seq */
-  6,   /* field[6] = set_global */
-  5,   /* field[5] = set_preference */
-  10,   /* field[10] = suppress */
-  11,   /* field[11] = unsuppress */
+  3,   /* field[3] = seq_count */
+  7,   /* field[7] = set_global */
+  6,   /* field[6] = set_preference */
+  11,   /* field[11] = suppress */
+  12,   /* field[12] = unsuppress */
 };
 static const ProtobufCIntRange subcenter__storage__v1__log_record__number_ranges[2 + 1] =
 {
   { 1, 0 },
-  { 10, 3 },
-  { 0, 14 }
+  { 10, 4 },
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor subcenter__storage__v1__log_record__descriptor =
 {
@@ -1525,7 +1538,7 @@ const ProtobufCMessageDescriptor subcenter__storage__v1__log_record__descriptor 
   "Subcenter__Storage__V1__LogRecord",
   "subcenter.storage.v1",
   sizeof(Subcenter__Storage__V1__LogRecord),
-  14,
+  15,
   subcenter__storage__v1__log_record__field_descriptors,
   subcenter__storage__v1__log_record__field_indices_by_name,
   2,  subcenter__storage__v1__log_record__number_ranges,

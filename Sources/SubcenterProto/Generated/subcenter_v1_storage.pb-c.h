@@ -187,6 +187,13 @@ struct  Subcenter__Storage__V1__LogRecord
    * anonymous-profile expiry).
    */
   ProtobufCBinaryData actor;
+  /*
+   * How many seqs the record takes, seq ... seq + seq_count - 1, when more than one: a
+   * record that removes several persons (a suppression, anonymous-profile expiry) takes
+   * one per removal, so each `forget` event of the change feed has a seq of its own.
+   * Written right after `seq`, by the log writer. Absent: one.
+   */
+  uint64_t seq_count;
   Subcenter__Storage__V1__LogRecord__CommandCase command_case;
   union {
     Subcenter__Storage__V1__ConfigureWorkspace *configure_workspace;
@@ -204,7 +211,7 @@ struct  Subcenter__Storage__V1__LogRecord
 };
 #define SUBCENTER__STORAGE__V1__LOG_RECORD__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&subcenter__storage__v1__log_record__descriptor) \
-    , 0, 0, {0,NULL}, SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND__NOT_SET, {0} }
+    , 0, 0, {0,NULL}, 0, SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND__NOT_SET, {0} }
 
 
 /*

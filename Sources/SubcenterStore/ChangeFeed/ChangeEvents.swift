@@ -5,9 +5,10 @@
 // Events: identify, merge, subscribe, unsubscribe, unsubscribe_all, resubscribe (the
 // history actions but `override`) and `forget` (ForgetPerson, each person a suppression
 // forgets, each anonymous profile the TTL expires). Configuration, counted sends,
-// overrides and (un)suppressions are not events. An event's seq is its record's seq; the
-// few records that remove several persons at once give one `forget` per person, all with
-// that seq, sent back to back.
+// overrides and (un)suppressions are not events. An event's seq is its record's seq; a
+// record that removes several persons at once takes one seq per removal
+// (`LogRecord.seq_count`), and its `forget` events get them in order, so that every event
+// has a seq of its own and a consumer resuming after any of them misses none.
 
 import SubcenterCore
 
@@ -40,7 +41,17 @@ public struct ChangeEvent: Sendable, Equatable {
 }
 
 public enum ChangeEvents {
-  /// The events of the record `seq` holding `command` (nil: an erased record, no event).
+  /// How many seqs the record of `command` takes: one per person it removes, at least one.
+  public static func seqCount(_ command: Command) -> UInt64 {
+    switch command {
+    case .suppress(let c): UInt64(max(1, c.forget.count))
+    case .expireAnonymous(let c): UInt64(max(1, c.profiles.count))
+    default: 1
+    }
+  }
+
+  /// The events of the record `seq` holding `command` (nil: an erased record, no event);
+  /// the i-th `forget` of a record removing several persons has seq `seq + i`.
   public static func events(seq: UInt64, command: Command?) -> [ChangeEvent] {
     guard let command else { return [] }
     switch command {
@@ -80,13 +91,15 @@ public enum ChangeEvents {
         ChangeEvent(workspace: c.workspace, seq: seq, at: c.at, person: c.person, action: "forget")
       ]
     case .suppress(let c):
-      return c.forget.map {
-        ChangeEvent(workspace: c.workspace, seq: seq, at: c.at, person: $0, action: "forget")
+      return c.forget.enumerated().map { i, p in
+        ChangeEvent(
+          workspace: c.workspace, seq: seq + UInt64(i), at: c.at, person: p, action: "forget")
       }
     case .expireAnonymous(let c):
-      return c.profiles.map {
+      return c.profiles.enumerated().map { i, a in
         ChangeEvent(
-          workspace: c.workspace, seq: seq, at: c.at, person: .anonymous($0), action: "forget")
+          workspace: c.workspace, seq: seq + UInt64(i), at: c.at, person: .anonymous(a),
+          action: "forget")
       }
     case .configureWorkspace, .recordSends, .override, .unsuppress:
       return []

@@ -336,12 +336,21 @@ final class Watcher: @unchecked Sendable {
     }
   }
 
-  private func queueEvents(_ seq: UInt64, _ payload: ArraySlice<UInt8>) throws(StorageError) {
+  /// Queues the events of the record taking seqs `seq` ..< `end` that come after `cursor`
+  /// (a resume may fall inside a record that takes several).
+  private func queueEvents(_ seq: UInt64, _ end: UInt64, _ payload: ArraySlice<UInt8>)
+    throws(StorageError)
+  {
     let (_, command) = try LogRecordCodec.decode(payload)
     if let command, command.workspace == workspace {
-      queue += ChangeEvents.events(seq: seq, command: command)
+      let events = ChangeEvents.events(seq: seq, command: command)
+      if seq > cursor {
+        queue += events
+      } else {
+        queue += events.filter { $0.seq > cursor }
+      }
     }
-    cursor = seq
+    cursor = end - 1
   }
 
   private struct Expired: Error {}
@@ -394,25 +403,31 @@ final class Watcher: @unchecked Sendable {
     let want = cursor + 1
     let bytes = try chunk(of: segment, at: offset, feed: feed, durable: durable)
     var room = max(0, feed.options.queueLimit - queue.count)
-    var expected = want
-    let (frames, mismatch) = bytes.withUnsafeBytes { b -> ([(UInt64, Range<Int>, Int)], Bool) in
-      var out: [(UInt64, Range<Int>, Int)] = []
+    var expected = want  // the first seq of the next record
+    typealias Frame = (seq: UInt64, end: UInt64, payload: Range<Int>, next: Int)
+    let (frames, mismatch) = bytes.withUnsafeBytes { b -> ([Frame], Bool) in
+      var out: [Frame] = []
       var at = 0
       while at < b.count && room > 0 && expected <= durable.seq {
         guard case .record(let payload, let next) = RecordFrame.parse(b, at: at) else { break }
-        let seq = WALSegment.leadingSequence(UnsafeRawBufferPointer(rebasing: b[payload]))
-        guard seq == expected else { return (out, true) }
-        out.append((expected, payload, next))
-        expected += 1
+        guard let seqs = WALSegment.leadingSequences(UnsafeRawBufferPointer(rebasing: b[payload]))
+        else { return (out, true) }
+        // The first record read may begin before `want`, when `want` falls inside it.
+        let holds =
+          out.isEmpty
+          ? seqs.first <= want && want - seqs.first < seqs.count : seqs.first == expected
+        guard holds else { return (out, true) }
+        expected = seqs.first + seqs.count
+        out.append((seqs.first, expected, payload, next))
         room -= 1
         at = next
       }
       return (out, false)
     }
     var consumed = 0
-    for (seq, payload, next) in frames {
-      try queueEvents(seq, bytes[payload])
-      consumed = next
+    for f in frames {
+      try queueEvents(f.seq, f.end, bytes[f.payload])
+      consumed = f.next
     }
     if mismatch {
       // The segment changed since the offset was found: find it again next time (where
@@ -429,27 +444,36 @@ final class Watcher: @unchecked Sendable {
     return !frames.isEmpty
   }
 
-  /// The byte offset of record `seq` in `segment`, found by walking its frames a chunk at
-  /// a time; in the segment being written, where its records end if `seq` is not there
-  /// yet. A complete segment whose frames end or break before `seq` is damaged.
+  /// The byte offset of the record holding `seq` in `segment`, found by walking its
+  /// frames a chunk at a time; in the segment being written, where its records end if
+  /// `seq` is not there yet. A complete segment whose frames end or break before `seq` is
+  /// damaged.
   private func locate(
     _ seq: UInt64, in segment: WALSegmentFile, complete: Bool, feed: ChangeFeed, durable: DurableEnd
   ) throws -> Int {
     var offset = WALSegment.headerSize
-    var at = segment.firstSeq
-    while at < seq {
+    var at = segment.firstSeq  // the first seq of the record at `offset`
+    var found = false
+    while at < seq && !found {
       let bytes = try chunk(of: segment, at: offset, feed: feed, durable: durable)
       let (walked, broken) = bytes.withUnsafeBytes { b -> (Int, Bool) in
         var o = 0
         while at < seq, case .record(let payload, let next) = RecordFrame.parse(b, at: o) {
-          guard WALSegment.leadingSequence(UnsafeRawBufferPointer(rebasing: b[payload])) == at
+          guard
+            let seqs = WALSegment.leadingSequences(UnsafeRawBufferPointer(rebasing: b[payload])),
+            seqs.first == at
           else { return (o, true) }
+          if seq - at < seqs.count {
+            found = true  // this record takes `seq` too
+            break
+          }
           o = next
-          at += 1
+          at += seqs.count
         }
         return (o, false)
       }
       offset += walked
+      if found { break }
       if broken || (walked == 0 && at < seq) {
         if !complete { return offset }
         throw StorageError.damaged(

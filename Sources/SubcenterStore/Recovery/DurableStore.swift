@@ -50,8 +50,9 @@ final class WALCommitLog: CommitLog {
     }
     do {
       let feed = self.feed.withLock { $0 }
-      try log.append(LogRecordCodec.encode(command)) { r in
-        completion(r.mapError { $0.coreError })
+      let count = ChangeEvents.seqCount(command)
+      try log.append(LogRecordCodec.encode(command), seqCount: count) { r in
+        completion(r.map { $0 + count - 1 }.mapError { $0.coreError })
         if case .success = r { feed?.recordsDurable() }
       }
     } catch {
@@ -228,7 +229,8 @@ public final class DurableStore: Sendable {
       ) { (seq, payload) throws(StorageError) in
         let (_, command) = try LogRecordCodec.decode(payload)
         guard let command else { return }  // erased record
-        do { try replaying.replay(command, seq: seq) } catch {
+        let last = seq + ChangeEvents.seqCount(command) - 1
+        do { try replaying.replay(command, seq: last) } catch {
           throw StorageError.damaged(
             WALSegmentFile(firstSeq: seq).name, at: 0,
             "record \(seq) does not apply to the recovered state: \(error)")
@@ -347,7 +349,7 @@ public final class DurableStore: Sendable {
         let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
         for i in 0..<scan.records.count {
           let (_, command) = try LogRecordCodec.decode(scan.payload(i))
-          if plan.erases(seq: s.firstSeq + UInt64(i), command: command) { return true }
+          if plan.erases(seq: scan.seqs[i], command: command) { return true }
         }
       }
       return false
@@ -369,7 +371,7 @@ public final class DurableStore: Sendable {
       }
       for i in 0..<scan.records.count {
         let (_, command) = try LogRecordCodec.decode(scan.payload(i))
-        plan.observe(seq: s.firstSeq + UInt64(i), command: command)
+        plan.observe(seq: scan.seqs[i], command: command)
       }
     }
     return (segments, plan)

@@ -22,17 +22,20 @@ public enum RecordFrame {
   }
 
   /// Appends one frame to `buffer` whose payload is `body`, preceded, when `sequence` is
-  /// given, by protobuf field 1 (varint) holding it: the `seq` of a `LogRecord`.
-  static func append(sequence: UInt64?, body: UnsafeRawBufferPointer, to buffer: inout [UInt8]) {
+  /// given, by protobuf field 1 (varint) holding it: the `seq` of a `LogRecord`, and, when
+  /// `count` is more than one, field 4 (varint): its `seq_count`.
+  static func append(
+    sequence: UInt64?, count: UInt64 = 1, body: UnsafeRawBufferPointer, to buffer: inout [UInt8]
+  ) {
     let start = buffer.count
     buffer.append(contentsOf: repeatElement(0, count: headerSize))
-    if var v = sequence {
+    if let sequence {
       buffer.append(0x08)
-      while v >= 0x80 {
-        buffer.append(UInt8(truncatingIfNeeded: v) | 0x80)
-        v >>= 7
+      appendVarint(sequence, to: &buffer)
+      if count > 1 {
+        buffer.append(0x20)
+        appendVarint(count, to: &buffer)
       }
-      buffer.append(UInt8(v))
     }
     buffer.append(contentsOf: body)
     let length = UInt32(buffer.count - start - headerSize)
@@ -41,6 +44,15 @@ public enum RecordFrame {
       let crc = checksum(UnsafeRawBufferPointer(b), start, Int(length))
       b.storeBytes(of: crc.littleEndian, toByteOffset: start + 4, as: UInt32.self)
     }
+  }
+
+  private static func appendVarint(_ value: UInt64, to buffer: inout [UInt8]) {
+    var v = value
+    while v >= 0x80 {
+      buffer.append(UInt8(truncatingIfNeeded: v) | 0x80)
+      v >>= 7
+    }
+    buffer.append(UInt8(v))
   }
 
   /// What is at an offset of framed bytes.

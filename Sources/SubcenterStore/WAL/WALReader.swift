@@ -77,9 +77,7 @@ public enum WALReader {
 
       if let d = damage {
         let cutTo = scan?.validEnd ?? 0
-        let lastGood =
-          (scan?.records.count ?? 0) > 0
-          ? segment.firstSeq + UInt64(scan!.records.count) - 1 : expected - 1
+        let lastGood = (scan?.records.count ?? 0) > 0 ? scan!.endSeq - 1 : expected - 1
         // What is lost past the damage: the snapshot may cover some of it, or all.
         let resumed =
           d.torn && newest
@@ -165,7 +163,7 @@ public enum WALReader {
 
       if let scan {
         for r in 0..<scan.records.count {
-          let seq = segment.firstSeq + UInt64(r)
+          let seq = scan.seqs[r]
           guard seq > after else { continue }
           do { try body(seq, scan.payload(r)) } catch {
             // A record that cannot be decoded: name where it is.
@@ -176,8 +174,8 @@ public enum WALReader {
           }
           report.recordsRead += 1
         }
-        if !scan.records.isEmpty { lastInLog = segment.firstSeq + UInt64(scan.records.count) - 1 }
-        expected = segment.firstSeq + UInt64(scan.records.count)
+        if !scan.records.isEmpty { lastInLog = scan.endSeq - 1 }
+        expected = scan.endSeq
       }
       if damage != nil { break }
     }

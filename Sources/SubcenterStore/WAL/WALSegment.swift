@@ -59,6 +59,10 @@ public struct SegmentScan: Sendable {
   public let bytes: [UInt8]
   /// The payload of every valid record, in order, as ranges of `bytes`.
   public let records: [Range<Int>]
+  /// The seq of each record (a record may take several: `LogRecord.seq_count`).
+  public let seqs: [UInt64]
+  /// The seq after the last valid record's: where the next segment starts.
+  public let endSeq: UInt64
   /// Where the last valid record (or the header) ends: the size to cut the file to.
   public let validEnd: Int
   /// Why reading stopped before the end of the file, if it did.
@@ -70,6 +74,9 @@ public struct SegmentScan: Sendable {
 
   /// The payload of record `i`.
   public func payload(_ i: Int) -> ArraySlice<UInt8> { bytes[records[i]] }
+
+  /// How many seqs record `i` takes.
+  public func seqCount(_ i: Int) -> UInt64 { (i + 1 < seqs.count ? seqs[i + 1] : endSeq) - seqs[i] }
 }
 
 /// Segment file names, headers, and reading.
@@ -130,6 +137,8 @@ public enum WALSegment {
   /// Reads the segment held in `bytes` (named `file`, first seq `firstSeq`).
   public static func scan(_ bytes: [UInt8], file: String, firstSeq: UInt64) -> SegmentScan {
     var records: [Range<Int>] = []
+    var firstSeqs: [UInt64] = []
+    var expected = firstSeq
     let (validEnd, damage) = bytes.withUnsafeBytes { b -> (Int, SegmentDamage?) in
       // Damage at `offset`: torn if no valid frame follows it, corrupt otherwise.
       func stop(_ offset: Int, _ reason: String, hint: Int? = nil) -> (Int, SegmentDamage?) {
@@ -176,14 +185,13 @@ public enum WALSegment {
       // The records, up to the end of the file or to zeros that fill the rest of it
       // (preallocated space, never written: zeros are never a record).
       var offset = headerSize
-      var expected = firstSeq
       while offset < b.count {
         if b[offset] == 0 && !b[offset...].contains(where: { $0 != 0 }) { return (offset, nil) }
         switch RecordFrame.parse(b, at: offset) {
         case .record(let payload, let next):
-          let seq = leadingSequence(UnsafeRawBufferPointer(rebasing: b[payload]))
-          guard seq == expected else {
-            let found = seq.map { "seq \($0)" } ?? "no seq"
+          let seqs = leadingSequences(UnsafeRawBufferPointer(rebasing: b[payload]))
+          guard let seqs, seqs.first == expected else {
+            let found = seqs.map { "seq \($0.first)" } ?? "no seq"
             return (
               offset,
               SegmentDamage(
@@ -192,7 +200,8 @@ public enum WALSegment {
             )
           }
           records.append(payload)
-          expected += 1
+          firstSeqs.append(expected)
+          expected += seqs.count
           offset = next
         case .incomplete(let reason):
           return stop(offset, reason)
@@ -204,18 +213,35 @@ public enum WALSegment {
       return (offset, nil)
     }
     return SegmentScan(
-      file: file, bytes: bytes, records: records, validEnd: validEnd, damage: damage)
+      file: file, bytes: bytes, records: records, seqs: firstSeqs, endSeq: expected,
+      validEnd: validEnd, damage: damage)
   }
 
   /// The `seq` a log record's payload starts with (field 1, varint), nil if it does not.
   static func leadingSequence(_ payload: UnsafeRawBufferPointer) -> UInt64? {
-    guard payload.count >= 2, payload[0] == 0x08 else { return nil }
+    leadingSequences(payload)?.first
+  }
+
+  /// The seqs a log record takes: the `seq` its payload starts with (field 1, varint) and
+  /// the `seq_count` that follows it when it takes more than one (field 4, varint); nil
+  /// if the payload does not start so.
+  static func leadingSequences(_ payload: UnsafeRawBufferPointer) -> (first: UInt64, count: UInt64)?
+  {
+    guard payload.count >= 2, payload[0] == 0x08,
+      let (first, end) = varint(payload, at: 1)
+    else { return nil }
+    guard end < payload.count, payload[end] == 0x20 else { return (first, 1) }
+    guard let (count, _) = varint(payload, at: end + 1), count >= 1 else { return nil }
+    return (first, count)
+  }
+
+  private static func varint(_ b: UnsafeRawBufferPointer, at start: Int) -> (UInt64, Int)? {
     var v: UInt64 = 0
     var shift: UInt64 = 0
-    for i in 1..<min(payload.count, 11) {
-      let byte = payload[i]
+    for i in start..<min(b.count, start + 10) {
+      let byte = b[i]
       v |= UInt64(byte & 0x7F) << shift
-      if byte < 0x80 { return v }
+      if byte < 0x80 { return (v, i + 1) }
       shift += 7
     }
     return nil
@@ -256,13 +282,13 @@ extension WALSegment {
     out.reserveCapacity(scan.bytes.count)
     var erased = 0
     for i in 0..<scan.records.count {
-      let seq = segment.firstSeq + UInt64(i)
+      let seq = scan.seqs[i]
       let payload = scan.payload(i)
       switch try decide(seq, payload) {
       case .keep:
         payload.withUnsafeBytes { RecordFrame.append(sequence: nil, body: $0, to: &out) }
       case .erase:
-        RecordFrame.append(LogRecordCodec.erased(seq: seq), to: &out)
+        RecordFrame.append(LogRecordCodec.erased(seq: seq, count: scan.seqCount(i)), to: &out)
         erased += 1
       }
     }

@@ -167,18 +167,23 @@ public final class WriteAheadLog: Sendable {
   deinit { close() }
 
   /// Queues a record: `record` is a `LogRecord` without its seq
-  /// (`LogRecordCodec.encode(_:)`); the writer gives it the next seq. Records are written in
-  /// the order `append` is called. `completion` runs later on the writer thread. Throws
-  /// (and queues nothing, and never calls `completion`) when the log has failed, is
-  /// completing a failed batch, or is closed: all `unavailable`.
-  public func append(_ record: [UInt8], completion: @escaping Completion) throws(StorageError) {
-    guard record.count <= RecordFrame.maxPayloadSize - 11 else {
+  /// (`LogRecordCodec.encode(_:)`); the writer gives it the next `seqCount` seqs (writing
+  /// the first as its `seq`, and the count as its `seq_count` when more than one), and
+  /// `completion` the first. Records are written in the order `append` is called.
+  /// `completion` runs later on the writer thread. Throws (and queues nothing, and never
+  /// calls `completion`) when the log has failed, is completing a failed batch, or is
+  /// closed: all `unavailable`.
+  public func append(
+    _ record: [UInt8], seqCount: UInt64 = 1, completion: @escaping Completion
+  ) throws(StorageError) {
+    precondition(seqCount >= 1)
+    guard record.count <= RecordFrame.maxPayloadSize - 22 else {  // room for seq and count
       throw StorageError(.invalid, "a log record of \(record.count) bytes is too large")
     }
     let (act, deferral) = try core.shared.withLock {
       (s) throws(StorageError) -> (Bool, TaskRunner?) in
       if let refusal = s.refusal { throw refusal }
-      s.queue.append(WALCore.Pending(bytes: record, completion: completion))
+      s.queue.append(WALCore.Pending(bytes: record, seqCount: seqCount, completion: completion))
       s.queuedBytes += record.count
       guard let deferral = s.readyDeferral else {
         s.ready = s.queue.count
@@ -284,6 +289,7 @@ public final class WriteAheadLog: Sendable {
 final class WALCore: Sendable {
   struct Pending {
     var bytes: [UInt8]
+    var seqCount: UInt64
     var completion: WriteAheadLog.Completion
   }
 
@@ -446,10 +452,12 @@ final class WALWriter: @unchecked Sendable {
     }
     buffer.removeAll(keepingCapacity: true)
     let first = nextSeq
-    for (i, p) in batch.enumerated() {
+    var end = first
+    for p in batch {
       p.bytes.withUnsafeBytes {
-        RecordFrame.append(sequence: first + UInt64(i), body: $0, to: &buffer)
+        RecordFrame.append(sequence: end, count: p.seqCount, body: $0, to: &buffer)
       }
+      end += p.seqCount
     }
 
     do {
@@ -485,7 +493,7 @@ final class WALWriter: @unchecked Sendable {
     segmentBytes += buffer.count
     fileBytes = max(fileBytes, segmentBytes)
     segmentRecords += batch.count
-    nextSeq = first + UInt64(batch.count)
+    nextSeq = end
     unsynced = true
     core.shared.withLock { $0.nextSeq = nextSeq }
 
@@ -515,7 +523,11 @@ final class WALWriter: @unchecked Sendable {
       s.counters.batches += 1
       s.counters.bytes += UInt64(bytes)
     }
-    for (i, p) in batch.enumerated() { p.completion(.success(first + UInt64(i))) }
+    var seq = first
+    for p in batch {
+      p.completion(.success(seq))
+      seq += p.seqCount
+    }
   }
 
   /// Extends the active segment with zeros, a `preallocateBytes` chunk at a time, so the

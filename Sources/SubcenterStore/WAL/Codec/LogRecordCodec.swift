@@ -180,12 +180,13 @@ public enum LogRecordCodec {
     return withExtendedLifetime(arena) { Proto.pack(&r) }
   }
 
-  /// The record erasure leaves in place of one it removes: its seq and nothing else.
-  public static func erased(seq: UInt64) -> [UInt8] {
+  /// The record erasure leaves in place of one it removes: its seqs and nothing else.
+  public static func erased(seq: UInt64, count: UInt64 = 1) -> [UInt8] {
     let arena = ProtoArena()
     var r = Subcenter__Storage__V1__LogRecord()
     subcenter__storage__v1__log_record__init(&r)
     r.seq = seq
+    if count > 1 { r.seq_count = count }
     r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_ERASED
     r.erased = arena.make(subcenter__storage__v1__erased__init)
     return withExtendedLifetime(arena) { Proto.pack(&r) }
