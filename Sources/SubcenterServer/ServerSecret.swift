@@ -40,22 +40,7 @@ public enum ServerSecret {
           + "earlier receipts and page tokens fail to verify")
     }
     let secret = Crypto.randomBytes(count: 32)
-    let fs = PosixFileSystem()
-    let tmp = path + ".tmp"
-    do throws(FileSystemError) {
-      let f = try fs.open(tmp, [.write, .create, .truncate])
-      do throws(FileSystemError) {
-        try fs.write(f, secret, at: 0)
-        try fs.sync(f)
-        try fs.close(f)
-      } catch {
-        try? fs.close(f)
-        throw error
-      }
-      try fs.rename(tmp, to: path)
-      try fs.syncDirectory(dataDirectory)
-    } catch {
-      try? fs.unlink(tmp)
+    do { try PosixFileSystem().replaceFile("secret.key", in: dataDirectory, with: secret) } catch {
       throw StorageError(error, "creating \(path)")
     }
     return secret

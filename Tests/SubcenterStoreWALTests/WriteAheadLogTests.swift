@@ -733,18 +733,29 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(fs.contents(name)?.count == full.count - 3)
   }
 
-  @Test func damageInTheMiddleStopsWithFileAndOffset() throws {
+  /// A log of 40 records in 1 KiB segments with a bit flipped in record `record` of its
+  /// second segment (the victim): the file system, the segments, the victim's path and
+  /// damaged bytes, and the damaged record's byte offset.
+  private func logDamaged(inRecord record: Int) throws -> (
+    fs: FaultyFileSystem, segments: [WALSegmentFile], path: String, bytes: [UInt8], offset: Int
+  ) {
     let fs = try log(count: 40, segmentSize: 1024)
     let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
     #expect(segments.count >= 3)
-    // Flip a bit in the third record of the second segment.
     let victim = segments[1]
     let path = "/data/" + victim.name
     var bytes = fs.contents(path)!
     let scan = WALSegment.scan(bytes, file: victim.name, firstSeq: victim.firstSeq)
-    let offset = scan.records[2].lowerBound - RecordFrame.headerSize
+    #expect(scan.records.count >= 5)
+    let offset = scan.records[record].lowerBound - RecordFrame.headerSize
     bytes[offset + 12] ^= 0x04
     fs.setContents(path, bytes)
+    return (fs, segments, path, bytes, offset)
+  }
+
+  @Test func damageInTheMiddleStopsWithFileAndOffset() throws {
+    let (fs, segments, path, bytes, offset) = try logDamaged(inRecord: 2)
+    let victim = segments[1]
 
     do {
       _ = try readLog(fs)
@@ -775,20 +786,11 @@ func dataDirectory() throws -> FaultyFileSystem {
   }
 
   @Test func damageTheSnapshotHoldsLosesNoChangeWithRecoverTruncate() throws {
-    let fs = try log(count: 40, segmentSize: 1024)
-    let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
-    #expect(segments.count >= 3)
     // A snapshot at seq `after` in the middle of the second segment; a bit flipped in a
     // record it holds.
+    let (fs, segments, path, bytes, offset) = try logDamaged(inRecord: 1)
     let victim = segments[1]
-    let path = "/data/" + victim.name
-    var bytes = fs.contents(path)!
-    let scan = WALSegment.scan(bytes, file: victim.name, firstSeq: victim.firstSeq)
-    #expect(scan.records.count >= 5)
     let after = victim.firstSeq + 3
-    let offset = scan.records[1].lowerBound - RecordFrame.headerSize
-    bytes[offset + 12] ^= 0x04
-    fs.setContents(path, bytes)
 
     // Without the flag: refused, saying that the flag loses no change.
     do {

@@ -113,6 +113,32 @@ extension FileSystem {
     return try read(f, count: Int(n), at: 0)
   }
 
+  /// Writes `bytes` as `name` in `directory` so that a crash leaves either the old file
+  /// (or none) or the whole new one: as `<name>.tmp`, synced, renamed over `name`, the
+  /// directory synced. On failure the temporary file is removed.
+  public func replaceFile(_ name: String, in directory: String, with bytes: [UInt8])
+    throws(FileSystemError)
+  {
+    let path = joinPath(directory, name)
+    let temporary = path + temporaryFileSuffix
+    do throws(FileSystemError) {
+      let f = try open(temporary, [.write, .create, .truncate])
+      do throws(FileSystemError) {
+        try write(f, bytes, at: 0)
+        try sync(f)
+        try close(f)
+      } catch {
+        try? close(f)
+        throw error
+      }
+      try rename(temporary, to: path)
+      try syncDirectory(directory)
+    } catch {
+      try? unlink(temporary)
+      throw error
+    }
+  }
+
   /// Whether `name` exists in `directory`.
   public func exists(_ name: String, in directory: String) throws(FileSystemError) -> Bool {
     try list(directory).contains(name)

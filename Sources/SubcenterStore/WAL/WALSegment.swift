@@ -297,29 +297,12 @@ extension WALSegment {
     return erased
   }
 
-  /// Writes `bytes` (a header and frames) as `segment`: as `<name>.tmp`, synced, renamed
-  /// over any file of that name and the directory synced, so a crash leaves either the
-  /// old file (or none) or the whole new one.
+  /// Writes `bytes` (a header and frames) as `segment` (`FileSystem.replaceFile`).
   static func replace(
     _ segment: WALSegmentFile, with bytes: [UInt8], directory: String,
     fileSystem fs: any FileSystem
   ) throws(StorageError) {
-    let path = joinPath(directory, segment.name)
-    let temporary = path + temporaryFileSuffix
-    do throws(FileSystemError) {
-      let f = try fs.open(temporary, [.write, .create, .truncate])
-      do throws(FileSystemError) {
-        try fs.write(f, bytes, at: 0)
-        try fs.sync(f)
-        try fs.close(f)
-      } catch {
-        try? fs.close(f)
-        throw error
-      }
-      try fs.rename(temporary, to: path)
-      try fs.syncDirectory(directory)
-    } catch {
-      try? fs.unlink(temporary)
+    do { try fs.replaceFile(segment.name, in: directory, with: bytes) } catch {
       throw StorageError(error, "rewriting log segment \(segment.name)")
     }
   }
