@@ -97,10 +97,9 @@ enum CheckData {
     func belowSnapshot(_ line: String) {
       warn(
         line + " (WARNING only: every record it loses is at or below the snapshot's seq "
-          + "\(after), so start-up does not read them; WatchChanges from before them ends "
-          + "there until the change retention deletes the segment, and an erasure cannot "
-          + "rewrite a damaged segment: with subcenterd stopped, delete it, which loses "
-          + "only that change-feed history)")
+          + "\(after), so start-up does not need them; subcenterd deletes the segments "
+          + "before the hole, history the snapshot holds, when it next starts or erases, "
+          + "losing only change-feed history: do not delete segments by hand)")
     }
     var expected: UInt64?
     for (i, segment) in segments.enumerated() {

@@ -45,7 +45,7 @@ enum WorkspaceJSON {
 
   static func encode(workspace: String, json: Data) throws -> ProtoWriter {
     let parsed = try JSONSerialization.jsonObject(with: json)
-    if let why = StrictJSON.leniency(in: Array(json)) { throw UsageError(why) }
+    if let why = StrictJSON.leniency(in: Array(json)) { throw UsageError(why.description) }
     let root = try object(parsed, "the document")
     var w = ProtoWriter()
     w.string(1, workspace)

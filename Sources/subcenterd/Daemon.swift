@@ -36,20 +36,29 @@ enum Daemon {
       }
     }
     if mkdir(options.dataDirectory, 0o700) != 0 && errno != EEXIST {
+      let e = errno
       writeStderrLine(
         "subcenterd: cannot create data directory \(options.dataDirectory) "
-          + "(\(options.dataOrigin)): \(String(cString: strerror(errno)))")
+          + "(\(options.dataOrigin)): \(String(cString: strerror(e)))"
+          + (e == ENOSPC || e == EDQUOT
+            ? ". The disk is full: free some space and start again." : ""))
       return 1
     }
     var st = stat()
-    if stat(options.dataDirectory, &st) == 0, st.st_mode & 0o077 != 0 {
+    let statted = stat(options.dataDirectory, &st) == 0
+    if statted, st.st_mode & S_IFMT != S_IFDIR {
+      writeStderrLine(
+        "subcenterd: \(options.dataOrigin): \(options.dataDirectory) is not a directory")
+      return 2
+    }
+    if statted, st.st_mode & 0o077 != 0 {
       writeStderrLine(
         "subcenterd: warning: the data directory \(options.dataDirectory) has mode "
           + "0\(String(st.st_mode & 0o777, radix: 8)); it holds personal data: chmod 700 it")
     }
     let dataLock: DataDirectoryLock
     do { dataLock = try DataDirectoryLock(directory: options.dataDirectory) } catch {
-      writeStderrLine("subcenterd: \(error.message)")
+      writeStderrLine("subcenterd: \(error.message) (\(options.dataOrigin))")
       return 1
     }
     defer { withExtendedLifetime(dataLock) {} }

@@ -571,6 +571,38 @@ private final class CollectingSink: ChangeSink {
       ])
     d.close()
   }
+
+  /// A damaged segment the snapshot covers cannot be rewritten: an erasure deletes it (and
+  /// the older ones) instead of failing until an operator does, so the forgotten person
+  /// leaves the disk; only change-feed history before the next segment goes.
+  @Test func erasureDeletesADamagedSegmentTheSnapshotCovers() throws {
+    let (fs, _, d) = try setUp()
+    write(d.store, "gone")
+    write(d.store, "stays")
+    _ = try d.compact()  // the segment of those records is now complete and covered
+    let segments = try WALSegment.list(directory: cfDirectory, fileSystem: fs)
+    let damaged = segments[0]
+    var bytes = try fs.readFile(cfDirectory + "/" + damaged.name)
+    bytes[bytes.count - 3] ^= 0xFF  // in the last record: "stays"'s
+    fs.setContents(cfDirectory + "/" + damaged.name, bytes)
+    _ = awaitStoreCall { c in
+      d.store.forget(ForgetRequest(workspace: "acme", person: .personID("gone")), actor: "w") {
+        c($0.map { _ in 0 })
+      }
+    }
+    #expect(try d.finishInterruptedErasure() != nil, "a damaged segment is outstanding work")
+    let left = try WALSegment.list(directory: cfDirectory, fileSystem: fs)
+    #expect(!left.contains(damaged))
+    var text: [UInt8] = []
+    for s in left { text += try fs.readFile(cfDirectory + "/" + s.name) }
+    #expect(!String(decoding: text, as: UTF8.self).contains("gone@x.example"))
+    let sink = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: sink)
+    sink.wait(for: 1)
+    #expect(sink.events.map { "\($0.action) \($0.personID)" } == ["forget gone"])
+    #expect(try d.compact() > 0, "and erasures go on")
+    d.close()
+  }
 }
 
 @Suite struct ChangeFeedBackpressureTests {

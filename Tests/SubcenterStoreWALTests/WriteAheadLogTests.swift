@@ -825,6 +825,26 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(all.nextSeq == 41 && history.first?.0 == resumedAt)
   }
 
+  @Test func theRefusalSaysWhenTheLogIsDamagedAgainFurtherOn() throws {
+    // Damage the snapshot holds in the second segment, and damage after it in the third:
+    // --recover-truncate would keep the records past the first and cut at the second, so
+    // the refusal must not promise that nothing is lost.
+    let (fs, segments, _, _, _) = try logDamaged(inRecord: 1)
+    let third = "/data/" + segments[2].name
+    var bytes = fs.contents(third)!
+    let scan = WALSegment.scan(bytes, file: segments[2].name, firstSeq: segments[2].firstSeq)
+    bytes[scan.records[1].lowerBound + 2] ^= 0x01
+    fs.setContents(third, bytes)
+    do {
+      _ = try readLog(fs, after: segments[1].firstSeq + 3)
+      Issue.record("damage in the middle was accepted")
+    } catch {
+      let e = try #require(error as? StorageError)
+      #expect(
+        e.message.contains("damaged again further on") && e.message.contains(segments[2].name))
+    }
+  }
+
   @Test func damageBeforeTheRecordsTheSnapshotNeedsIsCutWhenNothingFollows() throws {
     // The same damage, but what follows it cannot be read (a second damaged record after
     // the snapshot's seq): --recover-truncate cuts as before.
@@ -871,13 +891,48 @@ func dataDirectory() throws -> FaultyFileSystem {
     let (report, records) = try readLog(fs, after: 25)
     #expect(records.map(\.0) == Array(26...40))
     #expect(report.lastSeq == 40)
-    // A snapshot newer than the log's end (records lost under fsync none).
-    let (ahead, none) = try readLog(fs, after: 90)
-    #expect(none.isEmpty && ahead.nextSeq == 91)
     // Records needed but gone.
     let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
     try fs.unlink("/data/" + segments[0].name)
     #expect(throws: StorageError.self) { _ = try readLog(fs, after: 0) }
+    // Without repair (check-data), a snapshot newer than the log's end changes nothing.
+    let (peek, _) = try readLog(fs, after: 90, repair: false)
+    #expect(peek.nextSeq == 91)
+    #expect(try WALSegment.list(directory: "/data", fileSystem: fs).count == segments.count - 1)
+  }
+
+  /// A snapshot newer than the log's end (records lost under `--fsync none`, a torn record
+  /// the snapshot held): the log would go on from the snapshot's seq with a hole before it,
+  /// so its segments, all history, are deleted.
+  @Test func aLogEndingBeforeTheSnapshotIsDeleted() throws {
+    let fs = try log(count: 40, segmentSize: 1024)
+    let (ahead, none) = try readLog(fs, after: 90)
+    #expect(none.isEmpty && ahead.nextSeq == 91)
+    #expect(ahead.warnings.count == 1 && ahead.warnings[0].contains("ends at seq 40"))
+    #expect(try WALSegment.list(directory: "/data", fileSystem: fs).isEmpty)
+  }
+
+  /// The segments before the one recovery starts from must lead up to it: a gap or
+  /// damage there (history the snapshot holds) makes them go, at start-up only.
+  @Test func olderSegmentsWithAHoleBeforeTheLogReadAreDeleted() throws {
+    let fs = try log(count: 40, segmentSize: 1024)
+    let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
+    #expect(segments.count >= 3)
+    // The record before the third segment is lost: the second ends one seq early.
+    let path = "/data/" + segments[1].name
+    let bytes = fs.contents(path)!
+    let scan = WALSegment.scan(bytes, file: segments[1].name, firstSeq: segments[1].firstSeq)
+    fs.setContents(path, Array(bytes[..<(scan.records.last!.lowerBound - RecordFrame.headerSize)]))
+    let after = segments[2].firstSeq + 1
+    let (peek, _) = try readLog(fs, after: after, repair: false)
+    #expect(peek.warnings.isEmpty)
+    #expect(try WALSegment.list(directory: "/data", fileSystem: fs) == segments)
+    let (report, records) = try readLog(fs, after: after)
+    #expect(records.map(\.0) == Array((after + 1)...40) && report.nextSeq == 41)
+    #expect(report.warnings.count == 1 && report.warnings[0].contains(segments[1].name))
+    #expect(try WALSegment.list(directory: "/data", fileSystem: fs) == Array(segments[2...]))
+    let (again, _) = try readLog(fs, after: after)
+    #expect(again.warnings.isEmpty)
   }
 
   @Test func emptyDirectoryAndTornNewHeader() throws {

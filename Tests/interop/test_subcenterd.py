@@ -111,6 +111,12 @@ def test_unreadable_files_name_their_flag_or_variable(tmp_path):
     del args[args.index("--data"):args.index("--data") + 2]
     rc, _, err = run_to_exit("subcenterd", args, env={"SUBCENTER_DATA": str(data)}, timeout=10)
     assert rc == 2 and "SUBCENTER_DATA (--data)" in err and "secret.key" in err, err[-2000:]
+    # A data "directory" that is a file is a bad value, named, without a mode warning.
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    rc, _, err = run_to_exit("subcenterd", args, env={"SUBCENTER_DATA": str(afile)}, timeout=10)
+    assert rc == 2 and "SUBCENTER_DATA (--data)" in err and "not a directory" in err, err[-2000:]
+    assert "chmod" not in err, err[-2000:]
 
 
 HASH_A, HASH_B = "a" * 64, "b" * 64
@@ -128,9 +134,13 @@ HASH_A, HASH_B = "a" * 64, "b" * 64
     ('[{"name": "a", "sha256": "%s", "workspace": "wa", "scopes": ["read"]},'
      ' {"name": "a", "sha256": "%s", "workspace": "wa", "scopes": ["admin"]}]' % (HASH_A, HASH_B),
      "same name 'a'"),
-    # A key twice in one entry: one of the two values would be dropped without a word.
+    # A key twice in one entry: one of the two values would be dropped without a word; also
+    # when one spelling escapes a character.
     ('[{"name": "a", "sha256": "%s", "workspace": "wa", "workspace": "*", "scopes": ["read"]}]'
-     % HASH_A, 'the key "workspace" twice'),
+     % HASH_A, 'entry 0: the key "workspace" twice'),
+    ('[{"name": "b", "sha256": "%s", "workspace": "*", "scopes": ["read"]},'
+     ' {"name": "a", "sha256": "%s", "workspace": "wa", "w\\u006frkspace": "*",'
+     ' "scopes": ["read"]}]' % (HASH_B, HASH_A), 'entry 1: the key "workspace" twice'),
 ])
 def test_bad_tokens_file_refused(tmp_path, entries, expected):
     tokens = tmp_path / "tokens.json"

@@ -28,7 +28,7 @@ public final class DataDirectoryLock: Sendable {
         throw StorageError(
           .unavailable,
           "the data directory \(directory) is in use by another running subcenterd: "
-            + "stop that one first, or give this one another --data")
+            + "stop that one first, or give this one another data directory")
       }
       throw StorageError(
         .io, "cannot lock the data directory \(directory): \(String(cString: strerror(e)))",

@@ -340,7 +340,15 @@ public final class DurableStore: Sendable {
   /// when nothing was left to erase.
   public func finishInterruptedErasure() throws(StorageError) -> UInt64? {
     let outstanding = try maintenance.withLock { (_: inout Maintenance) throws(StorageError) in
-      let (segments, plan) = try erasurePlan(before: wal.status.activeSegment)
+      let segments: [WALSegmentFile]
+      let plan: ErasurePlan
+      do throws(StorageError) {
+        (segments, plan) = try erasurePlan(before: wal.status.activeSegment, dropDamaged: false)
+      } catch {
+        // A segment no erasure can read: the compaction deals with it.
+        guard error.kind == .damaged else { throw error }
+        return true
+      }
       if plan.newestRemoval > snapshotStatus.seq { return true }
       let snapshots = try SnapshotFile.list(directory: directory, fileSystem: fileSystem)
       if snapshots.count > 1 && plan.newestRemoval > 0 { return true }
@@ -358,21 +366,60 @@ public final class DurableStore: Sendable {
   }
 
   /// The complete segments before `active`, and the `ErasurePlan` of their records.
-  private func erasurePlan(before active: UInt64) throws(StorageError) -> (
+  ///
+  /// A damaged segment cannot be read or rewritten, so it could hold a removed person's
+  /// records for good. When the newest snapshot holds all its changes (every record of it
+  /// has a seq at or below the snapshot's), `dropDamaged` deletes it and every older
+  /// segment (history with a hole in it is of no use to the change feed): only change-feed
+  /// history is lost, and an erasure does not wait for an operator. The same for a segment
+  /// that does not end where the next one starts (a hole). A damaged segment the snapshot
+  /// does not cover, or any with `dropDamaged` false, is an error.
+  private func erasurePlan(before active: UInt64, dropDamaged: Bool) throws(StorageError) -> (
     [WALSegmentFile], ErasurePlan
   ) {
-    let segments = try WALSegment.list(directory: directory, fileSystem: fileSystem)
+    var segments = try WALSegment.list(directory: directory, fileSystem: fileSystem)
       .filter { $0.firstSeq < active }
+    let covered = snapshotStatus.seq
     var plan = ErasurePlan()
-    for s in segments {
+    var dropThrough: Int?
+    for (i, s) in segments.enumerated() {
       let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
-      if let d = scan.damage {
-        throw StorageError.damaged(s.name, at: Int64(d.offset), d.reason)
+      let next = i + 1 < segments.count ? segments[i + 1].firstSeq : active
+      // A segment that does not lead up to the next one leaves a hole in the history.
+      let problem =
+        scan.damage.map { (Int64($0.offset), $0.reason) }
+        ?? (scan.endSeq == next
+          ? nil
+          : (0, "it ends at seq \(scan.endSeq - 1) but the next segment starts at seq \(next)"))
+      if let (offset, reason) = problem {
+        guard dropDamaged, next <= covered &+ 1 else {
+          throw StorageError.damaged(s.name, at: offset, reason)
+        }
+        dropThrough = i
+        plan = ErasurePlan()  // what it saw goes with the segments
+        continue
       }
-      for i in 0..<scan.records.count {
-        let (_, command) = try LogRecordCodec.decode(scan.payload(i))
-        plan.observe(seq: scan.seqs[i], command: command)
+      for r in 0..<scan.records.count {
+        let (_, command) = try LogRecordCodec.decode(scan.payload(r))
+        plan.observe(seq: scan.seqs[r], command: command)
       }
+    }
+    if let last = dropThrough {
+      let dropped = segments[...last].map(\.name)
+      for name in dropped {
+        do { try fileSystem.unlink(joinPath(directory, name)) } catch {
+          throw StorageError(error, "deleting log segment \(name)")
+        }
+      }
+      do { try fileSystem.syncDirectory(directory) } catch {
+        throw StorageError(error, "syncing the data directory")
+      }
+      segments.removeFirst(last + 1)
+      log(
+        "erasure: deleted \(dropped.joined(separator: ", ")): \(dropped.last!) is damaged or "
+          + "followed by a hole; the snapshot at seq \(covered) holds all their changes, so "
+          + "only the change feed's history before seq "
+          + "\(segments.first?.firstSeq ?? active) is lost")
     }
     return (segments, plan)
   }
@@ -382,7 +429,7 @@ public final class DurableStore: Sendable {
   private func eraseRetained(before active: UInt64, _ m: inout Maintenance)
     throws(StorageError)
   {
-    let (segments, plan) = try erasurePlan(before: active)
+    let (segments, plan) = try erasurePlan(before: active, dropDamaged: true)
     guard !plan.isEmpty else { return }
     var erased = Set<UInt64>()
     for s in segments {

@@ -147,7 +147,13 @@ public enum WALReader {
               + "log is damaged before its end. "
               + (resumed != nil
                 ? "Restarting with --recover-truncate (back up the data directory first) "
-                  + "keeps the records after the damage and loses \(lost)."
+                  + "keeps the records after the damage and loses \(lost)"
+                  + (laterDamage(segments[(i + 1)...], from: resumed!.scan.endSeq, directory, fs)
+                    .map {
+                      "; but the log is damaged again further on (\($0)), where "
+                        + "--recover-truncate cuts it: what follows is lost unless restored "
+                        + "from a backup"
+                    } ?? ".")
                 : "To start from the last good record (seq \(max(lastGood, after))) and "
                   + "discard \(lost) that the log holds, back up the data directory and "
                   + "restart with --recover-truncate."))
@@ -180,7 +186,73 @@ public enum WALReader {
       if damage != nil { break }
     }
     report.lastSeq = max(after, lastInLog)
+    if repair { try dropHistoryWithAHole(&report, directory, fs, after: after, end: expected) }
     return report
+  }
+
+  /// The log read, the segments before it must lead up to it, and it must reach the
+  /// snapshot's seq (`after`): otherwise the log has a hole (a torn record the snapshot
+  /// held, cut; records lost under `--fsync none`; an older segment damaged or left by
+  /// an interrupted `--recover-truncate`). Every record in such segments is in the
+  /// snapshot, so they are only change-feed history, and history with a hole in it cannot
+  /// be served: they are deleted, with a warning, and the log goes on without a gap.
+  /// `end` is the seq after the last record read.
+  private static func dropHistoryWithAHole(
+    _ report: inout WALReadReport, _ directory: String, _ fs: any FileSystem, after: UInt64,
+    end: UInt64
+  ) throws(StorageError) {
+    let existing = try WALSegment.list(directory: directory, fileSystem: fs)
+    let doomed: [WALSegmentFile]
+    let why: String
+    if end <= after, !existing.isEmpty {
+      doomed = existing
+      why = "the log ends at seq \(end - 1) but the snapshot holds the state up to seq \(after)"
+    } else if let first = report.segments.first,
+      let previous = existing.last(where: { $0.firstSeq < first.firstSeq })
+    {
+      let scan = try WALSegment.scan(previous, directory: directory, fileSystem: fs)
+      guard scan.damage != nil || scan.endSeq != first.firstSeq else { return }
+      doomed = existing.filter { $0.firstSeq < first.firstSeq }
+      why =
+        scan.damage != nil
+        ? "\(previous.name) is damaged (\(scan.damage!))"
+        : "\(previous.name) ends at seq \(scan.endSeq - 1) but \(first.name) starts at seq "
+          + "\(first.firstSeq)"
+    } else {
+      return
+    }
+    for s in doomed {
+      do { try fs.unlink(joinPath(directory, s.name)) } catch {
+        throw StorageError(error, "deleting log segment \(s.name)")
+      }
+    }
+    try syncDirectory(directory, fs)
+    report.segments.removeAll { doomed.contains($0) }
+    report.warnings.append(
+      "\(why): deleted \(doomed.map(\.name).joined(separator: ", ")), whose records the snapshot "
+        + "holds, so that the log goes on without a gap (only change-feed history is lost)")
+  }
+
+  /// The first damage in `segments` (read after records ending before seq `from`) that
+  /// recovery would not simply cut (a torn tail of the newest), described; nil if none.
+  private static func laterDamage(
+    _ segments: ArraySlice<WALSegmentFile>, from: UInt64, _ directory: String,
+    _ fs: any FileSystem
+  ) -> String? {
+    var expected = from
+    for s in segments {
+      guard s.firstSeq == expected else {
+        return "\(s.name) starts at seq \(s.firstSeq), not \(expected)"
+      }
+      guard let scan = try? WALSegment.scan(s, directory: directory, fileSystem: fs) else {
+        return "\(s.name) cannot be read"
+      }
+      if let d = scan.damage, d.kind != .tornTail || s != segments.last {
+        return "\(s.name) at byte offset \(d.offset): \(d.reason)"
+      }
+      expected = scan.endSeq
+    }
+    return nil
   }
 
   /// The records after damage at `offset` of `scan`, as a segment of their own, when
