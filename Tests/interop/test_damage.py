@@ -37,7 +37,7 @@ import pytest
 
 import interop_support as support
 from crash_support import DurableServer
-from sc_support import unique
+from sc_support import pb, pb_grpc, unique
 
 HEADER = 24            # log segment header
 FRAME = 8              # [u32 length][u32 crc]
@@ -454,6 +454,57 @@ def test_damage_in_records_the_snapshot_holds_loses_no_state():
         srv.kill9()
         rc, text = _check_data(srv.data)
         assert rc == 0, text
+    finally:
+        srv.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.deadline(90)
+def test_damage_to_the_record_a_snapshot_ends_at_leaves_no_hole():
+    """SIGTERM (the snapshot holds every record), then a bit flipped in the log's last record:
+    start-up cuts it as a torn tail, and since the log would then end before the snapshot, it
+    deletes that history instead of leaving a hole; later changes survive kill -9 and
+    restarts, check-data finds nothing to advise, and the change feed serves from the new
+    oldest seq."""
+    root = tempfile.mkdtemp(prefix="damage-hole-")
+    srv = DurableServer(root, extra=SNAPSHOT_INTERVAL)
+    try:
+        srv.start()
+        ws = unique("hole")
+        srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
+        before = [f"b{i}" for i in range(4)]
+        for p in before:
+            srv.client.Identify(workspace=ws, person_id=p)
+        assert srv.terminate() == 0
+        segment = _newest_segment_with_records(srv.data)
+        records = _records(os.path.join(srv.data, segment))
+        with open(os.path.join(srv.data, segment), "r+b") as f:
+            f.seek(records[-1][1] - 1)
+            last = f.read(1)
+            f.seek(records[-1][1] - 1)
+            f.write(bytes([last[0] ^ 0x01]))
+        srv.start()
+        assert segment not in _segments(srv.data), _segments(srv.data)
+        after = [f"a{i}" for i in range(3)]
+        for p in after:
+            srv.client.Identify(workspace=ws, person_id=p)
+        srv.kill9()
+        rc, text = _check_data(srv.data)
+        assert rc == 0 and "WARNING" not in text, text
+        srv.start()
+        assert _present(srv, ws, before + after) == before + after
+        stub = pb_grpc.SubscriptionCenterStub(srv.channel)
+        call = stub.WatchChanges(pb.WatchRequest(workspace=ws, from_oldest=True),
+                                 metadata=srv.client.metadata, timeout=3)
+        got = []
+        try:
+            for e in call:
+                got.append(e.person_id)
+                if len(got) == len(after):
+                    break
+        finally:
+            call.cancel()
+        assert got == after, got
     finally:
         srv.close()
         shutil.rmtree(root, ignore_errors=True)
