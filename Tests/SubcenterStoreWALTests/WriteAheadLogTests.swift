@@ -845,9 +845,9 @@ func dataDirectory() throws -> FaultyFileSystem {
     }
   }
 
-  @Test func damageBeforeTheRecordsTheSnapshotNeedsIsCutWhenNothingFollows() throws {
-    // The same damage, but what follows it cannot be read (a second damaged record after
-    // the snapshot's seq): --recover-truncate cuts as before.
+  @Test func aSecondDamageAfterTheSnapshotIsCutThere() throws {
+    // The same damage, and a second one after the snapshot's seq in the same segment: the
+    // records between the two are kept, the log is cut at the second, later segments go.
     let fs = try log(count: 40, segmentSize: 1024)
     let segments = try WALSegment.list(directory: "/data", fileSystem: fs)
     let victim = segments[1]
@@ -855,13 +855,24 @@ func dataDirectory() throws -> FaultyFileSystem {
     var bytes = fs.contents(path)!
     let scan = WALSegment.scan(bytes, file: victim.name, firstSeq: victim.firstSeq)
     let after = victim.firstSeq + 1
-    for r in [1, 3] {
+    for r in [1, 4] {
       bytes[scan.records[r].lowerBound + 4] ^= 0x10
     }
     fs.setContents(path, bytes)
+    do {
+      _ = try readLog(fs, after: after)
+      Issue.record("damage in the middle was accepted")
+    } catch {
+      let e = try #require(error as? StorageError)
+      #expect(e.message.contains("damaged again at byte offset"), "\(e.message)")
+      #expect(e.message.contains("the changes after seq \(victim.firstSeq + 3)"), "\(e.message)")
+    }
     let (report, records) = try readLog(fs, after: after, truncateDamaged: true)
-    #expect(records.isEmpty && report.nextSeq == after + 1)
+    #expect(records.map(\.0) == [victim.firstSeq + 2, victim.firstSeq + 3])
+    #expect(report.nextSeq == victim.firstSeq + 4)
     #expect(report.discarded == segments[2...].map(\.name))
+    let (again, _) = try readLog(fs, after: after)
+    #expect(again.warnings.isEmpty && again.nextSeq == victim.firstSeq + 4)
   }
 
   @Test func tornTailOfAnOlderSegmentIsDamage() throws {
@@ -1018,14 +1029,15 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(sawOld && sawNew)
   }
 
-  @Test func oldSnapshotsCanBeRemoved() throws {
+  @Test func otherSnapshotsCanBeRemoved() throws {
+    // 15: a newer snapshot recovery fell back from (damaged), from a history it discarded.
     let fs = try dataDirectory()
-    for seq: UInt64 in [3, 9, 12] {
+    for seq: UInt64 in [3, 9, 12, 15] {
       let w = try SnapshotWriter(directory: "/data", seq: seq, fileSystem: fs)
       try w.commit()
     }
-    let removed = try SnapshotFile.remove(olderThan: 12, directory: "/data", fileSystem: fs)
-    #expect(removed == [SnapshotFile.fileName(seq: 3), SnapshotFile.fileName(seq: 9)])
+    let removed = try SnapshotFile.remove(except: 12, directory: "/data", fileSystem: fs)
+    #expect(removed.sorted() == [3, 9, 15].map { SnapshotFile.fileName(seq: $0) })
     #expect(try SnapshotFile.list(directory: "/data", fileSystem: fs).map(\.seq) == [12])
     fs.crash()
     fs.restart()

@@ -311,9 +311,9 @@ public final class DurableStore: Sendable {
       s.written += 1
     }
     for old in try SnapshotFile.remove(
-      olderThan: state.seq, directory: directory, fileSystem: fileSystem)
+      except: state.seq, directory: directory, fileSystem: fileSystem)
     {
-      log("removed \(old), covered by the new snapshot")
+      log("removed \(old), replaced by the new snapshot")
     }
     return state.seq
   }

@@ -81,13 +81,15 @@ public enum SnapshotFile {
     ) { seq(fileName: $0) != nil }
   }
 
-  /// Deletes every snapshot older than `seq` (once a newer one is durable), syncs the
-  /// directory; returns the names deleted.
+  /// Deletes every snapshot but the one at `seq` (once it is durable), syncs the directory;
+  /// returns the names deleted. Older ones are covered by it; a newer one can only be
+  /// from a history recovery discarded (a damaged snapshot it fell back from, or one past
+  /// a log end cut off), and may hold data of persons forgotten since.
   @discardableResult
-  public static func remove(olderThan seq: UInt64, directory: String, fileSystem fs: any FileSystem)
+  public static func remove(except seq: UInt64, directory: String, fileSystem fs: any FileSystem)
     throws(StorageError) -> [String]
   {
-    let old = try list(directory: directory, fileSystem: fs).filter { $0.seq < seq }.map(\.name)
+    let old = try list(directory: directory, fileSystem: fs).filter { $0.seq != seq }.map(\.name)
     do {
       for n in old { try fs.unlink(joinPath(directory, n)) }
       if !old.isEmpty { try fs.syncDirectory(directory) }

@@ -86,7 +86,12 @@ public enum WALReader {
             resumePastDamage($0, at: d.offset, lastGood: lastGood, need: after &+ 1, newest: newest)
           }
         let lost =
-          if let resumed {
+          if let resumed, let again = resumed.damage {
+            "the changes after seq \(max(after, resumed.scan.endSeq - 1)): valid records follow the damage "
+              + "from seq \(resumed.segment.firstSeq) on (the snapshot holds every change up to "
+              + "seq \(after)), but the segment is damaged again at byte offset "
+              + "\(again.offset) (\(again.reason))"
+          } else if let resumed {
             "no change, only the change feed's history before seq \(resumed.segment.firstSeq) "
               + "(the snapshot holds every change up to seq \(after), and valid records "
               + "follow the damage from seq \(resumed.segment.firstSeq) on)"
@@ -102,29 +107,34 @@ public enum WALReader {
               + "it was never acknowledged")
           if repair { try cut(segment, to: cutTo, directory: directory, fs: fs) }
         } else if truncateDamaged, let resumed {
-          // The records past the damage become a segment of their own; the damaged one and
-          // the older ones (history with a hole in it) go, after it is durable.
+          // The records past the damage (up to a second damage, if any) become a segment of
+          // their own; the damaged one and the older ones (history with a hole in it) go,
+          // after it is durable, and after a second damage every later one, as for a cut.
           let older =
             segments[..<i].map(\.name) + (resumed.segment == segment ? [] : [segment.name])
+          let later = resumed.damage == nil ? [] : segments[(i + 1)...].map(\.name)
           try WALSegment.replace(
             resumed.segment, with: Array(resumed.scan.bytes[..<resumed.scan.validEnd]),
             directory: directory, fileSystem: fs)
-          for name in older {
+          for name in older + later {
             do { try fs.unlink(joinPath(directory, name)) } catch {
               throw StorageError(error, "deleting log segment \(name)")
             }
           }
-          if !older.isEmpty { try syncDirectory(directory, fs) }
+          if !older.isEmpty || !later.isEmpty { try syncDirectory(directory, fs) }
+          report.discarded = later
           report.warnings.append(
             "\(segment.name) at byte offset \(d.offset): \(d.reason); as --recover-truncate "
               + "asks, the records from seq \(resumed.segment.firstSeq) on are kept in "
               + "\(resumed.segment.name)"
               + (older.isEmpty ? "" : " and \(older.joined(separator: ", ")) deleted")
+              + (later.isEmpty ? "" : ", later segments deleted: \(later.joined(separator: ", "))")
               + ", losing \(lost)")
           report.segments[report.segments.count - 1] = resumed.segment
           segment = resumed.segment
           scan = resumed.scan
-          damage = nil
+          // A second damage ends the read here, as a cut does.
+          damage = resumed.damage.map { ($0.offset, $0.reason, false) }
         } else if truncateDamaged {
           let later = segments[(i + 1)...].map(\.name)
           report.warnings.append(
@@ -148,12 +158,14 @@ public enum WALReader {
               + (resumed != nil
                 ? "Restarting with --recover-truncate (back up the data directory first) "
                   + "keeps the records after the damage and loses \(lost)"
-                  + (laterDamage(segments[(i + 1)...], from: resumed!.scan.endSeq, directory, fs)
-                    .map {
-                      "; but the log is damaged again further on (\($0)), where "
-                        + "--recover-truncate cuts it: what follows is lost unless restored "
-                        + "from a backup"
-                    } ?? ".")
+                  + (resumed!.damage != nil
+                    ? "."
+                    : laterDamage(segments[(i + 1)...], from: resumed!.scan.endSeq, directory, fs)
+                      .map {
+                        "; but the log is damaged again further on (\($0)), where "
+                          + "--recover-truncate cuts it: what follows is lost unless restored "
+                          + "from a backup"
+                      } ?? ".")
                 : "To start from the last good record (seq \(max(lastGood, after))) and "
                   + "discard \(lost) that the log holds, back up the data directory and "
                   + "restart with --recover-truncate."))
@@ -256,13 +268,14 @@ public enum WALReader {
   }
 
   /// The records after damage at `offset` of `scan`, as a segment of their own, when
-  /// they make the damage cost no change: the first valid frame after it holds a seq
-  /// from `lastGood + 1` to `need` (the first seq the state needs), and valid records of
-  /// consecutive seqs follow it to the end of the segment (a torn tail allowed in the
-  /// newest, cut off).
+  /// the first valid frame after it holds a seq from `lastGood + 1` to `need` (the first
+  /// seq the state needs), so that the damage itself costs no change: the records of
+  /// consecutive seqs from there, up to the end of the segment (a torn tail of the newest
+  /// is cut off) or to a second damage, which `damage` then describes (with its byte
+  /// offset in the original segment).
   private static func resumePastDamage(
     _ scan: SegmentScan, at offset: Int, lastGood: UInt64, need: UInt64, newest: Bool
-  ) -> (segment: WALSegmentFile, scan: SegmentScan)? {
+  ) -> (segment: WALSegmentFile, scan: SegmentScan, damage: (offset: Int, reason: String)?)? {
     guard lastGood < need else { return nil }
     let found = scan.bytes.withUnsafeBytes { b -> (offset: Int, seq: UInt64)? in
       guard let o = RecordFrame.firstValidFrame(b, from: offset + 1, hint: nil),
@@ -276,8 +289,11 @@ public enum WALReader {
     let rest = WALSegment.scan(
       WALSegment.header(firstSeq: found.seq) + scan.bytes[found.offset...], file: segment.name,
       firstSeq: found.seq)
-    if let d = rest.damage, d.kind != .tornTail || !newest { return nil }
-    return (segment, rest)
+    let again = rest.damage.flatMap { d -> (offset: Int, reason: String)? in
+      d.kind == .tornTail && newest
+        ? nil : (found.offset + d.offset - WALSegment.headerSize, d.reason)
+    }
+    return (segment, rest, again)
   }
 
   /// Cuts a segment to `size` bytes and syncs it; a segment left without a valid header
