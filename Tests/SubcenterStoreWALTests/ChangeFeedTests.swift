@@ -545,6 +545,45 @@ private final class CollectingSink: ChangeSink {
     d.close()
   }
 
+  /// SPEC §3: OUT_OF_RANGE only when an event of the consumer's workspace after its cursor
+  /// expired; another workspace's expired records are no reason.
+  @Test func onlyTheWorkspacesOwnExpiredEventsMakeACursorOutOfRange() throws {
+    let (fs, clock, d) = try setUp()
+    _ = awaitStoreCall { c in
+      d.store.configureWorkspace(
+        WorkspaceConfig(workspace: "other", channels: ["email"]), actor: "a", mayCreate: true
+      ) { c($0.map { _ in 0 }) }
+    }
+    write(d.store, "a0")  // acme's last events before the cursor
+    let cursor = d.wal.status.durableThrough
+    _ = awaitStoreCall { c in
+      d.store.identify(IdentifyRequest(workspace: "other", personID: "b0"), actor: "w") {
+        c($0.map { _ in 0 })
+      }
+    }
+    try d.snapshot(force: true)
+    clock.advance(by: 61_000)
+    try d.retentionPass(rotateAfterMillis: 0)  // a new segment for what follows
+    write(d.store, "a1")
+    try d.retentionPass(rotateAfterMillis: 0)  // everything up to "b0" expires
+    let oldest = try #require(try WALSegment.list(directory: cfDirectory, fileSystem: fs).first)
+    #expect(oldest.firstSeq > cursor + 1)
+    let resumed = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .after(cursor), sink: resumed)
+    resumed.wait(for: 2)
+    #expect(resumed.events.map(\.personID) == ["a1", "a1"] && resumed.end == nil)
+    // One seq earlier, acme's own expired event is missed: OUT_OF_RANGE.
+    let late = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .after(cursor - 1), sink: late)
+    late.wait(for: 1)
+    guard case .outOfRange = late.end else {
+      Issue.record("expected OUT_OF_RANGE, got \(String(describing: late.end))")
+      d.close()
+      return
+    }
+    d.close()
+  }
+
   @Test func erasureRewritesRetainedSegmentsKeepingTheTombstone() throws {
     let (fs, _, d) = try setUp()
     write(d.store, "gone")

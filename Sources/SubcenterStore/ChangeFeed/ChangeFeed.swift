@@ -97,15 +97,50 @@ public final class ChangeFeed: Sendable {
   /// How many watchers there are (the log's completions only wake the thread then).
   let watching = Atomic<Int>(0)
 
+  /// What left the log while this process ran, for `OUT_OF_RANGE`: per workspace, the
+  /// newest event seq in the segments the retention deleted. Of what left before
+  /// `knownFrom` (before the process started, or unread: damaged segments an erasure
+  /// deleted) nothing is known per workspace.
+  struct Expiry {
+    var knownFrom: UInt64
+    var newestEvent: [String: UInt64] = [:]
+  }
+  let expiry: Mutex<Expiry>
+
+  /// `oldestRetained`: the first seq of the log when the store was opened.
   init(
     directory: String, fileSystem: any FileSystem, wal: WriteAheadLog, options: Options,
-    lastEventSeq: @escaping @Sendable (String) -> UInt64
+    oldestRetained: UInt64, lastEventSeq: @escaping @Sendable (String) -> UInt64
   ) {
     self.directory = directory
     self.fileSystem = fileSystem
     self.wal = wal
     self.options = options
+    self.expiry = Mutex(Expiry(knownFrom: oldestRetained))
     self.lastEventSeq = lastEventSeq
+  }
+
+  /// Segments holding these newest event seqs per workspace are about to be deleted.
+  func expiring(newestEvents: [String: UInt64]) {
+    expiry.withLock { e in
+      e.newestEvent.merge(newestEvents) { max($0, $1) }
+    }
+  }
+
+  /// Segments before `seq` are about to be deleted unread: what they held is not known.
+  func expiringUnread(before seq: UInt64) {
+    expiry.withLock { $0.knownFrom = max($0.knownFrom, seq) }
+  }
+
+  /// Whether a consumer of `workspace` resuming after `seq`, older than the oldest
+  /// retained seq, missed an event of its workspace that expired (SPEC §3: `OUT_OF_RANGE`
+  /// then, and only then). Exact for what expired while this process ran; for what
+  /// expired before, only "the workspace has had an event since" is known, so such a
+  /// cursor is refused then (it may resync once more than needed, never miss an event).
+  func missedExpiredEvents(workspace: String, after seq: UInt64) -> Bool {
+    let e = expiry.withLock { $0 }
+    if seq &+ 1 < e.knownFrom { return lastEventSeq(workspace) > seq }
+    return (e.newestEvent[workspace] ?? 0) > seq
   }
 
   /// Starts a watch of `workspace`'s events. Returns an id for `cancel`.
@@ -287,7 +322,7 @@ final class Watcher: @unchecked Sendable {
           }
           // Only a missed event is a reason: a workspace quiet since the cursor (its newest
           // event at or before it) missed nothing while other workspaces' records expired.
-          if seq + 1 < oldest, feed.lastEventSeq(workspace) > seq {
+          if seq + 1 < oldest, feed.missedExpiredEvents(workspace: workspace, after: seq) {
             return .outOfRange(
               "the events after seq \(seq) have expired; the oldest retained seq is \(retained)")
           }

@@ -81,10 +81,18 @@ public final class DurableStore: Sendable {
   private let timer = Mutex<MaintenanceTimer?>(nil)
 
   struct Maintenance {
-    /// The newest record time left in each complete segment (by first seq), once read.
-    var newestAt: [UInt64: Int64?] = [:]
+    /// What is left in each complete segment (by first seq), once read.
+    var summaries: [UInt64: SegmentSummary] = [:]
     /// The active segment and when a retention pass first saw records in it (ms).
     var active: (seq: UInt64, since: Int64) = (0, 0)
+  }
+
+  /// What a complete segment holds, for the retention.
+  struct SegmentSummary {
+    /// The time of its newest record erasure left (nil: none left).
+    var newestAt: Int64?
+    /// The newest event seq of each workspace in it.
+    var newestEvents: [String: UInt64] = [:]
   }
 
   /// What snapshots have done since the store was opened.
@@ -118,8 +126,10 @@ public final class DurableStore: Sendable {
   ) {
     self.changeRetentionMillis = changeRetentionMillis
     self.clock = clock
+    let oldest = (try? WALSegment.list(directory: directory, fileSystem: fileSystem))?.first
     self.changeFeed = ChangeFeed(
       directory: directory, fileSystem: fileSystem, wal: wal, options: feedOptions,
+      oldestRetained: oldest?.firstSeq ?? wal.status.nextSeq,
       lastEventSeq: { [store] in store.lastEventSeq(workspace: $0) })
     self.store = store
     self.wal = wal
@@ -406,6 +416,8 @@ public final class DurableStore: Sendable {
     }
     if let last = dropThrough {
       let dropped = segments[...last].map(\.name)
+      changeFeed.expiringUnread(
+        before: last + 1 < segments.count ? segments[last + 1].firstSeq : active)
       for name in dropped {
         do { try fileSystem.unlink(joinPath(directory, name)) } catch {
           throw StorageError(error, "deleting log segment \(name)")
@@ -441,7 +453,7 @@ public final class DurableStore: Sendable {
         return .erase
       }
       if n > 0 {
-        m.newestAt[s.firstSeq] = nil
+        m.summaries[s.firstSeq] = nil
         log("erasure: rewrote \(s.name) without \(n) records")
       }
     }
@@ -460,20 +472,22 @@ public final class DurableStore: Sendable {
     return try rotated.withLock({ $0! }).get()
   }
 
-  /// The time of the newest record left in a complete segment (nil: none left).
-  private func newestAt(_ s: WALSegmentFile, _ m: inout Maintenance) throws(StorageError)
-    -> Int64?
+  /// What is left in a complete segment, read once.
+  private func summary(_ s: WALSegmentFile, _ m: inout Maintenance) throws(StorageError)
+    -> SegmentSummary
   {
-    if let cached = m.newestAt[s.firstSeq] { return cached }
+    if let cached = m.summaries[s.firstSeq] { return cached }
     let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
-    var newest: Int64?
+    var summary = SegmentSummary()
     for i in 0..<scan.records.count {
-      if let c = try LogRecordCodec.decode(scan.payload(i)).command {
-        newest = max(newest ?? c.at, c.at)
+      guard let c = try LogRecordCodec.decode(scan.payload(i)).command else { continue }
+      summary.newestAt = max(summary.newestAt ?? c.at, c.at)
+      if ChangeEvents.hasEvents(c) {
+        summary.newestEvents[c.workspace] = scan.seqs[i] + scan.seqCount(i) - 1
       }
     }
-    m.newestAt[s.firstSeq] = .some(newest)
-    return newest
+    m.summaries[s.firstSeq] = summary
+    return summary
   }
 
   /// Deletes the expired segments the newest snapshot covers (`RetentionPlan`). Returns
@@ -488,7 +502,7 @@ public final class DurableStore: Sendable {
     for s in segments {
       // Only a prefix of expired segments matters: read no further than the first live one.
       if expiredSoFar && s.firstSeq < active && s != segments.last {
-        let t = try newestAt(s, &m)
+        let t = try summary(s, &m).newestAt
         if let t, t >= cutoff { expiredSoFar = false }
         plan.append(.init(firstSeq: s.firstSeq, newestAt: t))
       } else {
@@ -499,11 +513,16 @@ public final class DurableStore: Sendable {
     let (count, uncovered) = RetentionPlan.deletable(
       plan, cutoff: cutoff, snapshotSeq: snapshotStatus.seq)
     guard count > 0 else { return uncovered }
+    var newestEvents: [String: UInt64] = [:]
+    for s in segments[0..<count] {
+      newestEvents.merge(try summary(s, &m).newestEvents) { max($0, $1) }
+    }
+    changeFeed.expiring(newestEvents: newestEvents)
     for s in segments[0..<count] {
       do { try fileSystem.unlink(joinPath(directory, s.name)) } catch {
         throw StorageError(error, "removing log segment \(s.name)")
       }
-      m.newestAt[s.firstSeq] = nil
+      m.summaries[s.firstSeq] = nil
       log("removed \(s.name): older than the change retention")
     }
     do { try fileSystem.syncDirectory(directory) } catch {
