@@ -182,20 +182,27 @@ extension SubscriptionStore {
   }
 
   /// Adds to `r` a hold on the record of each of `keys` that marks it removed while `r`'s
-  /// command is in flight (see `run`). Their shards are locked.
+  /// command is in flight (see `run`). Their shards are locked. False when one has no
+  /// record yet (a command in flight creates it): a write applied after that creation
+  /// would not see the hold, so the removal must wait for it (`Step.again`; the caller's
+  /// `Deps` hold the creating command, found in the in-flight identity state).
   func holdRemovals(
     of keys: [PersonKey], _ h: WorkspaceHandle, _ shards: inout LockedShards,
     into r: inout Reservations
-  ) {
+  ) -> Bool {
+    var all = true
     for key in keys {
       let hash = KeyHash.person(h.number, key)
       let s = shardIndex(hash)
       shards.with(s) { shard in
         if let slot = shard.find(workspace: h.number, key: key, hash: hash) {
           r.slots.append(SlotReservation(shard: s, slot: slot, removes: true))
+        } else {
+          all = false
         }
       }
     }
+    return all
   }
 
   /// `body` on the person at `slot`, unless a command in flight removes it.

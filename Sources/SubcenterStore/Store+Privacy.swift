@@ -34,7 +34,9 @@ extension SubscriptionStore {
         let scope = self.scope(of: .forget(cmd), h)
         return try withShards(scope.shards) {
           (shards: inout LockedShards) throws(CoreError) -> Step<ForgetResult> in
-          holdRemovals(of: [key], h, &shards, into: &r)
+          guard holdRemovals(of: [key], h, &shards, into: &r) else {
+            return .again { [self] in forget(req, actor: actor, completion: $0) }
+          }
           let c = try commit(
             .forget(cmd), scope: scope, reservations: r, completion: completion
           ) { _, applied in
@@ -118,7 +120,9 @@ extension SubscriptionStore {
         let scope = self.scope(of: .suppress(cmd), h)
         return try withShards(scope.shards) {
           (shards: inout LockedShards) throws(CoreError) -> Step<SuppressResult> in
-          holdRemovals(of: holders.map(\.0), h, &shards, into: &r)
+          guard holdRemovals(of: holders.map(\.0), h, &shards, into: &r) else {
+            return .again { [self] in suppress(req, actor: actor, completion: $0) }
+          }
           let c = try commit(
             .suppress(cmd), scope: scope, reservations: r, completion: completion
           ) { _, _ in .success(result) }

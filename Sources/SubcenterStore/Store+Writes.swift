@@ -183,7 +183,9 @@ extension SubscriptionStore {
       let scope = self.scope(of: .identify(cmd), h)
       return try withShards(scope.shards) {
         (shards: inout LockedShards) throws(CoreError) -> Step<Profile> in
-        if merges, let attach { holdRemovals(of: [.anonymous(attach)], h, &shards, into: &r) }
+        if merges, let attach, !holdRemovals(of: [.anonymous(attach)], h, &shards, into: &r) {
+          return .again { [self] in identify(req, actor: actor, completion: $0) }
+        }
         let c = try commit(
           .identify(cmd), scope: scope, reservations: r, completion: completion
         ) { _, applied in .success(applied.person!.profile) }

@@ -146,6 +146,32 @@ import Testing
     #expect(d.log.commands.count == 5, "two identifies, the forget, a send: \(d.log.commands)")
     #expect(d.settled)
   }
+
+  /// A forget of a person whose creation (here with the merge of an anonymous profile) is
+  /// still in flight waits for it, so that its removal holds the person's record: a write
+  /// through the merged anonymous id made meanwhile then waits for the forget and finds
+  /// nobody. (The forget was logged at once, holding nothing; the write, made after the
+  /// creation was applied, was logged behind the forget, answered NOT_FOUND, and still
+  /// reached the change feed after the tombstone, and the disk past the erasure.)
+  @Test func aForgetWaitsForThePersonsCreationInFlight() throws {
+    let d = Deferred()
+    let anonymous = d.identify(anonymousID: "c1")
+    d.log.complete()
+    #expect(waitUntil { anonymous.done })
+    let merge = d.identify("u1", anonymousID: "c1")
+    let forgotten = d.forget(.personID("u1"))
+    #expect(d.log.queued == 1, "the forget waits for the creation it would remove")
+    d.log.complete()
+    #expect(waitUntil { merge.done && d.log.queued == 1 })
+    let viaCookie = d.set(.anonymousID("c1"), .unsubscribed, channel: "sms")
+    #expect(d.log.queued == 1, "the write waits for the forget")
+    d.log.complete()
+    #expect(waitUntil { forgotten.done && viaCookie.done })
+    #expect(try forgotten.get().personID == "u1")
+    #expect(viaCookie.error?.kind == .notFound)
+    #expect(d.log.commands.count == 4, "the workspace, profile, merge, forget: \(d.log.commands)")
+    #expect(d.settled)
+  }
 }
 
 @Suite struct BatchInFlightTests {
