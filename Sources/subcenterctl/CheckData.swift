@@ -59,6 +59,13 @@ enum CheckData {
 
     // The secret the data's suppression hashes, receipts and page tokens are keyed with.
     if !snapshots.isEmpty || !segments.isEmpty {
+      let key = directory + "/secret.key"
+      if access(key, F_OK) == 0 && access(key, R_OK) != 0 {
+        writeStderrLine(
+          "subcenterctl check-data: cannot read \(key): \(String(cString: strerror(errno))) "
+            + "(run it as the user that owns the data)")
+        return 2
+      }
       if (try? ServerSecret.load(dataDirectory: directory)) == nil {
         secretMissing = true
         writeStdoutLine(
@@ -81,6 +88,10 @@ enum CheckData {
         ok("\(info.name): \(read.records) records, seq \(info.seq): OK")
         if base == nil { base = read }
       } catch {
+        guard error.kind == .damaged else {
+          writeStderrLine("subcenterctl check-data: \(describe(error, file: info.name))")
+          return 2
+        }
         damagedSnapshots += 1
         writeStdoutLine("\(info.name): DAMAGED: \(describe(error, file: info.name))")
         if base == nil {
@@ -110,6 +121,10 @@ enum CheckData {
       do throws(StorageError) {
         scan = try WALSegment.scan(segment, directory: directory, fileSystem: fs)
       } catch {
+        guard error.kind == .damaged else {
+          writeStderrLine("subcenterctl check-data: \(describe(error, file: segment.name))")
+          return 2
+        }
         let line = "\(segment.name): DAMAGED: \(describe(error, file: segment.name))"
         if coveredBySnapshot { belowSnapshot(line) } else { bad(line) }
         expected = nil

@@ -135,11 +135,17 @@ enum Ctl {
       workspace set FILE: {"channels": ["email"], "topics": [{"id", "name", "description",
         "default_state": "SUBSCRIBED" | "UNSUBSCRIBED"}], "limits": [{"channel",
         "max_messages", "window_seconds"}], "allow_important_override": false}
-      exit status: 0 done, 1 the call failed (CODE: message on stderr), 2 a usage or input
-      problem (nothing was sent).
+      exit status: 0 done, 1 the call failed (CODE: message on stderr) or its output could
+      not be written, 2 a usage or input problem (nothing was sent). -- ends the flags.
 
       """
     return out
+  }
+
+  /// An error on standard error, escaped: messages may echo what the server or the
+  /// command line holds, which must not drive the terminal or fake a line.
+  static func report(_ error: any Error) {
+    writeStderrLine("subcenterctl: \(ProtoMessage.printable("\(error)"))")
   }
 
   static func run() -> Int32 {
@@ -147,8 +153,18 @@ enum Ctl {
     var flagArgs: [String] = []
     var given: [String] = []
     var args: [String] = []
+    for i in 1..<Int(CommandLine.argc) {
+      guard let raw = CommandLine.unsafeArgv[i], String(validatingCString: raw) != nil else {
+        writeStderrLine("subcenterctl: argument \(i) is not valid UTF-8")
+        return 2
+      }
+    }
     var rest = Array(CommandLine.arguments.dropFirst())[...]
     while let a = rest.popFirst() {
+      if a == "--" {  // the rest are operands, even those starting with --
+        args += rest
+        break
+      }
       guard a.hasPrefix("--"), a.count > 2 else {
         args.append(a)
         continue
@@ -183,19 +199,22 @@ enum Ctl {
         throw UsageError("--\(name) does not apply to '\(command.name)'")
       }
     } catch {
-      writeStderrLine("subcenterctl: \(error)")
+      report(error)
       return 2
     }
     do {
       return try execute(command, operands, flags: flags)
     } catch let error as UsageError {
-      writeStderrLine("subcenterctl: \(error)")
+      report(error)
       return 2
     } catch let error as FlagError {
-      writeStderrLine("subcenterctl: \(error)")
+      report(error)
+      return 2
+    } catch let error as TLSError {
+      report(error)  // a certificate, key or CA file: nothing was sent
       return 2
     } catch {
-      writeStderrLine("subcenterctl: \(error)")
+      report(error)
       return 1
     }
   }
@@ -237,8 +256,11 @@ enum Ctl {
     }
     let tls = try TLSContext.client(
       trustRootsFile: flags.string("ca"), certificateChainFile: cert, privateKeyFile: key)
-    // --timeout-ms also bounds the TLS and HTTP/2 handshakes (10 s without it).
-    let handshake = try flags.int("timeout-ms", in: 1...86_400_000) ?? 10_000
+    // --timeout-ms also bounds the TLS and HTTP/2 handshakes (its default without it).
+    let handshake = try flags.int("timeout-ms", in: 1...86_400_000) ?? 5000
+    if let name = flags.string("server-name"), name.isEmpty {
+      throw UsageError("--server-name must not be empty")
+    }
     return try GRPCClient(
       address: address, serverName: flags.string("server-name"), tls: tls,
       connectTimeoutMillis: Int32(handshake))
@@ -283,6 +305,7 @@ enum Ctl {
       }
       return 0
     case "check-data":
+      if json { throw UsageError("--json does not apply to 'check-data' (its report is text)") }
       return CheckData.run(directory: o[0])
     case "verify-receipt":
       let dir = flags.string("data") ?? "./data"
@@ -324,7 +347,7 @@ enum Ctl {
       (decode, render) = (ProtoMessage.decoder(subcenter__v1__profile__unpack), Printer.profile)
     case "profile", "preferences", "history", "forget", "unsubscribe-all", "resubscribe":
       w.string(1, o[0])
-      w.message(2, ProtoWriter.person(o[1]))
+      w.message(2, try ProtoWriter.person(o[1]))
       (decode, render) = (
         ProtoMessage.decoder(subcenter__v1__preferences__unpack), Printer.preferences
       )
@@ -356,7 +379,7 @@ enum Ctl {
       }
     case "subscribe", "unsubscribe", "check", "override":
       w.string(1, o[0])
-      w.message(2, ProtoWriter.person(o[1]))
+      w.message(2, try ProtoWriter.person(o[1]))
       w.string(3, o[2])
       if o.count > 3 { w.string(4, o[3]) }
       switch command.name {
@@ -385,14 +408,14 @@ enum Ctl {
       w.string(1, o[0])
       w.string(2, o[1])
       w.string(3, o[2])
-      for p in o[3...] { w.message(4, ProtoWriter.person(p)) }
+      for p in o[3...] { w.message(4, try ProtoWriter.person(p)) }
       w.bool(5, try flags.bool("record-send"))
       method = "CheckDeliveryBatch"
       decode = ProtoMessage.decoder(subcenter__v1__delivery_batch_response__unpack)
       render = { Printer.batch($0, persons: Array(o[3...])) }
     case "suppress", "unsuppress":
       w.string(1, o[0])
-      for i in o[1...] { w.message(2, ProtoWriter.suppressionIdentifier(i)) }
+      for i in o[1...] { w.message(2, try ProtoWriter.suppressionIdentifier(i)) }
       w.string(3, flags.string("reason") ?? "")
       method = command.name == "suppress" ? "SuppressIdentifiers" : "UnsuppressIdentifiers"
       decode = ProtoMessage.decoder(subcenter__v1__suppress_response__unpack)

@@ -51,25 +51,28 @@ struct ProtoWriter {
   /// Splits `id`, `email:…`, `phone:…` or `anon:…` into its kind (the field number of
   /// PersonRef and the IdentifierKind value alike: 1 person id, 2 email, 3 phone, 4
   /// anonymous id) and value.
-  static func identifier(_ text: String) -> (kind: Int, value: String) {
+  static func identifier(_ text: String) throws(UsageError) -> (kind: Int, value: String) {
     for (prefix, kind) in [("email:", 2), ("phone:", 3), ("anon:", 4)] where text.hasPrefix(prefix)
     {
+      guard text.count > prefix.count else {
+        throw UsageError("'\(text)' names no \(prefix.dropLast()): give its value after the colon")
+      }
       return (kind, String(text.dropFirst(prefix.count)))
     }
     return (1, text)
   }
 
   /// A PersonRef.
-  static func person(_ text: String) -> ProtoWriter {
-    let (kind, value) = identifier(text)
+  static func person(_ text: String) throws(UsageError) -> ProtoWriter {
+    let (kind, value) = try identifier(text)
     var w = ProtoWriter()
     w.string(kind, value)
     return w
   }
 
   /// An Identifier (for SuppressRequest).
-  static func suppressionIdentifier(_ text: String) -> ProtoWriter {
-    let (kind, value) = identifier(text)
+  static func suppressionIdentifier(_ text: String) throws(UsageError) -> ProtoWriter {
+    let (kind, value) = try identifier(text)
     var w = ProtoWriter()
     w.int(1, Int64(kind))
     w.string(2, value)

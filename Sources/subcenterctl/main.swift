@@ -1,3 +1,10 @@
+import GRPCTransport
 import Glibc
 
-exit(Ctl.run())
+let status = Ctl.run()
+if standardOutputFailed {
+  // A token from `token create` that never reached its file is lost: not "done".
+  writeStderrLine("subcenterctl: the output could not be written (standard output)")
+  exit(status == 0 ? 1 : status)
+}
+exit(status)

@@ -351,3 +351,26 @@ def test_token_create_writes_json_and_tokens_must_be_printable(sc, tmp_path):
     r = ctl(sc, "workspace", "get", ws, token=None, env={"SUBCENTER_TOKEN": TOKENS["sc-root"] + "\r"},
             code=2)
     assert "visible ASCII" in r.stderr
+
+
+def test_command_line_problems_are_usage_errors_and_output_failures_are_not_done(sc, tmp_path):
+    """Exit 2 with nothing sent for an empty `email:`, invalid UTF-8 or `--json` on the text
+    report of check-data; `--` ends the flags (a person id may start with `--`); control
+    characters in messages are escaped; output that cannot be written is not exit 0."""
+    ws = sc.workspace()
+    r = ctl(sc, "profile", ws, "email:", code=2)
+    assert "names no email" in r.stderr, r.stderr
+    r = ctl(sc, "check-data", str(tmp_path), "--json", token=None, code=2)
+    assert "--json does not apply" in r.stderr, r.stderr
+    ctl(sc, "identify", ws, "--", "--odd-id")
+    assert "--odd-id" in ctl(sc, "profile", ws, "--", "--odd-id").stdout
+    binary = str(support.binary("subcenterctl"))
+    r = subprocess.run([binary.encode(), b"identify", ws.encode(), b"\xff\xfeab"],
+                       capture_output=True, env=clean_env(), timeout=30)
+    assert r.returncode == 2 and b"not valid UTF-8" in r.stderr, r
+    r = subprocess.run([binary, "frob\x1b[2J"], capture_output=True, text=True, env=clean_env())
+    assert r.returncode == 2 and "\x1b" not in r.stderr and "\\u{1B}" in r.stderr, r
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([binary, "token", "create", "a", "default", "read"], stdout=full,
+                           stderr=subprocess.PIPE, text=True, env=clean_env())
+    assert r.returncode == 1 and "could not be written" in r.stderr, r

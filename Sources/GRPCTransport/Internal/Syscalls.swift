@@ -3,6 +3,7 @@
 
 import CLinux
 import Glibc
+import Synchronization
 
 /// A failed system call: which call, and the errno it set.
 public struct SystemError: Error, CustomStringConvertible, Sendable {
@@ -194,19 +195,30 @@ enum Socket {
 /// Writes one line to standard error, unbuffered (safe from any thread).
 public func writeStderrLine(_ line: String) { writeLine(line, fd: 2) }
 
-/// Writes one line to standard output, unbuffered.
-public func writeStdoutLine(_ line: String) { writeLine(line, fd: 1) }
+/// Writes one line to standard output, unbuffered. A line that cannot be written all
+/// (a full disk, a closed pipe) is noted: `standardOutputFailed`.
+public func writeStdoutLine(_ line: String) {
+  if !writeLine(line, fd: 1) { stdoutFailed.store(true, ordering: .relaxed) }
+}
 
-private func writeLine(_ line: String, fd: Int32) {
+/// Whether a line written with `writeStdoutLine` did not all reach standard output.
+public var standardOutputFailed: Bool { stdoutFailed.load(ordering: .relaxed) }
+
+private let stdoutFailed = Atomic<Bool>(false)
+
+@discardableResult
+private func writeLine(_ line: String, fd: Int32) -> Bool {
   var bytes = Array(line.utf8)
   bytes.append(UInt8(ascii: "\n"))
-  bytes.withUnsafeBytes { b in
+  return bytes.withUnsafeBytes { b in
     var off = 0
     while off < b.count {
       let n = Glibc.write(fd, b.baseAddress! + off, b.count - off)
-      if n <= 0 { return }
+      if n < 0 && Glibc.errno == EINTR { continue }
+      if n <= 0 { return false }
       off += n
     }
+    return true
   }
 }
 
