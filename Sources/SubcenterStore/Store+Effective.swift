@@ -120,14 +120,15 @@ extension SubscriptionStore {
   }
 
   /// Like `withPerson`, for a write. A ref by email, phone or anonymous id names the
-  /// person the commands in flight leave holding it, when that person has a record (so
-  /// a write through an anonymous id being merged goes to the person it is merged into),
-  /// else its committed holder. A person a command in flight removes (forgets, expires,
-  /// merges into another) is neither: nil, with `deps.awaitingRemovals` counting it, and
-  /// the caller answers `Step.again`, so the write is decided once the removal is applied
-  /// (it would otherwise be logged after the removal and, answered NOT_FOUND, still reach
-  /// the change feed, or a person created again under the same id). `body` gets the
-  /// shard's index and the `Deps`.
+  /// person the commands in flight leave holding it (so a write through an anonymous id
+  /// being merged goes to the person it is merged into), nobody if they release it (an
+  /// email an Identify in flight replaces), else its committed holder. A person a command
+  /// in flight removes (forgets, expires, merges into another) or has not created yet is
+  /// none: nil, with `deps.awaitingRemovals` counting it, and the caller answers
+  /// `Step.again`, so the write is decided once that is applied (it would otherwise be
+  /// logged after a removal and, answered NOT_FOUND, still reach the change feed, or a
+  /// person created again under the same id). `body` gets the shard's index and the
+  /// `Deps`.
   func withPersonForWrite<R: Sendable>(
     _ h: WorkspaceHandle, _ ref: PersonRef, _ deps: inout Deps,
     _ body: (inout Shard, Int, UInt32, inout Deps) throws(CoreError) -> R
@@ -146,8 +147,14 @@ extension SubscriptionStore {
       }
       if let (holder, last) = pending {
         deps.add(last)
-        if let holder, let r = try withKey(h, holder, &deps, body) { return r }
-        if deps.awaitingRemovals > removals { return nil }
+        // Released by a command in flight (an Identify replacing it, a removal): it names
+        // nobody, though the committed index still points at its last holder.
+        guard let holder else { return nil }
+        if let r = try withKey(h, holder, &deps, body) { return r }
+        // Its holder is being removed, or has no record yet (a command in flight creates
+        // it, or merges this anonymous profile into it): decided once that is applied.
+        if deps.awaitingRemovals == removals { deps.awaitingRemovals += 1 }
+        return nil
       }
       if candidates.isEmpty { return nil }
       for c in candidates {

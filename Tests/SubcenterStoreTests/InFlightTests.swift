@@ -172,6 +172,29 @@ import Testing
     #expect(d.log.commands.count == 4, "the workspace, profile, merge, forget: \(d.log.commands)")
     #expect(d.settled)
   }
+
+  /// A write through the email an Identify in flight replaces finds nobody (SPEC: a new
+  /// email replaces the previous one, which stops naming the person); through the new one
+  /// it reaches the person. (The old one still named the person through the committed
+  /// index: a write acknowledged before the change, with an answer showing a write made
+  /// after it.)
+  @Test func aWriteThroughAnEmailAnIdentifyInFlightReplacesFindsNobody() throws {
+    let d = Deferred()
+    let person = d.identify("u1", email: "a@x.com")
+    d.log.complete()
+    #expect(waitUntil { person.done })
+    let change = d.identify("u1", email: "b@x.com")
+    let viaOld = d.set(.email("a@x.com"), .subscribed, channel: "email")
+    let viaNew = d.global(.email("b@x.com"), unsubscribed: true)
+    #expect(d.log.queued == 2, "the change and the write through the new email")
+    d.log.complete()
+    #expect(waitUntil { change.done && viaOld.done && viaNew.done })
+    #expect(viaOld.error?.kind == .notFound)
+    #expect(try viaNew.get().globalUnsubscribed)
+    let now = try d.store.preferences(workspace: "acme", person: .personID("u1"))
+    #expect(now.entries.isEmpty && now.globalUnsubscribed)
+    #expect(d.settled)
+  }
 }
 
 @Suite struct BatchInFlightTests {
