@@ -154,9 +154,9 @@ struct Applied: Sendable {
 struct Deps {
   private(set) var commits: [PendingCommit] = []
   private var seen = Set<ObjectIdentifier>()
-  /// Look-ups that found their person being removed by a command in `commits`: the call
-  /// must run again once those are applied (`Step.again`).
-  var awaitingRemovals = 0
+  /// Look-ups that found their person being removed, or not yet created, by a command in
+  /// `commits`: the call must run again once those are applied (`Step.again`).
+  var awaitingPersonChanges = 0
 
   var isEmpty: Bool { commits.isEmpty }
 

@@ -124,7 +124,7 @@ extension SubscriptionStore {
   /// being merged goes to the person it is merged into), nobody if they release it (an
   /// email an Identify in flight replaces), else its committed holder. A person a command
   /// in flight removes (forgets, expires, merges into another) or has not created yet is
-  /// none: nil, with `deps.awaitingRemovals` counting it, and the caller answers
+  /// none: nil, with `deps.awaitingPersonChanges` counting it, and the caller answers
   /// `Step.again`, so the write is decided once that is applied (it would otherwise be
   /// logged after a removal and, answered NOT_FOUND, still reach the change feed, or a
   /// person created again under the same id). `body` gets the shard's index and the
@@ -138,7 +138,7 @@ extension SubscriptionStore {
     let value = ref.value
     let ident = IdentifierKey(kind, value)
     let idHash = KeyHash.identifier(kind, value)
-    let removals = deps.awaitingRemovals
+    let removals = deps.awaitingPersonChanges
     for _ in 0..<4 {
       let (pending, candidates) = h.identity.withLock {
         identity -> ((PersonKey?, PendingCommit)?, [UInt32]) in
@@ -153,7 +153,7 @@ extension SubscriptionStore {
         if let r = try withKey(h, holder, &deps, body) { return r }
         // Its holder is being removed, or has no record yet (a command in flight creates
         // it, or merges this anonymous profile into it): decided once that is applied.
-        if deps.awaitingRemovals == removals { deps.awaitingRemovals += 1 }
+        if deps.awaitingPersonChanges == removals { deps.awaitingPersonChanges += 1 }
         return nil
       }
       if candidates.isEmpty { return nil }
@@ -219,7 +219,7 @@ extension SubscriptionStore {
   ) throws(CoreError) -> R? {
     if let p = shard.pending[slot], p.removed {
       deps.add(p.last)
-      deps.awaitingRemovals += 1
+      deps.awaitingPersonChanges += 1
       return nil
     }
     return try body(&shard, s, slot, &deps)

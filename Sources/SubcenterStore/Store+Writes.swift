@@ -280,7 +280,7 @@ extension SubscriptionStore {
         return .committed
       }
       if let step { return step }
-      guard deps.awaitingRemovals == 0 else {
+      guard deps.awaitingPersonChanges == 0 else {
         return .again { [self] in
           setPreference(req, state: state, actor: actor, completion: $0)
         }
@@ -318,7 +318,7 @@ extension SubscriptionStore {
         return .committed
       }
       if let step { return step }
-      guard deps.awaitingRemovals == 0 else {
+      guard deps.awaitingPersonChanges == 0 else {
         return .again { [self] in
           setGlobal(req, unsubscribed: unsubscribed, actor: actor, completion: $0)
         }
@@ -343,7 +343,7 @@ extension SubscriptionStore {
       let decision = try check(
         h, ref, target: target, channelName: req.channel, recordSend: req.recordSend,
         at: now(), &deps)
-      guard deps.awaitingRemovals == 0 else {
+      guard deps.awaitingPersonChanges == 0 else {
         return .again { [self] in checkDelivery(req, completion: $0) }
       }
       return .value(decision)
@@ -425,7 +425,7 @@ extension SubscriptionStore {
   }
 
   /// The decisions, and the indices of the persons to decide again once `deps` are
-  /// applied (`Deps.awaitingRemovals`).
+  /// applied (`Deps.awaitingPersonChanges`).
   private func checkDeliveryBatch(_ req: DeliveryBatchRequest, _ deps: inout Deps)
     throws(CoreError) -> ([Decision], again: [Int])
   {
@@ -617,11 +617,11 @@ extension SubscriptionStore {
 
     // Refs whose index entry was ambiguous, moved or is changing: the one-person path.
     for i in slow {
-      let merges = deps.awaitingRemovals
+      let merges = deps.awaitingPersonChanges
       decisions[i] = try check(
         h, refs[i], target: target, channelName: req.channel, recordSend: req.recordSend,
         at: at, &deps)
-      if deps.awaitingRemovals > merges { again.append(i) }
+      if deps.awaitingPersonChanges > merges { again.append(i) }
     }
     // Refs that name nobody: suppressed or unknown (hashing only if anything is suppressed).
     let ambiguous = Set(slow)
@@ -683,7 +683,7 @@ extension SubscriptionStore {
         return .committed
       }
       if let step { return step }
-      guard deps.awaitingRemovals == 0 else {
+      guard deps.awaitingPersonChanges == 0 else {
         return .again { [self] in overrideForImportantMessage(req, actor: actor, completion: $0) }
       }
       return .value(
