@@ -121,10 +121,10 @@ extension SubscriptionStore {
 
   /// Like `withPerson`, for a write. A ref by email, phone or anonymous id names the
   /// person the commands in flight leave holding it (so a write through an anonymous id
-  /// being merged goes to the person it is merged into), nobody if they release it (an
-  /// email an Identify in flight replaces), else its committed holder. A person a command
-  /// in flight removes (forgets, expires, merges into another) or has not created yet is
-  /// none: nil, with `deps.awaitingPersonChanges` counting it, and the caller answers
+  /// being merged goes to the person it is merged into), else its committed holder. An
+  /// identifier a command in flight releases (an email an Identify replaces), a person
+  /// one removes (forgets, expires, merges into another) or has not created yet, names
+  /// none yet: nil, with `deps.awaitingPersonChanges` counting it, and the caller answers
   /// `Step.again`, so the write is decided once that is applied (it would otherwise be
   /// logged after a removal and, answered NOT_FOUND, still reach the change feed, or a
   /// person created again under the same id). `body` gets the shard's index and the
@@ -147,12 +147,12 @@ extension SubscriptionStore {
       }
       if let (holder, last) = pending {
         deps.add(last)
-        // Released by a command in flight (an Identify replacing it, a removal): it names
-        // nobody, though the committed index still points at its last holder.
-        guard let holder else { return nil }
-        if let r = try withKey(h, holder, &deps, body) { return r }
-        // Its holder is being removed, or has no record yet (a command in flight creates
-        // it, or merges this anonymous profile into it): decided once that is applied.
+        // Released by a command in flight (an Identify replacing it, a suppression, a
+        // removal), though the committed index still points at its last holder; or its
+        // holder is being removed, or has no record yet (a command in flight creates it,
+        // or merges this anonymous profile into it): decided once that is applied (then,
+        // say, the released identifier names nobody, or is suppressed: rule 1).
+        if let holder, let r = try withKey(h, holder, &deps, body) { return r }
         if deps.awaitingPersonChanges == removals { deps.awaitingPersonChanges += 1 }
         return nil
       }

@@ -195,6 +195,26 @@ import Testing
     #expect(now.entries.isEmpty && now.globalUnsubscribed)
     #expect(d.settled)
   }
+
+  /// A counted send or an override naming a person by the identifier a suppression in
+  /// flight suppresses (and so forgets its holder) is decided after it: `SUPPRESSED`, as
+  /// rule 1 says (it was `UNKNOWN_PERSON`: the identifier released, the suppression not
+  /// yet seen, an answer no serial order gives).
+  @Test func aDecisionThroughAnIdentifierBeingSuppressedIsSuppressed() throws {
+    let d = Deferred()
+    let person = d.identify("u1", email: "a@x.com")
+    d.log.complete()
+    #expect(waitUntil { person.done })
+    let suppression = d.suppress([Identifier(kind: .email, value: "a@x.com")])
+    let send = d.check(.email("a@x.com"), record: true)
+    let override = d.override(.email("a@x.com"))
+    #expect(d.log.queued == 1, "the suppression only")
+    d.log.complete()
+    #expect(waitUntil { suppression.done && send.done && override.done })
+    #expect(try send.get().reason == .suppressed && !send.get().allowed)
+    #expect(try override.get().reason == .suppressed && !override.get().allowed)
+    #expect(d.settled)
+  }
 }
 
 @Suite struct BatchInFlightTests {
