@@ -418,14 +418,7 @@ public final class DurableStore: Sendable {
       let dropped = segments[...last].map(\.name)
       changeFeed.expiringUnread(
         before: last + 1 < segments.count ? segments[last + 1].firstSeq : active)
-      for name in dropped {
-        do { try fileSystem.unlink(joinPath(directory, name)) } catch {
-          throw StorageError(error, "deleting log segment \(name)")
-        }
-      }
-      do { try fileSystem.syncDirectory(directory) } catch {
-        throw StorageError(error, "syncing the data directory")
-      }
+      try WALSegment.delete(dropped, directory: directory, fileSystem: fileSystem)
       segments.removeFirst(last + 1)
       log(
         "erasure: deleted \(dropped.joined(separator: ", ")): \(dropped.last!) is damaged or "
@@ -518,15 +511,11 @@ public final class DurableStore: Sendable {
       newestEvents.merge(try summary(s, &m).newestEvents) { max($0, $1) }
     }
     changeFeed.expiring(newestEvents: newestEvents)
+    try WALSegment.delete(
+      segments[0..<count].map(\.name), directory: directory, fileSystem: fileSystem)
     for s in segments[0..<count] {
-      do { try fileSystem.unlink(joinPath(directory, s.name)) } catch {
-        throw StorageError(error, "removing log segment \(s.name)")
-      }
       m.summaries[s.firstSeq] = nil
       log("removed \(s.name): older than the change retention")
-    }
-    do { try fileSystem.syncDirectory(directory) } catch {
-      throw StorageError(error, "syncing the data directory")
     }
     return uncovered
   }

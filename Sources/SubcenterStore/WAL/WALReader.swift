@@ -116,12 +116,7 @@ public enum WALReader {
           try WALSegment.replace(
             resumed.segment, with: Array(resumed.scan.bytes[..<resumed.scan.validEnd]),
             directory: directory, fileSystem: fs)
-          for name in older + later {
-            do { try fs.unlink(joinPath(directory, name)) } catch {
-              throw StorageError(error, "deleting log segment \(name)")
-            }
-          }
-          if !older.isEmpty || !later.isEmpty { try syncDirectory(directory, fs) }
+          try WALSegment.delete(older + later, directory: directory, fileSystem: fs)
           report.discarded = later
           report.warnings.append(
             "\(segment.name) at byte offset \(d.offset): \(d.reason); as --recover-truncate "
@@ -143,12 +138,7 @@ public enum WALReader {
               + (later.isEmpty
                 ? "" : ", and later segments deleted: \(later.joined(separator: ", "))"))
           try cut(segment, to: cutTo, directory: directory, fs: fs)
-          for name in later {
-            do { try fs.unlink(joinPath(directory, name)) } catch {
-              throw StorageError(error, "deleting log segment \(name)")
-            }
-          }
-          if !later.isEmpty { try syncDirectory(directory, fs) }
+          try WALSegment.delete(later, directory: directory, fileSystem: fs)
           report.discarded = later
         } else {
           throw StorageError.damaged(
@@ -233,12 +223,7 @@ public enum WALReader {
     } else {
       return
     }
-    for s in doomed {
-      do { try fs.unlink(joinPath(directory, s.name)) } catch {
-        throw StorageError(error, "deleting log segment \(s.name)")
-      }
-    }
-    try syncDirectory(directory, fs)
+    try WALSegment.delete(doomed.map(\.name), directory: directory, fileSystem: fs)
     report.segments.removeAll { doomed.contains($0) }
     report.warnings.append(
       "\(why): deleted \(doomed.map(\.name).joined(separator: ", ")), whose records the snapshot "
@@ -326,14 +311,6 @@ public enum WALReader {
       try fs.syncData(f)
     } catch {
       throw StorageError(error, "syncing log segment \(name)")
-    }
-  }
-
-  private static func syncDirectory(_ directory: String, _ fs: any FileSystem)
-    throws(StorageError)
-  {
-    do { try fs.syncDirectory(directory) } catch {
-      throw StorageError(error, "syncing the data directory")
     }
   }
 }

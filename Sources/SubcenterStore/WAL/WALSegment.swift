@@ -307,6 +307,22 @@ extension WALSegment {
     }
   }
 
+  /// Deletes the segments named `names` (file names) and syncs the directory (nothing to
+  /// do for none).
+  public static func delete(_ names: [String], directory: String, fileSystem fs: any FileSystem)
+    throws(StorageError)
+  {
+    guard !names.isEmpty else { return }
+    for name in names {
+      do { try fs.unlink(joinPath(directory, name)) } catch {
+        throw StorageError(error, "deleting log segment \(name)")
+      }
+    }
+    do { try fs.syncDirectory(directory) } catch {
+      throw StorageError(error, "syncing the data directory")
+    }
+  }
+
   /// Deletes the temporary files of segment rewrites that never finished; returns their
   /// names.
   @discardableResult

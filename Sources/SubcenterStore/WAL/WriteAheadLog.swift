@@ -271,16 +271,9 @@ public final class WriteAheadLog: Sendable {
     for (i, s) in segments.enumerated() where i + 1 < segments.count {
       // All of segment i is ≤ seq when the next segment starts at or before seq + 1.
       guard s.firstSeq < active, segments[i + 1].firstSeq <= seq &+ 1 else { continue }
-      do { try fs.unlink(joinPath(directory, s.name)) } catch {
-        throw StorageError(error, "removing log segment \(s.name)")
-      }
       removed.append(s.name)
     }
-    if !removed.isEmpty {
-      do { try fs.syncDirectory(directory) } catch {
-        throw StorageError(error, "syncing the data directory")
-      }
-    }
+    try WALSegment.delete(removed, directory: directory, fileSystem: fs)
     return removed
   }
 }
