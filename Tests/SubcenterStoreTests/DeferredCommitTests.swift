@@ -54,6 +54,14 @@ final class Deferred: Sendable {
     precondition(waitUntil { c.done })
   }
 
+  /// Completes everything queued and waits for `call` (a setup step made durable).
+  @discardableResult
+  func durable<T>(_ call: Call<T>) -> Call<T> {
+    log.complete()
+    #expect(waitUntil { call.done })
+    return call
+  }
+
   func identify(
     _ personID: String = "", email: String = "", phone: String = "", anonymousID: String = ""
   ) -> Call<Profile> {

@@ -13,9 +13,7 @@ import Testing
   /// (as with the write-ahead log), not on the completing thread.
   private func merging(sends: Int = 0, appliesElsewhere: Bool) throws -> (Deferred, Call<Profile>) {
     let d = Deferred(appliesElsewhere: appliesElsewhere)
-    let anonymous = d.identify(anonymousID: "c1")
-    d.log.complete()
-    #expect(waitUntil { anonymous.done })
+    d.durable(d.identify(anonymousID: "c1"))
     for _ in 0..<sends {
       let c = d.check(.anonymousID("c1"), record: true)
       d.log.complete()
@@ -84,9 +82,7 @@ import Testing
   /// ConfigureWorkspace in flight is applied before the write (the write is ordered first).
   @Test func aWriteAnswersWithTheConfigurationItWasValidatedAgainst() throws {
     let d = Deferred()
-    let person = d.identify("u1")
-    d.log.complete()
-    #expect(waitUntil { person.done })
+    d.durable(d.identify("u1"))
     let configured = Call<WorkspaceConfig>()
     d.store.configureWorkspace(
       WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "admin", mayCreate: false,
@@ -113,9 +109,7 @@ import Testing
   /// the change feed.)
   @Test func writesMadeWhileAForgetIsInFlightFindNobody() throws {
     let d = Deferred()
-    let person = d.identify("u1", email: "u1@x.com", anonymousID: "c1")
-    d.log.complete()
-    #expect(waitUntil { person.done })
+    d.durable(d.identify("u1", email: "u1@x.com", anonymousID: "c1"))
     let forgotten = d.forget(.personID("u1"))
     let viaEmail = d.set(.email("u1@x.com"), .unsubscribed, channel: "sms")
     let viaCookie = d.global(.anonymousID("c1"), unsubscribed: true)
@@ -155,9 +149,7 @@ import Testing
   /// reached the change feed after the tombstone, and the disk past the erasure.)
   @Test func aForgetWaitsForThePersonsCreationInFlight() throws {
     let d = Deferred()
-    let anonymous = d.identify(anonymousID: "c1")
-    d.log.complete()
-    #expect(waitUntil { anonymous.done })
+    d.durable(d.identify(anonymousID: "c1"))
     let merge = d.identify("u1", anonymousID: "c1")
     let forgotten = d.forget(.personID("u1"))
     #expect(d.log.queued == 1, "the forget waits for the creation it would remove")
@@ -180,9 +172,7 @@ import Testing
   /// after it.)
   @Test func aWriteThroughAnEmailAnIdentifyInFlightReplacesFindsNobody() throws {
     let d = Deferred()
-    let person = d.identify("u1", email: "a@x.com")
-    d.log.complete()
-    #expect(waitUntil { person.done })
+    d.durable(d.identify("u1", email: "a@x.com"))
     let change = d.identify("u1", email: "b@x.com")
     let viaOld = d.set(.email("a@x.com"), .subscribed, channel: "email")
     let viaNew = d.global(.email("b@x.com"), unsubscribed: true)
@@ -202,9 +192,7 @@ import Testing
   /// yet seen, an answer no serial order gives).
   @Test func aDecisionThroughAnIdentifierBeingSuppressedIsSuppressed() throws {
     let d = Deferred()
-    let person = d.identify("u1", email: "a@x.com")
-    d.log.complete()
-    #expect(waitUntil { person.done })
+    d.durable(d.identify("u1", email: "a@x.com"))
     let suppression = d.suppress([Identifier(kind: .email, value: "a@x.com")])
     let send = d.check(.email("a@x.com"), record: true)
     let override = d.override(.email("a@x.com"))

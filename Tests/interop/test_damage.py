@@ -113,6 +113,15 @@ def _run_refused(srv: DurableServer, extra: list[str] = (), timeout: float = 15.
     return rc, out + err
 
 
+def _workspace_with(srv: DurableServer, prefix: str, persons: list[str]) -> str:
+    """A new workspace (channel email) holding `persons`, one Identify (one record) each."""
+    ws = unique(prefix)
+    srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
+    for p in persons:
+        srv.client.Identify(workspace=ws, person_id=p)
+    return ws
+
+
 def _present(srv: DurableServer, ws: str, persons: list[str]) -> list[str]:
     found = []
     for p in persons:
@@ -419,11 +428,8 @@ def test_damage_in_records_the_snapshot_holds_loses_no_state():
     srv = DurableServer(root, extra=SNAPSHOT_INTERVAL)
     try:
         srv.start()
-        ws = unique("cov")
-        srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
         persons = [f"c{i}" for i in range(6)]
-        for p in persons:
-            srv.client.Identify(workspace=ws, person_id=p)
+        ws = _workspace_with(srv, "cov", persons)
         status, _, body = support.admin_request(srv.server, "/snapshot", method="POST")
         assert status == 200, (status, body)
         later = [f"d{i}" for i in range(4)]
@@ -470,11 +476,8 @@ def test_damage_to_the_record_a_snapshot_ends_at_leaves_no_hole():
     srv = DurableServer(root, extra=SNAPSHOT_INTERVAL)
     try:
         srv.start()
-        ws = unique("hole")
-        srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
         before = [f"b{i}" for i in range(4)]
-        for p in before:
-            srv.client.Identify(workspace=ws, person_id=p)
+        ws = _workspace_with(srv, "hole", before)
         assert srv.terminate() == 0
         segment = _newest_segment_with_records(srv.data)
         records = _records(os.path.join(srv.data, segment))
@@ -561,10 +564,7 @@ def test_damage_damaged_only_snapshot_and_expired_log_is_refused():
     srv = DurableServer(root, extra=("--change-retention", "1", "--erasure-deadline", "2"))
     try:
         srv.start()
-        ws = unique("exp")
-        srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
-        for i in range(5):
-            srv.client.Identify(workspace=ws, person_id=f"x{i}")
+        ws = _workspace_with(srv, "exp", [f"x{i}" for i in range(5)])
         # Wait until the retention pass rotated, snapshotted and deleted the old segments.
         deadline = time.time() + 20
         while time.time() < deadline and (not _segments(srv.data) or
