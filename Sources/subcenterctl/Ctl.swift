@@ -145,7 +145,48 @@ enum Ctl {
   /// An error on standard error, escaped: messages may echo what the server or the
   /// command line holds, which must not drive the terminal or fake a line.
   static func report(_ error: any Error) {
-    writeStderrLine("subcenterctl: \(ProtoMessage.printable("\(error)"))")
+    var text = "\(error)"
+    if let status = error as? RPCStatus, status.code == .unavailable,
+      let advice = tlsAdvice(status.message)
+    {
+      text += " (\(advice))"
+    }
+    writeStderrLine("subcenterctl: \(ProtoMessage.printable(text))")
+  }
+
+  /// What to change when the TLS handshake with the server failed, from OpenSSL's words for
+  /// the failure: its own are about certificates, not about subcenterctl's flags.
+  static func tlsAdvice(_ message: String) -> String? {
+    let advice = [
+      (
+        "alert certificate required",
+        "the server requires a client certificate: give --cert and --key"
+      ),
+      (
+        "alert unknown ca",
+        "the server does not accept this client certificate: --cert must be signed by the server's --client-ca"
+      ),
+      (
+        "alert unsupported certificate",
+        "the server does not accept this client certificate: it is not one for clients"
+      ),
+      ("alert bad certificate", "the server does not accept this client certificate"),
+      (
+        "hostname mismatch",
+        "the server's certificate is not for --server-name, which defaults to localhost"
+      ),
+      (
+        "IP address mismatch",
+        "the server's certificate is not for --server-name, which defaults to localhost"
+      ),
+      (
+        "unable to get local issuer certificate",
+        "the server's certificate is not signed by the --ca file"
+      ),
+      ("self-signed certificate", "the server's certificate is not signed by the --ca file"),
+      ("certificate has expired", "the server's certificate has expired"),
+    ]
+    return advice.first { message.contains($0.0) }?.1
   }
 
   static func run() -> Int32 {

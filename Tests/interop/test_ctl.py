@@ -275,7 +275,7 @@ def test_refusals_and_errors(sc):
     assert sc.root.GetHistory(workspace=ws, person=pid).entries[0].actor == "sc-write"
 
 
-def test_mtls_client_certificate(start_server):
+def test_mtls_client_certificate(start_server, tmp_path):
     server = start_server("subcenterd", server_args(), client_ca=True)
     cert = ["--cert", support.CLIENT_PEM, "--key", support.CLIENT_KEY]
     run = lambda *a: subprocess.run(argv(server.port, *a), capture_output=True, text=True,
@@ -287,8 +287,27 @@ def test_mtls_client_certificate(start_server):
             pb.GetProfileRequest(workspace="default", person=pb.PersonRef(person_id="m1")),
             metadata=[("authorization", "Bearer " + TOKENS["sc-root"])], timeout=10)
     assert got.email == "m1@example.com"
-    refused = run("profile", "default", "m1")  # no client certificate
-    assert refused.returncode == 1 and refused.stderr.startswith("subcenterctl: UNAVAILABLE: ")
+    # No client certificate: the server's alert and what to do, not a broken pipe.
+    for _ in range(3):
+        refused = run("profile", "default", "m1")
+        assert refused.returncode == 1, refused
+        assert refused.stderr.startswith("subcenterctl: UNAVAILABLE: "), refused.stderr
+        assert "certificate required" in refused.stderr, refused.stderr
+        assert "give --cert and --key" in refused.stderr, refused.stderr
+    # A client certificate the server's --client-ca did not sign, and one it signed for a
+    # server (the server's own).
+    key, cert = tmp_path / "rogue.key", tmp_path / "rogue.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=rogue"], check=True,
+                   capture_output=True, timeout=30)
+    for pem, key, cause, advice in (
+            (cert, key, "unknown ca", "signed by the server's --client-ca"),
+            (support.SERVER_PEM, support.SERVER_KEY, "unsupported certificate",
+             "not one for clients")):
+        r = run("profile", "default", "m1", "--cert", pem, "--key", key)
+        assert r.returncode == 1, r
+        assert cause in r.stderr and advice in r.stderr, r.stderr
     half = run("profile", "default", "m1", "--cert", support.CLIENT_PEM)
     assert half.returncode == 2 and "--key" in half.stderr
 
@@ -301,10 +320,13 @@ def test_tls_failures_are_unavailable_not_a_crash(sc):
     run = lambda *a: subprocess.run(base + [str(x) for x in a], capture_output=True, text=True,
                                     env=clean_env(), cwd=support.REPO, timeout=30)
     server = f"127.0.0.1:{sc.port}"
-    for args in (["--ca", support.SERVER_PEM], ["--ca", support.CA_PEM, "--server-name",
-                                                "wrong.example"]):
+    for args, cause, advice in (
+            (["--ca", support.SERVER_PEM], "", "not signed by the --ca file"),
+            (["--ca", support.CA_PEM, "--server-name", "wrong.example"], "(hostname mismatch)",
+             "not for --server-name")):
         r = run("--server", server, *args, "health")
         assert r.returncode == 1 and r.stderr.startswith("subcenterctl: UNAVAILABLE: "), r
+        assert cause in r.stderr and advice in r.stderr, r.stderr
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(4)

@@ -207,11 +207,29 @@ public final class GRPCClient: @unchecked Sendable {
       }
       if n < 0 && errno == EINTR { continue }
       if n <= 0 {
-        throw fail(
-          RPCStatus(.unavailable, "\(SystemError(call: "write to the server", errno: errno))"))
+        let status = RPCStatus(
+          .unavailable, "\(SystemError(call: "write to the server", errno: errno))")
+        throw fail(alertReceived() ?? status)
       }
       off += n
     }
+  }
+
+  /// The TLS alert a server sent before it closed the connection, if one is waiting: why it
+  /// closed (a client certificate it requires and did not get, say), which a write to the
+  /// closed connection reports only as a broken pipe.
+  private func alertReceived() -> RPCStatus? {
+    while true {
+      let n = recv(fd, readBuffer.baseAddress, readBuffer.count, Int32(MSG_DONTWAIT))
+      if n <= 0 { break }
+      tls.feed(UnsafeRawBufferPointer(rebasing: readBuffer[0..<n]))
+    }
+    do {
+      while case .bytes = try tls.read(into: readBuffer) {}
+    } catch {
+      return RPCStatus(.unavailable, "\(error)")
+    }
+    return nil
   }
 
   private func fail(_ status: RPCStatus) -> RPCStatus {

@@ -67,7 +67,12 @@ public final class TLSSession {
     if rc == 1 { return true }
     let err = SSL_get_error(ssl, rc)
     if err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE { return false }
-    throw TLSError("TLS handshake failed")
+    // OpenSSL's error queue says only "certificate verify failed"; the verification's own
+    // result says why (a hostname mismatch, an unknown issuer, an expired certificate).
+    let verify = SSL_get_verify_result(ssl)
+    guard verify != Int(X509_V_OK) else { throw TLSError("TLS handshake failed") }
+    let why = String(cString: X509_verify_cert_error_string(verify))
+    throw TLSError("TLS handshake failed (\(why))")
   }
 
   /// The ALPN protocol both sides agreed on, if any.
