@@ -259,10 +259,10 @@ private final class CollectingSink: ChangeSink {
 @Suite(.serialized) struct ChangeFeedStoreTests {
   func open(
     _ fs: FaultyFileSystem, _ clock: ManualClock, retention: Int = 60,
-    feedOptions: ChangeFeed.Options = .init(), preallocate: Int = 0
+    feedOptions: ChangeFeed.Options = .init(), preallocate: Int = 0, fsync: FsyncPolicy = .always
   ) throws -> DurableStore {
     try DurableStore.open(
-      directory: cfDirectory, fileSystem: fs, clock: clock, secret: cfSecret, fsync: .always,
+      directory: cfDirectory, fileSystem: fs, clock: clock, secret: cfSecret, fsync: fsync,
       truncateDamaged: false, changeRetentionSeconds: retention, feedOptions: feedOptions,
       preallocateLogBytes: preallocate, log: { _ in }
     ).0
@@ -286,13 +286,13 @@ private final class CollectingSink: ChangeSink {
     }
   }
 
-  func setUp(feedOptions: ChangeFeed.Options = .init(), preallocate: Int = 0) throws -> (
-    FaultyFileSystem, ManualClock, DurableStore
-  ) {
+  func setUp(
+    feedOptions: ChangeFeed.Options = .init(), preallocate: Int = 0, fsync: FsyncPolicy = .always
+  ) throws -> (FaultyFileSystem, ManualClock, DurableStore) {
     let fs = FaultyFileSystem()
     try fs.createDirectory(cfDirectory)
     let clock = ManualClock()
-    let d = try open(fs, clock, feedOptions: feedOptions, preallocate: preallocate)
+    let d = try open(fs, clock, feedOptions: feedOptions, preallocate: preallocate, fsync: fsync)
     _ = awaitStoreCall { c in
       d.store.configureWorkspace(
         WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "a", mayCreate: true
@@ -429,6 +429,29 @@ private final class CollectingSink: ChangeSink {
     let size = try fs.size(
       fs.open(cfDirectory + "/" + WALSegment.fileName(firstSeq: st.activeSegment)))
     #expect(size == 4 << 20 && st.activeDurableBytes < 4096)
+    d.close()
+  }
+
+  /// `--fsync none` syncs only when a segment is left: the feed follows the records once
+  /// written, not only once a segment closes (it used to send nothing until then), and
+  /// `after_seq` of the newest written record is no cursor beyond the newest.
+  @Test func underFsyncNoneTheFeedFollowsWrittenRecords() throws {
+    let (fs, _, d) = try setUp(fsync: .none)
+    let syncs = fs.count(.sync)
+    let follower = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .now, sink: follower)
+    for i in 0..<3 {
+      write(d.store, "p\(i)")
+      follower.wait(for: 2 * (i + 1))
+    }
+    #expect(follower.events.map(\.personID) == ["p0", "p0", "p1", "p1", "p2", "p2"])
+    #expect(fs.count(.sync) == syncs, "the feed must not make the log sync")
+    let st = d.wal.status
+    #expect(st.durableThrough < st.readableThrough && st.readableThrough == st.writtenThrough)
+    let resumed = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .after(st.writtenThrough - 1), sink: resumed)
+    resumed.wait(for: 1)
+    #expect(resumed.events.map(\.personID) == ["p2"] && resumed.end == nil)
     d.close()
   }
 

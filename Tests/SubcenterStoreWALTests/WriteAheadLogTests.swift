@@ -610,6 +610,9 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(answers.acked.count == 20)
     #expect(fs.count(.sync) == syncs)
     #expect(wal.status.durableThrough == 0)
+    // Readers may read what is written (the change feed follows it).
+    #expect(wal.status.readableThrough == 20)
+    #expect(wal.status.activeReadableBytes > WALSegment.headerSize)
     #expect(wal.status.counters.syncs == 0)
     #expect(wal.status.counters.records == 20)
     #expect(wal.status.activeDurableBytes == WALSegment.headerSize)

@@ -144,6 +144,29 @@ def test_watch_in_order_resume_and_restart():
 
 
 @pytest.mark.deadline(60)
+def test_watch_follows_live_changes_under_fsync_none():
+    """`--fsync none` syncs the log only when a segment is left: live events still arrive as
+    the changes are made (they used to wait for the segment to close), and the last seq seen
+    is a cursor to resume from."""
+    srv = DurableServer(tempfile.mkdtemp(prefix="watch-"), fsync="none").start()
+    try:
+        sc = srv.client
+        ws = unique("wn")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email", "sms"]))
+        w = Watch(srv.channel, workspace=ws)
+        want = writes(sc, ws, "n")
+        last = check(w.take(len(want), timeout=5), want, 0)
+        w.cancel()
+        w = Watch(srv.channel, workspace=ws, after_seq=last)
+        want = writes(sc, ws, "m")
+        check(w.take(len(want), timeout=5), want, last)
+        assert w.quiet() == [] and w.error is None
+        w.cancel()
+    finally:
+        srv.close()
+
+
+@pytest.mark.deadline(60)
 def test_watch_of_a_quiet_workspace_sends_its_headers_at_once():
     """A workspace may have no event for hours: the response headers come at once, so clients
     and proxies waiting for them do not take the stream for stalled."""

@@ -7,9 +7,9 @@
 // log reports a record durable (`recordsDurable`), when a watcher's stream drained, when a
 // watcher comes or goes, and every 20 ms while anyone watches (so `--fsync interval`,
 // whose syncs report nothing, is followed too). Only records up to the log's
-// `durableThrough` are read, so only durable records are ever sent. (With `--fsync none`
-// records are synced only when a segment is left or at shutdown, so the feed lags until
-// then.)
+// `readableThrough` are read, so only durable records are ever sent (with `--fsync none`,
+// which syncs only when a segment is left, records once written: that policy accepts that
+// an OS crash may lose them).
 //
 // Per watcher:
 // - Segments, complete or being written, are read a chunk (`readChunk`, 1 MiB) at a time
@@ -20,7 +20,7 @@
 //   time. A complete segment that does not hold the records its name and the next
 //   segment's promise is damaged; the segment being written may simply not hold them yet,
 //   and is read only as far as the log says its records are durable
-//   (`Status.activeDurableBytes`), never into its preallocated zeros.
+//   (`Status.activeReadableBytes`), never into its preallocated zeros.
 // - At most `queueLimit` decoded events wait in its queue; they go to the stream while the
 //   stream buffers less than `highWater` bytes. A watcher whose stream stays above
 //   `highWater` for `stallLimit` (30 s) with events waiting, or buffers more than
@@ -147,7 +147,7 @@ public final class ChangeFeed: Sendable {
   @discardableResult
   public func watch(workspace: String, from start: WatchStart, sink: any ChangeSink) -> Int {
     // "From now on" means from the call, not from when the feed thread gets to it.
-    let start = start == .now ? .after(wal.status.durableThrough) : start
+    let start = start == .now ? .after(wal.status.readableThrough) : start
     let (id, startThread, closed) = state.withLock { s -> (Int, Bool, Bool) in
       let id = s.nextID
       s.nextID += 1
@@ -201,8 +201,8 @@ public final class ChangeFeed: Sendable {
     let st = wal.status
     let segments = try WALSegment.list(directory: directory, fileSystem: fileSystem)
     let oldest =
-      segments.first.map { min($0.firstSeq, st.durableThrough + 1) } ?? st.durableThrough + 1
-    return (oldest, st.durableThrough)
+      segments.first.map { min($0.firstSeq, st.readableThrough + 1) } ?? st.readableThrough + 1
+    return (oldest, st.readableThrough)
   }
 
   private func startFeedThread() {
@@ -398,7 +398,9 @@ final class Watcher: @unchecked Sendable {
     var activeBytes: Int
 
     init(_ s: WriteAheadLog.Status) {
-      (seq, activeSegment, activeBytes) = (s.durableThrough, s.activeSegment, s.activeDurableBytes)
+      (seq, activeSegment, activeBytes) = (
+        s.readableThrough, s.activeSegment, s.activeReadableBytes
+      )
     }
   }
 

@@ -116,6 +116,13 @@ public final class WriteAheadLog: Sendable {
     /// How many bytes from its start the segment being written holds of durable records
     /// (beyond: records not yet synced, or preallocated zeros).
     public var activeDurableBytes: Int
+    /// What readers of the log (the change feed) may read: the durable records, or under
+    /// `FsyncPolicy.none`, which syncs only when a segment is left, every written one
+    /// (they are in the file; only an OS crash or power loss could still lose them, as it
+    /// may lose acknowledged writes under that policy).
+    public var readableThrough: UInt64
+    /// Bytes of the segment being written that hold readable records.
+    public var activeReadableBytes: Int
     /// Why the log refuses writes for good, if it does.
     public var failure: StorageError?
     /// What the writer has done since the log was opened.
@@ -252,10 +259,13 @@ public final class WriteAheadLog: Sendable {
   }
 
   public var status: Status {
-    core.shared.withLock { s in
+    let readAsWritten = core.options.fsync == .none
+    return core.shared.withLock { s in
       Status(
         nextSeq: s.nextSeq, writtenThrough: s.nextSeq - 1, durableThrough: s.durableThrough,
         activeSegment: s.activeSegment, activeDurableBytes: s.activeDurableBytes,
+        readableThrough: readAsWritten ? s.nextSeq - 1 : s.durableThrough,
+        activeReadableBytes: readAsWritten ? s.activeWrittenBytes : s.activeDurableBytes,
         failure: s.failure, counters: s.counters)
     }
   }
@@ -307,6 +317,7 @@ final class WALCore: Sendable {
     var durableThrough: UInt64
     var activeSegment: UInt64
     var activeDurableBytes = WALSegment.headerSize
+    var activeWrittenBytes = WALSegment.headerSize
     var counters = WriteAheadLog.Counters()
   }
 
@@ -488,7 +499,10 @@ final class WALWriter: @unchecked Sendable {
     segmentRecords += batch.count
     nextSeq = end
     unsynced = true
-    core.shared.withLock { $0.nextSeq = nextSeq }
+    core.shared.withLock { [segmentBytes] s in
+      s.nextSeq = end
+      s.activeWrittenBytes = segmentBytes
+    }
 
     if options.fsync == .always {
       do { try syncActive() } catch {
@@ -674,6 +688,7 @@ final class WALWriter: @unchecked Sendable {
     core.shared.withLock { s in
       s.activeSegment = firstSeq
       s.activeDurableBytes = WALSegment.headerSize
+      s.activeWrittenBytes = WALSegment.headerSize
     }
   }
 
