@@ -67,6 +67,12 @@ public enum Validate {
     try opaqueID(s, max: Limits.anonymousIDBytes, field: field)
   }
 
+  /// An override's message id: 1–256 bytes without control characters (an id, and part of
+  /// the history entry's `detail`, which a line break or escape sequence would garble).
+  public static func messageID(_ s: String, field: String = "message_id") throws(CoreError) {
+    try opaqueID(s, max: Limits.messageIDBytes, field: field)
+  }
+
   private static func opaqueID(_ s: String, max: Int, field: String) throws(CoreError) {
     let n = s.utf8.count
     guard n >= 1 else { throw .invalidArgument(field, "must not be empty") }
@@ -91,7 +97,9 @@ public enum Validate {
   }
 
   /// Normalizes an email: trimmed of whitespace, lower-cased; then at most 254 bytes,
-  /// exactly one `@` with text on each side, no whitespace or control character inside.
+  /// exactly one `@` with text on each side, no whitespace, control or invisible format
+  /// character (U+200B, U+FEFF…) inside: an address with one is no one's, only a lookalike
+  /// that a suppression of the real one would not match.
   public static func email(_ raw: String, field: String = "email") throws(CoreError) -> String {
     var raw = raw
     // ASCII (the usual case): trim and lower-case bytes, keeping `raw` when it is already
@@ -138,6 +146,13 @@ public enum Validate {
       && s.unicodeScalars.contains(where: { $0.properties.isWhitespace })
     {
       throw .invalidArgument(field, "must not contain whitespace")
+    }
+    if n != s.unicodeScalars.count,
+      let c = s.unicodeScalars.first(where: { $0.properties.generalCategory == .format })
+    {
+      let code = String(c.value, radix: 16, uppercase: true)
+      let hex = String(repeating: "0", count: max(0, 4 - code.count)) + code
+      throw .invalidArgument(field, "must not contain invisible characters (U+\(hex))")
     }
     guard !containsControl(s) else {
       throw .invalidArgument(field, "must not contain control characters")

@@ -653,7 +653,7 @@ extension SubscriptionStore {
       let model = h.current
       let channel = try model.configuredChannel(req.channel)
       let topic = try model.configuredTopic(req.topic)
-      try Validate.requiredBytes(req.messageID, Limits.messageIDBytes, field: "message_id")
+      try Validate.messageID(req.messageID)
       try Validate.requiredBytes(
         req.justification, Limits.justificationBytes, field: "justification")
       let target = model.target(channel: channel, topic: topic)

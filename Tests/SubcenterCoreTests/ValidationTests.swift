@@ -63,6 +63,17 @@ private func str(_ n: Int, _ c: Character = "a") -> String { String(repeating: c
     #expect(try Validate.email("\u{3000}ÜNÏ@Exämple.COM\u{A0}") == "ünï@exämple.com")
     #expect(field { () throws(CoreError) in _ = try Validate.email("ü\u{A0}x@y.z") } == "email")
     #expect(field { () throws(CoreError) in _ = try Validate.email("ü@y\u{85}z") } == "email")
+    // Invisible format characters make a lookalike of an address, not another address.
+    for invisible in ["\u{200B}", "\u{FEFF}", "\u{00AD}", "\u{200E}", "\u{2060}"] {
+      for bad in [invisible + "a@b.io", "a" + invisible + "@b.io", "a@b.io" + invisible] {
+        do {
+          _ = try Validate.email(bad)
+          Issue.record("accepted \(bad.unicodeScalars.map(\.value))")
+        } catch {
+          #expect(error.field == "email" && "\(error)".contains("invisible"), "\(error)")
+        }
+      }
+    }
     let local = str(64)
     let edge = local + "@" + str(254 - 65)
     #expect(edge.utf8.count == 254)
@@ -114,14 +125,13 @@ private func str(_ n: Int, _ c: Character = "a") -> String { String(repeating: c
       field { () throws(CoreError) in
         try Validate.requiredBytes("", Limits.justificationBytes, field: "justification")
       } == "justification")
-    #expect(
-      field { () throws(CoreError) in
-        try Validate.requiredBytes(str(256), Limits.messageIDBytes, field: "message_id")
-      } == nil)
-    #expect(
-      field { () throws(CoreError) in
-        try Validate.requiredBytes(str(257), Limits.messageIDBytes, field: "message_id")
-      } == "message_id")
+    #expect(field { () throws(CoreError) in try Validate.messageID(str(256)) } == nil)
+    #expect(field { () throws(CoreError) in try Validate.messageID(str(257)) } == "message_id")
+    #expect(field { () throws(CoreError) in try Validate.messageID("") } == "message_id")
+    for control in ["\n", "\u{1B}[2J", "\u{7F}", "\u{85}"] {
+      #expect(
+        field { () throws(CoreError) in try Validate.messageID("m" + control) } == "message_id")
+    }
   }
 
   @Test func personRefs() throws {

@@ -79,7 +79,10 @@ def test_person_ref_too_long_or_empty_is_invalid(sc, ws):
 BAD_EMAILS = {"no-at": "janeexample.com", "two-at": "jane@ex@ample.com",
               "space-local": "ja ne@example.com", "space-domain": "jane@exa mple.com",
               "tab-inside": "jane@exa\tmple.com", "empty-local": "@example.com",
-              "empty-domain": "jane@", "only-at": "@", "255-bytes": make_email(255)}
+              "empty-domain": "jane@", "only-at": "@", "255-bytes": make_email(255),
+              # invisible format characters: lookalikes a suppression would not match
+              "zero-width-space": "\u200bjane@example.com", "bom": "jane@example.com\ufeff",
+              "soft-hyphen": "ja\u00adne@example.com"}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_EMAILS))
@@ -196,7 +199,7 @@ def test_justification_bounds(sc, ws):
 def test_message_id_bounds(sc, ws):
     assert_decision(_override(sc, ws, message_id="m" * 256), True, "OVERRIDDEN_IMPORTANT", "p",
                     "256 bytes")
-    for value in ("", "m" * 257):
+    for value in ("", "m" * 257, "m\n; refused: x", "m\x1b[2J", "m\u0085"):
         expect_code(INVALID, lambda: _override(sc, ws, message_id=value), field="message_id")
 
 
