@@ -63,6 +63,27 @@ import Testing
     #expect(text.contains("got '2147483648'"))
   }
 
+  /// A boolean is on when given bare or `true`/`1`, off when absent or `false`/`0`; an
+  /// empty value (a blank variable in a template) is refused, not taken for "on".
+  @Test func booleans() throws {
+    let specs = [
+      FlagSpec("wipe", value: false, help: ""), FlagSpec("help", value: false, help: ""),
+    ]
+    func wipe(_ args: [String], env: [String: String] = [:]) throws(FlagError) -> Bool {
+      try Flags(arguments: args, environment: env, specs: specs).bool("wipe")
+    }
+    #expect(try wipe(["--wipe"]) && wipe(["--wipe=1"]) && wipe([], env: ["SUBCENTER_WIPE": "true"]))
+    #expect(try !wipe([]) && !wipe(["--wipe=false"]) && !wipe([], env: ["SUBCENTER_WIPE": "0"]))
+    let e = #expect(throws: FlagError.self) { try wipe(["--wipe="]) }
+    #expect(e?.description == "--wipe: expected true or false, got ''")
+    let v = #expect(throws: FlagError.self) { try wipe([], env: ["SUBCENTER_WIPE": ""]) }
+    #expect(v?.description.hasPrefix("SUBCENTER_WIPE (--wipe): expected true or false") == true)
+    #expect(throws: FlagError.self) { try wipe([], env: ["SUBCENTER_WIPE": "yes"]) }
+    // --help only from the command line: a variable must not keep a server from starting.
+    let f = try Flags(arguments: [], environment: ["SUBCENTER_HELP": "1"], specs: specs)
+    #expect(try !f.bool("help"))
+  }
+
   @Test(
     arguments: [
       ("127.0.0.1:0", "127.0.0.1", 0), ("[::1]:50051", "::1", 50051),

@@ -117,6 +117,17 @@ def test_unreadable_files_name_their_flag_or_variable(tmp_path):
     rc, _, err = run_to_exit("subcenterd", args, env={"SUBCENTER_DATA": str(afile)}, timeout=10)
     assert rc == 2 and "SUBCENTER_DATA (--data)" in err and "not a directory" in err, err[-2000:]
     assert "chmod" not in err, err[-2000:]
+    # An empty boolean is refused, not taken for "on" (it switched on --recover-truncate,
+    # which discards records after damage), and nothing is created.
+    fresh = tmp_path / "fresh"
+    rc, _, err = run_to_exit("subcenterd", args, env={"SUBCENTER_DATA": str(fresh),
+                                                      "SUBCENTER_RECOVER_TRUNCATE": ""},
+                             timeout=10)
+    assert rc == 2 and "SUBCENTER_RECOVER_TRUNCATE (--recover-truncate)" in err, err[-2000:]
+    rc, _, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--recover-truncate="],
+                             timeout=10)
+    assert rc == 2 and "--recover-truncate: expected true or false, got ''" in err, err[-2000:]
+    assert not fresh.exists()
 
 
 HASH_A, HASH_B = "a" * 64, "b" * 64

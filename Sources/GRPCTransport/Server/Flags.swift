@@ -82,7 +82,9 @@ public struct Flags: Sendable {
       sources[name] = "--\(name)"
       i += 1
     }
-    for spec in specs where values[spec.name] == nil {
+    // `--help` is asked for on the command line only: a variable that asks for it would
+    // keep a deployed server from starting.
+    for spec in specs where values[spec.name] == nil && spec.name != "help" {
       let env = envPrefix + String(spec.name.uppercased().map { $0 == "-" ? "_" : $0 })
       if let v = environment[env] {
         values[spec.name] = v
@@ -99,11 +101,13 @@ public struct Flags: Sendable {
 
   public func string(_ name: String) -> String? { values[name] }
 
-  /// A boolean flag: set without value, or `true`/`false`/`1`/`0`.
+  /// A boolean flag: set without value, or `true`/`false`/`1`/`0`. An empty value
+  /// (`--flag=`, `SUBCENTER_FLAG=`) is refused: a blank variable in a deployment template
+  /// usually means "off", and taking it for "on" switched on `--recover-truncate`.
   public func bool(_ name: String) throws(FlagError) -> Bool {
     switch values[name] {
     case nil, "false", "0": return false
-    case "true", "1", "": return true
+    case "true", "1": return true
     case let v?: throw FlagError("\(origin(name)): expected true or false, got '\(v)'")
     }
   }
