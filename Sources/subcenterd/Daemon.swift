@@ -156,7 +156,6 @@ enum Daemon {
     durable.changeFeed.close()
     server.shutdown()
     server.wait()
-    admin.stop()
     sweeper.stop()
     compaction.stop()
     durable.stopMaintenance()
@@ -167,6 +166,9 @@ enum Daemon {
       writeStderrLine(
         "subcenterd: final snapshot failed (the log still has every change): \(error)")
     }
+    // The admin port stays until the end: `/healthz` answers while the process runs and
+    // `/readyz` 503 while it stops (the final snapshot of a large state takes seconds).
+    admin.stop()
     durable.close()
     writeStderrLine("subcenterd: stopped")
     return 0

@@ -127,3 +127,56 @@ def test_sigterm_ends_watch_streams_before_the_goaway():
         assert srv.server.wait_exit(timeout=12) == 0
     finally:
         srv.close()
+
+
+@pytest.mark.deadline(120)
+def test_admin_port_answers_until_the_final_snapshot_is_written():
+    """While subcenterd stops, the admin port stays: `/healthz` 200 and `/readyz` 503 until
+    the final snapshot is on disk, also with no call in flight (it used to close before the
+    snapshot, which for a large state takes seconds)."""
+    import os
+    import threading
+
+    from crash_support import DurableServer
+    from interop_support import admin_request
+    from sc_support import TOKENS, pb, pb_grpc
+
+    srv = DurableServer(tempfile.mkdtemp(prefix="shutdown-")).start()
+    try:
+        stub = pb_grpc.SubscriptionCenterStub(srv.channel)
+        md = [("authorization", "Bearer " + TOKENS["sc-root"])]
+        for start in range(0, 20_000, 1000):  # a state whose snapshot takes a moment
+            calls = [stub.Identify.future(
+                pb.IdentifyRequest(workspace="default", person_id=f"p{i}",
+                                   email=f"p{i}@example.com"), metadata=md, timeout=30)
+                for i in range(start, start + 1000)]
+            for c in calls:
+                c.result()
+        assert admin_request(srv.server, "/readyz", timeout=5)[0] == 200
+        snapshots = lambda: {n for n in os.listdir(srv.data) if n.endswith(".snap")}  # noqa: E731
+        before = snapshots()
+        seen: list = []  # (path, status or "refused", the final snapshot was on disk)
+
+        def poll():
+            while srv.server.alive() and len(seen) < 100_000:
+                for path in ("/readyz", "/healthz"):
+                    try:
+                        status = admin_request(srv.server, path, timeout=5)[0]
+                    except OSError:
+                        status = "refused"
+                    seen.append((path, status, bool(snapshots() - before)))
+
+        srv.server.expected_exit = True
+        srv.server.terminate()
+        poller = threading.Thread(target=poll)
+        poller.start()
+        assert srv.server.wait_exit(timeout=30) == 0
+        poller.join(timeout=10)
+        assert snapshots() - before, "no final snapshot"
+        early = [s for s in seen if s[1] == "refused" and not s[2]]
+        assert not early, f"the admin port closed before the final snapshot: {seen[:10]}"
+        answered = {s[:2] for s in seen if s[1] != "refused"}
+        assert ("/readyz", 200) not in answered, seen[:10]
+        assert {("/readyz", 503), ("/healthz", 200)} <= answered, seen[:10]
+    finally:
+        srv.close()
