@@ -9,7 +9,8 @@
 // on from each other, the log reaching back to the snapshot). Exit status: 0 when every
 // file is sound (a torn tail of the newest segment — a write a crash interrupted, never
 // acknowledged, which start-up cuts off — is only a warning), 1 when anything is
-// damaged or the data's secret.key is missing, 2 when the directory cannot be read.
+// damaged, the data's secret.key is missing or the directory holds no data at all, 2 when
+// the directory cannot be read.
 
 import GRPCTransport
 import Glibc
@@ -21,6 +22,7 @@ enum CheckData {
     let fs = PosixFileSystem()
     var damagedSnapshots = 0
     var damaged = 0  // in the log
+    var truncateHelps = true  // whether --recover-truncate gets past the log's damage
     var secretMissing = false
     var warnings = 0
     func ok(_ line: String) { writeStdoutLine(line) }
@@ -48,6 +50,14 @@ enum CheckData {
     }
     writeStdoutLine(
       "checking \(directory): \(snapshots.count) snapshot(s), \(segments.count) log segment(s)")
+    // Every directory subcenterd has started on holds a log segment: an empty one is most
+    // likely a backup whose copy failed or went elsewhere, not data that is fine.
+    guard !snapshots.isEmpty || !segments.isEmpty else {
+      writeStdoutLine(
+        "EMPTY: no snapshot and no log segment: this holds no data (subcenterd would start "
+          + "with an empty state); if it is a backup, its copy failed or went elsewhere")
+      return 1
+    }
 
     // Leftovers of writes that never finished: start-up deletes them.
     for n in names.sorted() where n.hasSuffix(".tmp") {
@@ -203,6 +213,7 @@ enum CheckData {
             + (erased > 0 ? " (and skip \(erased) record(s) an erasure emptied)" : ""))
       } catch {
         bad("log: DAMAGED: \(describe(error, file: error.file))")
+        truncateHelps = error.truncateHelps
       }
     }
 
@@ -213,10 +224,15 @@ enum CheckData {
           + (damaged + damagedSnapshots > 0 ? "; and:" : "."))
     }
     if damaged > 0 {
+      let remedy =
+        truncateHelps
+        ? "restore it from a backup or start with --recover-truncate (subcenterd's error "
+          + "says what it keeps and what it drops)."
+        : "restore it from a backup (--recover-truncate cannot help: records are missing, "
+          + "not damaged)."
       writeStdoutLine(
         "DAMAGED: \(damaged + damagedSnapshots) problem(s). subcenterd refuses to start on a "
-          + "damaged log; back up the directory, then restore it from a backup or start with "
-          + "--recover-truncate (subcenterd's error says what it keeps and what it drops).")
+          + "damaged log; back up the directory, then \(remedy)")
       return 1
     }
     if damagedSnapshots > 0 {

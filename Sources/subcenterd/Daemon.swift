@@ -183,6 +183,9 @@ func startUpAdvice(_ error: StorageError, truncating: Bool) -> String {
   case .damaged where truncating:
     return "--recover-truncate cannot start from this data: restore the data directory "
       + "from a backup."
+  case .damaged where !error.truncateHelps:
+    return "Restore the data directory from a backup (--recover-truncate cannot help: "
+      + "records are missing, not damaged)."
   case .damaged:
     return "Restore the data directory from a backup, or start with --recover-truncate (the "
       + "message above says what it keeps and what it loses)."

@@ -550,9 +550,16 @@ def test_damage_check_data_clean_and_damaged(log_case):
     assert rc == 1 and log_case.segment in text and f"byte offset {off}" in text, text
     assert "DAMAGED" in text
 
-    # A missing directory: exit 2.
+    # A missing directory: exit 2. An empty one (a backup whose copy failed), or one
+    # holding only secret.key: exit 1, not OK.
     rc, text = _check_data(os.path.join(data, "nope"))
     assert rc == 2, text
+    empty = os.path.join(srv.base, "empty")
+    os.mkdir(empty)
+    for _ in range(2):
+        rc, text = _check_data(empty)
+        assert rc == 1 and "EMPTY" in text and "OK" not in text, text
+        shutil.copy(os.path.join(data, "secret.key"), empty)
     shutil.rmtree(srv.base, ignore_errors=True)
 
 
@@ -580,12 +587,17 @@ def test_damage_damaged_only_snapshot_and_expired_log_is_refused():
         rc, text = _run_refused(srv)
         assert rc is not None and rc != 0, f"subcenterd started without the data:\n{text}"
         assert _segments(srv.data)[0] in text, text
+        # Missing records are no damage --recover-truncate gets past: not advised.
+        assert "--recover-truncate cannot help" in text, text
+        assert "or start with --recover-truncate" not in text, text
         rc, text = _run_refused(srv, ["--recover-truncate"])
         assert rc is not None and rc != 0, text
         assert "--recover-truncate cannot start from this data" in text, text
         assert "or start with --recover-truncate" not in text, text
         rc, text = _check_data(srv.data)
         assert rc == 1 and snaps[-1] in text, text
+        assert "--recover-truncate cannot help" in text, text
+        assert "or start with --recover-truncate" not in text, text
     finally:
         srv.close()
         shutil.rmtree(root, ignore_errors=True)

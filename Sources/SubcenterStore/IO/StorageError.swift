@@ -29,6 +29,9 @@ public struct StorageError: Error, Sendable, Equatable, CustomStringConvertible 
   public let offset: Int64?
   /// The errno of the failed call, for `io` and `noSpace`.
   public let errno: Int32?
+  /// For `damaged`: whether `--recover-truncate` (starting from the last good record) can
+  /// get past it. Not when the records needed are missing rather than damaged.
+  public var truncateHelps = true
 
   public init(
     _ kind: Kind, _ message: String, file: String? = nil, offset: Int64? = nil,

@@ -228,9 +228,11 @@ public final class DurableStore: Sendable {
     } catch {
       // Say what led here (e.g. a damaged snapshot skipped), not only where it stopped.
       guard !report.warnings.isEmpty else { throw error }
-      throw StorageError(
+      var explained = StorageError(
         error.kind, "\(error.message) (after: \(report.warnings.joined(separator: "; ")))",
         file: error.file, offset: error.offset, errno: error.errno)
+      explained.truncateHelps = error.truncateHelps
+      throw explained
     }
     func readLog() throws(StorageError) -> WALReadReport {
       try WALReader.read(

@@ -47,11 +47,13 @@ public enum WALReader {
     let segments = try WALSegment.list(directory: directory, fileSystem: fs)
     guard !segments.isEmpty else { return report }
     guard let start = segments.lastIndex(where: { $0.firstSeq <= after &+ 1 }) else {
-      throw StorageError.damaged(
+      var missing = StorageError.damaged(
         segments[0].name, at: 0,
         "the log starts at seq \(segments[0].firstSeq), but the records from seq \(after + 1) "
-          + "are needed and no segment holds them. "
+          + "are needed and no segment holds them (a snapshot or segments missing). "
           + "Restore the data directory from a backup.")
+      missing.truncateHelps = false
+      throw missing
     }
 
     var expected = segments[start].firstSeq
