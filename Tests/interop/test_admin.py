@@ -63,6 +63,37 @@ def test_a_silent_connection_is_closed_unanswered_and_an_unfinished_request_is_4
         assert unfinished.recv(100).startswith(b"HTTP/1.1 400 ")
 
 
+def test_a_malformed_request_is_400_and_runs_nothing(sc):
+    """RFC 9112: a request line that is not `METHOD TARGET HTTP/1.x`, a Content-Length that
+    is not one number, or a Transfer-Encoding (no body is read) gets 400, and
+    `POST /snapshot` does not run on it; HTTP/1.0 and a repeated equal length are fine."""
+    host, port = admin_address(sc.server).rsplit(":", 1)
+
+    def send(raw: bytes) -> bytes:
+        with socket.create_connection((host, int(port)), timeout=5) as c:
+            c.sendall(raw)
+            out = b""
+            while chunk := c.recv(4096):
+                out += chunk
+            return out
+
+    written = admin_metrics(sc.server)[0]["subcenter_snapshots_written_total"]
+    for bad in [b"POST /snapshot HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                b"POST /snapshot HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+                b"POST /snapshot HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                b"POST /snapshot HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n",
+                b"POST /snapshot HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 1\r\n\r\n",
+                b"POST /snapshot HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                b"POST /snapshot HTTP/1.1\r\nno colon here\r\n\r\n",
+                b"GET /healthz HTTP/9.9\r\n\r\n", b"GET /healthz FOO/1.1\r\n\r\n",
+                b"GET /healthz\r\n\r\n", b"GET  /healthz HTTP/1.1\r\n\r\n"]:
+        assert send(bad).startswith(b"HTTP/1.1 400 "), bad
+    assert admin_metrics(sc.server)[0]["subcenter_snapshots_written_total"] == written
+    for good in [b"GET /healthz HTTP/1.0\r\n\r\n", b"GET /healthz HTTP/1.1\nHost: x\n\n",
+                 b"GET /healthz HTTP/1.1\r\nContent-Length: 0\r\ncontent-length:  0 \r\n\r\n"]:
+        assert send(good).startswith(b"HTTP/1.1 200 "), good
+
+
 def test_the_admin_port_takes_128_connections_at_once(sc):
     """128 connections are answered concurrently; one more is closed at once, unanswered
     (the 128 silent ones are closed after 2 s, and probes work again)."""

@@ -113,6 +113,36 @@ public final class AdminHTTPServer: @unchecked Sendable {
     return false
   }
 
+  /// Why a complete request is malformed (RFC 9112), if it is: a request line that is not
+  /// `METHOD TARGET HTTP/1.x`, a `Content-Length` that is not one number, or a
+  /// `Transfer-Encoding` (no body is read). Such a request gets 400, and `POST /snapshot`
+  /// does not run on it.
+  static func malformed(_ requestLine: [Substring], _ request: [UInt8]) -> String? {
+    guard requestLine.count == 3, requestLine[2] == "HTTP/1.1" || requestLine[2] == "HTTP/1.0"
+    else { return "malformed request line: expected METHOD TARGET HTTP/1.1" }
+    var length: Substring?
+    // Lines split on LF bytes (a Swift `Character` would take CR LF as one).
+    var lines = request.split(separator: 10, omittingEmptySubsequences: false).dropFirst()
+    while let bytes = lines.popFirst().map({ $0.last == 13 ? $0.dropLast() : $0 }),
+      !bytes.isEmpty
+    {
+      let line = String(decoding: bytes, as: UTF8.self)
+      guard let colon = line.firstIndex(of: ":") else { return "malformed header line" }
+      let name = line[..<colon].lowercased()
+      var value = line[line.index(after: colon)...]
+      while value.first == " " || value.first == "\t" { value.removeFirst() }
+      while value.last == " " || value.last == "\t" { value.removeLast() }
+      if name == "transfer-encoding" { return "Transfer-Encoding is not accepted" }
+      guard name == "content-length" else { continue }
+      guard !value.isEmpty, value.count <= 18,
+        value.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+        length == nil || length == value
+      else { return "invalid Content-Length" }
+      length = value
+    }
+    return nil
+  }
+
   private func handle(_ c: Int32) {
     var request: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: 4096)
@@ -130,13 +160,15 @@ public final class AdminHTTPServer: @unchecked Sendable {
     if request.isEmpty { return }
     let complete = Self.endsHeaders(request)
     let line = String(decoding: request.prefix { $0 != 13 && $0 != 10 }, as: UTF8.self)
-    let parts = line.split(separator: " ")
+    let parts = line.split(separator: " ", omittingEmptySubsequences: false)
     let response: AdminResponse
     // HEAD (as load balancers probe) is GET without the body.
     let isHead = parts.first == "HEAD"
     if !complete {
       response = AdminResponse(status: 400, body: "incomplete request\n")
-    } else if parts.count >= 2, parts[0] == "GET" || parts[0] == "POST" || isHead {
+    } else if let problem = Self.malformed(parts, request) {
+      response = AdminResponse(status: 400, body: problem + "\n")
+    } else if parts[0] == "GET" || parts[0] == "POST" || isHead {
       let path = String(parts[1].split(separator: "?", maxSplits: 1).first ?? "")
       response = handler(AdminRequest(isHead ? "GET" : String(parts[0]), path))
     } else {
