@@ -62,8 +62,8 @@ public protocol DecisionSubject {
   var isGloballyUnsubscribed: Bool { get }
   /// The explicit entry for (channel, topic), either part 0 for "", if there is one.
   func explicitState(channel: NameID, topic: NameID) -> PreferenceState?
-  /// Recorded sends on `channel` strictly after `since` (Unix ms).
-  func sendCount(channel: NameID, after since: Int64) -> Int
+  /// Recorded sends on `channel` strictly between `since` and `until` (Unix ms).
+  func sendCount(channel: NameID, after since: Int64, before until: Int64) -> Int
 }
 
 /// The answer: allowed or not and why, plus what the store must do about it.
@@ -139,8 +139,13 @@ func choiceReason<Subject: DecisionSubject>(
       return .topicNotOptedIn
     }
   }
+  // The sends of the window before `now`; and those recorded up to a window ahead of it,
+  // while the clock was ahead (an NTP step back, a clock set wrong at boot): they count
+  // until they leave the window, so a step back locks no one out for longer than two
+  // windows, nor lets more than one extra window's sends through.
   if let limit = target.limit,
-    person.sendCount(channel: target.channel, after: now - limit.windowMillis)
+    person.sendCount(
+      channel: target.channel, after: now - limit.windowMillis, before: now + limit.windowMillis)
       >= limit.maxMessages
   {
     return .messageLimitReached

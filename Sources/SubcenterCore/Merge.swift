@@ -45,9 +45,13 @@ extension Person {
 /// Anonymous profiles not merged or changed for the TTL are removed (SPEC §1).
 public enum AnonymousTTL {
   /// True when an anonymous profile last changed at `updatedAt` has expired at `now`:
-  /// `now - updatedAt >= ttl` (a profile exactly one TTL old is removed).
+  /// `now - updatedAt >= ttl` (a profile exactly one TTL old is removed), or `updatedAt` is
+  /// a TTL or more ahead of `now`: changed while the clock was that far ahead (set back
+  /// since), it would otherwise stay for as long as the clock had been wrong (a year, for
+  /// a clock a year ahead). A profile less than a TTL ahead goes a TTL after its date, so
+  /// none stays longer than two TTLs.
   public static func isExpired(updatedAt: Int64, now: Int64, ttlMillis: Int64) -> Bool {
-    now - updatedAt >= ttlMillis
+    now - updatedAt >= ttlMillis || updatedAt - now >= ttlMillis
   }
 
   /// The keys of the expired anonymous profiles among `persons` (identified persons never

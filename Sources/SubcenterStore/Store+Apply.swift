@@ -308,10 +308,16 @@ extension PersonCodec {
   /// Counts one send in place (the packed twin of `Person.recordSend`).
   static func recordSend(_ r: inout PersonRecord, channel: NameID, at: Int64, limit: LimitRule) {
     let mask: UInt64 = 0xFFFF_FFFF_FFFF
-    let horizon = at - limit.windowMillis
+    let (horizon, ahead) = (at - limit.windowMillis, at + limit.windowMillis)
     let ch = UInt64(channel)
     if !r.sends.isEmpty {
-      r.sends.removeAll { $0 >> 48 == ch && Int64($0 & mask) <= horizon }
+      // Sends out of the window, and those recorded more than a window ahead (while the
+      // clock was: `Decision` no longer counts them).
+      r.sends.removeAll {
+        guard $0 >> 48 == ch else { return false }
+        let t = Int64($0 & mask)
+        return t <= horizon || t >= ahead
+      }
     }
     let t = UInt64(clampTime(at))
     let value = ch << 48 | t

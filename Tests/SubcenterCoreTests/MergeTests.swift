@@ -108,6 +108,11 @@ private let t0: Int64 = 1_700_000_000_000
     let p = Person(key: .person("p"), at: t0)
     #expect(!AnonymousTTL.isExpired(updatedAt: t0, now: t0 + ttl - 1, ttlMillis: ttl))
     #expect(AnonymousTTL.isExpired(updatedAt: t0, now: t0 + ttl, ttlMillis: ttl))
+    // Changed while the clock was ahead (set back since): a TTL or more ahead goes now,
+    // less than a TTL ahead a TTL after its date.
+    #expect(AnonymousTTL.isExpired(updatedAt: t0 + ttl, now: t0, ttlMillis: ttl))
+    #expect(!AnonymousTTL.isExpired(updatedAt: t0 + ttl - 1, now: t0, ttlMillis: ttl))
+    #expect(AnonymousTTL.isExpired(updatedAt: t0 + ttl - 1, now: t0 + 2 * ttl - 1, ttlMillis: ttl))
     #expect(AnonymousTTL.expired([a, p], now: t0 + ttl, ttlMillis: ttl) == [.anonymous("a")])
     a.setGlobal(unsubscribed: true, source: "", at: t0 + 500, actor: "x")
     #expect(

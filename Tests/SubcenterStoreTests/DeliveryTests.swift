@@ -74,6 +74,35 @@ import Testing
     #expect(try f.check(u1).reason == .subscribed)
   }
 
+  /// Sends recorded while the clock was ahead (an NTP step back, a clock set wrong at boot
+  /// and then fixed) lock no one out for longer than two windows: those more than a window
+  /// ahead no longer count, those less than a window ahead count until they leave it.
+  @Test func sendsRecordedWhileTheClockWasAheadLockNoOneOut() throws {
+    let f = Fixture()
+    try f.identify("u1")
+    let u1 = PersonRef.personID("u1")
+    // The clock an hour ahead: two sends reach the limit (2 a minute).
+    f.clock.set(t0 + 3_600_000)
+    for _ in 0..<2 { #expect(try f.check(u1, record: true).allowed) }
+    #expect(try f.check(u1).reason == .messageLimitReached)
+    // Set back right: they were more than a window ahead, so they no longer count (they
+    // used to for the whole hour).
+    f.clock.set(t0)
+    #expect(try f.check(u1).reason == .subscribed)
+    for _ in 0..<2 { #expect(try f.check(u1, record: true).allowed) }
+    #expect(try f.check(u1).reason == .messageLimitReached, "the limit holds after the step")
+    // Stepped back 30 s after two sends: they count until they leave their window.
+    let t1 = t0 + 10_000_000
+    f.clock.set(t1)
+    for _ in 0..<2 { #expect(try f.check(u1, record: true).allowed) }
+    f.clock.set(t1 - 30_000)
+    #expect(try f.check(u1, record: true).reason == .messageLimitReached)
+    f.clock.set(t1 + 59_999)
+    #expect(try f.check(u1).reason == .messageLimitReached)
+    f.clock.set(t1 + 60_000)
+    #expect(try f.check(u1).reason == .subscribed)
+  }
+
   @Test func batchOrderMixAndDuplicates() throws {
     let f = Fixture()
     try f.identify("u1", email: "u1@x.com")

@@ -568,6 +568,29 @@ private final class CollectingSink: ChangeSink {
     d.close()
   }
 
+  /// A segment written while the clock was an hour ahead (set back since) ages from when a
+  /// retention pass first sees it so: it used to stay, and every segment after it with it,
+  /// for as long as the clock had been wrong (past the retention, and past erasures).
+  @Test func aSegmentDatedAheadOfTheClockExpiresAfterTheRetention() throws {
+    let (fs, clock, d) = try setUp()
+    let start = clock.nowMillis()
+    clock.advance(by: 3_600_000)
+    write(d.store, "ahead")
+    try d.retentionPass(rotateAfterMillis: 0)
+    clock.set(start)
+    write(d.store, "p1")
+    try d.retentionPass(rotateAfterMillis: 0)
+    #expect(try WALSegment.list(directory: cfDirectory, fileSystem: fs).count == 3)
+    clock.advance(by: 61_000)
+    write(d.store, "p2")
+    try d.retentionPass(rotateAfterMillis: 0)
+    let oldest = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: oldest)
+    oldest.wait(for: 2)
+    #expect(oldest.events.map(\.personID) == ["p2", "p2"])
+    d.close()
+  }
+
   /// SPEC §3: OUT_OF_RANGE only when an event of the consumer's workspace after its cursor
   /// expired; another workspace's expired records are no reason.
   @Test func onlyTheWorkspacesOwnExpiredEventsMakeACursorOutOfRange() throws {

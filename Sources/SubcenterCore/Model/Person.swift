@@ -218,8 +218,8 @@ public struct Person: Sendable, Equatable {
   /// that have left the window.
   public mutating func recordSend(channel: NameID, at: Int64, limit: LimitRule?) {
     guard let limit else { return }
-    let horizon = at - limit.windowMillis
-    sends.removeAll { $0.channel == channel && $0.at <= horizon }
+    let (horizon, ahead) = (at - limit.windowMillis, at + limit.windowMillis)
+    sends.removeAll { $0.channel == channel && ($0.at <= horizon || $0.at >= ahead) }
     let s = SendRecord(channel: channel, at: at)
     if let last = sends.last, last.at > at {
       let i = sends.firstIndex { $0.at > at }!
@@ -268,9 +268,9 @@ extension Person: DecisionSubject {
     return nil
   }
 
-  public func sendCount(channel: NameID, after since: Int64) -> Int {
+  public func sendCount(channel: NameID, after since: Int64, before until: Int64) -> Int {
     var n = 0
-    for s in sends where s.channel == channel && s.at > since { n += 1 }
+    for s in sends where s.channel == channel && s.at > since && s.at < until { n += 1 }
     return n
   }
 }

@@ -85,6 +85,9 @@ public final class DurableStore: Sendable {
     var summaries: [UInt64: SegmentSummary] = [:]
     /// The active segment and when a retention pass first saw records in it (ms).
     var active: (seq: UInt64, since: Int64) = (0, 0)
+    /// Complete segments whose newest record is dated after now (written while the clock
+    /// was ahead, then stepped back), by first seq: when a pass first saw them so (ms).
+    var aheadSince: [UInt64: Int64] = [:]
   }
 
   /// What a complete segment holds, for the retention.
@@ -489,7 +492,8 @@ public final class DurableStore: Sendable {
   /// true when an expired segment waits for a snapshot.
   @discardableResult
   private func deleteExpiredSegments(_ m: inout Maintenance) throws(StorageError) -> Bool {
-    let cutoff = clock.nowMillis() - changeRetentionMillis
+    let now = clock.nowMillis()
+    let cutoff = now - changeRetentionMillis
     let active = wal.status.activeSegment
     let segments = try WALSegment.list(directory: directory, fileSystem: fileSystem)
     var plan: [RetentionPlan.Segment] = []
@@ -497,7 +501,14 @@ public final class DurableStore: Sendable {
     for s in segments {
       // Only a prefix of expired segments matters: read no further than the first live one.
       if expiredSoFar && s.firstSeq < active && s != segments.last {
-        let t = try summary(s, &m).newestAt
+        var t = try summary(s, &m).newestAt
+        if let future = t, future > now {
+          // Dated ahead of the clock, which has been set back since: it ages from when it
+          // was first seen so, else it (and every segment after it) would stay for as long
+          // as the clock was wrong, past the retention and past erasures of its ids.
+          t = m.aheadSince[s.firstSeq, default: now]
+          m.aheadSince[s.firstSeq] = t
+        }
         if let t, t >= cutoff { expiredSoFar = false }
         plan.append(.init(firstSeq: s.firstSeq, newestAt: t))
       } else {
@@ -517,6 +528,7 @@ public final class DurableStore: Sendable {
       segments[0..<count].map(\.name), directory: directory, fileSystem: fileSystem)
     for s in segments[0..<count] {
       m.summaries[s.firstSeq] = nil
+      m.aheadSince[s.firstSeq] = nil
       log("removed \(s.name): older than the change retention")
     }
     return uncovered
