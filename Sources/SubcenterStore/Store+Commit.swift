@@ -202,6 +202,16 @@ final class Join: Sendable {
 /// returns true if it will run it, false if the caller must. In a struct: a closure kept
 /// directly in a `Mutex` gains a reabstraction thunk at every `withLock`, a chain that
 /// grows with each call.
+/// What runs after a change that removed persons (`whenPersonsRemoved`). A struct, not a
+/// bare closure in the `Mutex`: Swift 6.3 reabstracts a closure stored in a generic
+/// `Mutex` on every `withLock { $0 }` (an `inout` written back through two thunks), so
+/// the stored closure grew by two thunks at each call, and each forget ran all of them
+/// (ForgetPerson slowed with every person forgotten since start: ~5k/s to ~200/s after
+/// 70k, and ~165 bytes of memory each).
+struct RemovalHook: Sendable {
+  let run: @Sendable () -> Void
+}
+
 struct TaskRunner: Sendable {
   let run: @Sendable (@escaping @Sendable () -> Void) -> Bool
 }
@@ -234,7 +244,7 @@ final class Applier: Sendable {
   /// What sends the answers given so far in a long run of records (`flushAnswers`).
   let answerFlush = Mutex<AnswerFlush?>(nil)
   /// Called after a change that removed persons is applied (`whenPersonsRemoved`).
-  let personsRemoved = Mutex<(@Sendable () -> Void)?>(nil)
+  let personsRemoved = Mutex<RemovalHook?>(nil)
   /// Held while commands are applied, and while a snapshot copies the state; holds the
   /// sequence number of the last applied record.
   let gate = Mutex<UInt64>(0)
@@ -514,7 +524,7 @@ extension SubscriptionStore {
       }
       noteEvents(c.command, seq: seq, c.scope.workspace)
       if applied, !ChangeEvents.removals(of: c.command).isEmpty {
-        applier.personsRemoved.withLock { $0 }?()
+        applier.personsRemoved.withLock { $0 }?.run()
       }
       complete()
       c.settle(applied)

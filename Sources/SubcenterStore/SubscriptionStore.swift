@@ -76,7 +76,7 @@ public final class SubscriptionStore: Sendable {
   /// server schedules their erasure from disk there, whatever made the change. Runs with
   /// the application's gate held: it must be quick and must not call into the store.
   public func whenPersonsRemoved(_ body: @escaping @Sendable () -> Void) {
-    applier.personsRemoved.withLock { $0 = body }
+    applier.personsRemoved.withLock { $0 = RemovalHook(run: body) }
   }
 
   public func flushAnswers(every: Int, with flush: @escaping @Sendable () -> Void) {

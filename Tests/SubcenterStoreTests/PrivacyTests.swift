@@ -1,11 +1,31 @@
 // ForgetPerson, SuppressIdentifiers, UnsuppressIdentifiers and the anonymous TTL.
 
+import Foundation
 import SubcenterCore
 import SubcenterStore
 import Synchronization
 import Testing
 
 @Suite struct PrivacyTests {
+  /// The hook the server schedules erasures with runs once per removal, at the same stack
+  /// depth every time: it used to be wrapped in two more thunks at each run (a closure
+  /// stored bare in a `Mutex`), so the thousandth forget ran two thousand of them.
+  @Test func theRemovalHookDoesNotGrowWithEachRemoval() throws {
+    let f = Fixture()
+    let runs = Mutex<[Int]>([])
+    f.store.whenPersonsRemoved {
+      let depth = Thread.callStackReturnAddresses.count
+      runs.withLock { $0.append(depth) }
+    }
+    for i in 0..<300 {
+      try f.identify("p\(i)")
+      _ = try f.forget(.personID("p\(i)"))
+    }
+    let depths = runs.withLock { $0 }
+    #expect(depths.count == 300)
+    #expect(depths.max()! - depths.min()! < 20, "stack depths \(depths.min()!)...\(depths.max()!)")
+  }
+
   @Test func forget() throws {
     let f = Fixture()
     try f.identify("u1", email: "u1@x.com", phone: "+14155550100", anonymousID: "c1")
