@@ -20,6 +20,9 @@ public enum Limits {
   public static let maxWindowSeconds: Int64 = 31_536_000
   /// Persons in one CheckDeliveryBatch.
   public static let batchPersons = 10_000
+  /// Identifiers in one SuppressIdentifiers or UnsuppressIdentifiers call (each may forget
+  /// a person: one call is one log record and one step of the store).
+  public static let suppressIdentifiers = 10_000
   /// GetHistory page size when the request says 0, and the largest allowed.
   public static let defaultPageSize = 100
   public static let maxPageSize = 1000

@@ -72,6 +72,10 @@ extension SubscriptionStore {
     PersonRef, SuppressionHash
   )] {
     try Validate.maxBytes(req.reason, Limits.suppressReasonBytes, field: "reason")
+    guard req.identifiers.count <= Limits.suppressIdentifiers else {
+      throw .invalidArgument(
+        "identifiers", "at most \(Limits.suppressIdentifiers) identifiers a call")
+    }
     var out: [(PersonRef, SuppressionHash)] = []
     var seen = Set<SuppressionHash>()
     for (i, ident) in req.identifiers.enumerated() {
@@ -100,10 +104,9 @@ extension SubscriptionStore {
           fresh += 1
         }
         var holders: [(PersonKey, PersonView)] = []
+        var seen = Set<PersonKey>()
         for (ref, _) in targets {
-          if let (key, view) = effectivePerson(h, identity, ref, &deps),
-            !holders.contains(where: { $0.0 == key })
-          {
+          if let (key, view) = effectivePerson(h, identity, ref, &deps), seen.insert(key).inserted {
             holders.append((key, view))
           }
         }

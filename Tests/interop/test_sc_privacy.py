@@ -3,7 +3,8 @@
 import json
 import re
 
-from sc_support import (ERASURE_DEADLINE_MS, FAILED_PRECONDITION, NOT_FOUND, assert_decision,
+from sc_support import (ERASURE_DEADLINE_MS, FAILED_PRECONDITION, INVALID, NOT_FOUND,
+                        assert_decision,
                         assert_recent, b64url_decode, expect_code, ident, limit, now_ms, ref_anon,
                         ref_email, ref_phone)
 
@@ -132,6 +133,25 @@ def test_suppress_counts_newly_suppressed(sc):
         ident("phone", "+14155550001"), ident("anonymous_id", "cookie-z"),
         ident("person_id", "pid-z")])
     assert r.suppressed == 2
+
+
+def test_suppress_takes_at_most_10000_identifiers_a_call(sc):
+    """10,000 identifiers (each holding a person) in one call, then 10,001: INVALID_ARGUMENT
+    naming `identifiers`, nothing suppressed (one call is one step of the store, so it is
+    bounded like CheckDeliveryBatch)."""
+    ws = sc.workspace()
+    sc.person(ws, "held", email="held@example.com")
+    many = [ident("email", f"bulk{i}@example.com") for i in range(9_999)]
+    r = sc.root.SuppressIdentifiers(workspace=ws,
+                                    identifiers=many + [ident("email", "held@example.com")])
+    assert r.suppressed == 10_000 and list(r.forgotten_person_ids) == ["held"]
+    over = [ident("email", f"over{i}@example.com") for i in range(10_001)]
+    expect_code(INVALID, lambda: sc.root.SuppressIdentifiers(workspace=ws, identifiers=over),
+                field="identifiers")
+    expect_code(INVALID, lambda: sc.root.UnsuppressIdentifiers(workspace=ws, identifiers=over),
+                field="identifiers")
+    r = sc.root.SuppressIdentifiers(workspace=ws, identifiers=over[:1])
+    assert r.suppressed == 1, "the refused call suppressed nothing"
 
 
 def test_suppress_forgets_the_holder_but_not_its_other_identifiers(sc):
