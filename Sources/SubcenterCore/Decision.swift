@@ -64,6 +64,39 @@ public protocol DecisionSubject {
   func explicitState(channel: NameID, topic: NameID) -> PreferenceState?
   /// Recorded sends on `channel` strictly between `since` and `until` (Unix ms).
   func sendCount(channel: NameID, after since: Int64, before until: Int64) -> Int
+  /// How many explicit entries there are.
+  var explicitEntryCount: Int { get }
+  /// Calls `body` with each explicit entry's key (`channel << 16 | topic`) and state.
+  func forEachExplicitEntry(_ body: (UInt32, PreferenceState) -> Void)
+}
+
+/// A subject whose explicit entries are looked up in a table built once, for the many
+/// look-ups of `Workspace.effective` on a person with many entries (each look-up of the
+/// subject itself scans its entries: 5,000 entries in a workspace of 5,000 topics took
+/// ~50 ms an answer).
+struct IndexedSubject<Base: DecisionSubject>: DecisionSubject {
+  let base: Base
+  let entries: [UInt32: PreferenceState]
+
+  init(_ base: Base) {
+    var entries: [UInt32: PreferenceState] = [:]
+    entries.reserveCapacity(base.explicitEntryCount)
+    base.forEachExplicitEntry { key, state in entries[key] = state }
+    self.base = base
+    self.entries = entries
+  }
+
+  var isGloballyUnsubscribed: Bool { base.isGloballyUnsubscribed }
+  func explicitState(channel: NameID, topic: NameID) -> PreferenceState? {
+    entries[UInt32(channel) << 16 | UInt32(topic)]
+  }
+  func sendCount(channel: NameID, after since: Int64, before until: Int64) -> Int {
+    base.sendCount(channel: channel, after: since, before: until)
+  }
+  var explicitEntryCount: Int { entries.count }
+  func forEachExplicitEntry(_ body: (UInt32, PreferenceState) -> Void) {
+    base.forEachExplicitEntry(body)
+  }
 }
 
 /// The answer: allowed or not and why, plus what the store must do about it.

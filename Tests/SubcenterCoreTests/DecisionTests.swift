@@ -248,4 +248,35 @@ private let cases: [DecisionCase] = [
     #expect(grid.first { $0.channel == "push" && $0.topic == "promo" }?.reason == .topicNotOptedIn)
     #expect(p.sends.isEmpty)
   }
+
+  /// A person with many entries in a workspace of many topics (the grid looks entries up
+  /// in a table built once): every row is what CheckDelivery decides for it.
+  @Test func effectiveGridOfManyEntriesIsEveryRowsDecision() throws {
+    let topics = (0..<60).map {
+      Topic(id: "t\($0)", name: "T", defaultState: $0 % 3 == 0 ? .unsubscribed : .subscribed)
+    }
+    let ws = try Workspace(
+      WorkspaceConfig(workspace: "acme", channels: ["email", "sms"], topics: topics))
+    var p = Person(key: .person("p"), at: now)
+    for (i, t) in topics.enumerated() where i % 2 == 0 {
+      p.setPreference(
+        channel: i % 4 == 0 ? 0 : ws.channelID("sms")!, topic: ws.topicID(t.id)!,
+        state: i % 8 == 0 ? .subscribed : .unsubscribed, source: "", noticeVersion: "", at: now,
+        actor: "t")
+    }
+    p.setPreference(
+      channel: ws.channelID("email")!, topic: 0, state: .unsubscribed, source: "",
+      noticeVersion: "", at: now, actor: "t")
+    #expect(p.explicitEntryCount == 31)
+    let grid = ws.effective(subject: p, now: now)
+    #expect(grid.count == 2 * 61)
+    for row in grid {
+      let target = ws.target(
+        channel: ws.channelID(row.channel)!, topic: row.topic.isEmpty ? 0 : ws.topicID(row.topic)!)
+      let decided = decideDelivery(
+        target: target, person: p, suppressed: false, isOverride: false, now: now)
+      #expect(decided.reason == row.reason, "\(row.channel)/\(row.topic)")
+    }
+    #expect(Set(grid.map(\.reason)).count >= 4, "the rows cover several rules")
+  }
 }

@@ -354,6 +354,17 @@ extension Workspace {
   public func effective<Subject: DecisionSubject>(subject: Subject, now: Int64)
     -> [EffectiveState]
   {
+    // Each row looks up to three entries; past a few entries, a table built once is cheaper
+    // than scanning them for every row.
+    if subject.explicitEntryCount > 16 && channels.count * (topics.count + 1) > 16 {
+      return effectiveRows(subject: IndexedSubject(subject), now: now)
+    }
+    return effectiveRows(subject: subject, now: now)
+  }
+
+  private func effectiveRows<Subject: DecisionSubject>(subject: Subject, now: Int64)
+    -> [EffectiveState]
+  {
     var out: [EffectiveState] = []
     out.reserveCapacity(channels.count * (topics.count + 1))
     for c in channels {

@@ -273,4 +273,10 @@ extension Person: DecisionSubject {
     for s in sends where s.channel == channel && s.at > since && s.at < until { n += 1 }
     return n
   }
+
+  public var explicitEntryCount: Int { entries.count }
+
+  public func forEachExplicitEntry(_ body: (UInt32, PreferenceState) -> Void) {
+    for e in entries { body(e.key, e.state) }
+  }
 }

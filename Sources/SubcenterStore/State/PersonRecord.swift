@@ -606,6 +606,18 @@ struct PackedSubject: DecisionSubject {
     return nil
   }
 
+  var explicitEntryCount: Int { Int(blob[4]) | Int(blob[5]) << 8 }
+
+  func forEachExplicitEntry(_ body: (UInt32, PreferenceState) -> Void) {
+    var o = 8 + (Int(blob[6]) | Int(blob[7]) << 8)
+    for _ in 0..<explicitEntryCount {
+      let c = UInt32(blob[o]) | UInt32(blob[o + 1]) << 8
+      let t = UInt32(blob[o + 2]) | UInt32(blob[o + 3]) << 8
+      if let s = PreferenceState(rawValue: Int32(blob[o + 4])) { body(c << 16 | t, s) }
+      o += 5
+    }
+  }
+
   @inline(__always)
   func sendCount(channel: NameID, after since: Int64, before until: Int64) -> Int {
     var n = pendingSends
