@@ -250,6 +250,11 @@ final class Applier: Sendable {
   let gate = Mutex<UInt64>(0)
   /// The same number, readable without waiting for the gate.
   let applied = Atomic<UInt64>(0)
+  /// How long one drain applies records before it lets its thread do other work and
+  /// schedules the rest: records that keep arriving (from other event loops) would
+  /// otherwise keep the draining event loop from its own connections for as long as they
+  /// come (a burst of writes costing milliseconds each starved its calls for a minute).
+  let drainBudgetNanos = Atomic<UInt64>(10_000_000)
 }
 
 // MARK: Locks
@@ -453,19 +458,25 @@ extension SubscriptionStore {
         q.drainScheduled = true
         return true
       }
-      guard schedule else { return }
-      let task: @Sendable () -> Void = { [self] in drain() }
-      if applier.executor.withLock({ $0 })?.run(task) != true {
-        applier.thread.async(execute: task)
-      }
+      if schedule { scheduleDrain() }
     case .afterAppend:
       applier.queue.withLock { $0.items.append((c, result)) }
       drain()
     }
   }
 
+  /// Runs `drain` on the applier's executor (the server: its first event loop), or on the
+  /// applier's own queue.
+  private func scheduleDrain() {
+    let task: @Sendable () -> Void = { [self] in drain() }
+    if applier.executor.withLock({ $0 })?.run(task) != true {
+      applier.thread.async(execute: task)
+    }
+  }
+
   /// Applies the queued records, in order, unless another thread is at it (that thread
-  /// then takes what was queued meanwhile). Called with no lock held.
+  /// then takes what was queued meanwhile), for at most the applier's `drainBudgetNanos`
+  /// (then the rest waits for a drain scheduled after it). Called with no lock held.
   func drain() {
     typealias Item = (PendingCommit, Result<UInt64, CoreError>)
     let first: [Item]? = applier.queue.withLock { q in
@@ -477,14 +488,29 @@ extension SubscriptionStore {
     }
     guard var batch = first else { return }
     let flush = applier.answerFlush.withLock { $0 }
+    let deadline = monotonicNanos() + applier.drainBudgetNanos.load(ordering: .relaxed)
+    var rest: ArraySlice<Item> = []
+    var yielded = false
     applier.gate.withLock { last in
       while true {
         for (i, (c, result)) in batch.enumerated() {
           process(c, result, &last)
+          if i + 1 < batch.count, monotonicNanos() > deadline {
+            rest = batch[(i + 1)...]
+            break
+          }
           // Between records, not after the last: the event loop sends what is left.
           if let flush, (i + 1) % flush.every == 0, i + 1 < batch.count { flush.run() }
         }
         batch = applier.queue.withLock { q in
+          if !rest.isEmpty || (!q.items.isEmpty && monotonicNanos() > deadline) {
+            // Out of time: the rest first, then what came meanwhile, in a later drain.
+            q.items = Array(rest) + q.items
+            q.draining = false
+            q.drainScheduled = true
+            yielded = true
+            return []
+          }
           if q.items.isEmpty {
             q.draining = false
             return []
@@ -492,9 +518,10 @@ extension SubscriptionStore {
           defer { q.items = [] }
           return q.items
         }
-        if batch.isEmpty { return }
+        if batch.isEmpty { break }
       }
     }
+    if yielded { scheduleDrain() }
   }
 
   private func process(

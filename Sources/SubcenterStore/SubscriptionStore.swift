@@ -58,10 +58,13 @@ public final class SubscriptionStore: Sendable {
   /// Where records that a log which `appliesElsewhere` made durable are applied and
   /// answered: `executor` runs the given drain on some thread of its own (an event loop)
   /// and returns true, or returns false when it no longer can (the store's own queue then
-  /// runs it).
+  /// runs it). One drain applies records for at most `budgetNanos` (10 ms), then hands the
+  /// rest to a drain it schedules, so the executor's thread gets back to its own work.
   public func applyDurableRecords(
+    budgetNanos: UInt64 = 10_000_000,
     on executor: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
   ) {
+    applier.drainBudgetNanos.store(budgetNanos, ordering: .relaxed)
     applier.executor.withLock { $0 = TaskRunner(run: executor) }
   }
 

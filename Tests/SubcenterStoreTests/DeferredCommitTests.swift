@@ -504,6 +504,36 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
     #expect(handedOff == 0)
   }
 
+  /// A drain out of time (a budget of 0: one record) leaves the rest to a drain it
+  /// schedules, so the executor's thread gets back to its own work between them; nothing
+  /// is lost or reordered.
+  @Test func aDrainOutOfTimeSchedulesTheRest() throws {
+    let d = Deferred(appliesElsewhere: true)
+    let identified = d.identify("u1")
+    d.log.complete()
+    #expect(waitUntil { identified.done })
+    let held = Mutex<[@Sendable () -> Void]>([])
+    d.store.applyDurableRecords(budgetNanos: 0) { task in
+      held.withLock { $0.append(task) }
+      return true
+    }
+    let channels = ["email", "sms", "push", "email", "sms"]
+    let calls = channels.map { d.set(.personID("u1"), .unsubscribed, channel: $0) }
+    d.log.complete()
+    var drains = 0
+    while drains < 10, let task = held.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+      drains += 1
+      let before = calls.filter(\.done).count
+      task()
+      #expect(calls.filter(\.done).count == before + 1, "one record a drain")
+    }
+    #expect(drains == 5)
+    for (i, c) in calls.enumerated() {
+      #expect(try c.get().entries.count == min(i + 1, 3))
+    }
+    #expect(d.settled)
+  }
+
   /// With `flushAnswers(every: 2)`, a drain applying five records flushes after the
   /// second and the fourth, each time with the answers before it given, not after the
   /// last; a drain of one record never flushes, one of four only after the second.
