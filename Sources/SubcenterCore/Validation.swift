@@ -100,9 +100,9 @@ public enum Validate {
   }
 
   /// Normalizes an email: trimmed of whitespace, lower-cased; then at most 254 bytes,
-  /// exactly one `@` with text on each side, no whitespace, control or invisible format
-  /// character (U+200B, U+FEFF…) inside: an address with one is no one's, only a lookalike
-  /// that a suppression of the real one would not match.
+  /// exactly one `@` with text on each side, no whitespace or control character inside.
+  /// Format characters (U+200C/U+200D joiners, which Persian words and emoji sequences
+  /// need) are kept: refusing them refused look-ups of addresses already stored.
   public static func email(_ raw: String, field: String = "email") throws(CoreError) -> String {
     var raw = raw
     // ASCII (the usual case): trim and lower-case bytes, keeping `raw` when it is already
@@ -149,13 +149,6 @@ public enum Validate {
       && s.unicodeScalars.contains(where: { $0.properties.isWhitespace })
     {
       throw .invalidArgument(field, "must not contain whitespace")
-    }
-    if n != s.unicodeScalars.count,
-      let c = s.unicodeScalars.first(where: { $0.properties.generalCategory == .format })
-    {
-      let code = String(c.value, radix: 16, uppercase: true)
-      let hex = String(repeating: "0", count: max(0, 4 - code.count)) + code
-      throw .invalidArgument(field, "must not contain invisible characters (U+\(hex))")
     }
     guard !containsControl(s) else {
       throw .invalidArgument(field, "must not contain control characters")

@@ -86,10 +86,13 @@ def test_a_malformed_request_is_400_and_runs_nothing(sc):
                 b"POST /snapshot HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                 b"POST /snapshot HTTP/1.1\r\nno colon here\r\n\r\n",
                 b"GET /healthz HTTP/9.9\r\n\r\n", b"GET /healthz FOO/1.1\r\n\r\n",
-                b"GET /healthz\r\n\r\n", b"GET  /healthz HTTP/1.1\r\n\r\n"]:
+                b"GET /healthz\r\n\r\n", b"GET  /healthz HTTP/1.1\r\n\r\n",
+                b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n",
+                b"GET /healthz HTTP/1.1\r\nX-Foo: a\r\n  b\r\n\r\n"]:
         assert send(bad).startswith(b"HTTP/1.1 400 "), bad
     assert admin_metrics(sc.server)[0]["subcenter_snapshots_written_total"] == written
     for good in [b"GET /healthz HTTP/1.0\r\n\r\n", b"GET /healthz HTTP/1.1\nHost: x\n\n",
+                 b"GET http://127.0.0.1:9090/healthz HTTP/1.1\r\nHost: x\r\n\r\n",
                  b"GET /healthz HTTP/1.1\r\nContent-Length: 0\r\ncontent-length:  0 \r\n\r\n"]:
         assert send(good).startswith(b"HTTP/1.1 200 "), good
 

@@ -127,7 +127,11 @@ public final class AdminHTTPServer: @unchecked Sendable {
       !bytes.isEmpty
     {
       let line = String(decoding: bytes, as: UTF8.self)
-      guard let colon = line.firstIndex(of: ":") else { return "malformed header line" }
+      // A name ends at its colon: no whitespace before it (RFC 9112 §5.1), nor a line
+      // folded onto the one before (obsolete line folding).
+      guard let colon = line.firstIndex(of: ":"), colon > line.startIndex,
+        !line[..<colon].contains(where: { $0 == " " || $0 == "\t" })
+      else { return "malformed header line" }
       let name = line[..<colon].lowercased()
       var value = line[line.index(after: colon)...]
       while value.first == " " || value.first == "\t" { value.removeFirst() }
@@ -169,7 +173,13 @@ public final class AdminHTTPServer: @unchecked Sendable {
     } else if let problem = Self.malformed(parts, request) {
       response = AdminResponse(status: 400, body: problem + "\n")
     } else if parts[0] == "GET" || parts[0] == "POST" || isHead {
-      let path = String(parts[1].split(separator: "?", maxSplits: 1).first ?? "")
+      // The origin form (`/healthz`) or the absolute form (`http://host:port/healthz`).
+      var target = parts[1]
+      for scheme in ["http://", "https://"] where target.lowercased().hasPrefix(scheme) {
+        let rest = target.dropFirst(scheme.count)
+        target = rest.firstIndex(of: "/").map { rest[$0...] } ?? "/"
+      }
+      let path = String(target.split(separator: "?", maxSplits: 1).first ?? "")
       response = handler(AdminRequest(isHead ? "GET" : String(parts[0]), path))
     } else {
       response = AdminResponse(status: 405, body: "only GET, HEAD and POST are served\n")
