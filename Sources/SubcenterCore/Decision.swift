@@ -172,16 +172,13 @@ func choiceReason<Subject: DecisionSubject>(
       return .topicNotOptedIn
     }
   }
-  // The sends of the window before `now`; and those recorded up to a window ahead of it,
-  // while the clock was ahead (an NTP step back, a clock set wrong at boot): they count
-  // until they leave the window, so a step back locks no one out for longer than two
-  // windows, nor lets more than one extra window's sends through.
-  if let limit = target.limit,
-    person.sendCount(
-      channel: target.channel, after: now - limit.windowMillis, before: now + limit.windowMillis)
+  if let limit = target.limit {
+    let window = limit.counted(at: now)
+    if person.sendCount(channel: target.channel, after: window.after, before: window.before)
       >= limit.maxMessages
-  {
-    return .messageLimitReached
+    {
+      return .messageLimitReached
+    }
   }
   return .subscribed
 }

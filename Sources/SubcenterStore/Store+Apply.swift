@@ -308,15 +308,13 @@ extension PersonCodec {
   /// Counts one send in place (the packed twin of `Person.recordSend`).
   static func recordSend(_ r: inout PersonRecord, channel: NameID, at: Int64, limit: LimitRule) {
     let mask: UInt64 = 0xFFFF_FFFF_FFFF
-    let (horizon, ahead) = (at - limit.windowMillis, at + limit.windowMillis)
+    let window = limit.counted(at: at)  // the sends no longer counted go
     let ch = UInt64(channel)
     if !r.sends.isEmpty {
-      // Sends out of the window, and those recorded more than a window ahead (while the
-      // clock was: `Decision` no longer counts them).
       r.sends.removeAll {
         guard $0 >> 48 == ch else { return false }
         let t = Int64($0 & mask)
-        return t <= horizon || t >= ahead
+        return !(t > window.after && t < window.before)
       }
     }
     let t = UInt64(clampTime(at))

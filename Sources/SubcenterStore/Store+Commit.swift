@@ -198,22 +198,21 @@ final class Join: Sendable {
   }
 }
 
-/// Somewhere else to run work (an event loop the server names): `run` takes a task and
-/// returns true if it will run it, false if the caller must. In a struct: a closure kept
-/// directly in a `Mutex` gains a reabstraction thunk at every `withLock`, a chain that
-/// grows with each call.
-/// What runs after a change that removed persons (`whenPersonsRemoved`). A struct, not a
-/// bare closure in the `Mutex`: Swift 6.3 reabstracts a closure stored in a generic
-/// `Mutex` on every `withLock { $0 }` (an `inout` written back through two thunks), so
-/// the stored closure grew by two thunks at each call, and each forget ran all of them
-/// (ForgetPerson slowed with every person forgotten since start: ~5k/s to ~200/s after
-/// 70k, and ~165 bytes of memory each).
-struct RemovalHook: Sendable {
-  let run: @Sendable () -> Void
-}
+// The closures the applier keeps in a `Mutex` are each wrapped in a struct: Swift 6.3
+// reabstracts a closure kept bare in a generic `Mutex` at every `withLock { $0 }` (an
+// `inout` written back through two thunks), a chain that grows with each call (the
+// removal hook, kept bare, made the Nth forget run 2N thunks: ForgetPerson fell from ~5k/s
+// to ~200/s after 70k forgets).
 
+/// Somewhere else to run work (an event loop the server names): `run` takes a task and
+/// returns true if it will run it, false if the caller must.
 struct TaskRunner: Sendable {
   let run: @Sendable (@escaping @Sendable () -> Void) -> Bool
+}
+
+/// What runs after a change that removed persons (`whenPersonsRemoved`).
+struct RemovalHook: Sendable {
+  let run: @Sendable () -> Void
 }
 
 /// Sends the answers given so far while a drain applies a run of records (the server:

@@ -68,23 +68,21 @@ enum CheckData {
     }
 
     // The secret the data's suppression hashes, receipts and page tokens are keyed with.
-    if !snapshots.isEmpty || !segments.isEmpty {
-      let key = directory + "/secret.key"
-      if access(key, F_OK) == 0 && access(key, R_OK) != 0 {
-        writeStderrLine(
-          "subcenterctl check-data: cannot read \(key): \(String(cString: strerror(errno))) "
-            + "(run it as the user that owns the data)")
-        return 2
-      }
-      if (try? ServerSecret.load(dataDirectory: directory)) == nil {
-        secretMissing = true
-        writeStdoutLine(
-          "secret.key: MISSING or not 32 bytes: subcenterd refuses to start on this data; "
-            + "restore the secret.key backed up with it (a new one would make every "
-            + "suppression stop matching)")
-      } else {
-        ok("secret.key: OK")
-      }
+    let key = directory + "/secret.key"
+    if access(key, F_OK) == 0 && access(key, R_OK) != 0 {
+      writeStderrLine(
+        "subcenterctl check-data: cannot read \(key): \(String(cString: strerror(errno))) "
+          + "(run it as the user that owns the data)")
+      return 2
+    }
+    if (try? ServerSecret.load(dataDirectory: directory)) == nil {
+      secretMissing = true
+      writeStdoutLine(
+        "secret.key: MISSING or not 32 bytes: subcenterd refuses to start on this data; "
+          + "restore the secret.key backed up with it (a new one would make every "
+          + "suppression stop matching)")
+    } else {
+      ok("secret.key: OK")
     }
 
     // Snapshots, newest first: the newest valid one is where recovery starts.

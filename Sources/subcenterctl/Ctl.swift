@@ -39,6 +39,9 @@ struct Command {
 }
 
 enum Ctl {
+  /// A call's deadline, and the TLS and HTTP/2 handshakes', without `--timeout-ms`.
+  static let defaultTimeoutMillis = 5000
+
   static let specs: [FlagSpec] = [
     FlagSpec("server", default: "127.0.0.1:50051", help: "server HOST:PORT"),
     FlagSpec("server-name", default: "localhost", help: "name checked in the server certificate"),
@@ -48,7 +51,9 @@ enum Ctl {
     FlagSpec("token", help: "bearer token (or SUBCENTER_TOKEN)"),
     FlagSpec(
       "timeout-ms",
-      help: "deadline of each call (default 5000; forget --wait 120000; watch: none)"),
+      help:
+        "deadline of each call (default \(defaultTimeoutMillis); forget --wait 120000; watch: none)"
+    ),
     FlagSpec("json", value: false, help: "print responses as JSON, one object per line"),
     FlagSpec("source", help: "subscribe, unsubscribe, unsubscribe-all, resubscribe: the source"),
     FlagSpec("notice-version", help: "subscribe, unsubscribe: consent text version shown"),
@@ -298,7 +303,7 @@ enum Ctl {
     let tls = try TLSContext.client(
       trustRootsFile: flags.string("ca"), certificateChainFile: cert, privateKeyFile: key)
     // --timeout-ms also bounds the TLS and HTTP/2 handshakes (its default without it).
-    let handshake = try flags.int("timeout-ms", in: 1...86_400_000) ?? 5000
+    let handshake = try flags.int("timeout-ms", in: 1...86_400_000) ?? defaultTimeoutMillis
     if let name = flags.string("server-name"), name.isEmpty {
       throw UsageError("--server-name must not be empty")
     }
@@ -320,7 +325,8 @@ enum Ctl {
       }
       if command.name == "health" {
         let r = try client.unary(
-          "/grpc.health.v1.Health/Check", request: request, timeoutMillis: timeout ?? 5000)
+          "/grpc.health.v1.Health/Check", request: request,
+          timeoutMillis: timeout ?? defaultTimeoutMillis)
         show(r.message)
         return 0
       }
@@ -379,7 +385,7 @@ enum Ctl {
     let method: String
     var decode: ([UInt8]) -> ProtoMessage?
     var render: (ProtoMessage) -> String
-    var timeout = timeout ?? 5000
+    var timeout = timeout ?? defaultTimeoutMillis
     switch command.name {
     case "identify":
       w.string(1, o[0])

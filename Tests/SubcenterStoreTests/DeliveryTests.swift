@@ -101,6 +101,14 @@ import Testing
     #expect(try f.check(u1).reason == .messageLimitReached)
     f.clock.set(t1 + 60_000)
     #expect(try f.check(u1).reason == .subscribed)
+    // The edge: sends one window ahead no longer count, one millisecond less still do.
+    let t2 = t0 + 20_000_000
+    f.clock.set(t2)
+    for _ in 0..<2 { #expect(try f.check(u1, record: true).allowed) }
+    f.clock.set(t2 - 59_999)
+    #expect(try f.check(u1).reason == .messageLimitReached)
+    f.clock.set(t2 - 60_000)
+    #expect(try f.check(u1).reason == .subscribed)
   }
 
   @Test func batchOrderMixAndDuplicates() throws {

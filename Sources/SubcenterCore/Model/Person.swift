@@ -218,8 +218,8 @@ public struct Person: Sendable, Equatable {
   /// that have left the window.
   public mutating func recordSend(channel: NameID, at: Int64, limit: LimitRule?) {
     guard let limit else { return }
-    let (horizon, ahead) = (at - limit.windowMillis, at + limit.windowMillis)
-    sends.removeAll { $0.channel == channel && ($0.at <= horizon || $0.at >= ahead) }
+    let window = limit.counted(at: at)  // the sends no longer counted go
+    sends.removeAll { $0.channel == channel && !($0.at > window.after && $0.at < window.before) }
     let s = SendRecord(channel: channel, at: at)
     if let last = sends.last, last.at > at {
       let i = sends.firstIndex { $0.at > at }!

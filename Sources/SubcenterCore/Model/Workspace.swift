@@ -113,6 +113,15 @@ public struct LimitRule: Sendable, Equatable {
     self.maxMessages = maxMessages
     self.windowMillis = windowMillis
   }
+
+  /// The times (Unix ms, both bounds excluded) of the sends that count at `now`: those of
+  /// the window before it, and those recorded up to a window ahead of it while the clock
+  /// was ahead (an NTP step back, a clock set wrong at boot), until they leave the window.
+  /// So a step back locks no one out for longer than two windows, nor lets more than one
+  /// extra window's sends through; a send recorded further ahead never counts again.
+  public func counted(at now: Int64) -> (after: Int64, before: Int64) {
+    (now - windowMillis, now + windowMillis)
+  }
 }
 
 /// A validated configuration with its name numbering. Immutable: a new configuration

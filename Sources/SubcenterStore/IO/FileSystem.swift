@@ -139,6 +139,14 @@ extension FileSystem {
     }
   }
 
+  /// Deletes the files `names` of `directory`, then syncs the directory so the deletions
+  /// are durable (nothing to do for none).
+  public func removeFiles(_ names: [String], in directory: String) throws(FileSystemError) {
+    guard !names.isEmpty else { return }
+    for name in names { try unlink(joinPath(directory, name)) }
+    try syncDirectory(directory)
+  }
+
   /// Whether `name` exists in `directory`.
   public func exists(_ name: String, in directory: String) throws(FileSystemError) -> Bool {
     try list(directory).contains(name)

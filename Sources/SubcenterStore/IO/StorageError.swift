@@ -22,7 +22,7 @@ public struct StorageError: Error, Sendable, Equatable, CustomStringConvertible 
 
   public let kind: Kind
   /// What happened, and what to do.
-  public let message: String
+  public private(set) var message: String
   /// The file concerned, if any.
   public let file: String?
   /// The byte offset in `file` where the damage starts, for `damaged`.
@@ -58,6 +58,13 @@ public struct StorageError: Error, Sendable, Equatable, CustomStringConvertible 
   }
 
   public var description: String { message }
+
+  /// The same error, its message followed by `note` in parentheses (what led to it).
+  public func explained(by note: String) -> StorageError {
+    var e = self
+    e.message = "\(message) (\(note))"
+    return e
+  }
 
   /// The process (or system) has no file descriptor left: passes once some are closed.
   public var isOutOfDescriptors: Bool { errno == EMFILE || errno == ENFILE }

@@ -129,6 +129,7 @@ public final class DurableStore: Sendable {
   ) {
     self.changeRetentionMillis = changeRetentionMillis
     self.clock = clock
+    // Every retained segment, the covered history before the recovery's read included.
     let oldest = (try? WALSegment.list(directory: directory, fileSystem: fileSystem))?.first
     self.changeFeed = ChangeFeed(
       directory: directory, fileSystem: fileSystem, wal: wal, options: feedOptions,
@@ -231,11 +232,7 @@ public final class DurableStore: Sendable {
     } catch {
       // Say what led here (e.g. a damaged snapshot skipped), not only where it stopped.
       guard !report.warnings.isEmpty else { throw error }
-      var explained = StorageError(
-        error.kind, "\(error.message) (after: \(report.warnings.joined(separator: "; ")))",
-        file: error.file, offset: error.offset, errno: error.errno)
-      explained.truncateHelps = error.truncateHelps
-      throw explained
+      throw error.explained(by: "after: \(report.warnings.joined(separator: "; "))")
     }
     func readLog() throws(StorageError) -> WALReadReport {
       try WALReader.read(

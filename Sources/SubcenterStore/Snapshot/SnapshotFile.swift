@@ -90,10 +90,7 @@ public enum SnapshotFile {
     throws(StorageError) -> [String]
   {
     let old = try list(directory: directory, fileSystem: fs).filter { $0.seq != seq }.map(\.name)
-    do {
-      for n in old { try fs.unlink(joinPath(directory, n)) }
-      if !old.isEmpty { try fs.syncDirectory(directory) }
-    } catch {
+    do { try fs.removeFiles(old, in: directory) } catch {
       throw StorageError(error, "removing old snapshots")
     }
     return old

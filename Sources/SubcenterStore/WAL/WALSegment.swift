@@ -312,14 +312,8 @@ extension WALSegment {
   public static func delete(_ names: [String], directory: String, fileSystem fs: any FileSystem)
     throws(StorageError)
   {
-    guard !names.isEmpty else { return }
-    for name in names {
-      do { try fs.unlink(joinPath(directory, name)) } catch {
-        throw StorageError(error, "deleting log segment \(name)")
-      }
-    }
-    do { try fs.syncDirectory(directory) } catch {
-      throw StorageError(error, "syncing the data directory")
+    do { try fs.removeFiles(names, in: directory) } catch {
+      throw StorageError(error, "deleting log segments \(names.joined(separator: ", "))")
     }
   }
 
