@@ -512,16 +512,12 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
     let identified = d.identify("u1")
     d.log.complete()
     #expect(waitUntil { identified.done })
-    let held = Mutex<[@Sendable () -> Void]>([])
-    d.store.applyDurableRecords(budgetNanos: 0) { task in
-      held.withLock { $0.append(task) }
-      return true
-    }
+    let held = HeldDrains(d.store, budgetNanos: 0)
     let channels = ["email", "sms", "push", "email", "sms"]
     let calls = channels.map { d.set(.personID("u1"), .unsubscribed, channel: $0) }
     d.log.complete()
     var drains = 0
-    while drains < 10, let task = held.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
+    while drains < 10, let task = held.takeFirst() {
       drains += 1
       let before = calls.filter(\.done).count
       task()
@@ -542,35 +538,25 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
     let identified = d.identify("u1")
     d.log.complete()
     #expect(waitUntil { identified.done })
-    let held = Mutex<[@Sendable () -> Void]>([])
-    d.store.applyDurableRecords { task in
-      held.withLock { $0.append(task) }
-      return true
-    }
+    let held = HeldDrains(d.store)
     let calls = Mutex<[Call<Preferences>]>([])
     let answeredAtFlush = Mutex<[Int]>([])
     d.store.flushAnswers(every: 2) {
       let answered = calls.withLock { $0.filter(\.done).count }
       answeredAtFlush.withLock { $0.append(answered) }
     }
-    func runHeld() {
-      for task in held.withLock({ h in
-        defer { h = [] }
-        return h
-      }) { task() }
-    }
     for channel in ["email", "sms", "push", "email", "sms"] {
       let c = d.set(.personID("u1"), .unsubscribed, channel: channel)
       calls.withLock { $0.append(c) }
     }
     d.log.complete()
-    runHeld()
+    held.runAll()
     #expect(calls.withLock { $0.allSatisfy(\.done) })
     #expect(answeredAtFlush.withLock { $0 } == [2, 4])
 
     let one = d.set(.personID("u1"), .subscribed, channel: "push")
     d.log.complete()
-    runHeld()
+    held.runAll()
     #expect(one.done)
     #expect(answeredAtFlush.withLock { $0 } == [2, 4])
 
@@ -581,7 +567,7 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
       calls.withLock { $0.append(c) }
     }
     d.log.complete()
-    runHeld()
+    held.runAll()
     #expect(calls.withLock { $0.allSatisfy(\.done) })
     #expect(answeredAtFlush.withLock { $0 } == [2, 4, 7])
     #expect(d.settled)
@@ -804,5 +790,31 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
     #expect(restored.persons(in: "acme") == d.store.persons(in: "acme"))
     #expect(restored.workspaceConfigs() == d.store.workspaceConfigs())
     #expect(try restored.profile(workspace: "acme", person: .email("u2@x.com")).personID == "u2")
+  }
+}
+
+/// An executor for `applyDurableRecords` that keeps the drains it is handed until the test
+/// runs them.
+final class HeldDrains: Sendable {
+  private let tasks = Mutex<[@Sendable () -> Void]>([])
+
+  init(_ store: SubscriptionStore, budgetNanos: UInt64 = 10_000_000) {
+    store.applyDurableRecords(budgetNanos: budgetNanos) { [self] task in
+      tasks.withLock { $0.append(task) }
+      return true
+    }
+  }
+
+  /// The oldest drain held, taken.
+  func takeFirst() -> (@Sendable () -> Void)? {
+    tasks.withLock { $0.isEmpty ? nil : $0.removeFirst() }
+  }
+
+  /// Runs every drain held so far.
+  func runAll() {
+    for task in tasks.withLock({ t in
+      defer { t = [] }
+      return t
+    }) { task() }
   }
 }

@@ -286,6 +286,15 @@ private final class CollectingSink: ChangeSink {
     }
   }
 
+  /// A watcher of workspace "acme" from the oldest retained record, once it has `events`
+  /// events (or an end).
+  fileprivate func fromOldest(_ d: DurableStore, events: Int) -> CollectingSink {
+    let sink = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: sink)
+    sink.wait(for: events)
+    return sink
+  }
+
   func setUp(
     feedOptions: ChangeFeed.Options = .init(), preallocate: Int = 0, fsync: FsyncPolicy = .always
   ) throws -> (FaultyFileSystem, ManualClock, DurableStore) {
@@ -524,9 +533,7 @@ private final class CollectingSink: ChangeSink {
       bytes[payload + 3] ^= 0xFF
     }
     fs.setContents(path, bytes)
-    let sink = CollectingSink()
-    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: sink)
-    sink.wait(for: 100)
+    let sink = fromOldest(d, events: 100)
     let before = clean.events.filter { $0.seq < first.firstSeq + 7 }
     #expect(!before.isEmpty)
     #expect(sink.events == before, "the events of the records before the damaged one")
@@ -561,9 +568,7 @@ private final class CollectingSink: ChangeSink {
       return
     }
     #expect(m.contains("oldest retained seq is \(segments.first!.firstSeq)"))
-    let oldest = CollectingSink()
-    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: oldest)
-    oldest.wait(for: 2)
+    let oldest = fromOldest(d, events: 2)
     #expect(oldest.events.map(\.personID) == ["p2", "p2"])
     d.close()
   }
@@ -584,9 +589,7 @@ private final class CollectingSink: ChangeSink {
     clock.advance(by: 61_000)
     write(d.store, "p2")
     try d.retentionPass(rotateAfterMillis: 0)
-    let oldest = CollectingSink()
-    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: oldest)
-    oldest.wait(for: 2)
+    let oldest = fromOldest(d, events: 2)
     #expect(oldest.events.map(\.personID) == ["p2", "p2"])
     d.close()
   }
@@ -647,9 +650,7 @@ private final class CollectingSink: ChangeSink {
     let hay = String(decoding: text, as: UTF8.self)
     #expect(!hay.contains("gone@x.example") && !hay.contains("src-gone"))
     #expect(hay.contains("stays@x.example"))
-    let sink = CollectingSink()
-    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: sink)
-    sink.wait(for: 3)
+    let sink = fromOldest(d, events: 3)
     #expect(
       sink.events.map { "\($0.action) \($0.personID)" } == [
         "identify stays", "unsubscribe stays", "forget gone",
@@ -681,9 +682,7 @@ private final class CollectingSink: ChangeSink {
     var text: [UInt8] = []
     for s in left { text += try fs.readFile(cfDirectory + "/" + s.name) }
     #expect(!String(decoding: text, as: UTF8.self).contains("gone@x.example"))
-    let sink = CollectingSink()
-    d.changeFeed.watch(workspace: "acme", from: .oldest, sink: sink)
-    sink.wait(for: 1)
+    let sink = fromOldest(d, events: 1)
     #expect(sink.events.map { "\($0.action) \($0.personID)" } == ["forget gone"])
     #expect(try d.compact() > 0, "and erasures go on")
     d.close()
