@@ -76,19 +76,21 @@ public enum HistoryDetail {
     return "set \(fields.joined(separator: ", "))"
   }
 
-  /// An override entry: the message, the justification, and what the override overrode
-  /// (an unprefixed reason such as `GLOBAL_UNSUBSCRIBED`) or why it was refused.
+  /// An override entry: what the override overrode (an unprefixed reason such as
+  /// `GLOBAL_UNSUBSCRIBED`) or why it was refused, then the message and the justification.
+  /// The outcome comes first and the caller's free text last, so a justification such as
+  /// `x; refused: SUPPRESSED` cannot be read as the outcome.
   public static func override(
     messageID: String, justification: String, outcome: DecisionOutcome, overridesAllowed: Bool
   ) -> String {
-    let head = "message_id: \(messageID); justification: \(justification); "
+    let tail = "; message_id: \(messageID); justification: \(justification)"
     if outcome.reason == .overriddenImportant {
-      return head + "overrode: \(outcome.underlying.name)"
+      return "overrode: \(outcome.underlying.name)" + tail
     }
     let disabled = overridesAllowed ? "" : " (overrides are disabled in this workspace)"
     if outcome.allowed {
-      return head + "allowed without override: \(outcome.reason.name)" + disabled
+      return "allowed without override: \(outcome.reason.name)" + disabled + tail
     }
-    return head + "refused: \(outcome.reason.name)" + disabled
+    return "refused: \(outcome.reason.name)" + disabled + tail
   }
 }

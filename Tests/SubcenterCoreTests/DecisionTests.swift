@@ -214,7 +214,8 @@ private let cases: [DecisionCase] = [
     #expect(send() == .messageLimitReached)
   }
 
-  /// The override detail names the message, the justification and the unprefixed reason.
+  /// The override detail names the unprefixed reason first, then the message and the
+  /// justification, so a justification that looks like an outcome stays inside its field.
   @Test func overrideDetails() {
     func detail(_ o: DecisionOutcome, allowed: Bool) -> String {
       HistoryDetail.override(
@@ -225,11 +226,18 @@ private let cases: [DecisionCase] = [
       countsSend: false)
     #expect(
       detail(overrode, allowed: true)
-        == "message_id: m-1; justification: password reset; overrode: GLOBAL_UNSUBSCRIBED")
+        == "overrode: GLOBAL_UNSUBSCRIBED; message_id: m-1; justification: password reset")
     let refused = DecisionOutcome(
       allowed: false, reason: .globalUnsubscribed, underlying: .globalUnsubscribed,
       countsSend: false)
-    #expect(detail(refused, allowed: false).contains("refused: GLOBAL_UNSUBSCRIBED"))
+    #expect(
+      detail(refused, allowed: false)
+        == "refused: GLOBAL_UNSUBSCRIBED (overrides are disabled in this workspace)"
+        + "; message_id: m-1; justification: password reset")
+    let forged = HistoryDetail.override(
+      messageID: "m-1", justification: "x; refused: SUPPRESSED", outcome: overrode,
+      overridesAllowed: true)
+    #expect(forged.hasPrefix("overrode: GLOBAL_UNSUBSCRIBED; "))
     #expect(DecisionReason.topicNotOptedIn.name == "TOPIC_NOT_OPTED_IN")
   }
 
