@@ -66,7 +66,8 @@ def test_a_silent_connection_is_closed_unanswered_and_an_unfinished_request_is_4
 def test_a_malformed_request_is_400_and_runs_nothing(sc):
     """RFC 9112: a request line that is not `METHOD TARGET HTTP/1.x`, a Content-Length that
     is not one number, or a Transfer-Encoding (no body is read) gets 400, and
-    `POST /snapshot` does not run on it; HTTP/1.0 and a repeated equal length are fine."""
+    `POST /snapshot` does not run on it; HTTP/1.0, a repeated equal length and empty lines
+    before the request line are fine."""
     host, port = admin_address(sc.server).rsplit(":", 1)
 
     def send(raw: bytes) -> bytes:
@@ -93,7 +94,8 @@ def test_a_malformed_request_is_400_and_runs_nothing(sc):
     assert admin_metrics(sc.server)[0]["subcenter_snapshots_written_total"] == written
     for good in [b"GET /healthz HTTP/1.0\r\n\r\n", b"GET /healthz HTTP/1.1\nHost: x\n\n",
                  b"GET http://127.0.0.1:9090/healthz HTTP/1.1\r\nHost: x\r\n\r\n",
-                 b"GET /healthz HTTP/1.1\r\nContent-Length: 0\r\ncontent-length:  0 \r\n\r\n"]:
+                 b"GET /healthz HTTP/1.1\r\nContent-Length: 0\r\ncontent-length:  0 \r\n\r\n",
+                 b"\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n"]:  # empty lines first are ignored
         assert send(good).startswith(b"HTTP/1.1 200 "), good
 
 

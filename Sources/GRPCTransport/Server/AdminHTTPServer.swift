@@ -157,6 +157,12 @@ public final class AdminHTTPServer: @unchecked Sendable {
       let n = buf.withUnsafeMutableBytes { read(c, $0.baseAddress, $0.count) }
       if n <= 0 { break }
       request.append(contentsOf: buf[0..<n])
+      // Empty lines before the request line are ignored (RFC 9112 §2.2).
+      if let start = request.firstIndex(where: { $0 != 13 && $0 != 10 }) {
+        request.removeFirst(start)
+      } else {
+        request.removeAll()
+      }
       if Self.endsHeaders(request) { break }
     }
     // A connection that sent nothing is closed unanswered; one whose request did not end
