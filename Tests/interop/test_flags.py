@@ -3,10 +3,11 @@
 import time
 
 import grpc
+import h2.settings
 import pytest
 
-from interop_support import (SLEEP_MS, RawH2, empty_pb2, free_port, interop_stub, make_channel,
-                             messages_pb2, run_to_exit, tls_args)
+from interop_support import (SLEEP_MS, RawH2, empty_pb2, free_port, grpc_frame, interop_stub,
+                             make_channel, messages_pb2, run_to_exit, tls_args)
 
 
 def test_max_concurrent_streams_enforced_with_resource_exhausted(start_server):
@@ -46,6 +47,38 @@ def test_max_concurrent_streams_enforced_with_resource_exhausted(start_server):
         assert time.monotonic() - start < 5
         # And the connection still serves.
         assert stub.EmptyCall(empty_pb2.Empty(), timeout=10) == empty_pb2.Empty()
+
+
+def test_streams_over_the_limit_are_refused_up_to_128_then_the_connection_closes(start_server):
+    """The edge of the 128 refused streams the SETTINGS allow over --max-concurrent-streams:
+    a client that opens limit + 128 streams in one burst (reading nothing between) gets the
+    128 refused with RESOURCE_EXHAUSTED and keeps its connection and its 4 calls; one stream
+    more breaks the advertised SETTINGS_MAX_CONCURRENT_STREAMS, a connection error
+    (GOAWAY PROTOCOL_ERROR, nghttp2's choice), so no client can make the server hold more."""
+    server = start_server("interop-server", ["--max-concurrent-streams", "4"])
+    empty = "/grpc.testing.TestService/EmptyCall"
+    for extra, closes in [(0, False), (1, True)]:
+        with RawH2(server.port) as conn:
+            assert conn.wait_settings(5) and conn.remote_settings.get(3) == 4 + 128
+            # h2 itself refuses to open more than the server advertises: lift its check.
+            conn.conn.remote_settings._settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = \
+                [10**6]
+            sids = [conn.start(conn.grpc_headers(empty)) for _ in range(4 + 128 + extra)]
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not conn.closed and \
+                    sum(conn.streams[s].ended for s in sids) < 128:
+                conn.pump(0.2)
+            if closes:
+                assert conn.goaway is not None and conn.goaway.error_code == 1, conn.goaway
+                continue
+            assert conn.goaway is None and not conn.closed
+            refused = [conn.streams[s] for s in sids[4:]]
+            assert all(dict(st.trailers or st.headers).get(b"grpc-status") == b"8"
+                       for st in refused), [st.summary() for st in refused[:3]]
+            for sid in sids[:4]:
+                conn.send_data(sid, grpc_frame(b""), end_stream=True)
+            assert [conn.wait(sid, 5).grpc_status for sid in sids[:4]] == [0] * 4
+            assert conn.empty_call(5).grpc_status == 0
 
 
 @pytest.mark.parametrize("loops", ["1", "2", "4"])
