@@ -158,6 +158,8 @@ public struct ErasurePlan: Sendable {
   }
   /// Anonymous id → the person it was attached to or merged into (latest wins).
   private var owner: [Key: Key] = [:]
+  /// Person → the anonymous ids `owner` gives it (a removal finds them without a scan).
+  private var aliases: [Key: Set<Key>] = [:]
   /// Person → the seq of its latest removal.
   private var removedAt: [Key: UInt64] = [:]
   /// Every key that belonged to a person when it was removed, with that seq.
@@ -171,7 +173,12 @@ public struct ErasurePlan: Sendable {
     guard let command else { return }
     let ws = command.workspace
     if case .identify(let c) = command, let a = c.anonymousID, !c.person.isAnonymous {
-      owner[Key(workspace: ws, person: .anonymous(a))] = Key(workspace: ws, person: c.person)
+      let alias = Key(workspace: ws, person: .anonymous(a))
+      let person = Key(workspace: ws, person: c.person)
+      if let previous = owner.updateValue(person, forKey: alias), previous != person {
+        aliases[previous]?.remove(alias)
+      }
+      aliases[person, default: []].insert(alias)
     }
     for p in ChangeEvents.removals(of: command) {
       let k = Key(workspace: ws, person: p)
@@ -181,7 +188,7 @@ public struct ErasurePlan: Sendable {
       // The anonymous ids attached to the person leave with it, and belong to nobody
       // after: a profile made later under one of them is someone else, not erased when
       // a later person of this key is removed.
-      for (alias, o) in owner where o == k {
+      for alias in aliases.removeValue(forKey: k) ?? [] {
         erasedBefore[alias] = seq
         owner[alias] = nil
       }
