@@ -82,6 +82,8 @@ public final class FaultyFileSystem: FileSystem {
     var crashes = 0
     var syncLatencyMicros: UInt32 = 0
     var largestRead = 0
+    /// Bytes read from each path, by name within its directory.
+    var bytesRead: [String: Int] = [:]
     var lists = 0
 
     var used: Int { inodes.values.reduce(0) { $0 + $1.data.count } }
@@ -124,6 +126,9 @@ public final class FaultyFileSystem: FileSystem {
 
   /// How many times a directory was listed so far.
   public var listCount: Int { state.withLock { $0.lists } }
+
+  /// Bytes read so far from files named `name` (in any directory).
+  public func bytesRead(_ name: String) -> Int { state.withLock { $0.bytesRead[name] ?? 0 } }
 
   /// The most bytes one `read` returned since the last call (which starts a new count).
   public func takeLargestRead() -> Int {
@@ -272,6 +277,7 @@ public final class FaultyFileSystem: FileSystem {
       let start = min(Int(offset), data.count)
       let end = min(start + count, data.count)
       s.largestRead = max(s.largestRead, end - start)
+      s.bytesRead[String(h.path.split(separator: "/").last ?? ""), default: 0] += end - start
       return Array(data[start..<end])
     }
   }

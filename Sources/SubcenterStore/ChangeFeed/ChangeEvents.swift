@@ -149,19 +149,71 @@ public enum ChangeEvents {
 /// What erasure removes from the retained log: every record holding data of a person
 /// removed by a later record (through the anonymous ids attached to or merged into that
 /// person too), except the removal records themselves — the `forget` tombstones, which
-/// stay until the change retention passes. Feed it every retained record in seq order
-/// (`observe`), then ask `erases` for each.
+/// stay until the change retention passes. Feed it the `SegmentFacts` of every retained
+/// segment in seq order (`observe`), then ask `mayErase` which segments to read and
+/// `erases` for each of their records.
 public struct ErasurePlan: Sendable {
   struct Key: Hashable {
     var workspace: String
     var person: PersonKey
   }
+
+  /// What the plan needs of one log segment, gathered as its records are read once (and
+  /// kept while the segment does not change): the attachments of anonymous ids and the
+  /// removals, in seq order, and a filter of the persons whose data the records hold, so
+  /// a segment holding none of the removed persons is not read again.
+  public struct SegmentFacts: Sendable {
+    enum Fact {
+      case attach(alias: Key, person: Key)
+      case removal([Key])
+    }
+    fileprivate var facts: [(seq: UInt64, fact: Fact)] = []
+    /// The first seq of the segment (records before it are not in it).
+    let firstSeq: UInt64
+    private var personHashes: [Int] = []
+    fileprivate var persons = KeyFilter(count: 0)
+
+    public init(firstSeq: UInt64) { self.firstSeq = firstSeq }
+
+    /// Adds the record `seq` (records in seq order).
+    public mutating func add(seq: UInt64, command: Command?) {
+      guard let command else { return }
+      let ws = command.workspace
+      if case .identify(let c) = command, let a = c.anonymousID, !c.person.isAnonymous {
+        facts.append(
+          (
+            seq,
+            .attach(
+              alias: Key(workspace: ws, person: .anonymous(a)),
+              person: Key(workspace: ws, person: c.person))
+          ))
+      }
+      let removed = ChangeEvents.removals(of: command)
+      if !removed.isEmpty {
+        facts.append((seq, .removal(removed.map { Key(workspace: ws, person: $0) })))
+      }
+      for p in ChangeEvents.persons(of: command) {
+        personHashes.append(Key(workspace: ws, person: p).hashValue)
+      }
+    }
+
+    /// Ends the segment: builds the filter of its persons (sized for the distinct ones).
+    public mutating func finish() {
+      personHashes.sort()
+      var distinct = personHashes.count
+      for i in personHashes.indices.dropFirst() where personHashes[i] == personHashes[i - 1] {
+        distinct -= 1
+      }
+      persons = KeyFilter(count: distinct)
+      for h in personHashes { persons.insert(h) }
+      personHashes = []
+    }
+  }
+
   /// Anonymous id → the person it was attached to or merged into (latest wins).
   private var owner: [Key: Key] = [:]
   /// Person → the anonymous ids `owner` gives it (a removal finds them without a scan).
   private var aliases: [Key: Set<Key>] = [:]
-  /// Person → the seq of its latest removal.
-  private var removedAt: [Key: UInt64] = [:]
   /// Every key that belonged to a person when it was removed, with that seq.
   private var erasedBefore: [Key: UInt64] = [:]
   /// The seq of the newest removal observed (0: none).
@@ -169,29 +221,45 @@ public struct ErasurePlan: Sendable {
 
   public init() {}
 
-  public mutating func observe(seq: UInt64, command: Command?) {
-    guard let command else { return }
-    let ws = command.workspace
-    if case .identify(let c) = command, let a = c.anonymousID, !c.person.isAnonymous {
-      let alias = Key(workspace: ws, person: .anonymous(a))
-      let person = Key(workspace: ws, person: c.person)
-      if let previous = owner.updateValue(person, forKey: alias), previous != person {
-        aliases[previous]?.remove(alias)
+  /// Observes a segment's facts (segments in seq order).
+  public mutating func observe(_ segment: SegmentFacts) {
+    for (seq, fact) in segment.facts {
+      switch fact {
+      case .attach(let alias, let person):
+        if let previous = owner.updateValue(person, forKey: alias), previous != person {
+          aliases[previous]?.remove(alias)
+        }
+        aliases[person, default: []].insert(alias)
+      case .removal(let keys):
+        for k in keys { remove(k, at: seq) }
       }
-      aliases[person, default: []].insert(alias)
     }
-    for p in ChangeEvents.removals(of: command) {
-      let k = Key(workspace: ws, person: p)
-      removedAt[k] = seq
-      erasedBefore[k] = seq
-      newestRemoval = max(newestRemoval, seq)
-      // The anonymous ids attached to the person leave with it, and belong to nobody
-      // after: a profile made later under one of them is someone else, not erased when
-      // a later person of this key is removed.
-      for alias in aliases.removeValue(forKey: k) ?? [] {
-        erasedBefore[alias] = seq
-        owner[alias] = nil
-      }
+  }
+
+  /// Observes one record (tests): the facts of a segment holding only it.
+  public mutating func observe(seq: UInt64, command: Command?) {
+    var facts = SegmentFacts(firstSeq: seq)
+    facts.add(seq: seq, command: command)
+    observe(facts)
+  }
+
+  private mutating func remove(_ k: Key, at seq: UInt64) {
+    erasedBefore[k] = seq
+    newestRemoval = max(newestRemoval, seq)
+    // The anonymous ids attached to the person leave with it, and belong to nobody
+    // after: a profile made later under one of them is someone else, not erased when
+    // a later person of this key is removed.
+    for alias in aliases.removeValue(forKey: k) ?? [] {
+      erasedBefore[alias] = seq
+      owner[alias] = nil
+    }
+  }
+
+  /// Whether the segment `facts` describes may hold a record `erases` is true for (false
+  /// means it holds none; true may be a false alarm of the filter).
+  public func mayErase(in facts: SegmentFacts) -> Bool {
+    erasedBefore.contains { k, before in
+      before > facts.firstSeq && facts.persons.mayContain(k.hashValue)
     }
   }
 
@@ -207,6 +275,42 @@ public struct ErasurePlan: Sendable {
 
   /// True when nothing was removed: no rewrite needed.
   public var isEmpty: Bool { erasedBefore.isEmpty }
+}
+
+/// A Bloom filter of hash values: `mayContain` is true for every value inserted, and for
+/// about 1% of the others (10 bits and 7 probes a value; at least 512 bits, so a filter of
+/// a few values almost never errs).
+struct KeyFilter: Sendable {
+  private var bits: [UInt64]
+
+  init(count: Int) { bits = [UInt64](repeating: 0, count: max(8, (count * 10 + 63) / 64)) }
+
+  /// Two hashes from `hash` mixed (splitmix64), for double hashing: probe i is at
+  /// `h1 + i * h2` modulo the number of bits.
+  private func hashes(_ hash: Int) -> (h1: UInt64, h2: UInt64, bits: UInt64) {
+    var z = UInt64(bitPattern: Int64(hash)) &+ 0x9E37_79B9_7F4A_7C15
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    z ^= z >> 31
+    return (z & 0xFFFF_FFFF, (z >> 32) | 1, UInt64(bits.count) * 64)
+  }
+
+  mutating func insert(_ hash: Int) {
+    let (h1, h2, m) = hashes(hash)
+    for i: UInt64 in 0..<7 {
+      let b = (h1 &+ i &* h2) % m
+      bits[Int(b >> 6)] |= 1 << (b & 63)
+    }
+  }
+
+  func mayContain(_ hash: Int) -> Bool {
+    let (h1, h2, m) = hashes(hash)
+    for i: UInt64 in 0..<7 {
+      let b = (h1 &+ i &* h2) % m
+      if bits[Int(b >> 6)] & (1 << (b & 63)) == 0 { return false }
+    }
+    return true
+  }
 }
 
 /// Which log segments the change retention lets go (SPEC §3, §4).

@@ -17,7 +17,11 @@
 // Erasure (`compact`): the log is rotated, a snapshot written (older ones deleted), then
 // every retained segment is rewritten without the records of persons removed later
 // (`ErasurePlan`; the anonymous ids attached to them included), each replaced by an erased
-// record with the same seq; the removal records (the `forget` tombstones) stay.
+// record with the same seq; the removal records (the `forget` tombstones) stay. Each
+// complete segment is read once into a summary (`SegmentSummary`: for the retention, its
+// newest times and events; for erasure, the attachments and removals in it and a filter of
+// its persons), kept until the segment is rewritten or deleted: an erasure reads only the
+// segments that may hold a removed person's records, not the whole retained log.
 
 import Dispatch
 import Glibc
@@ -90,12 +94,33 @@ public final class DurableStore: Sendable {
     var aheadSince: [UInt64: Int64] = [:]
   }
 
-  /// What a complete segment holds, for the retention.
+  /// What a complete segment holds, for the retention and erasure: read once, kept until
+  /// the segment is rewritten or deleted (complete segments change no other way).
   struct SegmentSummary {
     /// The time of its newest record erasure left (nil: none left).
     var newestAt: Int64?
     /// The newest event seq of each workspace in it.
     var newestEvents: [String: UInt64] = [:]
+    /// The seq after its last record, and where it is damaged, if it is.
+    var endSeq: UInt64
+    var damage: SegmentDamage?
+    /// What erasure needs of it.
+    var erasure: ErasurePlan.SegmentFacts
+
+    init(firstSeq: UInt64, endSeq: UInt64, damage: SegmentDamage?) {
+      self.endSeq = endSeq
+      self.damage = damage
+      erasure = ErasurePlan.SegmentFacts(firstSeq: firstSeq)
+    }
+
+    /// Adds record `seq` (records in seq order; then `erasure.finish()`).
+    mutating func add(seq: UInt64, command c: Command) {
+      erasure.add(seq: seq, command: c)
+      newestAt = max(newestAt ?? c.at, c.at)
+      if ChangeEvents.hasEvents(c) {
+        newestEvents[c.workspace] = seq + ChangeEvents.seqCount(c) - 1
+      }
+    }
   }
 
   /// What snapshots have done since the store was opened.
@@ -351,11 +376,13 @@ public final class DurableStore: Sendable {
   /// rewrite). Reads every retained segment. Returns the compaction's snapshot seq, nil
   /// when nothing was left to erase.
   public func finishInterruptedErasure() throws(StorageError) -> UInt64? {
-    let outstanding = try maintenance.withLock { (_: inout Maintenance) throws(StorageError) in
+    let outstanding = try maintenance.withLock { (m: inout Maintenance) throws(StorageError) in
+      m.summaries.removeAll()  // read every segment as it is now (empty after a restart)
       let segments: [WALSegmentFile]
       let plan: ErasurePlan
       do throws(StorageError) {
-        (segments, plan) = try erasurePlan(before: wal.status.activeSegment, dropDamaged: false)
+        (segments, plan) = try erasurePlan(
+          before: wal.status.activeSegment, dropDamaged: false, &m)
       } catch {
         // A segment no erasure can read: the compaction deals with it.
         guard error.kind == .damaged else { throw error }
@@ -365,7 +392,7 @@ public final class DurableStore: Sendable {
       let snapshots = try SnapshotFile.list(directory: directory, fileSystem: fileSystem)
       if snapshots.count > 1 && plan.newestRemoval > 0 { return true }
       guard !plan.isEmpty else { return false }
-      for s in segments {
+      for s in segments where plan.mayErase(in: try summary(s, &m).erasure) {
         let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
         for i in 0..<scan.records.count {
           let (_, command) = try LogRecordCodec.decode(scan.payload(i))
@@ -377,7 +404,8 @@ public final class DurableStore: Sendable {
     return outstanding ? try compact() : nil
   }
 
-  /// The complete segments before `active`, and the `ErasurePlan` of their records.
+  /// The complete segments before `active`, and the `ErasurePlan` of their records (from
+  /// their summaries: a segment is read once, not at every erasure).
   ///
   /// A damaged segment cannot be read or rewritten, so it could hold a removed person's
   /// records for good. When the newest snapshot holds all its changes (every record of it
@@ -386,23 +414,23 @@ public final class DurableStore: Sendable {
   /// history is lost, and an erasure does not wait for an operator. The same for a segment
   /// that does not end where the next one starts (a hole). A damaged segment the snapshot
   /// does not cover, or any with `dropDamaged` false, is an error.
-  private func erasurePlan(before active: UInt64, dropDamaged: Bool) throws(StorageError) -> (
-    [WALSegmentFile], ErasurePlan
-  ) {
+  private func erasurePlan(
+    before active: UInt64, dropDamaged: Bool, _ m: inout Maintenance
+  ) throws(StorageError) -> ([WALSegmentFile], ErasurePlan) {
     var segments = try WALSegment.list(directory: directory, fileSystem: fileSystem)
       .filter { $0.firstSeq < active }
     let covered = snapshotStatus.seq
     var plan = ErasurePlan()
     var dropThrough: Int?
     for (i, s) in segments.enumerated() {
-      let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
+      let summary = try summary(s, &m)
       let next = i + 1 < segments.count ? segments[i + 1].firstSeq : active
       // A segment that does not lead up to the next one leaves a hole in the history.
       let problem =
-        scan.damage.map { (Int64($0.offset), $0.reason) }
-        ?? (scan.endSeq == next
+        summary.damage.map { (Int64($0.offset), $0.reason) }
+        ?? (summary.endSeq == next
           ? nil
-          : (0, "it ends at seq \(scan.endSeq - 1) but the next segment starts at seq \(next)"))
+          : (0, "it ends at seq \(summary.endSeq - 1) but the next segment starts at seq \(next)"))
       if let (offset, reason) = problem {
         guard dropDamaged, next <= covered &+ 1 else {
           throw StorageError.damaged(s.name, at: offset, reason)
@@ -411,16 +439,14 @@ public final class DurableStore: Sendable {
         plan = ErasurePlan()  // what it saw goes with the segments
         continue
       }
-      for r in 0..<scan.records.count {
-        let (_, command) = try LogRecordCodec.decode(scan.payload(r))
-        plan.observe(seq: scan.seqs[r], command: command)
-      }
+      plan.observe(summary.erasure)
     }
     if let last = dropThrough {
       let dropped = segments[...last].map(\.name)
       changeFeed.expiringUnread(
         before: last + 1 < segments.count ? segments[last + 1].firstSeq : active)
       try WALSegment.delete(dropped, directory: directory, fileSystem: fileSystem)
+      for s in segments[...last] { m.summaries[s.firstSeq] = nil }
       segments.removeFirst(last + 1)
       log(
         "erasure: deleted \(dropped.joined(separator: ", ")): \(dropped.last!) is damaged or "
@@ -432,23 +458,45 @@ public final class DurableStore: Sendable {
   }
 
   /// Rewrites the complete segments before `active` without the records `ErasurePlan`
-  /// erases.
+  /// erases. A segment found damaged since it was summarized makes it read every segment
+  /// again and start over, so the plan sees the damage (`erasurePlan`).
   private func eraseRetained(before active: UInt64, _ m: inout Maintenance)
     throws(StorageError)
   {
-    let (segments, plan) = try erasurePlan(before: active, dropDamaged: true)
+    do throws(StorageError) {
+      try eraseRetainedOnce(before: active, &m)
+    } catch {
+      guard error.kind == .damaged else { throw error }
+      m.summaries.removeAll()
+      try eraseRetainedOnce(before: active, &m)
+    }
+  }
+
+  private func eraseRetainedOnce(before active: UInt64, _ m: inout Maintenance)
+    throws(StorageError)
+  {
+    let (segments, plan) = try erasurePlan(before: active, dropDamaged: true, &m)
     guard !plan.isEmpty else { return }
     var erased = Set<UInt64>()
     for s in segments {
+      let old = try summary(s, &m)
+      guard plan.mayErase(in: old.erasure) else { continue }
+      // What is left, summarized as it is written: the persons erased from the segment
+      // no longer make it a candidate.
+      var left = SegmentSummary(firstSeq: s.firstSeq, endSeq: old.endSeq, damage: nil)
       let n = try WALSegment.rewrite(s, directory: directory, fileSystem: fileSystem) {
         (seq, payload) throws(StorageError) -> WALSegment.RewriteDecision in
-        let (_, command) = try LogRecordCodec.decode(payload)
-        guard plan.erases(seq: seq, command: command) else { return .keep }
+        guard let command = try LogRecordCodec.decode(payload).command else { return .keep }
+        guard plan.erases(seq: seq, command: command) else {
+          left.add(seq: seq, command: command)
+          return .keep
+        }
         erased.insert(seq)
         return .erase
       }
       if n > 0 {
-        m.summaries[s.firstSeq] = nil
+        left.erasure.finish()
+        m.summaries[s.firstSeq] = left
         log("erasure: rewrote \(s.name) without \(n) records")
       }
     }
@@ -473,14 +521,12 @@ public final class DurableStore: Sendable {
   {
     if let cached = m.summaries[s.firstSeq] { return cached }
     let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
-    var summary = SegmentSummary()
+    var summary = SegmentSummary(firstSeq: s.firstSeq, endSeq: scan.endSeq, damage: scan.damage)
     for i in 0..<scan.records.count {
       guard let c = try LogRecordCodec.decode(scan.payload(i)).command else { continue }
-      summary.newestAt = max(summary.newestAt ?? c.at, c.at)
-      if ChangeEvents.hasEvents(c) {
-        summary.newestEvents[c.workspace] = scan.seqs[i] + scan.seqCount(i) - 1
-      }
+      summary.add(seq: scan.seqs[i], command: c)
     }
+    summary.erasure.finish()
     m.summaries[s.firstSeq] = summary
     return summary
   }
