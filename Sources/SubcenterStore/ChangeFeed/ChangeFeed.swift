@@ -406,12 +406,22 @@ final class Watcher: @unchecked Sendable {
 
   /// Reads records after `cursor` (up to `durable`) into the queue; false when nothing
   /// more could be read now.
+  ///
+  /// An erasure may rename a rewritten segment (erased records are shorter) over one being
+  /// read, so an offset kept from an earlier read (`tail`) can point anywhere in a complete
+  /// segment: only an offset found in this read, through the one descriptor the records
+  /// are then read through (one file, old or new), makes a missing record damage.
   private func read(feed: ChangeFeed, durable: DurableEnd) throws -> Bool {
     let want = cursor + 1
     // Go on where the last read stopped, without listing the directory; list it when that
     // segment holds nothing more (the next record is in a newer one) or none was read yet.
     if let t = tail, t.seq == want,
-      try readFrames(t.segment, at: t.offset, complete: false, feed: feed, durable: durable)
+      try withSegment(
+        t.segment, feed: feed,
+        { file in
+          try readFrames(
+            t.segment, file, at: t.offset, complete: false, feed: feed, durable: durable)
+        })
     {
       return true
     }
@@ -421,24 +431,40 @@ final class Watcher: @unchecked Sendable {
     }
     let segment = segments[index]
     let complete = index + 1 < segments.count
-    let offset: Int
-    if let t = tail, t.segment == segment, t.seq == want {
-      offset = t.offset
-    } else {
-      offset = try locate(want, in: segment, complete: complete, feed: feed, durable: durable)
+    return try withSegment(segment, feed: feed) { file in
+      let offset: Int
+      if let t = tail, t.segment == segment, t.seq == want, !complete {
+        offset = t.offset  // the segment being written: no rewrite moves its records
+      } else {
+        offset = try locate(
+          want, in: segment, file, complete: complete, feed: feed, durable: durable)
+      }
+      return try readFrames(
+        segment, file, at: offset, complete: complete, feed: feed, durable: durable)
     }
-    return try readFrames(segment, at: offset, complete: complete, feed: feed, durable: durable)
   }
 
-  /// Queues the events of the records of `segment` from byte `offset` (the record after
-  /// `cursor`) on, up to `durable`, as many as one chunk holds; returns whether it queued
-  /// any. In a `complete` segment, no record there is damage.
+  /// Runs `body` with `segment` open.
+  private func withSegment<T>(
+    _ segment: WALSegmentFile, feed: ChangeFeed, _ body: (FileHandle) throws -> T
+  ) throws -> T {
+    let file: FileHandle
+    do { file = try feed.fileSystem.open(joinPath(feed.directory, segment.name)) } catch {
+      throw StorageError(error, "reading log segment \(segment.name)")
+    }
+    defer { try? feed.fileSystem.close(file) }
+    return try body(file)
+  }
+
+  /// Queues the events of the records of `segment` (open as `file`) from byte `offset`
+  /// (the record after `cursor`) on, up to `durable`, as many as one chunk holds; returns
+  /// whether it queued any. In a `complete` segment, no record there is damage.
   private func readFrames(
-    _ segment: WALSegmentFile, at offset: Int, complete: Bool, feed: ChangeFeed,
-    durable: DurableEnd
+    _ segment: WALSegmentFile, _ file: FileHandle, at offset: Int, complete: Bool,
+    feed: ChangeFeed, durable: DurableEnd
   ) throws -> Bool {
     let want = cursor + 1
-    let bytes = try chunk(of: segment, at: offset, feed: feed, durable: durable)
+    let bytes = try chunk(of: segment, file, at: offset, feed: feed, durable: durable)
     var room = max(0, feed.options.queueLimit - queue.count)
     var expected = want  // the first seq of the next record
     typealias Frame = (seq: UInt64, end: UInt64, payload: Range<Int>, next: Int)
@@ -481,18 +507,19 @@ final class Watcher: @unchecked Sendable {
     return !frames.isEmpty
   }
 
-  /// The byte offset of the record holding `seq` in `segment`, found by walking its
-  /// frames a chunk at a time; in the segment being written, where its records end if
-  /// `seq` is not there yet. A complete segment whose frames end or break before `seq` is
-  /// damaged.
+  /// The byte offset of the record holding `seq` in `segment` (open as `file`), found by
+  /// walking its frames a chunk at a time; in the segment being written, where its records
+  /// end if `seq` is not there yet. A complete segment whose frames end or break before
+  /// `seq` is damaged.
   private func locate(
-    _ seq: UInt64, in segment: WALSegmentFile, complete: Bool, feed: ChangeFeed, durable: DurableEnd
+    _ seq: UInt64, in segment: WALSegmentFile, _ file: FileHandle, complete: Bool,
+    feed: ChangeFeed, durable: DurableEnd
   ) throws -> Int {
     var offset = WALSegment.headerSize
     var at = segment.firstSeq  // the first seq of the record at `offset`
     var found = false
     while at < seq && !found {
-      let bytes = try chunk(of: segment, at: offset, feed: feed, durable: durable)
+      let bytes = try chunk(of: segment, file, at: offset, feed: feed, durable: durable)
       let (walked, broken) = bytes.withUnsafeBytes { b -> (Int, Bool) in
         var o = 0
         while at < seq, case .record(let payload, let next) = RecordFrame.parse(b, at: o) {
@@ -520,15 +547,15 @@ final class Watcher: @unchecked Sendable {
     return offset
   }
 
-  /// The bytes of `segment` from `offset`: `readChunk` of them at most, or the whole of a
-  /// record larger than that; none past the end of the file, nor, in the segment being
-  /// written, past its durable records (not the preallocated zeros after them).
+  /// The bytes of `segment` (open as `f`) from `offset`: `readChunk` of them at most, or
+  /// the whole of a record larger than that; none past the end of the file, nor, in the
+  /// segment being written, past its durable records (not the preallocated zeros after
+  /// them).
   private func chunk(
-    of segment: WALSegmentFile, at offset: Int, feed: ChangeFeed, durable: DurableEnd
+    of segment: WALSegmentFile, _ f: FileHandle, at offset: Int, feed: ChangeFeed,
+    durable: DurableEnd
   ) throws -> [UInt8] {
     do {
-      let f = try feed.fileSystem.open(joinPath(feed.directory, segment.name))
-      defer { try? feed.fileSystem.close(f) }
       var size = try feed.fileSystem.size(f)
       if segment.firstSeq == durable.activeSegment { size = min(size, Int64(durable.activeBytes)) }
       if size <= Int64(offset) { return [] }
