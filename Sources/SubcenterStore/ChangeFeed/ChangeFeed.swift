@@ -415,15 +415,12 @@ final class Watcher: @unchecked Sendable {
     let want = cursor + 1
     // Go on where the last read stopped, without listing the directory; list it when that
     // segment holds nothing more (the next record is in a newer one) or none was read yet.
-    if let t = tail, t.seq == want,
-      try withSegment(
-        t.segment, feed: feed,
-        { file in
-          try readFrames(
-            t.segment, file, at: t.offset, complete: false, feed: feed, durable: durable)
-        })
-    {
-      return true
+    if let t = tail, t.seq == want {
+      let more = try withSegment(t.segment, feed: feed) { file in
+        try readFrames(
+          t.segment, file, at: t.offset, complete: false, feed: feed, durable: durable)
+      }
+      if more { return true }
     }
     let segments = try WALSegment.list(directory: feed.directory, fileSystem: feed.fileSystem)
     guard let index = segments.lastIndex(where: { $0.firstSeq <= want }) else {
