@@ -140,8 +140,9 @@ import Testing
     let (_, durable, compaction) = try endpoints(fs) { true }
     defer { durable.close() }
     try forgottenPerson(durable.store)
-    // The forget is durable; its compaction meets an fsync error that fails the log.
-    fs.fail(.sync, nth: 1, errno: EIO, sticky: true)
+    // The forget is durable; its compaction writes its snapshot, then meets an fsync error
+    // that fails the log (closing the active segment syncs the new one).
+    fs.fail(.sync, nth: 2, errno: EIO, sticky: true)
     let seq = compaction.scheduleErasure()
     let answered = awaitStoreCall { (done: @escaping Completion<UInt64>) in
       compaction.whenErased(through: seq) { r in

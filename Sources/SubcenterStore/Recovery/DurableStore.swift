@@ -14,7 +14,7 @@
 // leaves the disk within retention + erasure deadline. Since the retained segments are on
 // disk, the retention survives restarts.
 //
-// Erasure (`compact`): the log is rotated, a snapshot written (older ones deleted), then
+// Erasure (`compact`): a snapshot is written (older ones deleted), the log rotated, then
 // every retained segment is rewritten without the records of persons removed later
 // (`ErasurePlan`; the anonymous ids attached to them included), each replaced by an erased
 // record with the same seq; the removal records (the `forget` tombstones) stay. Each
@@ -355,14 +355,18 @@ public final class DurableStore: Sendable {
     return state.seq
   }
 
-  /// Erasure compaction: closes the active log segment, snapshots (deleting every older
-  /// snapshot), and rewrites every retained segment without the records of the persons
+  /// Erasure compaction: snapshots (deleting every older snapshot), closes the active log
+  /// segment, and rewrites every retained segment without the records of the persons
   /// removed since, but their removal records (the `forget` tombstones). Returns the
-  /// snapshot's seq (for the erasure receipt).
+  /// snapshot's seq (for the erasure receipt): every removal through it is erased, as the
+  /// snapshot comes first and every record it holds is in the segments closed after it.
+  /// (Closed first, a removal applied between the two was in the snapshot but not in the
+  /// rewritten segments, and a caller waiting through the snapshot's seq was answered
+  /// before its person's records left the log.)
   public func compact() throws(StorageError) -> UInt64 {
     try maintenance.withLock { (m: inout Maintenance) throws(StorageError) -> UInt64 in
-      let active = try rotateLog()
       let seq = try writeSnapshot(force: true, &m)
+      let active = try rotateLog()
       try eraseRetained(before: active, &m)
       try deleteExpiredSegments(&m)
       return seq
