@@ -277,13 +277,16 @@ public struct ErasurePlan: Sendable {
   public var isEmpty: Bool { erasedBefore.isEmpty }
 }
 
-/// A Bloom filter of hash values: `mayContain` is true for every value inserted, and for
-/// about 1% of the others (10 bits and 7 probes a value; at least 512 bits, so a filter of
-/// a few values almost never errs).
+/// A Bloom filter of `count` hash values: `mayContain` is true for every value inserted,
+/// and for about 1% of the others (10 bits and 7 probes a value; at least 512 bits, so a
+/// filter of a few values almost never errs; none for no values, as in the many segments
+/// that hold only a compaction's tombstones).
 struct KeyFilter: Sendable {
   private var bits: [UInt64]
 
-  init(count: Int) { bits = [UInt64](repeating: 0, count: max(8, (count * 10 + 63) / 64)) }
+  init(count: Int) {
+    bits = count == 0 ? [] : [UInt64](repeating: 0, count: max(8, (count * 10 + 63) / 64))
+  }
 
   /// Two hashes from `hash` mixed (splitmix64), for double hashing: probe i is at
   /// `h1 + i * h2` modulo the number of bits.
@@ -304,6 +307,7 @@ struct KeyFilter: Sendable {
   }
 
   func mayContain(_ hash: Int) -> Bool {
+    if bits.isEmpty { return false }
     let (h1, h2, m) = hashes(hash)
     for i: UInt64 in 0..<7 {
       let b = (h1 &+ i &* h2) % m
