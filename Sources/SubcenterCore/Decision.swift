@@ -62,8 +62,8 @@ public protocol DecisionSubject {
   var isGloballyUnsubscribed: Bool { get }
   /// The explicit entry for (channel, topic), either part 0 for "", if there is one.
   func explicitState(channel: NameID, topic: NameID) -> PreferenceState?
-  /// Recorded sends on `channel` strictly between `since` and `until` (Unix ms).
-  func sendCount(channel: NameID, after since: Int64, before until: Int64) -> Int
+  /// Recorded sends on `channel` that `window` counts.
+  func sendCount(channel: NameID, in window: SendWindow) -> Int
   /// How many explicit entries there are.
   var explicitEntryCount: Int { get }
   /// Calls `body` with each explicit entry's key (`channel << 16 | topic`) and state.
@@ -90,8 +90,8 @@ struct IndexedSubject<Base: DecisionSubject>: DecisionSubject {
   func explicitState(channel: NameID, topic: NameID) -> PreferenceState? {
     entries[UInt32(channel) << 16 | UInt32(topic)]
   }
-  func sendCount(channel: NameID, after since: Int64, before until: Int64) -> Int {
-    base.sendCount(channel: channel, after: since, before: until)
+  func sendCount(channel: NameID, in window: SendWindow) -> Int {
+    base.sendCount(channel: channel, in: window)
   }
   var explicitEntryCount: Int { entries.count }
   func forEachExplicitEntry(_ body: (UInt32, PreferenceState) -> Void) {
@@ -172,13 +172,10 @@ func choiceReason<Subject: DecisionSubject>(
       return .topicNotOptedIn
     }
   }
-  if let limit = target.limit {
-    let window = limit.counted(at: now)
-    if person.sendCount(channel: target.channel, after: window.after, before: window.before)
-      >= limit.maxMessages
-    {
-      return .messageLimitReached
-    }
+  if let limit = target.limit,
+    person.sendCount(channel: target.channel, in: limit.counted(at: now)) >= limit.maxMessages
+  {
+    return .messageLimitReached
   }
   return .subscribed
 }

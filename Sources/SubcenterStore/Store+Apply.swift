@@ -311,11 +311,7 @@ extension PersonCodec {
     let window = limit.counted(at: at)  // the sends no longer counted go
     let ch = UInt64(channel)
     if !r.sends.isEmpty {
-      r.sends.removeAll {
-        guard $0 >> 48 == ch else { return false }
-        let t = Int64($0 & mask)
-        return !(t > window.after && t < window.before)
-      }
+      r.sends.removeAll { $0 >> 48 == ch && !window.contains(Int64($0 & mask)) }
     }
     let t = UInt64(clampTime(at))
     let value = ch << 48 | t

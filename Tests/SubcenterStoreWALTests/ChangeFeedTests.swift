@@ -144,6 +144,23 @@ private final class CollectingSink: ChangeSink {
 }
 
 @Suite struct ErasurePlanTests {
+  /// The plan of `log`, its records numbered from seq 1.
+  func plan(of log: [Command]) -> ErasurePlan {
+    var plan = ErasurePlan()
+    for (i, c) in log.enumerated() { plan.observe(seq: UInt64(i + 1), command: c) }
+    return plan
+  }
+
+  /// The seqs of the records of `log` that `plan` erases.
+  func erased(_ log: [Command], by plan: ErasurePlan) -> [Int] {
+    log.enumerated().filter { plan.erases(seq: UInt64($0.offset + 1), command: $0.element) }
+      .map { $0.offset + 1 }
+  }
+
+  func forget(_ person: PersonKey) -> Command {
+    .forget(.init(workspace: "w", person: person, at: 1, actor: "x"))
+  }
+
   @Test func erasesAPersonsEarlierRecordsAndTheirAnonymousProfileButNotTheTombstone() {
     let p = PersonKey.person("p"), q = PersonKey.person("q")
     let log: [Command] = [
@@ -168,13 +185,8 @@ private final class CollectingSink: ChangeSink {
       .forget(.init(workspace: "w", person: p, at: 1, actor: "x")),  // 8
       .identify(.init(workspace: "w", person: p, creates: true, at: 1, actor: "x")),  // 9: a new p
     ]
-    var plan = ErasurePlan()
-    for (i, c) in log.enumerated() { plan.observe(seq: UInt64(i + 1), command: c) }
-    let erased = log.enumerated().filter {
-      plan.erases(seq: UInt64($0.offset + 1), command: $0.element)
-    }
-    .map { $0.offset + 1 }
-    #expect(erased == [1, 2, 3, 5, 6])
+    let plan = plan(of: log)
+    #expect(erased(log, by: plan) == [1, 2, 3, 5, 6])
     #expect(!plan.erases(seq: 10, command: nil))
   }
 
@@ -201,13 +213,7 @@ private final class CollectingSink: ChangeSink {
           workspace: "w", person: r, creates: true, anonymousID: "anon", mergesProfile: true,
           at: 1, actor: "x")),  // 7: the new anonymous profile lives on in r
     ]
-    var plan = ErasurePlan()
-    for (i, c) in log.enumerated() { plan.observe(seq: UInt64(i + 1), command: c) }
-    let erased = log.enumerated().filter {
-      plan.erases(seq: UInt64($0.offset + 1), command: $0.element)
-    }
-    .map { $0.offset + 1 }
-    #expect(erased == [1, 5])
+    #expect(erased(log, by: plan(of: log)) == [1, 5])
   }
 
   /// An anonymous id attached to another person later belongs to that one only (latest
@@ -225,17 +231,12 @@ private final class CollectingSink: ChangeSink {
       // 3
       .identify(
         .init(workspace: "w", person: r, creates: true, anonymousID: "anon", at: 1, actor: "x")),
-      .forget(.init(workspace: "w", person: p, at: 1, actor: "x")),  // 4
+      forget(p),  // 4
     ]
-    var plan = ErasurePlan()
-    func erased() -> [Int] {
-      log.enumerated().filter { plan.erases(seq: UInt64($0.offset + 1), command: $0.element) }
-        .map { $0.offset + 1 }
-    }
-    for (i, c) in log.enumerated() { plan.observe(seq: UInt64(i + 1), command: c) }
-    #expect(erased() == [2])
-    plan.observe(seq: 5, command: .forget(.init(workspace: "w", person: r, at: 1, actor: "x")))
-    #expect(erased() == [1, 2, 3])
+    var plan = plan(of: log)
+    #expect(erased(log, by: plan) == [2])
+    plan.observe(seq: 5, command: forget(r))
+    #expect(erased(log, by: plan) == [1, 2, 3])
   }
 
   /// A segment's facts name every person its records hold (no removed person's segment is
@@ -249,10 +250,11 @@ private final class CollectingSink: ChangeSink {
           .init(workspace: "w", person: .person("in\(i)"), creates: true, at: 1, actor: "x")))
     }
     facts.finish()
-    func mayErase(_ id: String, removedAt seq: UInt64 = 5_000) -> Bool {
+    func mayErase(
+      _ id: String, removedAt seq: UInt64 = 5_000, in facts: ErasurePlan.SegmentFacts = facts
+    ) -> Bool {
       var plan = ErasurePlan()
-      plan.observe(
-        seq: seq, command: .forget(.init(workspace: "w", person: .person(id), at: 1, actor: "x")))
+      plan.observe(seq: seq, command: forget(.person(id)))
       return plan.mayErase(in: facts)
     }
     #expect((0..<2_000).allSatisfy { mayErase("in\($0)") })
@@ -265,11 +267,7 @@ private final class CollectingSink: ChangeSink {
       command: .identify(
         .init(workspace: "w", person: .person("in0"), creates: true, at: 1, actor: "x")))
     later.finish()
-    var plan = ErasurePlan()
-    plan.observe(
-      seq: 5_000, command: .forget(.init(workspace: "w", person: .person("in0"), at: 1, actor: "x"))
-    )
-    #expect(!plan.mayErase(in: later))
+    #expect(!mayErase("in0", removedAt: 5_000, in: later))
   }
 
   @Test func nothingRemovedNothingErased() {
@@ -328,6 +326,15 @@ private final class CollectingSink: ChangeSink {
       truncateDamaged: false, changeRetentionSeconds: retention, feedOptions: feedOptions,
       preallocateLogBytes: preallocate, log: { _ in }
     ).0
+  }
+
+  /// Forgets person `p` of workspace acme.
+  func forget(_ store: SubscriptionStore, _ p: String) {
+    _ = awaitStoreCall { c in
+      store.forget(ForgetRequest(workspace: "acme", person: .personID(p)), actor: "w") {
+        c($0.map { _ in 0 })
+      }
+    }
   }
 
   func write(_ store: SubscriptionStore, _ p: String) {
@@ -699,11 +706,7 @@ private final class CollectingSink: ChangeSink {
     let (fs, _, d) = try setUp()
     write(d.store, "gone")
     write(d.store, "stays")
-    _ = awaitStoreCall { c in
-      d.store.forget(ForgetRequest(workspace: "acme", person: .personID("gone")), actor: "w") {
-        c($0.map { _ in 0 })
-      }
-    }
+    forget(d.store, "gone")
     _ = try d.compact()
     var text: [UInt8] = []
     for s in try WALSegment.list(directory: cfDirectory, fileSystem: fs) {
@@ -735,11 +738,7 @@ private final class CollectingSink: ChangeSink {
     let segments = try WALSegment.list(directory: cfDirectory, fileSystem: fs).map(\.name)
     #expect(segments.count == 4)
     let before = segments.map { fs.bytesRead($0) }
-    _ = awaitStoreCall { c in
-      d.store.forget(ForgetRequest(workspace: "acme", person: .personID("gone")), actor: "w") {
-        c($0.map { _ in 0 })
-      }
-    }
+    forget(d.store, "gone")
     _ = try d.compact()
     let read = zip(segments, before).map { fs.bytesRead($0) - $1 }
     #expect(read[0] == 0 && read[1] == 0, "segments without the person were read: \(read)")
@@ -806,11 +805,7 @@ private final class CollectingSink: ChangeSink {
     var bytes = try fs.readFile(cfDirectory + "/" + damaged.name)
     bytes[bytes.count - 3] ^= 0xFF  // in the last record: "stays"'s
     fs.setContents(cfDirectory + "/" + damaged.name, bytes)
-    _ = awaitStoreCall { c in
-      d.store.forget(ForgetRequest(workspace: "acme", person: .personID("gone")), actor: "w") {
-        c($0.map { _ in 0 })
-      }
-    }
+    forget(d.store, "gone")
     #expect(try d.finishInterruptedErasure() != nil, "a damaged segment is outstanding work")
     let left = try WALSegment.list(directory: cfDirectory, fileSystem: fs)
     #expect(!left.contains(damaged))

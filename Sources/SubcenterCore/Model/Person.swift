@@ -219,7 +219,7 @@ public struct Person: Sendable, Equatable {
   public mutating func recordSend(channel: NameID, at: Int64, limit: LimitRule?) {
     guard let limit else { return }
     let window = limit.counted(at: at)  // the sends no longer counted go
-    sends.removeAll { $0.channel == channel && !($0.at > window.after && $0.at < window.before) }
+    sends.removeAll { $0.channel == channel && !window.contains($0.at) }
     let s = SendRecord(channel: channel, at: at)
     if let last = sends.last, last.at > at {
       let i = sends.firstIndex { $0.at > at }!
@@ -268,9 +268,9 @@ extension Person: DecisionSubject {
     return nil
   }
 
-  public func sendCount(channel: NameID, after since: Int64, before until: Int64) -> Int {
+  public func sendCount(channel: NameID, in window: SendWindow) -> Int {
     var n = 0
-    for s in sends where s.channel == channel && s.at > since && s.at < until { n += 1 }
+    for s in sends where s.channel == channel && window.contains(s.at) { n += 1 }
     return n
   }
 

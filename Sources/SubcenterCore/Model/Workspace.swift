@@ -114,14 +114,30 @@ public struct LimitRule: Sendable, Equatable {
     self.windowMillis = windowMillis
   }
 
-  /// The times (Unix ms, both bounds excluded) of the sends that count at `now`: those of
-  /// the window before it, and those recorded up to a window ahead of it while the clock
-  /// was ahead (an NTP step back, a clock set wrong at boot), until they leave the window.
-  /// So a step back locks no one out for longer than two windows, nor lets more than one
-  /// extra window's sends through; a send recorded further ahead never counts again.
-  public func counted(at now: Int64) -> (after: Int64, before: Int64) {
-    (now - windowMillis, now + windowMillis)
+  /// The times of the sends that count at `now`: those of the window before it, and those
+  /// recorded up to a window ahead of it while the clock was ahead (an NTP step back, a
+  /// clock set wrong at boot), until they leave the window. So a step back locks no one out
+  /// for longer than two windows, nor lets more than one extra window's sends through; a
+  /// send recorded further ahead never counts again.
+  public func counted(at now: Int64) -> SendWindow {
+    SendWindow(after: now - windowMillis, before: now + windowMillis)
   }
+}
+
+/// The times (Unix ms) of the sends a limit counts, both bounds excluded
+/// (`LimitRule.counted(at:)`).
+public struct SendWindow: Sendable, Equatable {
+  public var after: Int64
+  public var before: Int64
+
+  public init(after: Int64, before: Int64) {
+    self.after = after
+    self.before = before
+  }
+
+  /// Whether a send at `t` counts.
+  @inline(__always)
+  public func contains(_ t: Int64) -> Bool { t > after && t < before }
 }
 
 /// A validated configuration with its name numbering. Immutable: a new configuration

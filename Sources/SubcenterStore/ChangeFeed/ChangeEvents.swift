@@ -199,13 +199,9 @@ public struct ErasurePlan: Sendable {
 
     /// Ends the segment: builds the filter of its persons (sized for the distinct ones).
     public mutating func finish() {
-      personHashes.sort()
-      var distinct = personHashes.count
-      for i in personHashes.indices.dropFirst() where personHashes[i] == personHashes[i - 1] {
-        distinct -= 1
-      }
-      persons = KeyFilter(count: distinct)
-      for h in personHashes { persons.insert(h) }
+      let distinct = Set(personHashes)
+      persons = KeyFilter(count: distinct.count)
+      for h in distinct { persons.insert(h) }
       personHashes = []
     }
   }

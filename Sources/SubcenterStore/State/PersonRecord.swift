@@ -619,12 +619,11 @@ struct PackedSubject: DecisionSubject {
   }
 
   @inline(__always)
-  func sendCount(channel: NameID, after since: Int64, before until: Int64) -> Int {
+  func sendCount(channel: NameID, in window: SendWindow) -> Int {
     var n = pendingSends
     let ch = UInt64(channel)
-    for s in sends where s >> 48 == ch {
-      let t = Int64(s & 0xFFFF_FFFF_FFFF)
-      if t > since && t < until { n += 1 }
+    for s in sends where s >> 48 == ch && window.contains(Int64(s & 0xFFFF_FFFF_FFFF)) {
+      n += 1
     }
     return n
   }
