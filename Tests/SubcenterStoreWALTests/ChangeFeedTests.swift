@@ -268,6 +268,11 @@ private final class CollectingSink: ChangeSink {
         .init(workspace: "w", person: .person("in0"), creates: true, at: 1, actor: "x")))
     later.finish()
     #expect(!mayErase("in0", removedAt: 5_000, in: later))
+    // A segment of tombstones only (a compaction's) holds no one's data: an empty filter.
+    var tombstones = ErasurePlan.SegmentFacts(firstSeq: 20_000)
+    tombstones.add(seq: 20_000, command: forget(.person("in1")))
+    tombstones.finish()
+    #expect(!mayErase("in1", removedAt: 30_000, in: tombstones))
   }
 
   @Test func nothingRemovedNothingErased() {
