@@ -153,8 +153,9 @@ private final class CollectingSink: ChangeSink {
 
   /// The seqs of the records of `log` that `plan` erases.
   func erased(_ log: [Command], by plan: ErasurePlan) -> [Int] {
-    log.enumerated().filter { plan.erases(seq: UInt64($0.offset + 1), command: $0.element) }
-      .map { $0.offset + 1 }
+    log.enumerated().filter {
+      plan.rewrite(seq: UInt64($0.offset + 1), command: $0.element) == .erase
+    }.map { $0.offset + 1 }
   }
 
   func forget(_ person: PersonKey) -> Command {
@@ -187,7 +188,37 @@ private final class CollectingSink: ChangeSink {
     ]
     let plan = plan(of: log)
     #expect(erased(log, by: plan) == [1, 2, 3, 5, 6])
-    #expect(!plan.erases(seq: 10, command: nil))
+    #expect(plan.rewrite(seq: 10, command: nil) == nil)
+  }
+
+  /// A suppression's tombstone keeps the person ids it forgot, not the reason the caller
+  /// wrote (it may name the person: "asked by jane@…"); a suppression that forgot nobody is
+  /// no one's tombstone and is kept whole.
+  @Test func aSuppressionThatForgetsIsCutToItsTombstone() {
+    func suppress(forget: [PersonKey], reason: String) -> Command {
+      .suppress(
+        .init(workspace: "w", hashes: [], forget: forget, reason: reason, at: 1, actor: "x"))
+    }
+    let p = PersonKey.person("p")
+    let log: [Command] = [
+      .identify(.init(workspace: "w", person: p, creates: true, at: 1, actor: "x")),  // 1
+      suppress(forget: [], reason: "complaint by jane@x.y"),  // 2
+      suppress(forget: [p], reason: "asked by p@x.y"),  // 3
+    ]
+    let plan = plan(of: log)
+    #expect(plan.rewrite(seq: 1, command: log[0]) == .erase)
+    #expect(plan.rewrite(seq: 2, command: log[1]) == nil)
+    #expect(plan.rewrite(seq: 3, command: log[2]) == .tombstone(suppress(forget: [p], reason: "")))
+    #expect(plan.rewrite(seq: 3, command: suppress(forget: [p], reason: "")) == nil)
+    // The segment holding it is read for that, even with no one's data in it.
+    var tombstone = ErasurePlan.SegmentFacts(firstSeq: 3)
+    tombstone.add(seq: 3, command: log[2])
+    tombstone.finish()
+    #expect(plan.mayErase(in: tombstone))
+    var bare = ErasurePlan.SegmentFacts(firstSeq: 3)
+    bare.add(seq: 3, command: suppress(forget: [p], reason: ""))
+    bare.finish()
+    #expect(!plan.mayErase(in: bare))
   }
 
   /// An anonymous id leaves with the person it was attached to; a profile made later
@@ -725,6 +756,41 @@ private final class CollectingSink: ChangeSink {
       sink.events.map { "\($0.action) \($0.personID)" } == [
         "identify stays", "unsubscribe stays", "forget gone",
       ])
+    d.close()
+  }
+
+  /// A suppression that forgets a person leaves the log as its tombstone only: the
+  /// person's id and the keyed hashes, not the reason the caller gave (it stayed beside the
+  /// id for the change retention, 24 h by default). The forget event keeps its seq.
+  @Test func aSuppressionsReasonLeavesWithThePersonItForgot() throws {
+    let (fs, _, d) = try setUp()
+    write(d.store, "gone")
+    _ = try d.compact()  // the person's records in a segment of their own
+    for (who, reason) in [("gone", "asked by gone@x.example"), ("nobody", "spam from x")] {
+      _ = awaitStoreCall { c in
+        d.store.suppress(
+          SuppressRequest(
+            workspace: "acme", identifiers: [Identifier(kind: .personID, value: who)],
+            reason: reason),
+          actor: "officer"
+        ) { c($0.map { _ in 0 }) }
+      }
+    }
+    func logText() throws -> String {
+      var text: [UInt8] = []
+      for s in try WALSegment.list(directory: cfDirectory, fileSystem: fs) {
+        text += try fs.readFile(cfDirectory + "/" + s.name)
+      }
+      return String(decoding: text, as: UTF8.self)
+    }
+    #expect(try logText().contains("asked by gone@x.example"))
+    let forgot = try #require(fromOldest(d, events: 3).events.last)
+    #expect(forgot.action == "forget" && forgot.personID == "gone")
+    _ = try d.compact()
+    let hay = try logText()
+    #expect(!hay.contains("asked by gone@x.example") && !hay.contains("gone@x.example"))
+    #expect(hay.contains("spam from x"), "a suppression that forgot nobody is kept")
+    #expect(fromOldest(d, events: 1).events == [forgot])
     d.close()
   }
 

@@ -17,7 +17,7 @@ import pytest
 
 import interop_support as support
 from crash_support import DurableServer
-from sc_support import FAILED_PRECONDITION, NOT_FOUND, expect_code, pb, unique
+from sc_support import FAILED_PRECONDITION, NOT_FOUND, expect_code, pb, pb_grpc, unique
 
 
 def _encodings(text: str) -> list[bytes]:
@@ -249,5 +249,34 @@ def test_suppressed_identifiers_are_kept_only_as_keyed_hashes():
         assert srv.terminate() == 0  # and the final snapshot
         secrets = {"email": email, "phone": phone, "suppressed email": alone}
         assert _scan(srv.data, secrets) == []
+    finally:
+        srv.close()
+
+
+@pytest.mark.deadline(120)
+def test_a_suppressions_reason_leaves_with_the_person_it_forgot():
+    """A suppression that forgets someone stays in the log as their tombstone, which holds
+    the person id and nothing else (SPEC §4): the reason the caller wrote (here naming the
+    person) leaves within the erasure deadline, without a restart."""
+    base = tempfile.mkdtemp(prefix="erasure-reason-")
+    srv = DurableServer(base, extra=("--erasure-deadline", "2")).start()
+    try:
+        sc = srv.client
+        ws = unique("esr")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        tag = unique("zr")
+        email = f"asked.{tag}@distinct-{tag}.example"
+        sc.Identify(workspace=ws, person_id=f"person-{tag}", email=email)
+        reason = f"erasure request by {email} on ticket {tag}"
+        r = sc.SuppressIdentifiers(workspace=ws, identifiers=[
+            pb.Identifier(kind=pb.IDENTIFIER_KIND_EMAIL, value=email)], reason=reason)
+        assert list(r.forgotten_person_ids) == [f"person-{tag}"]
+        secrets = {"email": email, "reason": reason}
+        assert _wait_until_gone(srv, secrets, 2 + 3) == []
+        call = pb_grpc.SubscriptionCenterStub(srv.channel).WatchChanges(
+            pb.WatchRequest(workspace=ws, from_oldest=True), metadata=sc.metadata, timeout=10)
+        first = next(iter(call))  # the identify before it is erased: the tombstone is first
+        call.cancel()
+        assert (first.action, first.person_id) == ("forget", f"person-{tag}")
     finally:
         srv.close()

@@ -135,6 +135,17 @@ public enum ChangeEvents {
     }
   }
 
+  /// A removal record as its tombstone keeps it once its erasure has run, when that is less
+  /// than the record: a suppression that forgets someone without its `reason`, free text
+  /// the caller wrote (it may name the person). nil when the record is not such a removal.
+  static func bareTombstone(of command: Command) -> Command? {
+    guard case .suppress(var c) = command, !c.forget.isEmpty, !c.reason.isEmpty else {
+      return nil
+    }
+    c.reason = ""
+    return .suppress(c)
+  }
+
   /// The persons a record removes.
   static func removals(of command: Command) -> [PersonKey] {
     switch command {
@@ -172,6 +183,8 @@ public struct ErasurePlan: Sendable {
     let firstSeq: UInt64
     private var personHashes: [Int] = []
     fileprivate var persons = KeyFilter(count: 0)
+    /// Whether it holds a removal more than its tombstone keeps (`bareTombstone`).
+    fileprivate var holdsTombstoneText = false
 
     public init(firstSeq: UInt64) { self.firstSeq = firstSeq }
 
@@ -191,6 +204,7 @@ public struct ErasurePlan: Sendable {
       let removed = ChangeEvents.removals(of: command)
       if !removed.isEmpty {
         facts.append((seq, .removal(removed.map { Key(workspace: ws, person: $0) })))
+        holdsTombstoneText = holdsTombstoneText || ChangeEvents.bareTombstone(of: command) != nil
       }
       for p in ChangeEvents.persons(of: command) {
         personHashes.append(Key(workspace: ws, person: p).hashValue)
@@ -254,19 +268,29 @@ public struct ErasurePlan: Sendable {
   /// Whether the segment `facts` describes may hold a record `erases` is true for (false
   /// means it holds none; true may be a false alarm of the filter).
   public func mayErase(in facts: SegmentFacts) -> Bool {
-    erasedBefore.contains { k, before in
-      before > facts.firstSeq && facts.persons.mayContain(k.hashValue)
-    }
+    facts.holdsTombstoneText
+      || erasedBefore.contains { k, before in
+        before > facts.firstSeq && facts.persons.mayContain(k.hashValue)
+      }
   }
 
-  /// True when the record `seq` must be replaced by an erased record.
-  public func erases(seq: UInt64, command: Command?) -> Bool {
-    guard let command, !erasedBefore.isEmpty else { return false }
+  /// What erasure does with the record `seq`: nil to keep it.
+  public func rewrite(seq: UInt64, command: Command?) -> Rewrite? {
+    guard let command, !erasedBefore.isEmpty else { return nil }
+    if let bare = ChangeEvents.bareTombstone(of: command) { return .tombstone(bare) }
     let ws = command.workspace
     for p in ChangeEvents.persons(of: command) {
-      if let s = erasedBefore[Key(workspace: ws, person: p)], seq < s { return true }
+      if let s = erasedBefore[Key(workspace: ws, person: p)], seq < s { return .erase }
     }
-    return false
+    return nil
+  }
+
+  /// What erasure does with a record it does not keep.
+  public enum Rewrite: Equatable {
+    /// Replace it by an erased record (the seq alone): it holds a removed person's data.
+    case erase
+    /// Replace it by this command: a removal, cut down to its tombstone (`bareTombstone`).
+    case tombstone(Command)
   }
 
   /// True when nothing was removed: no rewrite needed.

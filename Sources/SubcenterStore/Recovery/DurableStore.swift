@@ -400,7 +400,7 @@ public final class DurableStore: Sendable {
         let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
         for i in 0..<scan.records.count {
           let (_, command) = try LogRecordCodec.decode(scan.payload(i))
-          if plan.erases(seq: scan.seqs[i], command: command) { return true }
+          if plan.rewrite(seq: scan.seqs[i], command: command) != nil { return true }
         }
       }
       return false
@@ -491,17 +491,22 @@ public final class DurableStore: Sendable {
       let n = try WALSegment.rewrite(s, directory: directory, fileSystem: fileSystem) {
         (seq, payload) throws(StorageError) -> WALSegment.RewriteDecision in
         guard let command = try LogRecordCodec.decode(payload).command else { return .keep }
-        guard plan.erases(seq: seq, command: command) else {
+        switch plan.rewrite(seq: seq, command: command) {
+        case nil:
           left.add(seq: seq, command: command)
           return .keep
+        case .tombstone(let bare):
+          left.add(seq: seq, command: bare)
+          return .replace(LogRecordCodec.encode(bare))
+        case .erase:
+          erased.insert(seq)
+          return .erase
         }
-        erased.insert(seq)
-        return .erase
       }
       if n > 0 {
         left.erasure.finish()
         m.summaries[s.firstSeq] = left
-        log("erasure: rewrote \(s.name) without \(n) records")
+        log("erasure: rewrote \(s.name): \(n) records erased or cut to their tombstone")
       }
     }
     changeFeed.erased(erased)

@@ -261,14 +261,17 @@ extension WALSegment {
     case keep
     /// Replace it by `LogRecordCodec.erased(seq:)`: the seq stays, the change goes.
     case erase
+    /// Replace it by this record (`LogRecordCodec.encode`, no seq: it keeps its seqs).
+    case replace([UInt8])
   }
 
   /// Rewrites a complete segment — never the active one (`WriteAheadLog.rotate` first) —
   /// replacing each record `decide` says to erase by an erased record with the same seq,
-  /// so seqs stay consecutive. The new file is written as `<name>.tmp`, synced, renamed
-  /// over the segment and the directory synced: a crash leaves either the old segment or
-  /// the new one. Returns how many records were erased; with none, the file is left
-  /// untouched. A damaged segment is refused (`damaged`).
+  /// so seqs stay consecutive, or by the record it gives. The new file is written as
+  /// `<name>.tmp`, synced, renamed over the segment and the directory synced: a crash
+  /// leaves either the old segment or the new one. Returns how many records were erased or
+  /// replaced; with none, the file is left untouched. A damaged segment is refused
+  /// (`damaged`).
   @discardableResult
   public static func rewrite(
     _ segment: WALSegmentFile, directory: String, fileSystem fs: any FileSystem,
@@ -280,21 +283,26 @@ extension WALSegment {
     }
     var out = header(firstSeq: segment.firstSeq)
     out.reserveCapacity(scan.bytes.count)
-    var erased = 0
+    var changed = 0
     for i in 0..<scan.records.count {
       let seq = scan.seqs[i]
       let payload = scan.payload(i)
       switch try decide(seq, payload) {
       case .keep:
         payload.withUnsafeBytes { RecordFrame.append(sequence: nil, body: $0, to: &out) }
+        continue
       case .erase:
         RecordFrame.append(LogRecordCodec.erased(seq: seq, count: scan.seqCount(i)), to: &out)
-        erased += 1
+      case .replace(let record):
+        record.withUnsafeBytes {
+          RecordFrame.append(sequence: seq, count: scan.seqCount(i), body: $0, to: &out)
+        }
       }
+      changed += 1
     }
-    guard erased > 0 else { return 0 }
+    guard changed > 0 else { return 0 }
     try replace(segment, with: out, directory: directory, fileSystem: fs)
-    return erased
+    return changed
   }
 
   /// Writes `bytes` (a header and frames) as `segment` (`FileSystem.replaceFile`).
