@@ -47,7 +47,9 @@ let package = Package(
     .executableTarget(name: "subcenterd", dependencies: ["SubcenterServer", "GRPCTransport"]),
     .executableTarget(
       name: "subcenterctl",
-      dependencies: ["GRPCTransport", "SubcenterServer", "SubcenterProto", "CProtobufC"]),
+      dependencies: [
+        "GRPCTransport", "SubcenterServer", "SubcenterCore", "SubcenterProto", "CProtobufC",
+      ]),
     // Benchmark helper for bench/run (loads persons in-process): never deployed.
     .executableTarget(
       name: "subcenter-bench",

@@ -179,6 +179,8 @@ struct SnapshotRestorer {
         store.restore(workspace: try w.restore(), lastEventSeq: w.lastEventSeq)
         workspace = nil
       case .suppressions(let id, let hashes): try store.restore(suppressions: hashes, workspace: id)
+      case .secretCheck(let check):
+        guard check == store.hasher.secretCheck else { throw StorageError.wrongSecret }
       case .person(let id, let person):
         try store.restore(person, workspace: id)
         persons += 1

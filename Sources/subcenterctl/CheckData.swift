@@ -9,11 +9,12 @@
 // on from each other, the log reaching back to the snapshot). Exit status: 0 when every
 // file is sound (a torn tail of the newest segment — a write a crash interrupted, never
 // acknowledged, which start-up cuts off — is only a warning), 1 when anything is
-// damaged, the data's secret.key is missing or the directory holds no data at all, 2 when
-// the directory cannot be read.
+// damaged, the data's secret.key is missing or not the one the snapshots were written
+// under, or the directory holds no data at all, 2 when the directory cannot be read.
 
 import GRPCTransport
 import Glibc
+import SubcenterCore
 import SubcenterServer
 import SubcenterStore
 
@@ -24,6 +25,7 @@ enum CheckData {
     var damaged = 0  // in the log
     var truncateHelps = true  // whether --recover-truncate gets past the log's damage
     var secretMissing = false
+    var wrongSecret: [String] = []  // snapshots written under another secret
     var warnings = 0
     func ok(_ line: String) { writeStdoutLine(line) }
     func warn(_ line: String) {
@@ -75,7 +77,8 @@ enum CheckData {
           + "(run it as the user that owns the data)")
       return 2
     }
-    if (try? ServerSecret.load(dataDirectory: directory)) == nil {
+    let secret = try? ServerSecret.load(dataDirectory: directory)
+    if secret == nil {
       secretMissing = true
       writeStdoutLine(
         "secret.key: MISSING or not 32 bytes: subcenterd refuses to start on this data; "
@@ -90,10 +93,20 @@ enum CheckData {
     for info in snapshots.sorted(by: { $0.seq > $1.seq }) {
       do throws(StorageError) {
         // Every record decoded, as recovery decodes it.
+        var written: [UInt8]?  // its secret check
         let read = try SnapshotFile.read(
           info.name, directory: directory, fileSystem: fs,
-          records: { (_: SnapshotRecord) throws(StorageError) in })
-        ok("\(info.name): \(read.records) records, seq \(info.seq): OK")
+          records: { (r: SnapshotRecord) throws(StorageError) in
+            if case .secretCheck(let check) = r { written = check }
+          })
+        if let written, let secret, written != IdentifierHasher(secret: secret).secretCheck {
+          wrongSecret.append(info.name)
+          writeStdoutLine(
+            "\(info.name): WRONG SECRET: written under another secret.key than this "
+              + "directory's (\(read.records) records, seq \(info.seq), otherwise intact)")
+        } else {
+          ok("\(info.name): \(read.records) records, seq \(info.seq): OK")
+        }
         if base == nil { base = read }
       } catch {
         guard error.kind == .damaged else {
@@ -221,6 +234,14 @@ enum CheckData {
           + "backed up with it is restored (--recover-truncate does not help)"
           + (damaged + damagedSnapshots > 0 ? "; and:" : "."))
     }
+    if !wrongSecret.isEmpty {
+      writeStdoutLine(
+        "WRONG secret.key: \(wrongSecret.joined(separator: ", ")) written under another "
+          + "secret: subcenterd refuses to start on this data until the secret.key backed "
+          + "up with it is restored (with this one, suppressed identifiers would match "
+          + "nothing, and receipts and page tokens would not verify)"
+          + (damaged + damagedSnapshots > 0 ? "; and:" : "."))
+    }
     if damaged > 0 {
       let remedy =
         truncateHelps
@@ -240,7 +261,7 @@ enum CheckData {
           + "next snapshot written replaces it.")
       return 1
     }
-    if secretMissing { return 1 }
+    if secretMissing || !wrongSecret.isEmpty { return 1 }
     writeStdoutLine(warnings > 0 ? "OK, with \(warnings) warning(s)" : "OK")
     return 0
   }

@@ -191,6 +191,9 @@ func startUpAdvice(_ error: StorageError, truncating: Bool) -> String {
       + "message above says what it keeps and what it loses)."
   case .noSpace:
     return "The disk is full: free some space and start again (the data is intact)."
+  case .wrongSecret:
+    return "Put back the secret.key backed up with this data directory (`subcenterctl "
+      + "check-data DIR` names the snapshots it does not match); the data is intact."
   case .io where error.isOutOfDescriptors:
     return "Out of file descriptors: raise the limit (ulimit -n) and start again."
   default:

@@ -343,6 +343,7 @@ enum Samples {
       .person(workspace: "acme", Person(key: .person("bare"), at: 0)),
       .suppressions(workspace: "acme", [Samples.hashA, Samples.hashB]),
       .suppressions(workspace: "acme", []),
+      .secretCheck(Array(0..<16)),
     ]
     for r in records {
       #expect(try SnapshotRecordCodec.decode(SnapshotRecordCodec.encode(r)[...]) == r)

@@ -546,6 +546,41 @@ private func dsDifference(_ got: SubscriptionStore, _ want: SubscriptionStore) -
     #expect(durable.snapshotStatus.written == 2)
   }
 
+  /// Data read under another server secret would look intact while every suppression
+  /// silently stopped matching (a secret.key restored from another server's backup, or a
+  /// fresh one beside copied data): a snapshot names its secret, and recovery refuses
+  /// another one, naming the snapshot. A snapshot written before it named one loads.
+  @Test func aSnapshotIsNotReadUnderAnotherSecret() throws {
+    let (fs, clock, durable, _) = try populated()
+    let seq = try durable.snapshot()
+    durable.close()
+    func open(_ secret: [UInt8]) throws(StorageError) -> DurableStore {
+      try DurableStore.open(
+        directory: dsDirectory, fileSystem: fs, clock: clock, secret: secret, fsync: .always,
+        truncateDamaged: false, log: { _ in }
+      ).0
+    }
+    let refused = #expect(throws: StorageError.self) { try open(Array("another".utf8)) }
+    #expect(refused?.kind == .wrongSecret)
+    #expect(refused?.message.contains(SnapshotFile.fileName(seq: seq)) == true, "\(refused!)")
+    let reopened = try open(dsSecret)
+    #expect(reopened.store.persons(in: "acme").count == 3)
+    reopened.close()
+
+    // A snapshot without the check (as written before it existed) is read as before.
+    let name = SnapshotFile.fileName(seq: seq)
+    var records: [SnapshotRecord] = []
+    try SnapshotFile.read(name, directory: dsDirectory, fileSystem: fs) { records.append($0) }
+    #expect(records.first.map { if case .secretCheck = $0 { true } else { false } } == true)
+    try fs.removeFiles([name], in: dsDirectory)
+    let writer = try SnapshotWriter(directory: dsDirectory, seq: seq, fileSystem: fs)
+    for r in records.dropFirst() { try writer.append(r) }
+    _ = try writer.commit()
+    let old = try open(Array("another".utf8))
+    #expect(old.store.persons(in: "acme").count == 3)
+    old.close()
+  }
+
   @Test func diskFullRefusesTheWriteAndResumesWhenSpaceIsBack() throws {
     let (fs, clock, durable, model) = try populated()
     let before = try preferences(durable.store, "p0")

@@ -603,6 +603,45 @@ def test_damage_damaged_only_snapshot_and_expired_log_is_refused():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_damage_data_under_another_secret_key_is_refused():
+    """A restore that brought the wrong secret.key (another server's, or a fresh one beside
+    copied data): every suppression would silently stop matching, so start-up refuses,
+    naming the snapshot, and changes nothing; check-data says so (exit 1); with the right
+    secret back, the suppression holds."""
+    base = tempfile.mkdtemp(prefix="damage-secret-")
+    srv = DurableServer(base).start()
+    try:
+        ws = unique("sk")
+        srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
+        email = f"{ws}@example.com"
+        srv.client.SuppressIdentifiers(workspace=ws, identifiers=[
+            pb.Identifier(kind=pb.IDENTIFIER_KIND_EMAIL, value=email)])
+        assert srv.terminate() == 0  # the final snapshot
+        key = os.path.join(srv.data, "secret.key")
+        saved = open(key, "rb").read()
+        with open(key, "wb") as f:
+            f.write(os.urandom(32))
+        before = _tree(srv.data)
+        rc, text = _run_refused(srv)
+        assert rc == 1 and "another server secret" in text and "snapshot-" in text, text
+        assert "Put back the secret.key backed up with this data" in text, text
+        assert _tree(srv.data) == before, "a refused start-up changed the directory"
+        rc, text = _check_data(srv.data)
+        assert rc == 1 and "WRONG SECRET" in text and "WRONG secret.key" in text, text
+        with open(key, "wb") as f:
+            f.write(saved)
+        rc, text = _check_data(srv.data)
+        assert rc == 0 and "WRONG" not in text, text
+        srv.start()
+        d = srv.client.CheckDelivery(
+            workspace=ws, person=pb.PersonRef(email=email), channel="email")
+        assert (d.allowed, pb.DecisionReason.Name(d.reason)) == (
+            False, "DECISION_REASON_SUPPRESSED")
+    finally:
+        srv.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_damage_data_without_its_secret_key_is_refused(log_case):
     """A restore that forgot secret.key: start-up refuses (a new secret would make every
     suppression stop matching, silently) and changes nothing; check-data says so (exit 1);

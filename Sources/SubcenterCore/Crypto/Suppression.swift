@@ -59,6 +59,11 @@ public struct IdentifierHasher: Sendable {
       })
   }
 
+  /// Names the secret without revealing it: the first 16 bytes of the tag of
+  /// "subcenter secret check". Snapshots hold it, so data is never read under another
+  /// secret (its suppressions would silently stop matching).
+  public var secretCheck: [UInt8] { Array(tag("subcenter secret check".utf8).prefix(16)) }
+
   /// The tag of arbitrary bytes under the same secret (history cursors, receipts).
   public func tag<Message: Sequence<UInt8>>(_ message: Message) -> [UInt8] {
     hmac.authenticate(message)

@@ -2333,7 +2333,7 @@ const ProtobufCMessageDescriptor subcenter__storage__v1__erased__descriptor =
   (ProtobufCMessageInit) subcenter__storage__v1__erased__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor subcenter__storage__v1__snapshot_record__field_descriptors[3] =
+static const ProtobufCFieldDescriptor subcenter__storage__v1__snapshot_record__field_descriptors[4] =
 {
   {
     "workspace",
@@ -2371,16 +2371,29 @@ static const ProtobufCFieldDescriptor subcenter__storage__v1__snapshot_record__f
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "secret_check",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    offsetof(Subcenter__Storage__V1__SnapshotRecord, record_case),
+    offsetof(Subcenter__Storage__V1__SnapshotRecord, secret_check),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned subcenter__storage__v1__snapshot_record__field_indices_by_name[] = {
   1,   /* field[1] = person */
+  3,   /* field[3] = secret_check */
   2,   /* field[2] = suppressions */
   0,   /* field[0] = workspace */
 };
 static const ProtobufCIntRange subcenter__storage__v1__snapshot_record__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor subcenter__storage__v1__snapshot_record__descriptor =
 {
@@ -2390,7 +2403,7 @@ const ProtobufCMessageDescriptor subcenter__storage__v1__snapshot_record__descri
   "Subcenter__Storage__V1__SnapshotRecord",
   "subcenter.storage.v1",
   sizeof(Subcenter__Storage__V1__SnapshotRecord),
-  3,
+  4,
   subcenter__storage__v1__snapshot_record__field_descriptors,
   subcenter__storage__v1__snapshot_record__field_indices_by_name,
   1,  subcenter__storage__v1__snapshot_record__number_ranges,

@@ -425,14 +425,15 @@ typedef enum {
   SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD__NOT_SET = 0,
   SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD_WORKSPACE = 1,
   SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD_PERSON = 2,
-  SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD_SUPPRESSIONS = 3
+  SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD_SUPPRESSIONS = 3,
+  SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD_SECRET_CHECK = 4
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD__CASE)
 } Subcenter__Storage__V1__SnapshotRecord__RecordCase;
 
 /*
- * One record of a snapshot file. A snapshot holds, in this order: each workspace (in id
- * order) followed by its suppression sets, then every person (a workspace's record comes
- * before anything of that workspace).
+ * One record of a snapshot file. A snapshot holds, in this order: the secret check, each
+ * workspace (in id order) followed by its suppression sets, then every person (a
+ * workspace's record comes before anything of that workspace).
  */
 struct  Subcenter__Storage__V1__SnapshotRecord
 {
@@ -442,6 +443,12 @@ struct  Subcenter__Storage__V1__SnapshotRecord
     Subcenter__Storage__V1__WorkspaceSnapshot *workspace;
     Subcenter__Storage__V1__PersonSnapshot *person;
     Subcenter__Storage__V1__SuppressionSnapshot *suppressions;
+    /*
+     * The first 16 bytes of HMAC-SHA-256(server secret, "subcenter secret check"): which
+     * secret.key the snapshot's suppression hashes are keyed with (snapshots written before
+     * it existed have none).
+     */
+    ProtobufCBinaryData secret_check;
   };
 };
 #define SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__INIT \

@@ -18,6 +18,8 @@ public struct StorageError: Error, Sendable, Equatable, CustomStringConvertible 
     case unavailable
     /// A value cannot be stored (too large).
     case invalid
+    /// The data was written under another server secret (`secret.key`).
+    case wrongSecret
   }
 
   public let kind: Kind
@@ -51,6 +53,13 @@ public struct StorageError: Error, Sendable, Equatable, CustomStringConvertible 
       context.isEmpty ? "\(error)" : "\(context): \(error)", file: error.path,
       errno: error.errno)
   }
+
+  /// A snapshot written under another server secret: its suppression hashes would never
+  /// match again, and its page tokens and receipts would not verify.
+  static let wrongSecret = StorageError(
+    .wrongSecret,
+    "the data was written under another server secret: secret.key is not "
+      + "the one backed up with this data")
 
   /// Damage at `offset` of `file`.
   public static func damaged(_ file: String, at offset: Int64, _ what: String) -> StorageError {

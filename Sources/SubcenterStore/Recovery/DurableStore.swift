@@ -228,7 +228,9 @@ public final class DurableStore: Sendable {
           } catch {
             fileDamage = error
           }
-          guard let fileDamage else { throw error }
+          guard let fileDamage else {
+            throw error.kind == .wrongSecret ? error.explained(by: info.name) : error
+          }
           damage = fileDamage
         }
         let fallback = n + 1 < snapshots.count ? "an older snapshot" : "the whole log"
@@ -324,6 +326,7 @@ public final class DurableStore: Sendable {
     guard force || state.seq > last || last == 0 else { return last }
     let writer = try SnapshotWriter(directory: directory, seq: state.seq, fileSystem: fileSystem)
     do throws(StorageError) {
+      try writer.append(.secretCheck(store.hasher.secretCheck))
       for w in state.workspaces {
         try writer.append(.workspace(state.snapshot(of: w)))
         for r in SnapshotRecord.suppressions(

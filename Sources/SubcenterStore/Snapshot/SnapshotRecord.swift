@@ -13,6 +13,9 @@ public enum SnapshotRecord: Sendable, Equatable {
   case person(workspace: String, Person)
   /// Some of a workspace's suppressed identifiers (a large set spans several records).
   case suppressions(workspace: String, [SuppressionHash])
+  /// The server secret the snapshot was written under (`IdentifierHasher.secretCheck`);
+  /// the first record.
+  case secretCheck([UInt8])
 
   /// How many suppression hashes one record holds at most when a set is split.
   public static let suppressionsPerRecord = 4096

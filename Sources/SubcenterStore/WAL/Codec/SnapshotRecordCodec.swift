@@ -32,6 +32,9 @@ public enum SnapshotRecordCodec {
       m.pointee.hashes = a.hashes(hashes)
       r.record_case = SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD_SUPPRESSIONS
       r.suppressions = m
+    case .secretCheck(let check):
+      r.record_case = SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD_SECRET_CHECK
+      r.secret_check = check.withUnsafeBytes { a.bytes($0) }
     }
     return withExtendedLifetime(a) { Proto.pack(&r) }
   }
@@ -82,6 +85,10 @@ public enum SnapshotRecordCodec {
         return .suppressions(
           workspace: Proto.string(m.workspace),
           try Proto.hashes(m.hashes, m.n_hashes, "suppressions.hashes"))
+      case SUBCENTER__STORAGE__V1__SNAPSHOT_RECORD__RECORD_SECRET_CHECK:
+        let b = r.secret_check
+        return .secretCheck(
+          b.data.map { Array(UnsafeBufferPointer(start: $0, count: b.len)) } ?? [])
       default:
         throw StorageError(
           .damaged, "snapshot record of unknown kind (case \(r.record_case.rawValue))")
