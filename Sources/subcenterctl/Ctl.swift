@@ -136,7 +136,8 @@ enum Ctl {
       }
     }
     out += """
-      PERSON and IDENT: a person id, or email:ADDRESS, phone:+E164, anon:ANONYMOUS_ID.
+      PERSON and IDENT: a person id, or email:ADDRESS, phone:+E164, anon:ANONYMOUS_ID, or
+        id:PERSON_ID (needed when the id starts with letters and a colon: id:user:42).
       workspace set FILE: {"channels": ["email"], "topics": [{"id", "name", "description",
         "default_state": "SUBSCRIBED" | "UNSUBSCRIBED"}], "limits": [{"channel",
         "max_messages", "window_seconds"}], "allow_important_override": false}

@@ -48,16 +48,23 @@ struct ProtoWriter {
     bytes.append(UInt8(v))
   }
 
-  /// Splits `id`, `email:…`, `phone:…` or `anon:…` into its kind (the field number of
-  /// PersonRef and the IdentifierKind value alike: 1 person id, 2 email, 3 phone, 4
-  /// anonymous id) and value.
+  /// Splits `ID`, `id:…`, `email:…`, `phone:…` or `anon:…` into its kind (the field
+  /// number of PersonRef and the IdentifierKind value alike: 1 person id, 2 email, 3 phone,
+  /// 4 anonymous id) and value. A word before a colon that is no kind is refused, so a
+  /// mistyped `emial:jane@…` is not taken for a person id (a suppression or forget of
+  /// nobody, reported as done); a person id holding such a colon is written `id:user:42`.
   static func identifier(_ text: String) throws(UsageError) -> (kind: Int, value: String) {
-    for (prefix, kind) in [("email:", 2), ("phone:", 3), ("anon:", 4)] where text.hasPrefix(prefix)
-    {
+    let kinds = [("id:", 1), ("email:", 2), ("phone:", 3), ("anon:", 4)]
+    for (prefix, kind) in kinds where text.hasPrefix(prefix) {
       guard text.count > prefix.count else {
         throw UsageError("'\(text)' names no \(prefix.dropLast()): give its value after the colon")
       }
       return (kind, String(text.dropFirst(prefix.count)))
+    }
+    if let colon = text.firstIndex(of: ":"), text[..<colon].allSatisfy(\.isLetter) {
+      throw UsageError(
+        "'\(text)': unknown kind '\(text[..<colon])' (email:, phone:, anon:, or id: for a "
+          + "person id with a colon in it, as id:\(text))")
     }
     return (1, text)
   }

@@ -162,6 +162,25 @@ def test_suppress_and_unsuppress(sc):
         == "again"
 
 
+def test_a_mistyped_identifier_kind_is_refused_not_taken_for_a_person_id(sc):
+    """`emial:jane@…` was a person id: `suppress` then suppressed nobody's id and said
+    `suppressed: 1`, leaving the address allowed. A word before a colon must be a kind;
+    `id:` names a person id that holds one."""
+    ws, pid = sc.workspace(), unique("p")
+    email = f"{pid}@example.com"
+    sc.person(ws, person_id=pid, email=email)
+    for args in (["suppress", ws, f"emial:{email}", "--reason", "GDPR"],
+                 ["forget", ws, f"mail:{email}"], ["profile", ws, f"Email:{email}"]):
+        r = ctl(sc, *args, code=2)
+        assert "unknown kind" in r.stderr and f"id:{args[2]}" in r.stderr, r.stderr
+    assert sc.root.GetProfile(workspace=ws, person=pid).person_id == pid  # untouched
+    colon = f"user:{pid}"
+    ctl(sc, "identify", ws, colon)  # PERSON_ID, not the PERSON syntax
+    assert ctl_json(sc, "profile", ws, f"id:{colon}")["person_id"] == colon
+    ctl(sc, "profile", ws, colon, code=2)
+    assert ctl_json(sc, "profile", ws, f"{pid}")["person_id"] == pid  # no colon: an id
+
+
 def test_workspace_set_from_file_and_stdin(sc, tmp_path):
     ws = unique("ws")
     path = tmp_path / "ws.json"
