@@ -2,8 +2,9 @@
 // metrics) and POST (operator actions) without a body, one short answer each; what each
 // path answers is its handler's (SubcenterServer's AdminEndpoints). Not on any hot path.
 // One thread accepts; each connection is answered on a thread of its own (at most
-// `maxConnections` at once, more are closed at once), so a client that connects and sends
-// nothing delays no one's probe.
+// `maxConnections` at once), so a client that connects and sends nothing delays no one's
+// probe. At the limit a new connection takes the place of the oldest one still waiting for
+// its request, so silent clients cannot keep a probe out either.
 
 import Glibc
 import Synchronization
@@ -43,7 +44,16 @@ public struct AdminRequest: Sendable, Equatable {
 /// concurrently.
 public final class AdminHTTPServer: @unchecked Sendable {
   static let maxConnections = 128
-  private let open = Atomic<Int>(0)
+  /// The connections being served, by a number of their own (a descriptor number is
+  /// reused once closed). Descriptors are closed, and shut down to make room, only under
+  /// its lock, so one is never shut down after its number went to a newer connection.
+  private let connections = Mutex<(next: Int, open: [Int: Connection])>((0, [:]))
+  private struct Connection {
+    var fd: Int32
+    var since: UInt64
+    /// Whether its request has arrived (it is being answered: not shut down for room).
+    var requested = false
+  }
   // `fd` and `thread` are set in start() and read by stop() on the same controlling thread.
   private let handler: @Sendable (AdminRequest) -> AdminResponse
   private var fd: Int32 = -1
@@ -78,28 +88,49 @@ public final class AdminHTTPServer: @unchecked Sendable {
       var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
       if poll(&p, 1, 200) <= 0 { continue }
       guard let c = try? Socket.accept(listener) else { continue }
-      guard open.add(1, ordering: .relaxed).newValue <= Self.maxConnections else {
-        open.subtract(1, ordering: .relaxed)
+      guard let id = admit(c) else {
         close(c)
         continue
       }
-      let job = Unmanaged.passRetained(AdminConnection(server: self, fd: c)).toOpaque()
+      let job = Unmanaged.passRetained(AdminConnection(server: self, fd: c, id: id)).toOpaque()
       var tid = pthread_t()
       if pthread_create(&tid, nil, adminConnectionMain, job) == 0 {
         pthread_detach(tid)
       } else {
         Unmanaged<AdminConnection>.fromOpaque(job).release()
-        answer(c)
+        answer(c, id: id)
       }
     }
     close(listener)
   }
 
+  /// Registers connection `c`; at the limit the oldest connection still waiting for its
+  /// request is shut down (its thread then ends) to make room. nil when every connection
+  /// is being answered: `c` is refused.
+  private func admit(_ c: Int32) -> Int? {
+    connections.withLock { s in
+      if s.open.count >= Self.maxConnections {
+        guard
+          let oldest = s.open.filter({ !$0.value.requested }).min(by: {
+            $0.value.since < $1.value.since
+          })
+        else { return nil }
+        shutdown(oldest.value.fd, Int32(SHUT_RDWR))
+        s.open[oldest.key] = nil
+      }
+      s.next += 1
+      s.open[s.next] = Connection(fd: c, since: monotonicNanos())
+      return s.next
+    }
+  }
+
   /// Answers connection `c` and closes it.
-  fileprivate func answer(_ c: Int32) {
-    handle(c)
-    close(c)
-    open.subtract(1, ordering: .relaxed)
+  fileprivate func answer(_ c: Int32, id: Int) {
+    handle(c, id: id)
+    connections.withLock { s in
+      s.open[id] = nil
+      close(c)
+    }
   }
 
   /// Whether `request` holds the blank line that ends HTTP/1 headers (CRLF or LF); a body
@@ -147,7 +178,7 @@ public final class AdminHTTPServer: @unchecked Sendable {
     return nil
   }
 
-  private func handle(_ c: Int32) {
+  private func handle(_ c: Int32, id: Int) {
     var request: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: 4096)
     let deadline = monotonicNanos() + 2_000_000_000
@@ -169,6 +200,7 @@ public final class AdminHTTPServer: @unchecked Sendable {
     // (no blank line within 2 s or 16 KiB) gets 400.
     if request.isEmpty { return }
     let complete = Self.endsHeaders(request)
+    connections.withLock { $0.open[id]?.requested = true }
     let line = String(decoding: request.prefix { $0 != 13 && $0 != 10 }, as: UTF8.self)
     let parts = line.split(separator: " ", omittingEmptySubsequences: false)
     let response: AdminResponse
@@ -215,15 +247,17 @@ public final class AdminHTTPServer: @unchecked Sendable {
 private final class AdminConnection {
   let server: AdminHTTPServer
   let fd: Int32
-  init(server: AdminHTTPServer, fd: Int32) {
+  let id: Int
+  init(server: AdminHTTPServer, fd: Int32, id: Int) {
     self.server = server
     self.fd = fd
+    self.id = id
   }
 }
 
 private func adminConnectionMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
   let job = Unmanaged<AdminConnection>.fromOpaque(arg!).takeRetainedValue()
-  job.server.answer(job.fd)
+  job.server.answer(job.fd, id: job.id)
   return nil
 }
 
