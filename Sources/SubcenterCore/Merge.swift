@@ -77,15 +77,17 @@ public enum HistoryDetail {
   }
 
   /// An override entry: what the override overrode (an unprefixed reason such as
-  /// `GLOBAL_UNSUBSCRIBED`) or why it was refused, then the message and the justification.
-  /// The outcome comes first and the caller's free text last, so a justification such as
-  /// `x; refused: SUPPRESSED` cannot be read as the outcome.
+  /// `GLOBAL_UNSUBSCRIBED`, marked when it blocked nothing, so an audit can count the
+  /// overrides that let a message through) or why it was refused, then the message and the
+  /// justification. The outcome comes first and the caller's free text last, so a
+  /// justification such as `x; refused: SUPPRESSED` cannot be read as the outcome.
   public static func override(
     messageID: String, justification: String, outcome: DecisionOutcome, overridesAllowed: Bool
   ) -> String {
     let tail = "; message_id: \(messageID); justification: \(justification)"
     if outcome.reason == .overriddenImportant {
-      return "overrode: \(outcome.underlying.name)" + tail
+      let nothing = outcome.underlying == .subscribed ? " (nothing to override: allowed)" : ""
+      return "overrode: \(outcome.underlying.name)" + nothing + tail
     }
     let disabled = overridesAllowed ? "" : " (overrides are disabled in this workspace)"
     if outcome.allowed {

@@ -227,6 +227,12 @@ private let cases: [DecisionCase] = [
     #expect(
       detail(overrode, allowed: true)
         == "overrode: GLOBAL_UNSUBSCRIBED; message_id: m-1; justification: password reset")
+    let subscribed = DecisionOutcome(
+      allowed: true, reason: .overriddenImportant, underlying: .subscribed, countsSend: false)
+    #expect(
+      detail(subscribed, allowed: true)
+        == "overrode: SUBSCRIBED (nothing to override: allowed); message_id: m-1; "
+        + "justification: password reset")
     let refused = DecisionOutcome(
       allowed: false, reason: .globalUnsubscribed, underlying: .globalUnsubscribed,
       countsSend: false)
