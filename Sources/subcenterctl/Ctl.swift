@@ -67,6 +67,7 @@ enum Ctl {
     FlagSpec("from-oldest", value: false, help: "watch: every retained event"),
     FlagSpec("count", help: "watch, watch-health: stop after this many"),
     FlagSpec("data", default: "./data", help: "verify-receipt: data directory with secret.key"),
+    FlagSpec("person", help: "verify-receipt: also check the receipt is about this person id"),
     FlagSpec("help", value: false, help: "print this text"),
   ]
 
@@ -119,7 +120,7 @@ enum Ctl {
       nil),
     Command(
       "verify-receipt", "RECEIPT", "check an erasure receipt with the data directory's secret", 1,
-      1, flags: ["data"]),
+      1, flags: ["data", "person"]),
     Command(
       "check-data", "DIR",
       "check a data directory offline (exit 0 sound, 1 damaged)", 1, 1),
@@ -363,14 +364,32 @@ enum Ctl {
             + "issued the receipt with --data DIR (default ./data)")
       }
       let secret = try ServerSecret.load(dataDirectory: dir)
-      guard let claims = ErasureReceipts(secret: secret).verify(o[0]) else {
+      let receipts = ErasureReceipts(secret: secret)
+      guard let claims = receipts.verify(o[0]) else {
         writeStdoutLine(
           json
             ? "{\"valid\": false}" : "INVALID: the signature does not match this server's secret")
         return 1
       }
-      writeStdoutLine(json ? "{\"valid\": true, \"claims\": \(claims)}" : "VALID: \(claims)")
-      return 0
+      guard let person = flags.string("person") else {
+        writeStdoutLine(
+          json ? "{\"valid\": true, \"claims\": \(claims.json)}" : "VALID: \(claims.json)")
+        return 0
+      }
+      // The person hash is keyed: only the secret tells whose receipt it is.
+      let about =
+        receipts.personHash(workspace: claims.workspace, personID: person) == claims.personHash
+      if json {
+        writeStdoutLine(
+          "{\"valid\": true, \"about_person\": \(about), \"claims\": \(claims.json)}")
+      } else {
+        writeStdoutLine(
+          about
+            ? "VALID, about \(person): \(claims.json)"
+            : "VALID, but NOT about \(person) (another person of \(claims.workspace)): "
+              + claims.json)
+      }
+      return about ? 0 : 1
     default:
       return try call(command, o, flags: flags, json: json, timeout: timeout)
     }

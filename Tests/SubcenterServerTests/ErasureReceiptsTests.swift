@@ -1,6 +1,8 @@
 // Erasure receipts: a receipt verifies with the secret that made it, in exactly the form it
 // was made, and in no other.
 
+import GRPCTransport
+import SubcenterCore
 import SubcenterServer
 import Testing
 
@@ -14,7 +16,10 @@ import Testing
   }
 
   @Test func aReceiptVerifiesWithItsSecretOnly() throws {
-    let json = try #require(receipts.verify(receipt))
+    let claims = try #require(receipts.verify(receipt))
+    #expect(claims.workspace == "acme")
+    #expect(claims.personHash == receipts.personHash(workspace: "acme", personID: "p1"))
+    let json = claims.json
     #expect(json.hasPrefix("{\"workspace\":\"acme\",\"person_hash\":\""))
     #expect(
       json.hasSuffix(
@@ -39,6 +44,33 @@ import Testing
     ]
     for form in forms {
       #expect(receipts.verify(form) == nil, "\(form)")
+    }
+  }
+
+  /// SPEC: exactly these keys, integers as JSON numbers. Only the secret signs, but a
+  /// signed text of another shape is no receipt of ours (it verified).
+  @Test func aSignedTextOfAnotherShapeIsNoReceipt() throws {
+    let mac = HMACSHA256(key: [UInt8](repeating: 9, count: 32))
+    func signed(_ json: String) -> String {
+      let body = Base64.encode(Array(json.utf8), url: true)
+      return body + "." + Base64.encode(mac.authenticate(body.utf8), url: true)
+    }
+    let hash = receipts.personHash(workspace: "acme", personID: "p1")
+    let head = "{\"workspace\":\"acme\",\"person_hash\":\"\(hash)\","
+    let good = head + "\"erased_at\":1,\"erasure_deadline\":2,\"snapshot_seq\":3}"
+    #expect(receipts.verify(signed(good))?.json == good)
+    let shapes = [
+      head + "\"erased_at\":1,\"erasure_deadline\":2}",  // a key missing
+      head + "\"erased_at\":1,\"erasure_deadline\":2,\"snapshot_seq\":3,\"x\":1}",  // one more
+      head + "\"erased_at\":\"1\",\"erasure_deadline\":2,\"snapshot_seq\":3}",  // a string
+      head + "\"erased_at\":1.5,\"erasure_deadline\":2,\"snapshot_seq\":3}",
+      head + "\"erased_at\":true,\"erasure_deadline\":2,\"snapshot_seq\":3}",
+      head + "\"erasure_deadline\":2,\"erased_at\":1,\"snapshot_seq\":3}",  // order
+      head + "\"erased_at\": 1,\"erasure_deadline\":2,\"snapshot_seq\":3}",  // spacing
+      "[1]", "not json",
+    ]
+    for json in shapes {
+      #expect(receipts.verify(signed(json)) == nil, "\(json)")
     }
   }
 }

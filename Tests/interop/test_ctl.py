@@ -143,6 +143,13 @@ def test_forget_also_suppress_wait_and_verify_receipt(sc, tmp_path):
     data = sc.server.argv[sc.server.argv.index("--data") + 1]
     ok = ctl(sc, "verify-receipt", f["receipt"], "--data", data)
     assert ok.stdout.startswith("VALID: ") and json.loads(ok.stdout[7:])["workspace"] == ws
+    # Whose receipt it is: only the secret tells (the person hash is keyed).
+    mine = ctl(sc, "verify-receipt", f["receipt"], "--data", data, "--person", pid)
+    assert mine.stdout.startswith(f"VALID, about {pid}: "), mine.stdout
+    other = ctl(sc, "verify-receipt", f["receipt"], "--data", data, "--person", "x" + pid, code=1)
+    assert "NOT about" in other.stdout, other.stdout
+    assert ctl_json(sc, "verify-receipt", f["receipt"], "--data", data, "--person", pid)[
+        "about_person"] is True
     missing = ctl(sc, "verify-receipt", f["receipt"], code=2, cwd=tmp_path)  # no ./data here
     assert "./data/secret.key" in missing.stderr and "--data" in missing.stderr
 
