@@ -10,7 +10,8 @@
 // file is sound (a torn tail of the newest segment — a write a crash interrupted, never
 // acknowledged, which start-up cuts off — is only a warning), 1 when anything is
 // damaged, the data's secret.key is missing or not the one the snapshots were written
-// under, or the directory holds no data at all, 2 when the directory cannot be read.
+// under, or the directory holds no data at all, 2 when the directory cannot be read or a
+// running server holds it (its files change under the reader: check a copy).
 
 import GRPCTransport
 import Glibc
@@ -48,6 +49,13 @@ enum CheckData {
       segments = try WALSegment.list(directory: directory, fileSystem: fs)
     } catch {
       writeStderrLine("subcenterctl check-data: \(error)")
+      return 2
+    }
+    if isLocked(directory) {
+      writeStderrLine(
+        "subcenterctl check-data: a subcenterd is running on \(directory): its files change "
+          + "(segments rewritten, snapshots replaced) while they are read. Check a copy "
+          + "(README: Back up), or stop the server first")
       return 2
     }
     writeStdoutLine(
@@ -264,6 +272,14 @@ enum CheckData {
     if secretMissing || !wrongSecret.isEmpty { return 1 }
     writeStdoutLine(warnings > 0 ? "OK, with \(warnings) warning(s)" : "OK")
     return 0
+  }
+
+  /// Whether a running subcenterd holds the directory's lock (`DataDirectoryLock`).
+  private static func isLocked(_ directory: String) -> Bool {
+    let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }  // drops a lock taken here
+    return flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK
   }
 
   /// An error's message, with its file and offset when the message lacks them.
