@@ -67,15 +67,54 @@ public struct Credential: Sendable {
 public struct TokenStore: Sendable {
   private let credentials: [Credential]
 
-  private struct Entry: Decodable {
+  /// One entry of the file: these keys, each once and of its type, and no other.
+  private struct Entry {
+    static let keys = ["name", "sha256", "workspace", "scopes"]
     let name: String
     let sha256: String
     let workspace: String
     let scopes: [String]
+
+    /// `value` as an entry; `fail` makes the error of a reason (naming the key).
+    init(_ value: Any, fail: (String) -> FlagError) throws(FlagError) {
+      guard let o = value as? [String: Any] else {
+        throw fail("expected an object, got \(StrictJSON.describe(value))")
+      }
+      let keyList = Self.keys.joined(separator: ", ")
+      if let key = o.keys.sorted().first(where: { !Self.keys.contains($0) }) {
+        throw fail("unknown key \"\(key)\" (keys: \(keyList))")
+      }
+      func field(_ key: String) throws(FlagError) -> Any {
+        guard let v = o[key] else { throw fail("missing key \"\(key)\" (keys: \(keyList))") }
+        return v
+      }
+      func string(_ key: String) throws(FlagError) -> String {
+        let v = try field(key)
+        guard let s = v as? String else {
+          throw fail("\"\(key)\": expected a string, got \(StrictJSON.describe(v))")
+        }
+        return s
+      }
+      name = try string("name")
+      sha256 = try string("sha256")
+      workspace = try string("workspace")
+      let list = try field("scopes")
+      guard let items = list as? [Any] else {
+        throw fail("\"scopes\": expected an array of strings, got \(StrictJSON.describe(list))")
+      }
+      scopes = try items.enumerated().map { (j, v) throws(FlagError) in
+        guard let s = v as? String else {
+          throw fail("\"scopes\"[\(j)]: expected a string, got \(StrictJSON.describe(v))")
+        }
+        return s
+      }
+    }
   }
 
-  /// Loads a JSON array of `{"name", "sha256", "workspace", "scopes": [..]}`; errors name
-  /// `origin`, the flag (or variable) that gave the file.
+  /// Loads a JSON array of `{"name", "sha256", "workspace", "scopes": [..]}`, refusing an
+  /// unknown, missing or repeated key, a value of the wrong type and an entry without
+  /// scopes; errors name `origin`, the flag (or variable) that gave the file, the file and
+  /// the entry.
   public init(file: String, origin: String = "--tokens") throws(FlagError) {
     guard let data = FileManager.default.contents(atPath: file) else {
       var st = stat()
@@ -85,46 +124,59 @@ public struct TokenStore: Sendable {
         : (st.st_mode & S_IFMT) == S_IFDIR ? "it is a directory" : "permission denied"
       throw FlagError("\(origin): cannot read \(file): \(why)")
     }
-    let entries: [Entry]
-    do { entries = try JSONDecoder().decode([Entry].self, from: data) } catch {
-      throw FlagError("\(origin): \(file) is not a JSON array of token entries: \(error)")
+    let at = "\(origin): \(file)"
+    let parsed: Any
+    do { parsed = try JSONSerialization.jsonObject(with: data) } catch {
+      let detail = (error as NSError).userInfo[NSDebugDescriptionErrorKey] ?? error
+      throw FlagError("\(at): not JSON: \(detail)")
     }
     if let why = StrictJSON.leniency(in: [UInt8](data)) {
-      throw FlagError("\(origin): \(file): \(why)")
+      throw FlagError("\(at): \(why)")
+    }
+    guard let list = parsed as? [Any] else {
+      throw FlagError(
+        "\(at): expected a JSON array of token entries, got \(StrictJSON.describe(parsed))")
     }
     var creds: [Credential] = []
     var entryOfDigest: [[UInt8]: Int] = [:]
     var entryOfName: [String: Int] = [:]
-    for (i, e) in entries.enumerated() {
+    for (i, value) in list.enumerated() {
+      let e = try Entry(value) { FlagError("\(at): entry \(i): \($0)") }
       guard let digest = Crypto.unhex(e.sha256), digest.count == 32 else {
-        throw FlagError("\(origin): entry \(i) ('\(e.name)'): sha256 must be 64 hex digits")
+        throw FlagError("\(at): entry \(i) ('\(e.name)'): sha256 must be 64 hex digits")
       }
       var scopes = Set<Scope>()
       for s in e.scopes {
         guard let scope = Scope(rawValue: s) else {
-          throw FlagError("\(origin): entry \(i) ('\(e.name)'): unknown scope '\(s)'")
+          throw FlagError("\(at): entry \(i) ('\(e.name)'): unknown scope '\(s)'")
         }
         scopes.insert(scope)
       }
+      guard !scopes.isEmpty else {
+        throw FlagError("\(at): entry \(i) ('\(e.name)'): no scopes: every call would be refused")
+      }
       guard !e.name.isEmpty, !e.workspace.isEmpty else {
-        throw FlagError("\(origin): entry \(i): name and workspace must not be empty")
+        throw FlagError("\(at): entry \(i): name and workspace must not be empty")
       }
       if let why = Self.workspaceProblem(e.workspace) {
-        throw FlagError("\(origin): entry \(i) ('\(e.name)'): \(why)")
+        throw FlagError("\(at): entry \(i) ('\(e.name)'): \(why)")
       }
       // One token, one credential; one name, one credential (history names the caller).
       if let j = entryOfDigest.updateValue(i, forKey: digest) {
-        throw FlagError("\(origin): entries \(j) and \(i) have the same sha256 (one token)")
+        throw FlagError("\(at): entries \(j) and \(i) have the same sha256 (one token)")
       }
       if let j = entryOfName.updateValue(i, forKey: e.name) {
         throw FlagError(
-          "\(origin): entries \(j) and \(i) have the same name '\(e.name)' (history records "
+          "\(at): entries \(j) and \(i) have the same name '\(e.name)' (history records "
             + "a caller by its credential's name)")
       }
       creds.append(Credential(name: e.name, workspace: e.workspace, scopes: scopes, digest: digest))
     }
     credentials = creds
   }
+
+  /// Whether the file listed no tokens (every call but health is then UNAUTHENTICATED).
+  public var isEmpty: Bool { credentials.isEmpty }
 
   /// Tokens given directly (tests and tools).
   public init(tokens: [(token: String, name: String, workspace: String, scopes: Set<Scope>)]) {

@@ -1,5 +1,6 @@
 // JSON as RFC 8259 means it, for the files and arguments operators write (the tokens file,
-// `subcenterctl workspace set`): Foundation's parser is more lenient than that.
+// `subcenterctl workspace set`): Foundation's parser is more lenient than that. And how an
+// error names a value it found.
 
 import Foundation
 
@@ -60,6 +61,25 @@ public enum StrictJSON {
       i += 1
     }
     return nil
+  }
+
+  /// A value JSONSerialization gave, as an error names it: `"text"`, `5`, `true`, `null`,
+  /// `an array`, `an object`.
+  public static func describe(_ v: Any) -> String {
+    switch v {
+    case is NSNull: return "null"
+    case let s as String: return "\"\(s)\""
+    case is [Any]: return "an array"
+    case is [String: Any]: return "an object"
+    case let n as NSNumber: return isBool(n) ? (n.boolValue ? "true" : "false") : "\(n)"
+    default: return "\(v)"
+    }
+  }
+
+  /// JSONSerialization gives `true` and `1` alike as NSNumber; a boolean's type code is "c".
+  public static func isBool(_ v: Any) -> Bool {
+    guard let n = v as? NSNumber else { return false }
+    return String(cString: n.objCType) == "c"
   }
 
   /// A JSON string literal (quotes included) as the string it stands for.

@@ -92,8 +92,9 @@ enum WorkspaceJSON {
       w.message(4, lw)
     }
     if let flag = root["allow_important_override"] {
-      guard isBool(flag), let b = flag as? Bool else {
-        throw UsageError("allow_important_override: expected true or false, got \(describe(flag))")
+      guard StrictJSON.isBool(flag), let b = flag as? Bool else {
+        throw UsageError(
+          "allow_important_override: expected true or false, got \(StrictJSON.describe(flag))")
       }
       w.bool(5, b)
     }
@@ -109,7 +110,7 @@ enum WorkspaceJSON {
 
   private static func object(_ v: Any, _ path: String) throws -> [String: Any] {
     guard let o = v as? [String: Any] else {
-      throw UsageError("\(path): expected an object, got \(describe(v))")
+      throw UsageError("\(path): expected an object, got \(StrictJSON.describe(v))")
     }
     return o
   }
@@ -117,14 +118,14 @@ enum WorkspaceJSON {
   private static func array(_ v: Any?, _ path: String) throws -> [Any] {
     guard let v else { return [] }
     guard let a = v as? [Any] else {
-      throw UsageError("\(path): expected an array, got \(describe(v))")
+      throw UsageError("\(path): expected an array, got \(StrictJSON.describe(v))")
     }
     return a
   }
 
   private static func string(_ v: Any, _ path: String) throws -> String {
     guard let s = v as? String else {
-      throw UsageError("\(path): expected a string, got \(describe(v))")
+      throw UsageError("\(path): expected a string, got \(StrictJSON.describe(v))")
     }
     return s
   }
@@ -133,27 +134,10 @@ enum WorkspaceJSON {
     -> Int64
   {
     guard let v else { return 0 }
-    guard !isBool(v), let i = v as? Int64, range.contains(i)
+    guard !StrictJSON.isBool(v), let i = v as? Int64, range.contains(i)
     else {
-      throw UsageError("\(path): expected an integer, got \(describe(v))")
+      throw UsageError("\(path): expected an integer, got \(StrictJSON.describe(v))")
     }
     return i
-  }
-
-  /// JSONSerialization gives `true` and `1` alike as NSNumber; a boolean's type code is "c".
-  private static func isBool(_ v: Any) -> Bool {
-    guard let n = v as? NSNumber else { return false }
-    return String(cString: n.objCType) == "c"
-  }
-
-  private static func describe(_ v: Any) -> String {
-    switch v {
-    case is NSNull: return "null"
-    case let s as String: return "\"\(s)\""
-    case is [Any]: return "an array"
-    case is [String: Any]: return "an object"
-    case let n as NSNumber: return isBool(n) ? (n.boolValue ? "true" : "false") : "\(n)"
-    default: return "\(v)"
-    }
   }
 }

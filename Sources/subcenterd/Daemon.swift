@@ -26,6 +26,18 @@ enum Daemon {
       writeStderrLine("subcenterd: see subcenterd --help")
       return 2
     }
+    // Every file a flag names is read before anything is written: a bad tokens file leaves
+    // no data directory and no new secret.key behind (the TLS files are read above).
+    let tokens: TokenStore
+    do { tokens = try TokenStore(file: options.tokensFile, origin: options.tokensOrigin) } catch {
+      writeStderrLine("subcenterd: \(error)")
+      return 2
+    }
+    if tokens.isEmpty {
+      writeStderrLine(
+        "subcenterd: warning: \(options.tokensOrigin): \(options.tokensFile): no tokens: every "
+          + "call will be UNAUTHENTICATED")
+    }
     // A taken address stops the start before the data directory is touched.
     for (address, flag) in [
       (options.transport.listen, "--listen"), (options.adminListen, "--admin-listen"),
@@ -69,7 +81,6 @@ enum Daemon {
     do {
       let secret = try ServerSecret.loadOrCreate(
         dataDirectory: options.dataDirectory, origin: options.dataOrigin)
-      let tokens = try TokenStore(file: options.tokensFile, origin: options.tokensOrigin)
       let log: @Sendable (String) -> Void = { writeStderrLine("subcenterd: \($0)") }
       let opened: (DurableStore, DurableStore.RecoveryReport)
       do {

@@ -18,6 +18,7 @@ from interop_support import (RPC_TIMEOUT, admin_address, empty_pb2, free_port, h
                              health_stub,
                              make_channel, run_to_exit, shared_server_fixture, interop_stub,
                              tls_args)
+from sc_support import pb, pb_grpc
 
 
 def _subcenterd_args():
@@ -100,6 +101,7 @@ def test_unreadable_files_name_their_flag_or_variable(tmp_path):
                                                                     str(tmp_path / "none.json")],
                              timeout=10)
     assert rc == 2 and "No such file or directory" in err, err[-2000:]
+    assert not (tmp_path / "data").exists()  # read before the data directory is created
     # Given by a variable, the error names it.
     rc, _, err = run_to_exit("subcenterd", base_args(tmp_path),
                              env={"SUBCENTER_TOKENS": str(tmp_path / "none.json")}, timeout=10)
@@ -152,13 +154,59 @@ HASH_A, HASH_B = "a" * 64, "b" * 64
     ('[{"name": "b", "sha256": "%s", "workspace": "*", "scopes": ["read"]},'
      ' {"name": "a", "sha256": "%s", "workspace": "wa", "w\\u006frkspace": "*",'
      ' "scopes": ["read"]}]' % (HASH_B, HASH_A), 'entry 1: the key "workspace" twice'),
+    # A key the file does not know (a typo, a note) is refused, not ignored.
+    ('[{"name": "b", "sha256": "%s", "workspace": "*", "scopes": ["read"]},'
+     ' {"name": "a", "sha256": "%s", "workspace": "*", "scopes": ["read"], "scope": ["admin"]}]'
+     % (HASH_B, HASH_A),
+     'entry 1: unknown key "scope" (keys: name, sha256, workspace, scopes)'),
+    ('[{"name": "a", "sha256": "%s", "workspace": "*", "scopes": ["read"], "note": "x"}]' % HASH_A,
+     'entry 0: unknown key "note"'),
+    # A missing key or a value of the wrong type: one line naming the entry and the key.
+    ('[{"name": "a", "sha256": "%s", "workspace": "*"}]' % HASH_A,
+     'entry 0: missing key "scopes" (keys: name, sha256, workspace, scopes)'),
+    ('[{"name": "a", "sha256": "%s", "workspace": "*", "scopes": "admin"}]' % HASH_A,
+     'entry 0: "scopes": expected an array of strings, got "admin"'),
+    ('[{"name": 5, "sha256": "%s", "workspace": "*", "scopes": ["read"]}]' % HASH_A,
+     'entry 0: "name": expected a string, got 5'),
+    ('{"name": "a", "sha256": "%s", "workspace": "*", "scopes": ["read"]}' % HASH_A,
+     "expected a JSON array of token entries, got an object"),
+    # A token without scopes could make no call.
+    ('[{"name": "a", "sha256": "%s", "workspace": "*", "scopes": []}]' % HASH_A,
+     "entry 0 ('a'): no scopes"),
 ])
 def test_bad_tokens_file_refused(tmp_path, entries, expected):
+    """One line names the flag, the file, the entry and the fault; it is read before the data
+    directory is created, so nothing is left behind (no directory, no new secret.key)."""
     tokens = tmp_path / "tokens.json"
     tokens.write_text(entries)
     rc, _, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--tokens", str(tokens)],
                              timeout=10)
-    assert rc == 2 and "--tokens" in err and expected in err, (rc, err[-2000:])
+    assert rc == 2 and f"--tokens: {tokens}: " in err and expected in err, (rc, err[-2000:])
+    assert "DecodingError" not in err and len(err.strip().splitlines()) == 1, err[-2000:]
+    assert not (tmp_path / "data").exists()
+
+
+def test_empty_tokens_file_starts_with_a_warning(start_server, tmp_path):
+    """`[]` is a valid file, but every call fails: the start says so."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text("[]")
+    srv = start_server("subcenterd", args=["--admin-listen", f"127.0.0.1:{free_port()}",
+                                           "--data", str(tmp_path / "data"),
+                                           "--tokens", str(tokens)])
+    assert (f"subcenterd: warning: --tokens: {tokens}: no tokens: every call will be "
+            "UNAUTHENTICATED") in srv.stderr_text(), srv.output()
+    ch = make_channel(srv.port)
+    try:
+        health = health_stub(ch).Check(health_pb2.HealthCheckRequest(service=""),
+                                       timeout=RPC_TIMEOUT)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.SubscriptionCenterStub(ch).GetWorkspace(
+                pb.GetWorkspaceRequest(workspace="default"), timeout=RPC_TIMEOUT,
+                metadata=[("authorization", "Bearer sc_anything")])
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        ch.close()
 
 
 def test_unknown_flag_refused(tmp_path):
