@@ -71,6 +71,18 @@ enum Ctl {
     FlagSpec("help", value: false, help: "print this text"),
   ]
 
+  /// The variables of the environment that may set flags: the connection flags' and
+  /// `--data`'s. A leftover `SUBCENTER_RECORD_SEND=1` (or `_ALSO_SUPPRESS`, `_WAIT`) made
+  /// every later command count sends (or suppress); what a command does comes from its
+  /// own flags.
+  static func environment() -> [String: String] {
+    let allowed = Set(
+      (connectionFlags.subtracting(["json", "help"]) + ["data"]).map {
+        "SUBCENTER_" + $0.uppercased().replacingOccurrences(of: "-", with: "_")
+      })
+    return Flags.processEnvironment().filter { allowed.contains($0.key) }
+  }
+
   /// Flags every calling command takes.
   static let connectionFlags: Set = [
     "server", "server-name", "ca", "cert", "key", "token", "timeout-ms", "json", "help",
@@ -230,11 +242,16 @@ enum Ctl {
     let command: Command
     let operands: [String]
     do {
-      flags = try Flags(
-        arguments: flagArgs, environment: Flags.processEnvironment(), specs: specs)
+      flags = try Flags(arguments: flagArgs, environment: environment(), specs: specs)
       let help = try flags.bool("help")
       if help || args.isEmpty {
-        let text = flags.usage(program: "subcenterctl COMMAND [OPERAND...]") + commandHelp
+        let text =
+          flags.usage(
+            program: "subcenterctl COMMAND [OPERAND...]",
+            environmentNote:
+              "The connection flags and --data can also be set as SUBCENTER_<FLAG> (e.g. "
+              + "SUBCENTER_SERVER); flags win. What a command does (--record-send, "
+              + "--also-suppress, ...) is set by its flags only.") + commandHelp
         if help {
           print(text, terminator: "")
           return 0

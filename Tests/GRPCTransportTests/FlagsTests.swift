@@ -75,9 +75,10 @@ import Testing
     #expect(try wipe(["--wipe"]) && wipe(["--wipe=1"]) && wipe([], env: ["SUBCENTER_WIPE": "true"]))
     #expect(try !wipe([]) && !wipe(["--wipe=false"]) && !wipe([], env: ["SUBCENTER_WIPE": "0"]))
     let e = #expect(throws: FlagError.self) { try wipe(["--wipe="]) }
-    #expect(e?.description == "--wipe: expected true or false, got ''")
+    #expect(e?.description == "--wipe: expected true, false, 1 or 0, got ''")
     let v = #expect(throws: FlagError.self) { try wipe([], env: ["SUBCENTER_WIPE": ""]) }
-    #expect(v?.description.hasPrefix("SUBCENTER_WIPE (--wipe): expected true or false") == true)
+    #expect(
+      v?.description.hasPrefix("SUBCENTER_WIPE (--wipe): expected true, false, 1 or 0") == true)
     #expect(throws: FlagError.self) { try wipe([], env: ["SUBCENTER_WIPE": "yes"]) }
     // --help only from the command line: a variable must not keep a server from starting.
     let f = try Flags(arguments: [], environment: ["SUBCENTER_HELP": "1"], specs: specs)

@@ -299,6 +299,13 @@ def test_refusals_and_errors(sc):
     # $SUBCENTER_TOKEN stands in for --token: the history's actor is that token's name.
     ctl(sc, "subscribe", ws, pid, "sms", token=None, env={"SUBCENTER_TOKEN": TOKENS["sc-write"]})
     assert sc.root.GetHistory(workspace=ws, person=pid).entries[0].actor == "sc-write"
+    # What a command does comes from its flags only: a leftover SUBCENTER_ALSO_SUPPRESS (or
+    # _RECORD_SEND) made every later forget suppress (every check count a send).
+    assert "SUBCENTER_<FLAG>" in usage and "flags only" in usage
+    other = unique("p")
+    sc.person(ws, person_id=other, email=f"{other}@example.com")
+    ctl(sc, "forget", ws, other, env={"SUBCENTER_ALSO_SUPPRESS": "1", "SUBCENTER_WAIT": "1"})
+    assert sc.root.Identify(workspace=ws, person_id=other, email=f"{other}@example.com")
 
 
 def test_mtls_client_certificate(start_server, tmp_path):

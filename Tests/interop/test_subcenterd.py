@@ -128,7 +128,7 @@ def test_unreadable_files_name_their_flag_or_variable(tmp_path):
     assert rc == 2 and "SUBCENTER_RECOVER_TRUNCATE (--recover-truncate)" in err, err[-2000:]
     rc, _, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--recover-truncate="],
                              timeout=10)
-    assert rc == 2 and "--recover-truncate: expected true or false, got ''" in err, err[-2000:]
+    assert rc == 2 and "--recover-truncate: expected true, false, 1 or 0, got ''" in err, err[-2000:]
     assert not fresh.exists()
 
 

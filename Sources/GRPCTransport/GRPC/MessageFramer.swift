@@ -76,7 +76,8 @@ public struct GRPCMessageDeframer {
     guard length <= maxMessageBytes else {
       throw RPCStatus(
         .resourceExhausted,
-        "request message of \(length) bytes exceeds the limit of \(maxMessageBytes) bytes")
+        "request message of \(length) bytes exceeds the server's limit of \(maxMessageBytes) "
+          + "bytes (--max-message-bytes)")
     }
     compressed = flag == 1
     expected = length

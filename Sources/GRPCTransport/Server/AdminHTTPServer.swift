@@ -207,7 +207,9 @@ public final class AdminHTTPServer: @unchecked Sendable {
     // HEAD (as load balancers probe) is GET without the body.
     let isHead = parts.first == "HEAD"
     if !complete {
-      response = AdminResponse(status: 400, body: "incomplete request\n")
+      response = AdminResponse(
+        status: 400,
+        body: request.count >= 16384 ? "request too large (over 16 KiB)\n" : "incomplete request\n")
     } else if let problem = Self.malformed(parts, request) {
       response = AdminResponse(status: 400, body: problem + "\n")
     } else if parts[0] == "GET" || parts[0] == "POST" || isHead {

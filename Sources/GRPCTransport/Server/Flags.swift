@@ -108,7 +108,7 @@ public struct Flags: Sendable {
     switch values[name] {
     case nil, "false", "0": return false
     case "true", "1": return true
-    case let v?: throw FlagError("\(origin(name)): expected true or false, got '\(v)'")
+    case let v?: throw FlagError("\(origin(name)): expected true, false, 1 or 0, got '\(v)'")
     }
   }
 
@@ -127,13 +127,16 @@ public struct Flags: Sendable {
   public func address(_ name: String) throws(FlagError) -> SocketAddress? {
     guard let v = values[name] else { return nil }
     guard let a = SocketAddress(parsing: v) else {
-      throw FlagError("\(origin(name)): expected HOST:PORT with a numeric host, got '\(v)'")
+      throw FlagError(
+        "\(origin(name)): expected HOST:PORT (an IP address or localhost, a port up to "
+          + "65535), got '\(v)'")
     }
     return a
   }
 
-  /// Usage text for `--help`.
-  public func usage(program: String) -> String {
+  /// Usage text for `--help`; `environmentNote` replaces the line saying every flag can
+  /// be set in the environment.
+  public func usage(program: String, environmentNote: String? = nil) -> String {
     var out = "usage: \(program) [flags]\n"
     for s in specs {
       let left = s.takesValue ? "--\(s.name) VALUE" : "--\(s.name)"
@@ -141,6 +144,7 @@ public struct Flags: Sendable {
       let pad = String(repeating: " ", count: max(1, 34 - left.count))
       out += "  \(left)\(pad)\(s.help)\(def)\n"
     }
+    if let environmentNote { return out + environmentNote + "\n" }
     let example = String((specs.first?.name ?? "flag").uppercased().map { $0 == "-" ? "_" : $0 })
     out +=
       "Each flag can also be set as \(envPrefix)<FLAG>, e.g. \(envPrefix)\(example); flags win.\n"
