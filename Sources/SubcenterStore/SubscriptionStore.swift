@@ -262,8 +262,22 @@ public final class SubscriptionStore: Sendable {
     let page = try withPerson(h, ref) { (shard, slot) throws(CoreError) -> HistoryPage in
       let record = shard.records[Int(slot)]
       let key = PersonCodec.key(record)
-      let cursor = try HistoryPaging.cursor(
-        from: req.pageToken, workspace: h.id, key: key, hasher: hasher)
+      var cursor: HistoryPaging.Cursor?
+      do throws(CoreError) {
+        cursor = try HistoryPaging.cursor(
+          from: req.pageToken, workspace: h.id, key: key, hasher: hasher)
+      } catch {
+        // A token of an anonymous profile merged into this person since its page was read
+        // (a support tool paging a visitor who signs in meanwhile): the merged history holds
+        // its entries, so paging goes on.
+        let merged = PersonCodec.decode(record, history: false, strings: shard.strings).person
+        let anonymous = merged.anonymousIDs.lazy.compactMap { [hasher] in
+          try? HistoryPaging.cursor(
+            from: req.pageToken, workspace: h.id, key: .anonymous($0), hasher: hasher)
+        }
+        guard let found = anonymous.first else { throw error }
+        cursor = found
+      }
       let all = PersonCodec.decodeHistory(record, strings: shard.strings)
       let (records, next) = HistoryPaging.page(all, before: cursor, size: size)
       let model = h.current

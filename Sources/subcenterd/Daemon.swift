@@ -158,7 +158,11 @@ enum Daemon {
     writeStderrLine(
       "subcenterd: listening on \(options.transport.listen.host):\(server.port) "
         + "(\(count(options.transport.loops, "loop")), TLS, gRPC)")
-    let sig = TerminationSignals.wait()
+    let sig = TerminationSignals.wait {
+      writeStderrLine(
+        "subcenterd: SIGHUP ignored: the tokens file and the TLS certificate are read at "
+          + "start only; restart to apply changes (SIGTERM stops gracefully)")
+    }
     writeStderrLine("subcenterd: signal \(sig): stopping; finishing calls in flight")
     ready.value = false
     // Watch streams never end by themselves: end them (UNAVAILABLE) so shutdown need not

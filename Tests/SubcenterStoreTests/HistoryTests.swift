@@ -44,6 +44,34 @@ import Testing
     #expect(page.entries[6].topic == "promo" && page.entries[6].source == "banner")
   }
 
+  /// A support tool pages a visitor's history by anonymous id; the visitor signs in
+  /// meanwhile (a merge). The next page, asked with the same id and token, goes on in the
+  /// person's history, which holds the visitor's entries (the token was refused as "not a
+  /// page token of this history").
+  @Test func aTokenOfAMergedAnonymousProfileStillPages() throws {
+    let f = Fixture()
+    try f.identify(anonymousID: "c1")
+    for i in 0..<3 {
+      f.clock.advance(by: 1)
+      try f.set(.anonymousID("c1"), .subscribed, channel: "email", source: "s\(i)")
+    }
+    let first = try f.history(.anonymousID("c1"), size: 2)
+    #expect(first.entries.map(\.source) == ["s2", "s1"])
+    f.clock.advance(by: 1)
+    try f.identify("u1", anonymousID: "c1")
+    let next = try f.history(.anonymousID("c1"), size: 2, token: first.nextPageToken)
+    #expect(next.entries.map(\.source) == ["s0", ""])
+    #expect(next.entries.last?.action.name == "identify")
+    // Another profile's token is still refused.
+    try f.identify(anonymousID: "c2")
+    try f.set(.anonymousID("c2"), .subscribed, channel: "email", source: "x")
+    let foreign = try f.history(.anonymousID("c2"), size: 1).nextPageToken
+    let refused = failure { () throws(CoreError) in
+      try f.history(.personID("u1"), token: foreign)
+    }
+    #expect(refused?.field == "page_token")
+  }
+
   @Test func pagingIsStableUnderInserts() throws {
     let f = Fixture()
     try f.identify("u1")

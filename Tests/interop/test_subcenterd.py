@@ -315,10 +315,12 @@ def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(tmp_path):
 
 
 def test_sighup_leaves_the_server_running(subcenterd, sd_channel):
-    """A closed terminal or SSH session (SIGHUP) does not kill the server."""
+    """A closed terminal or SSH session (SIGHUP) does not kill the server; an operator
+    who sends it expecting a reload is told it changes nothing."""
     subcenterd.proc.send_signal(signal.SIGHUP)
     time.sleep(0.3)
     assert subcenterd.proc.poll() is None, "subcenterd died of SIGHUP"
+    assert "SIGHUP ignored" in subcenterd.stderr_text() and "restart" in subcenterd.stderr_text()
     resp = health_stub(sd_channel).Check(health_pb2.HealthCheckRequest(service=""),
                                          timeout=RPC_TIMEOUT)
     assert resp.status == health_pb2.HealthCheckResponse.SERVING

@@ -4,27 +4,31 @@
 import Glibc
 
 public enum TerminationSignals {
-  /// Blocks SIGTERM and SIGINT in the calling thread and every thread it creates later,
-  /// and ignores SIGPIPE and SIGHUP (a closed terminal or SSH session leaves the server
-  /// running, as Redis does). Call first thing in `main`.
+  /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread it creates
+  /// later (SIGHUP never ends the server: a closed terminal or SSH session leaves it
+  /// running, as Redis does), and ignores SIGPIPE. Call first thing in `main`.
   public static func block() {
     signal(SIGPIPE, SIG_IGN)
-    signal(SIGHUP, SIG_IGN)
-    var set = sigset_t()
-    sigemptyset(&set)
-    sigaddset(&set, SIGTERM)
-    sigaddset(&set, SIGINT)
+    var set = Self.set
     pthread_sigmask(SIG_BLOCK, &set, nil)
   }
 
-  /// Waits until SIGTERM or SIGINT arrives; returns its number.
-  public static func wait() -> Int32 {
+  private static var set: sigset_t {
     var set = sigset_t()
     sigemptyset(&set)
-    sigaddset(&set, SIGTERM)
-    sigaddset(&set, SIGINT)
+    for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, s) }
+    return set
+  }
+
+  /// Waits until SIGTERM or SIGINT arrives; returns its number. Each SIGHUP on the way
+  /// calls `hangUp` (to say it changes nothing).
+  public static func wait(hangUp: () -> Void = {}) -> Int32 {
+    var set = Self.set
     var sig: Int32 = 0
-    while sigwait(&set, &sig) != 0 {}
-    return sig
+    while true {
+      guard sigwait(&set, &sig) == 0 else { continue }
+      if sig != SIGHUP { return sig }
+      hangUp()
+    }
   }
 }
