@@ -175,8 +175,8 @@ public struct TokenStore: Sendable {
     credentials = creds
   }
 
-  /// Whether the file listed no tokens (every call but health is then UNAUTHENTICATED).
-  public var isEmpty: Bool { credentials.isEmpty }
+  /// How many tokens the file lists (none: every call but health is UNAUTHENTICATED).
+  public var count: Int { credentials.count }
 
   /// Tokens given directly (tests and tools).
   public init(tokens: [(token: String, name: String, workspace: String, scopes: Set<Scope>)]) {

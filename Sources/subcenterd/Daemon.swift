@@ -33,7 +33,7 @@ enum Daemon {
       writeStderrLine("subcenterd: \(error)")
       return 2
     }
-    if tokens.isEmpty {
+    if tokens.count == 0 {
       writeStderrLine(
         "subcenterd: warning: \(options.tokensOrigin): \(options.tokensFile): no tokens: every "
           + "call will be UNAUTHENTICATED")
@@ -68,6 +68,13 @@ enum Daemon {
         "subcenterd: warning: the data directory \(options.dataDirectory) has mode "
           + "0\(String(st.st_mode & 0o777, radix: 8)); it holds personal data: chmod 700 it")
     }
+    warnIfOpen(
+      options.tokensFile, mode: 0o022, "others may add a token (an admin one) to it: chmod go-w")
+    if let key = flags.string("tls-key") {
+      warnIfOpen(key, mode: 0o004, "anyone on the host can read the TLS private key: chmod o-r")
+    }
+    let secretPath = options.dataDirectory + "/secret.key"
+    let newSecret = access(secretPath, F_OK) != 0
     let dataLock: DataDirectoryLock
     do { dataLock = try DataDirectoryLock(directory: options.dataDirectory) } catch {
       writeStderrLine("subcenterd: \(error.message) (\(options.dataOrigin))")
@@ -81,6 +88,12 @@ enum Daemon {
     do {
       let secret = try ServerSecret.loadOrCreate(
         dataDirectory: options.dataDirectory, origin: options.dataOrigin)
+      if newSecret {
+        writeStderrLine(
+          "subcenterd: new data directory \(options.dataDirectory): created secret.key "
+            + "(back it up with the data; it keys suppressions and receipts)")
+      }
+      warnIfOpen(secretPath, mode: 0o077, "it keys suppressions and receipts: chmod 600")
       let log: @Sendable (String) -> Void = { writeStderrLine("subcenterd: \($0)") }
       let opened: (DurableStore, DurableStore.RecoveryReport)
       do {
@@ -102,6 +115,10 @@ enum Daemon {
       writeStderrLine(
         "subcenterd: recovered \(r.snapshot ?? "no snapshot") (\(count(r.persons, "person"))) + "
           + "\(count(r.recordsReplayed, "log record")); next seq \(r.nextSeq)")
+      writeStderrLine(
+        "subcenterd: data \(options.dataDirectory) (fsync \(options.fsync)); "
+          + "\(count(tokens.count, "token")); client certificates "
+          + (flags.string("client-ca") == nil ? "not required" : "required"))
       store = durable.store
       compaction = Compaction(
         durable: durable, snapshotIntervalSeconds: options.snapshotIntervalSeconds, log: log)
@@ -215,6 +232,15 @@ func startUpAdvice(_ error: StorageError, truncating: Bool) -> String {
     return "Check the disk and its permissions, then start again; "
       + "`subcenterctl check-data DIR` tells whether the files are intact."
   }
+}
+
+/// Warns when `path`'s permission bits include any of `mode` (others may read or write
+/// what they should not), saying why it matters.
+func warnIfOpen(_ path: String, mode: mode_t, _ why: String) {
+  var st = stat()
+  guard stat(path, &st) == 0, st.st_mode & mode != 0 else { return }
+  writeStderrLine(
+    "subcenterd: warning: \(path) has mode 0\(String(st.st_mode & 0o777, radix: 8)); \(why)")
 }
 
 /// `n` and the noun, plural unless `n` is 1: "1 loop", "2 loops".

@@ -257,6 +257,9 @@ def test_data_files_are_private_and_a_readable_directory_is_flagged(tmp_path):
         assert srv.terminate() == 0  # a snapshot too
         out = srv.server.output()
         assert "has mode 0755" in out and "chmod 700" in out, out
+        # The first start says it made a secret to back up, and what it runs with.
+        assert f"new data directory {srv.data}: created secret.key" in out, out
+        assert f"data {srv.data} (fsync always);" in out and "client certificates not" in out
         modes = {f: stat.S_IMODE(os.stat(os.path.join(srv.data, f)).st_mode)
                  for f in os.listdir(srv.data)}
         assert any(f.startswith("snapshot-") for f in modes) and \
@@ -265,6 +268,18 @@ def test_data_files_are_private_and_a_readable_directory_is_flagged(tmp_path):
         os.chmod(srv.data, 0o700)
         srv.start()
         assert "has mode" not in srv.server.output()
+        assert "new data directory" not in srv.server.output()
+        assert srv.terminate() == 0
+        # A tokens file others may write (anyone could add an admin token) and a secret
+        # others may read are named too.
+        os.chmod(srv.tokens, 0o666)
+        os.chmod(os.path.join(srv.data, "secret.key"), 0o644)
+        srv.start()
+        out = srv.server.output()
+        assert f"{srv.tokens} has mode 0666" in out and "chmod go-w" in out, out
+        assert "secret.key has mode 0644" in out and "chmod 600" in out, out
+        os.chmod(srv.tokens, 0o600)
+        os.chmod(os.path.join(srv.data, "secret.key"), 0o600)
     finally:
         srv.close()
 
