@@ -43,12 +43,15 @@ public enum AdminEndpoints {
           : AdminResponse(status: 503, body: "not ready\n")
       case "/metrics":
         let s = server.stats
+        let byCode = RPCStatus.Code.allCases.map { code in
+          "subcenter_grpc_calls_total{code=\"\(code.name)\"} "
+            + "\(code == .ok ? s.callsOK : s.callsNotOK[code.rawValue])\n"
+        }.joined()
         let text = """
-          # HELP subcenter_grpc_calls_total gRPC calls answered, by status (OK or other).
+          # HELP subcenter_grpc_calls_total gRPC calls ended, by status (CANCELLED: the client \
+          reset the call or went away before its answer).
           # TYPE subcenter_grpc_calls_total counter
-          subcenter_grpc_calls_total{code="OK"} \(s.callsOK)
-          subcenter_grpc_calls_total{code="other"} \(s.callsFailed)
-          # HELP subcenter_open_connections TLS connections open now.
+          \(byCode)# HELP subcenter_open_connections TLS connections open now.
           # TYPE subcenter_open_connections gauge
           subcenter_open_connections \(s.openConnections)
 

@@ -8,8 +8,11 @@ import select
 import socket
 import time
 
+import grpc
+import pytest
+
 from interop_support import admin_address, admin_metrics, admin_request
-from sc_support import b64url_decode
+from sc_support import b64url_decode, pb, pb_grpc
 
 WAL_COUNTERS = ["subcenter_wal_records_total", "subcenter_wal_batches_total",
                 "subcenter_wal_bytes_total", "subcenter_wal_syncs_total",
@@ -171,6 +174,38 @@ def test_metrics_count_durable_writes(sc):
     assert grew('subcenter_grpc_calls_total{code="OK"}') >= writes
     assert after["subcenter_wal_failed"] == 0
     assert after["subcenter_wal_failed_batches_total"] == 0
+
+
+def test_metrics_count_calls_by_status_and_cancelled_ones(sc):
+    """Every code has its series, so an alert can watch UNAUTHENTICATED floods or
+    UNAVAILABLE writes (a full disk) apart; a call the client resets before its answer is
+    CANCELLED (it was counted nowhere)."""
+    ws = sc.workspace()
+    sc.person(ws, "p")
+    before, text = admin_metrics(sc.server)
+    for code in ("OK", "CANCELLED", "INVALID_ARGUMENT", "UNAUTHENTICATED", "UNAVAILABLE"):
+        assert f'subcenter_grpc_calls_total{{code="{code}"}}' in before, text
+    assert 'code="other"' not in text
+    stub = pb_grpc.SubscriptionCenterStub(sc.channel)
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError):
+            stub.GetWorkspace(pb.GetWorkspaceRequest(workspace=ws), timeout=5,
+                              metadata=[("authorization", "Bearer sct_nobody")])
+    # A WatchChanges stream never ends by itself: the client resets it.
+    watch = stub.WatchChanges(pb.WatchRequest(workspace=ws, from_oldest=True),
+                              metadata=sc.root.metadata, timeout=30)
+    assert next(iter(watch)).action == "identify"
+    watch.cancel()
+    deadline = time.monotonic() + 5
+    while True:
+        after, _ = admin_metrics(sc.server)
+        grew = {c: after[f'subcenter_grpc_calls_total{{code="{c}"}}']
+                - before[f'subcenter_grpc_calls_total{{code="{c}"}}']
+                for c in ("UNAUTHENTICATED", "CANCELLED")}
+        if grew["CANCELLED"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert grew["UNAUTHENTICATED"] >= 3 and grew["CANCELLED"] >= 1, grew
 
 
 def test_metrics_follow_snapshots(sc):

@@ -296,7 +296,12 @@ final class HTTP2ServerSession {
     if let call = s.call {
       call.stream = nil
       s.call = nil
-      if !s.finished { call.cancel() }
+      if !s.finished {
+        // The client reset the stream or went away before the answer: a cancelled call.
+        s.finished = true
+        onCallFinished(.cancelled)
+        call.cancel()
+      }
     }
   }
 

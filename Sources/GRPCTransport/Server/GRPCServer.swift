@@ -33,7 +33,8 @@ public final class GRPCServer: @unchecked Sendable {
   private let shuttingDown = Atomic<Bool>(false)
   private let openConnections = Atomic<Int>(0)
   private let callsOK = Atomic<Int>(0)
-  private let callsFailed = Atomic<Int>(0)
+  /// Calls answered with each status but OK, by code (rarer than OK: a lock is cheap).
+  private let callsNotOK = Mutex([Int](repeating: 0, count: RPCStatus.Code.allCases.count))
   private let logger: @Sendable (String) -> Void
   /// The port actually bound (differs from the configuration when it asked for port 0).
   public private(set) var port: UInt16 = 0
@@ -119,13 +120,14 @@ public final class GRPCServer: @unchecked Sendable {
   public struct Stats: Sendable {
     public var openConnections: Int
     public var callsOK: Int
-    public var callsFailed: Int
+    /// By status code (`RPCStatus.Code.rawValue`); OK's entry is 0 (see `callsOK`).
+    public var callsNotOK: [Int]
   }
 
   public var stats: Stats {
     Stats(
       openConnections: openConnections.load(ordering: .relaxed),
-      callsOK: callsOK.load(ordering: .relaxed), callsFailed: callsFailed.load(ordering: .relaxed))
+      callsOK: callsOK.load(ordering: .relaxed), callsNotOK: callsNotOK.withLock { $0 })
   }
 
   func connectionOpened() { openConnections.add(1, ordering: .relaxed) }
@@ -134,7 +136,7 @@ public final class GRPCServer: @unchecked Sendable {
     if code == .ok {
       callsOK.add(1, ordering: .relaxed)
     } else {
-      callsFailed.add(1, ordering: .relaxed)
+      callsNotOK.withLock { $0[code.rawValue] += 1 }
     }
   }
 
