@@ -80,14 +80,17 @@ CODE = re.compile(r'(?:^|,)\s*code\s*=\s*"(?P<code>[^"]*)"')
 
 
 def cmd_metrics(args):
-    """Sums subcenter_grpc_calls_total over all series: code="OK" vs every other code; keeps
-    the write-ahead log's samples (subcenter_wal_*) under "wal"."""
+    """Sums subcenter_grpc_calls_total over all series: code="OK" vs every other code but
+    CANCELLED (calls h2load leaves in flight when a timed run ends and it closes its
+    connections; kept apart under "cancelled"); keeps the write-ahead log's samples
+    (subcenter_wal_*) under "wal"."""
     url, out = args
-    result = {"available": False, "ok": None, "other": None, "error": None, "wal": {}}
+    result = {"available": False, "ok": None, "other": None, "cancelled": None, "error": None,
+              "wal": {}}
     try:
         with urllib.request.urlopen(url, timeout=3) as r:
             text = r.read(8 << 20).decode("utf-8", "replace")
-        ok = other = 0.0
+        ok = other = cancelled = 0.0
         seen = False
         for line in text.splitlines():
             w = WAL_SAMPLE.match(line)
@@ -101,10 +104,12 @@ def cmd_metrics(args):
             value = float(m.group("value"))
             if c and c.group("code") == "OK":
                 ok += value
+            elif c and c.group("code") == "CANCELLED":
+                cancelled += value
             else:
                 other += value
         if seen:
-            result.update(available=True, ok=int(ok), other=int(other))
+            result.update(available=True, ok=int(ok), other=int(other), cancelled=int(cancelled))
         else:
             result["error"] = "no subcenter_grpc_calls_total in /metrics"
     except (OSError, urllib.error.URLError, ValueError) as e:
