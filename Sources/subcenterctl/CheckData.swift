@@ -99,15 +99,19 @@ enum CheckData {
     // Snapshots, newest first: the newest valid one is where recovery starts.
     var base: SnapshotInfo?
     for info in snapshots.sorted(by: { $0.seq > $1.seq }) {
+      var written: [UInt8]?  // its secret check (the first record: read even if damage follows)
+      let foreign = { () -> Bool in
+        guard let written, let secret else { return false }
+        return written != IdentifierHasher(secret: secret).secretCheck
+      }
       do throws(StorageError) {
         // Every record decoded, as recovery decodes it.
-        var written: [UInt8]?  // its secret check
         let read = try SnapshotFile.read(
           info.name, directory: directory, fileSystem: fs,
           records: { (r: SnapshotRecord) throws(StorageError) in
             if case .secretCheck(let check) = r { written = check }
           })
-        if let written, let secret, written != IdentifierHasher(secret: secret).secretCheck {
+        if foreign() {
           wrongSecret.append(info.name)
           writeStdoutLine(
             "\(info.name): WRONG SECRET: written under another secret.key than this "
@@ -123,6 +127,11 @@ enum CheckData {
         }
         damagedSnapshots += 1
         writeStdoutLine("\(info.name): DAMAGED: \(describe(error, file: info.name))")
+        if foreign() {
+          // Recovery refuses it for this before its damage.
+          wrongSecret.append(info.name)
+          writeStdoutLine("\(info.name): WRONG SECRET too: written under another secret.key")
+        }
         if base == nil {
           writeStdoutLine(
             "  (start-up skips it and falls back to an older snapshot, or to the whole log)")

@@ -567,6 +567,17 @@ private func dsDifference(_ got: SubscriptionStore, _ want: SubscriptionStore) -
     #expect(reopened.store.persons(in: "acme").count == 3)
     reopened.close()
 
+    // Damage after the check (the trailer's checksum) does not let another secret through
+    // by falling back to the log: the intact check is believed.
+    let path = dsDirectory + "/" + SnapshotFile.fileName(seq: seq)
+    let intact = try #require(fs.contents(path))
+    var damaged = intact
+    damaged[damaged.count - 1] ^= 0xFF
+    fs.setContents(path, damaged)
+    let stillRefused = #expect(throws: StorageError.self) { try open(Array("another".utf8)) }
+    #expect(stillRefused?.kind == .wrongSecret)
+    fs.setContents(path, intact)
+
     // A snapshot without the check (as written before it existed) is read as before.
     let name = SnapshotFile.fileName(seq: seq)
     var records: [SnapshotRecord] = []

@@ -645,6 +645,21 @@ def test_damage_data_under_another_secret_key_is_refused():
         assert _tree(srv.data) == before, "a refused start-up changed the directory"
         rc, text = _check_data(srv.data)
         assert rc == 1 and "WRONG SECRET" in text and "WRONG secret.key" in text, text
+        # Damage after the check does not let the wrong secret through by a fall back to the
+        # log (which then wrote a new snapshot under it at SIGTERM).
+        snap = os.path.join(srv.data, next(f for f in os.listdir(srv.data)
+                                           if f.startswith("snapshot-")))
+        intact = open(snap, "rb").read()
+        with open(snap, "wb") as f:
+            f.write(intact[:-1] + bytes([intact[-1] ^ 0xFF]))
+        damaged = _tree(srv.data)
+        rc, text = _run_refused(srv)
+        assert rc == 1 and "another server secret" in text, text
+        assert _tree(srv.data) == damaged, "a refused start-up changed the directory"
+        rc, text = _check_data(srv.data)
+        assert rc == 1 and "DAMAGED" in text and "WRONG SECRET" in text, text
+        with open(snap, "wb") as f:
+            f.write(intact)
         with open(key, "wb") as f:
             f.write(saved)
         rc, text = _check_data(srv.data)

@@ -219,6 +219,9 @@ public final class DurableStore: Sendable {
           }
         }
       } catch {
+        // A secret check read intact (its record's own checksum held) is believed even in a
+        // file damaged further on: falling back would read the data under the wrong secret.
+        if error.kind == .wrongSecret { throw error.explained(by: info.name) }
         var damage = error
         if recordFailed {
           let fileDamage: StorageError?
@@ -228,9 +231,7 @@ public final class DurableStore: Sendable {
           } catch {
             fileDamage = error
           }
-          guard let fileDamage else {
-            throw error.kind == .wrongSecret ? error.explained(by: info.name) : error
-          }
+          guard let fileDamage else { throw error }
           damage = fileDamage
         }
         let fallback = n + 1 < snapshots.count ? "an older snapshot" : "the whole log"
