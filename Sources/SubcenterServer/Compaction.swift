@@ -23,6 +23,8 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
     /// first asked for.
     var compactingSince: UInt64?
     var failed = 0
+    /// Set by stop(): a compaction scheduled for later no longer runs.
+    var stopped = false
     var erasedThrough: UInt64 = 0
     var waiters: [(seq: UInt64, completion: @Sendable (Result<UInt64, any Error>) -> Void)] = []
   }
@@ -59,10 +61,18 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
     timer = t
   }
 
-  /// Stops the timer and waits for queued work.
+  /// Stops the timer and waits for queued work. An erasure still waiting (its short pause,
+  /// or a retry) runs now: a stopped server must not keep a forgotten person on disk until
+  /// its next start (SIGTERM right after a forget left them in the log).
   public func stop() {
     timer?.cancel()
-    queue.sync {}
+    queue.sync {
+      let pending = state.withLock { s in
+        defer { s.stopped = true }
+        return s.erasurePending || s.compactingSince != nil
+      }
+      if pending { compact(final: true) }
+    }
   }
 
   /// Finishes, in the background, an erasure a crash interrupted: a forget acknowledged
@@ -70,6 +80,8 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
   /// (`DurableStore.finishInterruptedErasure`). Call once, after recovery.
   public func finishInterruptedErasure() {
     queue.async { [self] in
+      // After stop() the store may be closed: the next start checks again.
+      guard !state.withLock({ $0.stopped }) else { return }
       do {
         if let seq = try durable.finishInterruptedErasure() {
           log("erasure: finished the erasure a restart interrupted (snapshot at seq \(seq))")
@@ -109,12 +121,16 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
     }
   }
 
-  private func compact() {
-    state.withLock { s in
+  /// Runs an erasure compaction; `final` (at stop) runs once, without a retry.
+  private func compact(final: Bool = false) {
+    let run = state.withLock { s in
+      guard final || !s.stopped else { return false }
       s.compactingSince = s.compactingSince ?? s.pendingSince
       s.erasurePending = false
       s.pendingSince = nil
+      return true
     }
+    guard run else { return }
     let result: Result<UInt64, any Error>
     do { result = .success(try durable.compact()) } catch {
       result = .failure(error)
@@ -123,6 +139,8 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
         // calls waiting for it are told now, as every write is.
         log("erasure compaction failed: \(error); the log has failed: erasure resumes at restart")
         failWaiters()
+      } else if final {
+        log("erasure compaction at shutdown failed: \(error); it finishes at the next start")
       } else {
         log("erasure compaction failed: \(error); retrying in 1 s")
         queue.asyncAfter(deadline: .now() + .seconds(1)) { self.compact() }

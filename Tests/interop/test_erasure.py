@@ -280,3 +280,35 @@ def test_a_suppressions_reason_leaves_with_the_person_it_forgot():
         assert (first.action, first.person_id) == ("forget", f"person-{tag}")
     finally:
         srv.close()
+
+
+@pytest.mark.deadline(120)
+def test_sigterm_right_after_a_forget_leaves_no_trace():
+    """An erasure waits ~100 ms so a burst of forgets shares one compaction; a SIGTERM in
+    that pause stopped the server with the person still in the log (until its next start),
+    so a stopped server's directory, or a backup copied from it, held them. The pending
+    erasure now runs before the final snapshot."""
+    base = tempfile.mkdtemp(prefix="erasure-sigterm-")
+    srv = DurableServer(base, extra=("--erasure-deadline", "60")).start()
+    try:
+        sc = srv.client
+        ws = unique("est")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        secrets = {}
+        for i, how in enumerate(("forget", "suppress")):
+            tag = unique("zt")
+            pid, email = f"person-{tag}", f"stop.{tag}@distinct-{tag}.example"
+            sc.Identify(workspace=ws, person_id=pid, email=email)
+            sc.Unsubscribe(workspace=ws, person=pid, channel="email", source=f"src-{tag}")
+            secrets.update({f"email {i}": email, f"source {i}": f"src-{tag}"})
+            if how == "forget":
+                sc.ForgetPerson(workspace=ws, person=pid)
+            else:
+                reason = f"asked by {email}"
+                secrets[f"reason {i}"] = reason
+                sc.SuppressIdentifiers(workspace=ws, identifiers=[
+                    pb.Identifier(kind=pb.IDENTIFIER_KIND_EMAIL, value=email)], reason=reason)
+        assert srv.terminate() == 0  # at once, within the erasure's pause
+        assert _scan(srv.data, secrets) == []
+    finally:
+        srv.close()
