@@ -158,6 +158,11 @@ public struct TokenStore: Sendable {
       guard !e.name.isEmpty, !e.workspace.isEmpty else {
         throw FlagError("\(at): entry \(i): name and workspace must not be empty")
       }
+      // The name is the `actor` of history entries, shown to people and terminals.
+      guard !e.name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
+      else {
+        throw FlagError("\(at): entry \(i): the name must not contain control characters")
+      }
       if let why = Self.workspaceProblem(e.workspace) {
         throw FlagError("\(at): entry \(i) ('\(e.name)'): \(why)")
       }

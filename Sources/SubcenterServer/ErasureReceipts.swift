@@ -62,7 +62,8 @@ public struct ErasureReceipts: Sendable {
     // Signed, so made with this secret; still only `make`'s form is a receipt.
     guard let object = try? JSONSerialization.jsonObject(with: Data(json)) as? [String: Any],
       let workspace = object["workspace"] as? String,
-      let hash = object["person_hash"] as? String,
+      let hash = object["person_hash"] as? String, hash.utf8.count == 64,
+      hash.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }),
       let erasedAt = (object["erased_at"] as? NSNumber)?.int64Value,
       let deadline = (object["erasure_deadline"] as? NSNumber)?.int64Value,
       let seq = (object["snapshot_seq"] as? NSNumber)?.uint64Value,

@@ -88,8 +88,10 @@ enum CheckData {
     let secret = try? ServerSecret.load(dataDirectory: directory)
     if secret == nil {
       secretMissing = true
+      let what =
+        access(key, F_OK) == 0 ? "NOT 32 BYTES (a secret is exactly 32)" : "MISSING"
       writeStdoutLine(
-        "secret.key: MISSING or not 32 bytes: subcenterd refuses to start on this data; "
+        "secret.key: \(what): subcenterd refuses to start on this data; "
           + "restore the secret.key backed up with it (a new one would make every "
           + "suppression stop matching)")
     } else {
@@ -247,7 +249,7 @@ enum CheckData {
 
     if secretMissing {
       writeStdoutLine(
-        "MISSING secret.key: subcenterd refuses to start on this data until the secret.key "
+        "MISSING or BAD secret.key: subcenterd refuses to start on this data until the secret.key "
           + "backed up with it is restored (--recover-truncate does not help)"
           + (damaged + damagedSnapshots > 0 ? "; and:" : "."))
     }

@@ -385,7 +385,9 @@ enum Ctl {
       guard let claims = receipts.verify(o[0]) else {
         writeStdoutLine(
           json
-            ? "{\"valid\": false}" : "INVALID: the signature does not match this server's secret")
+            ? "{\"valid\": false}"
+            : "INVALID: not a receipt of this server (its signature does not match this "
+              + "server's secret, or it is not in the form the server writes)")
         return 1
       }
       guard let person = flags.string("person") else {
@@ -426,7 +428,19 @@ enum Ctl {
     switch command.name {
     case "identify":
       w.string(1, o[0])
-      for (i, value) in o.dropFirst().enumerated() { w.string(2 + i, value) }
+      // PERSON_ID in the PERSON syntax's rules: `id:user:42` is the id `user:42`, and
+      // another kind (or a mistyped one) is refused rather than stored as the id.
+      var values = Array(o.dropFirst())
+      if !values[0].isEmpty {
+        let (kind, value) = try ProtoWriter.identifier(values[0])
+        guard kind == 1 else {
+          throw UsageError(
+            "identify: PERSON_ID '\(values[0])' is not a person id: give the email, phone and "
+              + "anonymous id as the operands after it (\"\" for none)")
+        }
+        values[0] = value
+      }
+      for (i, value) in values.enumerated() { w.string(2 + i, value) }
       method = "Identify"
       (decode, render) = (ProtoMessage.decoder(subcenter__v1__profile__unpack), Printer.profile)
     case "profile", "preferences", "history", "forget", "unsubscribe-all", "resubscribe":

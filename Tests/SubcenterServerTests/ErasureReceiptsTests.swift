@@ -68,6 +68,7 @@ import Testing
       head + "\"erasure_deadline\":2,\"erased_at\":1,\"snapshot_seq\":3}",  // order
       head + "\"erased_at\": 1,\"erasure_deadline\":2,\"snapshot_seq\":3}",  // spacing
       "[1]", "not json",
+      good.replacingOccurrences(of: hash, with: hash.uppercased()),  // hex in another case
     ]
     for json in shapes {
       #expect(receipts.verify(signed(json)) == nil, "\(json)")

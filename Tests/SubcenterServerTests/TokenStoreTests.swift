@@ -71,3 +71,16 @@ import Testing
     #expect(try load("[{\(base), \"scopes\": [\"read\"]}]").get().count == 1)
   }
 }
+
+extension TokenStoreTests {
+  /// A name is the `actor` of history: an escape sequence or a line break in it would reach
+  /// every terminal and log that shows history.
+  @Test func aNameWithAControlCharacterIsRefused() {
+    for name in ["ops\\u001b[2J", "ops\\nroot", "ops\\u0085"] {
+      let fields = base.replacingOccurrences(of: "\"a\"", with: "\"\(name)\"")
+      #expect(
+        refusal(fields + ", \"scopes\": [\"read\"]")
+          == "--tokens: FILE: entry 0: the name must not contain control characters", "\(name)")
+    }
+  }
+}

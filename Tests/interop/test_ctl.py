@@ -182,9 +182,11 @@ def test_a_mistyped_identifier_kind_is_refused_not_taken_for_a_person_id(sc):
         assert "unknown kind" in r.stderr and f"id:{args[2]}" in r.stderr, r.stderr
     assert sc.root.GetProfile(workspace=ws, person=pid).person_id == pid  # untouched
     colon = f"user:{pid}"
-    ctl(sc, "identify", ws, colon)  # PERSON_ID, not the PERSON syntax
+    ctl(sc, "identify", ws, f"id:{colon}")  # PERSON_ID follows the same rule
     assert ctl_json(sc, "profile", ws, f"id:{colon}")["person_id"] == colon
     ctl(sc, "profile", ws, colon, code=2)
+    assert "not a person id" in ctl(sc, "identify", ws, f"email:{email}", code=2).stderr
+    assert "unknown kind" in ctl(sc, "identify", ws, f"emial:{email}", code=2).stderr
     assert ctl_json(sc, "profile", ws, f"{pid}")["person_id"] == pid  # no colon: an id
 
 

@@ -689,7 +689,11 @@ def test_damage_data_without_its_secret_key_is_refused(log_case):
     rc, text = _check_data(srv.data)
     assert rc == 1 and "secret.key: MISSING" in text, text
     # The log is sound: the advice is the secret, not a repair of the log.
-    assert "MISSING secret.key" in text and "damaged log" not in text, text
+    assert "MISSING or BAD secret.key" in text and "damaged log" not in text, text
+    with open(key, "wb") as f:
+        f.write(saved[:31])  # a truncated copy is not "missing"
+    rc, text = _check_data(srv.data)
+    assert rc == 1 and "secret.key: NOT 32 BYTES" in text, text
     with open(key, "wb") as f:
         f.write(saved)
     os.chmod(key, 0o600)
