@@ -192,8 +192,12 @@ enum Daemon {
     compaction.stop()
     durable.stopMaintenance()
     do {
+      let written = durable.snapshotStatus.written
       let seq = try durable.snapshot()
-      writeStderrLine("subcenterd: final snapshot at seq \(seq)")
+      writeStderrLine(
+        durable.snapshotStatus.written > written
+          ? "subcenterd: final snapshot at seq \(seq)"
+          : "subcenterd: no final snapshot needed: nothing changed since the one at seq \(seq)")
     } catch {
       writeStderrLine(
         "subcenterd: final snapshot failed (the log still has every change): \(error)")

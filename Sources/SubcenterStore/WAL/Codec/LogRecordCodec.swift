@@ -392,7 +392,9 @@ public enum LogRecordCodec {
             profiles: Proto.strings(m.profiles, m.n_profiles), at: at))
       default:
         throw StorageError(
-          .damaged, "log record holds no known command (case \(r.command_case.rawValue))")
+          .damaged,
+          "log record holds no known command (case \(r.command_case.rawValue)): damaged, or "
+            + "written by a newer subcenterd (a newer version's data: run that version)")
       }
       return (r.seq, command)
     }

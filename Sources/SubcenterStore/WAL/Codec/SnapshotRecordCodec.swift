@@ -91,7 +91,9 @@ public enum SnapshotRecordCodec {
           b.data.map { Array(UnsafeBufferPointer(start: $0, count: b.len)) } ?? [])
       default:
         throw StorageError(
-          .damaged, "snapshot record of unknown kind (case \(r.record_case.rawValue))")
+          .damaged,
+          "snapshot record of unknown kind (case \(r.record_case.rawValue)): damaged, or "
+            + "written by a newer subcenterd (a newer version's data: run that version)")
       }
     }
   }
