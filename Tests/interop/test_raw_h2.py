@@ -241,7 +241,11 @@ def test_answers_a_client_does_not_read_are_bounded_and_the_rest_wait(start_serv
             if not conn.pump(0.5):
                 break
         done = [s for s in kept if conn.streams[s].ended and conn.streams[s].grpc_status == 0]
-        assert len(done) == len(kept), f"{len(done)} of {len(kept)} answered"
+        left = {s: (conn.streams[s].ended, conn.streams[s].grpc_status)
+                for s in kept if s not in done}
+        assert len(done) == len(kept), (
+            f"{len(done)} of {len(kept)} answered; the rest (ended, grpc-status): {left}; "
+            f"connection closed: {conn.closed}; {deadline - time.monotonic():.1f} s left")
         assert all(len(conn.streams[s].data) > size for s in kept)
         # Nothing is left counted: a new large call on the connection runs at once.
         st = conn.wait(conn.request(UNARY, body), timeout=10)
