@@ -98,13 +98,15 @@ enum CheckData {
       ok("secret.key: OK")
     }
 
+    let secretCheck = secret.map { IdentifierHasher(secret: $0).secretCheck }
+
     // Snapshots, newest first: the newest valid one is where recovery starts.
     var base: SnapshotInfo?
     for info in snapshots.sorted(by: { $0.seq > $1.seq }) {
       var written: [UInt8]?  // its secret check (the first record: read even if damage follows)
       let foreign = { () -> Bool in
-        guard let written, let secret else { return false }
-        return written != IdentifierHasher(secret: secret).secretCheck
+        guard let written, let secretCheck else { return false }
+        return written != secretCheck
       }
       do throws(StorageError) {
         // Every record decoded, as recovery decodes it.
@@ -177,14 +179,29 @@ enum CheckData {
         : "\(count) records, seq \(segment.firstSeq)-\(scan.endSeq - 1)"
       // Every record must decode as the server's replay decodes it.
       var undecodable: String?
+      var foreignRecords = 0  // suppression hashes keyed with another secret
       for r in 0..<count {
-        do throws(StorageError) { _ = try LogRecordCodec.decode(scan.payload(r)) } catch {
+        do throws(StorageError) {
+          let payload = scan.payload(r)
+          if let command = try LogRecordCodec.decode(payload).command,
+            LogRecordCodec.holdsSuppressionHashes(command), let check = secretCheck,
+            let written = try LogRecordCodec.secretCheck(in: payload), written != check
+          {
+            foreignRecords += 1
+          }
+        } catch {
           undecodable =
             "record seq \(scan.seqs[r]) at byte offset "
             + "\(scan.records[r].lowerBound - RecordFrame.headerSize) does not decode: "
             + "\(error.message)"
           break
         }
+      }
+      if foreignRecords > 0 {
+        wrongSecret.append(segment.name)
+        writeStdoutLine(
+          "\(segment.name): WRONG SECRET: \(foreignRecords) record(s) of suppressions keyed "
+            + "with another secret.key than this directory's")
       }
       var problems: [String] = []
       var onlyBelowSnapshot = undecodable == nil

@@ -122,6 +122,20 @@ enum Samples {
     }
   }
 
+  /// A record holding suppression hashes carries the secret check it is given (and still
+  /// decodes to its command); other records never do.
+  @Test func recordsWithSuppressionHashesNameTheSecret() throws {
+    let check = [UInt8](repeating: 7, count: 16)
+    for c in Samples.commands {
+      let bytes = LogRecordCodec.encode(c, seq: 9, secretCheck: check)
+      #expect(try LogRecordCodec.decode(bytes[...]).command == c)
+      let carried = try LogRecordCodec.secretCheck(in: bytes[...])
+      #expect(carried == (LogRecordCodec.holdsSuppressionHashes(c) ? check : nil), "\(c)")
+      #expect(try LogRecordCodec.secretCheck(in: LogRecordCodec.encode(c)[...]) == nil)
+    }
+    #expect(Samples.commands.contains(where: LogRecordCodec.holdsSuppressionHashes))
+  }
+
   /// The records written field by field are exactly what protobuf-c packs.
   @Test func directEncodingEqualsProtobufC() {
     let long = String(repeating: "é", count: 100)

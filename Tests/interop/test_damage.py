@@ -674,6 +674,41 @@ def test_damage_data_under_another_secret_key_is_refused():
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_damage_a_log_under_another_secret_key_is_refused():
+    """Before its first snapshot a directory holds only the log: the records that hold
+    suppression hashes name the secret they are keyed with, so a wrong secret.key is refused
+    there too (exit 1, naming the record), and check-data reports it."""
+    base = tempfile.mkdtemp(prefix="damage-logsecret-")
+    srv = DurableServer(base).start()
+    try:
+        ws = unique("sl")
+        srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
+        email = f"{ws}@example.com"
+        srv.client.SuppressIdentifiers(workspace=ws, identifiers=[
+            pb.Identifier(kind=pb.IDENTIFIER_KIND_EMAIL, value=email)], reason="complaint")
+        srv.kill9()  # no snapshot: the log alone
+        assert not [f for f in os.listdir(srv.data) if f.startswith("snapshot-")]
+        key = os.path.join(srv.data, "secret.key")
+        saved = open(key, "rb").read()
+        with open(key, "wb") as f:
+            f.write(os.urandom(32))
+        before = _tree(srv.data)
+        rc, text = _run_refused(srv)
+        assert rc == 1 and "another server secret" in text and "log record" in text, text
+        assert _tree(srv.data) == before, "a refused start-up changed the directory"
+        rc, text = _check_data(srv.data)
+        assert rc == 1 and "WRONG SECRET" in text, text
+        with open(key, "wb") as f:
+            f.write(saved)
+        srv.start()
+        d = srv.client.CheckDelivery(
+            workspace=ws, person=pb.PersonRef(email=email), channel="email")
+        assert pb.DecisionReason.Name(d.reason) == "DECISION_REASON_SUPPRESSED"
+    finally:
+        srv.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_damage_data_without_its_secret_key_is_refused(log_case):
     """A restore that forgot secret.key: start-up refuses (a new secret would make every
     suppression stop matching, silently) and changes nothing; check-data says so (exit 1);

@@ -1324,7 +1324,7 @@ const ProtobufCMessageDescriptor subcenter__storage__v1__workspace_config__descr
   (ProtobufCMessageInit) subcenter__storage__v1__workspace_config__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor subcenter__storage__v1__log_record__field_descriptors[15] =
+static const ProtobufCFieldDescriptor subcenter__storage__v1__log_record__field_descriptors[16] =
 {
   {
     "seq",
@@ -1369,6 +1369,18 @@ static const ProtobufCFieldDescriptor subcenter__storage__v1__log_record__field_
     PROTOBUF_C_TYPE_UINT64,
     0,   /* quantifier_offset */
     offsetof(Subcenter__Storage__V1__LogRecord, seq_count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "secret_check",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Subcenter__Storage__V1__LogRecord, secret_check),
     NULL,
     NULL,
     0,             /* flags */
@@ -1510,25 +1522,26 @@ static const ProtobufCFieldDescriptor subcenter__storage__v1__log_record__field_
 static const unsigned subcenter__storage__v1__log_record__field_indices_by_name[] = {
   2,   /* field[2] = actor */
   1,   /* field[1] = at */
-  4,   /* field[4] = configure_workspace */
-  14,   /* field[14] = erased */
-  13,   /* field[13] = expire_anonymous */
-  10,   /* field[10] = forget */
-  5,   /* field[5] = identify */
-  9,   /* field[9] = override */
-  8,   /* field[8] = record_sends */
+  5,   /* field[5] = configure_workspace */
+  15,   /* field[15] = erased */
+  14,   /* field[14] = expire_anonymous */
+  11,   /* field[11] = forget */
+  6,   /* field[6] = identify */
+  10,   /* field[10] = override */
+  9,   /* field[9] = record_sends */
+  4,   /* field[4] = secret_check */
   0,   /* field[0] = seq */
   3,   /* field[3] = seq_count */
-  7,   /* field[7] = set_global */
-  6,   /* field[6] = set_preference */
-  11,   /* field[11] = suppress */
-  12,   /* field[12] = unsuppress */
+  8,   /* field[8] = set_global */
+  7,   /* field[7] = set_preference */
+  12,   /* field[12] = suppress */
+  13,   /* field[13] = unsuppress */
 };
 static const ProtobufCIntRange subcenter__storage__v1__log_record__number_ranges[2 + 1] =
 {
   { 1, 0 },
-  { 10, 4 },
-  { 0, 15 }
+  { 10, 5 },
+  { 0, 16 }
 };
 const ProtobufCMessageDescriptor subcenter__storage__v1__log_record__descriptor =
 {
@@ -1538,7 +1551,7 @@ const ProtobufCMessageDescriptor subcenter__storage__v1__log_record__descriptor 
   "Subcenter__Storage__V1__LogRecord",
   "subcenter.storage.v1",
   sizeof(Subcenter__Storage__V1__LogRecord),
-  15,
+  16,
   subcenter__storage__v1__log_record__field_descriptors,
   subcenter__storage__v1__log_record__field_indices_by_name,
   2,  subcenter__storage__v1__log_record__number_ranges,

@@ -194,6 +194,12 @@ struct  Subcenter__Storage__V1__LogRecord
    * Written right after `seq`, by the log writer. Absent: one.
    */
   uint64_t seq_count;
+  /*
+   * On records that hold suppression hashes (Forget with `suppress`, Suppress, Unsuppress):
+   * the server secret they are keyed with, as SnapshotRecord.secret_check. Recovery refuses
+   * a record keyed with another secret (records written before it existed have none).
+   */
+  ProtobufCBinaryData secret_check;
   Subcenter__Storage__V1__LogRecord__CommandCase command_case;
   union {
     Subcenter__Storage__V1__ConfigureWorkspace *configure_workspace;
@@ -211,7 +217,7 @@ struct  Subcenter__Storage__V1__LogRecord
 };
 #define SUBCENTER__STORAGE__V1__LOG_RECORD__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&subcenter__storage__v1__log_record__descriptor) \
-    , 0, 0, {0,NULL}, 0, SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND__NOT_SET, {0} }
+    , 0, 0, {0,NULL}, 0, {0,NULL}, SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND__NOT_SET, {0} }
 
 
 /*

@@ -42,8 +42,13 @@ final class WALCommitLog: CommitLog {
   /// while the store applies the last batch on its own queue; with the other policies
   /// there is no wait to overlap, and applying on the writer thread saves a thread hop.
   let appliesElsewhere: Bool
+  /// The server secret's check, written into records that hold suppression hashes.
+  let secretCheck: [UInt8]
 
-  init(appliesElsewhere: Bool) { self.appliesElsewhere = appliesElsewhere }
+  init(appliesElsewhere: Bool, secretCheck: [UInt8]) {
+    self.appliesElsewhere = appliesElsewhere
+    self.secretCheck = secretCheck
+  }
 
   func append(
     _ command: Command, completion: @escaping @Sendable (Result<UInt64, CoreError>) -> Void
@@ -55,7 +60,8 @@ final class WALCommitLog: CommitLog {
     do {
       let feed = self.feed.withLock { $0 }
       let count = ChangeEvents.seqCount(command)
-      try log.append(LogRecordCodec.encode(command), seqCount: count) { r in
+      try log.append(LogRecordCodec.encode(command, secretCheck: secretCheck), seqCount: count) {
+        r in
         completion(r.map { $0 + count - 1 }.mapError { $0.coreError })
         if case .success = r { feed?.recordsDurable() }
       }
@@ -185,7 +191,8 @@ public final class DurableStore: Sendable {
     for f in try WALSegment.removeTemporaryFiles(directory: directory, fileSystem: fileSystem) {
       report.warnings.append("removed \(f), an unfinished log segment rewrite")
     }
-    let commitLog = WALCommitLog(appliesElsewhere: fsync == .always)
+    let secretCheck = IdentifierHasher(secret: secret).secretCheck
+    let commitLog = WALCommitLog(appliesElsewhere: fsync == .always, secretCheck: secretCheck)
     var store = SubscriptionStore(
       clock: clock, secret: secret, log: commitLog, createDefaultWorkspace: false)
 
@@ -269,6 +276,12 @@ public final class DurableStore: Sendable {
       ) { (seq, payload) throws(StorageError) in
         let (_, command) = try LogRecordCodec.decode(payload)
         guard let command else { return }  // erased record
+        // Suppression hashes keyed with another secret would silently match nothing.
+        if LogRecordCodec.holdsSuppressionHashes(command),
+          let check = try LogRecordCodec.secretCheck(in: payload), check != secretCheck
+        {
+          throw StorageError.wrongSecret.explained(by: "log record \(seq)")
+        }
         let last = seq + ChangeEvents.seqCount(command) - 1
         do { try replaying.replay(command, seq: last) } catch {
           throw StorageError.damaged(
@@ -501,7 +514,7 @@ public final class DurableStore: Sendable {
           return .keep
         case .tombstone(let bare):
           left.add(seq: seq, command: bare)
-          return .replace(LogRecordCodec.encode(bare))
+          return .replace(LogRecordCodec.encode(bare, secretCheck: store.hasher.secretCheck))
         case .erase:
           erased.insert(seq)
           return .erase

@@ -65,6 +65,10 @@ public enum WALReader {
 
       var damage: (offset: Int, reason: String, torn: Bool)?
       var scan: SegmentScan?
+      // The newest segment's torn or unwritten tail is cut only once its records are read:
+      // a start they refuse (a record that does not apply, another server secret) changes
+      // nothing.
+      var cutNewestTo: Int?
       if segment.firstSeq != expected {
         damage = (
           0,
@@ -107,7 +111,7 @@ public enum WALReader {
           report.warnings.append(
             "\(segment.name): torn record at byte offset \(d.offset) cut off (\(d.reason)); "
               + "it was never acknowledged")
-          if repair { try cut(segment, to: cutTo, directory: directory, fs: fs) }
+          if repair { cutNewestTo = cutTo }
         } else if truncateDamaged, let resumed {
           // The records past the damage (up to a second damage, if any) become a segment of
           // their own; the damaged one and the older ones (history with a hole in it) go,
@@ -162,13 +166,6 @@ public enum WALReader {
                   + "discard \(lost) that the log holds, back up the data directory and "
                   + "restart with --recover-truncate."))
         }
-      } else if repair && newest {
-        // The writer starts a new segment next: this one must be complete on disk first.
-        if let scan, scan.unwrittenBytes > 0 {
-          try cut(segment, to: scan.validEnd, directory: directory, fs: fs)
-        } else {
-          try syncFile(segment.name, directory, fs)
-        }
       }
 
       if let scan {
@@ -186,6 +183,16 @@ public enum WALReader {
         }
         if !scan.records.isEmpty { lastInLog = scan.endSeq - 1 }
         expected = scan.endSeq
+      }
+      if let cutNewestTo {
+        try cut(segment, to: cutNewestTo, directory: directory, fs: fs)
+      } else if damage == nil && repair && newest {
+        // The writer starts a new segment next: this one must be complete on disk first.
+        if let scan, scan.unwrittenBytes > 0 {
+          try cut(segment, to: scan.validEnd, directory: directory, fs: fs)
+        } else {
+          try syncFile(segment.name, directory, fs)
+        }
       }
       if damage != nil { break }
     }

@@ -12,11 +12,49 @@ import SubcenterProto
 /// Encodes commands as log records and decodes them back.
 public enum LogRecordCodec {
   /// The record of `command` without a seq: what `WriteAheadLog.append` takes.
-  public static func encode(_ command: Command) -> [UInt8] { encode(command, seq: 0) }
+  /// `secretCheck` (`IdentifierHasher.secretCheck`) goes into a record that holds
+  /// suppression hashes, so recovery can tell they were keyed with its secret.
+  public static func encode(_ command: Command, secretCheck: [UInt8]? = nil) -> [UInt8] {
+    encode(command, seq: 0, secretCheck: secretCheck)
+  }
 
   /// The complete record (seq first when it is not 0), as a log segment holds it.
-  public static func encode(_ command: Command, seq: UInt64) -> [UInt8] {
-    encodeDirectly(command, seq: seq) ?? encodeWithProtobufC(command, seq: seq)
+  public static func encode(_ command: Command, seq: UInt64, secretCheck: [UInt8]? = nil)
+    -> [UInt8]
+  {
+    encodeDirectly(command, seq: seq)
+      ?? encodeWithProtobufC(
+        command, seq: seq, secretCheck: holdsSuppressionHashes(command) ? secretCheck : nil)
+  }
+
+  /// Whether `command`'s record holds suppression hashes (and so a secret check).
+  public static func holdsSuppressionHashes(_ command: Command) -> Bool {
+    switch command {
+    case .forget(let c): !c.suppress.isEmpty
+    case .suppress(let c): !c.hashes.isEmpty
+    case .unsuppress(let c): !c.hashes.isEmpty
+    default: false
+    }
+  }
+
+  /// The record's secret check, if it has one (field 5 of `LogRecord`).
+  public static func secretCheck(in payload: ArraySlice<UInt8>) throws(StorageError) -> [UInt8]? {
+    let found = payload.withUnsafeBytes { raw in
+      Result { () throws(StorageError) -> [UInt8]? in
+        var r = ProtoWireReader(raw)
+        var check: [UInt8]?
+        while !r.atEnd {
+          let (field, wire) = try r.key()
+          if field == 5 {
+            check = Array(try r.bytes(wire, "log record.secret_check"))
+          } else {
+            try r.skip(wire)
+          }
+        }
+        return check
+      }
+    }
+    return try found.get()
   }
 
   /// The records of the commonest writes (Subscribe, Unsubscribe, UnsubscribeAll,
@@ -69,11 +107,14 @@ public enum LogRecordCodec {
   }
 
   /// Any command's record, packed by protobuf-c.
-  static func encodeWithProtobufC(_ command: Command, seq: UInt64) -> [UInt8] {
+  static func encodeWithProtobufC(_ command: Command, seq: UInt64, secretCheck: [UInt8]? = nil)
+    -> [UInt8]
+  {
     let arena = ProtoArena()
     var r = Subcenter__Storage__V1__LogRecord()
     subcenter__storage__v1__log_record__init(&r)
     r.seq = seq
+    if let secretCheck { r.secret_check = secretCheck.withUnsafeBytes { arena.bytes($0) } }
     r.at = command.at
     r.actor = arena.text(actor(of: command))
     let a = arena
