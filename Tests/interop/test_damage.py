@@ -620,6 +620,32 @@ def test_damage_damaged_only_snapshot_and_expired_log_is_refused():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _suppressed_then_key_swapped(srv: DurableServer, stop) -> tuple:
+    """A new workspace with a suppressed email; the server stopped by `stop()`, and its
+    secret.key replaced by another. Returns (workspace, email, put_back), put_back()
+    restoring the key."""
+    ws = unique("sk")
+    srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
+    email = f"{ws}@example.com"
+    srv.client.SuppressIdentifiers(workspace=ws, identifiers=[
+        pb.Identifier(kind=pb.IDENTIFIER_KIND_EMAIL, value=email)], reason="complaint")
+    stop()
+    key = os.path.join(srv.data, "secret.key")
+    saved = open(key, "rb").read()
+    with open(key, "wb") as f:
+        f.write(os.urandom(32))
+
+    def put_back():
+        with open(key, "wb") as f:
+            f.write(saved)
+    return ws, email, put_back
+
+
+def _still_suppressed(srv: DurableServer, ws: str, email: str) -> bool:
+    d = srv.client.CheckDelivery(workspace=ws, person=pb.PersonRef(email=email), channel="email")
+    return pb.DecisionReason.Name(d.reason) == "DECISION_REASON_SUPPRESSED" and not d.allowed
+
+
 def test_damage_data_under_another_secret_key_is_refused():
     """A restore that brought the wrong secret.key (another server's, or a fresh one beside
     copied data): every suppression would silently stop matching, so start-up refuses,
@@ -628,16 +654,10 @@ def test_damage_data_under_another_secret_key_is_refused():
     base = tempfile.mkdtemp(prefix="damage-secret-")
     srv = DurableServer(base).start()
     try:
-        ws = unique("sk")
-        srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
-        email = f"{ws}@example.com"
-        srv.client.SuppressIdentifiers(workspace=ws, identifiers=[
-            pb.Identifier(kind=pb.IDENTIFIER_KIND_EMAIL, value=email)])
-        assert srv.terminate() == 0  # the final snapshot
-        key = os.path.join(srv.data, "secret.key")
-        saved = open(key, "rb").read()
-        with open(key, "wb") as f:
-            f.write(os.urandom(32))
+        def stop():
+            assert srv.terminate() == 0  # the final snapshot
+
+        ws, email, put_back = _suppressed_then_key_swapped(srv, stop)
         before = _tree(srv.data)
         rc, text = _run_refused(srv)
         assert rc == 1 and "another server secret" in text and "snapshot-" in text, text
@@ -647,8 +667,7 @@ def test_damage_data_under_another_secret_key_is_refused():
         assert rc == 1 and "WRONG SECRET" in text and "WRONG secret.key" in text, text
         # Damage after the check does not let the wrong secret through by a fall back to the
         # log (which then wrote a new snapshot under it at SIGTERM).
-        snap = os.path.join(srv.data, next(f for f in os.listdir(srv.data)
-                                           if f.startswith("snapshot-")))
+        snap = os.path.join(srv.data, _snapshots(srv.data)[-1])
         intact = open(snap, "rb").read()
         with open(snap, "wb") as f:
             f.write(intact[:-1] + bytes([intact[-1] ^ 0xFF]))
@@ -660,15 +679,11 @@ def test_damage_data_under_another_secret_key_is_refused():
         assert rc == 1 and "DAMAGED" in text and "WRONG SECRET" in text, text
         with open(snap, "wb") as f:
             f.write(intact)
-        with open(key, "wb") as f:
-            f.write(saved)
+        put_back()
         rc, text = _check_data(srv.data)
         assert rc == 0 and "WRONG" not in text, text
         srv.start()
-        d = srv.client.CheckDelivery(
-            workspace=ws, person=pb.PersonRef(email=email), channel="email")
-        assert (d.allowed, pb.DecisionReason.Name(d.reason)) == (
-            False, "DECISION_REASON_SUPPRESSED")
+        assert _still_suppressed(srv, ws, email)
     finally:
         srv.close()
         shutil.rmtree(base, ignore_errors=True)
@@ -681,29 +696,17 @@ def test_damage_a_log_under_another_secret_key_is_refused():
     base = tempfile.mkdtemp(prefix="damage-logsecret-")
     srv = DurableServer(base).start()
     try:
-        ws = unique("sl")
-        srv.client.ConfigureWorkspace(workspace=ws, channels=["email"])
-        email = f"{ws}@example.com"
-        srv.client.SuppressIdentifiers(workspace=ws, identifiers=[
-            pb.Identifier(kind=pb.IDENTIFIER_KIND_EMAIL, value=email)], reason="complaint")
-        srv.kill9()  # no snapshot: the log alone
-        assert not [f for f in os.listdir(srv.data) if f.startswith("snapshot-")]
-        key = os.path.join(srv.data, "secret.key")
-        saved = open(key, "rb").read()
-        with open(key, "wb") as f:
-            f.write(os.urandom(32))
+        ws, email, put_back = _suppressed_then_key_swapped(srv, srv.kill9)
+        assert not _snapshots(srv.data), "no snapshot: the log alone"
         before = _tree(srv.data)
         rc, text = _run_refused(srv)
         assert rc == 1 and "another server secret" in text and "log record" in text, text
         assert _tree(srv.data) == before, "a refused start-up changed the directory"
         rc, text = _check_data(srv.data)
         assert rc == 1 and "WRONG SECRET" in text, text
-        with open(key, "wb") as f:
-            f.write(saved)
+        put_back()
         srv.start()
-        d = srv.client.CheckDelivery(
-            workspace=ws, person=pb.PersonRef(email=email), channel="email")
-        assert pb.DecisionReason.Name(d.reason) == "DECISION_REASON_SUPPRESSED"
+        assert _still_suppressed(srv, ws, email)
     finally:
         srv.close()
         shutil.rmtree(base, ignore_errors=True)
