@@ -7,9 +7,12 @@ import GRPCTransport
 import SubcenterStore
 
 public enum ServerSecret {
+  /// Where the secret of `dataDirectory` is.
+  public static func path(dataDirectory: String) -> String { dataDirectory + "/secret.key" }
+
   /// Reads an existing secret (tools such as `subcenterctl verify-receipt`).
   public static func load(dataDirectory: String) throws(FlagError) -> [UInt8] {
-    let path = dataDirectory + "/secret.key"
+    let path = path(dataDirectory: dataDirectory)
     guard let data = FileManager.default.contents(atPath: path), data.count == 32 else {
       throw FlagError("--data: \(path) is missing or not a 32-byte secret")
     }
@@ -21,16 +24,16 @@ public enum ServerSecret {
   /// secret is refused: a new secret would make every suppression stop matching, silently.
   /// A bad or missing secret is a `FlagError` naming `origin` (the flag or variable that
   /// gave the directory); a secret that cannot be written (a full disk) a `StorageError`,
-  /// with nothing left behind.
+  /// with nothing left behind. `created` tells a new data directory.
   public static func loadOrCreate(dataDirectory: String, origin: String = "--data") throws
-    -> [UInt8]
+    -> (secret: [UInt8], created: Bool)
   {
-    let path = dataDirectory + "/secret.key"
+    let path = path(dataDirectory: dataDirectory)
     if let data = FileManager.default.contents(atPath: path) {
       guard data.count == 32 else {
         throw FlagError("\(origin): \(path) must hold exactly 32 bytes, has \(data.count)")
       }
-      return [UInt8](data)
+      return ([UInt8](data), false)
     }
     if let data = firstDataFile(in: dataDirectory) {
       throw FlagError(
@@ -43,7 +46,7 @@ public enum ServerSecret {
     do { try PosixFileSystem().replaceFile("secret.key", in: dataDirectory, with: secret) } catch {
       throw StorageError(error, "creating \(path)")
     }
-    return secret
+    return (secret, true)
   }
 
   /// A snapshot or log segment in `directory`, if it holds any.

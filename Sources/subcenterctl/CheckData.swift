@@ -51,7 +51,7 @@ enum CheckData {
       writeStderrLine("subcenterctl check-data: \(error)")
       return 2
     }
-    if isLocked(directory) {
+    if DataDirectoryLock.isHeld(directory: directory) {
       writeStderrLine(
         "subcenterctl check-data: a subcenterd is running on \(directory): its files change "
           + "(segments rewritten, snapshots replaced) while they are read. Check a copy "
@@ -78,7 +78,7 @@ enum CheckData {
     }
 
     // The secret the data's suppression hashes, receipts and page tokens are keyed with.
-    let key = directory + "/secret.key"
+    let key = ServerSecret.path(dataDirectory: directory)
     if access(key, F_OK) == 0 && access(key, R_OK) != 0 {
       writeStderrLine(
         "subcenterctl check-data: cannot read \(key): \(String(cString: strerror(errno))) "
@@ -300,14 +300,6 @@ enum CheckData {
     if secretMissing || !wrongSecret.isEmpty { return 1 }
     writeStdoutLine(warnings > 0 ? "OK, with \(warnings) warning(s)" : "OK")
     return 0
-  }
-
-  /// Whether a running subcenterd holds the directory's lock (`DataDirectoryLock`).
-  private static func isLocked(_ directory: String) -> Bool {
-    let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }  // drops a lock taken here
-    return flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK
   }
 
   /// An error's message, with its file and offset when the message lacks them.

@@ -375,7 +375,7 @@ enum Ctl {
       return CheckData.run(directory: o[0])
     case "verify-receipt":
       let dir = flags.string("data") ?? "./data"
-      guard access(dir + "/secret.key", F_OK) == 0 else {
+      guard access(ServerSecret.path(dataDirectory: dir), F_OK) == 0 else {
         throw UsageError(
           "verify-receipt: no \(dir)/secret.key: name the data directory of the server that "
             + "issued the receipt with --data DIR (default ./data)")

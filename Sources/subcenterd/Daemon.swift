@@ -57,24 +57,17 @@ enum Daemon {
       return 1
     }
     var st = stat()
-    let statted = stat(options.dataDirectory, &st) == 0
-    if statted, st.st_mode & S_IFMT != S_IFDIR {
+    if stat(options.dataDirectory, &st) == 0, st.st_mode & S_IFMT != S_IFDIR {
       writeStderrLine(
         "subcenterd: \(options.dataOrigin): \(options.dataDirectory) is not a directory")
       return 2
     }
-    if statted, st.st_mode & 0o077 != 0 {
-      writeStderrLine(
-        "subcenterd: warning: the data directory \(options.dataDirectory) has mode "
-          + "0\(String(st.st_mode & 0o777, radix: 8)); it holds personal data: chmod 700 it")
-    }
+    warnIfOpen(options.dataDirectory, mode: 0o077, "it holds personal data: chmod 700 it")
     warnIfOpen(
       options.tokensFile, mode: 0o022, "others may add a token (an admin one) to it: chmod go-w")
     if let key = flags.string("tls-key") {
       warnIfOpen(key, mode: 0o004, "anyone on the host can read the TLS private key: chmod o-r")
     }
-    let secretPath = options.dataDirectory + "/secret.key"
-    let newSecret = access(secretPath, F_OK) != 0
     let dataLock: DataDirectoryLock
     do { dataLock = try DataDirectoryLock(directory: options.dataDirectory) } catch {
       writeStderrLine("subcenterd: \(error.message) (\(options.dataOrigin))")
@@ -86,14 +79,16 @@ enum Daemon {
     let durable: DurableStore
     let compaction: Compaction
     do {
-      let secret = try ServerSecret.loadOrCreate(
+      let (secret, created) = try ServerSecret.loadOrCreate(
         dataDirectory: options.dataDirectory, origin: options.dataOrigin)
-      if newSecret {
+      if created {
         writeStderrLine(
           "subcenterd: new data directory \(options.dataDirectory): created secret.key "
             + "(back it up with the data; it keys suppressions and receipts)")
       }
-      warnIfOpen(secretPath, mode: 0o077, "it keys suppressions and receipts: chmod 600")
+      warnIfOpen(
+        ServerSecret.path(dataDirectory: options.dataDirectory), mode: 0o077,
+        "it keys suppressions and receipts: chmod 600")
       let log: @Sendable (String) -> Void = { writeStderrLine("subcenterd: \($0)") }
       let opened: (DurableStore, DurableStore.RecoveryReport)
       do {

@@ -38,4 +38,12 @@ public final class DataDirectoryLock: Sendable {
   }
 
   deinit { close(fd) }
+
+  /// Whether a running process holds the lock of `directory` (without taking it).
+  public static func isHeld(directory: String) -> Bool {
+    let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }  // drops the shared lock taken here, if it was
+    return flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK
+  }
 }
