@@ -320,6 +320,26 @@ enum Samples {
       + [UInt8](repeating: 7, count: 32)
     #expect(throws: Never.self) { try LogRecordCodec.decode(good[...]) }
   }
+
+  /// A record kind this version does not know (a newer version's) is refused as damage,
+  /// the message saying it may be a newer version's: LogRecord { seq 1, command 21 {} },
+  /// SnapshotRecord { 9 {} }.
+  @Test func anUnknownRecordKindMayBeANewerVersions() {
+    let log: [UInt8] = [0x08, 0x01, 0xAA, 0x01, 0x00]
+    do {
+      _ = try LogRecordCodec.decode(log[...])
+      Issue.record("an unknown log record decoded")
+    } catch {
+      #expect(error.kind == .damaged && error.message.contains("newer subcenterd"))
+    }
+    let snapshot: [UInt8] = [0x4A, 0x00]
+    do {
+      _ = try SnapshotRecordCodec.decode(snapshot[...])
+      Issue.record("an unknown snapshot record decoded")
+    } catch {
+      #expect(error.kind == .damaged && error.message.contains("newer subcenterd"))
+    }
+  }
 }
 
 @Suite struct SnapshotRecordCodecTests {
