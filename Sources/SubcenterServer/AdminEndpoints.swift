@@ -65,7 +65,9 @@ public enum AdminEndpoints {
     }
   }
 
-  static func erasureMetrics(_ e: (failed: Int, oldestPendingSeconds: Double)) -> String {
+  static func erasureMetrics(
+    _ e: (failed: Int, oldestPendingSeconds: Double, lastSeconds: Double)
+  ) -> String {
     """
     # HELP subcenter_erasure_compactions_failed_total Erasure compactions that failed (each is retried a second later; the server log says why).
     # TYPE subcenter_erasure_compactions_failed_total counter
@@ -73,6 +75,9 @@ public enum AdminEndpoints {
     # HELP subcenter_erasure_oldest_pending_seconds How long the oldest erasure not yet on disk has waited (0: none). Alert when it nears --erasure-deadline.
     # TYPE subcenter_erasure_oldest_pending_seconds gauge
     subcenter_erasure_oldest_pending_seconds \(e.oldestPendingSeconds)
+    # HELP subcenter_erasure_compaction_last_seconds How long the last erasure compaction (a whole snapshot) took; the next starts no sooner than three times that after it (at most a quarter of --erasure-deadline after the forget).
+    # TYPE subcenter_erasure_compaction_last_seconds gauge
+    subcenter_erasure_compaction_last_seconds \(e.lastSeconds)
 
     """
   }

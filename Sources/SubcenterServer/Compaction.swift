@@ -1,7 +1,7 @@
 // Background work on the data directory: a snapshot every --snapshot-interval seconds
 // when something changed, and erasure compactions (SPEC §4) soon after a person is
-// forgotten, well within --erasure-deadline. Everything runs on one serial queue, never
-// on an event loop.
+// forgotten, well within --erasure-deadline (`ErasureSchedule`). Everything runs on one
+// serial queue, never on an event loop.
 
 import Dispatch
 import SubcenterStore
@@ -26,26 +26,36 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
     /// Set by stop(): a compaction scheduled for later no longer runs.
     var stopped = false
     var erasedThrough: UInt64 = 0
+    var schedule: ErasureSchedule
     var waiters: [(seq: UInt64, completion: @Sendable (Result<UInt64, any Error>) -> Void)] = []
   }
-  private let state = Mutex(State())
+  private let state: Mutex<State>
 
+  /// `erasureDeadlineSeconds` bounds how long an erasure compaction may be put off.
   public init(
-    durable: DurableStore, snapshotIntervalSeconds: Int, log: @escaping @Sendable (String) -> Void
+    durable: DurableStore, snapshotIntervalSeconds: Int, erasureDeadlineSeconds: Int,
+    log: @escaping @Sendable (String) -> Void
   ) {
     self.durable = durable
     intervalSeconds = snapshotIntervalSeconds
     self.log = log
+    state = Mutex(
+      State(
+        schedule: ErasureSchedule(deadlineNanos: UInt64(erasureDeadlineSeconds) * 1_000_000_000)))
   }
 
-  /// For monitoring: erasure compactions that failed (each retried a second later), and how
-  /// long the oldest erasure not yet on disk has waited (0: none waits). An age past
-  /// --erasure-deadline means a forgotten person's data is on disk longer than promised.
-  public var erasureStatus: (failed: Int, oldestPendingSeconds: Double) {
+  /// For monitoring: erasure compactions that failed (each retried a second later), how
+  /// long the oldest erasure not yet on disk has waited (0: none waits; an age past
+  /// --erasure-deadline means a forgotten person's data is on disk longer than promised),
+  /// and how long the last compaction took.
+  public var erasureStatus: (failed: Int, oldestPendingSeconds: Double, lastSeconds: Double) {
     let now = DispatchTime.now().uptimeNanoseconds
     return state.withLock { s in
       let since = [s.pendingSince, s.compactingSince].compactMap { $0 }.min()
-      return (s.failed, since.map { Double(now &- $0) / 1e9 } ?? 0)
+      return (
+        s.failed, since.map { Double(now &- $0) / 1e9 } ?? 0,
+        Double(s.schedule.lastDuration) / 1e9
+      )
     }
   }
 
@@ -95,14 +105,14 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
 
   public func scheduleErasure() -> UInt64 {
     let seq = durable.store.lastAppliedSeq
-    let start = state.withLock { s -> Bool in
-      if s.erasurePending { return false }
+    let now = DispatchTime.now().uptimeNanoseconds
+    let delay = state.withLock { s -> UInt64? in
+      if s.erasurePending { return nil }
       s.erasurePending = true
-      s.pendingSince = DispatchTime.now().uptimeNanoseconds
-      return true
+      s.pendingSince = now
+      return s.schedule.start(pendingSince: now) &- now
     }
-    // A short pause lets a burst of forgets share one compaction.
-    if start { queue.asyncAfter(deadline: .now() + .milliseconds(100)) { self.compact() } }
+    if let delay { compact(after: delay) }
     return seq
   }
 
@@ -121,17 +131,39 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
     }
   }
 
-  /// Runs an erasure compaction; `final` (at stop) runs once, without a retry.
+  private func compact(after nanoseconds: UInt64) {
+    queue.asyncAfter(deadline: .now() + .nanoseconds(Int(min(nanoseconds, UInt64(Int.max))))) {
+      self.compact()
+    }
+  }
+
+  /// Runs an erasure compaction when one is due (`ErasureSchedule`); `final` (at stop)
+  /// runs at once and once, without a retry.
   private func compact(final: Bool = false) {
-    let run = state.withLock { s in
-      guard final || !s.stopped else { return false }
+    enum Step { case run, later(UInt64), nothing }
+    let step = state.withLock { s -> Step in
+      guard final || !s.stopped else { return .nothing }
+      if !final, s.compactingSince == nil {
+        // Not a retry: an erasure asked for since the last compaction, if it is due.
+        guard s.erasurePending, let since = s.pendingSince else { return .nothing }
+        let now = DispatchTime.now().uptimeNanoseconds
+        let at = s.schedule.start(pendingSince: since)
+        if at > now { return .later(at - now) }
+      }
       s.compactingSince = s.compactingSince ?? s.pendingSince
       s.erasurePending = false
       s.pendingSince = nil
-      return true
+      return .run
     }
-    guard run else { return }
+    switch step {
+    case .nothing: return
+    case .later(let wait):
+      compact(after: wait)
+      return
+    case .run: break
+    }
     let result: Result<UInt64, any Error>
+    let started = DispatchTime.now().uptimeNanoseconds
     do { result = .success(try durable.compact()) } catch {
       result = .failure(error)
       if durable.wal.status.failure != nil {
@@ -152,6 +184,7 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
       case .success(let seq):
         s.erasedThrough = max(s.erasedThrough, seq)
         s.compactingSince = nil
+        s.schedule.ended(at: DispatchTime.now().uptimeNanoseconds, startedAt: started)
       case .failure: s.failed += 1
       }
       let (now, later) = (
@@ -175,5 +208,34 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
       "the write-ahead log has failed: the erasure finishes when subcenterd is "
         + "restarted (the forget itself is durable)")
     for c in waiting { c(.failure(error)) }
+  }
+}
+
+/// When an erasure compaction starts. Each writes a whole snapshot (seconds of a core, and
+/// the whole state to disk, for a million persons), so a steady trickle of forgets (a
+/// deletion job) must not run them back to back: after a compaction that took D, the next
+/// starts no sooner than 3·D after it ended (compactions take at most about a quarter of
+/// the time), and no sooner than 100 ms after the first forget it serves (a burst shares
+/// one); but never later than a quarter of the erasure deadline after that forget, so the
+/// deadline holds while a compaction takes under about three quarters of it.
+struct ErasureSchedule {
+  /// The pause that lets a burst of forgets share one compaction.
+  static let pauseNanos: UInt64 = 100_000_000
+  let deadlineNanos: UInt64
+  /// When the last compaction ended and how long it took (monotonic ns; 0: none yet).
+  private(set) var lastEnd: UInt64 = 0
+  private(set) var lastDuration: UInt64 = 0
+
+  /// When the compaction serving an erasure first asked for at `pendingSince` starts.
+  func start(pendingSince: UInt64) -> UInt64 {
+    let soonest = pendingSince + Self.pauseNanos
+    let spaced = lastEnd + 3 * lastDuration
+    let latest = pendingSince + max(Self.pauseNanos, deadlineNanos / 4)
+    return min(max(soonest, spaced), latest)
+  }
+
+  mutating func ended(at end: UInt64, startedAt start: UInt64) {
+    lastEnd = end
+    lastDuration = end &- start
   }
 }

@@ -116,7 +116,8 @@ enum Daemon {
           + (flags.string("client-ca") == nil ? "not required" : "required"))
       store = durable.store
       compaction = Compaction(
-        durable: durable, snapshotIntervalSeconds: options.snapshotIntervalSeconds, log: log)
+        durable: durable, snapshotIntervalSeconds: options.snapshotIntervalSeconds,
+        erasureDeadlineSeconds: options.erasureDeadlineSeconds, log: log)
       service = SubscriptionService(
         store: store, tokens: tokens, secret: secret,
         erasureDeadlineSeconds: options.erasureDeadlineSeconds, erasure: compaction,

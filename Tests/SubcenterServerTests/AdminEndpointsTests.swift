@@ -33,7 +33,8 @@ import Testing
       configuration: ServerConfiguration(
         listen: SocketAddress(host: "127.0.0.1", port: 0), loops: 1, tls: tls),
       services: [])
-    let compaction = Compaction(durable: durable, snapshotIntervalSeconds: 3600, log: { _ in })
+    let compaction = Compaction(
+      durable: durable, snapshotIntervalSeconds: 3600, erasureDeadlineSeconds: 60, log: { _ in })
     let handler = AdminEndpoints.handler(
       server: server, storage: durable, erasure: compaction, isReady: ready)
     return (handler, durable, compaction)
