@@ -307,3 +307,28 @@ def test_batch_unknown_channel_or_topic_is_invalid(sc):
     expect_code(INVALID, lambda: sc.root.CheckDeliveryBatch(workspace=ws, channel="email",
                                                             topic="nope", persons=["p"]),
                 field="topic")
+
+
+def test_removed_topic_or_channel_is_unknown_to_batches_overrides_and_unsubscribes(sc):
+    """SPEC §2: "An unknown channel or topic in any request that names one ... is an error
+    (INVALID_ARGUMENT), not a decision; a topic removed from the workspace is unknown" — in
+    the batch, the override and Unsubscribe as in CheckDelivery; a removed channel as well."""
+    ws = sc.workspace(topics=TOPICS, allow_override=True)
+    c = sc.root
+    sc.person(ws, "p")
+    c.ConfigureWorkspace(sc.config(ws, channels=["email", "sms"], topics=[TOPICS[1]],
+                                   allow_override=True))
+    expect_code(INVALID, lambda: c.CheckDeliveryBatch(workspace=ws, channel="email",
+                                                      topic="news", persons=["p"]),
+                field="topic")
+    expect_code(INVALID, lambda: c.OverrideForImportantMessage(
+        workspace=ws, person="p", channel="email", topic="news", message_id="m",
+        justification="j"), field="topic")
+    expect_code(INVALID, lambda: c.Unsubscribe(workspace=ws, person="p", channel="email",
+                                               topic="news"), field="topic")
+    expect_code(INVALID, lambda: check(sc, ws, "p", "push"), field="channel")
+    expect_code(INVALID, lambda: c.CheckDeliveryBatch(workspace=ws, channel="push",
+                                                      persons=["p"]), field="channel")
+    expect_code(INVALID, lambda: c.Subscribe(workspace=ws, person="p", channel="push"),
+                field="channel")
+    assert list(c.GetPreferences(workspace=ws, person="p").entries) == []

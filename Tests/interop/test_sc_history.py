@@ -118,6 +118,38 @@ def test_garbage_page_token_is_invalid(sc, token):
                                                     page_token=token), field="page_token")
 
 
+def test_page_token_of_another_person_or_workspace_is_invalid(sc):
+    """SPEC §3 GetHistory: "a token that is not one of ours is INVALID_ARGUMENT" — a token
+    issued for one person's history is not a cursor into another person's, nor into the same
+    person id's history in another workspace."""
+    ws, ws2 = sc.workspace(), sc.workspace()
+    for w in (ws, ws2):
+        for pid in ("ha", "hb"):
+            sc.person(w, pid)
+            make_changes(sc, w, pid, 4)
+    token = sc.root.GetHistory(workspace=ws, person="ha", page_size=2).next_page_token
+    assert token
+    expect_code(INVALID, lambda: sc.root.GetHistory(workspace=ws, person="hb", page_size=2,
+                                                    page_token=token), field="page_token")
+    expect_code(INVALID, lambda: sc.root.GetHistory(workspace=ws2, person="ha", page_size=2,
+                                                    page_token=token), field="page_token")
+
+
+@pytest.mark.deadline(60)
+def test_page_size_1000_gives_1000_entries(sc):
+    """SPEC §3: `page_size` above 1000 is INVALID_ARGUMENT, so 1000 is a page size served in
+    full: of 1001 entries, 1000 and a token, then the last one."""
+    ws = sc.workspace()
+    sc.person(ws, "p")
+    make_changes(sc, ws, "p", 1000)
+    page = sc.root.GetHistory(workspace=ws, person="p", page_size=1000)
+    assert len(page.entries) == 1000 and page.next_page_token, len(page.entries)
+    assert page.entries[0].source == "s999"
+    rest = sc.root.GetHistory(workspace=ws, person="p", page_size=1000,
+                              page_token=page.next_page_token)
+    assert [e.action for e in rest.entries] == ["identify"] and rest.next_page_token == ""
+
+
 def test_history_of_unknown_person_not_found(sc):
     ws = sc.workspace()
     expect_code(NOT_FOUND, lambda: sc.root.GetHistory(workspace=ws, person="ghost"))

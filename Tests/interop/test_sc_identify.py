@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from sc_support import (ALREADY_EXISTS, Env, FAILED_PRECONDITION, INVALID, NOT_FOUND,
+from sc_support import (ALREADY_EXISTS, Env, FAILED_PRECONDITION, INVALID, NOT_FOUND, TOKENS,
                         assert_decision, assert_recent, entries_map, expect_code, history_tuples,
-                        ident, now_ms, ref_anon, ref_email, ref_id, ref_phone, server_args, tick,
-                        topic)
+                        ident, now_ms, pb, pb_grpc, ref_anon, ref_email, ref_id, ref_phone,
+                        server_args, tick, topic)
 
 
 def test_identify_creates_a_person(sc):
@@ -193,6 +193,74 @@ def test_merge_later_global_flag_of_the_person_wins(sc):
     assert_decision(d, True, "SUBSCRIBED", person_id="p", what="after merge")
 
 
+def test_merge_into_a_new_person_id(sc):
+    """SPEC §3 Identify: "If anonymous_id names an anonymous profile, merge it in" also when
+    `person_id` is new: the visitor's choices and history become the new person's, the
+    separate profile disappears and the anonymous id names the person."""
+    ws = sc.workspace(topics=[topic("promo", "unsub")])
+    c = sc.root
+    c.Identify(workspace=ws, anonymous_id="anon-np-1")
+    c.Subscribe(workspace=ws, person=ref_anon("anon-np-1"), topic="promo", source="banner")
+    p = c.Identify(workspace=ws, person_id="newp", anonymous_id="anon-np-1")
+    assert p.person_id == "newp" and list(p.anonymous_ids) == ["anon-np-1"], p
+    got = entries_map(c.GetPreferences(workspace=ws, person="newp"))
+    assert got == {("", "promo"): ("SUBSCRIBED", "banner", "")}, got
+    assert c.GetProfile(workspace=ws, person=ref_anon("anon-np-1")).person_id == "newp"
+    actions = [e.action for e in c.GetHistory(workspace=ws, person="newp").entries]
+    assert "merge" in actions and "subscribe" in actions, actions
+
+
+def test_merge_keeps_a_global_flag_only_the_person_set(sc):
+    """SPEC §3: "the later global flag wins" — the visitor never set one, so a later change of
+    the visitor's (a channel entry) does not clear the person's UnsubscribeAll."""
+    ws = sc.workspace()
+    c = sc.root
+    c.Identify(workspace=ws, anonymous_id="mg-anon")
+    sc.person(ws, "mg")
+    tick()
+    c.UnsubscribeAll(workspace=ws, person="mg", source="person-all")
+    tick()
+    c.Subscribe(workspace=ws, person=ref_anon("mg-anon"), channel="email")
+    c.Identify(workspace=ws, person_id="mg", anonymous_id="mg-anon")
+    prefs = c.GetPreferences(workspace=ws, person="mg")
+    assert (prefs.global_unsubscribed, prefs.global_source) == (True, "person-all"), prefs
+
+
+def test_merge_refused_by_a_suppressed_identifier_keeps_the_anonymous_profile(sc):
+    """SPEC §3 Identify: FAILED_PRECONDITION "(nothing stored) if any identifier is
+    suppressed" — a merge the call would have made is not made either."""
+    ws = sc.workspace()
+    c = sc.root
+    c.SuppressIdentifiers(workspace=ws, identifiers=[ident("email", "bad@example.com")])
+    c.Identify(workspace=ws, anonymous_id="ms-anon")
+    c.Subscribe(workspace=ws, person=ref_anon("ms-anon"), channel="sms")
+    expect_code(FAILED_PRECONDITION, lambda: c.Identify(
+        workspace=ws, person_id="ms", email="bad@example.com", anonymous_id="ms-anon"))
+    assert c.GetProfile(workspace=ws, person=ref_anon("ms-anon")).person_id == ""
+    expect_code(NOT_FOUND, lambda: c.GetProfile(workspace=ws, person="ms"))
+    got = entries_map(c.GetPreferences(workspace=ws, person=ref_anon("ms-anon")))
+    assert got == {("sms", ""): ("SUBSCRIBED", "", "")}, got
+
+
+def test_anonymous_profile_has_an_empty_person_id_in_every_response(sc):
+    """SPEC §3: "An anonymous profile has an empty person_id in every response"."""
+    ws = sc.workspace(allow_override=True)
+    c = sc.root
+    a = ref_anon("visitor-zz9")
+    c.Identify(workspace=ws, anonymous_id="visitor-zz9")
+    got = {
+        "GetPreferences": c.GetPreferences(workspace=ws, person=a).person_id,
+        "UnsubscribeAll": c.UnsubscribeAll(workspace=ws, person=a).person_id,
+        "Resubscribe": c.Resubscribe(workspace=ws, person=a).person_id,
+        "Unsubscribe": c.Unsubscribe(workspace=ws, person=a, channel="sms").person_id,
+        "CheckDeliveryBatch": c.CheckDeliveryBatch(workspace=ws, channel="email",
+                                                   persons=[a]).decisions[0].person_id,
+        "Override": c.OverrideForImportantMessage(workspace=ws, person=a, channel="email",
+                                                  message_id="m", justification="j").person_id,
+    }
+    assert all(v == "" for v in got.values()), got
+
+
 def test_email_of_another_person_already_exists_and_changes_nothing(sc):
     ws = sc.workspace()
     sc.root.Identify(workspace=ws, person_id="p1", email="taken@example.com",
@@ -254,7 +322,8 @@ def test_email_or_phone_without_person_id_is_invalid(sc):
 
 def test_no_identifier_at_all_is_invalid(sc):
     ws = sc.workspace()
-    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws))
+    expect_code(INVALID, lambda: sc.root.Identify(workspace=ws),
+                field=("person_id", "anonymous_id"))
 
 
 def test_identify_records_history(sc):
@@ -303,6 +372,20 @@ def test_anonymous_profiles_expire_after_the_ttl_unless_changed(start_server):
         assert_decision(d, False, "UNKNOWN_PERSON", "", "expired anonymous profile")
         # identified persons and their anonymous ids are not anonymous profiles
         assert c.GetProfile(workspace=ws, person=ref_anon("attached-cookie")).person_id == "p"
+        # SPEC §3 WatchChanges: "Every removal of a person — ... anonymous-TTL expiry — emits
+        # a forget event", the tombstone carrying the anonymous id.
+        feed = pb_grpc.SubscriptionCenterStub(env.channel).WatchChanges(
+            pb.WatchRequest(workspace=ws, from_oldest=True), timeout=10,
+            metadata=[("authorization", "Bearer " + TOKENS["sc-read-pii"])])
+        forgets = set()
+        for e in feed:
+            if e.action == "forget":
+                assert e.person_id == "", e
+                forgets.add(e.anonymous_id)
+            if forgets >= {"idle-visitor", "busy-visitor"}:
+                break
+        feed.cancel()
+        assert forgets == {"idle-visitor", "busy-visitor"}, forgets
     finally:
         env.close()
 

@@ -1,7 +1,8 @@
 """Subscribe, Unsubscribe, UnsubscribeAll, Resubscribe and GetPreferences (SPEC §1, §3)."""
 
 from sc_support import (INVALID, NOT_FOUND, assert_recent, effective_map, entries_map,
-                        entry_states, expect_code, now_ms, ref_email, ref_phone, tick, topic)
+                        entry_states, expect_code, limit, now_ms, reason_name, ref_anon, ref_email,
+                        ref_phone, tick, topic)
 
 
 def test_subscribe_channel_only_topic_only_and_both(sc):
@@ -162,3 +163,24 @@ def test_unknown_channel_or_topic_is_invalid_and_stores_nothing(sc):
     expect_code(INVALID, lambda: sc.root.Unsubscribe(workspace=ws, person="p", channel="email",
                                                      topic="nope"), field="topic")
     assert list(sc.root.GetPreferences(workspace=ws, person="p").entries) == []
+
+
+def test_effective_of_an_anonymous_profile_at_its_limit_agrees_with_check_delivery(sc):
+    """SPEC §3 GetPreferences: `effective` is "the decision CheckDelivery would give now
+    (limits included, nothing counted) for every configured channel × (no topic + every
+    topic)" — for an anonymous profile too, with a limit reached and entries of every kind."""
+    ws = sc.workspace(topics=[topic("news", "sub"), topic("promo", "unsub")],
+                      limits=[limit("push", 1, 3600)])
+    c = sc.root
+    a = ref_anon("eff-anon")
+    c.Identify(workspace=ws, anonymous_id="eff-anon")
+    c.Subscribe(workspace=ws, person=a, channel="email", topic="promo")
+    c.CheckDelivery(workspace=ws, person=a, channel="push", record_send=True)
+    c.Unsubscribe(workspace=ws, person=a, topic="news")
+    c.Subscribe(workspace=ws, person=a, channel="sms", topic="news")
+    eff = effective_map(c.GetPreferences(workspace=ws, person=a))
+    assert len(eff) == 4 * 3, sorted(eff)
+    assert eff[("push", "")] == (False, "MESSAGE_LIMIT_REACHED"), eff
+    for (ch, t), want in sorted(eff.items()):
+        d = c.CheckDelivery(workspace=ws, person=a, channel=ch, topic=t)
+        assert (d.allowed, reason_name(d.reason)) == want, f"({ch!r}, {t!r})"

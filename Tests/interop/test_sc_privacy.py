@@ -6,7 +6,7 @@ import re
 from sc_support import (ERASURE_DEADLINE_MS, FAILED_PRECONDITION, INVALID, NOT_FOUND,
                         assert_decision,
                         assert_recent, b64url_decode, expect_code, ident, limit, now_ms, ref_anon,
-                        ref_email, ref_phone)
+                        ref_email, ref_phone, reason_name)
 
 B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -188,3 +188,85 @@ def test_unsuppress_counts_removed_and_frees_the_identifier(sc):
                                                               phone="+14155550002"))
     r = sc.root.UnsuppressIdentifiers(workspace=ws, identifiers=[ident("email", "u@example.com")])
     assert r.suppressed == 0
+
+
+def test_calls_naming_a_suppressed_identifier_get_not_found_or_the_decision_suppressed(sc):
+    """SPEC §3 Errors: "other calls naming a suppressed or forgotten person get NOT_FOUND or
+    the decision SUPPRESSED" — here identifiers suppressed without ever being identified; in a
+    batch (§2 rule 1, "same order") each suppressed one is SUPPRESSED in its own place."""
+    ws = sc.workspace(allow_override=True)
+    c = sc.root
+    sc.person(ws, "a")
+    c.SuppressIdentifiers(workspace=ws, identifiers=[ident("email", "s@example.com"),
+                                                     ident("person_id", "sp")])
+    for ref in (ref_email("s@example.com"), "sp"):
+        calls = {
+            "GetProfile": lambda: c.GetProfile(workspace=ws, person=ref),
+            "GetPreferences": lambda: c.GetPreferences(workspace=ws, person=ref),
+            "GetHistory": lambda: c.GetHistory(workspace=ws, person=ref),
+            "Subscribe": lambda: c.Subscribe(workspace=ws, person=ref, channel="email"),
+            "UnsubscribeAll": lambda: c.UnsubscribeAll(workspace=ws, person=ref),
+            "ForgetPerson": lambda: c.ForgetPerson(workspace=ws, person=ref),
+        }
+        for rpc, thunk in calls.items():
+            try:
+                expect_code(NOT_FOUND, thunk)
+            except AssertionError as e:
+                raise AssertionError(f"{rpc}({ref}): {e}") from None
+        for rpc, d in (("CheckDelivery", c.CheckDelivery(workspace=ws, person=ref,
+                                                         channel="email")),
+                       ("Override", c.OverrideForImportantMessage(
+                           workspace=ws, person=ref, channel="email", message_id="m",
+                           justification="j"))):
+            assert_decision(d, False, "SUPPRESSED", what=f"{rpc}({ref})")
+    batch = c.CheckDeliveryBatch(workspace=ws, channel="email", record_send=True, persons=[
+        "a", ref_email("S@EXAMPLE.COM"), "sp", "ghost"])
+    got = [(d.allowed, reason_name(d.reason)) for d in batch.decisions]
+    assert got == [(True, "SUBSCRIBED"), (False, "SUPPRESSED"), (False, "SUPPRESSED"),
+                   (False, "UNKNOWN_PERSON")], got
+
+
+def test_suppression_is_keyed_by_kind_and_normalized_value_counted_once(sc):
+    """SPEC §1: a suppression is kept "over kind + normalized value", so the same text as a
+    person id and as an email are two suppressions; §3: `suppressed` "counts identifiers newly
+    suppressed" (or removed), so two spellings of one email in one call count once."""
+    ws = sc.workspace()
+    c = sc.root
+    r = c.SuppressIdentifiers(workspace=ws, identifiers=[
+        ident("email", "X@Y.COM"), ident("email", "x@y.com"), ident("phone", "+14155550001"),
+        ident("phone", "+14155550001")])
+    assert r.suppressed == 2, r
+    r = c.UnsuppressIdentifiers(workspace=ws, identifiers=[ident("email", "x@y.com"),
+                                                           ident("email", " X@y.com ")])
+    assert r.suppressed == 1, r
+    c.SuppressIdentifiers(workspace=ws, identifiers=[ident("person_id", "a@b.io")])
+    assert c.Identify(workspace=ws, person_id="other", email="a@b.io").email == "a@b.io"
+    assert_decision(c.CheckDelivery(workspace=ws, person="a@b.io", channel="email"), False,
+                    "SUPPRESSED", what="the suppressed person id")
+    assert_decision(c.CheckDelivery(workspace=ws, person=ref_email("a@b.io"), channel="email"),
+                    True, "SUBSCRIBED", "other", "the email of the same text")
+
+
+def test_anonymous_ids_name_the_person_to_forget_or_suppress(sc):
+    """SPEC §3: ForgetPerson takes any PersonRef, an attached anonymous id included; "a person
+    holding" a suppressed identifier "is forgotten", an anonymous id too; and ForgetPerson
+    `also_suppress` of an anonymous profile suppresses its anonymous id."""
+    ws = sc.workspace()
+    c = sc.root
+    sc.person(ws, "fa", anonymous_id="cookie-fa")
+    assert c.ForgetPerson(workspace=ws, person=ref_anon("cookie-fa")).person_id == "fa"
+    expect_code(NOT_FOUND, lambda: c.GetProfile(workspace=ws, person="fa"))
+
+    sc.person(ws, "h2", anonymous_id="cookie-h2", email="h2@example.com")
+    r = c.SuppressIdentifiers(workspace=ws, identifiers=[ident("anonymous_id", "cookie-h2")])
+    assert r.suppressed == 1 and list(r.forgotten_person_ids) == ["h2"], r
+    expect_code(NOT_FOUND, lambda: c.GetProfile(workspace=ws, person="h2"))
+    assert sc.person(ws, "h3", email="h2@example.com").email == "h2@example.com", \
+        "the holder's email must not be suppressed"
+
+    c.Identify(workspace=ws, anonymous_id="fs-anon")
+    assert c.ForgetPerson(workspace=ws, person=ref_anon("fs-anon"),
+                          also_suppress=True).person_id == ""
+    expect_code(FAILED_PRECONDITION, lambda: c.Identify(workspace=ws, anonymous_id="fs-anon"))
+    assert_decision(c.CheckDelivery(workspace=ws, person=ref_anon("fs-anon"), channel="email"),
+                    False, "SUPPRESSED", what="the forgotten profile's anonymous id")

@@ -3,7 +3,8 @@ redacted=true and email, phone and anonymous ids are masked, in profiles and in 
 
 import pytest
 
-from sc_support import ref_anon, ref_email, ref_phone
+from sc_support import (ALREADY_EXISTS, TOKENS, expect_code, pb, pb_grpc, ref_anon, ref_email,
+                        ref_phone)
 
 EMAIL = "jane@example.co.uk"
 PHONE = "+14155550123"
@@ -107,3 +108,66 @@ def test_history_redacted_without_pii(sc):
         assert "+******0123" in text
     if anon in clear_text:
         assert "***5678" in text
+
+
+@pytest.mark.parametrize("email,masked", [("j@a.b.c.example.museum", "j***@a***.museum"),
+                                          ("x@y.z", "x***@y***.z"),
+                                          ("élise@ünï.de", "é***@ü***.de")])
+def test_email_mask_keeps_first_characters_and_only_the_last_label(sc, email, masked):
+    """SPEC §5: the first character, `***@`, the domain's first character, `***` and the last
+    domain label — whatever the number of labels, one-letter parts, characters beyond ASCII."""
+    ws = sc.workspace()
+    sc.root.Identify(workspace=ws, person_id="r", email=email)
+    assert sc.client("sc-read").GetProfile(workspace=ws, person="r").email == masked
+
+
+def test_identify_returning_the_person_of_an_anonymous_id_is_redacted(sc):
+    """SPEC §5: "Without pii, every response sets redacted = true" — also Identify with only an
+    anonymous id that already belongs to a person; an anonymous id of five characters shows its
+    last four."""
+    ws = sc.workspace()
+    sc.root.Identify(workspace=ws, person_id="rp", email="walt@mail.example.org",
+                     anonymous_id="abcde")
+    p = sc.client("sc-write").Identify(workspace=ws, anonymous_id="abcde")
+    assert (p.person_id, p.redacted, p.email, list(p.anonymous_ids)) == \
+        ("rp", True, "w***@m***.org", ["***bcde"]), p
+
+
+def test_admin_scope_sees_pii_in_profiles_history_and_events(sc):
+    """SPEC §5: `admin` is "everything", so an admin token without an explicit `pii` sees
+    identifiers unredacted in profiles, history and change events (README: "An admin token
+    sees PII")."""
+    ws = sc.workspace()
+    sc.root.Identify(workspace=ws, anonymous_id="adm-anon-4321")
+    sc.root.Identify(workspace=ws, person_id="adm", email="adm@example.com", phone=PHONE,
+                     anonymous_id="adm-anon-4321")
+    admin = sc.client("sc-admin-nopii")
+    p = admin.GetProfile(workspace=ws, person="adm")
+    assert (p.redacted, p.email, p.phone, list(p.anonymous_ids)) == \
+        (False, "adm@example.com", PHONE, ["adm-anon-4321"]), p
+    assert admin.GetHistory(workspace=ws, person="adm").redacted is False
+    feed = pb_grpc.SubscriptionCenterStub(sc.channel).WatchChanges(
+        pb.WatchRequest(workspace=ws, from_oldest=True), timeout=10,
+        metadata=[("authorization", "Bearer " + TOKENS["sc-admin-nopii"])])
+    events = [next(feed), next(feed)]
+    feed.cancel()
+    assert [(e.action, e.anonymous_id) for e in events] == \
+        [("identify", "adm-anon-4321"), ("merge", "adm-anon-4321")], events
+
+
+def test_already_exists_names_no_pii_of_the_holder_to_a_caller_without_pii(sc):
+    """SPEC §5: a caller without `pii` never sees email, phone or anonymous ids unredacted; the
+    ALREADY_EXISTS refusal of an identifier another person holds must not show that person's
+    other identifiers either."""
+    ws = sc.workspace()
+    sc.root.Identify(workspace=ws, person_id="holder", email="holder@secret.example",
+                     phone="+14155550100", anonymous_id="cookie-holder")
+    writer = sc.client("sc-write")
+    for fields, hidden in (({"anonymous_id": "cookie-holder"},
+                            ("holder@secret.example", "+14155550100")),
+                           ({"phone": "+14155550100"},
+                            ("holder@secret.example", "cookie-holder"))):
+        e = expect_code(ALREADY_EXISTS, lambda: writer.Identify(workspace=ws, person_id="other",
+                                                                **fields))
+        for value in hidden:
+            assert value not in (e.details() or ""), f"{value!r} in {e.details()!r}"

@@ -2,6 +2,7 @@
 NOT_FOUND for unknown workspaces and persons, UNKNOWN_PERSON in checks, and refused calls that
 change nothing."""
 
+import grpc
 import pytest
 
 from sc_support import (INVALID, NOT_FOUND, TOKENS, assert_decision, entries_map, expect_code,
@@ -72,6 +73,66 @@ def test_person_ref_too_long_or_empty_is_invalid(sc, ws):
                 field="person")
 
 
+def test_malformed_or_empty_person_refs_are_invalid_in_checks_and_forget(sc):
+    """SPEC §3 Errors: "INVALID_ARGUMENT (malformed or out-of-range field; the message names
+    the field; a refused call changes nothing)" — a PersonRef with a malformed email, phone or
+    anonymous id, or no identifier at all, is refused, not a decision: in CheckDelivery, the
+    batch (which then counts no send), the override and ForgetPerson."""
+    ws = sc.workspace(limits=[limit("email", 1, 3600)], allow_override=True)
+    c = sc.root
+    sc.person(ws, "p")
+    bad = {"email": ref_email("not-an-email"), "phone": ref_phone("4155550123"),
+           "anonymous_id": ref_anon("a" * 257), "person": pb.PersonRef()}
+    for field, ref in bad.items():
+        calls = {
+            "GetProfile": lambda: c.GetProfile(workspace=ws, person=ref),
+            "CheckDelivery": lambda: c.CheckDelivery(workspace=ws, person=ref, channel="email"),
+            "CheckDeliveryBatch": lambda: c.CheckDeliveryBatch(
+                workspace=ws, channel="email", persons=["p", ref], record_send=True),
+            "Override": lambda: c.OverrideForImportantMessage(
+                workspace=ws, person=ref, channel="email", message_id="m", justification="j"),
+            "ForgetPerson": lambda: c.ForgetPerson(workspace=ws, person=ref),
+        }
+        for rpc, thunk in calls.items():
+            try:
+                expect_code(INVALID, thunk, field=field)
+            except AssertionError as e:
+                raise AssertionError(f"{rpc} with a bad {field}: {e}") from None
+    assert_decision(c.CheckDelivery(workspace=ws, person="p", channel="email", record_send=True),
+                    True, "SUBSCRIBED", "p", "the refused batches counted no send")
+
+
+def test_suppress_refuses_an_unspecified_kind_or_a_malformed_value(sc, ws):
+    """SPEC §3 SuppressIdentifiers: `kind` is one of the four kinds and values are normalized
+    first, so a value that is no identifier of its kind is a malformed field (INVALID_ARGUMENT
+    naming it) and the call suppresses nothing."""
+    cases = [(pb.Identifier(kind=pb.IDENTIFIER_KIND_UNSPECIFIED, value="x@example.com"),
+              ("kind", "identifiers")),
+             (ident("email", "not-an-email"), "identifiers"), (ident("email", ""), "identifiers"),
+             (ident("phone", "4155550123"), "identifiers"),
+             (ident("person_id", ""), "identifiers"), (ident("anonymous_id", "a\x01b"),
+                                                       "identifiers")]
+    for identifier, field in cases:
+        expect_code(INVALID, lambda: sc.root.SuppressIdentifiers(
+            workspace=ws, identifiers=[ident("email", "p@example.com"), identifier]),
+            field=field)
+    assert sc.root.GetProfile(workspace=ws, person="p").email == "p@example.com"
+
+
+def test_email_lower_casing_never_stores_more_than_254_bytes(sc, ws):
+    """SPEC §1: an email is "trimmed of whitespace and lower-cased; at most 254 bytes". "İ"
+    (2 bytes) lower-cases to "i̇" (3 bytes): 254 bytes as given are refused, or stored in at
+    most 254."""
+    email = "\u0130@" + "d" * 247 + ".com"
+    assert len(email.encode()) == 254
+    try:
+        p = sc.root.Identify(workspace=ws, person_id="eg", email=email)
+    except grpc.RpcError as e:
+        assert e.code() == INVALID and "email" in e.details(), e
+    else:
+        assert len(p.email.encode()) <= 254, f"stored {len(p.email.encode())} bytes"
+
+
 # --------------------------------------------------------------------------------------------
 # email, phone
 
@@ -101,7 +162,11 @@ def test_good_email_accepted(sc, ws, email):
 
 BAD_PHONES = {"no-plus": "14155550123", "7-digits": "+1234567", "16-digits": "+1234567890123456",
               "spaces": "+1 415 555 0123", "dashes": "+1-415-555-0123", "letter": "+1415555012a",
-              "plus-only": "+", "double-plus": "++14155550123"}
+              "plus-only": "+", "double-plus": "++14155550123",
+              # E.164 digits are ASCII: other Unicode digits, a fullwidth plus, an invisible tail
+              "arabic-indic-digits": "+" + "".join(chr(0x660 + int(d)) for d in "14155550123"),
+              "fullwidth-digits": "+" + "".join(chr(0xFF10 + int(d)) for d in "14155550123"),
+              "fullwidth-plus": "\uff0b14155550123", "zero-width-space": "+14155550123\u200b"}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_PHONES))
@@ -247,6 +312,11 @@ def _bad_configs(w):
         "channel-id-65": (pb.WorkspaceConfig(workspace=w, channels=["c" * 65]), "channel"),
         "bad-topic-id": (pb.WorkspaceConfig(topics=[topic("News Letter", "sub")], **base),
                          ("topic", "id")),
+        "topic-id-65": (pb.WorkspaceConfig(topics=[topic("t" * 65, "sub")], **base),
+                        ("topic", "id")),
+        "topic-id-empty": (pb.WorkspaceConfig(topics=[topic("", "sub", name="T")], **base),
+                           ("topic", "id")),
+        "channel-id-empty": (pb.WorkspaceConfig(workspace=w, channels=["email", ""]), "channel"),
     }
 
 
@@ -280,6 +350,11 @@ def test_configuration_bounds_accepted(sc):
     assert got.limits[0].window_seconds == 31_536_000 and got.limits[0].max_messages == 1
     sc.root.ConfigureWorkspace(pb.WorkspaceConfig(workspace=w, channels=["email"],
                                                   limits=[limit("email", 1, 1)]))
+    # a topic id is "like a channel's": [a-z0-9_.-]{1,64}
+    ids = ["t" * 64, "a.b-c_9"]
+    sc.root.ConfigureWorkspace(sc.config(w, channels=["email"],
+                                         topics=[topic(t, "sub") for t in ids]))
+    assert sorted(t.id for t in sc.root.GetWorkspace(workspace=w).topics) == sorted(ids)
 
 
 @pytest.mark.parametrize("bad", ["Upper", "has space", "a" * 65, "dot.ted", ""])

@@ -3,7 +3,8 @@ replacement, isolation, unknown workspaces."""
 
 import pytest
 
-from sc_support import (DEFAULT_CHANNELS, NOT_FOUND, expect_code, limit, pb, topic, unique)
+from sc_support import (DEFAULT_CHANNELS, NOT_FOUND, PERMISSION_DENIED, expect_code, limit, pb,
+                        topic, unique)
 
 
 def normalized(cfg: pb.WorkspaceConfig) -> dict:
@@ -87,3 +88,12 @@ def test_workspaces_are_isolated(sc):
 def test_channel_ids_accepted(sc, channels):
     ws = sc.workspace(channels=channels)
     assert sorted(sc.root.GetWorkspace(workspace=ws).channels) == sorted(channels)
+
+
+def test_a_workspace_bound_admin_token_cannot_create_its_own_workspace(sc):
+    """SPEC §3 ConfigureWorkspace: "a `*` admin token creates new workspaces" — an admin token
+    bound to `ws-a` may configure `ws-a` once it exists, not bring it into being."""
+    expect_code(NOT_FOUND, lambda: sc.root.GetWorkspace(workspace="ws-a"))
+    expect_code(PERMISSION_DENIED, lambda: sc.client("sc-wsa-admin").ConfigureWorkspace(
+        sc.config("ws-a", channels=["email"])))
+    expect_code(NOT_FOUND, lambda: sc.root.GetWorkspace(workspace="ws-a"))

@@ -18,7 +18,7 @@ from interop_support import (RPC_TIMEOUT, admin_address, empty_pb2, free_port, h
                              health_stub,
                              make_channel, run_to_exit, shared_server_fixture, interop_stub,
                              tls_args)
-from sc_support import pb, pb_grpc
+from sc_support import TOKENS, Env, pb, pb_grpc, raw_unary, server_args
 
 
 def _subcenterd_args():
@@ -48,6 +48,18 @@ def test_health_unknown_service_not_found(sd_channel):
         health_stub(sd_channel).Check(health_pb2.HealthCheckRequest(service="grpc.testing.TestService"),
                                       timeout=RPC_TIMEOUT)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("service", ["", "subcenter.v1.SubscriptionCenter"])
+def test_health_watch_streams_serving_without_a_token(sd_channel, service):
+    """SPEC §3: the server "serves grpc.health.v1.Health (Check, Watch) for "" and
+    subcenter.v1.SubscriptionCenter"; §5: "The health service needs no token"."""
+    call = health_stub(sd_channel).Watch(health_pb2.HealthCheckRequest(service=service),
+                                         timeout=RPC_TIMEOUT)
+    try:
+        assert next(call).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        call.cancel()
 
 
 def test_interop_service_not_served(sd_channel):
@@ -207,6 +219,48 @@ def test_empty_tokens_file_starts_with_a_warning(start_server, tmp_path):
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         ch.close()
+
+
+def _get_workspace_of_size(total: int) -> bytes:
+    """A GetWorkspaceRequest of exactly `total` (128..16383) bytes: one long workspace id."""
+    n = total - 3  # the tag and a two-byte length
+    return bytes([0x0A, (n & 0x7F) | 0x80, n >> 7]) + b"w" * n
+
+
+def test_size_and_stream_limits_and_flags_from_the_environment(start_server):
+    """SPEC §6: --max-message-bytes N is the "largest request message" and
+    --max-concurrent-streams N holds "per connection", over them RESOURCE_EXHAUSTED (§3) on a
+    connection that keeps serving; "each [flag] also read from the environment as
+    SUBCENTER_<FLAG> ...; flags win": SUBCENTER_ERASURE_DEADLINE=7 sets the erasure deadline,
+    SUBCENTER_MAX_MESSAGE_BYTES=1000 loses to --max-message-bytes 3000."""
+    server = start_server("subcenterd", server_args() + ["--max-message-bytes", "3000",
+                                                         "--max-concurrent-streams", "3"],
+                          env={"SUBCENTER_MAX_MESSAGE_BYTES": "1000",
+                               "SUBCENTER_ERASURE_DEADLINE": "7"})
+    env = Env(server)
+    try:
+        md = [("authorization", "Bearer " + TOKENS["sc-root"])]
+        for size, code in ((3000, grpc.StatusCode.INVALID_ARGUMENT),  # read: the id is too long
+                           (3001, grpc.StatusCode.RESOURCE_EXHAUSTED)):
+            body = _get_workspace_of_size(size)
+            assert len(body) == size
+            with pytest.raises(grpc.RpcError) as err:
+                raw_unary(env.channel, "GetWorkspace", body, md)
+            assert err.value.code() == code, (size, err.value.details())
+        watches = [pb_grpc.SubscriptionCenterStub(env.channel).WatchChanges(
+            pb.WatchRequest(workspace="default"), metadata=md, timeout=30) for _ in range(4)]
+        for w in watches[:3]:
+            w.initial_metadata()
+        with pytest.raises(grpc.RpcError) as err:
+            next(watches[3])
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+        for w in watches:
+            w.cancel()
+        env.root.Identify(workspace="default", person_id="e1")
+        r = env.root.ForgetPerson(workspace="default", person="e1")
+        assert r.erasure_deadline - r.erased_at == 7000, r
+    finally:
+        env.close()
 
 
 def test_unknown_flag_refused(tmp_path):

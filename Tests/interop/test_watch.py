@@ -15,7 +15,9 @@ import grpc
 import pytest
 
 from crash_support import DurableServer
-from sc_support import (INVALID, PERMISSION_DENIED, TOKENS, expect_code, pb, pb_grpc, unique)
+from interop_support import admin_request
+from sc_support import (INVALID, PERMISSION_DENIED, TOKENS, expect_code, ident, limit, pb,
+                        pb_grpc, ref_anon, unique)
 
 OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
 
@@ -53,6 +55,11 @@ class Watch:
                 raise AssertionError(f"got {len(out)} of {n} events within {timeout} s: "
                                      f"{[(e.seq, e.action) for e in out]}; error {self.error}")
         return out
+
+    def started(self) -> "Watch":
+        """Waits for the response headers: the stream is open, later changes are its events."""
+        self.call.initial_metadata()
+        return self
 
     def quiet(self, seconds: float = 0.5) -> list:
         """What else arrives within `seconds` (should be nothing)."""
@@ -430,5 +437,184 @@ def test_watch_resumes_across_kill9_missing_nothing_and_nothing_twice():
         missing = [s for s in acked if s not in set(seen)]
         assert not missing, f"{len(missing)} acknowledged changes never seen: {missing[:5]}"
         assert len(acked) > 20
+    finally:
+        srv.close()
+
+
+def events_of(events: list) -> list:
+    return [(e.action, e.person_id, e.anonymous_id) for e in events]
+
+
+def test_watch_after_seq_0_is_from_now_on_and_past_the_newest_seq_is_out_of_range(sc):
+    """SPEC §3: events "after after_seq (0 = from now on)": earlier changes are not replayed;
+    an after_seq equal to the newest seq is a cursor like any other, one past it ("beyond the
+    newest seq") is OUT_OF_RANGE, the message naming the oldest retained seq."""
+    ws = sc.workspace()
+    c = sc.root
+    sc.person(ws, "old")
+    c.Subscribe(workspace=ws, person="old", channel="email")
+    w = Watch(sc.channel, workspace=ws, after_seq=0).started()
+    sc.person(ws, "new")
+    (e,) = w.take(1)
+    assert events_of([e]) == [("identify", "new", "")] and w.quiet(0.3) == []
+    w.cancel()
+    newest = e.seq  # nothing was written after it
+    err = expect_code(OUT_OF_RANGE, lambda: first_error(sc.channel, workspace=ws,
+                                                        after_seq=newest + 1))
+    assert re.search(r"oldest retained seq is \d+", err.details()), err.details()
+    w = Watch(sc.channel, workspace=ws, after_seq=newest)
+    c.Subscribe(workspace=ws, person="new", channel="sms")
+    (e,) = w.take(1)
+    assert (e.action, e.person_id, e.seq > newest, w.error) == ("subscribe", "new", True, None)
+    w.cancel()
+
+
+def test_watch_overrides_counted_sends_and_unchanged_identities_are_not_events(sc):
+    """SPEC §3: "Events: the history actions above except override, plus forget; counted sends
+    are not events" — nor is an Identify that changes nothing (it is no "durable preference or
+    identity change", and no history entry either)."""
+    ws = sc.workspace(allow_override=True, limits=[limit("email", 5, 3600)])
+    c = sc.root
+    sc.person(ws, "nop", email="nop@example.com", anonymous_id="nop-cookie")
+    c.Subscribe(workspace=ws, person="nop", channel="email")
+    w = Watch(sc.channel, workspace=ws, after_seq=0).started()
+    c.OverrideForImportantMessage(workspace=ws, person="nop", channel="email", message_id="m",
+                                  justification="j")
+    c.CheckDelivery(workspace=ws, person="nop", channel="email", record_send=True)
+    c.Identify(workspace=ws, person_id="nop", email="NOP@example.com")
+    c.Identify(workspace=ws, anonymous_id="nop-cookie")
+    sc.person(ws, "marker")
+    got = w.take(1) + w.quiet(0.3)
+    w.cancel()
+    assert events_of(got) == [("identify", "marker", "")], events_of(got)
+    actions = [e.action for e in c.GetHistory(workspace=ws, person="nop").entries]
+    assert actions == ["override", "subscribe", "identify"], actions
+
+
+def test_watch_anonymous_id_is_set_on_anonymous_profile_events_and_merges_only(sc):
+    """SPEC §3: "anonymous_id is set for an anonymous profile's events and on merge, and only
+    there" — not when an identified person gets a new anonymous id, nor for a change made
+    through an attached anonymous id."""
+    ws = sc.workspace()
+    c = sc.root
+    w = Watch(sc.channel, "sc-read-pii", workspace=ws, after_seq=0).started()
+    c.Identify(workspace=ws, person_id="ip")
+    c.Identify(workspace=ws, person_id="ip", anonymous_id="fresh-cookie-1")  # not a merge
+    c.Subscribe(workspace=ws, person=ref_anon("fresh-cookie-1"), channel="email")
+    c.Identify(workspace=ws, anonymous_id="prof-2")
+    c.Identify(workspace=ws, person_id="np", anonymous_id="prof-2")  # a merge
+    c.Unsubscribe(workspace=ws, person=ref_anon("prof-2"), channel="sms")
+    got = w.take(6) + w.quiet(0.3)
+    w.cancel()
+    assert events_of(got) == [
+        ("identify", "ip", ""), ("identify", "ip", ""), ("subscribe", "ip", ""),
+        ("identify", "", "prof-2"), ("merge", "np", "prof-2"), ("unsubscribe", "np", "")], \
+        events_of(got)
+
+
+def test_watch_seq_is_global_to_the_server(sc):
+    """SPEC §3: "seq (uint64) is global to the server, strictly increasing, never reused":
+    changes alternating between two workspaces have interleaved, distinct seqs."""
+    a, b = sc.workspace(), sc.workspace()
+    wa = Watch(sc.channel, workspace=a, after_seq=0).started()
+    wb = Watch(sc.channel, workspace=b, after_seq=0).started()
+    for i in range(5):
+        sc.person(a, f"a{i}")
+        sc.person(b, f"b{i}")
+    events = wa.take(5) + wb.take(5)
+    wa.cancel()
+    wb.cancel()
+    by_seq = sorted((e.seq, e.person_id) for e in events)
+    assert len({seq for seq, _ in by_seq}) == 10, by_seq
+    assert [p for _, p in by_seq] == [p for i in range(5) for p in (f"a{i}", f"b{i}")], by_seq
+
+
+@pytest.mark.deadline(90)
+def test_watch_every_removal_leaves_a_tombstone_with_only_the_id(sc):
+    """SPEC §3: "Every removal of a person — ForgetPerson, a suppression that forgets ... —
+    emits a forget event", "a tombstone carrying only the person id (or the anonymous id)",
+    redacted without `pii`; and "a forgotten person's earlier events leave the feed when
+    erasure completes" — without wait_for_erasure, within the erasure deadline (60 s)."""
+    ws = sc.workspace()
+    c = sc.root
+    c.Identify(workspace=ws, anonymous_id="gone-visitor-9876")
+    c.Subscribe(workspace=ws, person=ref_anon("gone-visitor-9876"), channel="email",
+                source="banner")
+    sc.person(ws, "tp", email="tp@example.com", anonymous_id="tp-cookie")
+    c.Identify(workspace=ws, anonymous_id="sup-visitor")
+    sc.person(ws, "keep")
+    w = Watch(sc.channel, "sc-read-pii", workspace=ws, after_seq=0).started()
+    c.ForgetPerson(workspace=ws, person=ref_anon("gone-visitor-9876"))
+    c.ForgetPerson(workspace=ws, person="tp", also_suppress=True)
+    c.SuppressIdentifiers(workspace=ws, identifiers=[ident("anonymous_id", "sup-visitor")])
+    tombstones = w.take(3)
+    w.cancel()
+    assert events_of(tombstones) == [("forget", "", "gone-visitor-9876"), ("forget", "tp", ""),
+                                     ("forget", "", "sup-visitor")], events_of(tombstones)
+    for t in tombstones:
+        assert (t.channel, t.topic, t.source, t.state) == ("", "", "", 0), t
+    deadline = time.monotonic() + 65
+    while True:
+        w = Watch(sc.channel, "sc-read", workspace=ws, from_oldest=True)
+        (first,) = w.take(1)
+        if events_of([first]) == [("identify", "keep", "")]:
+            break
+        w.cancel()
+        assert time.monotonic() < deadline, "the forgotten persons' events are still in the feed"
+        time.sleep(0.2)
+    rest = w.take(3) + w.quiet(0.3)
+    w.cancel()
+    assert [(e.seq, e.person_id) for e in rest] == [(t.seq, t.person_id) for t in tombstones]
+    assert [e.anonymous_id for e in rest] == ["***9876", "", "***itor"], rest
+
+
+def test_watch_needs_scope_read_in_its_workspace(sc):
+    """SPEC §5: WatchChanges needs scope `read` (or `admin`); every other scope, and a token of
+    another workspace, is PERMISSION_DENIED."""
+    ws = sc.workspace()
+    sc.workspace(ws="ws-a")
+    for token in ("sc-check", "sc-privacy", "sc-override", "sc-pii", "sc-wsa-read"):
+        try:
+            expect_code(PERMISSION_DENIED, lambda: first_error(sc.channel, token, workspace=ws,
+                                                               from_oldest=True))
+        except AssertionError as e:
+            raise AssertionError(f"{token}: {e}") from None
+    for token, w in (("sc-read", ws), ("sc-admin-nopii", ws), ("sc-wsa-read", "ws-a")):
+        Watch(sc.channel, token, workspace=w).started().cancel()
+
+
+@pytest.mark.deadline(60)
+def test_watch_out_of_range_names_the_newest_seq_when_nothing_is_retained():
+    """SPEC §3: OUT_OF_RANGE names "the oldest retained seq (server-wide; the newest seq when
+    nothing is retained)"; a cursor at the newest seq is still good then."""
+    srv = DurableServer(tempfile.mkdtemp(prefix="watch-empty-"),
+                        extra=("--change-retention", "1", "--erasure-deadline", "2")).start()
+    try:
+        sc = srv.client
+        ws = unique("wz")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email", "sms"]))
+        w = Watch(srv.channel, workspace=ws, after_seq=0).started()
+        sc.Identify(workspace=ws, person_id="r1")
+        sc.Subscribe(workspace=ws, person="r1", channel="email")
+        newest = w.take(2)[-1].seq
+        w.cancel()
+        deadline = time.monotonic() + 30
+        while True:
+            admin_request(srv.server, "/snapshot", method="POST")
+            try:
+                first_error(srv.channel, workspace=ws, after_seq=newest - 1, timeout=0.3)
+            except grpc.RpcError as e:
+                if e.code() == OUT_OF_RANGE:
+                    break
+            assert time.monotonic() < deadline, "the events never expired"
+            time.sleep(0.2)
+        e = expect_code(OUT_OF_RANGE, lambda: first_error(srv.channel, workspace=ws,
+                                                          after_seq=1))
+        assert f"oldest retained seq is {newest}" in e.details(), (newest, e.details())
+        w = Watch(srv.channel, workspace=ws, after_seq=newest)
+        sc.Subscribe(workspace=ws, person="r1", channel="sms")
+        (e,) = w.take(1)
+        assert (e.action, e.seq > newest, w.error) == ("subscribe", True, None)
+        w.cancel()
     finally:
         srv.close()
