@@ -10,6 +10,8 @@
 // `restore(…)` rebuilds the state from a snapshot's records at start-up, before any
 // write and before replay of the log after the snapshot.
 
+import Dispatch
+import Foundation
 import SubcenterCore
 import Synchronization
 
@@ -114,14 +116,17 @@ extension SubscriptionStore {
     }
     let hash = KeyHash.person(h.number, person.key)
     let s = shardIndex(hash)
-    try h.identity.withLock { (identity: inout IdentityState) throws(CoreError) in
-      let slot = try shards[s].state.withLock { (shard: inout Shard) throws(CoreError) -> UInt32 in
-        guard shard.find(workspace: h.number, key: person.key, hash: hash) == nil else {
-          throw .alreadyExists("person", "restored twice")
-        }
-        let record = PersonCodec.encode(person, workspace: h.number, strings: &shard.strings)
-        return shard.insert(record, hash: hash)
+    // Recovery restores persons from several threads (`SnapshotRestorer`) and serves no
+    // call yet: the shard and the identity index are locked one after the other, so
+    // persons of different shards are packed at the same time.
+    let slot = try shards[s].state.withLock { (shard: inout Shard) throws(CoreError) -> UInt32 in
+      guard shard.find(workspace: h.number, key: person.key, hash: hash) == nil else {
+        throw .alreadyExists("person", "restored twice")
       }
+      let record = PersonCodec.encode(person, workspace: h.number, strings: &shard.strings)
+      return shard.insert(record, hash: hash)
+    }
+    h.identity.withLock { (identity: inout IdentityState) in
       // The keys of `PersonView.identifiers`, without building the array.
       let location = Location(shard: s, slot: slot).packed
       if !person.email.isEmpty {
@@ -159,43 +164,128 @@ extension SubscriptionStore {
   }
 }
 
-/// Restores a snapshot's records, payload by payload, into a store being recovered:
-/// persons are read directly from their bytes and their workspace is resolved once for
-/// the run of persons that share it.
-struct SnapshotRestorer {
+/// Restores a snapshot's records, payload by payload, into a store being recovered. Person
+/// records (nearly all of a snapshot) are copied into batches that worker threads decode
+/// and pack while the file is read on (a start uses every core); any other record
+/// (workspace, suppressions, secret check) waits for the batches before it, then is
+/// restored at once, so a workspace is always there before its persons. `finish` waits for
+/// the last batch; a damaged or unfitting person record is reported by its place in the
+/// file, as if it had been restored in order.
+final class SnapshotRestorer {
   let store: SubscriptionStore
-  /// The persons restored so far.
-  private(set) var persons = 0
-  private var workspace: WorkspaceHandle?
+  /// The snapshot's name, for errors.
+  let fileName: String
+  /// The persons restored so far (complete after `finish`).
+  var persons: Int { workers.restored }
+  private var batch = PersonBatch()
+  /// The index and file offset of the next record.
+  private var index = 0
+  private var offset = SnapshotFile.headerSize
+  private let workers = RestoreWorkers()
 
-  init(store: SubscriptionStore) { self.store = store }
+  /// Persons a batch holds before it goes to a worker.
+  static let batchSize = 2048
 
-  /// Restores one encoded `SnapshotRecord`. Damage is `StorageError`; a record that does
-  /// not fit the state restored so far is the `CoreError` saying why.
-  mutating func restore(_ payload: UnsafeRawBufferPointer) throws {
-    guard let record = try SnapshotRecordCodec.person(in: payload) else {
-      switch try SnapshotRecordCodec.decodeWithProtobufC(payload) {
-      case .workspace(let w):
-        store.restore(workspace: try w.restore(), lastEventSeq: w.lastEventSeq)
-        workspace = nil
-      case .suppressions(let id, let hashes): try store.restore(suppressions: hashes, workspace: id)
-      case .secretCheck(let check):
-        guard check == store.hasher.secretCheck else { throw StorageError.wrongSecret }
-      case .person(let id, let person):
-        try store.restore(person, workspace: id)
-        persons += 1
-      }
+  init(store: SubscriptionStore, fileName: String) {
+    self.store = store
+    self.fileName = fileName
+  }
+
+  deinit { workers.waitIdle() }
+
+  /// Restores (or queues) one encoded `SnapshotRecord`. Damage is `StorageError`; a record
+  /// that does not fit the state restored so far is the `CoreError` saying why.
+  func restore(_ payload: UnsafeRawBufferPointer) throws {
+    let (at, n) = (offset, index)
+    offset += RecordFrame.headerSize + payload.count
+    index += 1
+    if try SnapshotRecordCodec.isPerson(payload) {
+      batch.append(payload, index: n, offset: at)
+      if batch.count >= Self.batchSize { dispatch() }
       return
     }
-    let h: WorkspaceHandle
-    if let cached = workspace, Self.equal(record.workspace, cached.id) {
-      h = cached
-    } else {
-      h = try store.handle(ProtoWireReader.string(record.workspace, "person.workspace"))
-      workspace = h
+    try finish()
+    switch try SnapshotRecordCodec.decodeWithProtobufC(payload) {
+    case .workspace(let w):
+      store.restore(workspace: try w.restore(), lastEventSeq: w.lastEventSeq)
+    case .suppressions(let id, let hashes): try store.restore(suppressions: hashes, workspace: id)
+    case .secretCheck(let check):
+      guard check == store.hasher.secretCheck else { throw StorageError.wrongSecret }
+    case .person(let id, let person):
+      try store.restore(person, workspace: id)
+      workers.count(1)
     }
-    try store.restore(record.person, into: h)
-    persons += 1
+  }
+
+  /// Restores what is queued and waits for it; throws the first failure in file order.
+  func finish() throws {
+    dispatch()
+    workers.waitIdle()
+    if let (error, index, offset) = workers.firstFailure {
+      if let e = error as? StorageError, e.kind == .damaged, e.file == nil {
+        throw StorageError.damaged(fileName, at: Int64(offset), "record \(index): \(e.message)")
+      }
+      throw error
+    }
+  }
+
+  private func dispatch() {
+    guard batch.count > 0 else { return }
+    let full = batch
+    batch = PersonBatch()
+    workers.run { [store] () throws(BatchFailure) in
+      try full.restore(into: store)
+      return full.count
+    }
+  }
+}
+
+/// Person records copied out of the read buffer: their bytes end to end, and where each
+/// one was in the file.
+private struct PersonBatch: Sendable {
+  var bytes: [UInt8] = []
+  var ends: [Int] = []
+  var firstIndex = 0
+  var offsets: [Int] = []
+  var count: Int { ends.count }
+
+  mutating func append(_ payload: UnsafeRawBufferPointer, index: Int, offset: Int) {
+    if ends.isEmpty {
+      firstIndex = index
+      bytes.reserveCapacity(SnapshotRestorer.batchSize * 160)
+    }
+    bytes.append(contentsOf: payload)
+    ends.append(bytes.count)
+    offsets.append(offset)
+  }
+
+  /// Decodes and packs each person; a failure says which record (index, offset) failed.
+  func restore(into store: SubscriptionStore) throws(BatchFailure) {
+    var workspace: WorkspaceHandle?
+    let failure = bytes.withUnsafeBytes { (all) -> BatchFailure? in
+      var start = 0
+      for (i, end) in ends.enumerated() {
+        do {
+          let payload = UnsafeRawBufferPointer(rebasing: all[start..<end])
+          start = end
+          guard let record = try SnapshotRecordCodec.person(in: payload) else {
+            throw StorageError(.damaged, "not a person record")  // `isPerson` said it is
+          }
+          let h: WorkspaceHandle
+          if let cached = workspace, Self.equal(record.workspace, cached.id) {
+            h = cached
+          } else {
+            h = try store.handle(ProtoWireReader.string(record.workspace, "person.workspace"))
+            workspace = h
+          }
+          try store.restore(record.person, into: h)
+        } catch {
+          return BatchFailure(error: error, index: firstIndex + i, offset: offsets[i], restored: i)
+        }
+      }
+      return nil
+    }
+    if let failure { throw failure }
   }
 
   /// Whether `bytes` are the UTF-8 of `s`.
@@ -203,4 +293,46 @@ struct SnapshotRestorer {
     var s = s
     return s.withUTF8 { $0.count == bytes.count && $0.elementsEqual(bytes) }
   }
+}
+
+private struct BatchFailure: Error {
+  var error: any Error
+  var index: Int
+  var offset: Int
+  /// Persons of the batch restored before it.
+  var restored: Int
+}
+
+/// The worker threads of a `SnapshotRestorer`: at most one batch per core at a time.
+private final class RestoreWorkers: @unchecked Sendable {
+  private let group = DispatchGroup()
+  private let slots = DispatchSemaphore(value: max(1, ProcessInfo.processInfo.activeProcessorCount))
+  private let state = Mutex<(restored: Int, failure: BatchFailure?)>((0, nil))
+
+  var restored: Int { state.withLock { $0.restored } }
+  var firstFailure: (any Error, Int, Int)? {
+    state.withLock { s in s.failure.map { ($0.error, $0.index, $0.offset) } }
+  }
+
+  func count(_ n: Int) { state.withLock { $0.restored += n } }
+
+  /// Runs `body` (returning how many persons it restored) on a worker once one is free
+  /// (waits for it here).
+  func run(_ body: @escaping @Sendable () throws(BatchFailure) -> Int) {
+    slots.wait()
+    DispatchQueue.global().async(group: group) { [self] in
+      defer { slots.signal() }
+      do throws(BatchFailure) {
+        let n = try body()
+        count(n)
+      } catch {
+        state.withLock { s in
+          s.restored += error.restored
+          if s.failure.map({ error.index < $0.index }) ?? true { s.failure = error }
+        }
+      }
+    }
+  }
+
+  func waitIdle() { group.wait() }
 }

@@ -230,6 +230,75 @@ import Testing
     #expect(report.warnings.contains { $0.contains("file checksum mismatch") })
   }
 
+  /// Persons are restored in batches on worker threads (`SnapshotRestorer.batchSize`):
+  /// several batches, a workspace configured between persons (restored once the batches
+  /// before it are), and suppressions after them all load.
+  @Test func loadsPersonsAcrossManyBatches() throws {
+    let fs = FaultyFileSystem()
+    try fs.createDirectory("/data")
+    let n = 2 * SnapshotRestorer.batchSize + 100
+    var second = Samples.config
+    second.workspace = "beta"
+    var records = try persons((0..<n).map { "p\($0)" })
+    records.append(.workspace(WorkspaceSnapshot(try Workspace(second))))
+    records.append(.person(workspace: "beta", Person(key: .person("b0"), at: 0)))
+    records.append(.suppressions(workspace: "acme", [Samples.hashA]))
+    try writeSnapshot(fs, seq: 3, records)
+    let (durable, report) = try open(fs)
+    defer { durable.close() }
+    #expect(report.persons == n + 1)
+    #expect(durable.store.persons(in: "acme").count == n)
+    #expect(durable.store.persons(in: "beta").map(\.key.value) == ["b0"])
+    #expect(
+      try durable.store.profile(workspace: "acme", person: .email("p\(n - 1)@example.com")).email
+        == "p\(n - 1)@example.com")
+    #expect(durable.store.snapshotState().suppressions(in: "acme") == [Samples.hashA])
+  }
+
+  /// A record that fails in a later batch is reported as restoring in order would: by its
+  /// number and offset in the file, and the first one in the file when several fail.
+  @Test func aFailingPersonInALaterBatchIsNamedByItsPlace() throws {
+    let fs = FaultyFileSystem()
+    try fs.createDirectory("/data")
+    let w = try SnapshotWriter(directory: "/data", seq: 5, fileSystem: fs)
+    let records = try persons((0..<3000).map { "p\($0)" })
+    for r in records { try w.append(r) }
+    // A SnapshotRecord holding one person (field 2) whose message is not a PersonSnapshot.
+    let bad: [UInt8] = [0x12, 0x02, 0xFF, 0xFF]
+    try w.append(payload: bad)
+    for r in try persons((3000..<3100).map { "q\($0)" }).dropFirst() { try w.append(r) }
+    try w.append(payload: bad)
+    try w.commit()
+    let name = SnapshotFile.fileName(seq: 5)
+    var error: StorageError?
+    #expect {
+      _ = try open(fs)
+    } throws: {
+      error = $0 as? StorageError
+      return true
+    }
+    let e = try #require(error)
+    #expect(e.kind == .damaged && e.file == name, "\(e)")
+    #expect(e.message.contains("record \(records.count):"), "\(e)")
+    let bytes = try #require(fs.contents("/data/" + name))
+    let at = Int(try #require(e.offset))
+    // The frame at that offset is the bad record's: its length, then its bytes.
+    #expect(bytes[at..<at + 4].elementsEqual([UInt8(bad.count), 0, 0, 0]))
+    #expect(bytes[(at + RecordFrame.headerSize)...].starts(with: bad))
+  }
+
+  /// The same person twice, in two batches: the second is refused, whichever ran first.
+  @Test func aPersonTwiceInTwoBatchesIsRefused() throws {
+    let fs = FaultyFileSystem()
+    try fs.createDirectory("/data")
+    var records = try persons((0..<SnapshotRestorer.batchSize + 10).map { "p\($0)" })
+    records.append(records[1])
+    try writeSnapshot(fs, seq: 2, records)
+    #expect {
+      _ = try open(fs)
+    } throws: { ($0 as? StorageError)?.message.contains("restored twice") == true }
+  }
+
   @Test func anImpossibleRecordCountInTheTrailerFallsBack() throws {
     let fs = FaultyFileSystem()
     try fs.createDirectory("/data")

@@ -208,23 +208,27 @@ public final class DurableStore: Sendable {
         store = SubscriptionStore(
           clock: clock, secret: secret, log: commitLog, createDefaultWorkspace: false)
       }
-      var restorer = SnapshotRestorer(store: store)
+      let restorer = SnapshotRestorer(store: store, fileName: info.name)
       var recordFailed = false
+      func restoring(_ body: () throws -> Void) throws(StorageError) {
+        do {
+          try body()
+        } catch let e as StorageError {
+          recordFailed = true
+          throw e
+        } catch {
+          recordFailed = true
+          throw StorageError.damaged(info.name, at: 0, "cannot restore a record: \(error)")
+        }
+      }
       do {
         _ = try SnapshotFile.read(
           info.name, directory: directory, fileSystem: fileSystem,
           expecting: { [store] in store.reserve(persons: $0) }
         ) { (payload: UnsafeRawBufferPointer) throws(StorageError) in
-          do {
-            try restorer.restore(payload)
-          } catch let e as StorageError {
-            recordFailed = true
-            throw e
-          } catch {
-            recordFailed = true
-            throw StorageError.damaged(info.name, at: 0, "cannot restore a record: \(error)")
-          }
+          try restoring { try restorer.restore(payload) }
         }
+        try restoring { try restorer.finish() }
       } catch {
         // A secret check read intact (its record's own checksum held) is believed even in a
         // file damaged further on: falling back would read the data under the wrong secret.

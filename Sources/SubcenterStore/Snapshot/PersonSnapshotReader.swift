@@ -207,6 +207,24 @@ extension SnapshotRecordCodec {
     return try personSnapshot(message)
   }
 
+  /// Whether `person(in:)` reads `payload` (a `SnapshotRecord` holding only a person),
+  /// without decoding the person.
+  static func isPerson(_ payload: UnsafeRawBufferPointer) throws(StorageError) -> Bool {
+    var r = ProtoWireReader(payload)
+    var persons = 0
+    while !r.atEnd {
+      let (field, wire) = try r.key()
+      switch field {
+      case 1, 3: return false
+      case 2:
+        persons += 1
+        _ = try r.bytes(wire, "snapshot record.person")
+      default: try r.skip(wire)
+      }
+    }
+    return persons == 1
+  }
+
   /// A `PersonSnapshot` message.
   private static func personSnapshot(_ m: UnsafeRawBufferPointer) throws(StorageError)
     -> PersonSnapshotBytes
