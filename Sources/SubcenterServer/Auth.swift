@@ -4,6 +4,7 @@
 import Foundation
 import GRPCTransport
 import SubcenterCore
+import Synchronization
 
 /// What a credential may do.
 public enum Scope: String, Sendable, CaseIterable, Codable {
@@ -63,7 +64,53 @@ public struct Credential: Sendable {
   }
 }
 
-/// The tokens file, loaded once at start.
+/// The tokens in force: the tokens file read at start, replaced whole when it is read again
+/// (SIGHUP). A connection remembers a header it verified only for the tokens it was
+/// verified against, so a token taken out of the file is refused at once, on connections
+/// already open too.
+public final class Tokens: Sendable {
+  private let store: Mutex<TokenStore>
+  private let generationCounter = Atomic<Int>(0)
+
+  public init(_ store: TokenStore) { self.store = Mutex(store) }
+
+  /// Changes each time the tokens are replaced.
+  public var generation: Int { generationCounter.load(ordering: .acquiring) }
+  public var count: Int { store.withLock { $0.count } }
+
+  /// Puts `tokens` in force for every call from now on.
+  public func replace(with tokens: TokenStore) {
+    store.withLock { $0 = tokens }
+    generationCounter.add(1, ordering: .releasing)
+  }
+
+  /// `TokenStore.authenticate`, remembering the verified header on the connection: a
+  /// connection presenting the same header again (compared in constant time) to the same
+  /// tokens skips the hashing.
+  public func authenticate(_ metadata: Metadata, connection: ConnectionContext) throws(RPCStatus)
+    -> Credential
+  {
+    let header = try TokenStore.authorizationHeader(metadata)
+    let generation = self.generation
+    if let cached = connection.userData as? VerifiedHeader, cached.generation == generation,
+      cached.matches(header)
+    {
+      return cached.credential
+    }
+    let tokens = store.withLock { $0 }
+    let credential = try tokens.credential(header)
+    connection.userData = VerifiedHeader(
+      header: Array(header.utf8), credential: credential, generation: generation)
+    return credential
+  }
+
+  /// What the token of `credential` is now: its credential in the tokens in force, if any.
+  public func current(_ credential: Credential) -> Credential? {
+    store.withLock { $0 }.credential(sameTokenAs: credential)
+  }
+}
+
+/// A tokens file's tokens.
 public struct TokenStore: Sendable {
   private let credentials: [Credential]
 
@@ -192,28 +239,19 @@ public struct TokenStore: Sendable {
     }
   }
 
-  /// `authenticate`, remembering the verified header on the connection: a connection
-  /// presenting the same header again (compared in constant time) skips the hashing.
-  public func authenticate(_ metadata: Metadata, connection: ConnectionContext) throws(RPCStatus)
-    -> Credential
-  {
-    let header = try Self.authorizationHeader(metadata)
-    if let cached = connection.userData as? VerifiedHeader, cached.matches(header) {
-      return cached.credential
-    }
-    let credential = try credential(header)
-    connection.userData = VerifiedHeader(header: Array(header.utf8), credential: credential)
-    return credential
-  }
-
   /// The credential of the call's `authorization: Bearer <token>`; UNAUTHENTICATED when
   /// the header is missing, malformed or names no known token.
   public func authenticate(_ metadata: Metadata) throws(RPCStatus) -> Credential {
     try credential(Self.authorizationHeader(metadata))
   }
 
+  /// The credential of this file with the same token as `other`, if any.
+  func credential(sameTokenAs other: Credential) -> Credential? {
+    credentials.first { Crypto.constantTimeEqual($0.digest, other.digest) }
+  }
+
   /// The call's one `authorization` header (missing or repeated: UNAUTHENTICATED).
-  private static func authorizationHeader(_ metadata: Metadata) throws(RPCStatus) -> String {
+  fileprivate static func authorizationHeader(_ metadata: Metadata) throws(RPCStatus) -> String {
     guard let header = metadata["authorization"] else {
       throw RPCStatus(.unauthenticated, "missing authorization: Bearer <token>")
     }
@@ -222,7 +260,7 @@ public struct TokenStore: Sendable {
   }
 
   /// The credential whose token `header` carries.
-  private func credential(_ header: String) throws(RPCStatus) -> Credential {
+  fileprivate func credential(_ header: String) throws(RPCStatus) -> Credential {
     guard let token = Self.bearerToken(header) else { throw Self.malformed }
     let digest = SHA256.hash(token)
     var found: Credential?
@@ -279,9 +317,12 @@ public struct TokenStore: Sendable {
 final class VerifiedHeader {
   let header: [UInt8]
   let credential: Credential
-  init(header: [UInt8], credential: Credential) {
+  /// `Tokens.generation` when it was verified.
+  let generation: Int
+  init(header: [UInt8], credential: Credential, generation: Int) {
     self.header = header
     self.credential = credential
+    self.generation = generation
   }
 
   /// Whether `other` is the same header, compared in constant time without copying it.

@@ -6,12 +6,13 @@
 import GRPCTransport
 import SubcenterCore
 import SubcenterStore
+import Synchronization
 
 /// The service, over a store and a token file.
 public final class SubscriptionService: GRPCService, Sendable {
   public let serviceName = "subcenter.v1.SubscriptionCenter"
   let store: SubscriptionStore
-  let tokens: TokenStore
+  let tokens: Tokens
   let receipts: ErasureReceipts
   let erasureDeadlineMillis: Int64
   let erasure: (any ErasureScheduler)?
@@ -24,9 +25,17 @@ public final class SubscriptionService: GRPCService, Sendable {
     self.erasure = erasure
     self.changeFeed = changeFeed
     self.store = store
-    self.tokens = tokens
+    self.tokens = Tokens(tokens)
     self.receipts = ErasureReceipts(secret: secret)
     self.erasureDeadlineMillis = Int64(erasureDeadlineSeconds) * 1000
+  }
+
+  /// Puts `tokens` in force (the tokens file read again): calls from now on, on open
+  /// connections too, are checked against them, and a WatchChanges stream whose token no
+  /// longer gives it what it needs ends at once.
+  public func replaceTokens(_ tokens: TokenStore) {
+    self.tokens.replace(with: tokens)
+    changeFeed?.recheckWatchers()
   }
 
   public var methods: [ServiceMethod] {
@@ -156,7 +165,8 @@ public final class SubscriptionService: GRPCService, Sendable {
         call.sendInitialMetadata(Metadata())
         let id = feed.watch(
           workspace: req.workspace, from: req.start,
-          sink: CallChangeSink(call: call, redact: !cred.seesPII))
+          sink: CallChangeSink(
+            call: call, credential: cred, workspace: req.workspace, tokens: s.tokens))
         call.onCancel { feed.cancel(id) }
       },
     ]
@@ -229,21 +239,68 @@ public protocol ErasureScheduler: Sendable {
     through seq: UInt64, _ completion: @escaping @Sendable (Result<UInt64, any Error>) -> Void)
 }
 
-/// A WatchChanges stream as the change feed's sink.
+/// A WatchChanges stream as the change feed's sink. It ends itself once the tokens in
+/// force no longer give its token scope `read` in its workspace, or take `pii` from a
+/// stream that shows PII (the tokens file read again, `SubscriptionService.replaceTokens`).
 final class CallChangeSink: ChangeSink {
   let call: ServerCall
   let redact: Bool
+  private let credential: Credential
+  private let workspace: String
+  private let tokens: Tokens
+  /// The tokens' generation last checked, and whether the stream was ended for them.
+  private let checked: Mutex<(generation: Int, revoked: Bool)>
 
-  init(call: ServerCall, redact: Bool) {
+  init(call: ServerCall, credential: Credential, workspace: String, tokens: Tokens) {
     self.call = call
-    self.redact = redact
+    self.redact = !credential.seesPII
+    self.credential = credential
+    self.workspace = workspace
+    self.tokens = tokens
+    // Checked once at the first event or pass of the feed: the credential may have been
+    // verified against tokens replaced since.
+    checked = Mutex((-1, false))
   }
 
   var bufferedBytes: Int { call.bufferedBytes }
-  var isCancelled: Bool { call.isCancelled }
+  var isCancelled: Bool { call.isCancelled || revoked() }
 
   func send(_ event: ChangeEvent, whenDrained: @escaping @Sendable () -> Void) {
+    guard !revoked() else { return }
     call.send(ProtoMapping.changeEvent(event, redact: redact), whenDrained: whenDrained)
+  }
+
+  /// Whether the stream's token lost what the stream needs; ends the call the first time.
+  private func revoked() -> Bool {
+    let generation = tokens.generation
+    let check = checked.withLock { c -> Bool? in
+      if c.revoked { return nil }
+      if c.generation == generation { return false }
+      c.generation = generation
+      return true
+    }
+    guard let check else { return true }
+    guard check else { return false }
+    let status: RPCStatus
+    if let now = tokens.current(credential) {
+      do throws(RPCStatus) {
+        try now.authorize(.read)
+        try now.authorize(workspace: workspace)
+        if redact || now.seesPII { return false }
+        throw RPCStatus(
+          .permissionDenied,
+          "credential '\(now.name)' no longer has scope 'pii' (tokens file reloaded)")
+      } catch {
+        status = RPCStatus(error.code, error.message + "; this stream ends")
+      }
+    } else {
+      status = RPCStatus(
+        .unauthenticated,
+        "the token of this stream is no longer in the tokens file (reloaded): this stream ends")
+    }
+    checked.withLock { $0.revoked = true }
+    call.finish(status)
+    return true
   }
 
   func finish(_ end: ChangeFeedEnd) {

@@ -172,9 +172,7 @@ enum Daemon {
       "subcenterd: listening on \(options.transport.listen.host):\(server.port) "
         + "(\(count(options.transport.loops, "loop")), TLS, gRPC)")
     let sig = TerminationSignals.wait {
-      writeStderrLine(
-        "subcenterd: SIGHUP ignored: the tokens file and the TLS certificate are read at "
-          + "start only; restart to apply changes (SIGTERM stops gracefully)")
+      reloadTokens(options, into: service)
     }
     writeStderrLine("subcenterd: signal \(sig): stopping; finishing calls in flight")
     ready.value = false
@@ -236,6 +234,25 @@ func startUpAdvice(_ error: StorageError, truncating: Bool) -> String {
 
 /// Warns when `path`'s permission bits include any of `mode` (others may read or write
 /// what they should not), saying why it matters.
+/// SIGHUP: reads the tokens file again and puts it in force, or keeps the tokens in force
+/// when the file is refused. The TLS certificate is read at start only.
+func reloadTokens(_ options: ServerOptions, into service: SubscriptionService) {
+  let file = "\(options.tokensOrigin) \(options.tokensFile)"
+  let tokens: TokenStore
+  do { tokens = try TokenStore(file: options.tokensFile, origin: options.tokensOrigin) } catch {
+    writeStderrLine(
+      "subcenterd: SIGHUP: \(error); the tokens in force stay (nothing changed)")
+    return
+  }
+  warnIfOpen(
+    options.tokensFile, mode: 0o022, "others may add a token (an admin one) to it: chmod go-w")
+  service.replaceTokens(tokens)
+  writeStderrLine(
+    "subcenterd: SIGHUP: reloaded \(file): \(count(tokens.count, "token")) in force for every "
+      + "call from now on; watch streams whose token lost its access end (the TLS "
+      + "certificate is read at start only)")
+}
+
 func warnIfOpen(_ path: String, mode: mode_t, _ why: String) {
   var st = stat()
   guard stat(path, &st) == 0, st.st_mode & mode != 0 else { return }

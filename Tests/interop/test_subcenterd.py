@@ -1,6 +1,8 @@
 """subcenterd: serves Health but not the interop TestService; bad settings are refused."""
 
 import atexit
+import hashlib
+import json
 import os
 import resource
 import shutil
@@ -18,7 +20,7 @@ from interop_support import (RPC_TIMEOUT, admin_address, empty_pb2, free_port, h
                              health_stub,
                              make_channel, run_to_exit, shared_server_fixture, interop_stub,
                              tls_args)
-from sc_support import TOKENS, Env, pb, pb_grpc, raw_unary, server_args
+from sc_support import TOKENS, Client, Env, pb, pb_grpc, raw_unary, server_args
 
 
 def _subcenterd_args():
@@ -383,13 +385,73 @@ def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(tmp_path):
         proc.wait()
 
 
-def test_sighup_leaves_the_server_running(subcenterd, sd_channel):
-    """A closed terminal or SSH session (SIGHUP) does not kill the server; an operator
-    who sends it expecting a reload is told it changes nothing."""
-    subcenterd.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.3)
-    assert subcenterd.proc.poll() is None, "subcenterd died of SIGHUP"
-    assert "SIGHUP ignored" in subcenterd.stderr_text() and "restart" in subcenterd.stderr_text()
-    resp = health_stub(sd_channel).Check(health_pb2.HealthCheckRequest(service=""),
-                                         timeout=RPC_TIMEOUT)
-    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+def test_sighup_reloads_the_tokens_file(start_server):
+    """SIGHUP (a closed terminal or SSH session too) never ends the server: it reads the
+    tokens file again. A token taken out of it is refused at once, also on a connection that
+    used it before (its verified header is not reused) and on a WatchChanges stream, which
+    ends; a token added works; a refused file keeps the tokens in force."""
+    args = server_args()
+    tokens_path = args[args.index("--tokens") + 1]
+    server = start_server("subcenterd", args)
+    env = Env(server)
+    try:
+        read = env.client("sc-read")
+        ws = env.workspace()
+        env.person(ws, "h1")
+        assert read.GetProfile(workspace=ws, person="h1").person_id == "h1"
+        def watch_as(name):
+            w = pb_grpc.SubscriptionCenterStub(env.channel).WatchChanges(
+                pb.WatchRequest(workspace=ws, from_oldest=True),
+                metadata=env.client(name).metadata, timeout=30)
+            assert next(w).person_id == "h1"
+            return w
+        watch, watch_pii, watch_root = watch_as("sc-read"), watch_as("sc-read-pii"), \
+            watch_as("sc-root")
+        with open(tokens_path) as f:
+            entries = json.load(f)
+        added = "sct_added_" + "x" * 20
+        kept = [e for e in entries if e["name"] != "sc-read"]
+        for e in kept:
+            if e["name"] == "sc-read-pii":
+                e["scopes"] = ["read"]  # its stream showed PII: it ends
+        kept.append({"name": "sc-added", "sha256": hashlib.sha256(added.encode()).hexdigest(),
+                     "workspace": "*", "scopes": ["read"]})
+        with open(tokens_path, "w") as f:
+            json.dump(kept, f)
+        server.proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: "SIGHUP: reloaded" in server.stderr_text(), "reload line")
+        assert server.proc.poll() is None, "subcenterd died of SIGHUP"
+        assert f"{len(kept)} tokens in force" in server.stderr_text(), server.stderr_text()
+        with pytest.raises(grpc.RpcError) as err:
+            read.GetProfile(workspace=ws, person="h1")
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            next(watch)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value.details()
+        assert "no longer in the tokens file" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            next(watch_pii)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, err.value.details()
+        assert "no longer has scope 'pii'" in err.value.details()
+        env.person(ws, "h2")  # a stream whose token kept its access goes on
+        assert next(watch_root).person_id == "h2"
+        watch_root.cancel()
+        added_client = Client(env.channel, added)
+        assert added_client.GetProfile(workspace=ws, person="h1").person_id == "h1"
+
+        # A file that is refused: the tokens in force stay, and the log says why.
+        with open(tokens_path, "w") as f:
+            f.write('[{"name": "broken"}]')
+        server.proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: "the tokens in force stay" in server.stderr_text(), "refusal line")
+        assert added_client.GetProfile(workspace=ws, person="h1").person_id == "h1"
+        assert env.root.GetProfile(workspace=ws, person="h1").person_id == "h1"
+    finally:
+        env.close()
+
+
+def _wait_for(condition, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)

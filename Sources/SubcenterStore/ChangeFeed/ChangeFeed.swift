@@ -167,6 +167,10 @@ public final class ChangeFeed: Sendable {
     return id
   }
 
+  /// Has the feed thread look at every watch again soon (`ChangeSink.isCancelled` may
+  /// have changed: the tokens were replaced).
+  public func recheckWatchers() { wake.signal() }
+
   /// Ends a watch (the client went away).
   public func cancel(_ id: Int) {
     state.withLock { _ = $0.cancelled.insert(id) }
