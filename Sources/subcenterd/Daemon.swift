@@ -173,6 +173,7 @@ enum Daemon {
         + "(\(count(options.transport.loops, "loop")), TLS, gRPC)")
     let sig = TerminationSignals.wait {
       reloadTokens(options, into: service)
+      reloadTLS(flags, into: server)
     }
     writeStderrLine("subcenterd: signal \(sig): stopping; finishing calls in flight")
     ready.value = false
@@ -235,7 +236,7 @@ func startUpAdvice(_ error: StorageError, truncating: Bool) -> String {
 /// Warns when `path`'s permission bits include any of `mode` (others may read or write
 /// what they should not), saying why it matters.
 /// SIGHUP: reads the tokens file again and puts it in force, or keeps the tokens in force
-/// when the file is refused. The TLS certificate is read at start only.
+/// when the file is refused.
 func reloadTokens(_ options: ServerOptions, into service: SubscriptionService) {
   let file = "\(options.tokensOrigin) \(options.tokensFile)"
   let tokens: TokenStore
@@ -249,8 +250,25 @@ func reloadTokens(_ options: ServerOptions, into service: SubscriptionService) {
   service.replaceTokens(tokens)
   writeStderrLine(
     "subcenterd: SIGHUP: reloaded \(file): \(count(tokens.count, "token")) in force for every "
-      + "call from now on; watch streams whose token lost its access end (the TLS "
-      + "certificate is read at start only)")
+      + "call from now on; watch streams whose token lost its access end")
+}
+
+/// SIGHUP: reads the TLS certificate, key and client CA again for the connections accepted
+/// from now on (those open keep theirs), or keeps them when the files are refused.
+func reloadTLS(_ flags: Flags, into server: GRPCServer) {
+  let tls: TLSContext
+  do { tls = try ServerConfiguration.tlsContext(flags: flags) } catch {
+    writeStderrLine(
+      "subcenterd: SIGHUP: \(error); the TLS certificate in force stays (nothing changed)")
+    return
+  }
+  if let key = flags.string("tls-key") {
+    warnIfOpen(key, mode: 0o004, "anyone on the host can read the TLS private key: chmod o-r")
+  }
+  server.replaceTLS(tls)
+  writeStderrLine(
+    "subcenterd: SIGHUP: reloaded the TLS certificate and key (\(flags.origin("tls-cert")) "
+      + "\(flags.string("tls-cert") ?? "certs/dev/server.pem")) for connections from now on")
 }
 
 func warnIfOpen(_ path: String, mode: mode_t, _ why: String) {

@@ -16,7 +16,8 @@ import time
 import grpc
 import pytest
 
-from interop_support import (RPC_TIMEOUT, admin_address, empty_pb2, free_port, health_pb2,
+from interop_support import (RPC_TIMEOUT, SERVER_KEY, SERVER_PEM, admin_address, empty_pb2,
+                             free_port, health_pb2,
                              health_stub,
                              make_channel, run_to_exit, shared_server_fixture, interop_stub,
                              tls_args)
@@ -455,3 +456,50 @@ def _wait_for(condition, what: str, timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"no {what} within {timeout} s"
         time.sleep(0.05)
+
+
+def test_sighup_reloads_the_tls_certificate_for_new_connections(start_server, tmp_path):
+    """A renewed certificate takes no restart: after SIGHUP, connections accepted from then
+    on get the new one, a connection already open keeps working, and files that are refused
+    (a key that does not match the certificate) keep the certificate in force."""
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    shutil.copy(SERVER_PEM, cert)
+    shutil.copy(SERVER_KEY, key)
+    server = start_server("subcenterd", ["--admin-listen", f"127.0.0.1:{free_port()}",
+                                         "--data", str(tmp_path / "data"),
+                                         "--tls-cert", str(cert), "--tls-key", str(key)])
+    ok = health_pb2.HealthCheckResponse.SERVING
+
+    def check(channel):
+        return health_stub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                          timeout=RPC_TIMEOUT).status
+
+    old = make_channel(server.port)
+    assert check(old) == ok
+    new_cert, new_key = tmp_path / "new.pem", tmp_path / "new.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(new_key),
+                    "-out", str(new_cert), "-days", "1", "-subj", "/CN=renewed",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=30)
+    shutil.copy(new_cert, cert)
+    shutil.copy(new_key, key)
+    server.proc.send_signal(signal.SIGHUP)
+    _wait_for(lambda: "reloaded the TLS certificate" in server.stderr_text(), "TLS reload line")
+    renewed = grpc.ssl_channel_credentials(root_certificates=new_cert.read_bytes())
+    with make_channel(server.port, credentials=renewed) as ch:
+        assert check(ch) == ok
+    with make_channel(server.port) as ch:  # trusts only the dev CA: the old certificate's
+        with pytest.raises(grpc.RpcError) as err:
+            check(ch)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert check(old) == ok, "the connection opened before the reload stopped working"
+    old.close()
+
+    shutil.copy(SERVER_KEY, key)  # no longer the certificate's key: refused
+    server.proc.send_signal(signal.SIGHUP)
+    _wait_for(lambda: "the TLS certificate in force stays" in server.stderr_text(),
+              "TLS refusal line")
+    assert "SIGHUP: --tls-key: " in server.stderr_text()
+    with make_channel(server.port, credentials=renewed) as ch:
+        assert check(ch) == ok

@@ -153,6 +153,24 @@ public struct Flags: Sendable {
 }
 
 extension ServerConfiguration {
+  /// A server TLS context from the files `--tls-cert`, `--tls-key` and `--client-ca` name
+  /// (read now: at start, and again when a server reloads them); the error names the flag
+  /// of the file at fault.
+  public static func tlsContext(flags: Flags) throws(FlagError) -> TLSContext {
+    let cert = flags.string("tls-cert") ?? "certs/dev/server.pem"
+    let key = flags.string("tls-key") ?? "certs/dev/server.key"
+    do {
+      return try TLSContext.server(
+        certificateChainFile: cert, privateKeyFile: key, clientCAFile: flags.string("client-ca"))
+    } catch {
+      // The flag that named the file the error is about.
+      let files = [("tls-key", key), ("tls-cert", cert), ("client-ca", flags.string("client-ca"))]
+      let name = files.first { $0.1 != nil && $0.1 == error.file }?.0
+      throw FlagError(
+        "\(name.map { flags.origin($0) } ?? "--tls-cert/--tls-key/--client-ca"): \(error)")
+    }
+  }
+
   /// The transport flags every server shares.
   public static let flagSpecs: [FlagSpec] = [
     FlagSpec("listen", default: "127.0.0.1:50051", help: "gRPC over TLS address"),
@@ -168,20 +186,7 @@ extension ServerConfiguration {
   public init(flags: Flags, defaultLoops: Int) throws(FlagError) {
     let listen = try flags.address("listen") ?? SocketAddress(host: "127.0.0.1", port: 50051)
     let loops = try flags.int("loops", in: 1...256) ?? defaultLoops
-    let cert = flags.string("tls-cert") ?? "certs/dev/server.pem"
-    let key = flags.string("tls-key") ?? "certs/dev/server.key"
-    let tls: TLSContext
-    do {
-      tls = try TLSContext.server(
-        certificateChainFile: cert, privateKeyFile: key, clientCAFile: flags.string("client-ca"))
-    } catch {
-      // The flag that named the file the error is about.
-      let files = [("tls-key", key), ("tls-cert", cert), ("client-ca", flags.string("client-ca"))]
-      let name = files.first { $0.1 != nil && $0.1 == error.file }?.0
-      throw FlagError(
-        "\(name.map { flags.origin($0) } ?? "--tls-cert/--tls-key/--client-ca"): \(error)")
-    }
-    self.init(listen: listen, loops: loops, tls: tls)
+    self.init(listen: listen, loops: loops, tls: try Self.tlsContext(flags: flags))
     limits.maxMessageBytes = try flags.int("max-message-bytes", in: 1...(1 << 30)) ?? 4_194_304
     limits.maxConcurrentStreams = try flags.int("max-concurrent-streams", in: 1...65_535) ?? 256
   }

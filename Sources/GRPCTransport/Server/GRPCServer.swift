@@ -25,7 +25,8 @@ public final class GRPCServer: @unchecked Sendable {
   // Immutable after init except the atomics and `threads` (start/wait on one thread).
   public let configuration: ServerConfiguration
   let router: Router
-  let tlsContext: TLSContext
+  /// The TLS context new connections use (`replaceTLS`).
+  private let tls: Mutex<TLSContext>
   /// The standard health service, always served.
   public let health: HealthService
   private var loops: [EventLoop] = []
@@ -45,11 +46,18 @@ public final class GRPCServer: @unchecked Sendable {
     logger: @escaping @Sendable (String) -> Void = writeStderrLine
   ) {
     self.configuration = configuration
-    tlsContext = configuration.tls
+    tls = Mutex(configuration.tls)
     health = HealthService(serviceNames: services.map(\.serviceName))
     router = Router(services + [health])
     self.logger = logger
   }
+
+  /// The TLS context of connections accepted from now on.
+  var tlsContext: TLSContext { tls.withLock { $0 } }
+
+  /// Makes connections accepted from now on use `context` (a renewed certificate);
+  /// connections already open keep theirs.
+  public func replaceTLS(_ context: TLSContext) { tls.withLock { $0 = context } }
 
   /// Binds every loop's listener and starts the loop threads.
   public func start() throws(SystemError) {
