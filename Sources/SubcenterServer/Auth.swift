@@ -76,7 +76,6 @@ public final class Tokens: Sendable {
 
   /// Changes each time the tokens are replaced.
   public var generation: Int { generationCounter.load(ordering: .acquiring) }
-  public var count: Int { store.withLock { $0.count } }
 
   /// Puts `tokens` in force for every call from now on.
   public func replace(with tokens: TokenStore) {

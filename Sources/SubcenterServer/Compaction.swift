@@ -131,6 +131,7 @@ public final class Compaction: ErasureScheduler, @unchecked Sendable {
     }
   }
 
+  /// Runs `compact()` on the queue in `nanoseconds`.
   private func compact(after nanoseconds: UInt64) {
     queue.asyncAfter(deadline: .now() + .nanoseconds(Int(min(nanoseconds, UInt64(Int.max))))) {
       self.compact()

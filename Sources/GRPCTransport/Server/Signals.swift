@@ -21,7 +21,7 @@ public enum TerminationSignals {
   }
 
   /// Waits until SIGTERM or SIGINT arrives; returns its number. Each SIGHUP on the way
-  /// calls `hangUp` (subcenterd reads its tokens file again).
+  /// calls `hangUp` (subcenterd reads its tokens and TLS files again).
   public static func wait(hangUp: () -> Void = {}) -> Int32 {
     var set = Self.set
     var sig: Int32 = 0
