@@ -249,6 +249,27 @@ class Env:
 # Assertions
 
 
+def expect_not_found_for_person_calls(c: Client, ws: str, ref, topic: Optional[str] = None):
+    """The reads and writes naming one person (`ref`) all fail NOT_FOUND; `topic` (a
+    configured topic) adds Unsubscribe and Resubscribe."""
+    calls = {
+        "GetProfile": lambda: c.GetProfile(workspace=ws, person=ref),
+        "GetPreferences": lambda: c.GetPreferences(workspace=ws, person=ref),
+        "GetHistory": lambda: c.GetHistory(workspace=ws, person=ref),
+        "Subscribe": lambda: c.Subscribe(workspace=ws, person=ref, channel="email"),
+        "UnsubscribeAll": lambda: c.UnsubscribeAll(workspace=ws, person=ref),
+        "ForgetPerson": lambda: c.ForgetPerson(workspace=ws, person=ref),
+    }
+    if topic is not None:
+        calls["Unsubscribe"] = lambda: c.Unsubscribe(workspace=ws, person=ref, topic=topic)
+        calls["Resubscribe"] = lambda: c.Resubscribe(workspace=ws, person=ref)
+    for rpc, thunk in calls.items():
+        try:
+            expect_code(NOT_FOUND, thunk)
+        except AssertionError as e:
+            raise AssertionError(f"{rpc}({ref}): {e}") from None
+
+
 def expect_code(code: grpc.StatusCode, thunk: Callable, field=None) -> grpc.RpcError:
     """Runs `thunk`, which must fail with `code`; with `field` (a name or a tuple of accepted
     names) the status message must name it."""

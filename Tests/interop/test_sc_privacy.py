@@ -5,7 +5,8 @@ import re
 
 from sc_support import (ERASURE_DEADLINE_MS, FAILED_PRECONDITION, INVALID, NOT_FOUND,
                         assert_decision,
-                        assert_recent, b64url_decode, expect_code, ident, limit, now_ms, ref_anon,
+                        assert_recent, b64url_decode, expect_code,
+                        expect_not_found_for_person_calls, ident, limit, now_ms, ref_anon,
                         ref_email, ref_phone, reason_name)
 
 B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -200,19 +201,7 @@ def test_calls_naming_a_suppressed_identifier_get_not_found_or_the_decision_supp
     c.SuppressIdentifiers(workspace=ws, identifiers=[ident("email", "s@example.com"),
                                                      ident("person_id", "sp")])
     for ref in (ref_email("s@example.com"), "sp"):
-        calls = {
-            "GetProfile": lambda: c.GetProfile(workspace=ws, person=ref),
-            "GetPreferences": lambda: c.GetPreferences(workspace=ws, person=ref),
-            "GetHistory": lambda: c.GetHistory(workspace=ws, person=ref),
-            "Subscribe": lambda: c.Subscribe(workspace=ws, person=ref, channel="email"),
-            "UnsubscribeAll": lambda: c.UnsubscribeAll(workspace=ws, person=ref),
-            "ForgetPerson": lambda: c.ForgetPerson(workspace=ws, person=ref),
-        }
-        for rpc, thunk in calls.items():
-            try:
-                expect_code(NOT_FOUND, thunk)
-            except AssertionError as e:
-                raise AssertionError(f"{rpc}({ref}): {e}") from None
+        expect_not_found_for_person_calls(c, ws, ref)
         for rpc, d in (("CheckDelivery", c.CheckDelivery(workspace=ws, person=ref,
                                                          channel="email")),
                        ("Override", c.OverrideForImportantMessage(

@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from sc_support import (INVALID, NOT_FOUND, TOKENS, assert_decision, entries_map, expect_code,
+                        expect_not_found_for_person_calls,
                         history_tuples, ident, limit, make_email, pb, pb_string_field, raw_unary,
                         ref_anon, ref_email, ref_phone, topic, unique)
 
@@ -403,21 +404,7 @@ def test_unknown_person_not_found_for_reads_and_writes(sc, ws):
     c = sc.root
     for ref in ("ghost", ref_email("ghost@example.com"), ref_phone("+14155559999"),
                 ref_anon("ghost-cookie")):
-        calls = {
-            "GetProfile": lambda: c.GetProfile(workspace=ws, person=ref),
-            "GetPreferences": lambda: c.GetPreferences(workspace=ws, person=ref),
-            "GetHistory": lambda: c.GetHistory(workspace=ws, person=ref),
-            "Subscribe": lambda: c.Subscribe(workspace=ws, person=ref, channel="email"),
-            "Unsubscribe": lambda: c.Unsubscribe(workspace=ws, person=ref, topic="news"),
-            "UnsubscribeAll": lambda: c.UnsubscribeAll(workspace=ws, person=ref),
-            "Resubscribe": lambda: c.Resubscribe(workspace=ws, person=ref),
-            "ForgetPerson": lambda: c.ForgetPerson(workspace=ws, person=ref),
-        }
-        for rpc, thunk in calls.items():
-            try:
-                expect_code(NOT_FOUND, thunk)
-            except AssertionError as e:
-                raise AssertionError(f"{rpc}({ref}): {e}") from None
+        expect_not_found_for_person_calls(c, ws, ref, topic="news")
 
 
 def test_unknown_person_is_a_decision_in_checks(sc, ws):
