@@ -205,15 +205,20 @@ final class SnapshotRestorer {
       return
     }
     try finish()
-    switch try SnapshotRecordCodec.decodeWithProtobufC(payload) {
-    case .workspace(let w):
-      store.restore(workspace: try w.restore(), lastEventSeq: w.lastEventSeq)
-    case .suppressions(let id, let hashes): try store.restore(suppressions: hashes, workspace: id)
-    case .secretCheck(let check):
-      guard check == store.hasher.secretCheck else { throw StorageError.wrongSecret }
-    case .person(let id, let person):
-      try store.restore(person, workspace: id)
-      workers.count(1)
+    do {
+      switch try SnapshotRecordCodec.decodeWithProtobufC(payload) {
+      case .workspace(let w):
+        store.restore(workspace: try w.restore(), lastEventSeq: w.lastEventSeq)
+      case .suppressions(let id, let hashes):
+        try store.restore(suppressions: hashes, workspace: id)
+      case .secretCheck(let check):
+        guard check == store.hasher.secretCheck else { throw StorageError.wrongSecret }
+      case .person(let id, let person):
+        try store.restore(person, workspace: id)
+        workers.count(1)
+      }
+    } catch {
+      throw placed(error, index: n, offset: at)
     }
   }
 
@@ -222,11 +227,23 @@ final class SnapshotRestorer {
     dispatch()
     workers.waitIdle()
     if let (error, index, offset) = workers.firstFailure {
-      if let e = error as? StorageError, e.kind == .damaged, e.file == nil {
-        throw StorageError.damaged(fileName, at: Int64(offset), "record \(index): \(e.message)")
-      }
-      throw error
+      throw placed(error, index: index, offset: offset)
     }
+  }
+
+  /// `error` of record `index` at `offset`, as damage naming the file, the offset and the
+  /// record. A record that reads but does not fit the state restored so far (a person of a
+  /// workspace the snapshot never configured, a person twice) is `cannot restore a record`.
+  /// Other storage errors (a wrong secret, damage already placed) stay as they are.
+  private func placed(_ error: any Error, index: Int, offset: Int) -> any Error {
+    let what: String
+    if let e = error as? StorageError {
+      guard e.kind == .damaged, e.file == nil else { return e }
+      what = e.message
+    } else {
+      what = "cannot restore a record: \(error)"
+    }
+    return StorageError.damaged(fileName, at: Int64(offset), "record \(index): \(what)")
   }
 
   private func dispatch() {

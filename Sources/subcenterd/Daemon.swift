@@ -33,11 +33,7 @@ enum Daemon {
       writeStderrLine("subcenterd: \(error)")
       return 2
     }
-    if tokens.count == 0 {
-      writeStderrLine(
-        "subcenterd: warning: \(options.tokensOrigin): \(options.tokensFile): no tokens: every "
-          + "call will be UNAUTHENTICATED")
-    }
+    warnIfNoTokens(tokens, options)
     // A taken address stops the start before the data directory is touched.
     for (address, flag) in [
       (options.transport.listen, "--listen"), (options.adminListen, "--admin-listen"),
@@ -247,10 +243,19 @@ func reloadTokens(_ options: ServerOptions, into service: SubscriptionService) {
   }
   warnIfOpen(
     options.tokensFile, mode: 0o022, "others may add a token (an admin one) to it: chmod go-w")
+  warnIfNoTokens(tokens, options)
   service.replaceTokens(tokens)
   writeStderrLine(
     "subcenterd: SIGHUP: reloaded \(file): \(count(tokens.count, "token")) in force for every "
       + "call from now on; watch streams whose token lost its access end")
+}
+
+/// An empty tokens file (`[]`) is allowed (health still answers), but worth a warning.
+func warnIfNoTokens(_ tokens: TokenStore, _ options: ServerOptions) {
+  guard tokens.count == 0 else { return }
+  writeStderrLine(
+    "subcenterd: warning: \(options.tokensOrigin): \(options.tokensFile): no tokens: every "
+      + "call will be UNAUTHENTICATED")
 }
 
 /// SIGHUP: reads the TLS certificate, key and client CA again for the connections accepted

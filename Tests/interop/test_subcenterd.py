@@ -440,6 +440,21 @@ def test_sighup_reloads_the_tokens_file(start_server):
         added_client = Client(env.channel, added)
         assert added_client.GetProfile(workspace=ws, person="h1").person_id == "h1"
 
+        # An empty file is taken (health still answers), with the start's warning.
+        with open(tokens_path, "w") as f:
+            f.write("[]")
+        server.proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: "0 tokens in force" in server.stderr_text(), "empty reload line")
+        assert "no tokens: every call will be UNAUTHENTICATED" in server.stderr_text()
+        with pytest.raises(grpc.RpcError) as err:
+            env.root.GetProfile(workspace=ws, person="h1")
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with open(tokens_path, "w") as f:
+            json.dump(kept, f)
+        server.proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: server.stderr_text().count(f"{len(kept)} tokens in force") == 2,
+                  "second reload line")
+
         # A file that is refused: the tokens in force stay, and the log says why.
         with open(tokens_path, "w") as f:
             f.write('[{"name": "broken"}]')
