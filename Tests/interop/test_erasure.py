@@ -32,12 +32,19 @@ def _encodings(text: str) -> list[bytes]:
 
 
 def _scan(directory: str, secrets: dict[str, str]) -> list[str]:
+    """Where `secrets` appear in the files of `directory` (raw and encoded). A running
+    server's temporary file may be renamed or removed between the listing and the read
+    (a segment rewrite, a snapshot): it is skipped, as what it held is read under its new
+    name or is gone."""
     hits = []
     for root, _, files in os.walk(directory):
         for f in files:
             path = os.path.join(root, f)
-            with open(path, "rb") as fh:
-                data = fh.read()
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
             for what, value in secrets.items():
                 for needle in _encodings(value):
                     if needle in data:
