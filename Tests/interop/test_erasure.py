@@ -33,18 +33,24 @@ def _encodings(text: str) -> list[bytes]:
 
 def _scan(directory: str, secrets: dict[str, str]) -> list[str]:
     """Where `secrets` appear in the files of `directory` (raw and encoded). A running
-    server's temporary file may be renamed or removed between the listing and the read
-    (a segment rewrite, a snapshot): it is skipped, as what it held is read under its new
-    name or is gone."""
+    server may rename or remove a temporary file between the listing and the read (a
+    segment rewrite, a snapshot): then the whole directory is read again, so what the file
+    held is not missed under its new name."""
+    for _ in range(50):
+        try:
+            return _scan_once(directory, secrets)
+        except FileNotFoundError:
+            time.sleep(0.01)
+    raise AssertionError(f"files of {directory} kept vanishing while it was read")
+
+
+def _scan_once(directory: str, secrets: dict[str, str]) -> list[str]:
     hits = []
     for root, _, files in os.walk(directory):
         for f in files:
             path = os.path.join(root, f)
-            try:
-                with open(path, "rb") as fh:
-                    data = fh.read()
-            except FileNotFoundError:
-                continue
+            with open(path, "rb") as fh:
+                data = fh.read()
             for what, value in secrets.items():
                 for needle in _encodings(value):
                     if needle in data:
