@@ -115,7 +115,13 @@ enum CheckData {
           records: { (r: SnapshotRecord) throws(StorageError) in
             if case .secretCheck(let check) = r { written = check }
           })
-        if foreign() {
+        if foreign(), let base {
+          // Recovery loads the newer one and never reads this one (the next snapshot
+          // deletes it).
+          writeStdoutLine(
+            "\(info.name): written under another secret.key, older than \(base.name), which "
+              + "recovery loads: not read (the next snapshot deletes it)")
+        } else if foreign() {
           wrongSecret.append(info.name)
           writeStdoutLine(
             "\(info.name): WRONG SECRET: written under another secret.key than this "
@@ -213,7 +219,13 @@ enum CheckData {
       }
       if let undecodable { problems.append(undecodable) }
       if let d = scan.damage {
-        if d.kind == .tornTail && newest {
+        if d.kind == .tornTail && newest && scan.endSeq <= after && scan.endsInsideARecord {
+          onlyBelowSnapshot = false
+          problems.append(
+            "cut short at byte offset \(d.offset) inside record \(scan.endSeq), which the "
+              + "snapshot (seq \(after)) holds: not a crash's torn write (a record a snapshot "
+              + "holds was synced before it); a copy cut short: copy the file again")
+        } else if d.kind == .tornTail && newest {
           if problems.isEmpty {
             warn(
               "\(segment.name): \(range): WARNING: torn tail at byte offset \(d.offset) "

@@ -412,6 +412,40 @@ private func dsDifference(_ got: SubscriptionStore, _ want: SubscriptionStore) -
     }
   }
 
+  /// A newest segment cut inside a record the snapshot holds is not a crash's torn write
+  /// (every record a snapshot holds was synced first) but a copy cut short: start-up refuses
+  /// it, naming the file and offset, rather than cutting it and losing the acknowledged
+  /// records after the snapshot that the segment held; `--recover-truncate` starts from the
+  /// snapshot.
+  @Test func aNewestSegmentCutInsideRecordsTheSnapshotHoldsIsRefused() throws {
+    let (fs, clock, durable, _) = try populated()
+    _ = try durable.snapshot(force: true)
+    _ = try DSOp.set("p2", channel: "sms", topic: "", .unsubscribed, source: "after")
+      .apply(durable.store).get()  // acknowledged after the snapshot, in the same segment
+    durable.close()
+    let newest = try #require(
+      try WALSegment.list(directory: dsDirectory, fileSystem: fs).max { $0.firstSeq < $1.firstSeq })
+    let segment = newest.name
+    let path = dsDirectory + "/" + segment
+    let bytes = try #require(fs.contents(path))
+    let scan = try WALSegment.scan(newest, directory: dsDirectory, fileSystem: fs)
+    #expect(scan.records.count >= 3)
+    let cut = scan.records[1].lowerBound + 2  // inside the second record, which the snapshot holds
+    fs.setContents(path, Array(bytes[..<cut]))
+    #expect {
+      _ = try dsOpen(fs, clock)
+    } throws: {
+      guard let e = $0 as? StorageError else { return false }
+      return e.kind == .damaged && e.file == segment && e.message.contains("cut short")
+    }
+    let (reopened, report) = try DurableStore.open(
+      directory: dsDirectory, fileSystem: fs, clock: clock, secret: dsSecret, fsync: .always,
+      truncateDamaged: true, log: { _ in })
+    defer { reopened.close() }
+    #expect(report.warnings.contains { $0.contains("torn record") }, "\(report.warnings)")
+    #expect(try preferences(reopened.store, "p2").entries.isEmpty, "the change after it is lost")
+  }
+
   /// A forget acknowledged right before a crash, whose compaction never ran or was cut
   /// short at any step, is finished after the restart: `finishInterruptedErasure`
   /// compacts, and no file holds the person's email any more. With nothing left to erase

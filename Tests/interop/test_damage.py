@@ -740,3 +740,37 @@ def test_damage_data_without_its_secret_key_is_refused(log_case):
     srv.start()
     srv.close()
     shutil.rmtree(srv.base, ignore_errors=True)
+
+
+def test_a_log_copy_cut_short_inside_records_the_snapshot_holds_is_refused():
+    """A backup whose copy of the newest segment was cut short (a full disk, an interrupted
+    transfer) is not a crash's torn write when the cut falls inside records the snapshot
+    holds (they were synced before it was written): check-data reports it as damage and
+    start-up refuses it, naming the file, rather than cutting it and losing the changes
+    after the snapshot the segment held; --recover-truncate starts from the snapshot."""
+    root = tempfile.mkdtemp(prefix="damage-cut-copy-")
+    srv = DurableServer(root, extra=SNAPSHOT_INTERVAL)
+    try:
+        srv.start()
+        ws = _workspace_with(srv, "cut", [f"c{i}" for i in range(4)])
+        status, _, body = support.admin_request(srv.server, "/snapshot", method="POST")
+        assert status == 200, body
+        later = [f"l{i}" for i in range(3)]  # after the snapshot, in the same segment
+        for p in later:
+            srv.client.Identify(workspace=ws, person_id=p)
+        srv.kill9()
+        segment = _newest_segment_with_records(srv.data)
+        path = os.path.join(srv.data, segment)
+        records = _records(path)
+        with open(path, "r+b") as f:
+            f.truncate(records[1][0] + 5)  # inside the second record of the segment
+        rc, text = _check_data(srv.data)
+        assert rc == 1 and "cut short" in text and segment in text, text
+        rc, text = _run_refused(srv)
+        assert rc == 1 and "cut short" in text and segment in text, text
+        srv.extra.append("--recover-truncate")
+        srv.start()
+        assert _present(srv, ws, later) == []
+    finally:
+        srv.close()
+        shutil.rmtree(root, ignore_errors=True)

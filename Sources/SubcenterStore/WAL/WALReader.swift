@@ -107,6 +107,22 @@ public enum WALReader {
             "the changes after seq \(after) (the snapshot holds the state up to there; the "
               + "change feed loses seqs \(lastGood + 1)-\(after) of its history)"
           }
+        if d.torn && newest && lastGood < after && !truncateDamaged,
+          scan?.endsInsideARecord == true
+        {
+          // Every record the snapshot holds was synced before the snapshot was written: a
+          // crash cannot cut one short. A copy cut short can (a backup whose copy failed),
+          // as can a power cut under --fsync none or interval. (A whole last record that
+          // does not check out, a flipped bit, is cut as before: the snapshot holds it.)
+          throw StorageError.damaged(
+            segment.name, at: Int64(d.offset),
+            "the newest segment ends inside record \(lastGood + 1) (\(d.reason)), which the "
+              + "snapshot (seq \(after)) holds: a crash cannot cut a record a snapshot holds, "
+              + "so this segment was cut short: if this directory is a copy (a backup, a "
+              + "restore), copy the file again from its source; the records after seq "
+              + "\(after) it held are lost otherwise. After a power cut under --fsync none or "
+              + "interval, start with --recover-truncate to go on from the snapshot")
+        }
         if d.torn && newest {
           report.warnings.append(
             "\(segment.name): torn record at byte offset \(d.offset) cut off (\(d.reason)); "

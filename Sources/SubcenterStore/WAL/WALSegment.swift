@@ -72,6 +72,16 @@ public struct SegmentScan: Sendable {
   /// preallocated and never wrote (0 when the records end the file).
   public var unwrittenBytes: Int { damage == nil ? bytes.count - validEnd : 0 }
 
+  /// Whether reading stopped at a record whose frame runs past the end of the file (a
+  /// write, or a copy, cut short), rather than at a whole frame that does not check out.
+  public var endsInsideARecord: Bool {
+    guard let d = damage, d.offset >= WALSegment.headerSize else { return false }
+    let left = bytes.count - d.offset
+    guard left >= RecordFrame.headerSize else { return true }
+    let length = bytes.withUnsafeBytes { Int(readLE32($0, d.offset)) }
+    return RecordFrame.headerSize + length > left
+  }
+
   /// The payload of record `i`.
   public func payload(_ i: Int) -> ArraySlice<UInt8> { bytes[records[i]] }
 
