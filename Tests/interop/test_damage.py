@@ -774,3 +774,30 @@ def test_a_log_copy_cut_short_inside_records_the_snapshot_holds_is_refused():
     finally:
         srv.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_damage_an_older_snapshot_under_another_secret_beside_a_newer_one_is_not_read():
+    """A first start on the restore directory made a secret.key and a snapshot before the
+    backup's files were copied in and its secret.key put back: recovery loads the backup's
+    newer snapshot and never reads the stray older one, so check-data says so (exit 0)
+    rather than WRONG SECRET, and the server starts with the backup's persons."""
+    base_a, base_b = tempfile.mkdtemp(prefix="damage-stray-"), tempfile.mkdtemp(prefix="damage-bk-")
+    stray, backup = DurableServer(base_a).start(), DurableServer(base_b).start()
+    try:
+        _workspace_with(stray, "stray", ["s0"])
+        assert stray.terminate() == 0
+        persons = [f"b{i}" for i in range(8)]
+        ws = _workspace_with(backup, "bk", persons)
+        assert backup.terminate() == 0
+        old, new = _snapshots(stray.data)[-1], _snapshots(backup.data)[-1]
+        assert old < new, (old, new)
+        shutil.copy(os.path.join(stray.data, old), backup.data)
+        rc, text = _check_data(backup.data)
+        assert rc == 0 and "WRONG" not in text and "not read" in text, text
+        backup.start()
+        assert _present(backup, ws, persons) == persons
+    finally:
+        stray.close()
+        backup.close()
+        shutil.rmtree(base_a, ignore_errors=True)
+        shutil.rmtree(base_b, ignore_errors=True)
