@@ -193,9 +193,9 @@ final class SnapshotRestorer {
 
   deinit { workers.waitIdle() }
 
-  /// Restores (or queues) one encoded `SnapshotRecord`. Damage is `StorageError`; a record
-  /// that does not fit the state restored so far is the `CoreError` saying why.
-  func restore(_ payload: UnsafeRawBufferPointer) throws {
+  /// Restores (or queues) one encoded `SnapshotRecord`. A record that does not read, or
+  /// does not fit the state restored so far, is damage naming its place (`placed`).
+  func restore(_ payload: UnsafeRawBufferPointer) throws(StorageError) {
     let (at, n) = (offset, index)
     offset += RecordFrame.headerSize + payload.count
     index += 1
@@ -223,19 +223,17 @@ final class SnapshotRestorer {
   }
 
   /// Restores what is queued and waits for it; throws the first failure in file order.
-  func finish() throws {
+  func finish() throws(StorageError) {
     dispatch()
     workers.waitIdle()
-    if let (error, index, offset) = workers.firstFailure {
-      throw placed(error, index: index, offset: offset)
-    }
+    if let f = workers.firstFailure { throw placed(f.error, index: f.index, offset: f.offset) }
   }
 
   /// `error` of record `index` at `offset`, as damage naming the file, the offset and the
   /// record. A record that reads but does not fit the state restored so far (a person of a
   /// workspace the snapshot never configured, a person twice) is `cannot restore a record`.
   /// Other storage errors (a wrong secret, damage already placed) stay as they are.
-  private func placed(_ error: any Error, index: Int, offset: Int) -> any Error {
+  private func placed(_ error: any Error, index: Int, offset: Int) -> StorageError {
     let what: String
     if let e = error as? StorageError {
       guard e.kind == .damaged, e.file == nil else { return e }
@@ -327,9 +325,8 @@ private final class RestoreWorkers: @unchecked Sendable {
   private let state = Mutex<(restored: Int, failure: BatchFailure?)>((0, nil))
 
   var restored: Int { state.withLock { $0.restored } }
-  var firstFailure: (any Error, Int, Int)? {
-    state.withLock { s in s.failure.map { ($0.error, $0.index, $0.offset) } }
-  }
+  /// The failure of the earliest record, once the batches are done.
+  var firstFailure: BatchFailure? { state.withLock { $0.failure } }
 
   func count(_ n: Int) { state.withLock { $0.restored += n } }
 

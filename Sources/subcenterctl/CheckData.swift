@@ -219,7 +219,7 @@ enum CheckData {
       }
       if let undecodable { problems.append(undecodable) }
       if let d = scan.damage {
-        if d.kind == .tornTail && newest && scan.endSeq <= after && scan.endsInsideARecord {
+        if newest && scan.isCutInsideRecords(heldBy: after) {
           onlyBelowSnapshot = false
           problems.append(
             "cut short at byte offset \(d.offset) inside record \(scan.endSeq), which the "

@@ -29,11 +29,10 @@ enum Daemon {
     // Every file a flag names is read before anything is written: a bad tokens file leaves
     // no data directory and no new secret.key behind (the TLS files are read above).
     let tokens: TokenStore
-    do { tokens = try TokenStore(file: options.tokensFile, origin: options.tokensOrigin) } catch {
+    do { tokens = try loadTokens(options) } catch {
       writeStderrLine("subcenterd: \(error)")
       return 2
     }
-    warnIfNoTokens(tokens, options)
     // A taken address stops the start before the data directory is touched.
     for (address, flag) in [
       (options.transport.listen, "--listen"), (options.adminListen, "--admin-listen"),
@@ -59,11 +58,7 @@ enum Daemon {
       return 2
     }
     warnIfOpen(options.dataDirectory, mode: 0o077, "it holds personal data: chmod 700 it")
-    warnIfOpen(
-      options.tokensFile, mode: 0o022, "others may add a token (an admin one) to it: chmod go-w")
-    if let key = flags.string("tls-key") {
-      warnIfOpen(key, mode: 0o004, "anyone on the host can read the TLS private key: chmod o-r")
-    }
+    warnIfTLSKeyOpen(flags)
     let dataLock: DataDirectoryLock
     do { dataLock = try DataDirectoryLock(directory: options.dataDirectory) } catch {
       writeStderrLine("subcenterd: \(error.message) (\(options.dataOrigin))")
@@ -231,31 +226,38 @@ func startUpAdvice(_ error: StorageError, truncating: Bool) -> String {
 
 /// Warns when `path`'s permission bits include any of `mode` (others may read or write
 /// what they should not), saying why it matters.
+/// Reads the tokens file (at start, and again at SIGHUP) and warns about what is wrong
+/// with it but allowed: others may write it, or it holds no token (health still answers).
+func loadTokens(_ options: ServerOptions) throws(FlagError) -> TokenStore {
+  let tokens = try TokenStore(file: options.tokensFile, origin: options.tokensOrigin)
+  warnIfOpen(
+    options.tokensFile, mode: 0o022, "others may add a token (an admin one) to it: chmod go-w")
+  if tokens.count == 0 {
+    writeStderrLine(
+      "subcenterd: warning: \(options.tokensOrigin): \(options.tokensFile): no tokens: every "
+        + "call will be UNAUTHENTICATED")
+  }
+  return tokens
+}
+
+func warnIfTLSKeyOpen(_ flags: Flags) {
+  guard let key = flags.string("tls-key") else { return }
+  warnIfOpen(key, mode: 0o004, "anyone on the host can read the TLS private key: chmod o-r")
+}
+
 /// SIGHUP: reads the tokens file again and puts it in force, or keeps the tokens in force
 /// when the file is refused.
 func reloadTokens(_ options: ServerOptions, into service: SubscriptionService) {
-  let file = "\(options.tokensOrigin) \(options.tokensFile)"
   let tokens: TokenStore
-  do { tokens = try TokenStore(file: options.tokensFile, origin: options.tokensOrigin) } catch {
-    writeStderrLine(
-      "subcenterd: SIGHUP: \(error); the tokens in force stay (nothing changed)")
+  do { tokens = try loadTokens(options) } catch {
+    writeStderrLine("subcenterd: SIGHUP: \(error); the tokens in force stay (nothing changed)")
     return
   }
-  warnIfOpen(
-    options.tokensFile, mode: 0o022, "others may add a token (an admin one) to it: chmod go-w")
-  warnIfNoTokens(tokens, options)
   service.replaceTokens(tokens)
   writeStderrLine(
-    "subcenterd: SIGHUP: reloaded \(file): \(count(tokens.count, "token")) in force for every "
-      + "call from now on; watch streams whose token lost its access end")
-}
-
-/// An empty tokens file (`[]`) is allowed (health still answers), but worth a warning.
-func warnIfNoTokens(_ tokens: TokenStore, _ options: ServerOptions) {
-  guard tokens.count == 0 else { return }
-  writeStderrLine(
-    "subcenterd: warning: \(options.tokensOrigin): \(options.tokensFile): no tokens: every "
-      + "call will be UNAUTHENTICATED")
+    "subcenterd: SIGHUP: reloaded \(options.tokensOrigin) \(options.tokensFile): "
+      + "\(count(tokens.count, "token")) in force for every call from now on; watch streams "
+      + "whose token lost its access end")
 }
 
 /// SIGHUP: reads the TLS certificate, key and client CA again for the connections accepted
@@ -267,9 +269,7 @@ func reloadTLS(_ flags: Flags, into server: GRPCServer) {
       "subcenterd: SIGHUP: \(error); the TLS certificate in force stays (nothing changed)")
     return
   }
-  if let key = flags.string("tls-key") {
-    warnIfOpen(key, mode: 0o004, "anyone on the host can read the TLS private key: chmod o-r")
-  }
+  warnIfTLSKeyOpen(flags)
   server.replaceTLS(tls)
   writeStderrLine(
     "subcenterd: SIGHUP: reloaded the TLS certificate and key (\(flags.origin("tls-cert")) "

@@ -210,25 +210,20 @@ public final class DurableStore: Sendable {
       }
       let restorer = SnapshotRestorer(store: store, fileName: info.name)
       var recordFailed = false
-      func restoring(_ body: () throws -> Void) throws(StorageError) {
-        do {
-          try body()
-        } catch let e as StorageError {
+      func restoring(_ body: () throws(StorageError) -> Void) throws(StorageError) {
+        do { try body() } catch {
           recordFailed = true
-          throw e
-        } catch {
-          recordFailed = true
-          throw StorageError.damaged(info.name, at: 0, "cannot restore a record: \(error)")
+          throw error
         }
       }
-      do {
+      do throws(StorageError) {
         _ = try SnapshotFile.read(
           info.name, directory: directory, fileSystem: fileSystem,
           expecting: { [store] in store.reserve(persons: $0) }
         ) { (payload: UnsafeRawBufferPointer) throws(StorageError) in
-          try restoring { try restorer.restore(payload) }
+          try restoring { () throws(StorageError) in try restorer.restore(payload) }
         }
-        try restoring { try restorer.finish() }
+        try restoring { () throws(StorageError) in try restorer.finish() }
       } catch {
         // A secret check read intact (its record's own checksum held) is believed even in a
         // file damaged further on: falling back would read the data under the wrong secret.

@@ -107,13 +107,7 @@ public enum WALReader {
             "the changes after seq \(after) (the snapshot holds the state up to there; the "
               + "change feed loses seqs \(lastGood + 1)-\(after) of its history)"
           }
-        if d.torn && newest && lastGood < after && !truncateDamaged,
-          scan?.endsInsideARecord == true
-        {
-          // Every record the snapshot holds was synced before the snapshot was written: a
-          // crash cannot cut one short. A copy cut short can (a backup whose copy failed),
-          // as can a power cut under --fsync none or interval. (A whole last record that
-          // does not check out, a flipped bit, is cut as before: the snapshot holds it.)
+        if newest && !truncateDamaged, scan?.isCutInsideRecords(heldBy: after) == true {
           throw StorageError.damaged(
             segment.name, at: Int64(d.offset),
             "the newest segment ends inside record \(lastGood + 1) (\(d.reason)), which the "

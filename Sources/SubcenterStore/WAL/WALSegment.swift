@@ -72,9 +72,18 @@ public struct SegmentScan: Sendable {
   /// preallocated and never wrote (0 when the records end the file).
   public var unwrittenBytes: Int { damage == nil ? bytes.count - validEnd : 0 }
 
+  /// Whether the file ends inside a record that a snapshot at `snapshotSeq` holds: not a
+  /// crash's torn write (every record a snapshot holds was synced before the snapshot was
+  /// written) but a file cut short (a copy that failed), or lost to a power cut under
+  /// `--fsync none` or `interval`. A whole last record that does not check out (a flipped
+  /// bit) is not this: the snapshot holds it, and cutting it loses nothing.
+  public func isCutInsideRecords(heldBy snapshotSeq: UInt64) -> Bool {
+    damage?.kind == .tornTail && endSeq <= snapshotSeq && endsInsideARecord
+  }
+
   /// Whether reading stopped at a record whose frame runs past the end of the file (a
   /// write, or a copy, cut short), rather than at a whole frame that does not check out.
-  public var endsInsideARecord: Bool {
+  private var endsInsideARecord: Bool {
     guard let d = damage, d.offset >= WALSegment.headerSize else { return false }
     let left = bytes.count - d.offset
     guard left >= RecordFrame.headerSize else { return true }
