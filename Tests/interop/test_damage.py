@@ -105,6 +105,17 @@ def _copy_case(src_base: str, dst_base: str) -> DurableServer:
 # Servers
 
 
+def _refused_changing_nothing(srv: DurableServer, code: int, *needles: str) -> str:
+    """Runs subcenterd on srv's directory expecting it to refuse to start with exit `code`
+    and a message holding every one of `needles`, leaving the directory as it was; returns
+    the output."""
+    before = _tree(srv.data)
+    rc, text = _run_refused(srv)
+    assert rc == code and all(n in text for n in needles), text
+    assert _tree(srv.data) == before, "a refused start-up changed the directory"
+    return text
+
+
 def _run_refused(srv: DurableServer, extra: list[str] = (), timeout: float = 15.0):
     """Runs subcenterd on srv's directory expecting it to stop by itself: (exit code, stderr)."""
     args = support.tls_args() + ["--listen", f"127.0.0.1:{support.free_port()}"] + \
@@ -658,11 +669,8 @@ def test_damage_data_under_another_secret_key_is_refused():
             assert srv.terminate() == 0  # the final snapshot
 
         ws, email, put_back = _suppressed_then_key_swapped(srv, stop)
-        before = _tree(srv.data)
-        rc, text = _run_refused(srv)
-        assert rc == 1 and "another server secret" in text and "snapshot-" in text, text
-        assert "Put back the secret.key backed up with this data" in text, text
-        assert _tree(srv.data) == before, "a refused start-up changed the directory"
+        _refused_changing_nothing(srv, 1, "another server secret", "snapshot-",
+                                  "Put back the secret.key backed up with this data")
         rc, text = _check_data(srv.data)
         assert rc == 1 and "WRONG SECRET" in text and "WRONG secret.key" in text, text
         # Damage after the check does not let the wrong secret through by a fall back to the
@@ -671,10 +679,7 @@ def test_damage_data_under_another_secret_key_is_refused():
         intact = open(snap, "rb").read()
         with open(snap, "wb") as f:
             f.write(intact[:-1] + bytes([intact[-1] ^ 0xFF]))
-        damaged = _tree(srv.data)
-        rc, text = _run_refused(srv)
-        assert rc == 1 and "another server secret" in text, text
-        assert _tree(srv.data) == damaged, "a refused start-up changed the directory"
+        _refused_changing_nothing(srv, 1, "another server secret")
         rc, text = _check_data(srv.data)
         assert rc == 1 and "DAMAGED" in text and "WRONG SECRET" in text, text
         with open(snap, "wb") as f:
@@ -698,10 +703,7 @@ def test_damage_a_log_under_another_secret_key_is_refused():
     try:
         ws, email, put_back = _suppressed_then_key_swapped(srv, srv.kill9)
         assert not _snapshots(srv.data), "no snapshot: the log alone"
-        before = _tree(srv.data)
-        rc, text = _run_refused(srv)
-        assert rc == 1 and "another server secret" in text and "log record" in text, text
-        assert _tree(srv.data) == before, "a refused start-up changed the directory"
+        _refused_changing_nothing(srv, 1, "another server secret", "log record")
         rc, text = _check_data(srv.data)
         assert rc == 1 and "WRONG SECRET" in text, text
         put_back()
@@ -720,10 +722,7 @@ def test_damage_data_without_its_secret_key_is_refused(log_case):
     key = os.path.join(srv.data, "secret.key")
     saved = open(key, "rb").read()
     os.unlink(key)
-    before = _tree(srv.data)
-    rc, text = _run_refused(srv)
-    assert rc == 2 and "secret.key is missing" in text and "suppression" in text, text
-    assert _tree(srv.data) == before, "a refused start-up changed the directory"
+    _refused_changing_nothing(srv, 2, "secret.key is missing", "suppression")
     rc, text = _check_data(srv.data)
     assert rc == 1 and "secret.key: MISSING" in text, text
     # The log is sound: the advice is the secret, not a repair of the log.
@@ -766,8 +765,7 @@ def test_a_log_copy_cut_short_inside_records_the_snapshot_holds_is_refused():
             f.truncate(records[1][0] + 5)  # inside the second record of the segment
         rc, text = _check_data(srv.data)
         assert rc == 1 and "cut short" in text and segment in text, text
-        rc, text = _run_refused(srv)
-        assert rc == 1 and "cut short" in text and segment in text, text
+        _refused_changing_nothing(srv, 1, "cut short", segment)
         srv.extra.append("--recover-truncate")
         srv.start()
         assert _present(srv, ws, later) == []

@@ -173,11 +173,17 @@ def test_erasure_completes_after_a_crash_right_after_forget():
         srv.close()
 
 
+def _email_workspace(sc, ws_prefix: str, tag_prefix: str) -> tuple[str, str]:
+    """A fresh workspace with channel email, and a fresh tag for distinctive identifiers."""
+    ws, tag = unique(ws_prefix), unique(tag_prefix)
+    sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+    return ws, tag
+
+
 def _identified_person(sc) -> tuple[str, str, dict[str, str]]:
     """A workspace with an identified person who chose something; the workspace, the
     person id, and the person's email and source to scan for."""
-    ws, tag = unique("ei"), unique("zi")
-    sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+    ws, tag = _email_workspace(sc, "ei", "zi")
     pid, email = f"person-{tag}", f"erase.{tag}@distinct-{tag}.example"
     sc.Identify(workspace=ws, person_id=pid, email=email)
     sc.Subscribe(workspace=ws, person=pid, channel="email", source=f"source-{tag}")
@@ -187,8 +193,7 @@ def _identified_person(sc) -> tuple[str, str, dict[str, str]]:
 def _anonymous_profile(sc) -> tuple[str, str, dict[str, str]]:
     """A workspace with an anonymous profile that chose something; the workspace, the
     anonymous id, and the profile's source to scan for."""
-    ws, tag = unique("ea"), unique("za")
-    sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+    ws, tag = _email_workspace(sc, "ea", "za")
     anon = f"anon-{tag}"
     sc.Identify(workspace=ws, anonymous_id=anon)
     sc.Subscribe(workspace=ws, person=pb.PersonRef(anonymous_id=anon), channel="email",
@@ -247,9 +252,7 @@ def test_suppressed_identifiers_are_kept_only_as_keyed_hashes():
     srv = DurableServer(base, extra=("--erasure-deadline", "2")).start()
     try:
         sc = srv.client
-        ws = unique("es")
-        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
-        tag = unique("zs")
+        ws, tag = _email_workspace(sc, "es", "zs")
         pid, email, phone = f"person-{tag}", f"held.{tag}@distinct-{tag}.example", "+4915198765432"
         alone = f"never.held.{tag}@distinct-{tag}.example"
         sc.Identify(workspace=ws, person_id=pid, email=email, phone=phone)
@@ -275,9 +278,7 @@ def test_a_suppressions_reason_leaves_with_the_person_it_forgot():
     srv = DurableServer(base, extra=("--erasure-deadline", "2")).start()
     try:
         sc = srv.client
-        ws = unique("esr")
-        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
-        tag = unique("zr")
+        ws, tag = _email_workspace(sc, "esr", "zr")
         email = f"asked.{tag}@distinct-{tag}.example"
         sc.Identify(workspace=ws, person_id=f"person-{tag}", email=email)
         reason = f"erasure request by {email} on ticket {tag}"
@@ -305,8 +306,7 @@ def test_sigterm_right_after_a_forget_leaves_no_trace():
     srv = DurableServer(base, extra=("--erasure-deadline", "60")).start()
     try:
         sc = srv.client
-        ws = unique("est")
-        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        ws, _ = _email_workspace(sc, "est", "zt")
         secrets = {}
         for i, how in enumerate(("forget", "suppress")):
             tag = unique("zt")
