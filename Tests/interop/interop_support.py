@@ -530,6 +530,7 @@ class RawH2:
         self.goaway: Optional[h2.events.ConnectionTerminated] = None
         self.remote_settings: dict = {}
         self.got_settings = False
+        self.last_read_at: Optional[float] = None   # monotonic time of the last bytes read
         self._flush()
 
     def close(self) -> None:
@@ -594,6 +595,7 @@ class RawH2:
         if not data:
             self.closed = True
             return False
+        self.last_read_at = time.monotonic()
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:

@@ -241,15 +241,18 @@ def test_answers_a_client_does_not_read_are_bounded_and_the_rest_wait(start_serv
             if not conn.pump(0.5):
                 break
         done = [s for s in kept if conn.streams[s].ended and conn.streams[s].grpc_status == 0]
-        # On failure: whether each unanswered call ran (headers came) and how far its answer
-        # got, to tell a held call never run from an answer whose sending stopped (seen once
-        # in ~160 runs with server, client and a CPU hog on one core: the last ~18 calls).
+        # On failure: whether each unanswered call ran (headers came), how far its answer got
+        # and how long nothing came, to tell a held call never run from an answer whose
+        # sending stopped (as it did when the socket drained during the server's last write
+        # of a flush: about one run in 30 with two CPU hogs, fixed in ServerConnection.flush).
         left = {s: (bool(conn.streams[s].headers), len(conn.streams[s].data),
-                    conn.streams[s].ended, conn.streams[s].grpc_status)
+                    conn.streams[s].ended, conn.streams[s].grpc_status, conn.streams[s].reset)
                 for s in kept if s not in done}
+        quiet = time.monotonic() - (conn.last_read_at or 0)
         assert len(done) == len(kept), (
             f"{len(done)} of {len(kept)} answered; the rest (headers, data bytes, ended, "
-            f"grpc-status): {left}; connection closed: {conn.closed}; "
+            f"grpc-status, reset code): {left}; connection closed: {conn.closed}, GOAWAY: "
+            f"{conn.goaway}; nothing read for {quiet:.1f} s; "
             f"{deadline - time.monotonic():.1f} s left")
         assert all(len(conn.streams[s].data) > size for s in kept)
         # Nothing is left counted: a new large call on the connection runs at once.

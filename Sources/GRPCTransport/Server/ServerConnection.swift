@@ -149,22 +149,24 @@ final class ServerConnection {
   /// Moves HTTP/2 output through TLS to the socket, as far as the socket takes it; closes
   /// the connection when HTTP/2 is done with it. Called again when the socket drains, it
   /// first sends what waited and then goes on producing (a client that only reads sends
-  /// nothing that would call it otherwise).
+  /// nothing that would call it otherwise). It returns only when HTTP/2 has nothing more
+  /// to send or the socket is full (then waiting for it to drain): stopping at a full
+  /// socket that drained before the last write left output unsent with nothing to wake it.
   func flush() {
     guard !closed, let tls else { return }
     let wasBusy = isBusy
     isBusy = true
     defer { isBusy = wasBusy }
-    if pendingBytes > 0 {
-      writeCiphertext()
-      // Still blocked: nothing more can go out until the socket drains again.
-      if closed || pendingBytes > 0 { return }
-    }
     if let http2 {
       var plain: [UInt8] = []
       swap(&plain, &loop.outScratch)
       defer { swap(&plain, &loop.outScratch) }
-      while pendingBytes == 0 {
+      while true {
+        if pendingBytes > 0 || tls.pendingOutput >= Self.cipherBatch {
+          writeCiphertext()
+          // Still blocked: the socket draining calls this again.
+          if closed || pendingBytes > 0 { return }
+        }
         plain.removeAll(keepingCapacity: true)
         guard http2.produce(into: &plain, limit: Self.plainBatch) else {
           close()
@@ -175,15 +177,11 @@ final class ServerConnection {
           close()
           return
         }
-        if tls.pendingOutput >= Self.cipherBatch { writeCiphertext() }
-        if closed { return }
       }
     }
     writeCiphertext()
-    if closed { return }
-    if let http2, !http2.wantsRead, !http2.wantsWrite, pendingBytes == 0 {
-      close()
-    }
+    if closed || pendingBytes > 0 { return }
+    if let http2, !http2.wantsRead, !http2.wantsWrite { close() }
   }
 
   private var pendingBytes: Int { pendingOut.count - pendingOffset }
