@@ -180,7 +180,19 @@ public final class SubscriptionService: GRPCService, Sendable {
     _ workspace: @escaping @Sendable (Request) -> String,
     _ body: @escaping @Sendable (SubscriptionService, Request, Credential, ServerCall) -> Void
   ) -> ServiceMethod {
-    ServiceMethod(path: "/\(serviceName)/\(name)") { [self] call in
+    // The credential and its scope are checked when the headers arrive too, so a call
+    // without them is refused before its request body is read (and kept); the handler
+    // checks again (the verified header is remembered on the connection, so at little cost)
+    // because the tokens may be reloaded in between.
+    let admit: @Sendable (Metadata, ConnectionContext) -> RPCStatus? = { [tokens] metadata, conn in
+      do throws(RPCStatus) {
+        try tokens.authenticate(metadata, connection: conn).authorize(scope)
+        return nil
+      } catch {
+        return error
+      }
+    }
+    return ServiceMethod(path: "/\(serviceName)/\(name)", admit: admit) { [self] call in
       do throws(RPCStatus) {
         let credential = try tokens.authenticate(call.metadata, connection: call.connection)
         try credential.authorize(scope)

@@ -568,6 +568,28 @@ class RawH2:
         self.conn.send_data(sid, data, end_stream=end_stream)
         self._flush()
 
+    def send_flowed(self, sid: int, data: bytes, timeout: float = 10.0) -> int:
+        """Sends `data` on stream `sid` as the server's flow-control windows allow, reading its
+        WINDOW_UPDATEs meanwhile; stops early when the stream ends or is reset, the connection
+        closes or `timeout` passes. Returns the bytes sent."""
+        st = self.streams[sid]
+        deadline = time.monotonic() + timeout
+        sent = 0
+        while sent < len(data) and not (st.ended or st.reset is not None or self.closed):
+            room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size,
+                       len(data) - sent)
+            if room <= 0:
+                if time.monotonic() > deadline or not self.pump(0.05):
+                    break
+                continue
+            self.conn.send_data(sid, data[sent:sent + room])
+            sent += room
+            if sent % (1 << 20) < room:
+                self._flush()
+                self.pump(0.001)
+        self._flush()
+        return sent
+
     def end(self, sid: int) -> None:
         self.conn.end_stream(sid)
         self._flush()

@@ -260,3 +260,42 @@ def test_answers_a_client_does_not_read_are_bounded_and_the_rest_wait(start_serv
         assert st.grpc_status == 0 and len(st.data) > size, st.summary()
     finally:
         conn.close()
+
+
+def test_request_bodies_a_connection_holds_are_bounded(start_server):
+    """Calls whose request message never ends (a claimed 4 MB, 3.9 MB sent) on one connection:
+    the connection holds at most 64 MiB of such bytes; the call whose data goes over is refused
+    RESOURCE_EXHAUSTED naming the bound and its bytes dropped; the connection still serves."""
+    server = start_server("interop-server")
+    with RawH2(server.port) as conn:
+        assert conn.wait_settings(5)
+        before = _rss_kib(server.proc.pid)
+        sids = []
+        for _ in range(24):
+            sid = conn.start(RawH2.grpc_headers(UNARY))
+            conn.send_flowed(sid, grpc_frame(b"\0" * 3_900_000, claimed_length=4_000_000))
+            sids.append(sid)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and conn.pump(0.1):
+            if sum(conn.streams[s].grpc_status is not None for s in sids) >= 7:
+                break
+        answered = [s for s in sids if conn.streams[s].grpc_status is not None]
+        # 17 bodies of 3.9 MB fit in 64 MiB, the 18th goes over.
+        assert answered == sids[17:], [conn.streams[s].summary() for s in answered[:2]]
+        st = conn.streams[sids[17]]
+        assert st.grpc_status == 8, st.summary()
+        message = percent_decode(st.trailer_or_header(b"grpc-message") or b"").decode()
+        assert "exceed 67108864 bytes" in message, message
+        grown_mib = (_rss_kib(server.proc.pid) - before) / 1024
+        assert grown_mib < 100, f"{grown_mib:.0f} MiB held for 24 unfinished 3.9 MB bodies"
+        for sid in sids[:17]:
+            conn.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)
+        conn._flush()
+        # Their bytes are given back: a call with a 3 MB request runs.
+        body = grpc_frame(messages_pb2.SimpleRequest(
+            response_size=1, payload=messages_pb2.Payload(body=b"x" * 3_000_000)).SerializeToString())
+        sid = conn.start(RawH2.grpc_headers(UNARY))
+        conn.send_flowed(sid, body)
+        conn.end(sid)
+        st = conn.wait(sid, timeout=10)
+        assert st.grpc_status == 0, st.summary()

@@ -2,9 +2,11 @@
 PERMISSION_DENIED with every other single scope; workspace-bound tokens; UNAUTHENTICATED for
 missing, unknown and malformed credentials; the Bearer scheme case-insensitively; Health open."""
 
+import time
+
 import pytest
 
-from interop_support import RPC_TIMEOUT, health_pb2, health_stub
+from interop_support import RPC_TIMEOUT, RawH2, grpc_frame, health_pb2, health_stub
 from sc_support import (INVALID, NOT_FOUND, PERMISSION_DENIED, SCOPE_TOKENS, TOKENS, UNAUTHENTICATED,
                         entries_map, expect_code, ident, pb, unique)
 
@@ -212,3 +214,40 @@ def test_one_connection_switching_tokens_is_judged_call_by_call(sc):
         expect_code(PERMISSION_DENIED, lambda: check.GetProfile(workspace=ws, person=pid))
         check.CheckDelivery(workspace=ws, person=pid, channel="email")
         expect_code(UNAUTHENTICATED, lambda: sc.raw_client([]).GetProfile(workspace=ws, person=pid))
+
+
+def _open_body(conn, path: str, token: str, claimed: int, sent: int) -> int:
+    """Starts a call on a raw connection whose single request message claims `claimed` bytes,
+    sends `sent` of them and leaves the body unfinished."""
+    sid = conn.start(RawH2.grpc_headers(path, extra=[("authorization", f"Bearer {token}")]))
+    conn.send_data(sid, grpc_frame(b"\x00" * sent, claimed_length=claimed))
+    return sid
+
+
+@pytest.mark.parametrize("token,code", [("sct_not-a-token", 16), (TOKENS["sc-read"], 7)],
+                         ids=["unknown-token", "lacking-scope"])
+def test_a_call_without_its_credential_is_refused_before_its_body(sc, token, code):
+    """The token and its scope are checked when the request headers arrive: a call without them
+    is answered (UNAUTHENTICATED, PERMISSION_DENIED) while its body is still coming, and the
+    server asks the client to stop sending it (RST_STREAM NO_ERROR), instead of receiving
+    and keeping the body first (an unauthenticated client could hold ~4 MiB a stream)."""
+    with RawH2(sc.port) as conn:
+        sid = _open_body(conn, "/subcenter.v1.SubscriptionCenter/Unsubscribe", token,
+                         claimed=4_000_000, sent=10_000)
+        st = conn.wait(sid, timeout=5)
+        assert st.grpc_status == code, st.summary()
+        assert not st.data, st.summary()
+        deadline = time.monotonic() + 5
+        while st.reset is None and time.monotonic() < deadline and conn.pump(0.2):
+            pass
+        assert st.reset == 0, f"no RST_STREAM NO_ERROR asking to stop the body: {st.summary()}"
+        # A good call on the same connection still works.
+        ok = conn.wait(conn.request("/subcenter.v1.SubscriptionCenter/GetWorkspace",
+                                    _get_workspace_body(),
+                                    extra=[("authorization", f"Bearer {TOKENS['sc-root']}")]),
+                       timeout=5)
+        assert ok.grpc_status in (0, 5), ok.summary()
+
+
+def _get_workspace_body() -> bytes:
+    return grpc_frame(pb.GetWorkspaceRequest(workspace=unique()).SerializeToString())

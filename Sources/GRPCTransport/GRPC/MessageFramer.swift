@@ -24,6 +24,9 @@ public struct GRPCMessageDeframer {
   /// True when no partial message is buffered.
   public var isIdle: Bool { headerCount == 0 && expected < 0 }
 
+  /// Bytes of a partial message held (its prefix or body so far).
+  public var bufferedBytes: Int { headerCount + body.count }
+
   /// Consumes `bytes`, calling `onMessage` for each complete message. Throws
   /// RESOURCE_EXHAUSTED for a prefix over the limit and INTERNAL for a bad flag.
   public mutating func process(

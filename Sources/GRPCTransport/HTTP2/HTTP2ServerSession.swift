@@ -23,6 +23,12 @@ public struct SessionLimits: Sendable {
   /// Answer bytes a connection may hold unsent (its client reads slowly or not at all)
   /// before its next calls wait to run until that falls back under it.
   public var maxQueuedResponseBytes = 16 * 1024 * 1024
+  /// Request bytes a connection may hold for calls not running yet (messages arriving, or
+  /// arrived and waiting to run), at least two messages of `maxMessageBytes`: the call
+  /// whose data goes over it is refused RESOURCE_EXHAUSTED and its bytes dropped, so
+  /// request bodies that never end cannot take the server's memory.
+  public var maxBufferedRequestBytes = 64 * 1024 * 1024
+  var requestBytesLimit: Int { max(maxBufferedRequestBytes, 2 * maxMessageBytes) }
   public init() {}
 }
 
@@ -76,6 +82,8 @@ final class HTTP2Stream {
   var headersTooLarge = false
   var deframer: GRPCMessageDeframer
   var requestMessage: [UInt8]?
+  /// The request bytes this stream holds, as counted in the session's `requestBytes`.
+  var heldRequestBytes = 0
   var requestEnded = false
   var route: ServiceMethod?
   var call: ServerCall?
@@ -150,6 +158,8 @@ final class HTTP2ServerSession {
   /// Streams whose request ended while `queuedResponseBytes` was over the limit: their
   /// calls run, in order, once it is back under (the handler has not run yet).
   private var held: [HTTP2Stream] = []
+  /// Request bytes held for calls not running yet (`SessionLimits.maxBufferedRequestBytes`).
+  private(set) var requestBytes = 0
 
   init(router: Router, limits: SessionLimits, loop: any CallLoop) throws(HTTP2Error) {
     self.router = router
@@ -286,6 +296,7 @@ final class HTTP2ServerSession {
     queuedResponseBytes -= s.outbound.count - s.outOffset
     s.outbound = []
     s.outOffset = 0
+    dropRequest(s)
     detach(s)
     Unmanaged.passUnretained(s).release()
   }
@@ -417,6 +428,10 @@ final class HTTP2ServerSession {
       respondImmediately(s, RPCStatus(.unimplemented, "unknown method \(s.path)"))
       return
     }
+    if let admit = route.admit, let refusal = admit(s.metadata, context) {
+      respondImmediately(s, refusal)
+      return
+    }
     s.route = route
     if let t = s.timeoutNanos {
       s.deadlineTimer = loop.scheduleTimer(after: t) { [unowned self, unowned s] in
@@ -456,7 +471,32 @@ final class HTTP2ServerSession {
       }
     } catch {
       respondImmediately(s, error)
+      return
     }
+    countRequestBytes(s)
+    if requestBytes > limits.requestBytesLimit {
+      respondImmediately(
+        s,
+        RPCStatus(
+          .resourceExhausted,
+          "request messages arriving on this connection exceed \(limits.requestBytesLimit) "
+            + "bytes (calls not running yet hold them): send fewer large requests at once"))
+    }
+  }
+
+  /// Brings `s`'s share of `requestBytes` up to date.
+  private func countRequestBytes(_ s: HTTP2Stream) {
+    let now = s.deframer.bufferedBytes + (s.requestMessage?.count ?? 0)
+    requestBytes += now - s.heldRequestBytes
+    s.heldRequestBytes = now
+  }
+
+  /// Frees what `s` holds of its request (answered, or closed, before its call ran).
+  private func dropRequest(_ s: HTTP2Stream) {
+    guard s.heldRequestBytes > 0 || !s.deframer.isIdle || s.requestMessage != nil else { return }
+    s.deframer = GRPCMessageDeframer(maxMessageBytes: limits.maxMessageBytes)
+    s.requestMessage = nil
+    countRequestBytes(s)
   }
 
   fileprivate func requestEnded(_ s: HTTP2Stream) {
@@ -482,6 +522,7 @@ final class HTTP2ServerSession {
 
   private func startCall(_ s: HTTP2Stream, _ route: ServiceMethod, _ request: [UInt8]) {
     s.requestMessage = nil
+    countRequestBytes(s)
     let call = ServerCall(
       path: s.path, metadata: s.metadata, request: request,
       deadline: s.timeoutNanos.map { min(monotonicNanos(), .max - $0) + $0 }, loop: loop, stream: s,
@@ -582,6 +623,7 @@ final class HTTP2ServerSession {
   func finish(_ s: HTTP2Stream, _ status: RPCStatus, trailers: Metadata) {
     guard !s.finished else { return }
     s.finished = true
+    dropRequest(s)
     s.deadlineTimer?.cancel()
     s.deadlineTimer = nil
     onCallFinished(status.code)

@@ -7,11 +7,20 @@ public struct ServiceMethod: Sendable {
   /// `/package.Service/Method`.
   public let path: String
   let handler: @Sendable (ServerCall) -> Void
+  /// Checked on the loop thread as soon as the request headers have arrived, before any of
+  /// the request body is read: a status refuses the call at once (the body is not kept),
+  /// nil lets it go on. For what the metadata alone decides, such as the credential.
+  let admit: (@Sendable (Metadata, ConnectionContext) -> RPCStatus?)?
 
   /// A method that answers through `call` whenever it is ready (from any thread),
-  /// possibly with a stream of messages.
-  public init(path: String, handler: @escaping @Sendable (ServerCall) -> Void) {
+  /// possibly with a stream of messages; `admit`, if given, may refuse a call by its
+  /// metadata before its request body is read.
+  public init(
+    path: String, admit: (@Sendable (Metadata, ConnectionContext) -> RPCStatus?)? = nil,
+    handler: @escaping @Sendable (ServerCall) -> Void
+  ) {
     self.path = path
+    self.admit = admit
     self.handler = handler
   }
 
