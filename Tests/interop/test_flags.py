@@ -1,5 +1,7 @@
 """interop-server flags: --max-concurrent-streams and --loops seen from the wire; bad values."""
 
+import socket
+import ssl
 import time
 
 import grpc
@@ -7,7 +9,8 @@ import h2.settings
 import pytest
 
 from interop_support import (SLEEP_MS, RawH2, empty_pb2, free_port, grpc_frame, interop_stub,
-                             make_channel, messages_pb2, run_to_exit, tls_args)
+                             make_channel, messages_pb2, run_to_exit, tls_args, tls_client_context,
+                             tls_connect)
 
 
 def test_max_concurrent_streams_enforced_with_resource_exhausted(start_server):
@@ -102,3 +105,53 @@ def test_interop_server_bad_flag_value_refused(flag, value):
     assert rc is not None, f"interop-server {flag} {value!r} kept running (stderr: {err[-2000:]})"
     assert rc != 0
     assert flag.lstrip("-") in err, f"stderr does not name {flag}: {err[-2000:]!r}"
+
+
+def _closed_within(sock, seconds: float) -> float:
+    """Reads (and drops) what `sock` receives until the server closes it; the seconds that
+    took, or fails after `seconds`."""
+    start = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - start < seconds:
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - start
+        except (TimeoutError, socket.timeout):
+            continue
+        except (ssl.SSLError, OSError):
+            return time.monotonic() - start
+    pytest.fail(f"the server kept the connection open for {seconds} s")
+
+
+def test_idle_timeout_closes_connections_that_hold_a_descriptor_for_nothing(start_server):
+    """--idle-timeout 1 (the watchdog looks every second): a connection that finishes TLS and
+    sends nothing, one whose request header block never ends (HEADERS without END_HEADERS),
+    and one without a call for a second are closed (the idle one with GOAWAY NO_ERROR after
+    its call); one with a call running is not."""
+    server = start_server("interop-server", ["--idle-timeout", "1"])
+    silent = tls_connect(server.port, tls_client_context())
+    stuck = RawH2(server.port)
+    assert stuck.wait_settings(5)
+    # HEADERS (type 1), flags 0 (no END_HEADERS), stream 1: one literal header, then nothing.
+    block = b"\x82"  # :method GET, indexed
+    stuck.sock.sendall(len(block).to_bytes(3, "big") + b"\x01\x00" + (1).to_bytes(4, "big") + block)
+    idle = RawH2(server.port)
+    assert idle.empty_call().grpc_status == 0
+    busy = RawH2(server.port)
+    sid = busy.request("/grpc.testing.TestService/EmptyCall", grpc_frame(b""),
+                       extra=[(SLEEP_MS, "3500")])
+    took = {}
+    for name, sock in [("silent", silent), ("stuck", stuck.sock)]:
+        took[name] = _closed_within(sock, 6)
+    deadline = time.monotonic() + 6
+    while not idle.closed and time.monotonic() < deadline:
+        idle.pump(0.2)
+    assert idle.closed, "the idle connection is still open"
+    assert idle.goaway is not None and idle.goaway.error_code == 0, idle.goaway
+    st = busy.wait(sid, timeout=8)
+    assert st.grpc_status == 0, f"the call running was cut: {st.summary()}"
+    assert busy.empty_call().grpc_status == 0
+    for c in (stuck, idle, busy):
+        c.close()
+    silent.close()
+    assert all(t < 4 for t in took.values()), took

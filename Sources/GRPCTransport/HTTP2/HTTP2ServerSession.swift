@@ -141,6 +141,13 @@ final class HTTP2ServerSession {
   /// Handlers' per-connection storage.
   let context = ConnectionContext()
   private(set) var activeStreams = 0
+  /// Streams begun so far (the connection's watchdog tells idleness by it).
+  private(set) var streamsBegun = 0
+  /// The stream whose request header block has begun and not ended (HTTP/2 allows one at
+  /// a time), if any.
+  private(set) var headerBlockStream: Int32?
+  /// The client's connection preface and first SETTINGS have arrived.
+  fileprivate(set) var clientStarted = false
   private(set) var isDraining = false
   /// The last path seen and its route: clients mostly repeat one method on a connection,
   /// so this spares a String and a dictionary lookup per call.
@@ -324,6 +331,8 @@ final class HTTP2ServerSession {
     firstStream?.prev = s
     firstStream = s
     activeStreams += 1
+    streamsBegun += 1
+    headerBlockStream = streamID
     nghttp2_session_set_stream_user_data(session, streamID, Unmanaged.passRetained(s).toOpaque())
   }
 
@@ -390,6 +399,7 @@ final class HTTP2ServerSession {
 
   /// Request headers complete: validate, route, and arm the deadline.
   fileprivate func requestHeadersDone(_ s: HTTP2Stream, endStream: Bool) {
+    headerBlockStream = nil
     if s.headersTooLarge {
       respondImmediately(
         s,
@@ -538,6 +548,7 @@ final class HTTP2ServerSession {
   }
 
   fileprivate func streamClosed(_ s: HTTP2Stream) {
+    if headerBlockStream == s.id { headerBlockStream = nil }
     nghttp2_session_set_stream_user_data(session, s.id, nil)
     remove(s)
   }
@@ -768,6 +779,10 @@ private let onHeader: nghttp2_on_header_callback = {
 
 private let onFrameRecv: nghttp2_on_frame_recv_callback = { session, frame, user in
   let hd = frame!.pointee.hd
+  if hd.type == frameSettings {
+    withSession(user) { $0.clientStarted = true }
+    return 0
+  }
   guard hd.type == frameHeaders || hd.type == frameData, let s = streamOf(session, hd.stream_id)
   else { return 0 }
   let endStream = hd.flags & flagEndStream != 0

@@ -85,6 +85,7 @@ func makeString(_ p: UnsafePointer<UInt8>, _ n: Int) -> String {
 
 let frameHeaders = UInt8(NGHTTP2_HEADERS.rawValue)
 let frameData = UInt8(NGHTTP2_DATA.rawValue)
+let frameSettings = UInt8(NGHTTP2_SETTINGS.rawValue)
 let frameRstStream = UInt8(NGHTTP2_RST_STREAM.rawValue)
 let flagEndStream = UInt8(NGHTTP2_FLAG_END_STREAM.rawValue)
 let flagEndHeaders = UInt8(NGHTTP2_FLAG_END_HEADERS.rawValue)

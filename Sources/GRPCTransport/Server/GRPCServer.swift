@@ -10,7 +10,11 @@ public struct ServerConfiguration: Sendable {
   public var loops: Int
   public var tls: TLSContext
   public var limits = SessionLimits()
+  /// A connection must finish TLS within this, and then send its HTTP/2 preface and any
+  /// request header block it begins within about as long again (the watchdog's period).
   public var handshakeTimeoutNanos: UInt64 = 10_000_000_000
+  /// A connection without a stream for this long is closed with GOAWAY (0: never).
+  public var idleTimeoutNanos: UInt64 = 300_000_000_000
   public var shutdownGraceNanos: UInt64 = 10_000_000_000
 
   public init(listen: SocketAddress, loops: Int, tls: TLSContext) {

@@ -13,6 +13,12 @@ final class ServerConnection {
   private var http2: HTTP2ServerSession?
   private var handshakeTimer: LoopTimer?
   private var drainTimer: LoopTimer?
+  private var watchdog: LoopTimer?
+  /// What the watchdog saw at its last look: streams begun, the header block in progress.
+  private var lastStreamsBegun = 0
+  private var lastHeaderBlock: Int32?
+  private var idleNanos: UInt64 = 0
+  private var draining = false
   /// Ciphertext the socket did not take yet.
   private var pendingOut: [UInt8] = []
   private var pendingOffset = 0
@@ -99,6 +105,7 @@ final class ServerConnection {
       }
       handshakeTimer?.cancel()
       handshakeTimer = nil
+      armWatchdog()
       guard tls.negotiatedProtocol == "h2" else {
         // A client that offered no ALPN (or not h2): gRPC needs HTTP/2.
         tls.shutdown()
@@ -237,9 +244,55 @@ final class ServerConnection {
 
   // MARK: Lifecycle
 
+  /// The watchdog's period: the handshake deadline, or the idle timeout if shorter.
+  private var watchdogPeriod: UInt64 {
+    let idle = server.configuration.idleTimeoutNanos
+    let handshake = server.configuration.handshakeTimeoutNanos
+    return idle == 0 ? handshake : min(idle, handshake)
+  }
+
+  private func armWatchdog() {
+    watchdog = loop.schedule(after: watchdogPeriod) { [unowned self] in
+      self.watchdog = nil
+      self.watch()
+    }
+  }
+
+  /// Closes a connection that holds a descriptor for nothing: no HTTP/2 preface one period
+  /// after TLS, a request header block begun and unfinished for a whole period (nothing
+  /// else can go on the connection meanwhile), or no stream for the idle timeout (GOAWAY
+  /// first, as at shutdown).
+  private func watch() {
+    guard !closed, let http2 else { return }
+    if !http2.clientStarted {
+      close()
+      return
+    }
+    if let stuck = http2.headerBlockStream, stuck == lastHeaderBlock {
+      http2.terminate()
+      flush()
+      close()
+      return
+    }
+    lastHeaderBlock = http2.headerBlockStream
+    let idleTimeout = server.configuration.idleTimeoutNanos
+    if http2.activeStreams == 0 && http2.streamsBegun == lastStreamsBegun {
+      idleNanos += watchdogPeriod
+    } else {
+      idleNanos = 0
+    }
+    lastStreamsBegun = http2.streamsBegun
+    if idleTimeout > 0 && idleNanos >= idleTimeout && !draining {
+      beginDrain()
+      return
+    }
+    armWatchdog()
+  }
+
   /// Graceful shutdown of this connection: GOAWAY now, the final GOAWAY shortly after.
   func beginDrain() {
-    guard !closed else { return }
+    guard !closed, !draining else { return }
+    draining = true
     guard let http2 else {
       close()
       return
@@ -263,6 +316,7 @@ final class ServerConnection {
     closed = true
     handshakeTimer?.cancel()
     drainTimer?.cancel()
+    watchdog?.cancel()
     http2?.cancelAll()
     http2 = nil
     tls = nil
