@@ -54,6 +54,10 @@ public enum AdminEndpoints {
           \(byCode)# HELP subcenter_open_connections TLS connections open now.
           # TYPE subcenter_open_connections gauge
           subcenter_open_connections \(s.openConnections)
+          # HELP subcenter_connections_refused_total TLS connections closed on arrival because \
+          --max-connections were open.
+          # TYPE subcenter_connections_refused_total counter
+          subcenter_connections_refused_total \(s.refusedConnections)
 
           """ + (storage.map { storageMetrics($0.wal.status, $0.snapshotStatus) } ?? "")
           + (erasure.map { erasureMetrics($0.erasureStatus) } ?? "")

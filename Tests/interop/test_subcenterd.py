@@ -8,6 +8,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -518,3 +519,81 @@ def test_sighup_reloads_the_tls_certificate_for_new_connections(start_server, tm
     assert "SIGHUP: --tls-key: " in server.stderr_text()
     with make_channel(server.port, credentials=renewed) as ch:
         assert check(ch) == ok
+
+
+def test_max_connections_closes_new_connections_over_it(start_server):
+    """--max-connections 2: two connections serve; a third is closed on arrival (its TLS
+    handshake fails), counted in subcenter_connections_refused_total and said once in the
+    log; once one of the two closes, a new connection serves. So clients cannot take every
+    descriptor (the log needs some for its segments)."""
+    from interop_support import RawH2, admin_metrics
+    server = start_server("subcenterd", server_args() + ["--max-connections", "2"])
+    a, b = RawH2(server.port), RawH2(server.port)
+    try:
+        for conn in (a, b):
+            st = conn.wait(conn.request("/grpc.health.v1.Health/Check",
+                                        b"\x00\x00\x00\x00\x00"), timeout=5)
+            assert st.grpc_status == 0, st.summary()
+        for _ in range(2):
+            with pytest.raises((ssl.SSLError, OSError, AssertionError)):
+                RawH2(server.port).close()
+        samples, _ = admin_metrics(server)
+        assert samples["subcenter_connections_refused_total"] == 2, samples
+        assert samples["subcenter_open_connections"] == 2, samples
+        assert server.stderr_text().count("2 connections open (--max-connections)") == 1, \
+            server.stderr_text()
+        a.close()
+        deadline = time.monotonic() + 5
+        while True:  # the server sees the close at its next pass
+            try:
+                c = RawH2(server.port)
+                break
+            except (ssl.SSLError, OSError, AssertionError):
+                assert time.monotonic() < deadline, "no new connection after one closed"
+                time.sleep(0.05)
+        st = c.wait(c.request("/grpc.health.v1.Health/Check", b"\x00\x00\x00\x00\x00"), timeout=5)
+        assert st.grpc_status == 0, st.summary()
+        c.close()
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("soft,hard,max_connections,fits", [
+    (300, 300, 1000, 225),    # the hard limit holds 300: a quarter stays for files
+    (300, None, 500, None),   # a low soft limit is raised to 500 + 256 (if the hard one allows)
+])
+def test_the_descriptor_limit_is_fitted_to_max_connections(tmp_path, soft, hard, max_connections,
+                                                            fits):
+    """At start the soft descriptor limit is raised to --max-connections + 256 as far as the
+    hard limit allows; when it cannot hold them, the connections are capped to what leaves a
+    reserve for the server's own files, and the log says so and what to raise."""
+    from interop_support import binary
+    hard_now = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limits = (soft, hard if hard is not None else hard_now)
+    if fits is None and hard_now != resource.RLIM_INFINITY and hard_now < max_connections + 256:
+        pytest.skip(f"the hard descriptor limit {hard_now} is below {max_connections + 256}")
+    port = free_port()
+    log = tmp_path / "server.log"
+    args = [str(binary("subcenterd")), "--listen", f"127.0.0.1:{port}", "--admin-listen",
+            f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "data"),
+            "--max-connections", str(max_connections)] + tls_args()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limits))
+    try:
+        deadline = time.monotonic() + 20
+        while b"listening on" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        text = log.read_text()
+        open_files = [l for l in open(f"/proc/{proc.pid}/limits") if l.startswith("Max open files")]
+        if fits is None:
+            assert "descriptor limit" not in text, text
+            assert open_files[0].split()[3] == str(max_connections + 256), open_files
+        else:
+            assert (f"leaves room for {fits} connections, not --max-connections {max_connections}: "
+                    f"raise it to {max_connections + 256}") in text, text
+    finally:
+        proc.kill()
+        proc.wait()

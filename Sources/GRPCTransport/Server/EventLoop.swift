@@ -220,19 +220,28 @@ public final class EventLoop: @unchecked Sendable {
         return
       }
       guard let fd else { return }
+      guard server.admitConnection() else {
+        close(fd)
+        continue
+      }
       do {
         try register(fd: fd, events: EPOLLIN.rawValue)
       } catch {
         close(fd)
+        server.connectionClosed()
         continue
       }
       let conn = ServerConnection(fd: fd, loop: self, server: server)
+      if conn.isClosed {
+        // Its TLS session could not be made: closed (and logged) already.
+        server.connectionClosed()
+        continue
+      }
       if Int(fd) >= connections.count {
         connections.append(contentsOf: repeatElement(nil, count: Int(fd) + 64 - connections.count))
       }
       connections[Int(fd)] = conn
       liveConnections += 1
-      server.connectionOpened()
     }
   }
 

@@ -181,6 +181,9 @@ extension ServerConfiguration {
     FlagSpec("max-message-bytes", default: "4194304", help: "largest request message"),
     FlagSpec("max-concurrent-streams", default: "256", help: "concurrent streams per connection"),
     FlagSpec(
+      "max-connections", default: "10000",
+      help: "connections open at once; more are closed on arrival (ulimit -n is raised to fit)"),
+    FlagSpec(
       "idle-timeout", default: "300",
       help: "seconds a connection may stay without a call before it is closed (0: never)"),
   ]
@@ -192,6 +195,7 @@ extension ServerConfiguration {
     self.init(listen: listen, loops: loops, tls: try Self.tlsContext(flags: flags))
     limits.maxMessageBytes = try flags.int("max-message-bytes", in: 1...(1 << 30)) ?? 4_194_304
     limits.maxConcurrentStreams = try flags.int("max-concurrent-streams", in: 1...65_535) ?? 256
+    maxConnections = try flags.int("max-connections", in: 1...1_000_000) ?? 10_000
     idleTimeoutNanos =
       UInt64(try flags.int("idle-timeout", in: 0...86_400 * 365) ?? 300) * 1_000_000_000
   }

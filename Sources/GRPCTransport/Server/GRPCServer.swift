@@ -15,6 +15,8 @@ public struct ServerConfiguration: Sendable {
   public var handshakeTimeoutNanos: UInt64 = 10_000_000_000
   /// A connection without a stream for this long is closed with GOAWAY (0: never).
   public var idleTimeoutNanos: UInt64 = 300_000_000_000
+  /// Connections open at once at most; more are closed as soon as they are accepted.
+  public var maxConnections = 10_000
   public var shutdownGraceNanos: UInt64 = 10_000_000_000
 
   public init(listen: SocketAddress, loops: Int, tls: TLSContext) {
@@ -37,6 +39,9 @@ public final class GRPCServer: @unchecked Sendable {
   private var threads: [pthread_t] = []
   private let shuttingDown = Atomic<Bool>(false)
   private let openConnections = Atomic<Int>(0)
+  private let refusedConnections = Atomic<Int>(0)
+  /// `configuration.maxConnections`, or fewer if the descriptor limit holds no more (`start`).
+  public private(set) var connectionLimit = 0
   private let callsOK = Atomic<Int>(0)
   /// Calls answered with each status but OK, by code (rarer than OK: a lock is cheap).
   private let callsNotOK = Mutex([Int](repeating: 0, count: RPCStatus.Code.allCases.count))
@@ -65,6 +70,7 @@ public final class GRPCServer: @unchecked Sendable {
 
   /// Binds every loop's listener and starts the loop threads.
   public func start() throws(SystemError) {
+    connectionLimit = Self.fitDescriptorLimit(configuration.maxConnections, log: logger)
     var port = configuration.listen.port
     if port != 0 {
       try Socket.checkFree(SocketAddress(host: configuration.listen.host, port: port))
@@ -86,6 +92,34 @@ public final class GRPCServer: @unchecked Sendable {
       if rc != 0 { throw SystemError(call: "pthread_create", errno: rc) }
       threads.append(tid)
     }
+  }
+
+  /// Descriptors kept for everything but connections (log segments, snapshots, the admin
+  /// port's connections, the listeners): 256, or a quarter of a lower limit.
+  static func reservedDescriptors(limit: Int) -> Int { min(256, limit / 4) }
+
+  /// Raises the soft descriptor limit (`ulimit -n`) so that `wanted` connections and the
+  /// reserved descriptors fit, as far as the hard limit allows; returns how many
+  /// connections fit (`wanted`, or fewer with a warning), so that clients cannot take the
+  /// descriptors the log needs.
+  static func fitDescriptorLimit(_ wanted: Int, log: (String) -> Void) -> Int {
+    var limit = rlimit()
+    guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else {
+      return wanted
+    }
+    let needed = rlim_t(wanted + 256)
+    if limit.rlim_cur < needed {
+      var raised = limit
+      raised.rlim_cur = min(needed, limit.rlim_max)
+      if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+    }
+    let available = Int(min(limit.rlim_cur, rlim_t(Int.max / 2)))
+    let fits = max(available - reservedDescriptors(limit: available), 1)
+    guard fits < wanted else { return wanted }
+    log(
+      "the descriptor limit (ulimit -n: \(limit.rlim_cur), hard \(limit.rlim_max)) leaves room "
+        + "for \(fits) connections, not --max-connections \(wanted): raise it to \(needed)")
+    return fits
   }
 
   /// Sends the pending output of the calling thread's event loop now (the answers given
@@ -131,6 +165,8 @@ public final class GRPCServer: @unchecked Sendable {
   /// Counters for metrics and benchmarks.
   public struct Stats: Sendable {
     public var openConnections: Int
+    /// Connections closed on arrival because `connectionLimit` were open.
+    public var refusedConnections: Int
     public var callsOK: Int
     /// By status code (`RPCStatus.Code.rawValue`); OK's entry is 0 (see `callsOK`).
     public var callsNotOK: [Int]
@@ -139,10 +175,28 @@ public final class GRPCServer: @unchecked Sendable {
   public var stats: Stats {
     Stats(
       openConnections: openConnections.load(ordering: .relaxed),
+      refusedConnections: refusedConnections.load(ordering: .relaxed),
       callsOK: callsOK.load(ordering: .relaxed), callsNotOK: callsNotOK.withLock { $0 })
   }
 
-  func connectionOpened() { openConnections.add(1, ordering: .relaxed) }
+  /// Counts a connection just accepted as open and returns true, or returns false (counting
+  /// it refused) when `connectionLimit` are open already.
+  func admitConnection() -> Bool {
+    var open = openConnections.load(ordering: .relaxed)
+    while open < connectionLimit {
+      let (done, seen) = openConnections.compareExchange(
+        expected: open, desired: open + 1, ordering: .relaxed)
+      if done { return true }
+      open = seen
+    }
+    let refused = refusedConnections.wrappingAdd(1, ordering: .relaxed).newValue
+    if refused % 1000 == 1 {
+      log(
+        "\(connectionLimit) connections open (--max-connections): closing new ones "
+          + "(\(refused) so far)")
+    }
+    return false
+  }
   func connectionClosed() { openConnections.subtract(1, ordering: .relaxed) }
   func callFinished(_ code: RPCStatus.Code) {
     if code == .ok {

@@ -24,6 +24,7 @@ final class ServerConnection {
   private var pendingOffset = 0
   private var wantWritable = false
   private var closed = false
+  var isClosed: Bool { closed }
   private var peerClosed = false
   var isDirty = false
   /// Reading its input or writing its output: its TLS session and nghttp2 session are in
