@@ -35,6 +35,11 @@ final class ServerConnection {
   private static let plainBatch = 16 * 1024 - 64
   /// Ciphertext gathered before one socket write.
   private static let cipherBatch = 64 * 1024
+  /// Bytes read from the socket at one readiness event: the calls they hold run before
+  /// the loop turns to its other connections, so a client sending large requests back to
+  /// back delays the others' calls by at most about this much work at a time (the rest
+  /// waits in the socket, which stays readable).
+  private static let readBudget = 64 * 1024
 
   init(fd: Int32, loop: EventLoop, server: GRPCServer) {
     self.fd = fd
@@ -61,12 +66,13 @@ final class ServerConnection {
     isBusy = true
     defer { isBusy = false }
     var total = 0
-    while total < 1 << 20 {
-      let n = Glibc.read(fd, loop.readBuffer.baseAddress, loop.readBuffer.count)
+    while total < Self.readBudget {
+      let want = min(loop.readBuffer.count, Self.readBudget - total)
+      let n = Glibc.read(fd, loop.readBuffer.baseAddress, want)
       if n > 0 {
         tls.feed(UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n]))
         total += n
-        if n < loop.readBuffer.count { break }
+        if n < want { break }
       } else if n == 0 {
         peerClosed = true
         break
