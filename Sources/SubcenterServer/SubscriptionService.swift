@@ -315,10 +315,15 @@ final class CallChangeSink: ChangeSink {
     return true
   }
 
+  /// A watcher cut off for reading too slowly gets its status at once, without the events
+  /// its stream has not sent (so it resumes after the last event it received, which may
+  /// come before the last seq the status names); the other ends come after every event
+  /// sent before them.
   func finish(_ end: ChangeFeedEnd) {
     switch end {
     case .outOfRange(let m): call.finish(RPCStatus(.outOfRange, m))
-    case .resourceExhausted(let m): call.finish(RPCStatus(.resourceExhausted, m))
+    case .resourceExhausted(let m):
+      call.finish(RPCStatus(.resourceExhausted, m), discardingUnsent: true)
     case .unavailable(let m): call.finish(RPCStatus(.unavailable, m))
     case .failed(let m): call.finish(RPCStatus(.internal, m))
     }

@@ -61,7 +61,9 @@ final class H2TestClient {
   private(set) var responses: [Int32: H2Response] = [:]
   private var bodies: [Int32: (bytes: [UInt8], offset: Int, endStream: Bool)] = [:]
 
-  init() {
+  /// With `initialWindowSize`, the client advertises that stream window and sends no
+  /// WINDOW_UPDATE by itself (it reads nothing): `grant` opens a stream's window.
+  init(initialWindowSize: UInt32? = nil) {
     var callbacks: OpaquePointer?
     nghttp2_session_callbacks_new(&callbacks)
     defer { nghttp2_session_callbacks_del(callbacks) }
@@ -95,11 +97,30 @@ final class H2TestClient {
       H2TestClient.of(user).responses[id]?.closed = true
       return 0
     }
+    var option: OpaquePointer?
+    nghttp2_option_new(&option)
+    defer { nghttp2_option_del(option) }
+    nghttp2_option_set_no_auto_window_update(option, initialWindowSize == nil ? 0 : 1)
     var s: OpaquePointer?
-    let rv = nghttp2_session_client_new(&s, callbacks, Unmanaged.passUnretained(self).toOpaque())
-    precondition(rv == 0 && s != nil, "nghttp2_session_client_new: \(rv)")
+    let rv = nghttp2_session_client_new2(
+      &s, callbacks, Unmanaged.passUnretained(self).toOpaque(), option)
+    precondition(rv == 0 && s != nil, "nghttp2_session_client_new2: \(rv)")
     session = s
-    nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil, 0)
+    var settings =
+      initialWindowSize.map {
+        [
+          nghttp2_settings_entry(
+            settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: $0)
+        ]
+      } ?? []
+    nghttp2_submit_settings(
+      session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
+  }
+
+  /// Lets the server send `bytes` more on stream `id` (a WINDOW_UPDATE).
+  func grant(_ id: Int32, _ bytes: Int32) {
+    let rv = nghttp2_submit_window_update(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, bytes)
+    precondition(rv == 0, "nghttp2_submit_window_update: \(rv)")
   }
 
   deinit { nghttp2_session_del(session) }
@@ -179,10 +200,14 @@ final class H2TestClient {
 final class H2Harness {
   let loop = FakeLoop()
   let server: HTTP2ServerSession
-  let client = H2TestClient()
+  let client: H2TestClient
 
-  init(_ services: [any GRPCService], limits: SessionLimits = SessionLimits()) throws {
+  init(
+    _ services: [any GRPCService], limits: SessionLimits = SessionLimits(),
+    client: H2TestClient = H2TestClient()
+  ) throws {
     server = try HTTP2ServerSession(router: Router(services), limits: limits, loop: loop)
+    self.client = client
   }
 
   /// Moves bytes both ways (and runs loop tasks) until neither side has anything to send.

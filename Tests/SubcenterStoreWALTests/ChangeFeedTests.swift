@@ -924,7 +924,7 @@ private final class CollectingSink: ChangeSink {
         "expected RESOURCE_EXHAUSTED, got \(String(describing: sink.state.withLock { $0.end }))")
       return
     }
-    #expect(m.contains("resume with after_seq 0") && sink.state.withLock { $0.sent } == 0)
+    #expect(m.contains("last event received (0 at most)") && sink.state.withLock { $0.sent } == 0)
     d.close()
   }
 }

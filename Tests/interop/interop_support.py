@@ -513,9 +513,14 @@ class StreamResult:
 
 
 class RawH2:
-    """A minimal HTTP/2 client over TLS (ALPN h2) on the `h2` library, for wire-level tests."""
+    """A minimal HTTP/2 client over TLS (ALPN h2) on the `h2` library, for wire-level tests.
 
-    def __init__(self, port: int, timeout: float = 5.0, ctx: Optional[ssl.SSLContext] = None):
+    With `ack_data=False` it never gives back the flow-control window of the DATA it receives
+    (no WINDOW_UPDATE): a client that does not read."""
+
+    def __init__(self, port: int, timeout: float = 5.0, ctx: Optional[ssl.SSLContext] = None,
+                 ack_data: bool = True):
+        self.ack_data = ack_data
         self.sock = tls_connect(port, ctx or tls_client_context(), timeout=timeout)
         alpn = self.sock.selected_alpn_protocol()
         if alpn != "h2":
@@ -638,7 +643,8 @@ class RawH2:
             elif isinstance(ev, h2.events.DataReceived):
                 if st:
                     st.data += ev.data
-                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if self.ack_data:
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded) and st:
                 st.ended = True
             elif isinstance(ev, h2.events.StreamReset) and st:
@@ -679,6 +685,14 @@ class RawH2:
         """A plain EmptyCall, to check that the connection still serves."""
         sid = self.request("/grpc.testing.TestService/EmptyCall", grpc_frame(b""))
         return self.wait(sid, timeout)
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set size of process `pid`, in KiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
 
 
 def h2_preface_and_settings() -> bytes:

@@ -7,7 +7,7 @@ import h2.settings
 import pytest
 
 from interop_support import (DEFAULT_MAX_MESSAGE, SLEEP_MS, RawH2, grpc_frame, messages_pb2,
-                             parse_grpc_frames, percent_decode)
+                             parse_grpc_frames, percent_decode, rss_kib)
 
 UNARY = "/grpc.testing.TestService/UnaryCall"
 EMPTY = "/grpc.testing.TestService/EmptyCall"
@@ -201,13 +201,6 @@ def test_large_responses_keep_flowing_to_a_client_that_only_reads(interop_server
         conn.close()
 
 
-def _rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_answers_a_client_does_not_read_are_bounded_and_the_rest_wait(start_server):
     """A client that asks for many large answers without reading them (window 0): the
     connection holds at most ~16 MiB of unsent answers; later calls wait to run, and run
@@ -218,14 +211,14 @@ def test_answers_a_client_does_not_read_are_bounded_and_the_rest_wait(start_serv
         conn.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
         conn._flush()
         assert conn.wait_settings(5)
-        before = _rss_kib(server.proc.pid)
+        before = rss_kib(server.proc.pid)
         size, calls = 1_000_000, 120
         body = grpc_frame(messages_pb2.SimpleRequest(response_size=size).SerializeToString())
         sids = [conn.request(UNARY, body) for _ in range(calls)]
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             conn.pump(0.1)
-        grown_mib = (_rss_kib(server.proc.pid) - before) / 1024
+        grown_mib = (rss_kib(server.proc.pid) - before) / 1024
         assert grown_mib < 60, f"{grown_mib:.0f} MiB held for {calls} unread 1 MB answers"
         # Reset streams give their unsent answers' room back (the first ones ran, a later
         # one is held): the rest still all run once the client reads.
@@ -269,7 +262,7 @@ def test_request_bodies_a_connection_holds_are_bounded(start_server):
     server = start_server("interop-server")
     with RawH2(server.port) as conn:
         assert conn.wait_settings(5)
-        before = _rss_kib(server.proc.pid)
+        before = rss_kib(server.proc.pid)
         sids = []
         for _ in range(24):
             sid = conn.start(RawH2.grpc_headers(UNARY))
@@ -286,7 +279,7 @@ def test_request_bodies_a_connection_holds_are_bounded(start_server):
         assert st.grpc_status == 8, st.summary()
         message = percent_decode(st.trailer_or_header(b"grpc-message") or b"").decode()
         assert "exceed 67108864 bytes" in message, message
-        grown_mib = (_rss_kib(server.proc.pid) - before) / 1024
+        grown_mib = (rss_kib(server.proc.pid) - before) / 1024
         assert grown_mib < 100, f"{grown_mib:.0f} MiB held for 24 unfinished 3.9 MB bodies"
         for sid in sids[:17]:
             conn.conn.reset_stream(sid, error_code=h2.errors.ErrorCodes.CANCEL)

@@ -2,7 +2,8 @@
 (nothing missed, nothing twice, also across a SIGTERM restart), OUT_OF_RANGE for a cursor
 older than the change retention or beyond the newest seq, INVALID_ARGUMENT for after_seq with
 from_oldest, scope `read`, anonymous ids redacted without `pii`, and a forgotten person's
-earlier events replaced by the `forget` tombstone once erasure completes."""
+earlier events replaced by the `forget` tombstone once erasure completes; a watcher that reads
+nothing is cut off with RESOURCE_EXHAUSTED at once, its unsent events dropped."""
 
 import queue
 import random
@@ -10,14 +11,18 @@ import re
 import tempfile
 import threading
 import time
+from typing import Optional
 
 import grpc
+import h2.errors
+import h2.settings
 import pytest
 
 from crash_support import DurableServer
-from interop_support import admin_request
-from sc_support import (INVALID, PERMISSION_DENIED, TOKENS, expect_code, ident, limit, pb,
-                        pb_grpc, ref_anon, unique)
+from interop_support import (RawH2, admin_metrics, admin_request, grpc_frame, make_channel,
+                             percent_decode, rss_kib)
+from sc_support import (INVALID, PERMISSION_DENIED, TOKENS, Client, expect_code, ident, limit,
+                        pb, pb_grpc, ref_anon, server_args, unique)
 
 OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
 
@@ -618,3 +623,169 @@ def test_watch_out_of_range_names_the_newest_seq_when_nothing_is_retained():
         w.cancel()
     finally:
         srv.close()
+
+
+# --------------------------------------------------------------------------------------------
+# A watcher that reads nothing (SPEC §3 RESOURCE_EXHAUSTED for a consumer too slow): the server
+# runs with its stall limit cut from 30 s to STALL_MS by the test-only variable
+# SUBCENTER_TEST_WATCH_STALL_MS (Sources/subcenterd/Daemon.swift).
+
+STALL_MS = 1000
+EVENTS = 7200  # ~400 KB
+WATCH = "/subcenter.v1.SubscriptionCenter/WatchChanges"
+
+
+def stall_server(start_server):
+    """subcenterd with the short stall limit, a workspace whose EVENTS events are more than a
+    stream buffers before it counts as stuck (256 KiB), and a root client. The events are many
+    and small (ids short enough to need no memory of their own once decoded)."""
+    server = start_server("subcenterd", server_args() + ["--fsync", "interval:20"],
+                          env={"SUBCENTER_TEST_WATCH_STALL_MS": str(STALL_MS)})
+    assert "SUBCENTER_TEST_WATCH_STALL_MS set (test only)" in server.stderr_text()
+    channel = make_channel(server.port, unlimited=True)
+    sc = Client(channel, TOKENS["sc-root"])
+    ws = unique("ws-stall")
+    channels = ["email", "sms", "push", "in_app"]
+    sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=channels))
+    stub = pb_grpc.SubscriptionCenterStub(channel)
+
+    def all_of(method, requests):
+        calls = [method.future(r, metadata=sc.metadata, timeout=30) for r in requests]
+        for c in calls:
+            c.result()
+
+    for batch in range(EVENTS // 900):
+        persons = [pb.PersonRef(person_id=f"p{i}") for i in range(batch * 100, batch * 100 + 100)]
+        all_of(stub.Identify, [pb.IdentifyRequest(workspace=ws, person_id=p.person_id)
+                               for p in persons])
+        for ch in channels:  # 9 events a person, ~70 bytes each
+            all_of(stub.Subscribe, [pb.PreferenceRequest(workspace=ws, person=p, channel=ch,
+                                                         source="s") for p in persons])
+            all_of(stub.Unsubscribe, [pb.PreferenceRequest(workspace=ws, person=p, channel=ch,
+                                                           source="s") for p in persons])
+    return server, channel, ws
+
+
+def unread_watches(port: int, ws: str, count: int, window: int) -> tuple:
+    """`count` WatchChanges streams from the oldest event on one connection whose client grants
+    each stream `window` bytes and never reads more."""
+    conn = RawH2(port, ack_data=False)
+    conn.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+    conn._flush()
+    assert conn.wait_settings(5)
+    body = grpc_frame(pb.WatchRequest(workspace=ws, from_oldest=True).SerializeToString())
+    auth = [("authorization", "Bearer " + TOKENS["sc-root"])]
+    return conn, [conn.request(WATCH, body, extra=auth) for _ in range(count)]
+
+
+def wait_all_ended(conn: RawH2, sids: list, timeout: float) -> float:
+    """Reads the connection until every stream ended or was reset; returns how long it took,
+    or fails naming the streams still open."""
+    start = time.monotonic()
+    deadline = start + timeout
+    while time.monotonic() < deadline and not conn.closed:
+        if all(conn.streams[s].ended or conn.streams[s].reset is not None for s in sids):
+            return time.monotonic() - start
+        conn.pump(0.2)
+    open_ = [conn.streams[s].summary() for s in sids
+             if not (conn.streams[s].ended or conn.streams[s].reset is not None)]
+    raise AssertionError(f"{len(open_)} of {len(sids)} streams still open after {timeout} s "
+                         f"(connection closed: {conn.closed}); first: {open_[:1]}")
+
+
+def whole_messages(data: bytes) -> Optional[list]:
+    """The gRPC messages `data` holds, or None if it ends inside one."""
+    out, i = [], 0
+    while i < len(data):
+        n = int.from_bytes(data[i + 1:i + 5], "big")
+        if i + 5 + n > len(data):
+            return None
+        out.append(data[i + 5:i + 5 + n])
+        i += 5 + n
+    return out
+
+
+@pytest.mark.deadline(120)
+def test_watch_that_reads_nothing_is_cut_off_at_once_and_its_events_freed(start_server):
+    """Window 0 and nothing read: each stream gets grpc-status 8 once stuck for the stall limit,
+    without the client opening its window (the status used to wait behind the events the
+    client did not take), saying how to resume; the events it had buffered are dropped. Its
+    client staying connected, the server keeps nothing of the stream: 80 such streams (8
+    rounds of 10, each on a connection that stays open) used to keep ~1 MiB each; the memory
+    of one round's watchers is reused by the next, so after the first rounds (malloc's arenas
+    growing to that working set) RSS stays."""
+    server, channel, ws = stall_server(start_server)
+    conns = []
+    try:
+        rss = []
+        for _ in range(8):
+            conn, sids = unread_watches(server.port, ws, 10, window=0)
+            conns.append(conn)
+            took = wait_all_ended(conn, sids, timeout=STALL_MS / 1000 + 20)
+            for sid in sids:
+                st = conn.streams[sid]
+                assert st.reset is None and st.ended, st.summary()
+                assert st.grpc_status == 8 and st.data == b"", st.summary()
+                message = percent_decode(st.trailer_or_header(b"grpc-message") or b"").decode()
+                assert "reads too slowly" in message and "last event received" in message, message
+            rss.append(rss_kib(server.proc.pid))
+        held_mib = (rss[-1] - rss[1]) / 1024
+        assert held_mib < 25, (f"{held_mib:.1f} MiB more held after 60 more streams were cut off "
+                               f"(RSS MiB after each round: {[r // 1024 for r in rss]}; the last "
+                               f"round's cut-off took {took:.1f} s)")
+        # A watch that reads gets every event.
+        w = Watch(channel, workspace=ws, from_oldest=True)
+        assert len(w.take(EVENTS, timeout=20)) == EVENTS and w.quiet(0.2) == []
+        w.cancel()
+    finally:
+        for conn in conns:
+            conn.close()
+        channel.close()
+
+
+def resource_exhausted_count(server) -> float:
+    return admin_metrics(server)[0]['subcenter_grpc_calls_total{code="RESOURCE_EXHAUSTED"}']
+
+
+@pytest.mark.deadline(90)
+def test_watch_cut_off_mid_message_completes_it_or_is_reset(start_server):
+    """A client that took part of an event (a 100-byte window) and reads nothing more: the
+    status may not cut that message short, so it waits for the client to take the rest, 5 s
+    at most; then the stream is reset with ENHANCE_YOUR_CALM (gRPC clients report
+    RESOURCE_EXHAUSTED) and nothing of it is kept. A client that reads after the cut-off gets
+    the rest of that message, then the status."""
+    server, channel, ws = stall_server(start_server)
+    conn = None
+    try:
+        conn, sids = unread_watches(server.port, ws, 5, window=100)
+        took = wait_all_ended(conn, sids, timeout=STALL_MS / 1000 + 5 + 20)
+        for sid in sids:
+            st = conn.streams[sid]
+            assert st.reset == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, st.summary()
+            assert len(st.data) == 100 and st.trailers == [], st.summary()
+            assert whole_messages(st.data) is None, "the window ended between two events"
+        assert took >= 5, f"reset after {took:.1f} s, before the 5 s grace"
+        conn.close()
+
+        counted = resource_exhausted_count(server)
+        conn, (sid,) = unread_watches(server.port, ws, 1, window=100)
+        st = conn.streams[sid]
+        deadline = time.monotonic() + STALL_MS / 1000 + 20
+        while resource_exhausted_count(server) == counted:  # cut off (the status waits)
+            assert time.monotonic() < deadline, "never cut off"
+            conn.pump(0.1)
+        conn.pump(0.2)
+        assert len(st.data) == 100 and not st.ended and st.reset is None, st.summary()
+        conn.ack_data = True
+        conn.conn.increment_flow_control_window(65535, stream_id=sid)
+        conn._flush()
+        conn.wait(sid, timeout=10)
+        assert st.ended and st.grpc_status == 8, st.summary()
+        messages = whole_messages(st.data)
+        assert messages is not None, f"{len(st.data)} bytes end inside a message"
+        events = [pb.ChangeEvent.FromString(m) for m in messages]
+        assert len(st.data) > 100 and [e.seq for e in events] == sorted(e.seq for e in events)
+    finally:
+        if conn is not None:
+            conn.close()
+        channel.close()

@@ -97,6 +97,9 @@ final class HTTP2Stream {
   var pendingOKTrailers = false
   var deferred = false
   var drainedCallbacks: [@Sendable () -> Void] = []
+  /// Armed when a call ended discarding its unsent answer with a message partly sent: the
+  /// time its client has to take the rest (`HTTP2ServerSession.partialMessageGraceNanos`).
+  var partialMessageTimer: LoopTimer?
   /// Closed by nghttp2 (a held call whose stream closed is not run).
   var closed = false
   // The session's list of open streams (intrusive, so no hashing per call).
@@ -114,8 +117,8 @@ final class HTTP2Stream {
     session.sendMessage(self, message, whenDrained: whenDrained)
   }
   func sendFramed(_ framed: consuming [UInt8]) { session.sendFramed(self, consume framed) }
-  func finish(_ status: RPCStatus, trailers: Metadata) {
-    session.finish(self, status, trailers: trailers)
+  func finish(_ status: RPCStatus, trailers: Metadata, discardingUnsent: Bool = false) {
+    session.finish(self, status, trailers: trailers, discardingUnsent: discardingUnsent)
   }
 }
 
@@ -311,6 +314,8 @@ final class HTTP2ServerSession {
   private func detach(_ s: HTTP2Stream) {
     s.deadlineTimer?.cancel()
     s.deadlineTimer = nil
+    s.partialMessageTimer?.cancel()
+    s.partialMessageTimer = nil
     if let call = s.call {
       call.stream = nil
       s.call = nil
@@ -631,7 +636,20 @@ final class HTTP2ServerSession {
     }
   }
 
-  func finish(_ s: HTTP2Stream, _ status: RPCStatus, trailers: Metadata) {
+  /// How long a call ended with `discardingUnsent` while a message of its answer was
+  /// partly sent may take to send the rest before its stream is reset. The rest is at most
+  /// one message, and such an end comes from a handler giving up on a client that reads
+  /// too slowly (the change feed's cut-off comes after 30 s without progress): a client
+  /// that still reads takes it in well under a second; one that grants no window in 5 s
+  /// is taken for one that never will.
+  static let partialMessageGraceNanos: UInt64 = 5_000_000_000
+
+  /// Ends the call with `status`. The trailers follow the answer queued so far; with
+  /// `discardingUnsent` (`ServerCall.finish`), the messages not yet started on the wire are
+  /// dropped and the trailers go at once, after the rest of a partly sent message only.
+  func finish(
+    _ s: HTTP2Stream, _ status: RPCStatus, trailers: Metadata, discardingUnsent: Bool = false
+  ) {
     guard !s.finished else { return }
     s.finished = true
     dropRequest(s)
@@ -645,6 +663,12 @@ final class HTTP2ServerSession {
       list = Self.okHeaders
       appendStatus(&list, status, trailers)
       list.withNVs { nv, n in _ = nghttp2_submit_response(session, s.id, nv, n, nil) }
+    } else if discardingUnsent && dropUnsentMessages(s) {
+      // Nothing is left to send but the trailers: HEADERS are not flow-controlled, so they
+      // go now, even to a client that grants no window. The stream's DATA source, deferred
+      // or not, is dropped by nghttp2 once END_STREAM has gone.
+      appendStatus(&list, status, trailers)
+      list.withNVs { nv, n in _ = nghttp2_submit_trailer(session, s.id, nv, n) }
     } else {
       if status.code == .ok && status.message.isEmpty && trailers.isEmpty {
         s.pendingOKTrailers = true
@@ -656,7 +680,69 @@ final class HTTP2ServerSession {
         s.deferred = false
         nghttp2_session_resume_data(session, s.id)
       }
+      if discardingUnsent {
+        s.partialMessageTimer = loop.scheduleTimer(after: Self.partialMessageGraceNanos) {
+          [unowned self, unowned s] in
+          s.partialMessageTimer = nil
+          self.partialMessageGraceOver(s)
+        }
+      }
     }
+    onOutputPending()
+  }
+
+  /// Drops the messages queued on `s` that no byte of has been handed to nghttp2, and the
+  /// stream's `whenDrained` callbacks (they never run: the call is over, as when the client
+  /// cancels). Returns true when nothing is left to send; false when a message is partly
+  /// sent: its rest stays, alone in `outbound`.
+  private func dropUnsentMessages(_ s: HTTP2Stream) -> Bool {
+    s.drainedCallbacks = []
+    // `outbound` starts at a message boundary (it is emptied only once wholly sent, and
+    // messages are appended whole, prefix included): walk the prefixes from there to the
+    // message holding `outOffset`.
+    let sent = s.outOffset
+    var start = 0
+    var end = 0
+    s.outbound.withUnsafeBufferPointer { b in
+      while end < sent {
+        start = end
+        let length =
+          Int(b[end + 1]) << 24 | Int(b[end + 2]) << 16 | Int(b[end + 3]) << 8 | Int(b[end + 4])
+        end += GRPCMessageFramer.prefixSize + length
+      }
+    }
+    let dropped = s.outbound.count - end
+    if dropped > 0 {
+      queuedResponseBytes -= dropped
+      s.call?.noteHandedOff(dropped)
+    }
+    if end == sent {
+      s.outbound = []
+      s.outOffset = 0
+      return true
+    }
+    // A copy of the rest of that message only: the memory of the others goes now.
+    s.outbound = Array(s.outbound[start..<end])
+    s.outOffset = sent - start
+    return false
+  }
+
+  /// The rest of the partly sent message of a call that ended discarding its answer did
+  /// not go within `partialMessageGraceNanos` (its client grants no window): the stream is
+  /// reset with ENHANCE_YOUR_CALM, which gRPC clients report as RESOURCE_EXHAUSTED, and
+  /// its output is dropped, so nothing of it stays until the client goes away.
+  private func partialMessageGraceOver(_ s: HTTP2Stream) {
+    guard !s.closed, s.outOffset < s.outbound.count else { return }
+    let left = s.outbound.count - s.outOffset
+    queuedResponseBytes -= left
+    s.call?.noteHandedOff(left)
+    s.outbound = []
+    s.outOffset = 0
+    s.pendingTrailers = nil
+    s.pendingOKTrailers = false
+    nghttp2_submit_rst_stream(
+      session, UInt8(NGHTTP2_FLAG_NONE.rawValue), s.id,
+      UInt32(NGHTTP2_ENHANCE_YOUR_CALM.rawValue))
     onOutputPending()
   }
 

@@ -101,11 +101,23 @@ public final class ServerCall: @unchecked Sendable {
   }
 
   /// Ends the call with `status` and trailing metadata. Later calls are ignored.
-  public func finish(_ status: RPCStatus, trailers: Metadata = Metadata()) {
+  ///
+  /// The status follows the messages sent before, once the client has taken them. With
+  /// `discardingUnsent`, the call ends now instead, for a client that reads too slowly or
+  /// not at all: the messages not yet started on the wire are dropped (their memory goes,
+  /// `bufferedBytes` falls, their `whenDrained` callbacks never run) and the status goes at
+  /// once, however little the client reads (HTTP/2 does not hold trailers for flow
+  /// control). A message already partly sent is completed first, so the client never sees
+  /// one cut short; if the client has not taken its rest 5 s later, the stream is reset
+  /// with ENHANCE_YOUR_CALM instead (gRPC clients report RESOURCE_EXHAUSTED) and nothing of
+  /// the call stays.
+  public func finish(
+    _ status: RPCStatus, trailers: Metadata = Metadata(), discardingUnsent: Bool = false
+  ) {
     if loop.inLoop {
-      stream?.finish(status, trailers: trailers)
+      stream?.finish(status, trailers: trailers, discardingUnsent: discardingUnsent)
     } else {
-      onLoop { $0.finish(status, trailers: trailers) }
+      onLoop { $0.finish(status, trailers: trailers, discardingUnsent: discardingUnsent) }
     }
   }
 

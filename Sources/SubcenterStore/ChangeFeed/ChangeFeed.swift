@@ -24,8 +24,10 @@
 // - At most `queueLimit` decoded events wait in its queue; they go to the stream while the
 //   stream buffers less than `highWater` bytes. A watcher whose stream stays above
 //   `highWater` for `stallLimit` (30 s) with events waiting, or buffers more than
-//   `maxBuffered` (8 MiB), is cut off with RESOURCE_EXHAUSTED naming the last seq sent;
-//   it resumes with that `after_seq`.
+//   `maxBuffered` (8 MiB), is cut off with RESOURCE_EXHAUSTED at once: the server's sink
+//   drops the events its stream has not sent yet, so the watcher resumes after the last
+//   event it received (the status names the last seq handed to the stream, an upper
+//   bound).
 // - Erasure (DurableStore.compact) tells the feed the seqs it erased: queued events of
 //   those seqs are dropped and cached segment reads discarded.
 
@@ -40,7 +42,8 @@ public protocol ChangeSink: AnyObject, Sendable {
   var isCancelled: Bool { get }
   /// Sends one event; `whenDrained` runs once the stream's buffer is empty again.
   func send(_ event: ChangeEvent, whenDrained: @escaping @Sendable () -> Void)
-  /// Ends the stream.
+  /// Ends the stream: after the events sent, or for `.resourceExhausted` (the watcher
+  /// reads too slowly) possibly without those its stream has not delivered yet.
   func finish(_ end: ChangeFeedEnd)
 }
 
@@ -352,8 +355,9 @@ final class Watcher: @unchecked Sendable {
           blockedSince = since
           if buffered > feed.options.maxBuffered || now - since > feed.options.stallLimitNanos {
             return .resourceExhausted(
-              "the watcher reads too slowly (\(buffered) bytes unread); "
-                + "resume with after_seq \(lastSent)")
+              "the watcher reads too slowly (\(buffered) bytes unread): cut off, and the "
+                + "events its stream had not sent are dropped; resume with after_seq set to "
+                + "the seq of the last event received (\(lastSent) at most)")
           }
           return nil
         }
