@@ -162,4 +162,48 @@ private final class BacklogService: GRPCService {
     h.pump()
     #expect(h.client.responses[next]?.data.count == 2 * framed)
   }
+
+  @Test func aPlainFinishWithNothingUnsentGoesWithoutWindow() throws {
+    // The one message takes the whole window: the status needs none.
+    let h = try harness(window: UInt32(framed))
+    let id = h.client.request(path: "/test.Backlog/Stream", body: GRPCMessageFramer.frame([1]))
+    h.pump()
+    let call = try #require(service.call(on: id))
+    let r = try #require(h.client.responses[id])
+    #expect(r.data.count == framed && !r.endStream)
+    call.finish(RPCStatus(.outOfRange, "expired"))
+    h.pump()
+    #expect(r.headerBlocks.count == 2 && r.header("grpc-status") == "11")
+    #expect(r.endStream && r.closed && r.resetCode == nil)
+    #expect(h.server.activeStreams == 0)
+  }
+
+  @Test func aReaderThatStaysBehindDoesNotMakeTheStreamKeepWhatWasSent() throws {
+    // Two messages of window: each new message is sent while the one before waits, so the
+    // stream's output is never empty; 600 messages go through it.
+    let h = try harness(window: UInt32(2 * framed))
+    h.client.grant(0, 1 << 30)  // the connection's window: only the stream's holds it back
+    let id = h.client.request(path: "/test.Backlog/Stream", body: GRPCMessageFramer.frame([3]))
+    h.pump()
+    let call = try #require(service.call(on: id))
+    var most = 0
+    for i in 3..<600 {
+      call.send([UInt8](repeating: UInt8(i % 256), count: BacklogService.size))
+      h.client.grant(id, Int32(framed))
+      h.pump()
+      most = max(most, try #require(h.server.outboundBytes(of: id)))
+    }
+    #expect(most <= HTTP2ServerSession.sentBytesKept + 3 * framed, "kept \(most) bytes")
+    h.client.grant(id, Int32(framed))
+    h.pump()
+    let r = try #require(h.client.responses[id])
+    #expect(r.data.count == 600 * framed, "every message, whole and in order")
+    for i in [0, 299, 599] {
+      let message = r.data[(i * framed)..<((i + 1) * framed)]
+      #expect(
+        Array(message)
+          == GRPCMessageFramer.frame([UInt8](repeating: UInt8(i % 256), count: BacklogService.size))
+      )
+    }
+  }
 }

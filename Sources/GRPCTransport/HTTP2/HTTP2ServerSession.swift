@@ -598,6 +598,8 @@ final class HTTP2ServerSession {
       s.outbound.removeAll(keepingCapacity: true)
       s.outOffset = 0
       s.outbound.reserveCapacity(message.count + 5)
+    } else if s.outOffset >= Self.sentBytesKept {
+      dropSentMessages(s)
     }
     GRPCMessageFramer.frame(message, into: &s.outbound)
     queuedResponseBytes += message.count + GRPCMessageFramer.prefixSize
@@ -620,6 +622,7 @@ final class HTTP2ServerSession {
       s.outbound = framed
       s.outOffset = 0
     } else {
+      if s.outOffset >= Self.sentBytesKept { dropSentMessages(s) }
       s.outbound.append(contentsOf: framed)
     }
     outboundAdded(s, whenDrained: nil)
@@ -663,10 +666,12 @@ final class HTTP2ServerSession {
       list = Self.okHeaders
       appendStatus(&list, status, trailers)
       list.withNVs { nv, n in _ = nghttp2_submit_response(session, s.id, nv, n, nil) }
-    } else if discardingUnsent && dropUnsentMessages(s) {
+    } else if s.outOffset == s.outbound.count || (discardingUnsent && dropUnsentMessages(s)) {
       // Nothing is left to send but the trailers: HEADERS are not flow-controlled, so they
-      // go now, even to a client that grants no window. The stream's DATA source, deferred
-      // or not, is dropped by nghttp2 once END_STREAM has gone.
+      // go now, even to a client that grants no window (it would otherwise keep the stream
+      // and its status until it reads). The stream's DATA source, deferred or not, is
+      // dropped by nghttp2 once END_STREAM has gone.
+      s.drainedCallbacks = []
       appendStatus(&list, status, trailers)
       list.withNVs { nv, n in _ = nghttp2_submit_trailer(session, s.id, nv, n) }
     } else {
@@ -691,26 +696,50 @@ final class HTTP2ServerSession {
     onOutputPending()
   }
 
-  /// Drops the messages queued on `s` that no byte of has been handed to nghttp2, and the
-  /// stream's `whenDrained` callbacks (they never run: the call is over, as when the client
-  /// cancels). Returns true when nothing is left to send; false when a message is partly
-  /// sent: its rest stays, alone in `outbound`.
-  private func dropUnsentMessages(_ s: HTTP2Stream) -> Bool {
-    s.drainedCallbacks = []
-    // `outbound` starts at a message boundary (it is emptied only once wholly sent, and
-    // messages are appended whole, prefix included): walk the prefixes from there to the
-    // message holding `outOffset`.
-    let sent = s.outOffset
+  /// The bytes stream `id` keeps for its answer, sent or not (tests).
+  func outboundBytes(of id: Int32) -> Int? {
+    streamOf(session, id)?.outbound.count
+  }
+
+  /// Sent bytes a stream's `outbound` may keep in front of its unsent ones. It is emptied
+  /// when all is sent; a client that stays a little behind a long stream (a change feed
+  /// reader) would otherwise keep everything ever sent on it.
+  static let sentBytesKept = 256 * 1024
+
+  /// Where the message holding byte `outOffset` of `s.outbound` starts and ends.
+  /// `outbound` starts at a message boundary (it is emptied only once wholly sent, cut
+  /// only at a message's start, and messages are appended whole, prefix included): the
+  /// prefixes are walked from there.
+  private func currentMessage(_ s: HTTP2Stream) -> (start: Int, end: Int) {
     var start = 0
     var end = 0
     s.outbound.withUnsafeBufferPointer { b in
-      while end < sent {
+      while end <= s.outOffset && end < b.count {
         start = end
         let length =
           Int(b[end + 1]) << 24 | Int(b[end + 2]) << 16 | Int(b[end + 3]) << 8 | Int(b[end + 4])
         end += GRPCMessageFramer.prefixSize + length
       }
     }
+    return (start, end)
+  }
+
+  /// Frees the wholly sent messages in front of `s.outbound`.
+  private func dropSentMessages(_ s: HTTP2Stream) {
+    let start = currentMessage(s).start
+    s.outbound.removeSubrange(0..<start)
+    s.outOffset -= start
+  }
+
+  /// Drops the messages queued on `s` that no byte of has been handed to nghttp2, and the
+  /// stream's `whenDrained` callbacks (they never run: the call is over, as when the client
+  /// cancels). Returns true when nothing is left to send; false when a message is partly
+  /// sent: its rest stays, alone in `outbound`.
+  private func dropUnsentMessages(_ s: HTTP2Stream) -> Bool {
+    s.drainedCallbacks = []
+    let sent = s.outOffset
+    var (start, end) = currentMessage(s)
+    if start == sent { end = sent }  // no byte of that message went
     let dropped = s.outbound.count - end
     if dropped > 0 {
       queuedResponseBytes -= dropped
