@@ -126,8 +126,9 @@ def _closed_within(sock, seconds: float) -> float:
 def test_idle_timeout_closes_connections_that_hold_a_descriptor_for_nothing(start_server):
     """--idle-timeout 1 (the watchdog looks every second): a connection that finishes TLS and
     sends nothing, one whose request header block never ends (HEADERS without END_HEADERS),
-    and one without a call for a second are closed (the idle one with GOAWAY NO_ERROR after
-    its call); one with a call running is not."""
+    one with a call whose request body never ends, one whose client takes nothing of its
+    answer (window 0), and one without a call for a second are closed (the idle one with
+    GOAWAY NO_ERROR after its call); one with a call running is not."""
     server = start_server("interop-server", ["--idle-timeout", "1"])
     silent = tls_connect(server.port, tls_client_context())
     stuck = RawH2(server.port)
@@ -135,13 +136,22 @@ def test_idle_timeout_closes_connections_that_hold_a_descriptor_for_nothing(star
     # HEADERS (type 1), flags 0 (no END_HEADERS), stream 1: one literal header, then nothing.
     block = b"\x82"  # :method GET, indexed
     stuck.sock.sendall(len(block).to_bytes(3, "big") + b"\x01\x00" + (1).to_bytes(4, "big") + block)
+    unended = RawH2(server.port)
+    unended.start(RawH2.grpc_headers("/grpc.testing.TestService/UnaryCall"))
+    unread = RawH2(server.port)
+    unread.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    unread._flush()
+    assert unread.wait_settings(5)
+    unread.request("/grpc.testing.TestService/UnaryCall", grpc_frame(
+        messages_pb2.SimpleRequest(response_size=1000).SerializeToString()))
     idle = RawH2(server.port)
     assert idle.empty_call().grpc_status == 0
     busy = RawH2(server.port)
     sid = busy.request("/grpc.testing.TestService/EmptyCall", grpc_frame(b""),
                        extra=[(SLEEP_MS, "3500")])
     took = {}
-    for name, sock in [("silent", silent), ("stuck", stuck.sock)]:
+    for name, sock in [("silent", silent), ("stuck", stuck.sock), ("unended", unended.sock),
+                       ("unread", unread.sock)]:
         took[name] = _closed_within(sock, 6)
     deadline = time.monotonic() + 6
     while not idle.closed and time.monotonic() < deadline:
@@ -151,7 +161,7 @@ def test_idle_timeout_closes_connections_that_hold_a_descriptor_for_nothing(star
     st = busy.wait(sid, timeout=8)
     assert st.grpc_status == 0, f"the call running was cut: {st.summary()}"
     assert busy.empty_call().grpc_status == 0
-    for c in (stuck, idle, busy):
+    for c in (stuck, unended, unread, idle, busy):
         c.close()
     silent.close()
     assert all(t < 4 for t in took.values()), took

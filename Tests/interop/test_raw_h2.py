@@ -257,9 +257,10 @@ def test_answers_a_client_does_not_read_are_bounded_and_the_rest_wait(start_serv
 
 def test_request_bodies_a_connection_holds_are_bounded(start_server):
     """Calls whose request message never ends (a claimed 4 MB, 3.9 MB sent) on one connection:
-    the connection holds at most 64 MiB of such bytes; the call whose data goes over is refused
+    with --max-request-bytes-per-connection 64 MiB (the default is 256 MiB) the connection
+    holds at most that much of such bytes; the call whose data goes over is refused
     RESOURCE_EXHAUSTED naming the bound and its bytes dropped; the connection still serves."""
-    server = start_server("interop-server")
+    server = start_server("interop-server", ["--max-request-bytes-per-connection", "67108864"])
     with RawH2(server.port) as conn:
         assert conn.wait_settings(5)
         before = rss_kib(server.proc.pid)

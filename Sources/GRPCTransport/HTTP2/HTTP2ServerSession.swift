@@ -26,8 +26,9 @@ public struct SessionLimits: Sendable {
   /// Request bytes a connection may hold for calls not running yet (messages arriving, or
   /// arrived and waiting to run), at least two messages of `maxMessageBytes`: the call
   /// whose data goes over it is refused RESOURCE_EXHAUSTED and its bytes dropped, so
-  /// request bodies that never end cannot take the server's memory.
-  public var maxBufferedRequestBytes = 64 * 1024 * 1024
+  /// request bodies that never end cannot take the server's memory. High enough that a
+  /// client with dozens of multi-megabyte batches in flight on one connection is served.
+  public var maxBufferedRequestBytes = 256 * 1024 * 1024
   var requestBytesLimit: Int { max(maxBufferedRequestBytes, 2 * maxMessageBytes) }
   public init() {}
 }
@@ -170,6 +171,18 @@ final class HTTP2ServerSession {
   private var held: [HTTP2Stream] = []
   /// Request bytes held for calls not running yet (`SessionLimits.maxBufferedRequestBytes`).
   private(set) var requestBytes = 0
+  /// Answer bytes handed to nghttp2 so far (the watchdog tells a stuck answer by it).
+  private(set) var answerBytesSent = 0
+
+  /// Some call's request has begun and not ended (nor been answered).
+  var hasRequestInProgress: Bool {
+    var s = firstStream
+    while let stream = s {
+      if !stream.requestEnded && !stream.finished { return true }
+      s = stream.next
+    }
+    return false
+  }
 
   init(router: Router, limits: SessionLimits, loop: any CallLoop) throws(HTTP2Error) {
     self.router = router
@@ -286,6 +299,9 @@ final class HTTP2ServerSession {
   func terminate(_ code: UInt32 = UInt32(NGHTTP2_PROTOCOL_ERROR.rawValue)) {
     nghttp2_session_terminate_session(session, code)
   }
+
+  /// A GOAWAY (NO_ERROR) for a connection closed because its calls were stuck.
+  func terminateStuck() { terminate(UInt32(NGHTTP2_NO_ERROR.rawValue)) }
 
   /// The connection is gone: cancel every call still running.
   func cancelAll() {
@@ -495,7 +511,8 @@ final class HTTP2ServerSession {
         RPCStatus(
           .resourceExhausted,
           "request messages arriving on this connection exceed \(limits.requestBytesLimit) "
-            + "bytes (calls not running yet hold them): send fewer large requests at once"))
+            + "bytes (calls not running yet hold them; --max-request-bytes-per-connection): "
+            + "send fewer large requests at once"))
     }
   }
 
@@ -817,6 +834,7 @@ final class HTTP2ServerSession {
       }
       s.outOffset += n
       queuedResponseBytes -= n
+      answerBytesSent += n
       s.call?.noteHandedOff(n)
       if s.outOffset == s.outbound.count {
         s.outbound.removeAll(keepingCapacity: s.outbound.count <= 64 * 1024)

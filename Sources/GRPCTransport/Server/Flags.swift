@@ -181,6 +181,10 @@ extension ServerConfiguration {
     FlagSpec("max-message-bytes", default: "4194304", help: "largest request message"),
     FlagSpec("max-concurrent-streams", default: "256", help: "concurrent streams per connection"),
     FlagSpec(
+      "max-request-bytes-per-connection", default: "268435456",
+      help: "request bytes a connection may hold for calls not running yet (at least twice "
+        + "--max-message-bytes)"),
+    FlagSpec(
       "max-connections", default: "10000",
       help: "connections open at once; more are closed on arrival (ulimit -n is raised to fit)"),
     FlagSpec(
@@ -195,6 +199,8 @@ extension ServerConfiguration {
     self.init(listen: listen, loops: loops, tls: try Self.tlsContext(flags: flags))
     limits.maxMessageBytes = try flags.int("max-message-bytes", in: 1...(1 << 30)) ?? 4_194_304
     limits.maxConcurrentStreams = try flags.int("max-concurrent-streams", in: 1...65_535) ?? 256
+    limits.maxBufferedRequestBytes =
+      try flags.int("max-request-bytes-per-connection", in: 1...(1 << 40)) ?? 268_435_456
     maxConnections = try flags.int("max-connections", in: 1...1_000_000) ?? 10_000
     idleTimeoutNanos =
       UInt64(try flags.int("idle-timeout", in: 0...86_400 * 365) ?? 300) * 1_000_000_000

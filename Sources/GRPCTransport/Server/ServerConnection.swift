@@ -17,7 +17,9 @@ final class ServerConnection {
   /// What the watchdog saw at its last look: streams begun, the header block in progress.
   private var lastStreamsBegun = 0
   private var lastHeaderBlock: Int32?
+  private var lastAnswerBytesSent = 0
   private var idleNanos: UInt64 = 0
+  private var stalledNanos: UInt64 = 0
   private var draining = false
   /// Ciphertext the socket did not take yet.
   private var pendingOut: [UInt8] = []
@@ -267,8 +269,9 @@ final class ServerConnection {
 
   /// Closes a connection that holds a descriptor for nothing: no HTTP/2 preface one period
   /// after TLS, a request header block begun and unfinished for a whole period (nothing
-  /// else can go on the connection meanwhile), or no stream for the idle timeout (GOAWAY
-  /// first, as at shutdown).
+  /// else can go on the connection meanwhile), calls stuck for longer than the idle timeout
+  /// (a request that does not end, an answer the client takes nothing of: closed at once),
+  /// or no stream for the idle timeout (GOAWAY first, as at shutdown).
   private func watch() {
     guard !closed, let http2 else { return }
     if !http2.clientStarted {
@@ -283,6 +286,19 @@ final class ServerConnection {
     }
     lastHeaderBlock = http2.headerBlockStream
     let idleTimeout = server.configuration.idleTimeoutNanos
+    // Calls that hold the connection without moving: a request that does not end (no
+    // call here streams its request), or an answer the client takes none of.
+    let stuck =
+      http2.hasRequestInProgress
+      || (http2.queuedResponseBytes > 0 && http2.answerBytesSent == lastAnswerBytesSent)
+    lastAnswerBytesSent = http2.answerBytesSent
+    stalledNanos = stuck ? stalledNanos + watchdogPeriod : 0
+    if idleTimeout > 0 && stalledNanos > idleTimeout {
+      http2.terminateStuck()
+      flush()
+      close()
+      return
+    }
     if http2.activeStreams == 0 && http2.streamsBegun == lastStreamsBegun {
       idleNanos += watchdogPeriod
     } else {
