@@ -89,18 +89,38 @@ public final class Tokens: Sendable {
   public func authenticate(_ metadata: Metadata, connection: ConnectionContext) throws(RPCStatus)
     -> Credential
   {
+    try verify(metadata, connection: connection).credential
+  }
+
+  /// `authenticate`, returning the verified header itself (what a call's admit check hands
+  /// its handler: `credential(admitted:_:)`).
+  func verify(_ metadata: Metadata, connection: ConnectionContext) throws(RPCStatus)
+    -> VerifiedHeader
+  {
     let header = try TokenStore.authorizationHeader(metadata)
     let generation = self.generation
     if let cached = connection.userData as? VerifiedHeader, cached.generation == generation,
       cached.matches(header)
     {
-      return cached.credential
+      return cached
     }
     let tokens = store.withLock { $0 }
-    let credential = try tokens.credential(header)
-    connection.userData = VerifiedHeader(
-      header: Array(header.utf8), credential: credential, generation: generation)
-    return credential
+    let verified = VerifiedHeader(
+      header: Array(header.utf8), credential: try tokens.credential(header),
+      generation: generation)
+    connection.userData = verified
+    return verified
+  }
+
+  /// The credential of `call`: the one its admit check verified (`admission`) while those
+  /// are still the tokens in force, else authenticated again.
+  func credential(admitted admission: AnyObject?, _ call: ServerCall) throws(RPCStatus)
+    -> Credential
+  {
+    if let verified = admission as? VerifiedHeader, verified.generation == generation {
+      return verified.credential
+    }
+    return try authenticate(call.metadata, connection: call.connection)
   }
 
   /// What the token of `credential` is now: its credential in the tokens in force, if any.

@@ -180,21 +180,19 @@ public final class SubscriptionService: GRPCService, Sendable {
     _ workspace: @escaping @Sendable (Request) -> String,
     _ body: @escaping @Sendable (SubscriptionService, Request, Credential, ServerCall) -> Void
   ) -> ServiceMethod {
-    // The credential and its scope are checked when the headers arrive too, so a call
-    // without them is refused before its request body is read (and kept); the handler
-    // checks again (the verified header is remembered on the connection, so at little cost)
-    // because the tokens may be reloaded in between.
-    let admit: @Sendable (Metadata, ConnectionContext) -> RPCStatus? = { [tokens] metadata, conn in
-      do throws(RPCStatus) {
-        try tokens.authenticate(metadata, connection: conn).authorize(scope)
-        return nil
-      } catch {
-        return error
-      }
+    // A large request's credential and scope are checked once its first 64 KiB have
+    // arrived, so a call without them is refused before the rest is read (and kept); the
+    // handler takes the credential verified then, unless the tokens were reloaded in
+    // between, and checks smaller requests itself.
+    let admit: @Sendable (Metadata, ConnectionContext) throws(RPCStatus) -> AnyObject? = {
+      [tokens] metadata, conn throws(RPCStatus) in
+      let verified = try tokens.verify(metadata, connection: conn)
+      try verified.credential.authorize(scope)
+      return verified
     }
     return ServiceMethod(path: "/\(serviceName)/\(name)", admit: admit) { [self] call in
       do throws(RPCStatus) {
-        let credential = try tokens.authenticate(call.metadata, connection: call.connection)
+        let credential = try tokens.credential(admitted: call.admission, call)
         try credential.authorize(scope)
         let request = try decode(call.request)
         try credential.authorize(workspace: workspace(request))

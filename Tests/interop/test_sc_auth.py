@@ -220,20 +220,21 @@ def _open_body(conn, path: str, token: str, claimed: int, sent: int) -> int:
     """Starts a call on a raw connection whose single request message claims `claimed` bytes,
     sends `sent` of them and leaves the body unfinished."""
     sid = conn.start(RawH2.grpc_headers(path, extra=[("authorization", f"Bearer {token}")]))
-    conn.send_data(sid, grpc_frame(b"\x00" * sent, claimed_length=claimed))
+    conn.send_flowed(sid, grpc_frame(b"\x00" * sent, claimed_length=claimed))
     return sid
 
 
 @pytest.mark.parametrize("token,code", [("sct_not-a-token", 16), (TOKENS["sc-read"], 7)],
                          ids=["unknown-token", "lacking-scope"])
 def test_a_call_without_its_credential_is_refused_before_its_body(sc, token, code):
-    """The token and its scope are checked when the request headers arrive: a call without them
-    is answered (UNAUTHENTICATED, PERMISSION_DENIED) while its body is still coming, and the
-    server asks the client to stop sending it (RST_STREAM NO_ERROR), instead of receiving
-    and keeping the body first (an unauthenticated client could hold ~4 MiB a stream)."""
+    """A large request's token and scope are checked once its first 64 KiB have arrived: a call
+    without them is answered (UNAUTHENTICATED, PERMISSION_DENIED) while its body is still
+    coming, and the server asks the client to stop sending it (RST_STREAM NO_ERROR), instead
+    of receiving and keeping the body first (an unauthenticated client could hold ~4 MiB a
+    stream)."""
     with RawH2(sc.port) as conn:
         sid = _open_body(conn, "/subcenter.v1.SubscriptionCenter/Unsubscribe", token,
-                         claimed=4_000_000, sent=10_000)
+                         claimed=4_000_000, sent=100_000)
         st = conn.wait(sid, timeout=5)
         assert st.grpc_status == code, st.summary()
         assert not st.data, st.summary()

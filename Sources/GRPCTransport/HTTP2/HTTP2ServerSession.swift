@@ -87,6 +87,9 @@ final class HTTP2Stream {
   var heldRequestBytes = 0
   var requestEnded = false
   var route: ServiceMethod?
+  /// What the route's admit check returned (`ServerCall.admission`), once it ran.
+  var admission: AnyObject?
+  var admitted = false
   var call: ServerCall?
   var deadlineTimer: LoopTimer?
   // Response.
@@ -459,10 +462,6 @@ final class HTTP2ServerSession {
       respondImmediately(s, RPCStatus(.unimplemented, "unknown method \(s.path)"))
       return
     }
-    if let admit = route.admit, let refusal = admit(s.metadata, context) {
-      respondImmediately(s, refusal)
-      return
-    }
     s.route = route
     if let t = s.timeoutNanos {
       s.deadlineTimer = loop.scheduleTimer(after: t) { [unowned self, unowned s] in
@@ -505,6 +504,13 @@ final class HTTP2ServerSession {
       return
     }
     countRequestBytes(s)
+    if s.heldRequestBytes > Self.admitAfterBytes && !s.admitted, let admit = s.route?.admit {
+      s.admitted = true
+      do { s.admission = try admit(s.metadata, context) } catch {
+        respondImmediately(s, error)
+        return
+      }
+    }
     if requestBytes > limits.requestBytesLimit {
       respondImmediately(
         s,
@@ -515,6 +521,13 @@ final class HTTP2ServerSession {
             + "send fewer large requests at once"))
     }
   }
+
+  /// A request larger than this has its route's admit check run once this much of it has
+  /// arrived, before more is kept: a caller without the credential cannot make the server
+  /// hold its large bodies. Smaller ones (nearly all) are checked by their handler alone,
+  /// which costs a call less than checking twice; their connection's watchdog closes
+  /// streams whose request never ends.
+  static let admitAfterBytes = 64 * 1024
 
   /// Brings `s`'s share of `requestBytes` up to date.
   private func countRequestBytes(_ s: HTTP2Stream) {
@@ -558,7 +571,8 @@ final class HTTP2ServerSession {
     let call = ServerCall(
       path: s.path, metadata: s.metadata, request: request,
       deadline: s.timeoutNanos.map { min(monotonicNanos(), .max - $0) + $0 }, loop: loop, stream: s,
-      connection: context)
+      connection: context, admission: s.admission)
+    s.admission = nil
     s.call = call
     route.handler(call)
   }

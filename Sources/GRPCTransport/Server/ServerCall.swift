@@ -45,6 +45,9 @@ public final class ServerCall: @unchecked Sendable {
   var stream: HTTP2Stream?
   /// The connection's storage: use it only in the handler's synchronous part.
   public let connection: ConnectionContext
+  /// What the method's admit check returned for this call, if it has one
+  /// (`ServiceMethod.init(path:admit:handler:)`).
+  public let admission: AnyObject?
   private let cancellation = Mutex<CancelState>(CancelState())
   private let cancelled = Atomic<Bool>(false)
   private let buffered = Atomic<Int>(0)
@@ -55,9 +58,10 @@ public final class ServerCall: @unchecked Sendable {
 
   init(
     path: String, metadata: Metadata, request: [UInt8], deadline: UInt64?, loop: any CallLoop,
-    stream: HTTP2Stream, connection: ConnectionContext
+    stream: HTTP2Stream, connection: ConnectionContext, admission: AnyObject? = nil
   ) {
     self.connection = connection
+    self.admission = admission
     self.path = path
     self.metadata = metadata
     self.request = request

@@ -7,16 +7,19 @@ public struct ServiceMethod: Sendable {
   /// `/package.Service/Method`.
   public let path: String
   let handler: @Sendable (ServerCall) -> Void
-  /// Checked on the loop thread as soon as the request headers have arrived, before any of
-  /// the request body is read: a status refuses the call at once (the body is not kept),
-  /// nil lets it go on. For what the metadata alone decides, such as the credential.
-  let admit: (@Sendable (Metadata, ConnectionContext) -> RPCStatus?)?
+  /// Checked on the loop thread once 64 KiB of a request have arrived, before more of it
+  /// is kept (`HTTP2ServerSession.admitAfterBytes`; smaller requests go to the handler
+  /// unchecked): a thrown status refuses the call at once (the body is dropped); what it
+  /// returns is handed to the handler (`ServerCall.admission`), so that it need not work it
+  /// out again. For what the metadata alone decides, such as the credential.
+  let admit: (@Sendable (Metadata, ConnectionContext) throws(RPCStatus) -> AnyObject?)?
 
   /// A method that answers through `call` whenever it is ready (from any thread),
-  /// possibly with a stream of messages; `admit`, if given, may refuse a call by its
-  /// metadata before its request body is read.
+  /// possibly with a stream of messages; `admit`, if given, may refuse a call with a large
+  /// request by its metadata before the rest of its body is read.
   public init(
-    path: String, admit: (@Sendable (Metadata, ConnectionContext) -> RPCStatus?)? = nil,
+    path: String,
+    admit: (@Sendable (Metadata, ConnectionContext) throws(RPCStatus) -> AnyObject?)? = nil,
     handler: @escaping @Sendable (ServerCall) -> Void
   ) {
     self.path = path
