@@ -141,7 +141,7 @@ def test_silent_connections_at_the_limit_do_not_keep_a_probe_out(sc):
 
 def test_metrics_describe_every_sample(sc):
     samples, text = admin_metrics(sc.server)
-    counters = WAL_COUNTERS + SNAPSHOT_COUNTERS
+    counters = WAL_COUNTERS + SNAPSHOT_COUNTERS + ["subcenter_connections_refused_total"]
     for name in counters + WAL_GAUGES + SNAPSHOT_GAUGES + ["subcenter_open_connections"]:
         assert name in samples, f"{name} missing from /metrics"
         kind = "counter" if name in counters else "gauge"
