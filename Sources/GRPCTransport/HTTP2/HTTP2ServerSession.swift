@@ -322,9 +322,7 @@ final class HTTP2ServerSession {
     s.next = nil
     activeStreams -= 1
     s.closed = true
-    queuedResponseBytes -= s.outbound.count - s.outOffset
-    s.outbound = []
-    s.outOffset = 0
+    dropUnsentOutput(s)
     dropRequest(s)
     detach(s)
     Unmanaged.passUnretained(s).release()
@@ -702,7 +700,6 @@ final class HTTP2ServerSession {
       // go now, even to a client that grants no window (it would otherwise keep the stream
       // and its status until it reads). The stream's DATA source, deferred or not, is
       // dropped by nghttp2 once END_STREAM has gone.
-      s.drainedCallbacks = []
       appendStatus(&list, status, trailers)
       list.withNVs { nv, n in _ = nghttp2_submit_trailer(session, s.id, nv, n) }
     } else {
@@ -755,6 +752,15 @@ final class HTTP2ServerSession {
     return (start, end)
   }
 
+  /// Drops all of `s`'s answer bytes not yet handed to nghttp2, off the counts too.
+  private func dropUnsentOutput(_ s: HTTP2Stream) {
+    let left = s.outbound.count - s.outOffset
+    queuedResponseBytes -= left
+    s.call?.noteHandedOff(left)
+    s.outbound = []
+    s.outOffset = 0
+  }
+
   /// Frees the wholly sent messages in front of `s.outbound`.
   private func dropSentMessages(_ s: HTTP2Stream) {
     let start = currentMessage(s).start
@@ -769,18 +775,15 @@ final class HTTP2ServerSession {
   private func dropUnsentMessages(_ s: HTTP2Stream) -> Bool {
     s.drainedCallbacks = []
     let sent = s.outOffset
-    var (start, end) = currentMessage(s)
-    if start == sent { end = sent }  // no byte of that message went
-    let dropped = s.outbound.count - end
-    if dropped > 0 {
-      queuedResponseBytes -= dropped
-      s.call?.noteHandedOff(dropped)
-    }
-    if end == sent {
-      s.outbound = []
-      s.outOffset = 0
+    let (start, end) = currentMessage(s)
+    guard start < sent && sent < s.outbound.count else {
+      // No byte of the message at `outOffset` went (or nothing is left): all goes.
+      dropUnsentOutput(s)
       return true
     }
+    let dropped = s.outbound.count - end
+    queuedResponseBytes -= dropped
+    s.call?.noteHandedOff(dropped)
     // A copy of the rest of that message only: the memory of the others goes now.
     s.outbound = Array(s.outbound[start..<end])
     s.outOffset = sent - start
@@ -793,11 +796,7 @@ final class HTTP2ServerSession {
   /// its output is dropped, so nothing of it stays until the client goes away.
   private func partialMessageGraceOver(_ s: HTTP2Stream) {
     guard !s.closed, s.outOffset < s.outbound.count else { return }
-    let left = s.outbound.count - s.outOffset
-    queuedResponseBytes -= left
-    s.call?.noteHandedOff(left)
-    s.outbound = []
-    s.outOffset = 0
+    dropUnsentOutput(s)
     s.pendingTrailers = nil
     s.pendingOKTrailers = false
     nghttp2_submit_rst_stream(

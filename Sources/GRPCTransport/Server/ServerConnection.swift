@@ -20,7 +20,6 @@ final class ServerConnection {
   private var lastAnswerBytesSent = 0
   private var idleNanos: UInt64 = 0
   private var stalledNanos: UInt64 = 0
-  private var draining = false
   /// Ciphertext the socket did not take yet.
   private var pendingOut: [UInt8] = []
   private var pendingOffset = 0
@@ -67,25 +66,19 @@ final class ServerConnection {
     guard !closed, let tls else { return }
     isBusy = true
     defer { isBusy = false }
-    var total = 0
-    while total < Self.readBudget {
-      let want = min(loop.readBuffer.count, Self.readBudget - total)
-      let n = Glibc.read(fd, loop.readBuffer.baseAddress, want)
-      if n > 0 {
-        tls.feed(UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n]))
-        total += n
-        if n < want { break }
-      } else if n == 0 {
-        peerClosed = true
-        break
-      } else {
-        if errno == EINTR { continue }
-        if errno == EAGAIN { break }
-        close()
-        return
-      }
+    var n: Int
+    repeat {
+      n = Glibc.read(fd, loop.readBuffer.baseAddress, min(loop.readBuffer.count, Self.readBudget))
+    } while n < 0 && errno == EINTR
+    if n < 0 && errno != EAGAIN {
+      close()
+      return
     }
-    if total > 0 { processTLSInput() }
+    if n == 0 { peerClosed = true }
+    if n > 0 {
+      tls.feed(UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n]))
+      processTLSInput()
+    }
     if closed { return }
     if peerClosed {
       close()
@@ -305,7 +298,7 @@ final class ServerConnection {
       idleNanos = 0
     }
     lastStreamsBegun = http2.streamsBegun
-    if idleTimeout > 0 && idleNanos >= idleTimeout && !draining {
+    if idleTimeout > 0 && idleNanos >= idleTimeout && !http2.isDraining {
       beginDrain()
       return
     }
@@ -314,12 +307,12 @@ final class ServerConnection {
 
   /// Graceful shutdown of this connection: GOAWAY now, the final GOAWAY shortly after.
   func beginDrain() {
-    guard !closed, !draining else { return }
-    draining = true
+    guard !closed else { return }
     guard let http2 else {
       close()
       return
     }
+    guard !http2.isDraining else { return }
     // What is queued first (the last message and trailers of the Watch streams shutdown
     // ends): nghttp2 would send its GOAWAY ahead of them, and some HTTP/2 clients drop
     // every frame that follows a GOAWAY.
