@@ -80,7 +80,11 @@ def base_args(tmp_path):
 @pytest.mark.parametrize("flag,value", [("--max-message-bytes", "abc"), ("--loops", "0"),
                                         ("--max-concurrent-streams", "-1"),
                                         ("--fsync", "interval:60001"), ("--fsync", "interval:0"),
-                                        ("--max-message-bytes", "")])
+                                        ("--max-message-bytes", ""),
+                                        ("--idle-timeout", "-1"), ("--idle-timeout", "31536001"),
+                                        ("--max-connections", "0"),
+                                        ("--max-connections", "1000001"),
+                                        ("--max-request-bytes-per-connection", "0")])
 def test_bad_flag_value_refused(tmp_path, flag, value):
     rc, out, err = run_to_exit("subcenterd", base_args(tmp_path) + [flag, value], timeout=10)
     assert rc is not None, f"subcenterd {flag} {value!r} kept running (stderr: {err[-2000:]})"
@@ -342,25 +346,35 @@ def test_data_files_are_private_and_a_readable_directory_is_flagged(tmp_path):
         srv.close()
 
 
+def _start_with_nofile(tmp_path, limits: tuple, extra: list) -> tuple:
+    """subcenterd on a free port under RLIMIT_NOFILE `limits`, its output in server.log, once it
+    says "listening on": (process, port, log path). The caller kills it."""
+    from interop_support import binary
+    port = free_port()
+    log = tmp_path / "server.log"
+    args = [str(binary("subcenterd")), "--listen", f"127.0.0.1:{port}", "--admin-listen",
+            f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "data")] + extra + tls_args()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limits))
+    deadline = time.monotonic() + 20
+    while b"listening on" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"subcenterd did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return proc, port, log
+
+
 @pytest.mark.deadline(60)
 def test_out_of_file_descriptors_pauses_accepting_instead_of_spinning(tmp_path):
     """With every file descriptor taken, a failed accept pauses the listener for a second
     (said once per pause) instead of waking the loops again at once: they used to spin at
     100% CPU and log tens of MB a second. Accepting resumes when descriptors free up."""
-    from interop_support import binary
-    port = free_port()
-    log = tmp_path / "server.log"
-    args = [str(binary("subcenterd")), "--listen", f"127.0.0.1:{port}", "--admin-listen",
-            f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "data"), "--loops", "1"] + tls_args()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=lambda:
-                                resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)))
+    proc, port, log = _start_with_nofile(tmp_path, (48, 48), ["--loops", "1"])
     socks = []
     try:
-        deadline = time.monotonic() + 20
-        while b"listening on" not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
         for _ in range(60):  # more than the descriptors left; each waits for its handshake
             socks.append(socket.create_connection(("127.0.0.1", port), timeout=2))
 
@@ -568,24 +582,13 @@ def test_the_descriptor_limit_is_fitted_to_max_connections(tmp_path, soft, hard,
     """At start the soft descriptor limit is raised to --max-connections + 256 as far as the
     hard limit allows; when it cannot hold them, the connections are capped to what leaves a
     reserve for the server's own files, and the log says so and what to raise."""
-    from interop_support import binary
     hard_now = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     limits = (soft, hard if hard is not None else hard_now)
     if fits is None and hard_now != resource.RLIM_INFINITY and hard_now < max_connections + 256:
         pytest.skip(f"the hard descriptor limit {hard_now} is below {max_connections + 256}")
-    port = free_port()
-    log = tmp_path / "server.log"
-    args = [str(binary("subcenterd")), "--listen", f"127.0.0.1:{port}", "--admin-listen",
-            f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "data"),
-            "--max-connections", str(max_connections)] + tls_args()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limits))
+    proc, _, log = _start_with_nofile(tmp_path, limits,
+                                      ["--max-connections", str(max_connections)])
     try:
-        deadline = time.monotonic() + 20
-        while b"listening on" not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
         text = log.read_text()
         open_files = [l for l in open(f"/proc/{proc.pid}/limits") if l.startswith("Max open files")]
         if fits is None:
