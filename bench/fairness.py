@@ -28,6 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, ".venv", "gen"))
 
 import grpc  # noqa: E402
+from benchlib import percentile  # noqa: E402
 from subcenter_pb.subcenter.v1 import subcenter_pb2 as pb  # noqa: E402
 from subcenter_pb.subcenter.v1 import subcenter_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -85,7 +86,8 @@ def caller_latencies(port: int, seconds: float) -> list[float]:
 
 
 def pct(values: list[float], p: float) -> float:
-    return round(values[min(len(values) - 1, int(len(values) * p))] * 1000, 2)
+    """Milliseconds at the nearest-rank percentile `p` (0-1] of sorted seconds."""
+    return round(percentile(values, p * 100) * 1000, 2)
 
 
 def main() -> None:
