@@ -165,7 +165,9 @@ public final class DurableStore: Sendable {
     self.changeFeed = ChangeFeed(
       directory: directory, fileSystem: fileSystem, wal: wal, options: feedOptions,
       oldestRetained: oldest?.firstSeq ?? wal.status.nextSeq,
-      lastEventSeq: { [store] in store.lastEventSeq(workspace: $0) })
+      // Weak: the store holds this feed (through its commit log), a strong capture would
+      // keep both alive after close.
+      lastEventSeq: { [weak store] in store?.lastEventSeq(workspace: $0) ?? 0 })
     self.store = store
     self.wal = wal
     self.directory = directory
