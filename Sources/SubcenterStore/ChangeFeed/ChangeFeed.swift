@@ -185,11 +185,18 @@ public final class ChangeFeed: Sendable {
     if watching.load(ordering: .relaxed) > 0 { wake.signal() }
   }
 
-  /// Erasure replaced these records: drop them from every watcher's queue.
+  /// Erasure replaced these records: drop them from every watcher's queue. Only the feed
+  /// thread takes them, and it runs from the first watch on: before, no watcher has a
+  /// queue, and nothing would ever take them (every erasure of a server nobody watched
+  /// stayed in memory).
   func erased(_ seqs: Set<UInt64>) {
     guard !seqs.isEmpty else { return }
-    state.withLock { $0.erased.append(seqs) }
-    wake.signal()
+    let taken = state.withLock { s -> Bool in
+      guard s.running, !s.closed else { return false }
+      s.erased.append(seqs)
+      return true
+    }
+    if taken { wake.signal() }
   }
 
   /// Ends every watch with UNAVAILABLE and stops the feed thread.
