@@ -752,11 +752,16 @@ final class HTTP2ServerSession {
     return (start, end)
   }
 
+  /// Takes `n` bytes of `s`'s answer off the queued counts (the connection's and the
+  /// call's): handed to nghttp2, or dropped.
+  private func unqueue(_ n: Int, of s: HTTP2Stream) {
+    queuedResponseBytes -= n
+    s.call?.noteHandedOff(n)
+  }
+
   /// Drops all of `s`'s answer bytes not yet handed to nghttp2, off the counts too.
   private func dropUnsentOutput(_ s: HTTP2Stream) {
-    let left = s.outbound.count - s.outOffset
-    queuedResponseBytes -= left
-    s.call?.noteHandedOff(left)
+    unqueue(s.outbound.count - s.outOffset, of: s)
     s.outbound = []
     s.outOffset = 0
   }
@@ -781,9 +786,7 @@ final class HTTP2ServerSession {
       dropUnsentOutput(s)
       return true
     }
-    let dropped = s.outbound.count - end
-    queuedResponseBytes -= dropped
-    s.call?.noteHandedOff(dropped)
+    unqueue(s.outbound.count - end, of: s)
     // A copy of the rest of that message only: the memory of the others goes now.
     s.outbound = Array(s.outbound[start..<end])
     s.outOffset = sent - start
@@ -846,9 +849,8 @@ final class HTTP2ServerSession {
           from: src.baseAddress!.assumingMemoryBound(to: UInt8.self) + s.outOffset, count: n)
       }
       s.outOffset += n
-      queuedResponseBytes -= n
       answerBytesSent += n
-      s.call?.noteHandedOff(n)
+      unqueue(n, of: s)
       if s.outOffset == s.outbound.count {
         s.outbound.removeAll(keepingCapacity: s.outbound.count <= 64 * 1024)
         s.outOffset = 0

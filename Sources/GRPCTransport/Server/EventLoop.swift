@@ -232,7 +232,7 @@ public final class EventLoop: @unchecked Sendable {
         continue
       }
       let conn = ServerConnection(fd: fd, loop: self, server: server)
-      if conn.isClosed {
+      if conn.closed {
         // Its TLS session could not be made: closed (and logged) already.
         server.connectionClosed()
         continue

@@ -95,8 +95,9 @@ public final class GRPCServer: @unchecked Sendable {
   }
 
   /// Descriptors kept for everything but connections (log segments, snapshots, the admin
-  /// port's connections, the listeners): 256, or a quarter of a lower limit.
-  static func reservedDescriptors(limit: Int) -> Int { min(256, limit / 4) }
+  /// port's connections, the listeners): `descriptorReserve`, or a quarter of a lower limit.
+  static func reservedDescriptors(limit: Int) -> Int { min(descriptorReserve, limit / 4) }
+  static let descriptorReserve = 256
 
   /// Raises the soft descriptor limit (`ulimit -n`) so that `wanted` connections and the
   /// reserved descriptors fit, as far as the hard limit allows; returns how many
@@ -107,7 +108,7 @@ public final class GRPCServer: @unchecked Sendable {
     guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else {
       return wanted
     }
-    let needed = rlim_t(wanted + 256)
+    let needed = rlim_t(wanted + descriptorReserve)
     if limit.rlim_cur < needed {
       var raised = limit
       raised.rlim_cur = min(needed, limit.rlim_max)

@@ -24,8 +24,7 @@ final class ServerConnection {
   private var pendingOut: [UInt8] = []
   private var pendingOffset = 0
   private var wantWritable = false
-  private var closed = false
-  var isClosed: Bool { closed }
+  private(set) var closed = false
   private var peerClosed = false
   var isDirty = false
   /// Reading its input or writing its output: its TLS session and nghttp2 session are in
