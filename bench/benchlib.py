@@ -1037,6 +1037,10 @@ def issue4_report(d, meta, problems, warnings, verdicts, out):
         "| | | |")
     out(f"| replay of {rf.get('replay_records', records):,} log records (`DurableStore.open`, "
         f"no snapshot, median of 3 opens) | {fmt(rms)} ms | | | < {GOAL_REPLAY_MS:,} ms: {met(ok_r)} |")
+    out(f"| reading the same {rf.get('replay_records', records):,} records into the erasure "
+        f"summaries (`finishInterruptedErasure` after the first open: what subcenterd does in "
+        f"the background after a start, and what the first erasure after it waits for; "
+        f"reference) | {fmt(rf.get('segment_scan_ms'))} ms | | | |")
     out("")
     out("Commands (`$WTOKEN`: a random bearer token made for the run, scope `write`, workspace "
         "`default`; the request is the gRPC frame of `PreferenceRequest{workspace: \"default\", "

@@ -19,6 +19,10 @@
 //       calls on the store (person "bench", channel email) from this thread, --inflight
 //       of them in flight, in a new DurableStore in DIR; prints writes_per_sec= and
 //       writes_per_cpu_sec= (over the process's CPU time).
+//   subcenter-bench erasures --data DIR [--persons N]
+//       N times: a person with six records, ForgetPerson, an erasure compaction, each
+//       leaving one more retained segment; prints the median compaction time of each
+//       1,000 (compaction_us_median=): how a compaction's cost grows with the segments.
 
 import Dispatch
 import GRPCTransport
@@ -33,7 +37,7 @@ enum Bench {
     TerminationSignals.block()
     let args = Array(CommandLine.arguments.dropFirst())
     guard let mode = args.first else {
-      writeStderrLine("usage: subcenter-bench store|serve [flags]")
+      writeStderrLine("usage: subcenter-bench store|serve|recovery|writes|erasures [flags]")
       return 2
     }
     let specs =
@@ -89,6 +93,9 @@ enum Bench {
           directory: dir, fsync: fsync,
           inFlight: try flags.int("inflight", in: 1...100_000) ?? 128,
           seconds: try flags.int("seconds", in: 1...600) ?? 5)
+      case "erasures":
+        guard let dir = dataDirectory() else { return 2 }
+        return try erasures(directory: dir, cycles: persons)
       default:
         writeStderrLine("subcenter-bench: unknown mode \(mode)")
         return 2
@@ -265,12 +272,20 @@ enum Bench {
     }
     var times: [Int64] = []
     var reports: [DurableStore.RecoveryReport] = []
+    var scanMillis: Int64 = -1
     for _ in 0..<opens {
       let start = monotonicMillis()
       let (durable, report) = try DurableStore.open(
         directory: directory, clock: SystemClock(), secret: secret, fsync: .none,
         truncateDamaged: false, log: quiet)
       times.append(monotonicMillis() - start)
+      if !snapshot && scanMillis < 0 {
+        // What subcenterd does in the background after recovery: read every retained
+        // segment into its summary (the first erasure after a start waits for it).
+        let scanStart = monotonicMillis()
+        _ = try durable.finishInterruptedErasure()
+        scanMillis = monotonicMillis() - scanStart
+      }
       durable.close()
       reports.append(report)
       for w in report.warnings { writeStderrLine("subcenter-bench: warning: \(w)") }
@@ -287,7 +302,8 @@ enum Bench {
     } else {
       print(
         "kind=replay persons=\(persons) replay_records=\(last.recordsReplayed) "
-          + "build_ms=\(buildMillis) replay_ms=\(median) open_ms_all=\(all) rss_kib=\(rssKiB())")
+          + "build_ms=\(buildMillis) replay_ms=\(median) open_ms_all=\(all) "
+          + "segment_scan_ms=\(scanMillis) rss_kib=\(rssKiB())")
     }
     return 0
   }
@@ -418,4 +434,48 @@ final class Pipeline: Sendable {
 /// Holds a completion's result (completions run synchronously in this tool).
 final class ResultBox<T>: @unchecked Sendable {
   var result: Result<T, CoreError>?
+}
+
+extension Bench {
+  /// `cycles` times: a person with six records, forgotten, then an erasure compaction
+  /// (each starts a new segment, so segments pile up as under a steady rate of forgets,
+  /// every one retained); prints the median compaction time of each 1,000.
+  static func erasures(directory: String, cycles: Int) throws -> Int32 {
+    let secret = Crypto.randomBytes(count: 32)
+    guard let durable = try openEmpty(directory, secret: secret, fsync: .none) else { return 1 }
+    let store = durable.store
+    let w = Pipeline()
+    var micros: [UInt64] = []
+    for i in 0..<cycles {
+      let person = PersonRef.personID("p\(i)")
+      w.submit {
+        store.identify(
+          IdentifyRequest(workspace: "default", personID: "p\(i)"), actor: "b", completion: $0)
+      }
+      try w.drain()  // the person exists before its preferences are set
+      for k in 0..<5 {
+        w.submit {
+          store.setPreference(
+            PreferenceRequest(
+              workspace: "default", person: person, channel: k % 2 == 0 ? "sms" : "email"),
+            state: .unsubscribed, actor: "b", completion: $0)
+        }
+      }
+      try w.drain()
+      w.submit {
+        store.forget(
+          ForgetRequest(workspace: "default", person: person), actor: "b", completion: $0)
+      }
+      try w.drain()
+      let start = DispatchTime.now().uptimeNanoseconds
+      _ = try durable.compact()
+      micros.append((DispatchTime.now().uptimeNanoseconds - start) / 1000)
+      if micros.count == 1000 || i == cycles - 1 {
+        print("erasures=\(i + 1) compaction_us_median=\(micros.sorted()[micros.count / 2])")
+        micros = []
+      }
+    }
+    durable.close()
+    return 0
+  }
 }

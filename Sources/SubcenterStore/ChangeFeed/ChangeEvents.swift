@@ -185,6 +185,9 @@ public struct ErasurePlan: Sendable {
     fileprivate var persons = KeyFilter(count: 0)
     /// Whether it holds a removal more than its tombstone keeps (`bareTombstone`).
     fileprivate var holdsTombstoneText = false
+    /// Every removal up to this seq has been erased from the segment (set once a
+    /// compaction has gone through it): `mayErase` looks only at the removals after it.
+    public var erasedThrough: UInt64 = 0
 
     public init(firstSeq: UInt64) { self.firstSeq = firstSeq }
 
@@ -226,6 +229,9 @@ public struct ErasurePlan: Sendable {
   private var aliases: [Key: Set<Key>] = [:]
   /// Every key that belonged to a person when it was removed, with that seq.
   private var erasedBefore: [Key: UInt64] = [:]
+  /// The same removals in seq order, each key's hash with its removal's seq (a key removed
+  /// twice is in it twice): `mayErase` takes those after a seq without hashing keys.
+  private var removedHashes: [(seq: UInt64, hash: Int)] = []
   /// The seq of the newest removal observed (0: none).
   public private(set) var newestRemoval: UInt64 = 0
 
@@ -255,23 +261,42 @@ public struct ErasurePlan: Sendable {
 
   private mutating func remove(_ k: Key, at seq: UInt64) {
     erasedBefore[k] = seq
+    noteRemoved(k, at: seq)
     newestRemoval = max(newestRemoval, seq)
     // The anonymous ids attached to the person leave with it, and belong to nobody
     // after: a profile made later under one of them is someone else, not erased when
     // a later person of this key is removed.
     for alias in aliases.removeValue(forKey: k) ?? [] {
       erasedBefore[alias] = seq
+      noteRemoved(alias, at: seq)
       owner[alias] = nil
     }
   }
 
+  /// Adds to `removedHashes`, keeping it in seq order (segments are observed in order, so
+  /// this appends).
+  private mutating func noteRemoved(_ k: Key, at seq: UInt64) {
+    var i = removedHashes.endIndex
+    while i > 0 && removedHashes[i - 1].seq > seq { i -= 1 }
+    removedHashes.insert((seq, k.hashValue), at: i)
+  }
+
   /// Whether the segment `facts` describes may hold a record `erases` is true for (false
-  /// means it holds none; true may be a false alarm of the filter).
+  /// means it holds none; true may be a false alarm of the filter). Looks at the removals
+  /// after the segment's first seq and its `erasedThrough`: a compaction's cost grows with
+  /// the retained segments and the removals since they were last erased, not with their
+  /// product.
   public func mayErase(in facts: SegmentFacts) -> Bool {
-    facts.holdsTombstoneText
-      || erasedBefore.contains { k, before in
-        before > facts.firstSeq && facts.persons.mayContain(k.hashValue)
-      }
+    if facts.holdsTombstoneText { return true }
+    let after = max(facts.firstSeq, facts.erasedThrough)
+    // The first removal after `after` (removals are observed in seq order).
+    var low = 0
+    var high = removedHashes.count
+    while low < high {
+      let mid = (low + high) / 2
+      if removedHashes[mid].seq > after { high = mid } else { low = mid + 1 }
+    }
+    return removedHashes[low...].contains { facts.persons.mayContain($0.hash) }
   }
 
   /// What erasure does with the record `seq`: nil to keep it.
@@ -308,29 +333,35 @@ struct KeyFilter: Sendable {
     bits = count == 0 ? [] : [UInt64](repeating: 0, count: max(8, (count * 10 + 63) / 64))
   }
 
-  /// Two hashes from `hash` mixed (splitmix64), for double hashing: probe i is at
-  /// `h1 + i * h2` modulo the number of bits.
-  private func hashes(_ hash: Int) -> (h1: UInt64, h2: UInt64, bits: UInt64) {
-    var z = UInt64(bitPattern: Int64(hash)) &+ 0x9E37_79B9_7F4A_7C15
+  /// The next of a value's 7 probes: a fresh splitmix64 step of `state` (the value's hash
+  /// at first), mapped onto the `m` bits by multiply-shift. (Probes `h1 + i * h2` modulo
+  /// the power-of-two bit count, from one mixed hash, alias each other: they erred ~12
+  /// times as often, 5.3e-4 instead of the 4.5e-5 of independent probes, for 20 values in
+  /// 512 bits.)
+  private static func nextProbe(_ state: inout UInt64, bits m: UInt64) -> UInt64 {
+    state &+= 0x9E37_79B9_7F4A_7C15
+    var z = state
     z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
     z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
     z ^= z >> 31
-    return (z & 0xFFFF_FFFF, (z >> 32) | 1, UInt64(bits.count) * 64)
+    return z.multipliedFullWidth(by: m).high
   }
 
   mutating func insert(_ hash: Int) {
-    let (h1, h2, m) = hashes(hash)
-    for i: UInt64 in 0..<7 {
-      let b = (h1 &+ i &* h2) % m
+    let m = UInt64(bits.count) * 64
+    var state = UInt64(bitPattern: Int64(hash))
+    for _ in 0..<7 {
+      let b = Self.nextProbe(&state, bits: m)
       bits[Int(b >> 6)] |= 1 << (b & 63)
     }
   }
 
   func mayContain(_ hash: Int) -> Bool {
     if bits.isEmpty { return false }
-    let (h1, h2, m) = hashes(hash)
-    for i: UInt64 in 0..<7 {
-      let b = (h1 &+ i &* h2) % m
+    let m = UInt64(bits.count) * 64
+    var state = UInt64(bitPattern: Int64(hash))
+    for _ in 0..<7 {
+      let b = Self.nextProbe(&state, bits: m)
       if bits[Int(b >> 6)] & (1 << (b & 63)) == 0 { return false }
     }
     return true

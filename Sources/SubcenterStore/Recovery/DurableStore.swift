@@ -421,6 +421,8 @@ public final class DurableStore: Sendable {
           if plan.rewrite(seq: scan.seqs[i], command: command) != nil { return true }
         }
       }
+      // Nothing left to erase: the next compaction reads none of these for these removals.
+      for s in segments { m.summaries[s.firstSeq]?.erasure.erasedThrough = plan.newestRemoval }
       return false
     }
     return outstanding ? try compact() : nil
@@ -527,6 +529,9 @@ public final class DurableStore: Sendable {
         log("erasure: rewrote \(s.name): \(n) records erased or cut to their tombstone")
       }
     }
+    // Every segment now holds nothing of the persons removed so far: later compactions
+    // look at it only for removals after these.
+    for s in segments { m.summaries[s.firstSeq]?.erasure.erasedThrough = plan.newestRemoval }
     changeFeed.erased(erased)
   }
 
