@@ -53,6 +53,11 @@ func segmentBytes(firstSeq: UInt64 = 1, count: Int) -> (bytes: [UInt8], recordSt
     #expect(WALSegment.firstSeq(fileName: "wal-42.log") == nil)
     #expect(WALSegment.firstSeq(fileName: "wal-0000000000000000004x.log") == nil)
     #expect(WALSegment.firstSeq(fileName: "wal-00000000000000000042.log.tmp") == nil)
+    // The edges of 20 digits: the largest seq, and one past it.
+    #expect(WALSegment.firstSeq(fileName: "wal-18446744073709551615.log") == UInt64.max)
+    #expect(WALSegment.firstSeq(fileName: "wal-18446744073709551616.log") == nil)
+    #expect(WALSegment.firstSeq(fileName: "wal-99999999999999999999.log") == nil)
+    #expect(WALSegment.firstSeq(fileName: "wal-000000000000000000é.log") == nil)
   }
 
   @Test func cleanSegment() throws {

@@ -25,8 +25,13 @@ public struct WALSegmentFile: Sendable, Equatable, CustomStringConvertible {
   public let firstSeq: UInt64
 
   public init(firstSeq: UInt64) {
+    self.init(name: WALSegment.fileName(firstSeq: firstSeq), firstSeq: firstSeq)
+  }
+
+  /// A listed file whose name `WALSegment.firstSeq(fileName:)` read as `firstSeq`.
+  fileprivate init(name: String, firstSeq: UInt64) {
+    self.name = name
     self.firstSeq = firstSeq
-    self.name = WALSegment.fileName(firstSeq: firstSeq)
   }
 
   public var description: String { name }
@@ -112,11 +117,16 @@ public enum WALSegment {
 
   /// The first seq a segment file name holds, nil if `name` is not a segment's.
   public static func firstSeq(fileName name: String) -> UInt64? {
-    let utf8 = Array(name.utf8)
-    guard utf8.count == 28, name.hasPrefix("wal-"), name.hasSuffix(".log") else { return nil }
-    let digits = utf8[4..<24]
-    guard digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
-    return UInt64(String(decoding: digits, as: UTF8.self))
+    guard name.utf8.count == 28, name.hasPrefix("wal-"), name.hasSuffix(".log") else { return nil }
+    var seq: UInt64 = 0
+    for c in name.utf8.dropFirst(4).prefix(20) {
+      guard c >= 0x30 && c <= 0x39 else { return nil }
+      let (times10, o1) = seq.multipliedReportingOverflow(by: 10)
+      let (sum, o2) = times10.addingReportingOverflow(UInt64(c - 0x30))
+      guard !o1 && !o2 else { return nil }
+      seq = sum
+    }
+    return seq
   }
 
   /// The segment files of `directory`, by first seq.
@@ -127,8 +137,12 @@ public enum WALSegment {
     do { names = try fs.list(directory) } catch {
       throw StorageError(error, "listing the data directory")
     }
-    return names.compactMap { firstSeq(fileName: $0).map(WALSegmentFile.init) }
-      .sorted { $0.firstSeq < $1.firstSeq }
+    // The listed names as they are (a data directory may hold tens of thousands of
+    // segments, listed at every compaction and retention pass).
+    return names.compactMap { n in
+      firstSeq(fileName: n).map { WALSegmentFile(name: n, firstSeq: $0) }
+    }
+    .sorted { $0.firstSeq < $1.firstSeq }
   }
 
   /// The 24-byte header of a segment whose first record has seq `firstSeq`.
