@@ -123,7 +123,8 @@ private final class CollectingSink: ChangeSink {
     for c in none { #expect(ChangeEvents.events(seq: 1, command: c).isEmpty) }
     #expect(ChangeEvents.events(seq: 1, command: nil).isEmpty)
 
-    // `hasEvents`, checked for every record applied, agrees with `events`.
+    // `hasEvents`, checked for every record applied, and `lastEvent`, read for every record
+    // a segment summary reads, agree with `events`.
     let others: [Command] = [
       .identify(.init(workspace: "w", person: p, creates: true, at: 1, actor: "x")),
       .identify(.init(workspace: "w", person: p, creates: false, at: 1, actor: "x")),
@@ -140,7 +141,11 @@ private final class CollectingSink: ChangeSink {
     ]
     for c in none + others + [forget, suppress, expire] {
       #expect(ChangeEvents.hasEvents(c) == !ChangeEvents.events(seq: 1, command: c).isEmpty)
+      let last = ChangeEvents.events(seq: 7, command: c).last
+      #expect(ChangeEvents.lastEvent(seq: 7, of: c)?.seq == last?.seq, "\(c)")
+      #expect(ChangeEvents.lastEvent(seq: 7, of: c)?.workspace == last?.workspace, "\(c)")
     }
+    #expect(ChangeEvents.lastEvent(seq: 7, of: expire)?.seq == 8)
   }
 }
 
@@ -353,6 +358,79 @@ private final class CollectingSink: ChangeSink {
     #expect(falseAlarms < 40, "\(falseAlarms) of 200,000")  // ~9 expected; ~106 before
   }
 
+  /// Every kind of record in one segment's `SegmentFacts`, as `rewrite` and `mayErase` see
+  /// them: the persons each holds (identifies with and without an anonymous id, merges,
+  /// preference and global choices, counted sends of several persons, overrides; nobody in
+  /// configurations and (un)suppressions), the ids it attaches, the persons it removes and
+  /// the text a removal's tombstone drops.
+  @Test func segmentFactsOfEveryCommandKind() {
+    let p = PersonKey.person("p"), q = PersonKey.person("q"), r = PersonKey.person("r")
+    let s = PersonKey.person("s")
+    let m = PersonKey.anonymous("m"), z = PersonKey.anonymous("z")
+    func suppress(forget: [PersonKey], reason: String) -> Command {
+      .suppress(
+        .init(workspace: "w", hashes: [], forget: forget, reason: reason, at: 1, actor: "x"))
+    }
+    let log: [Command] = [
+      // 1
+      .identify(
+        .init(workspace: "w", person: p, creates: true, email: "p@x.y", at: 1, actor: "x")),
+      // 2: "qa" attached to q
+      .identify(
+        .init(workspace: "w", person: q, creates: true, anonymousID: "qa", at: 1, actor: "x")),
+      .identify(.init(workspace: "w", person: m, creates: true, at: 1, actor: "x")),  // 3
+      // 4: m merged into r
+      .identify(
+        .init(
+          workspace: "w", person: r, creates: true, anonymousID: "m", mergesProfile: true, at: 1,
+          actor: "x")),
+      .setPreference(
+        .init(
+          workspace: "w", person: p, channel: "email", topic: "", state: .unsubscribed,
+          source: "s", noticeVersion: "", at: 1, actor: "x")),  // 5
+      .identify(.init(workspace: "w", person: z, creates: true, at: 1, actor: "x")),  // 6
+      .setGlobal(
+        .init(workspace: "w", person: z, unsubscribed: true, source: "", at: 1, actor: "x")),  // 7
+      .recordSends(.init(workspace: "w", channel: "email", persons: [p, q, s], at: 1)),  // 8
+      .override(
+        .init(
+          workspace: "w", person: s, channel: "sms", topic: "", allowed: true, reason: .subscribed,
+          detail: "d", at: 1, actor: "x")),  // 9
+      // 10
+      .configureWorkspace(
+        .init(config: WorkspaceConfig(workspace: "w", channels: ["email"]), at: 1, actor: "x")),
+      .unsuppress(.init(workspace: "w", hashes: [], at: 1, actor: "x")),  // 11
+      suppress(forget: [], reason: "complaint by jane@x.y"),  // 12: forgets nobody
+      // 13: another workspace's p
+      .identify(.init(workspace: "v", person: p, creates: true, at: 1, actor: "x")),
+      .forget(.init(workspace: "w", person: p, at: 1, actor: "x")),  // 14
+      suppress(forget: [q], reason: "asked by q@x.y"),  // 15
+      .expireAnonymous(.init(workspace: "w", profiles: ["z"], at: 1)),  // 16
+      suppress(forget: [r, s], reason: ""),  // 17
+    ]
+    var segment = ErasurePlan.SegmentFacts(firstSeq: 1)
+    for (i, c) in log.enumerated() { segment.add(seq: UInt64(i + 1), command: c) }
+    segment.finish()
+    var plan = ErasurePlan()
+    plan.observe(segment)
+    #expect(erased(log, by: plan) == [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    #expect(erased(log, by: plan) == erased(log, by: self.plan(of: log)))
+    for (i, c) in log.enumerated() where i + 1 >= 10 {
+      let expected: ErasurePlan.Rewrite? =
+        i + 1 == 15 ? .tombstone(suppress(forget: [q], reason: "")) : nil
+      #expect(plan.rewrite(seq: UInt64(i + 1), command: c) == expected, "record \(i + 1)")
+    }
+    #expect(plan.mayErase(in: segment))
+    // Each record alone: a segment holding a removed person's data or a removal's text is
+    // read again, no other.
+    for (i, c) in log.enumerated() {
+      var alone = ErasurePlan.SegmentFacts(firstSeq: UInt64(i + 1))
+      alone.add(seq: UInt64(i + 1), command: c)
+      alone.finish()
+      #expect(plan.mayErase(in: alone) == (i + 1 <= 9 || i + 1 == 15), "record \(i + 1)")
+    }
+  }
+
   @Test func nothingRemovedNothingErased() {
     var plan = ErasurePlan()
     plan.observe(
@@ -360,6 +438,57 @@ private final class CollectingSink: ChangeSink {
       command: .identify(
         .init(workspace: "w", person: .person("p"), creates: true, at: 1, actor: "x")))
     #expect(plan.isEmpty)
+  }
+}
+
+/// What a retained segment's summary keeps for the retention: its newest record time and
+/// each workspace's newest event seq (`DurableStore.SegmentSummary`).
+@Suite struct SegmentSummaryTests {
+  @Test func newestEventOfEachWorkspaceAcrossInterleavedRecords() {
+    let x = PersonKey.person("x"), y = PersonKey.person("y")
+    func preference(_ ws: String, at: Int64) -> Command {
+      .setPreference(
+        .init(
+          workspace: ws, person: x, channel: "email", topic: "", state: .subscribed, source: "",
+          noticeVersion: "", at: at, actor: "t"))
+    }
+    let log: [(seq: UInt64, command: Command)] = [
+      (1, preference("a", at: 10)),
+      (
+        2,
+        .setGlobal(
+          .init(workspace: "a", person: x, unsubscribed: true, source: "", at: 30, actor: "t"))
+      ),
+      (3, .recordSends(.init(workspace: "b", channel: "email", persons: [x], at: 5))),  // no event
+      (4, .identify(.init(workspace: "b", person: y, creates: true, at: 6, actor: "t"))),
+      // 5 and 6: one forget each
+      (
+        5,
+        .suppress(
+          .init(workspace: "a", hashes: [], forget: [x, y], reason: "", at: 7, actor: "t"))
+      ),
+      (
+        7,
+        .override(
+          .init(
+            workspace: "c", person: x, channel: "sms", topic: "", allowed: false,
+            reason: .subscribed, detail: "", at: 8, actor: "t"))
+      ),
+      (8, .identify(.init(workspace: "b", person: y, creates: false, at: 9, actor: "t"))),  // none
+      (9, .expireAnonymous(.init(workspace: "c", profiles: [], at: 4))),  // no event
+      (10, preference("b", at: 20)),
+      (11, .unsuppress(.init(workspace: "d", hashes: [], at: 3, actor: "t"))),  // no event
+    ]
+    var summary = DurableStore.SegmentSummary(firstSeq: 1, endSeq: 12, damage: nil)
+    for (seq, c) in log { summary.add(seq: seq, command: c) }
+    summary.finish()
+    #expect(summary.newestEvents == ["a": 6, "b": 10])
+    #expect(summary.newestAt == 30)
+
+    var none = DurableStore.SegmentSummary(firstSeq: 1, endSeq: 2, damage: nil)
+    none.add(seq: 1, command: log[2].command)
+    none.finish()
+    #expect(none.newestEvents.isEmpty && none.newestAt == 5)
   }
 }
 

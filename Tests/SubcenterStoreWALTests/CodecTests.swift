@@ -119,6 +119,13 @@ enum Samples {
       let decoded = try LogRecordCodec.decode(full[...])
       #expect(decoded.seq == UInt64(1000 + i))
       #expect(decoded.command == c)
+      var handed: [Command] = []
+      try LogRecordCodec.withCommand(in: full[...]) { handed.append($0) }
+      #expect(handed == [c], "sample \(i)")
+    }
+    // An erased record holds no command to hand over.
+    try LogRecordCodec.withCommand(in: LogRecordCodec.erased(seq: 77)[...]) { c in
+      Issue.record("an erased record handed \(c)")
     }
   }
 
@@ -223,15 +230,30 @@ enum Samples {
   /// Records read field by field read as protobuf-c reads them: every sample, every
   /// prefix of the fast ones (both refuse, or both read the same), reordered fields.
   @Test func directDecodingEqualsProtobufC() throws {
+    /// The command `withCommand` hands over (nil: none; nil nil: it threw).
+    func handed(_ bytes: [UInt8]) -> Command?? {
+      var got: Command?
+      do {
+        try LogRecordCodec.withCommand(in: bytes[...]) { got = $0 }
+      } catch {
+        return nil
+      }
+      return .some(got)
+    }
     func same(_ bytes: [UInt8]) -> Bool {
       let a = try? LogRecordCodec.decode(bytes[...])
       let b = try? LogRecordCodec.decodeWithProtobufC(bytes[...])
       return a?.seq == b?.seq && a?.command == b?.command && (a == nil) == (b == nil)
+        && handed(bytes) == a.map(\.command)
     }
     var direct = 0
     for c in Samples.commands {
       let bytes = LogRecordCodec.encode(c, seq: 77)
-      let fast = try bytes.withUnsafeBytes { raw in try LogRecordCodec.decodeDirectly(raw) }
+      var fast: (seq: UInt64, command: Command)?
+      let read = try bytes.withUnsafeBytes { raw in
+        try LogRecordCodec.decodeDirectly(raw) { fast = ($0, $1) }
+      }
+      #expect(read == (fast != nil))
       if let fast {
         direct += 1
         #expect(fast.seq == 77 && fast.command == c)

@@ -119,19 +119,23 @@ public enum ChangeEvents {
     }
   }
 
-  /// The persons a record holds data of (a removal's own record is its tombstone, not
-  /// data: see `isTombstone`).
-  static func persons(of command: Command) -> [PersonKey] {
+  /// The workspace and seq of the last event of the record `seq` holding `command` (nil:
+  /// it has none): `events(seq:command:).last`'s, without building them, and in one
+  /// switch (each switch on a `Command` copies it; read for every record of every
+  /// retained segment).
+  static func lastEvent(seq: UInt64, of command: Command) -> (workspace: String, seq: UInt64)? {
     switch command {
     case .identify(let c):
-      var out = [c.person]
-      if let a = c.anonymousID { out.append(.anonymous(a)) }
-      return out
-    case .setPreference(let c): return [c.person]
-    case .setGlobal(let c): return [c.person]
-    case .override(let c): return [c.person]
-    case .recordSends(let c): return c.persons
-    case .forget, .suppress, .expireAnonymous, .configureWorkspace, .unsuppress: return []
+      c.creates || c.email != nil || c.phone != nil || c.anonymousID != nil
+        ? (c.workspace, seq) : nil
+    case .setPreference(let c): (c.workspace, seq)
+    case .setGlobal(let c): (c.workspace, seq)
+    case .forget(let c): (c.workspace, seq)
+    case .suppress(let c):
+      c.forget.isEmpty ? nil : (c.workspace, seq + UInt64(c.forget.count) - 1)
+    case .expireAnonymous(let c):
+      c.profiles.isEmpty ? nil : (c.workspace, seq + UInt64(c.profiles.count) - 1)
+    case .configureWorkspace, .recordSends, .override, .unsuppress: nil
     }
   }
 
@@ -181,7 +185,8 @@ public struct ErasurePlan: Sendable {
     fileprivate var facts: [(seq: UInt64, fact: Fact)] = []
     /// The first seq of the segment (records before it are not in it).
     let firstSeq: UInt64
-    private var personHashes: [Int] = []
+    /// The hashes of the keys of the persons whose data its records hold (until `finish()`).
+    private var personHashes = Set<Int>()
     fileprivate var persons = KeyFilter(count: 0)
     /// Whether it holds a removal more than its tombstone keeps (`bareTombstone`).
     fileprivate var holdsTombstoneText = false
@@ -191,35 +196,56 @@ public struct ErasurePlan: Sendable {
 
     public init(firstSeq: UInt64) { self.firstSeq = firstSeq }
 
-    /// Adds the record `seq` (records in seq order).
-    public mutating func add(seq: UInt64, command: Command?) {
-      guard let command else { return }
-      let ws = command.workspace
-      if case .identify(let c) = command, let a = c.anonymousID, !c.person.isAnonymous {
-        facts.append(
-          (
-            seq,
-            .attach(
-              alias: Key(workspace: ws, person: .anonymous(a)),
-              person: Key(workspace: ws, person: c.person))
-          ))
+    /// Adds the record `seq` (records in seq order; erased records are not added).
+    public mutating func add(seq: UInt64, command: Command) {
+      ErasurePlan.forEachKey(of: command) { personHashes.insert($0.hashValue) }
+      guard let fact = Self.fact(of: command) else { return }
+      facts.append((seq, fact))
+      if case .removal = fact, ChangeEvents.bareTombstone(of: command) != nil {
+        holdsTombstoneText = true
       }
-      let removed = ChangeEvents.removals(of: command)
-      if !removed.isEmpty {
-        facts.append((seq, .removal(removed.map { Key(workspace: ws, person: $0) })))
-        holdsTombstoneText = holdsTombstoneText || ChangeEvents.bareTombstone(of: command) != nil
-      }
-      for p in ChangeEvents.persons(of: command) {
-        personHashes.append(Key(workspace: ws, person: p).hashValue)
+    }
+
+    /// The fact of a record, if it has one: the anonymous id an identify attaches to a
+    /// person, or the persons a removal removes (none: no fact).
+    static func fact(of command: Command) -> Fact? {
+      switch command {
+      case .identify(let c):
+        guard let a = c.anonymousID, !c.person.isAnonymous else { return nil }
+        return .attach(
+          alias: Key(workspace: c.workspace, person: .anonymous(a)),
+          person: Key(workspace: c.workspace, person: c.person))
+      case .forget, .suppress, .expireAnonymous:
+        let removed = ChangeEvents.removals(of: command)
+        guard !removed.isEmpty else { return nil }
+        let ws = command.workspace
+        return .removal(removed.map { Key(workspace: ws, person: $0) })
+      case .setPreference, .setGlobal, .recordSends, .override, .configureWorkspace, .unsuppress:
+        return nil
       }
     }
 
     /// Ends the segment: builds the filter of its persons (sized for the distinct ones).
     public mutating func finish() {
-      let distinct = Set(personHashes)
-      persons = KeyFilter(count: distinct.count)
-      for h in distinct { persons.insert(h) }
+      persons = KeyFilter(count: personHashes.count)
+      for h in personHashes { persons.insert(h) }
       personHashes = []
+    }
+  }
+
+  /// Calls `body` with the key of each person a record holds data of (a removal's own
+  /// record is its tombstone, not data: see `ChangeEvents.removals(of:)`), without building
+  /// an array: it is called for every record of every retained segment.
+  static func forEachKey(of command: Command, _ body: (Key) -> Void) {
+    switch command {
+    case .identify(let c):
+      body(Key(workspace: c.workspace, person: c.person))
+      if let a = c.anonymousID { body(Key(workspace: c.workspace, person: .anonymous(a))) }
+    case .setPreference(let c): body(Key(workspace: c.workspace, person: c.person))
+    case .setGlobal(let c): body(Key(workspace: c.workspace, person: c.person))
+    case .override(let c): body(Key(workspace: c.workspace, person: c.person))
+    case .recordSends(let c): for p in c.persons { body(Key(workspace: c.workspace, person: p)) }
+    case .forget, .suppress, .expireAnonymous, .configureWorkspace, .unsuppress: break
     }
   }
 
@@ -255,7 +281,7 @@ public struct ErasurePlan: Sendable {
   /// Observes one record (tests): the facts of a segment holding only it.
   public mutating func observe(seq: UInt64, command: Command?) {
     var facts = SegmentFacts(firstSeq: seq)
-    facts.add(seq: seq, command: command)
+    if let command { facts.add(seq: seq, command: command) }
     observe(facts)
   }
 
@@ -303,11 +329,11 @@ public struct ErasurePlan: Sendable {
   public func rewrite(seq: UInt64, command: Command?) -> Rewrite? {
     guard let command, !erasedBefore.isEmpty else { return nil }
     if let bare = ChangeEvents.bareTombstone(of: command) { return .tombstone(bare) }
-    let ws = command.workspace
-    for p in ChangeEvents.persons(of: command) {
-      if let s = erasedBefore[Key(workspace: ws, person: p)], seq < s { return .erase }
+    var erases = false
+    Self.forEachKey(of: command) { k in
+      if let s = erasedBefore[k], seq < s { erases = true }
     }
-    return nil
+    return erases ? .erase : nil
   }
 
   /// What erasure does with a record it does not keep.

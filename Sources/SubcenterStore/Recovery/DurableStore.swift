@@ -105,8 +105,12 @@ public final class DurableStore: Sendable {
   struct SegmentSummary {
     /// The time of its newest record erasure left (nil: none left).
     var newestAt: Int64?
-    /// The newest event seq of each workspace in it.
+    /// The newest event seq of each workspace in it (once `finish()` has run).
     var newestEvents: [String: UInt64] = [:]
+    /// The workspace of the newest event added, with its last seq, not yet in
+    /// `newestEvents`: runs of records of one workspace write the dictionary once, when
+    /// another workspace's event comes or at `finish()`.
+    private var newestEvent: (workspace: String, seq: UInt64)?
     /// The seq after its last record, and where it is damaged, if it is.
     var endSeq: UInt64
     var damage: SegmentDamage?
@@ -119,13 +123,27 @@ public final class DurableStore: Sendable {
       erasure = ErasurePlan.SegmentFacts(firstSeq: firstSeq)
     }
 
-    /// Adds record `seq` (records in seq order; then `erasure.finish()`).
+    /// Adds record `seq` (records in seq order; then `finish()`).
     mutating func add(seq: UInt64, command c: Command) {
       erasure.add(seq: seq, command: c)
-      newestAt = max(newestAt ?? c.at, c.at)
-      if ChangeEvents.hasEvents(c) {
-        newestEvents[c.workspace] = seq + ChangeEvents.seqCount(c) - 1
+      let at = c.at
+      newestAt = max(newestAt ?? at, at)
+      if let last = ChangeEvents.lastEvent(seq: seq, of: c) { noteEvent(last) }
+    }
+
+    /// Notes the newest event so far of its workspace.
+    private mutating func noteEvent(_ event: (workspace: String, seq: UInt64)) {
+      if let last = newestEvent, last.workspace != event.workspace {
+        newestEvents[last.workspace] = last.seq
       }
+      newestEvent = event
+    }
+
+    /// Ends the segment: completes `newestEvents` and the erasure facts.
+    mutating func finish() {
+      if let last = newestEvent { newestEvents[last.workspace] = last.seq }
+      newestEvent = nil
+      erasure.finish()
     }
   }
 
@@ -524,7 +542,7 @@ public final class DurableStore: Sendable {
         }
       }
       if n > 0 {
-        left.erasure.finish()
+        left.finish()
         m.summaries[s.firstSeq] = left
         log("erasure: rewrote \(s.name): \(n) records erased or cut to their tombstone")
       }
@@ -555,10 +573,10 @@ public final class DurableStore: Sendable {
     let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
     var summary = SegmentSummary(firstSeq: s.firstSeq, endSeq: scan.endSeq, damage: scan.damage)
     for i in 0..<scan.records.count {
-      guard let c = try LogRecordCodec.decode(scan.payload(i)).command else { continue }
-      summary.add(seq: scan.seqs[i], command: c)
+      let seq = scan.seqs[i]
+      try LogRecordCodec.withCommand(in: scan.payload(i)) { summary.add(seq: seq, command: $0) }
     }
-    summary.erasure.finish()
+    summary.finish()
     m.summaries[s.firstSeq] = summary
     return summary
   }

@@ -239,19 +239,41 @@ public enum LogRecordCodec {
   public static func decode(_ payload: ArraySlice<UInt8>) throws(StorageError)
     -> (seq: UInt64, command: Command?)
   {
-    let direct = payload.withUnsafeBytes { raw in
-      Result { () throws(StorageError) in try decodeDirectly(raw) }
+    // withUnsafeBufferPointer passes the typed error on (withUnsafeBytes needed a Result
+    // around the record: more copies of it); `take()` moves the command out (returning
+    // `command` copied it, retaining each of its strings, then destroyed the variable's).
+    var seq: UInt64 = 0
+    var command: Command?
+    let readDirectly = try payload.withUnsafeBufferPointer { (b) throws(StorageError) in
+      try decodeDirectly(UnsafeRawBufferPointer(b)) {
+        seq = $0
+        command = $1
+      }
     }
-    if let record = try direct.get() { return record }
+    if readDirectly { return (seq, command.take()) }
     return try decodeWithProtobufC(payload)
   }
 
-  /// The records `encodeDirectly` writes (SetPreference, SetGlobal), read field by field
-  /// as protobuf-c reads them (any order, unknown fields skipped); nil for any other
-  /// record, or one protobuf-c must interpret (a message field given twice is merged).
-  static func decodeDirectly(_ payload: UnsafeRawBufferPointer) throws(StorageError)
-    -> (seq: UInt64, command: Command?)?
+  /// Calls `body` with the command `decode` reads from a record (not for an erased record),
+  /// in place: for loops over every record of a segment, where returning the command
+  /// through `decode`'s tuple and optionals copied it several times a record (a `Command`
+  /// is large, and each copy took longer than reading a field).
+  static func withCommand(in payload: ArraySlice<UInt8>, _ body: (Command) -> Void)
+    throws(StorageError)
   {
+    let readDirectly = try payload.withUnsafeBufferPointer { (b) throws(StorageError) in
+      try decodeDirectly(UnsafeRawBufferPointer(b)) { _, command in body(command) }
+    }
+    if !readDirectly, let command = try decodeWithProtobufC(payload).command { body(command) }
+  }
+
+  /// The records `encodeDirectly` writes (SetPreference, SetGlobal), read field by field
+  /// as protobuf-c reads them (any order, unknown fields skipped) and handed to `body` with
+  /// their seq: true. False (and `body` not called) for any other record, or one
+  /// protobuf-c must interpret (a message field given twice is merged).
+  static func decodeDirectly(
+    _ payload: UnsafeRawBufferPointer, _ body: (UInt64, Command) -> Void
+  ) throws(StorageError) -> Bool {
     var r = ProtoWireReader(payload)
     var seq: UInt64 = 0
     var at: Int64 = 0
@@ -264,13 +286,13 @@ public enum LogRecordCodec {
       case 2: at = Int64(bitPattern: try r.varint(wire, "log record.at"))
       case 3: actor = try r.text(wire, "log record.actor")
       case 12, 13:
-        if message != nil { return nil }
+        if message != nil { return false }
         message = (field, try r.bytes(wire, "log record.command"))
-      case 10...20: return nil
+      case 10...20: return false
       default: try r.skip(wire)
       }
     }
-    guard let message else { return nil }
+    guard let message else { return false }
     var m = ProtoWireReader(message.bytes)
     var workspace = ""
     var person: PersonKey?
@@ -301,13 +323,13 @@ public enum LogRecordCodec {
         }
       }
       guard let person else { throw StorageError(.damaged, "set_preference.person: no person key") }
-      return (
+      body(
         seq,
         .setPreference(
           .init(
             workspace: workspace, person: person, channel: channel, topic: topic, state: state,
-            source: source, noticeVersion: notice, at: at, actor: actor))
-      )
+            source: source, noticeVersion: notice, at: at, actor: actor)))
+      return true
     }
     var unsubscribed = false
     while !m.atEnd {
@@ -323,13 +345,13 @@ public enum LogRecordCodec {
       }
     }
     guard let person else { throw StorageError(.damaged, "set_global.person: no person key") }
-    return (
+    body(
       seq,
       .setGlobal(
         .init(
           workspace: workspace, person: person, unsubscribed: unsubscribed, source: source,
-          at: at, actor: actor))
-    )
+          at: at, actor: actor)))
+    return true
   }
 
   /// Any record, unpacked by protobuf-c.
