@@ -63,10 +63,7 @@ public enum ChangeEvents {
             action: "merge")
         ]
       }
-      // An identify that changes nothing leaves no history entry, hence no event.
-      guard c.creates || c.email != nil || c.phone != nil || c.anonymousID != nil else {
-        return []
-      }
+      guard hasEvent(c) else { return [] }
       return [
         ChangeEvent(
           workspace: c.workspace, seq: seq, at: c.at, person: c.person, action: "identify")
@@ -109,14 +106,13 @@ public enum ChangeEvents {
   /// Whether the record holding `command` has events: `!events(seq:command:).isEmpty`,
   /// without building them (checked for every record applied).
   public static func hasEvents(_ command: Command) -> Bool {
-    switch command {
-    case .identify(let c):
-      return c.creates || c.email != nil || c.phone != nil || c.anonymousID != nil
-    case .setPreference, .setGlobal, .forget: return true
-    case .suppress(let c): return !c.forget.isEmpty
-    case .expireAnonymous(let c): return !c.profiles.isEmpty
-    case .configureWorkspace, .recordSends, .override, .unsuppress: return false
-    }
+    lastEvent(seq: 1, of: command) != nil
+  }
+
+  /// Whether an identify has its event: one that changes nothing leaves no history entry,
+  /// hence no event.
+  private static func hasEvent(_ c: Command.Identify) -> Bool {
+    c.creates || c.email != nil || c.phone != nil || c.anonymousID != nil
   }
 
   /// The workspace and seq of the last event of the record `seq` holding `command` (nil:
@@ -125,9 +121,7 @@ public enum ChangeEvents {
   /// retained segment).
   static func lastEvent(seq: UInt64, of command: Command) -> (workspace: String, seq: UInt64)? {
     switch command {
-    case .identify(let c):
-      c.creates || c.email != nil || c.phone != nil || c.anonymousID != nil
-        ? (c.workspace, seq) : nil
+    case .identify(let c): hasEvent(c) ? (c.workspace, seq) : nil
     case .setPreference(let c): (c.workspace, seq)
     case .setGlobal(let c): (c.workspace, seq)
     case .forget(let c): (c.workspace, seq)

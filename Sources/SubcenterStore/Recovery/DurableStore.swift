@@ -440,7 +440,7 @@ public final class DurableStore: Sendable {
         }
       }
       // Nothing left to erase: the next compaction reads none of these for these removals.
-      for s in segments { m.summaries[s.firstSeq]?.erasure.erasedThrough = plan.newestRemoval }
+      markErased(segments, through: plan.newestRemoval, &m)
       return false
     }
     return outstanding ? try compact() : nil
@@ -547,10 +547,16 @@ public final class DurableStore: Sendable {
         log("erasure: rewrote \(s.name): \(n) records erased or cut to their tombstone")
       }
     }
-    // Every segment now holds nothing of the persons removed so far: later compactions
-    // look at it only for removals after these.
-    for s in segments { m.summaries[s.firstSeq]?.erasure.erasedThrough = plan.newestRemoval }
+    markErased(segments, through: plan.newestRemoval, &m)
     changeFeed.erased(erased)
+  }
+
+  /// Notes that `segments` hold nothing of the persons removed through seq `removal`:
+  /// later compactions look at them only for removals after it.
+  private func markErased(
+    _ segments: [WALSegmentFile], through removal: UInt64, _ m: inout Maintenance
+  ) {
+    for s in segments { m.summaries[s.firstSeq]?.erasure.erasedThrough = removal }
   }
 
   /// Leaves the active segment for a new one; returns the new one's first seq.
