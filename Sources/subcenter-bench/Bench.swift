@@ -13,7 +13,9 @@
 //       close; then times DurableStore.open (snapshot load), --opens times; prints
 //       snapshot_load_ms= (median). --snapshot off: R log records (N identifies, the rest
 //       preference changes over those N persons), closed without a snapshot; then times
-//       open (log replay); prints replay_ms= (median) and replay_records=.
+//       open (log replay); prints replay_ms= (median) and replay_records=, and the time of
+//       the read of every retained segment into its summary that follows a start
+//       (segment_scan_ms=); --segment-records N starts a new segment every N changes.
 //   subcenter-bench writes --data DIR [--fsync always] [--inflight 128] [--seconds 5]
 //       the store and write-ahead log of subcenterd without its transport: Unsubscribe
 //       calls on the store (person "bench", channel email) from this thread, --inflight
@@ -48,6 +50,9 @@ enum Bench {
         FlagSpec("snapshot", default: "on", help: "recovery: on (snapshot load) | off (replay)"),
         FlagSpec("records", default: "1000000", help: "recovery --snapshot off: log records"),
         FlagSpec("opens", default: "3", help: "recovery: timed opens (median printed)"),
+        FlagSpec(
+          "segment-records", default: "0",
+          help: "recovery --snapshot off: start a new log segment every N changes (0: by size)"),
         FlagSpec("inflight", default: "128", help: "writes: calls in flight"),
       ]
     do {
@@ -80,7 +85,8 @@ enum Bench {
         return try recovery(
           directory: dir, persons: persons, snapshot: snap == "on",
           records: try flags.int("records", in: 1...50_000_000) ?? 1_000_000,
-          opens: try flags.int("opens", in: 1...20) ?? 3)
+          opens: try flags.int("opens", in: 1...20) ?? 3,
+          segmentRecords: try flags.int("segment-records", in: 0...50_000_000) ?? 0)
       case "writes":
         guard let dir = dataDirectory() else { return 2 }
         let fsyncText = flags.string("fsync") ?? "always"
@@ -198,7 +204,8 @@ enum Bench {
 
   /// Builds a data directory with fsync none, closes it, then times `DurableStore.open`.
   static func recovery(
-    directory: String, persons: Int, snapshot: Bool, records: Int, opens: Int
+    directory: String, persons: Int, snapshot: Bool, records: Int, opens: Int,
+    segmentRecords: Int = 0
   ) throws -> Int32 {
     let secret = Crypto.randomBytes(count: 32)
     let quiet: @Sendable (String) -> Void = { _ in }
@@ -250,6 +257,16 @@ enum Bench {
                 workspace: "bench", person: .personID("p\(i)"), topic: "news",
                 source: "bench"),
               state: on ? .unsubscribed : .subscribed, actor: "bench", completion: $0)
+          }
+          if segmentRecords > 0 && (k + 1) % segmentRecords == 0 {
+            try w.drain()
+            w.submit { (done: @escaping Completion<UInt64>) in
+              do {
+                try durable.wal.rotate { done($0.mapError { .unavailable("\($0)") }) }
+              } catch {
+                done(.failure(.unavailable("\(error)")))
+              }
+            }
           }
         }
         try w.drain()

@@ -481,6 +481,41 @@ private func dsDifference(_ got: SubscriptionStore, _ want: SubscriptionStore) -
     }
   }
 
+  /// After a start, the retained segments are read on several threads (into summaries,
+  /// then the check for removed persons): among 30 segments, the one that still holds a
+  /// forgotten person's records (a snapshot was written after the forget, no compaction)
+  /// is found and rewritten, and every other person's records stay.
+  @Test func theCheckAfterAStartFindsTheOneSegmentOfManyLeftToErase() throws {
+    let (fs, clock, durable, _) = try populated()
+    for k in 0..<30 {
+      clock.advance(by: 10)
+      let who = k == 17 ? "late" : "q\(k)"
+      _ = try DSOp.identify(who, email: "\(who)@example.com").apply(durable.store).get()
+      _ = try durable.compact()  // each leaves a segment of its own
+    }
+    let forgot = awaitStoreCall { c in
+      durable.store.forget(
+        ForgetRequest(workspace: "acme", person: .personID("late")), actor: "privacy"
+      ) { c($0.map { "\($0)" }) }
+    }
+    #expect(throws: Never.self) { try forgot.get() }
+    _ = try durable.snapshot(force: true)  // the erasure's snapshot, its rewrite never ran
+    durable.close()
+    let segments = try WALSegment.list(directory: dsDirectory, fileSystem: fs)
+    #expect(segments.count > 30)
+    let holding = try files(holding: "late@example.com", fs)
+    #expect(holding.count == 1 && holding[0].hasPrefix("wal-"), "\(holding)")
+
+    let reopened = try dsOpen(fs, clock)
+    defer { reopened.close() }
+    #expect(try reopened.finishInterruptedErasure() != nil)
+    #expect(try files(holding: "late@example.com", fs) == [])
+    for k in 0..<30 where k != 17 {
+      #expect(try files(holding: "q\(k)@example.com", fs).contains { $0.hasPrefix("wal-") })
+    }
+    #expect(try reopened.finishInterruptedErasure() == nil)
+  }
+
   @Test(arguments: [false, true])
   func fsyncErrorStopsEveryLaterWriteAndKeepsReads(powerCut: Bool) throws {
     let (fs, clock, durable, model) = try populated()

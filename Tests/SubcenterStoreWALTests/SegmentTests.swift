@@ -1,8 +1,10 @@
 // Record framing and segment scanning: a torn tail at every byte offset, zeros at the end,
 // damage in the middle named by offset, wrong seqs, damaged headers.
 
+import Dispatch
 import SubcenterCore
 import SubcenterStore
+import Synchronization
 import Testing
 
 /// A segment built in memory: header + records 1...n (seq first in each payload).
@@ -58,6 +60,37 @@ func segmentBytes(firstSeq: UInt64 = 1, count: Int) -> (bytes: [UInt8], recordSt
     #expect(WALSegment.firstSeq(fileName: "wal-18446744073709551616.log") == nil)
     #expect(WALSegment.firstSeq(fileName: "wal-99999999999999999999.log") == nil)
     #expect(WALSegment.firstSeq(fileName: "wal-000000000000000000é.log") == nil)
+  }
+
+  /// `readEach` gives each segment's result in the segments' order and calls its body once
+  /// a segment, whatever the number of threads.
+  @Test func readEachKeepsTheOrderAndReadsEachSegmentOnce() {
+    for count in [0, 1, 2, 7, 200] {
+      let segments = (0..<count).map { WALSegmentFile(firstSeq: UInt64($0) * 10 + 1) }
+      for threads in [1, 2, 3, 8] {
+        let calls = Mutex<[UInt64: Int]>([:])
+        let names = WALSegment.readEach(segments, threads: threads) { s in
+          calls.withLock { $0[s.firstSeq, default: 0] += 1 }
+          return s.name
+        }
+        #expect(names == segments.map(\.name), "\(count) segments, \(threads) threads")
+        let counts = calls.withLock { $0 }
+        #expect(counts.count == count && counts.values.allSatisfy { $0 == 1 })
+      }
+    }
+  }
+
+  /// With two threads, two segments are read at the same time: each read waits for the
+  /// other to have started (one thread at a time would wait for ever; bounded at 10 s).
+  @Test func readEachReadsSegmentsAtTheSameTime() {
+    let segments = [WALSegmentFile(firstSeq: 1), WALSegmentFile(firstSeq: 2)]
+    let started = [DispatchSemaphore(value: 0), DispatchSemaphore(value: 0)]
+    let met = WALSegment.readEach(segments, threads: 2) { s in
+      let i = Int(s.firstSeq) - 1
+      started[i].signal()
+      return started[1 - i].wait(timeout: .now() + .seconds(10)) == .success
+    }
+    #expect(met == [true, true])
   }
 
   @Test func cleanSegment() throws {

@@ -432,13 +432,12 @@ public final class DurableStore: Sendable {
       let snapshots = try SnapshotFile.list(directory: directory, fileSystem: fileSystem)
       if snapshots.count > 1 && plan.newestRemoval > 0 { return true }
       guard !plan.isEmpty else { return false }
-      for s in segments where plan.mayErase(in: try summary(s, &m).erasure) {
-        let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
-        for i in 0..<scan.records.count {
-          let (_, command) = try LogRecordCodec.decode(scan.payload(i))
-          if plan.rewrite(seq: scan.seqs[i], command: command) != nil { return true }
-        }
+      var candidates: [WALSegmentFile] = []
+      for s in segments where plan.mayErase(in: try summary(s, &m).erasure) { candidates.append(s) }
+      let left = WALSegment.readEach(candidates, threads: Self.segmentReaders) { s in
+        Result { () throws(StorageError) in try holdsErasable(s, plan) }
       }
+      for holds in left where try holds.get() { return true }
       // Nothing left to erase: the next compaction reads none of these for these removals.
       markErased(segments, through: plan.newestRemoval, &m)
       return false
@@ -461,6 +460,7 @@ public final class DurableStore: Sendable {
   ) throws(StorageError) -> ([WALSegmentFile], ErasurePlan) {
     var segments = try WALSegment.list(directory: directory, fileSystem: fileSystem)
       .filter { $0.firstSeq < active }
+    readSummaries(segments, &m)
     let covered = snapshotStatus.seq
     var plan = ErasurePlan()
     var dropThrough: Int?
@@ -576,6 +576,20 @@ public final class DurableStore: Sendable {
     -> SegmentSummary
   {
     if let cached = m.summaries[s.firstSeq] { return cached }
+    let summary = try readSummary(s)
+    m.summaries[s.firstSeq] = summary
+    return summary
+  }
+
+  /// Reads the summaries of `segments` not read yet, several segments at once. One that cannot be read is left out, for `summary` to read again
+  /// and throw in the order of the segments.
+  private func readSummaries(_ segments: [WALSegmentFile], _ m: inout Maintenance) {
+    let unread = segments.filter { m.summaries[$0.firstSeq] == nil }
+    let read = WALSegment.readEach(unread, threads: Self.segmentReaders) { try? readSummary($0) }
+    for (s, summary) in zip(unread, read) where summary != nil { m.summaries[s.firstSeq] = summary }
+  }
+
+  private func readSummary(_ s: WALSegmentFile) throws(StorageError) -> SegmentSummary {
     let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
     var summary = SegmentSummary(firstSeq: s.firstSeq, endSeq: scan.endSeq, damage: scan.damage)
     for i in 0..<scan.records.count {
@@ -583,9 +597,24 @@ public final class DurableStore: Sendable {
       try LogRecordCodec.withCommand(in: scan.payload(i)) { summary.add(seq: seq, command: $0) }
     }
     summary.finish()
-    m.summaries[s.firstSeq] = summary
     return summary
   }
+
+  /// Whether segment `s` still holds a record `plan` would erase or cut to its tombstone.
+  private func holdsErasable(_ s: WALSegmentFile, _ plan: ErasurePlan) throws(StorageError)
+    -> Bool
+  {
+    let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
+    for i in 0..<scan.records.count {
+      let (_, command) = try LogRecordCodec.decode(scan.payload(i))
+      if plan.rewrite(seq: scan.seqs[i], command: command) != nil { return true }
+    }
+    return false
+  }
+
+  /// Threads that read segments at once where many are read in one go: after a start,
+  /// every retained segment into its summary, then the candidates of the erasure check.
+  static let segmentReaders = min(4, max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 
   /// Deletes the expired segments the newest snapshot covers (`RetentionPlan`). Returns
   /// true when an expired segment waits for a snapshot.

@@ -18,6 +18,9 @@
 // crash interrupted; the writer never acknowledged it); one followed by a valid frame is
 // damage in the middle. A valid frame holding the wrong seq is damage too.
 
+import Glibc
+import Synchronization
+
 /// A segment file of the log.
 public struct WALSegmentFile: Sendable, Equatable, CustomStringConvertible {
   public let name: String
@@ -152,6 +155,48 @@ public enum WALSegment {
     h += littleEndianBytes(firstSeq)
     h += littleEndianBytes(CRC32C.checksum(h))
     return h
+  }
+
+  /// `body` of each of `segments`, in their order, run on up to `threads` threads at
+  /// once (the caller's and threads of their own, ended before it returns), each segment
+  /// by one of them: for reading many segments, whose reads and decoding are independent.
+  public static func readEach<T>(
+    _ segments: [WALSegmentFile], threads: Int, _ body: (WALSegmentFile) -> T
+  ) -> [T] {
+    let threads = min(threads, segments.count)
+    guard threads > 1 else { return segments.map(body) }
+    let results = UnsafeMutableBufferPointer<T?>.allocate(capacity: segments.count)
+    results.initialize(repeating: nil)
+    defer {
+      _ = results.deinitialize()
+      results.deallocate()
+    }
+    let next = Atomic<Int>(0)
+    withoutActuallyEscaping(body) { body in
+      // Each index is written by the one thread that took it from `next`; the threads
+      // are joined before `results` is read.
+      nonisolated(unsafe) let (body, results) = (body, results)
+      let reader = SegmentReader {
+        while true {
+          let i = next.add(1, ordering: .relaxed).oldValue
+          guard i < segments.count else { return }
+          results[i] = body(segments[i])
+        }
+      }
+      var started: [pthread_t] = []
+      for _ in 1..<threads {
+        var tid = pthread_t()
+        let box = Unmanaged.passRetained(reader).toOpaque()
+        if pthread_create(&tid, nil, segmentReaderMain, box) == 0 {
+          started.append(tid)
+        } else {
+          Unmanaged<SegmentReader>.fromOpaque(box).release()  // fewer threads do it all
+        }
+      }
+      reader.work()
+      for tid in started { pthread_join(tid, nil) }
+    }
+    return results.map { $0! }
   }
 
   /// Reads the segment `name` of `directory`.
@@ -368,4 +413,15 @@ extension WALSegment {
       directory: directory, fileSystem: fs, what: "unfinished segment rewrites"
     ) { firstSeq(fileName: $0) != nil }
   }
+}
+
+/// What a thread of `WALSegment.readEach` runs.
+private final class SegmentReader {
+  let work: () -> Void
+  init(_ work: @escaping () -> Void) { self.work = work }
+}
+
+private func segmentReaderMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+  Unmanaged<SegmentReader>.fromOpaque(arg!).takeRetainedValue().work()
+  return nil
 }
