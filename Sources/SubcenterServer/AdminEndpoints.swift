@@ -59,7 +59,11 @@ public enum AdminEndpoints {
           # TYPE subcenter_connections_refused_total counter
           subcenter_connections_refused_total \(s.refusedConnections)
 
-          """ + (storage.map { storageMetrics($0.wal.status, $0.snapshotStatus) } ?? "")
+          """
+          + (storage.map {
+            storageMetrics($0.wal.status, $0.snapshotStatus)
+              + watchMetrics($0.changeFeed.watchStatus)
+          } ?? "")
           + (erasure.map { erasureMetrics($0.erasureStatus) } ?? "")
         return AdminResponse(status: 200, contentType: "text/plain; version=0.0.4", body: text)
       default:
@@ -67,6 +71,18 @@ public enum AdminEndpoints {
           status: 404, body: "not found: try /metrics, /healthz, /readyz, POST /snapshot\n")
       }
     }
+  }
+
+  static func watchMetrics(_ w: (open: Int, refused: Int)) -> String {
+    """
+    # HELP subcenter_watch_streams WatchChanges streams open now.
+    # TYPE subcenter_watch_streams gauge
+    subcenter_watch_streams \(w.open)
+    # HELP subcenter_watch_streams_refused_total WatchChanges calls refused RESOURCE_EXHAUSTED because --max-watchers streams were open.
+    # TYPE subcenter_watch_streams_refused_total counter
+    subcenter_watch_streams_refused_total \(w.refused)
+
+    """
   }
 
   static func erasureMetrics(

@@ -20,6 +20,8 @@ public struct ServerOptions: Sendable {
   public var changeRetentionSeconds: Int
   public var anonymousTTLSeconds: Int
   public var recoverTruncate: Bool
+  /// WatchChanges streams open at once, server-wide (not in SPEC).
+  public var maxWatchers: Int
 
   /// Every flag of SPEC §6.
   public static let flagSpecs: [FlagSpec] =
@@ -36,6 +38,9 @@ public struct ServerOptions: Sendable {
       FlagSpec("change-retention", default: "86400", help: "seconds WatchChanges can replay"),
       FlagSpec(
         "anonymous-ttl", default: "2592000", help: "seconds before idle anonymous profiles go"),
+      FlagSpec(
+        "max-watchers", default: "1000",
+        help: "WatchChanges streams open at once; more are refused RESOURCE_EXHAUSTED"),
       FlagSpec(
         "recover-truncate", value: false, help: "start from the last good record after damage"),
       FlagSpec("help", value: false, help: "print this text"),
@@ -65,5 +70,6 @@ public struct ServerOptions: Sendable {
     changeRetentionSeconds = try flags.int("change-retention", in: 1...(10 * year)) ?? 86_400
     anonymousTTLSeconds = try flags.int("anonymous-ttl", in: 1...(10 * year)) ?? 2_592_000
     recoverTruncate = try flags.bool("recover-truncate")
+    maxWatchers = try flags.int("max-watchers", in: 1...1_000_000) ?? 1000
   }
 }

@@ -87,7 +87,7 @@ enum Daemon {
           directory: options.dataDirectory, clock: SystemClock(), secret: secret,
           fsync: options.fsync, truncateDamaged: options.recoverTruncate,
           changeRetentionSeconds: options.changeRetentionSeconds,
-          feedOptions: testFeedOptions(),
+          feedOptions: feedOptions(maxWatchers: options.maxWatchers),
           preallocateLogBytes: WriteAheadLog.Options.serverPreallocateBytes, log: log)
       } catch {
         writeStderrLine("subcenterd: cannot recover \(options.dataDirectory): \(error)")
@@ -198,13 +198,14 @@ enum Daemon {
   }
 }
 
-/// The change feed's options: the defaults, but for a test-only environment variable,
-/// `SUBCENTER_TEST_WATCH_STALL_MS`, which shortens how long a WatchChanges stream may stay
+/// The change feed's options: the defaults with `--max-watchers`, and a test-only
+/// environment variable, `SUBCENTER_TEST_WATCH_STALL_MS`, which shortens how long a WatchChanges stream may stay
 /// stuck before it is cut off (30 s) so the interop suite can check the cut-off
 /// (Tests/interop/test_watch.py). It is not a flag and not for deployments: a server that
 /// sees it says so.
-func testFeedOptions() -> ChangeFeed.Options {
+func feedOptions(maxWatchers: Int) -> ChangeFeed.Options {
   var feed = ChangeFeed.Options()
+  feed.maxWatchers = maxWatchers
   let name = "SUBCENTER_TEST_WATCH_STALL_MS"
   guard let value = getenv(name).map({ String(cString: $0) }) else { return feed }
   guard let ms = UInt64(value), (1...3_600_000).contains(ms) else {

@@ -677,6 +677,36 @@ private final class CollectingSink: ChangeSink {
     d2.close()
   }
 
+  /// With `maxWatchers` watches open, another is refused `RESOURCE_EXHAUSTED` at once and
+  /// counted; once one of them ends (its client went away), its place is taken again.
+  @Test func aWatchBeyondMaxWatchersIsRefusedUntilOneEnds() throws {
+    var options = ChangeFeed.Options()
+    options.maxWatchers = 2
+    let (_, _, d) = try setUp(feedOptions: options)
+    defer { d.close() }
+    let (a, b, refused) = (CollectingSink(), CollectingSink(), CollectingSink())
+    let first = d.changeFeed.watch(workspace: "acme", from: .now, sink: a)
+    d.changeFeed.watch(workspace: "acme", from: .now, sink: b)
+    d.changeFeed.watch(workspace: "acme", from: .now, sink: refused)
+    guard case .resourceExhausted(let why) = refused.end else {
+      Issue.record("a third watch of two allowed was not refused: \(refused.end as Any)")
+      return
+    }
+    #expect(why.contains("--max-watchers"))
+    #expect(d.changeFeed.watchStatus.open == 2 && d.changeFeed.watchStatus.refused == 1)
+    d.changeFeed.cancel(first)
+    for _ in 0..<2000 where d.changeFeed.watchStatus.open != 1 { usleep(5000) }
+    #expect(d.changeFeed.watchStatus.open == 1)
+    let c = CollectingSink()
+    d.changeFeed.watch(workspace: "acme", from: .now, sink: c)
+    write(d.store, "p1")
+    for sink in [b, c] {
+      sink.wait(for: 2)
+      #expect(sink.end == nil && sink.events.map(\.personID) == ["p1", "p1"])
+    }
+    #expect(a.end == nil && d.changeFeed.watchStatus.open == 2)
+  }
+
   /// The active segment read in chunks smaller than one record, ending in preallocated
   /// zeros: every record still arrives, once, in order, for a watcher that catches up and
   /// one that follows.

@@ -84,6 +84,7 @@ def base_args(tmp_path):
                                         ("--idle-timeout", "-1"), ("--idle-timeout", "31536001"),
                                         ("--max-connections", "0"),
                                         ("--max-connections", "1000001"),
+                                        ("--max-watchers", "0"), ("--max-watchers", "1000001"),
                                         ("--max-request-bytes-per-connection", "0")])
 def test_bad_flag_value_refused(tmp_path, flag, value):
     rc, out, err = run_to_exit("subcenterd", base_args(tmp_path) + [flag, value], timeout=10)

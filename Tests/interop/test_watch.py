@@ -789,3 +789,45 @@ def test_watch_cut_off_mid_message_completes_it_or_is_reset(start_server):
         if conn is not None:
             conn.close()
         channel.close()
+
+
+# --------------------------------------------------------------------------------------------
+# --max-watchers (not in SPEC): WatchChanges streams open at once, server-wide.
+
+def watch_metrics(server) -> tuple:
+    m = admin_metrics(server)[0]
+    return int(m["subcenter_watch_streams"]), int(m["subcenter_watch_streams_refused_total"])
+
+
+@pytest.mark.deadline(60)
+def test_a_watch_beyond_max_watchers_is_refused_until_one_ends(start_server):
+    """With --max-watchers 2 and two streams open, a third is RESOURCE_EXHAUSTED naming the
+    flag, on another connection too, and the two go on; once one ends, a new one is served.
+    /metrics counts the streams open and the refusals."""
+    server = start_server("subcenterd", server_args() + ["--max-watchers", "2"])
+    channel = make_channel(server.port)
+    sc = Client(channel, TOKENS["sc-root"])
+    ws = unique("ws-maxw")
+    sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+    a = Watch(channel, workspace=ws).started()
+    b = Watch(channel, workspace=ws).started()
+    assert watch_metrics(server) == (2, 0)
+    for ch in (channel, make_channel(server.port)):
+        e = expect_code(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        lambda: first_error(ch, workspace=ws))  # noqa: B023
+        assert "--max-watchers" in e.details() and "2 WatchChanges streams" in e.details(), e
+    assert watch_metrics(server) == (2, 2)
+    sc.Identify(workspace=ws, person_id="p1")
+    assert [x.person_id for x in a.take(1)] == ["p1"]
+    assert [x.person_id for x in b.take(1)] == ["p1"]
+
+    a.cancel()
+    deadline = time.monotonic() + 10
+    while watch_metrics(server)[0] != 1:  # the feed thread ends the stream soon after
+        assert time.monotonic() < deadline, watch_metrics(server)
+        time.sleep(0.05)
+    c = Watch(channel, workspace=ws).started()
+    sc.Identify(workspace=ws, person_id="p2")
+    assert [x.person_id for x in c.take(1)] == ["p2"]
+    assert [x.person_id for x in b.take(1)] == ["p2"]
+    assert c.error is None and watch_metrics(server) == (2, 2)

@@ -43,7 +43,8 @@ public protocol ChangeSink: AnyObject, Sendable {
   /// Sends one event; `whenDrained` runs once the stream's buffer is empty again.
   func send(_ event: ChangeEvent, whenDrained: @escaping @Sendable () -> Void)
   /// Ends the stream: after the events sent, or for `.resourceExhausted` (the watcher
-  /// reads too slowly) possibly without those its stream has not delivered yet.
+  /// reads too slowly, or `maxWatchers` were open) possibly without those its stream has
+  /// not delivered yet.
   func finish(_ end: ChangeFeedEnd)
 }
 
@@ -76,6 +77,10 @@ public final class ChangeFeed: Sendable {
     /// active one may end in megabytes of preallocated zeros), more only for a record
     /// larger than that.
     public var readChunk = 1 << 20
+    /// Watches open at once (`--max-watchers`): each may hold up to `maxBuffered` plus a
+    /// `readChunk` while its client reads slowly; a watch beyond it is refused
+    /// `RESOURCE_EXHAUSTED`.
+    public var maxWatchers = 1000
     public init() {}
   }
 
@@ -97,8 +102,11 @@ public final class ChangeFeed: Sendable {
     var thread: pthread_t?
   }
   let state = Mutex(State())
-  /// How many watchers there are (the log's completions only wake the thread then).
+  /// How many watches are open, counting from when `watch` takes a place for one to when
+  /// the feed thread ends it (the log's completions only wake the thread when some are).
   let watching = Atomic<Int>(0)
+  /// Watches refused because `options.maxWatchers` were open.
+  let refusedWatches = Atomic<Int>(0)
 
   /// What left the log while this process ran, for `OUT_OF_RANGE`: per workspace, the
   /// newest event seq in the segments the retention deleted. Of what left before
@@ -146,9 +154,18 @@ public final class ChangeFeed: Sendable {
     return (e.newestEvent[workspace] ?? 0) > seq
   }
 
-  /// Starts a watch of `workspace`'s events. Returns an id for `cancel`.
+  /// Starts a watch of `workspace`'s events. Returns an id for `cancel`. With
+  /// `options.maxWatchers` watches open, `sink` is finished `RESOURCE_EXHAUSTED` at once.
   @discardableResult
   public func watch(workspace: String, from start: WatchStart, sink: any ChangeSink) -> Int {
+    guard takeWatchPlace() else {
+      refusedWatches.add(1, ordering: .relaxed)
+      sink.finish(
+        .resourceExhausted(
+          "\(options.maxWatchers) WatchChanges streams are open on this server, as many as "
+            + "--max-watchers allows; retry later"))
+      return 0
+    }
     // "From now on" means from the call, not from when the feed thread gets to it.
     let start = start == .now ? .after(wal.status.readableThrough) : start
     let (id, startThread, closed) = state.withLock { s -> (Int, Bool, Bool) in
@@ -161,13 +178,31 @@ public final class ChangeFeed: Sendable {
       return (id, start, false)
     }
     if closed {
+      watching.subtract(1, ordering: .relaxed)
       sink.finish(.unavailable("the server is shutting down"))
       return id
     }
-    watching.add(1, ordering: .relaxed)
     if startThread { startFeedThread() }
     wake.signal()
     return id
+  }
+
+  /// Takes one of the `options.maxWatchers` places of open watches; false when all are
+  /// taken. The feed thread gives a place back when its watch ends.
+  private func takeWatchPlace() -> Bool {
+    var open = watching.load(ordering: .relaxed)
+    while open < options.maxWatchers {
+      let (taken, seen) = watching.compareExchange(
+        expected: open, desired: open + 1, ordering: .relaxed)
+      if taken { return true }
+      open = seen
+    }
+    return false
+  }
+
+  /// Watches open now, and watches refused since the start because `maxWatchers` were.
+  public var watchStatus: (open: Int, refused: Int) {
+    (watching.load(ordering: .relaxed), refusedWatches.load(ordering: .relaxed))
   }
 
   /// Has the feed thread look at every watch again soon (`ChangeSink.isCancelled` may
@@ -230,6 +265,7 @@ public final class ChangeFeed: Sendable {
         defer { s.pending = [] }
         return s.pending
       }
+      watching.subtract(ws.count, ordering: .relaxed)
       for w in ws { w.sink.finish(.unavailable("cannot start the change feed thread")) }
       return
     }
