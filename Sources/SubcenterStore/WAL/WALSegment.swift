@@ -160,27 +160,22 @@ public enum WALSegment {
   /// `body` of each of `segments`, in their order, run on up to `threads` threads at
   /// once (the caller's and threads of their own, ended before it returns), each segment
   /// by one of them: for reading many segments, whose reads and decoding are independent.
-  public static func readEach<T>(
+  public static func readEach<T: Sendable>(
     _ segments: [WALSegmentFile], threads: Int, _ body: (WALSegmentFile) -> T
   ) -> [T] {
     let threads = min(threads, segments.count)
     guard threads > 1 else { return segments.map(body) }
-    let results = UnsafeMutableBufferPointer<T?>.allocate(capacity: segments.count)
-    results.initialize(repeating: nil)
-    defer {
-      _ = results.deinitialize()
-      results.deallocate()
-    }
+    let results = Mutex<[T?]>(Array(repeating: nil, count: segments.count))
     let next = Atomic<Int>(0)
     withoutActuallyEscaping(body) { body in
-      // Each index is written by the one thread that took it from `next`; the threads
-      // are joined before `results` is read.
-      nonisolated(unsafe) let (body, results) = (body, results)
+      // `body` runs on this thread and the ones started here, all ended before it returns.
+      nonisolated(unsafe) let body = body
       let reader = SegmentReader {
         while true {
           let i = next.add(1, ordering: .relaxed).oldValue
           guard i < segments.count else { return }
-          results[i] = body(segments[i])
+          let result = body(segments[i])
+          results.withLock { $0[i] = result }
         }
       }
       var started: [pthread_t] = []
@@ -196,7 +191,7 @@ public enum WALSegment {
       reader.work()
       for tid in started { pthread_join(tid, nil) }
     }
-    return results.map { $0! }
+    return results.withLock { $0.map { $0! } }
   }
 
   /// Reads the segment `name` of `directory`.
