@@ -153,7 +153,13 @@ enum ProtoMapping {
       var ids: [Identifier] = []
       for i in 0..<m.n_identifiers {
         guard let id = m.identifiers[i]?.pointee else { continue }
-        let kind = IdentifierKind(rawValue: Int32(bitPattern: id.kind.rawValue)) ?? .unspecified
+        let raw = Int32(bitPattern: id.kind.rawValue)
+        guard let kind = IdentifierKind(rawValue: raw) else {
+          throw RPCStatus(
+            .invalidArgument,
+            "identifiers[\(i)].kind: unknown identifier kind \(raw) (expected 1-4: "
+              + "IDENTIFIER_KIND_PERSON_ID, _EMAIL, _PHONE or _ANONYMOUS_ID)")
+        }
         ids.append(Identifier(kind: kind, value: try text(id.value, "identifiers[\(i)].value")))
       }
       return SuppressRequest(

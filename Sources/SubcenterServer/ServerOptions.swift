@@ -50,6 +50,16 @@ public struct ServerOptions: Sendable {
   public init(flags: Flags) throws(FlagError) {
     transport = try ServerConfiguration(flags: flags, defaultLoops: Flags.onlineCores)
     adminListen = try flags.address("admin-listen") ?? SocketAddress(host: "127.0.0.1", port: 9090)
+    let (grpc, admin) = (transport.listen, adminListen)
+    let wildcards: Set = ["0.0.0.0", "::"]
+    if admin.port != 0 && admin.port == grpc.port
+      && (admin.host == grpc.host || wildcards.contains(admin.host)
+        || wildcards.contains(grpc.host))
+    {
+      throw FlagError(
+        "\(flags.origin("admin-listen")): \(admin) overlaps \(flags.origin("listen")) "
+          + "(\(grpc)): give the admin port another port")
+    }
     dataDirectory = flags.string("data") ?? "./data"
     dataOrigin = flags.origin("data")
     guard !dataDirectory.isEmpty else {

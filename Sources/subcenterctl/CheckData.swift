@@ -20,7 +20,20 @@ import SubcenterServer
 import SubcenterStore
 
 enum CheckData {
-  static func run(directory: String) -> Int32 {
+  /// Checks `directory`; prints the report, or with `json` one object holding it:
+  /// `{"sound": BOOL, "exit_status": N, "report": [LINE, ...]}`. Returns the exit status.
+  static func run(directory: String, json: Bool) -> Int32 {
+    guard json else { return check(directory: directory, say: writeStdoutLine) }
+    var lines: [String] = []
+    let status = check(directory: directory) { lines.append($0) }
+    writeStdoutLine(
+      "{\"sound\": \(status == 0), \"exit_status\": \(status), \"report\": ["
+        + lines.map(JSONText.quoted).joined(separator: ", ") + "]}")
+    return status
+  }
+
+  /// The report, a line at a time through `say` (what stops the check goes to stderr).
+  private static func check(directory: String, say: (String) -> Void) -> Int32 {
     let fs = PosixFileSystem()
     var damagedSnapshots = 0
     var damaged = 0  // in the log
@@ -28,14 +41,14 @@ enum CheckData {
     var secretMissing = false
     var wrongSecret: [String] = []  // snapshots written under another secret
     var warnings = 0
-    func ok(_ line: String) { writeStdoutLine(line) }
+    func ok(_ line: String) { say(line) }
     func warn(_ line: String) {
       warnings += 1
-      writeStdoutLine(line)
+      say(line)
     }
     func bad(_ line: String) {
       damaged += 1
-      writeStdoutLine(line)
+      say(line)
     }
 
     let names: [String]
@@ -58,12 +71,12 @@ enum CheckData {
           + "(README: Back up), or stop the server first")
       return 2
     }
-    writeStdoutLine(
+    say(
       "checking \(directory): \(snapshots.count) snapshot(s), \(segments.count) log segment(s)")
     // Every directory subcenterd has started on holds a log segment: an empty one is most
     // likely a backup whose copy failed or went elsewhere, not data that is fine.
     guard !snapshots.isEmpty || !segments.isEmpty else {
-      writeStdoutLine(
+      say(
         "EMPTY: no snapshot and no log segment: this holds no data (subcenterd would start "
           + "with an empty state); if it is a backup, its copy failed or went elsewhere")
       return 1
@@ -90,7 +103,7 @@ enum CheckData {
       secretMissing = true
       let what =
         access(key, F_OK) == 0 ? "NOT 32 BYTES (a secret is exactly 32)" : "MISSING"
-      writeStdoutLine(
+      say(
         "secret.key: \(what): subcenterd refuses to start on this data; "
           + "restore the secret.key backed up with it (a new one would make every "
           + "suppression stop matching)")
@@ -118,12 +131,12 @@ enum CheckData {
         if foreign(), let base {
           // Recovery loads the newer one and never reads this one (the next snapshot
           // deletes it).
-          writeStdoutLine(
+          say(
             "\(info.name): written under another secret.key, older than \(base.name), which "
               + "recovery loads: not read (the next snapshot deletes it)")
         } else if foreign() {
           wrongSecret.append(info.name)
-          writeStdoutLine(
+          say(
             "\(info.name): WRONG SECRET: written under another secret.key than this "
               + "directory's (\(read.records) records, seq \(info.seq), otherwise intact)")
         } else {
@@ -136,14 +149,14 @@ enum CheckData {
           return 2
         }
         damagedSnapshots += 1
-        writeStdoutLine("\(info.name): DAMAGED: \(describe(error, file: info.name))")
+        say("\(info.name): DAMAGED: \(describe(error, file: info.name))")
         if foreign() {
           // Recovery refuses it for this before its damage.
           wrongSecret.append(info.name)
-          writeStdoutLine("\(info.name): WRONG SECRET too: written under another secret.key")
+          say("\(info.name): WRONG SECRET too: written under another secret.key")
         }
         if base == nil {
-          writeStdoutLine(
+          say(
             "  (start-up skips it and falls back to an older snapshot, or to the whole log)")
         }
       }
@@ -205,7 +218,7 @@ enum CheckData {
       }
       if foreignRecords > 0 {
         wrongSecret.append(segment.name)
-        writeStdoutLine(
+        say(
           "\(segment.name): WRONG SECRET: \(foreignRecords) record(s) of suppressions keyed "
             + "with another secret.key than this directory's")
       }
@@ -243,7 +256,7 @@ enum CheckData {
         if scan.damage == nil {
           ok("\(segment.name): \(range): OK")
           if scan.unwrittenBytes > 0 {
-            writeStdoutLine(
+            say(
               "  followed by \(scan.unwrittenBytes) bytes of zeros: space the writer "
                 + "preallocated and never wrote (start-up cuts it)")
           }
@@ -266,7 +279,7 @@ enum CheckData {
         ) { (_, payload) throws(StorageError) in
           if try LogRecordCodec.decode(payload).1 == nil { erased += 1 }
         }
-        writeStdoutLine(
+        say(
           "recovery would load \(base?.name ?? "no snapshot") and replay "
             + "\(report.recordsRead - erased) log record(s), up to seq \(report.lastSeq)"
             + (erased > 0 ? " (and skip \(erased) record(s) an erasure emptied)" : ""))
@@ -277,13 +290,13 @@ enum CheckData {
     }
 
     if secretMissing {
-      writeStdoutLine(
+      say(
         "MISSING or BAD secret.key: subcenterd refuses to start on this data until the secret.key "
           + "backed up with it is restored (--recover-truncate does not help)"
           + (damaged + damagedSnapshots > 0 ? "; and:" : "."))
     }
     if !wrongSecret.isEmpty {
-      writeStdoutLine(
+      say(
         "WRONG secret.key: \(wrongSecret.joined(separator: ", ")) written under another "
           + "secret: subcenterd refuses to start on this data until the secret.key backed "
           + "up with it is restored (with this one, suppressed identifiers would match "
@@ -297,20 +310,20 @@ enum CheckData {
           + "says what it keeps and what it drops)."
         : "restore it from a backup (--recover-truncate cannot help: records are missing, "
           + "not damaged)."
-      writeStdoutLine(
+      say(
         "DAMAGED: \(damaged + damagedSnapshots) problem(s). subcenterd refuses to start on a "
           + "damaged log; back up the directory, then \(remedy)")
       return 1
     }
     if damagedSnapshots > 0 {
-      writeStdoutLine(
+      say(
         "DAMAGED: \(damagedSnapshots) snapshot(s); the log is sound. subcenterd starts: it "
           + "skips a damaged snapshot and recovers as above. Keep a copy for inspection; the "
           + "next snapshot written replaces it.")
       return 1
     }
     if secretMissing || !wrongSecret.isEmpty { return 1 }
-    writeStdoutLine(warnings > 0 ? "OK, with \(warnings) warning(s)" : "OK")
+    say(warnings > 0 ? "OK, with \(warnings) warning(s)" : "OK")
     return 0
   }
 

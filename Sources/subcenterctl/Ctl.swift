@@ -371,8 +371,7 @@ enum Ctl {
       }
       return 0
     case "check-data":
-      if json { throw UsageError("--json does not apply to 'check-data' (its report is text)") }
-      return CheckData.run(directory: o[0])
+      return CheckData.run(directory: o[0], json: json)
     case "verify-receipt":
       let dir = flags.string("data") ?? "./data"
       guard access(ServerSecret.path(dataDirectory: dir), F_OK) == 0 else {
@@ -530,7 +529,7 @@ enum Ctl {
       render = Printer.workspace
     case "watch":
       w.string(1, o[0])
-      w.uint(2, UInt64(try flags.int("after-seq", in: 0...Int.max) ?? 0))
+      w.uint(2, try flags.uint64("after-seq") ?? 0)
       w.bool(3, try flags.bool("from-oldest"))
       let decodeEvent = ProtoMessage.decoder(subcenter__v1__change_event__unpack)
       // A feed has no deadline unless one is asked for.

@@ -32,6 +32,23 @@ import Testing
     #expect(try maxBytes(f) == 100)
   }
 
+  /// `uint64` takes 0 to 2^64 - 1 and refuses one past it, a sign or a non-number, naming
+  /// the flag and the range.
+  @Test func unsigned64BitValues() throws {
+    #expect(try flags(["--max-message-bytes", "0"]).uint64("max-message-bytes") == 0)
+    #expect(
+      try flags(["--max-message-bytes", "18446744073709551615"]).uint64("max-message-bytes")
+        == UInt64.max)
+    #expect(try flags([]).uint64("client-ca") == nil)
+    for bad in ["18446744073709551616", "-1", "1e3", ""] {
+      let e = #expect(throws: FlagError.self) {
+        try flags(["--max-message-bytes", bad]).uint64("max-message-bytes")
+      }
+      #expect(e?.description.contains("--max-message-bytes") == true, "\(bad)")
+      #expect(e?.description.contains("18446744073709551615") == true, "\(bad)")
+    }
+  }
+
   @Test func unknownFlagRefused() {
     let e = #expect(throws: FlagError.self) { try flags(["--nope", "1"]) }
     #expect(e?.description.contains("--nope") == true)

@@ -260,6 +260,11 @@ def test_watch_from_oldest_and_live(sc):
     assert [e["seq"] for e in events] == [next(feed).seq for _ in range(3)]
     feed.cancel()
     # Live: each event is printed as it arrives, with no deadline (a unary call gets 5 s).
+    # --after-seq takes the whole uint64 range: the largest is beyond the newest seq.
+    r = ctl(sc, "watch", ws, "--after-seq", str(2**64 - 1), code=1)
+    assert "OUT_OF_RANGE" in r.stderr, r.stderr
+    r = ctl(sc, "watch", ws, "--after-seq", str(2**64), code=2)
+    assert "after-seq" in r.stderr and str(2**64 - 1) in r.stderr, r.stderr
     proc = subprocess.Popen(argv(sc.port, "watch", ws, "--after-seq", events[-1]["seq"],
                                  "--count", "2"), stdout=subprocess.PIPE, text=True,
                             stderr=subprocess.PIPE, env=clean_env(), cwd=support.REPO)
@@ -411,14 +416,11 @@ def test_token_create_writes_json_and_tokens_must_be_printable(sc, tmp_path):
 
 
 def test_command_line_problems_are_usage_errors_and_output_failures_are_not_done(sc, tmp_path):
-    """Exit 2 with nothing sent for an empty `email:`, invalid UTF-8 or `--json` on the text
-    report of check-data; `--` ends the flags (a person id may start with `--`); control
+    """Exit 2 with nothing sent for an empty `email:` or invalid UTF-8; `--` ends the flags (a person id may start with `--`); control
     characters in messages are escaped; output that cannot be written is not exit 0."""
     ws = sc.workspace()
     r = ctl(sc, "profile", ws, "email:", code=2)
     assert "names no email" in r.stderr, r.stderr
-    r = ctl(sc, "check-data", str(tmp_path), "--json", token=None, code=2)
-    assert "--json does not apply" in r.stderr, r.stderr
     ctl(sc, "identify", ws, "--", "--odd-id")
     assert "--odd-id" in ctl(sc, "profile", ws, "--", "--odd-id").stdout
     binary = str(support.binary("subcenterctl"))

@@ -24,6 +24,7 @@ Select with `-k damage`."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import shutil
@@ -148,6 +149,17 @@ def _check_data(data: str):
     ctl = str(support.binary("subcenterctl"))
     r = subprocess.run([ctl, "check-data", data], capture_output=True, text=True, timeout=60)
     return r.returncode, r.stdout + r.stderr
+
+
+def _check_data_json(data: str) -> dict:
+    """check-data --json: one object, its exit status the same as the text report's."""
+    ctl = str(support.binary("subcenterctl"))
+    r = subprocess.run([ctl, "check-data", data, "--json"], capture_output=True, text=True,
+                       timeout=60)
+    out = json.loads(r.stdout)
+    assert out["exit_status"] == r.returncode and out["sound"] == (r.returncode == 0), r
+    assert all(isinstance(line, str) for line in out["report"]), out
+    return out
 
 
 def _tree(data: str) -> dict[str, bytes]:
@@ -318,6 +330,11 @@ def test_damage_flipped_bit_in_the_middle_refuses_start_naming_file_and_offset(l
         rc, text = _check_data(srv.data)
         assert rc == 1, text
         assert log_case.segment in text and f"byte offset {off}" in text, text
+        report = _check_data_json(srv.data)
+        assert report["exit_status"] == 1 and any(
+            log_case.segment in line and f"byte offset {off}" in line
+            for line in report["report"]), report
+        assert "\n".join(report["report"]) + "\n" == text, (report, text)
         assert _tree(srv.data) == damaged
 
         rc, text = _run_refused(srv)
@@ -341,6 +358,7 @@ def test_damage_flipped_bit_in_the_middle_refuses_start_naming_file_and_offset(l
         srv.kill9()
         rc, text = _check_data(srv.data)
         assert rc == 0, text
+        assert _check_data_json(srv.data)["sound"], text
     finally:
         srv.close()
 

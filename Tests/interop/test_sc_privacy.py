@@ -7,7 +7,7 @@ from sc_support import (ERASURE_DEADLINE_MS, FAILED_PRECONDITION, INVALID, NOT_F
                         assert_decision,
                         assert_recent, b64url_decode, expect_code,
                         expect_not_found_for_person_calls, ident, limit, now_ms, ref_anon,
-                        ref_email, ref_phone, reason_name)
+                        pb, ref_email, ref_phone, reason_name)
 
 B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -134,6 +134,18 @@ def test_suppress_counts_newly_suppressed(sc):
         ident("phone", "+14155550001"), ident("anonymous_id", "cookie-z"),
         ident("person_id", "pid-z")])
     assert r.suppressed == 2
+
+
+def test_suppress_refuses_an_unknown_identifier_kind_naming_it(sc):
+    """A kind outside the enum (proto3 enums are open: a newer client may send one) is
+    INVALID_ARGUMENT naming the identifier's field and the value, and nothing is suppressed."""
+    ws = sc.workspace()
+    e = expect_code(INVALID, lambda: sc.root.SuppressIdentifiers(workspace=ws, identifiers=[
+        ident("email", "k@example.com"), pb.Identifier(kind=99, value="x")]),
+        field="identifiers[1].kind")
+    assert "unknown identifier kind 99" in e.details(), e.details()
+    assert sc.root.SuppressIdentifiers(
+        workspace=ws, identifiers=[ident("email", "k@example.com")]).suppressed == 1
 
 
 def test_suppress_takes_at_most_10000_identifiers_a_call(sc):

@@ -93,6 +93,20 @@ def test_bad_flag_value_refused(tmp_path, flag, value):
     assert flag.lstrip("-") in err, f"stderr does not name {flag}: {err[-2000:]!r}"
 
 
+@pytest.mark.parametrize("grpc_host,admin_host", [("127.0.0.1", "127.0.0.1"),
+                                                  ("0.0.0.0", "127.0.0.1")])
+def test_admin_port_overlapping_the_grpc_port_is_a_flag_error(tmp_path, grpc_host, admin_host):
+    """--admin-listen on --listen's address (or a wildcard's) is refused before anything is
+    created, naming both flags, instead of failing to bind after creating the data."""
+    port = free_port()
+    args = ["--listen", f"{grpc_host}:{port}", "--admin-listen", f"{admin_host}:{port}",
+            "--data", str(tmp_path / "data")] + tls_args()
+    rc, _, err = run_to_exit("subcenterd", args, timeout=10)
+    assert rc == 2, f"exit {rc}: {err[-2000:]}"
+    assert "--admin-listen" in err and "--listen" in err and "overlaps" in err, err[-2000:]
+    assert not (tmp_path / "data").exists()
+
+
 def test_bad_environment_value_refused(tmp_path):
     rc, out, err = run_to_exit("subcenterd", base_args(tmp_path),
                                env={"SUBCENTER_MAX_MESSAGE_BYTES": "abc"}, timeout=10)

@@ -123,6 +123,15 @@ public struct Flags: Sendable {
     return n
   }
 
+  /// An unsigned 64-bit integer (0 to 2^64 - 1), or nil when unset.
+  public func uint64(_ name: String) throws(FlagError) -> UInt64? {
+    guard let v = values[name] else { return nil }
+    guard let n = UInt64(v) else {
+      throw FlagError("\(origin(name)): expected an integer from 0 to \(UInt64.max), got '\(v)'")
+    }
+    return n
+  }
+
   /// A `HOST:PORT` address, or nil when unset.
   public func address(_ name: String) throws(FlagError) -> SocketAddress? {
     guard let v = values[name] else { return nil }
