@@ -581,8 +581,8 @@ public final class DurableStore: Sendable {
     return summary
   }
 
-  /// Reads the summaries of `segments` not read yet, several segments at once. One that cannot be read is left out, for `summary` to read again
-  /// and throw in the order of the segments.
+  /// Reads the summaries of `segments` not read yet, several segments at once. One that
+  /// cannot be read is left out, for `summary` to read again and throw in their order.
   private func readSummaries(_ segments: [WALSegmentFile], _ m: inout Maintenance) {
     let unread = segments.filter { m.summaries[$0.firstSeq] == nil }
     let read = WALSegment.readEach(unread, threads: Self.segmentReaders) { try? readSummary($0) }
