@@ -605,11 +605,14 @@ public final class DurableStore: Sendable {
     -> Bool
   {
     let scan = try WALSegment.scan(s, directory: directory, fileSystem: fileSystem)
-    for i in 0..<scan.records.count {
-      let (_, command) = try LogRecordCodec.decode(scan.payload(i))
-      if plan.rewrite(seq: scan.seqs[i], command: command) != nil { return true }
+    var holds = false
+    for i in 0..<scan.records.count where !holds {
+      let seq = scan.seqs[i]
+      try LogRecordCodec.withCommand(in: scan.payload(i)) {
+        holds = plan.rewrite(seq: seq, command: $0) != nil
+      }
     }
-    return false
+    return holds
   }
 
   /// Threads that read segments at once where many are read in one go: after a start,
