@@ -283,7 +283,7 @@ extension SubscriptionStore {
     guard let h = registry.withLock({ $0.handle(workspace) }) else { return [] }
     var out: [Person] = []
     for box in shards {
-      let part = box.state.withLock { shard in
+      let part = box.withLock { shard in
         shard.records.filter { $0.workspace == h.number }.map {
           PersonCodec.decode($0, history: true, strings: shard.strings).person
         }

@@ -349,13 +349,11 @@ extension SubscriptionStore {
     _ rest: ArraySlice<Int>, _ locked: inout Locked, _ body: (inout Locked) throws(E) -> R
   ) throws(E) -> R {
     guard let first = rest.first else { return try body(&locked) }
-    return try shards[first].state.withLock { (shard: inout Shard) throws(E) -> R in
-      // Move the shard out while its lock is held (keeping its storage uniquely
-      // referenced), and back before the lock is released.
-      var taken = Shard.placeholder
-      swap(&taken, &shard)
-      locked.shards.hold(first, consume taken)
-      defer { shard = locked.shards.release(first) }
+    // The shard moves out while its lock is held (its storage stays uniquely referenced)
+    // and back before the lock is released.
+    return try shards[first].withLockTaken { (taken, restore) throws(E) -> R in
+      locked.shards.hold(first, taken)
+      defer { restore(locked.shards.release(first)) }
       return try lockLevel(rest.dropFirst(), &locked, body)
     }
   }

@@ -22,7 +22,7 @@ extension SubscriptionStore {
   /// A person's committed identifiers (nil: no such person). Takes the person's shard lock.
   func committedView(_ h: WorkspaceHandle, _ key: PersonKey) -> PersonView? {
     let hash = KeyHash.person(h.number, key)
-    return shards[shardIndex(hash)].state.withLock { shard in
+    return shards[shardIndex(hash)].withLock { shard in
       shard.find(workspace: h.number, key: key, hash: hash).map {
         PersonView(
           PersonCodec.decode(shard.records[Int($0)], history: false, strings: shard.strings)
@@ -34,7 +34,7 @@ extension SubscriptionStore {
   /// A person's committed profile (nil: no such person). Takes the person's shard lock.
   func committedProfile(_ h: WorkspaceHandle, _ key: PersonKey) -> Profile? {
     let hash = KeyHash.person(h.number, key)
-    return shards[shardIndex(hash)].state.withLock { shard in
+    return shards[shardIndex(hash)].withLock { shard in
       shard.find(workspace: h.number, key: key, hash: hash).map {
         PersonCodec.decode(shard.records[Int($0)], history: false, strings: shard.strings)
           .person.profile
@@ -107,7 +107,7 @@ extension SubscriptionStore {
   /// one). Takes the person's shard lock.
   func entryCountBound(_ h: WorkspaceHandle, _ key: PersonKey, _ deps: inout Deps) -> Int {
     let hash = KeyHash.person(h.number, key)
-    let (count, last) = shards[shardIndex(hash)].state.withLock {
+    let (count, last) = shards[shardIndex(hash)].withLock {
       shard -> (Int, PendingCommit?) in
       guard let slot = shard.find(workspace: h.number, key: key, hash: hash) else {
         return (0, nil)
@@ -160,7 +160,7 @@ extension SubscriptionStore {
       for c in candidates {
         let loc = Location(packed: c)
         var result: R?
-        let hit = try shards[loc.shard].state.withLock {
+        let hit = try shards[loc.shard].withLock {
           (shard: inout Shard) throws(CoreError) -> Bool in
           guard shard.holds(slot: loc.slot, workspace: h.number, kind: kind, value: value) else {
             return false
@@ -182,7 +182,7 @@ extension SubscriptionStore {
   ) throws(CoreError) -> R? {
     let hash = KeyHash.person(h.number, key)
     let s = shardIndex(hash)
-    return try shards[s].state.withLock { (shard: inout Shard) throws(CoreError) -> R? in
+    return try shards[s].withLock { (shard: inout Shard) throws(CoreError) -> R? in
       guard let slot = shard.find(workspace: h.number, key: key, hash: hash) else { return nil }
       return try run(body, &shard, s, slot, &deps)
     }

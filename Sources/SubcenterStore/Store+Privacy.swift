@@ -179,7 +179,7 @@ extension SubscriptionStore {
         for s in 0..<shardCount {
           removed += try h.identity.withLock {
             (identity: inout IdentityState) throws(CoreError) -> Int in
-            try shards[s].state.withLock { (shard: inout Shard) throws(CoreError) -> Int in
+            try shards[s].withLock { (shard: inout Shard) throws(CoreError) -> Int in
               var ids: [String] = []
               var r = Reservations()
               for (slot, record) in shard.records.enumerated()

@@ -69,7 +69,7 @@ extension SubscriptionStore {
         suppressed[h.id] = h.identity.withLock { $0.suppressed }
       }
       let copies = shards.map { box in
-        box.state.withLock { shard -> Shard in
+        box.withLock { shard -> Shard in
           var copy = shard
           copy.pending = [:]
           return copy
@@ -119,7 +119,7 @@ extension SubscriptionStore {
     // Recovery restores persons from several threads (`SnapshotRestorer`) and serves no
     // call yet: the shard and the identity index are locked one after the other, so
     // persons of different shards are packed at the same time.
-    let slot = try shards[s].state.withLock { (shard: inout Shard) throws(CoreError) -> UInt32 in
+    let slot = try shards[s].withLock { (shard: inout Shard) throws(CoreError) -> UInt32 in
       guard shard.find(workspace: h.number, key: person.key, hash: hash) == nil else {
         throw .alreadyExists("person", "restored twice")
       }
@@ -144,7 +144,7 @@ extension SubscriptionStore {
   /// Recovery: makes room in every shard for about `persons` more persons.
   func reserve(persons: Int) {
     let perShard = persons / shardCount + persons / (shardCount * 16) + 64
-    for box in shards { box.state.withLock { $0.reserve(perShard) } }
+    for box in shards { box.withLock { $0.reserve(perShard) } }
   }
 
   /// Recovery: adds suppressed identifiers' hashes to a restored workspace.

@@ -519,7 +519,7 @@ extension SubscriptionStore {
     var missing: [Int] = []
     var again: [Int] = []
     for s in 0..<shardCount where starts[s] < starts[s + 1] {
-      try shards[s].state.withLock { (shard: inout Shard) throws(CoreError) in
+      try shards[s].withLock { (shard: inout Shard) throws(CoreError) in
         var sendSlots: [UInt32] = []
         var sendKeys: [PersonKey] = []
         var pending: [UInt32: Int] = [:]

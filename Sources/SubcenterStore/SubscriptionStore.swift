@@ -158,7 +158,7 @@ public final class SubscriptionStore: Sendable {
     if case .personID(let id) = ref {
       let key = PersonKey.person(id)
       let hash = KeyHash.person(h.number, key)
-      return try shards[shardIndex(hash)].state.withLock {
+      return try shards[shardIndex(hash)].withLock {
         (shard: inout Shard) throws(CoreError) -> R? in
         guard let slot = shard.find(workspace: h.number, key: key, hash: hash) else {
           return nil
@@ -175,7 +175,7 @@ public final class SubscriptionStore: Sendable {
       for c in candidates {
         let loc = Location(packed: c)
         var result: R?
-        let hit = try shards[loc.shard].state.withLock {
+        let hit = try shards[loc.shard].withLock {
           (shard: inout Shard) throws(CoreError) -> Bool in
           guard shard.holds(slot: loc.slot, workspace: h.number, kind: kind, value: value) else {
             return false
@@ -198,7 +198,7 @@ public final class SubscriptionStore: Sendable {
       let key = PersonKey.person(id)
       let hash = KeyHash.person(h.number, key)
       let s = shardIndex(hash)
-      return shards[s].state.withLock { shard in
+      return shards[s].withLock { shard in
         shard.find(workspace: h.number, key: key, hash: hash).map {
           (Location(shard: s, slot: $0), key)
         }
@@ -206,7 +206,7 @@ public final class SubscriptionStore: Sendable {
     }
     for c in identity.index.values(KeyHash.identifier(ref.kind, ref.value)) {
       let loc = Location(packed: c)
-      let key: PersonKey? = shards[loc.shard].state.withLock { shard in
+      let key: PersonKey? = shards[loc.shard].withLock { shard in
         guard shard.holds(slot: loc.slot, workspace: h.number, kind: ref.kind, value: ref.value)
         else { return nil }
         return PersonCodec.key(shard.records[Int(loc.slot)])

@@ -144,7 +144,7 @@ final class Deferred: Sendable {
 
   /// Nothing is reserved any more (every command in flight has been applied or failed).
   var settled: Bool {
-    let shardsClear = store.shards.allSatisfy { $0.state.withLock { $0.pending.isEmpty } }
+    let shardsClear = store.shards.allSatisfy { $0.withLock { $0.pending.isEmpty } }
     let handles = store.registry.withLock { reg in
       precondition(reg.pending.isEmpty)
       return Array(reg.byID.values)

@@ -36,7 +36,6 @@ let oneShard: [[Int]] = (0..<shardCount).map { [$0] }
 
 struct Shard {
   /// What a shard's mutex holds while `withShards` has moved the shard out.
-  static let placeholder = Shard()
 
   var records: [PersonRecord] = []
   var freeSlots: [UInt32] = []
@@ -93,8 +92,26 @@ struct Shard {
   }
 }
 
+/// One shard behind its lock. The shard is kept in an optional so that a commit can move
+/// it out while the lock is held (`withLockTaken`) without copying it or leaving a
+/// placeholder: a placeholder costs a retain and a release of each of its buffers.
 final class ShardBox: Sendable {
-  let state = Mutex(Shard())
+  private let guarded = Mutex<Shard?>(Shard())
+
+  /// Runs `body` on the shard under its lock.
+  func withLock<R, E: Error>(_ body: (inout Shard) throws(E) -> R) throws(E) -> R {
+    try guarded.withLock { (shard: inout Shard?) throws(E) -> R in try body(&shard!) }
+  }
+
+  /// Under the lock, moves the shard out to `body`, which must give it back through
+  /// `restore` before it returns (its own `defer`), the lock still held.
+  func withLockTaken<R, E: Error>(
+    _ body: (consuming Shard, _ restore: (consuming Shard) -> Void) throws(E) -> R
+  ) throws(E) -> R {
+    try guarded.withLock { (shard: inout Shard?) throws(E) -> R in
+      try body(shard.take()!) { shard = $0 }
+    }
+  }
 }
 
 /// A workspace's cross-shard state: which person each email, phone and anonymous id
