@@ -43,6 +43,8 @@ public struct ErasureReceipts: Sendable {
   public struct Claims: Sendable, Equatable {
     public var workspace: String
     public var personHash: String
+    /// When the person left memory (milliseconds since the epoch).
+    public var erasedAt: Int64
     /// The receipt's JSON, as signed.
     public var json: String
   }
@@ -72,6 +74,6 @@ public struct ErasureReceipts: Sendable {
           workspace: workspace, personHash: hash, erasedAt: erasedAt, erasureDeadline: deadline,
           snapshotSeq: seq)
     else { return nil }
-    return Claims(workspace: workspace, personHash: hash, json: text)
+    return Claims(workspace: workspace, personHash: hash, erasedAt: erasedAt, json: text)
   }
 }

@@ -136,6 +136,10 @@ enum Ctl {
     Command(
       "check-data", "DIR",
       "check a data directory offline (exit 0 sound, 1 damaged)", 1, 1),
+    Command(
+      "find-erased", "DIR RECEIPTS",
+      "after a restore: who the erasure receipts in file RECEIPTS (- = stdin) name is back in "
+        + "DIR (exit 0 no one, 1 someone)", 2, 2),
   ]
 
   static var commandHelp: String {
@@ -372,6 +376,8 @@ enum Ctl {
       return 0
     case "check-data":
       return CheckData.run(directory: o[0], json: json)
+    case "find-erased":
+      return FindErased.run(directory: o[0], receiptsPath: o[1], json: json)
     case "verify-receipt":
       let dir = flags.string("data") ?? "./data"
       guard access(ServerSecret.path(dataDirectory: dir), F_OK) == 0 else {

@@ -19,6 +19,7 @@ import Testing
     let claims = try #require(receipts.verify(receipt))
     #expect(claims.workspace == "acme")
     #expect(claims.personHash == receipts.personHash(workspace: "acme", personID: "p1"))
+    #expect(claims.erasedAt == 1_700_000_000_000)
     let json = claims.json
     #expect(json.hasPrefix("{\"workspace\":\"acme\",\"person_hash\":\""))
     #expect(

@@ -325,3 +325,100 @@ def test_sigterm_right_after_a_forget_leaves_no_trace():
         assert _scan(srv.data, secrets) == []
     finally:
         srv.close()
+
+
+def _find_erased(directory: str, receipts: str, *flags: str) -> subprocess.CompletedProcess:
+    ctl = str(support.binary("subcenterctl"))
+    return subprocess.run([ctl, "find-erased", directory, "-", *flags], input=receipts,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.deadline(180)
+def test_find_erased_names_who_a_restored_backup_brings_back():
+    """A backup taken before a forget brings the person back when restored; the receipts the
+    privacy officer kept tell who (`subcenterctl find-erased`), so they can be forgotten
+    again. A person made again under the same id after the forget is someone new."""
+    import shutil
+    base = tempfile.mkdtemp(prefix="find-erased-")
+    srv = DurableServer(base).start()
+    restored_srv = None
+    try:
+        sc = srv.client
+        ws = unique("fe")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email"]))
+        gone, again, keep = unique("gone"), unique("again"), unique("keep")
+        anon = unique("anon")
+        for p in (gone, again, keep):
+            sc.Identify(workspace=ws, person_id=p, email=f"{p}@example.com")
+        sc.Identify(workspace=ws, anonymous_id=anon)
+        # The backup: a stopped server's directory (SIGTERM writes a final snapshot).
+        assert srv.terminate() == 0
+        backup = os.path.join(base, "backup")
+        shutil.copytree(srv.data, backup)
+        srv.start()
+        sc = srv.client
+        receipts = [sc.ForgetPerson(workspace=ws, person=gone, wait_for_erasure=True,
+                                    timeout=60).receipt,
+                    sc.ForgetPerson(workspace=ws, person=pb.PersonRef(anonymous_id=anon),
+                                    wait_for_erasure=True, timeout=60).receipt,
+                    sc.ForgetPerson(workspace=ws, person=again, wait_for_erasure=True,
+                                    timeout=60).receipt]
+        time.sleep(0.01)  # the new `again` is created after its erasure, to the millisecond
+        sc.Identify(workspace=ws, person_id=again, email=f"{again}@example.com")
+        text = "# receipts kept by the privacy officer\n\n" + "\n".join(receipts) + "\n"
+
+        # A running server's directory is refused: its files change while they are read.
+        busy = _find_erased(srv.data, text)
+        assert busy.returncode == 2 and "running" in busy.stderr, busy.stdout + busy.stderr
+        assert srv.terminate() == 0
+        # The live data: no one is back (the new `again` is someone new).
+        live = _find_erased(srv.data, text)
+        assert live.returncode == 0, live.stdout + live.stderr
+        assert "3 receipt(s): no one they name is in" in live.stdout, live.stdout
+
+        # Restored from the backup, all three are back, and nothing in it changed.
+        restored = os.path.join(base, "restored")
+        shutil.copytree(backup, restored)
+        before = {f: open(os.path.join(restored, f), "rb").read() for f in os.listdir(restored)}
+        found = _find_erased(restored, text)
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert f"line 3: BACK: person {gone} of workspace {ws}" in found.stdout, found.stdout
+        assert f"line 4: BACK: anonymous profile {anon} of workspace {ws}" in found.stdout
+        assert f"line 5: BACK: person {again} of workspace {ws}" in found.stdout
+        assert keep not in found.stdout
+        assert {f: open(os.path.join(restored, f), "rb").read()
+                for f in os.listdir(restored)} == before
+        as_json = json.loads(_find_erased(restored, text, "--json").stdout)
+        assert as_json == {"receipts": 3, "invalid_lines": [], "back": [
+            {"line": 3, "workspace": ws, "person_id": gone},
+            {"line": 4, "workspace": ws, "anonymous_id": anon},
+            {"line": 5, "workspace": ws, "person_id": again}]}
+
+        # A line that is not a receipt of this data's secret is named, and fails the check.
+        body, sig = receipts[0].split(".")
+        forged = body[:-2] + ("A" if body[-2] != "A" else "B") + body[-1] + "." + sig
+        bad = _find_erased(srv.data, forged + "\n" + receipts[1] + "\n")
+        assert bad.returncode == 1 and "line 1: INVALID" in bad.stdout, bad.stdout + bad.stderr
+        assert json.loads(_find_erased(srv.data, forged + "\n", "--json").stdout)[
+            "invalid_lines"] == [1]
+
+        # Forgotten again on the restored data, no one is back.
+        restored_srv = DurableServer(base)
+        restored_srv.data = restored
+        restored_srv.start()
+        rc = restored_srv.client
+        for ref in (gone, pb.PersonRef(anonymous_id=anon), again):
+            rc.ForgetPerson(workspace=ws, person=ref, wait_for_erasure=True, timeout=60)
+        assert rc.GetProfile(workspace=ws, person=keep).email == f"{keep}@example.com"
+        assert restored_srv.terminate() == 0
+        done = _find_erased(restored, text)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        # No secret.key: nothing to tell whose hashes they are.
+        os.mkdir(os.path.join(base, "empty"))
+        none = _find_erased(os.path.join(base, "empty"), text)
+        assert none.returncode == 2 and "secret.key" in none.stderr, none.stdout + none.stderr
+    finally:
+        srv.close()
+        if restored_srv is not None:
+            restored_srv.close()
