@@ -2,8 +2,9 @@
 
 /// One method a server routes to. The handler runs on the connection's loop thread once
 /// the request message has arrived; it must not block, and answers through the call
-/// (now, or later from any thread).
-public struct ServiceMethod: Sendable {
+/// (now, or later from any thread). A class: a call's stream and its session hold the
+/// route with one reference count, not one per closure and the path.
+public final class ServiceMethod: Sendable {
   /// `/package.Service/Method`.
   public let path: String
   let handler: @Sendable (ServerCall) -> Void
