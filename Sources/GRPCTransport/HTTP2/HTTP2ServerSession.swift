@@ -165,6 +165,9 @@ final class HTTP2ServerSession {
   /// and user-agent on every call, so they are shared instead of allocated per call.
   private var recentValues: [RecentValue] = []
   private var nextRecentValue = 0
+  /// The metadata of the header block in progress, shared with the last block's when the
+  /// client repeats it.
+  private var blockMetadata = RepeatedMetadata()
   /// Counts answered calls (OK or not) for the server's metrics.
   var onCallFinished: (RPCStatus.Code) -> Void = { _ in }
   /// Answer bytes queued on streams that nghttp2 has not taken yet.
@@ -355,6 +358,7 @@ final class HTTP2ServerSession {
     activeStreams += 1
     streamsBegun += 1
     headerBlockStream = streamID
+    blockMetadata.begin()
     nghttp2_session_set_stream_user_data(session, streamID, Unmanaged.passRetained(s).toOpaque())
   }
 
@@ -391,7 +395,10 @@ final class HTTP2ServerSession {
     } else if bytesEqual(name, nlen, "te") || bytesEqual(name, nlen, "grpc-accept-encoding") {
       return
     } else {
-      s.metadata.addLowercased(Self.headerName(name, nlen), metadataValue(value, vlen))
+      blockMetadata.add(
+        UnsafeBufferPointer(start: name, count: nlen),
+        UnsafeBufferPointer(start: value, count: vlen)
+      ) { (Self.headerName(name, nlen), metadataValue(value, vlen)) }
     }
   }
 
@@ -422,6 +429,7 @@ final class HTTP2ServerSession {
   /// Request headers complete: validate, route, and arm the deadline.
   fileprivate func requestHeadersDone(_ s: HTTP2Stream, endStream: Bool) {
     headerBlockStream = nil
+    s.metadata = blockMetadata.end()
     if s.headersTooLarge {
       respondImmediately(
         s,
