@@ -118,7 +118,9 @@ final class ServerConnection {
         let session = try HTTP2ServerSession(
           router: server.router, limits: server.configuration.limits, loop: loop)
         // The connection owns the session: these closures never outlive it.
-        session.onOutputPending = { [unowned(unsafe) self] in self.loop.markDirty(self) }
+        session.onOutputPending = { [unowned(unsafe) self] in
+          if !self.isDirty { self.loop.markDirty(self) }
+        }
         let server = self.server
         session.onCallFinished = { code in server.callFinished(code) }
         http2 = session
