@@ -70,8 +70,9 @@ enum GRPCContentType: Equatable {
 
 final class HTTP2Stream {
   let id: Int32
-  // The session owns its streams and outlives them.
-  unowned(unsafe) let session: HTTP2ServerSession
+  // The session owns its streams and outlives them: it is not retained for the calls the
+  // stream makes to it (`withSession`).
+  private let session: Unmanaged<HTTP2ServerSession>
   // Request.
   var isPost = false
   var path = ""
@@ -112,17 +113,29 @@ final class HTTP2Stream {
 
   init(id: Int32, session: HTTP2ServerSession, maxMessageBytes: Int) {
     self.id = id
-    self.session = session
+    self.session = Unmanaged.passUnretained(session)
     deframer = GRPCMessageDeframer(maxMessageBytes: maxMessageBytes)
   }
 
-  func sendHeaders(_ metadata: Metadata) { session.sendHeaders(self, metadata) }
+  func sendHeaders(_ metadata: Metadata) { withSession { $0.sendHeaders(self, metadata) } }
   func sendMessage(_ message: [UInt8], whenDrained: (@Sendable () -> Void)?) {
-    session.sendMessage(self, message, whenDrained: whenDrained)
+    withSession { $0.sendMessage(self, message, whenDrained: whenDrained) }
   }
-  func sendFramed(_ framed: consuming [UInt8]) { session.sendFramed(self, consume framed) }
+  func sendFramed(_ framed: consuming [UInt8]) {
+    // Moved on, not copied: a copy would make the session copy the bytes to write the prefix.
+    var framed = Optional(framed)
+    withSession { $0.sendFramed(self, framed.take()!) }
+  }
   func finish(_ status: RPCStatus, trailers: Metadata, discardingUnsent: Bool = false) {
-    session.finish(self, status, trailers: trailers, discardingUnsent: discardingUnsent)
+    withSession {
+      $0.finish(self, status, trailers: trailers, discardingUnsent: discardingUnsent)
+    }
+  }
+
+  /// Calls `body` with the session, not retained for the call.
+  @inline(__always)
+  private func withSession(_ body: (HTTP2ServerSession) -> Void) {
+    session._withUnsafeGuaranteedRef(body)
   }
 }
 
