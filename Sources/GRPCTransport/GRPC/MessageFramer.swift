@@ -64,10 +64,10 @@ public struct GRPCMessageDeframer {
       body.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[i..<(i + take)]))
       i += take
       if body.count == expected {
-        let message = GRPCMessage(compressed: compressed, bytes: body)
-        body = []
+        var bytes: [UInt8] = []
+        swap(&bytes, &body)  // moved out, not copied
         expected = -1
-        try onMessage(message)
+        try onMessage(GRPCMessage(compressed: compressed, bytes: bytes))
       }
     }
   }

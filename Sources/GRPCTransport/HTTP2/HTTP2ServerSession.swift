@@ -289,8 +289,8 @@ final class HTTP2ServerSession {
     while next < held.count, queuedResponseBytes <= limits.maxQueuedResponseBytes {
       let s = held[next]
       next += 1
-      if !s.closed, !s.finished, let route = s.route, let request = s.requestMessage {
-        startCall(s, route, request)
+      if !s.closed, !s.finished, let route = s.route, s.requestMessage != nil {
+        startCall(s, route)
       }
     }
     held.removeFirst(next)
@@ -566,7 +566,7 @@ final class HTTP2ServerSession {
   fileprivate func requestEnded(_ s: HTTP2Stream) {
     s.requestEnded = true
     guard let route = s.route, !s.finished, s.call == nil else { return }
-    guard s.deframer.isIdle, let request = s.requestMessage else {
+    guard s.deframer.isIdle, s.requestMessage != nil else {
       respondImmediately(
         s,
         RPCStatus(
@@ -581,11 +581,12 @@ final class HTTP2ServerSession {
       held.append(s)
       return
     }
-    startCall(s, route, request)
+    startCall(s, route)
   }
 
-  private func startCall(_ s: HTTP2Stream, _ route: ServiceMethod, _ request: [UInt8]) {
-    s.requestMessage = nil
+  /// Runs the call of `s`, whose request message has arrived.
+  private func startCall(_ s: HTTP2Stream, _ route: ServiceMethod) {
+    let request = s.requestMessage.take()!
     countRequestBytes(s)
     let call = ServerCall(
       path: s.path, metadata: s.metadata, request: request,
