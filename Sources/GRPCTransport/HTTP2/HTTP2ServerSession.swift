@@ -107,9 +107,10 @@ final class HTTP2Stream {
   var partialMessageTimer: LoopTimer?
   /// Closed by nghttp2 (a held call whose stream closed is not run).
   var closed = false
-  // The session's list of open streams (intrusive, so no hashing per call).
-  var prev: HTTP2Stream?
-  var next: HTTP2Stream?
+  // The session's list of open streams (intrusive, so no hashing per call). It does not
+  // retain them: nghttp2's stream user data does, until `remove` has unlinked the stream.
+  var prev: Unmanaged<HTTP2Stream>?
+  var next: Unmanaged<HTTP2Stream>?
 
   init(id: Int32, session: HTTP2ServerSession, maxMessageBytes: Int) {
     self.id = id
@@ -155,9 +156,9 @@ final class HTTP2ServerSession {
   /// Called when there is output to produce outside of a receive/produce cycle (a call
   /// answered later). The owner flushes soon.
   var onOutputPending: () -> Void = {}
-  /// Open streams: a doubly linked list through the streams; each is also retained by
-  /// nghttp2's stream user data, from its first HEADERS to its close.
-  private var firstStream: HTTP2Stream?
+  /// Open streams: a doubly linked list through the streams, which does not retain them;
+  /// nghttp2's stream user data does, from a stream's first HEADERS until `remove`.
+  private var firstStream: Unmanaged<HTTP2Stream>?
   /// Handlers' per-connection storage.
   let context = ConnectionContext()
   private(set) var activeStreams = 0
@@ -196,7 +197,7 @@ final class HTTP2ServerSession {
   /// Some call's request has begun and not ended (nor been answered).
   var hasRequestInProgress: Bool {
     var s = firstStream
-    while let stream = s {
+    while let stream = s?.takeUnretainedValue() {
       if !stream.requestEnded && !stream.finished { return true }
       s = stream.next
     }
@@ -324,7 +325,7 @@ final class HTTP2ServerSession {
 
   /// The connection is gone: cancel every call still running.
   func cancelAll() {
-    while let s = firstStream {
+    while let s = firstStream?.takeUnretainedValue() {
       nghttp2_session_set_stream_user_data(session, s.id, nil)
       remove(s)
     }
@@ -332,8 +333,12 @@ final class HTTP2ServerSession {
 
   /// Unlinks `s`, cancels its call if unfinished, and drops nghttp2's reference.
   private func remove(_ s: HTTP2Stream) {
-    if let p = s.prev { p.next = s.next } else { firstStream = s.next }
-    s.next?.prev = s.prev
+    if let p = s.prev {
+      p._withUnsafeGuaranteedRef { $0.next = s.next }
+    } else {
+      firstStream = s.next
+    }
+    s.next?._withUnsafeGuaranteedRef { $0.prev = s.prev }
     s.prev = nil
     s.next = nil
     activeStreams -= 1
@@ -365,9 +370,10 @@ final class HTTP2ServerSession {
 
   fileprivate func beginHeaders(_ streamID: Int32) {
     let s = HTTP2Stream(id: streamID, session: self, maxMessageBytes: limits.maxMessageBytes)
+    let unretained = Unmanaged.passUnretained(s)
     s.next = firstStream
-    firstStream?.prev = s
-    firstStream = s
+    firstStream?._withUnsafeGuaranteedRef { $0.prev = unretained }
+    firstStream = unretained
     activeStreams += 1
     streamsBegun += 1
     headerBlockStream = streamID
