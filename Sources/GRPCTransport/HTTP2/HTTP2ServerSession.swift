@@ -929,6 +929,17 @@ private func streamOf(_ session: OpaquePointer?, _ id: Int32) -> HTTP2Stream? {
   return Unmanaged<HTTP2Stream>.fromOpaque(p).takeUnretainedValue()
 }
 
+/// Runs `body` on stream `id`, if it is open, not retained for the call: for the callbacks
+/// whose handling never drops a stream (only `streamClosed` and `cancelAll` do, and no
+/// handler runs from these).
+@inline(__always)
+private func withStream<R>(_ session: OpaquePointer?, _ id: Int32, _ body: (HTTP2Stream) -> R)
+  -> R?
+{
+  guard let p = nghttp2_session_get_stream_user_data(session, id) else { return nil }
+  return Unmanaged<HTTP2Stream>.fromOpaque(p)._withUnsafeGuaranteedRef(body)
+}
+
 private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, user in
   let hd = frame!.pointee.hd
   if hd.type == frameHeaders && frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST {
@@ -940,13 +951,9 @@ private let onBeginHeaders: nghttp2_on_begin_headers_callback = { _, frame, user
 private let onHeader: nghttp2_on_header_callback = {
   session, frame, name, nlen, value, vlen, _, user in
   // Request headers only; trailers from a client carry nothing we use.
-  guard frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST,
-    let stream = nghttp2_session_get_stream_user_data(session, frame!.pointee.hd.stream_id)
-  else { return 0 }
-  // Called for every header of every request: the stream is not retained for the call
-  // either (`header` never drops a stream).
+  guard frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
   withSession(user) { me in
-    Unmanaged<HTTP2Stream>.fromOpaque(stream)._withUnsafeGuaranteedRef { s in
+    withStream(session, frame!.pointee.hd.stream_id) { s in
       me.header(s, name!, nlen, value!, vlen)
     }
   }
@@ -975,8 +982,8 @@ private let onFrameRecv: nghttp2_on_frame_recv_callback = { session, frame, user
 }
 
 private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { session, _, id, data, len, user in
-  if let s = streamOf(session, id) {
-    withSession(user) { $0.data(s, UnsafeRawBufferPointer(start: data, count: len)) }
+  withSession(user) { me in
+    withStream(session, id) { s in me.data(s, UnsafeRawBufferPointer(start: data, count: len)) }
   }
   return 0
 }
@@ -988,18 +995,16 @@ private let onStreamClose: nghttp2_on_stream_close_callback = { session, id, _, 
 
 private let onFrameSend: nghttp2_on_frame_send_callback = { session, frame, user in
   let hd = frame!.pointee.hd
-  if (hd.type == frameHeaders || hd.type == frameData) && hd.flags & flagEndStream != 0,
-    let s = streamOf(session, hd.stream_id)
-  {
-    withSession(user) { $0.frameSent(s) }
+  if (hd.type == frameHeaders || hd.type == frameData) && hd.flags & flagEndStream != 0 {
+    withSession(user) { me in withStream(session, hd.stream_id) { s in me.frameSent(s) } }
   }
   return 0
 }
 
 private let readResponseData: nghttp2_data_source_read_callback = {
   session, id, buf, length, flags, _, user in
-  guard let s = streamOf(session, id) else {
-    return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+  let n = withSession(user) { me in
+    withStream(session, id) { s in me.readData(s, buf!, length, flags!) }
   }
-  return withSession(user) { $0.readData(s, buf!, length, flags!) }
+  return n ?? Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
 }
