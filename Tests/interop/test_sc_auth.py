@@ -4,6 +4,8 @@ missing, unknown and malformed credentials; the Bearer scheme case-insensitively
 
 import time
 
+import grpc
+
 import pytest
 
 from interop_support import RPC_TIMEOUT, RawH2, grpc_frame, health_pb2, health_stub
@@ -252,3 +254,38 @@ def test_a_call_without_its_credential_is_refused_before_its_body(sc, token, cod
 
 def _get_workspace_body() -> bytes:
     return grpc_frame(pb.GetWorkspaceRequest(workspace=unique()).SerializeToString())
+
+
+def test_each_call_on_one_connection_is_judged_by_its_own_credentials(sc):
+    """The server reuses the metadata of a connection's last header block when a call repeats
+    it byte for byte: calls that alternate tokens, add or drop a header, or send a token one
+    character longer or shorter on one connection each get the answer of their own token."""
+    import random
+    ws = sc.workspace()
+    root, read, check = TOKENS["sc-root"], TOKENS["sc-read"], TOKENS["sc-check"]
+    kinds = {
+        "root": ([("authorization", "Bearer " + root)], "OK"),
+        "read": ([("authorization", "Bearer " + read)], "OK"),
+        "check": ([("authorization", "Bearer " + check)], "PERMISSION_DENIED"),
+        "root+": ([("authorization", "Bearer " + root + "x")], "UNAUTHENTICATED"),
+        "root-": ([("authorization", "Bearer " + root[:-1])], "UNAUTHENTICATED"),
+        "root, id": ([("authorization", "Bearer " + root), ("x-request-id", "1")], "OK"),
+        "id, check": ([("x-request-id", "1"), ("authorization", "Bearer " + check)],
+                      "PERMISSION_DENIED"),
+        "id, root-": ([("x-request-id", "1"), ("authorization", "Bearer " + root[:-1])],
+                      "UNAUTHENTICATED"),
+        "none": ([], "UNAUTHENTICATED"),
+        "id only": ([("x-request-id", "1")], "UNAUTHENTICATED"),
+    }
+    order = [k for k in kinds for _ in range(6)]
+    random.Random(7).shuffle(order)
+    order += ["root", "root", "root-", "root-", "read", "check", "check", "root"]
+    c = sc.raw_client([])
+    for i, k in enumerate(order):
+        metadata, want = kinds[k]
+        try:
+            c.GetWorkspace(workspace=ws, metadata=metadata)
+            got = "OK"
+        except grpc.RpcError as e:
+            got = e.code().name
+        assert got == want, f"call {i} ({k}): {got}, wanted {want}"
