@@ -133,8 +133,11 @@ enum FindErased {
       writeStdoutLine("line \(line): INVALID: not a receipt of this data's secret")
     }
     for b in back {
-      let who = b.key.isAnonymous ? "anonymous profile \(b.key.value)" : "person \(b.key.value)"
-      writeStdoutLine("line \(b.line): BACK: \(who) of workspace \(b.workspace)")
+      // Escaped, as every command's text output: an id must not drive the terminal.
+      let id = ProtoMessage.printable(b.key.value)
+      let who = b.key.isAnonymous ? "anonymous profile \(id)" : "person \(id)"
+      writeStdoutLine(
+        "line \(b.line): BACK: \(who) of workspace \(ProtoMessage.printable(b.workspace))")
     }
     writeStdoutLine(
       back.isEmpty
