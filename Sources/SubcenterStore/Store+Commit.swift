@@ -55,11 +55,18 @@ final class PendingCommit: Sendable {
   let command: Command
   let scope: LockScope
   let reservations: Reservations
-  /// Under the command's locks, once applied: builds the answer and returns what
-  /// completes the call (run after the locks are released). Given a failure, it needs
-  /// no lock: the answer is that failure.
-  let finish: @Sendable (inout Locked, Result<Applied, CoreError>) -> @Sendable () -> Void
+  /// The store that applies it: the log's completion reaches the store through the
+  /// commit alone (a closure that captures one object needs no context of its own).
+  let store: SubscriptionStore
+  /// Completes the call. It runs `outcome`, which takes the command's locks, gives the
+  /// outcome to the answer builder under them and releases them; then completes the
+  /// call with that answer (a completion may write again: it runs with no lock held).
+  let finish: @Sendable (_ outcome: Outcome) -> Void
   private let state = Mutex(State())
+
+  /// Runs its argument (which builds the answer) under the command's locks, once
+  /// applied or failed; given a failure, it needs no lock: the answer is that failure.
+  typealias Outcome = (_ answer: (inout Locked, Result<Applied, CoreError>) -> Void) -> Void
 
   enum Arrival { case duringAppend, failedDuringAppend, afterAppend }
 
@@ -77,19 +84,22 @@ final class PendingCommit: Sendable {
   }
 
   init(
-    command: Command, scope: LockScope, reservations: Reservations,
-    finish: @escaping @Sendable (inout Locked, Result<Applied, CoreError>) -> @Sendable () -> Void
+    command: Command, scope: LockScope, reservations: Reservations, store: SubscriptionStore,
+    finish: @escaping @Sendable (_ outcome: Outcome) -> Void
   ) {
     self.command = command
     self.scope = scope
     self.reservations = reservations
+    self.store = store
     self.finish = finish
   }
 
   /// Completes the call with `error`: the record did not become durable.
   func fail(_ error: CoreError) {
-    var nothing = Locked()
-    finish(&nothing, .failure(error))()
+    finish { answer in
+      var nothing = Locked()
+      answer(&nothing, .failure(error))
+    }
   }
 
   /// The log's completion arrived: was `append` still running? If it was, and the
@@ -374,16 +384,18 @@ extension SubscriptionStore {
     precondition(scope.identity || !reservations.touchesIdentity, "identity not in scope")
     precondition(scope.registry || reservations.workspace == nil, "registry not in scope")
     let c = PendingCommit(
-      command: command, scope: scope, reservations: reservations,
-      finish: { locked, applied in
-        let r: Result<T, CoreError>
-        switch applied {
-        case .success(let a): r = answer(&locked, a)
-        case .failure(let e): r = .failure(e)
+      command: command, scope: scope, reservations: reservations, store: self,
+      finish: { outcome in
+        var r: Result<T, CoreError> = .failure(notDurable)
+        outcome { locked, applied in
+          switch applied {
+          case .success(let a): r = answer(&locked, a)
+          case .failure(let e): r = .failure(e)
+          }
         }
-        return { completion(r) }
+        completion(r)
       })
-    log.append(command) { [self] result in delivered(c, result) }
+    log.append(command) { [c] result in c.store.delivered(c, result) }
     try c.appendReturned()
     return c
   }
@@ -437,7 +449,7 @@ extension SubscriptionStore {
   // MARK: Applying, in log order
 
   /// The log's completion for `c`.
-  private func delivered(_ c: PendingCommit, _ result: Result<UInt64, CoreError>) {
+  fileprivate func delivered(_ c: PendingCommit, _ result: Result<UInt64, CoreError>) {
     let arrival = c.arrive(result) { applier.queue.withLock { $0.items.append((c, result)) } }
     switch arrival {
     case .failedDuringAppend:
@@ -526,32 +538,32 @@ extension SubscriptionStore {
   ) {
     switch result {
     case .success(let seq):
-      let (complete, applied) = withLocks(c.scope) {
-        (locked: inout Locked) -> (@Sendable () -> Void, Bool) in
-        let applied: Result<Applied, CoreError>
-        do throws(CoreError) {
-          applied = .success(
-            try apply(
-              c.command, c.scope.workspace, registry: &locked.registry,
-              identity: &locked.identity, shards: &locked.shards))
-        } catch {
-          applied = .failure(error)
+      var ok = false
+      c.finish { answer in
+        withLocks(c.scope) { (locked: inout Locked) in
+          let applied: Result<Applied, CoreError>
+          do throws(CoreError) {
+            applied = .success(
+              try apply(
+                c.command, c.scope.workspace, registry: &locked.registry,
+                identity: &locked.identity, shards: &locked.shards))
+            ok = true
+          } catch {
+            applied = .failure(error)
+          }
+          c.reservations.release(in: &locked)
+          answer(&locked, applied)
         }
-        c.reservations.release(in: &locked)
-        let ok: Bool
-        if case .success = applied { ok = true } else { ok = false }
-        return (c.finish(&locked, applied), ok)
+        if seq > last {
+          last = seq
+          applier.applied.store(seq, ordering: .releasing)
+        }
+        noteEvents(c.command, seq: seq, c.scope.workspace)
+        if ok, !ChangeEvents.removals(of: c.command).isEmpty {
+          applier.personsRemoved.withLock { $0 }?.run()
+        }
       }
-      if seq > last {
-        last = seq
-        applier.applied.store(seq, ordering: .releasing)
-      }
-      noteEvents(c.command, seq: seq, c.scope.workspace)
-      if applied, !ChangeEvents.removals(of: c.command).isEmpty {
-        applier.personsRemoved.withLock { $0 }?.run()
-      }
-      complete()
-      c.settle(applied)
+      c.settle(ok)
     case .failure(let error):
       withLocks(c.scope) { (locked: inout Locked) in c.reservations.release(in: &locked) }
       c.fail(error)

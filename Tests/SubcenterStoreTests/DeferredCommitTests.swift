@@ -471,9 +471,12 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
   /// slipping in between drained an empty queue and the call waited for some later drain
   /// (found by the power-loss test under load: a write left unanswered on an idle store).
   @Test func aRecordArrivingDuringItsAppendIsQueuedBeforeTheAppenderSeesIt() throws {
+    let store = SubscriptionStore(
+      clock: ManualClock(t0), secret: secret, log: InMemoryCommitLog(),
+      createDefaultWorkspace: false)
     let c = PendingCommit(
       command: .configureWorkspace(.init(config: acme, at: t0, actor: "admin")),
-      scope: LockScope(), reservations: Reservations(), finish: { _, _ in {} })
+      scope: LockScope(), reservations: Reservations(), store: store, finish: { _ in })
     let handingOff = DispatchSemaphore(value: 0)
     let queued = Atomic<Bool>(false)
     let arrival = Mutex<PendingCommit.Arrival?>(nil)
@@ -496,7 +499,7 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
     // arriving after append returned is the applier's to schedule, not queued here.
     let failed = PendingCommit(
       command: .configureWorkspace(.init(config: acme, at: t0, actor: "admin")),
-      scope: LockScope(), reservations: Reservations(), finish: { _, _ in {} })
+      scope: LockScope(), reservations: Reservations(), store: store, finish: { _ in })
     var handedOff = 0
     #expect(failed.arrive(.failure(.unavailable("disk"))) { handedOff += 1 } == .failedDuringAppend)
     #expect(throws: CoreError.self) { try failed.appendReturned() }
