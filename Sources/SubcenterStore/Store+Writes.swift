@@ -271,7 +271,7 @@ extension SubscriptionStore {
           topic: topicName, state: state, source: source,
           noticeVersion: noticeVersion, at: at, actor: actor)
         var r = Reservations()
-        r.slots = [SlotReservation(shard: s, slot: slot)]
+        r.slots.append(SlotReservation(shard: s, slot: slot))
         let c = try commit(
           .setPreference(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
           completion: completion
@@ -309,7 +309,7 @@ extension SubscriptionStore {
           workspace: h.id, person: PersonCodec.key(shard.records[Int(slot)]),
           unsubscribed: unsubscribed, source: req.source, at: at, actor: actor)
         var r = Reservations()
-        r.slots = [SlotReservation(shard: s, slot: slot)]
+        r.slots.append(SlotReservation(shard: s, slot: slot))
         let c = try commit(
           .setGlobal(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
           completion: completion
@@ -372,7 +372,7 @@ extension SubscriptionStore {
           let cmd = Command.RecordSends(
             workspace: h.id, channel: channelName, persons: [key], at: at)
           var r = Reservations()
-          r.slots = [SlotReservation(shard: s, slot: slot, channel: target.channel, sends: 1)]
+          r.slots.append(SlotReservation(shard: s, slot: slot, channel: target.channel, sends: 1))
           let c = try commitQuietly(
             .recordSends(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r)
           r.register(shard: &shard, index: s, by: c)
@@ -604,9 +604,10 @@ extension SubscriptionStore {
           let cmd = Command.RecordSends(
             workspace: h.id, channel: req.channel, persons: sendKeys, at: at)
           var r = Reservations()
-          r.slots = sendSlots.map {
-            SlotReservation(shard: s, slot: $0, channel: target.channel, sends: 1)
-          }
+          r.slots = SlotReservations(
+            sendSlots.lazy.map {
+              SlotReservation(shard: s, slot: $0, channel: target.channel, sends: 1)
+            })
           let c = try commitQuietly(
             .recordSends(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r)
           r.register(shard: &shard, index: s, by: c)
@@ -674,7 +675,7 @@ extension SubscriptionStore {
         let decision = Decision(
           allowed: outcome.allowed, reason: outcome.reason, personID: key.personID)
         var r = Reservations()
-        r.slots = [SlotReservation(shard: s, slot: slot)]
+        r.slots.append(SlotReservation(shard: s, slot: slot))
         let c = try commit(
           .override(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
           completion: completion

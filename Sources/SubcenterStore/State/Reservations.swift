@@ -113,13 +113,37 @@ struct SlotReservation: Sendable {
   var removes = false
 }
 
+/// The slot holds of one command. Most commands hold one slot, kept inline: an array
+/// would be one more allocation a write.
+struct SlotReservations: Sendable {
+  private var first: SlotReservation?
+  private var more: [SlotReservation] = []
+
+  init() {}
+
+  init(_ holds: some Sequence<SlotReservation>) {
+    for r in holds { append(r) }
+  }
+
+  mutating func append(_ r: SlotReservation) {
+    if first == nil { first = r } else { more.append(r) }
+  }
+
+  /// Calls `body` with each hold, in order.
+  func forEach(_ body: (SlotReservation) -> Void) {
+    guard let first else { return }
+    body(first)
+    for r in more { body(r) }
+  }
+}
+
 /// Everything one in-flight command registered.
 struct Reservations: Sendable {
   var workspace: (id: String, model: Workspace)?
   var holders: [(IdentifierKey, PersonKey?)] = []
   var suppressed: [(SuppressionHash, Bool)] = []
   var persons: [(PersonKey, PersonView?)] = []
-  var slots: [SlotReservation] = []
+  var slots = SlotReservations()
 
   var touchesIdentity: Bool { !holders.isEmpty || !suppressed.isEmpty || !persons.isEmpty }
 
@@ -144,12 +168,15 @@ struct Reservations: Sendable {
 
   /// Registers the slots of every shard they are in (all locked).
   func register(shards: inout LockedShards, by c: PendingCommit) {
-    for s in Set(slots.map(\.shard)) { shards.with(s) { register(shard: &$0, index: s, by: c) } }
+    var indices = Set<Int>()
+    slots.forEach { indices.insert($0.shard) }
+    for s in indices { shards.with(s) { register(shard: &$0, index: s, by: c) } }
   }
 
   /// Registers the slots of shard `index`.
   func register(shard: inout Shard, index: Int, by c: PendingCommit) {
-    for r in slots where r.shard == index {
+    slots.forEach { r in
+      guard r.shard == index else { return }
       // In place: one look-up of the slot, not a read and a write.
       Self.addHold(r, by: c, on: &shard.pending[r.slot, default: PendingSlot(last: c)])
     }
@@ -185,7 +212,7 @@ struct Reservations: Sendable {
     for (k, _) in holders { drop(&locked.identity.pending.holders, k) }
     for (k, _) in suppressed { drop(&locked.identity.pending.suppressed, k) }
     for (k, _) in persons { drop(&locked.identity.pending.persons, k) }
-    for r in slots {
+    slots.forEach { r in
       locked.shards.with(r.shard) { shard in
         guard let i = shard.pending.index(forKey: r.slot) else { return }
         if Self.removeHold(r, from: &shard.pending.values[i]) { shard.pending.remove(at: i) }
