@@ -150,6 +150,21 @@ final class PendingCommit: Sendable {
   }
 }
 
+/// Builds a call's answer under the locks of its applied command.
+protocol AnswerBuilder: Sendable {
+  associatedtype Value: Sendable
+  func answer(_ locked: inout Locked, _ applied: Applied) -> Result<Value, CoreError>
+}
+
+/// An answer built by a closure.
+struct AnswerClosure<Value: Sendable>: AnswerBuilder {
+  let body: @Sendable (inout Locked, Applied) -> Result<Value, CoreError>
+
+  func answer(_ locked: inout Locked, _ applied: Applied) -> Result<Value, CoreError> {
+    body(&locked, applied)
+  }
+}
+
 /// What applying a command found.
 struct Applied: Sendable {
   /// False when the person the command names was gone (the command changed nothing).
@@ -381,15 +396,26 @@ extension SubscriptionStore {
     completion: @escaping Completion<T>,
     answer: @escaping @Sendable (inout Locked, Applied) -> Result<T, CoreError>
   ) throws(CoreError) -> PendingCommit {
+    try commit(
+      command, scope: scope, reservations: reservations, completion: completion,
+      answering: AnswerClosure(body: answer))
+  }
+
+  /// `commit` with an answer builder that is a value (a closure would be one more
+  /// allocation a write).
+  func commit<A: AnswerBuilder>(
+    _ command: Command, scope: LockScope, reservations: Reservations = Reservations(),
+    completion: @escaping Completion<A.Value>, answering builder: A
+  ) throws(CoreError) -> PendingCommit {
     precondition(scope.identity || !reservations.touchesIdentity, "identity not in scope")
     precondition(scope.registry || reservations.workspace == nil, "registry not in scope")
     let c = PendingCommit(
       command: command, scope: scope, reservations: reservations, store: self,
       finish: { outcome in
-        var r: Result<T, CoreError> = .failure(notDurable)
+        var r: Result<A.Value, CoreError> = .failure(notDurable)
         outcome { locked, applied in
           switch applied {
-          case .success(let a): r = answer(&locked, a)
+          case .success(let a): r = builder.answer(&locked, a)
           case .failure(let e): r = .failure(e)
           }
         }

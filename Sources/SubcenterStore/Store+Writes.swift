@@ -274,8 +274,7 @@ extension SubscriptionStore {
         r.slots.append(SlotReservation(shard: s, slot: slot))
         let c = try commit(
           .setPreference(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
-          completion: completion
-        ) { locked, applied in preferencesAnswer(model, &locked, applied, at: at) }
+          completion: completion, answering: PreferencesAnswer(model: model, at: at))
         r.register(shard: &shard, index: s, by: c)
         return .committed
       }
@@ -312,8 +311,7 @@ extension SubscriptionStore {
         r.slots.append(SlotReservation(shard: s, slot: slot))
         let c = try commit(
           .setGlobal(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
-          completion: completion
-        ) { locked, applied in preferencesAnswer(model, &locked, applied, at: at) }
+          completion: completion, answering: PreferencesAnswer(model: model, at: at))
         r.register(shard: &shard, index: s, by: c)
         return .committed
       }
@@ -698,6 +696,16 @@ extension SubscriptionStore {
 /// The answer of a preference write: the person as the write left it.
 /// `model` is the configuration the write was validated against (a ConfigureWorkspace
 /// applied meanwhile is ordered after the write, so the answer does not show it).
+/// The answer of a write to one person's preferences, built under its locks.
+private struct PreferencesAnswer: AnswerBuilder {
+  let model: Workspace
+  let at: Int64
+
+  func answer(_ locked: inout Locked, _ applied: Applied) -> Result<Preferences, CoreError> {
+    preferencesAnswer(model, &locked, applied, at: at)
+  }
+}
+
 private func preferencesAnswer(
   _ model: Workspace, _ locked: inout Locked, _ applied: Applied, at: Int64
 ) -> Result<Preferences, CoreError> {
