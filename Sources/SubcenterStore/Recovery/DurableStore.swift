@@ -59,12 +59,9 @@ final class WALCommitLog: CommitLog {
     }
     do {
       let feed = self.feed.withLock { $0 }
-      let count = ChangeEvents.seqCount(command)
-      try log.append(LogRecordCodec.encode(command, secretCheck: secretCheck), seqCount: count) {
-        r in
-        completion(r.map { $0 + count - 1 }.mapError { $0.coreError })
-        if case .success = r { feed?.recordsDurable() }
-      }
+      try log.appendCommand(
+        LogRecordCodec.encode(command, secretCheck: secretCheck),
+        seqCount: ChangeEvents.seqCount(command), feed: feed, completion: completion)
     } catch {
       completion(.failure(error.coreError))
     }

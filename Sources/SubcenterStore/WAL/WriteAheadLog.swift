@@ -35,6 +35,7 @@
 // back to its records when it is left and at close.
 
 import Glibc
+import SubcenterCore
 import Synchronization
 
 /// When the writer makes written records durable (`--fsync`).
@@ -183,6 +184,22 @@ public final class WriteAheadLog: Sendable {
   public func append(
     _ record: [UInt8], seqCount: UInt64 = 1, completion: @escaping Completion
   ) throws(StorageError) {
+    try enqueue(record, seqCount: seqCount, .record(completion))
+  }
+
+  /// `append` for the store's commit log (`WALCommitLog`): `completion` gets the record's
+  /// last seq or the error as a `CoreError`, then `feed` is told of the durable record.
+  /// The log does the mapping, so no closure wraps `completion` (one allocation a write).
+  func appendCommand(
+    _ record: [UInt8], seqCount: UInt64, feed: ChangeFeed?,
+    completion: @escaping @Sendable (Result<UInt64, CoreError>) -> Void
+  ) throws(StorageError) {
+    try enqueue(record, seqCount: seqCount, .command(completion, feed: feed))
+  }
+
+  private func enqueue(
+    _ record: [UInt8], seqCount: UInt64, _ completion: WALCore.Pending.Notify
+  ) throws(StorageError) {
     precondition(seqCount >= 1)
     guard record.count <= RecordFrame.maxPayloadSize - 22 else {  // room for seq and count
       throw StorageError(.invalid, "a log record of \(record.count) bytes is too large")
@@ -293,7 +310,29 @@ final class WALCore: Sendable {
   struct Pending {
     var bytes: [UInt8]
     var seqCount: UInt64
-    var completion: WriteAheadLog.Completion
+    var completion: Notify
+
+    /// Who is told of the record.
+    enum Notify {
+      /// `append`'s completion: the first seq, or the error.
+      case record(WriteAheadLog.Completion)
+      /// `appendCommand`'s: the last seq, or the error as a `CoreError`; then the feed.
+      case command(@Sendable (Result<UInt64, CoreError>) -> Void, feed: ChangeFeed?)
+    }
+
+    /// Tells the appender the record's `result` (its first seq, or the error).
+    func complete(_ result: Result<UInt64, StorageError>) {
+      switch completion {
+      case .record(let f): f(result)
+      case .command(let f, let feed):
+        switch result {
+        case .success(let first):
+          f(.success(first + seqCount - 1))
+          feed?.recordsDurable()
+        case .failure(let e): f(.failure(e.coreError))
+        }
+      }
+    }
   }
 
   struct Shared {
@@ -457,11 +496,13 @@ final class WALWriter: @unchecked Sendable {
     buffer.removeAll(keepingCapacity: true)
     let first = nextSeq
     var end = first
-    for p in batch {
-      p.bytes.withUnsafeBytes {
-        RecordFrame.append(sequence: end, count: p.seqCount, body: $0, to: &buffer)
+    // By index: `for p in batch` would copy each record (retaining what it holds).
+    for i in batch.indices {
+      let count = batch[i].seqCount
+      batch[i].bytes.withUnsafeBytes {
+        RecordFrame.append(sequence: end, count: count, body: $0, to: &buffer)
       }
-      end += p.seqCount
+      end += count
     }
 
     do {
@@ -531,9 +572,9 @@ final class WALWriter: @unchecked Sendable {
       s.counters.bytes += UInt64(bytes)
     }
     var seq = first
-    for p in batch {
-      p.completion(.success(seq))
-      seq += p.seqCount
+    for i in batch.indices {
+      batch[i].complete(.success(seq))
+      seq += batch[i].seqCount
     }
   }
 
@@ -747,7 +788,7 @@ final class WALWriter: @unchecked Sendable {
   }
 
   private func complete(_ batch: [WALCore.Pending], _ result: Result<UInt64, StorageError>) {
-    for p in batch { p.completion(result) }
+    for p in batch { p.complete(result) }
   }
 
   /// At close (appends are refused already): syncs whatever the policy, closes the
