@@ -58,10 +58,8 @@ final class PendingCommit: Sendable {
   /// The store that applies it: the log's completion reaches the store through the
   /// commit alone (a closure that captures one object needs no context of its own).
   let store: SubscriptionStore
-  /// Completes the call. It runs `outcome`, which takes the command's locks, gives the
-  /// outcome to the answer builder under them and releases them; then completes the
-  /// call with that answer (a completion may write again: it runs with no lock held).
-  let finish: @Sendable (_ outcome: Outcome) -> Void
+  /// Builds the call's answer and completes the call (`CommitFinish`).
+  let answer: any CommitFinish
   private let state = Mutex(State())
 
   /// Runs its argument (which builds the answer) under the command's locks, once
@@ -85,18 +83,18 @@ final class PendingCommit: Sendable {
 
   init(
     command: Command, scope: LockScope, reservations: Reservations, store: SubscriptionStore,
-    finish: @escaping @Sendable (_ outcome: Outcome) -> Void
+    answer: any CommitFinish
   ) {
     self.command = command
     self.scope = scope
     self.reservations = reservations
     self.store = store
-    self.finish = finish
+    self.answer = answer
   }
 
   /// Completes the call with `error`: the record did not become durable.
   func fail(_ error: CoreError) {
-    finish { answer in
+    answer.finish(command) { answer in
       var nothing = Locked()
       answer(&nothing, .failure(error))
     }
@@ -150,19 +148,47 @@ final class PendingCommit: Sendable {
   }
 }
 
-/// Builds a call's answer under the locks of its applied command.
-protocol AnswerBuilder: Sendable {
+/// Ends a commit: runs its outcome (`PendingCommit.Outcome`), then completes the call
+/// with the answer built in it (a completion may write again: it runs with no lock held).
+protocol CommitFinish: Sendable {
+  func finish(_ command: Command, _ outcome: PendingCommit.Outcome)
+}
+
+/// A call's answer to its command: built under the command's locks once it is applied,
+/// given to the call once they are released. The commit keeps it as a value: a small one
+/// needs no allocation, where closures need one for each context.
+protocol CommitAnswer: CommitFinish {
   associatedtype Value: Sendable
-  func answer(_ locked: inout Locked, _ applied: Applied) -> Result<Value, CoreError>
+  /// The answer, under the locks of `command`, which was applied.
+  func answer(_ command: Command, _ locked: inout Locked, _ applied: Applied)
+    -> Result<Value, CoreError>
+  /// Completes the call.
+  func complete(_ result: Result<Value, CoreError>)
+}
+
+extension CommitAnswer {
+  func finish(_ command: Command, _ outcome: PendingCommit.Outcome) {
+    var r: Result<Value, CoreError> = .failure(notDurable)
+    outcome { locked, applied in
+      switch applied {
+      case .success(let a): r = answer(command, &locked, a)
+      case .failure(let e): r = .failure(e)
+      }
+    }
+    complete(r)
+  }
 }
 
 /// An answer built by a closure.
-struct AnswerClosure<Value: Sendable>: AnswerBuilder {
+struct AnswerClosure<Value: Sendable>: CommitAnswer {
+  let completion: Completion<Value>
   let body: @Sendable (inout Locked, Applied) -> Result<Value, CoreError>
 
-  func answer(_ locked: inout Locked, _ applied: Applied) -> Result<Value, CoreError> {
+  func answer(_: Command, _ locked: inout Locked, _ applied: Applied) -> Result<Value, CoreError> {
     body(&locked, applied)
   }
+
+  func complete(_ result: Result<Value, CoreError>) { completion(result) }
 }
 
 /// What applying a command found.
@@ -397,30 +423,19 @@ extension SubscriptionStore {
     answer: @escaping @Sendable (inout Locked, Applied) -> Result<T, CoreError>
   ) throws(CoreError) -> PendingCommit {
     try commit(
-      command, scope: scope, reservations: reservations, completion: completion,
-      answering: AnswerClosure(body: answer))
+      command, scope: scope, reservations: reservations,
+      answer: AnswerClosure(completion: completion, body: answer))
   }
 
-  /// `commit` with an answer builder that is a value (a closure would be one more
-  /// allocation a write).
-  func commit<A: AnswerBuilder>(
+  /// `commit` with the call's answer and completion in one value (`CommitAnswer`).
+  func commit(
     _ command: Command, scope: LockScope, reservations: Reservations = Reservations(),
-    completion: @escaping Completion<A.Value>, answering builder: A
+    answer: some CommitAnswer
   ) throws(CoreError) -> PendingCommit {
     precondition(scope.identity || !reservations.touchesIdentity, "identity not in scope")
     precondition(scope.registry || reservations.workspace == nil, "registry not in scope")
     let c = PendingCommit(
-      command: command, scope: scope, reservations: reservations, store: self,
-      finish: { outcome in
-        var r: Result<A.Value, CoreError> = .failure(notDurable)
-        outcome { locked, applied in
-          switch applied {
-          case .success(let a): r = builder.answer(&locked, a)
-          case .failure(let e): r = .failure(e)
-          }
-        }
-        completion(r)
-      })
+      command: command, scope: scope, reservations: reservations, store: self, answer: answer)
     log.append(command) { [c] result in c.store.delivered(c, result) }
     try c.appendReturned()
     return c
@@ -565,7 +580,7 @@ extension SubscriptionStore {
     switch result {
     case .success(let seq):
       var ok = false
-      c.finish { answer in
+      c.answer.finish(c.command) { answer in
         withLocks(c.scope) { (locked: inout Locked) in
           let applied: Result<Applied, CoreError>
           do throws(CoreError) {

@@ -274,7 +274,7 @@ extension SubscriptionStore {
         r.slots.append(SlotReservation(shard: s, slot: slot))
         let c = try commit(
           .setPreference(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
-          completion: completion, answering: PreferencesAnswer(model: model, at: at))
+          answer: PreferencesAnswer(model: model, completion: completion))
         r.register(shard: &shard, index: s, by: c)
         return .committed
       }
@@ -311,7 +311,7 @@ extension SubscriptionStore {
         r.slots.append(SlotReservation(shard: s, slot: slot))
         let c = try commit(
           .setGlobal(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
-          completion: completion, answering: PreferencesAnswer(model: model, at: at))
+          answer: PreferencesAnswer(model: model, completion: completion))
         r.register(shard: &shard, index: s, by: c)
         return .committed
       }
@@ -696,14 +696,19 @@ extension SubscriptionStore {
 /// The answer of a preference write: the person as the write left it.
 /// `model` is the configuration the write was validated against (a ConfigureWorkspace
 /// applied meanwhile is ordered after the write, so the answer does not show it).
-/// The answer of a write to one person's preferences, built under its locks.
-private struct PreferencesAnswer: AnswerBuilder {
+/// The answer of a write to one person's preferences: the person's preferences after it,
+/// in the model the write was validated against. Three words: the commit keeps it inline.
+private struct PreferencesAnswer: CommitAnswer {
   let model: Workspace
-  let at: Int64
+  let completion: Completion<Preferences>
 
-  func answer(_ locked: inout Locked, _ applied: Applied) -> Result<Preferences, CoreError> {
-    preferencesAnswer(model, &locked, applied, at: at)
+  func answer(_ command: Command, _ locked: inout Locked, _ applied: Applied)
+    -> Result<Preferences, CoreError>
+  {
+    preferencesAnswer(model, &locked, applied, at: command.at)
   }
+
+  func complete(_ result: Result<Preferences, CoreError>) { completion(result) }
 }
 
 private func preferencesAnswer(

@@ -476,7 +476,10 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
       createDefaultWorkspace: false)
     let c = PendingCommit(
       command: .configureWorkspace(.init(config: acme, at: t0, actor: "admin")),
-      scope: LockScope(), reservations: Reservations(), store: store, finish: { _ in })
+      scope: LockScope(), reservations: Reservations(), store: store,
+      answer: AnswerClosure(completion: { (_: Result<Bool, CoreError>) in }) { _, _ in
+        .success(true)
+      })
     let handingOff = DispatchSemaphore(value: 0)
     let queued = Atomic<Bool>(false)
     let arrival = Mutex<PendingCommit.Arrival?>(nil)
@@ -499,7 +502,10 @@ func replay(_ commands: [Command]) throws(CoreError) -> SubscriptionStore {
     // arriving after append returned is the applier's to schedule, not queued here.
     let failed = PendingCommit(
       command: .configureWorkspace(.init(config: acme, at: t0, actor: "admin")),
-      scope: LockScope(), reservations: Reservations(), store: store, finish: { _ in })
+      scope: LockScope(), reservations: Reservations(), store: store,
+      answer: AnswerClosure(completion: { (_: Result<Bool, CoreError>) in }) { _, _ in
+        .success(true)
+      })
     var handedOff = 0
     #expect(failed.arrive(.failure(.unavailable("disk"))) { handedOff += 1 } == .failedDuringAppend)
     #expect(throws: CoreError.self) { try failed.appendReturned() }
