@@ -452,19 +452,23 @@ extension SubscriptionStore {
 
   /// Runs a write's validation `body` and answers the call: through the commit it made,
   /// or with its answer (or error) once the in-flight commands it consulted are applied.
+  /// `completion` is an autoclosure, evaluated only when this answers: a committed write
+  /// never needs it here, and passing it in its generic form allocates a thunk.
   func perform<T: Sendable>(
-    _ completion: @escaping Completion<T>, _ body: (inout Deps) throws(CoreError) -> Step<T>
+    _ completion: @autoclosure () -> Completion<T>,
+    _ body: (inout Deps) throws(CoreError) -> Step<T>
   ) {
     var deps = Deps()
     let step: Step<T>
     do { step = try body(&deps) } catch { step = .read { .failure(error) } }
     switch step {
     case .committed: break
-    case .value(let v) where deps.isEmpty: completion(.success(v))  // no closure to allocate
-    case .value(let v): respond(after: deps, completion) { .success(v) }
-    case .read(let f): respond(after: deps, completion, f)
-    case .again(let call) where deps.isEmpty: call(completion)
+    case .value(let v) where deps.isEmpty: completion()(.success(v))  // no closure to allocate
+    case .value(let v): respond(after: deps, completion()) { .success(v) }
+    case .read(let f): respond(after: deps, completion(), f)
+    case .again(let call) where deps.isEmpty: call(completion())
     case .again(let call):
+      let completion = completion()
       let join = Join(deps.commits.count) { ok in
         if ok { call(completion) } else { completion(.failure(notDurable)) }
       }
