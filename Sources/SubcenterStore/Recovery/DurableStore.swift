@@ -32,8 +32,6 @@ import Synchronization
 /// writer thread, in log order.
 final class WALCommitLog: CommitLog {
   private let wal = Mutex<WriteAheadLog?>(nil)
-  /// Told when records become durable.
-  let feed = Mutex<ChangeFeed?>(nil)
 
   /// The log, once recovery has read the old one and knows the next seq.
   func attach(_ log: WriteAheadLog) { wal.withLock { $0 = log } }
@@ -58,10 +56,9 @@ final class WALCommitLog: CommitLog {
       return
     }
     do {
-      let feed = self.feed.withLock { $0 }
       try log.appendCommand(
         LogRecordCodec.encode(command, secretCheck: secretCheck),
-        seqCount: ChangeEvents.seqCount(command), feed: feed, completion: completion)
+        seqCount: ChangeEvents.seqCount(command), completion: completion)
     } catch {
       completion(.failure(error.coreError))
     }
@@ -325,7 +322,7 @@ public final class DurableStore: Sendable {
       snapshotSeq: report.snapshotSeq,
       changeRetentionMillis: Int64(changeRetentionSeconds) * 1000, clock: clock,
       feedOptions: feedOptions, log: log)
-    commitLog.feed.withLock { $0 = durable.changeFeed }
+    wal.notifyCommands(to: durable.changeFeed)
     return (durable, report)
   }
 

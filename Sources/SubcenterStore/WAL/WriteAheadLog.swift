@@ -188,14 +188,18 @@ public final class WriteAheadLog: Sendable {
   }
 
   /// `append` for the store's commit log (`WALCommitLog`): `completion` gets the record's
-  /// last seq or the error as a `CoreError`, then `feed` is told of the durable record.
-  /// The log does the mapping, so no closure wraps `completion` (one allocation a write).
+  /// last seq or the error as a `CoreError`, then the feed (`notifyCommands(to:)`) is
+  /// told of the durable record. The log does the mapping, so no closure wraps
+  /// `completion` (one allocation a write).
   func appendCommand(
-    _ record: [UInt8], seqCount: UInt64, feed: ChangeFeed?,
+    _ record: [UInt8], seqCount: UInt64,
     completion: @escaping @Sendable (Result<UInt64, CoreError>) -> Void
   ) throws(StorageError) {
-    try enqueue(record, seqCount: seqCount, .command(completion, feed: feed))
+    try enqueue(record, seqCount: seqCount, .command(completion))
   }
+
+  /// The change feed told of each `appendCommand` record once it is durable.
+  func notifyCommands(to feed: ChangeFeed) { core.shared.withLock { $0.feed = feed } }
 
   private func enqueue(
     _ record: [UInt8], seqCount: UInt64, _ completion: WALCore.Pending.Notify
@@ -316,15 +320,16 @@ final class WALCore: Sendable {
     enum Notify {
       /// `append`'s completion: the first seq, or the error.
       case record(WriteAheadLog.Completion)
-      /// `appendCommand`'s: the last seq, or the error as a `CoreError`; then the feed.
-      case command(@Sendable (Result<UInt64, CoreError>) -> Void, feed: ChangeFeed?)
+      /// `appendCommand`'s: the last seq, or the error as a `CoreError`; then `feed`.
+      case command(@Sendable (Result<UInt64, CoreError>) -> Void)
     }
 
-    /// Tells the appender the record's `result` (its first seq, or the error).
-    func complete(_ result: Result<UInt64, StorageError>) {
+    /// Tells the appender the record's `result` (its first seq, or the error), then
+    /// `feed` if it is a durable command.
+    func complete(_ result: Result<UInt64, StorageError>, feed: ChangeFeed? = nil) {
       switch completion {
       case .record(let f): f(result)
-      case .command(let f, let feed):
+      case .command(let f):
         switch result {
         case .success(let first):
           f(.success(first + seqCount - 1))
@@ -338,6 +343,8 @@ final class WALCore: Sendable {
   struct Shared {
     var queue: [Pending] = []
     var queuedBytes = 0
+    /// Told of durable commands (`notifyCommands(to:)`). Weak: the feed holds the log.
+    weak var feed: ChangeFeed?
     var rotations: [@Sendable (Result<UInt64, StorageError>) -> Void] = []
     /// The writer is about to sleep: whoever makes records ready must signal `wake`.
     var writerIdle = false
@@ -566,14 +573,15 @@ final class WALWriter: @unchecked Sendable {
       options.log("write-ahead log: writes are accepted again")
     }
     let bytes = buffer.count
-    core.shared.withLock { s in
+    let feed = core.shared.withLock { s in
       s.counters.records += UInt64(batch.count)
       s.counters.batches += 1
       s.counters.bytes += UInt64(bytes)
+      return s.feed
     }
     var seq = first
     for i in batch.indices {
-      batch[i].complete(.success(seq))
+      batch[i].complete(.success(seq), feed: feed)
       seq += batch[i].seqCount
     }
   }
