@@ -429,7 +429,7 @@ extension SubscriptionStore {
 
   /// `commit` with the call's answer and completion in one value (`CommitAnswer`).
   func commit(
-    _ command: Command, scope: LockScope, reservations: Reservations = Reservations(),
+    _ command: Command, scope: LockScope, reservations: consuming Reservations = Reservations(),
     answer: some CommitAnswer
   ) throws(CoreError) -> PendingCommit {
     precondition(scope.identity || !reservations.touchesIdentity, "identity not in scope")

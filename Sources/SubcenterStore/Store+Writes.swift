@@ -270,12 +270,12 @@ extension SubscriptionStore {
           workspace: h.id, person: PersonCodec.key(record), channel: channelName,
           topic: topicName, state: state, source: source,
           noticeVersion: noticeVersion, at: at, actor: actor)
-        var r = Reservations()
-        r.slots.append(SlotReservation(shard: s, slot: slot))
+        let hold = SlotReservation(shard: s, slot: slot)
         let c = try commit(
-          .setPreference(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
+          .setPreference(cmd), scope: LockScope(workspace: h, shards: oneShard[s]),
+          reservations: Reservations(hold),
           answer: PreferencesAnswer(model: model, completion: completion))
-        r.register(shard: &shard, index: s, by: c)
+        Reservations.register(hold, shard: &shard, by: c)
         return .committed
       }
       if let step { return step }
@@ -307,12 +307,12 @@ extension SubscriptionStore {
         let cmd = Command.SetGlobal(
           workspace: h.id, person: PersonCodec.key(shard.records[Int(slot)]),
           unsubscribed: unsubscribed, source: req.source, at: at, actor: actor)
-        var r = Reservations()
-        r.slots.append(SlotReservation(shard: s, slot: slot))
+        let hold = SlotReservation(shard: s, slot: slot)
         let c = try commit(
-          .setGlobal(cmd), scope: LockScope(workspace: h, shards: oneShard[s]), reservations: r,
+          .setGlobal(cmd), scope: LockScope(workspace: h, shards: oneShard[s]),
+          reservations: Reservations(hold),
           answer: PreferencesAnswer(model: model, completion: completion))
-        r.register(shard: &shard, index: s, by: c)
+        Reservations.register(hold, shard: &shard, by: c)
         return .committed
       }
       if let step { return step }

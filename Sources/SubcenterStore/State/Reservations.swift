@@ -145,6 +145,11 @@ struct Reservations: Sendable {
   var persons: [(PersonKey, PersonView?)] = []
   var slots = SlotReservations()
 
+  init() {}
+
+  /// The reservations of a command that holds one slot and nothing else.
+  init(_ slot: SlotReservation) { slots.append(slot) }
+
   var touchesIdentity: Bool { !holders.isEmpty || !suppressed.isEmpty || !persons.isEmpty }
 
   /// A person's removal: the person and every identifier it holds.
@@ -177,9 +182,15 @@ struct Reservations: Sendable {
   func register(shard: inout Shard, index: Int, by c: PendingCommit) {
     slots.forEach { r in
       guard r.shard == index else { return }
-      // In place: one look-up of the slot, not a read and a write.
-      Self.addHold(r, by: c, on: &shard.pending[r.slot, default: PendingSlot(last: c)])
+      Self.register(r, shard: &shard, by: c)
     }
+  }
+
+  /// Registers one slot hold of `c` on its (locked) shard: for a command whose only
+  /// reservation it is, this spares copying the whole `Reservations` kept in `c`.
+  static func register(_ r: SlotReservation, shard: inout Shard, by c: PendingCommit) {
+    // In place: one look-up of the slot, not a read and a write.
+    addHold(r, by: c, on: &shard.pending[r.slot, default: PendingSlot(last: c)])
   }
 
   private static func addHold(_ r: SlotReservation, by c: PendingCommit, on p: inout PendingSlot) {
