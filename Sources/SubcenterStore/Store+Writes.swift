@@ -693,11 +693,8 @@ extension SubscriptionStore {
   }
 }
 
-/// The answer of a preference write: the person as the write left it.
-/// `model` is the configuration the write was validated against (a ConfigureWorkspace
-/// applied meanwhile is ordered after the write, so the answer does not show it).
-/// The answer of a write to one person's preferences: the person's preferences after it,
-/// in the model the write was validated against. Three words: the commit keeps it inline.
+/// The answer of a write to one person's preferences (`preferencesAnswer`), with the
+/// call's completion. Three words: the commit keeps it inline, with no allocation.
 private struct PreferencesAnswer: CommitAnswer {
   let model: Workspace
   let completion: Completion<Preferences>
@@ -711,6 +708,9 @@ private struct PreferencesAnswer: CommitAnswer {
   func complete(_ result: Result<Preferences, CoreError>) { completion(result) }
 }
 
+/// The answer of a preference write: the person as the write left it.
+/// `model` is the configuration the write was validated against (a ConfigureWorkspace
+/// applied meanwhile is ordered after the write, so the answer does not show it).
 private func preferencesAnswer(
   _ model: Workspace, _ locked: inout Locked, _ applied: Applied, at: Int64
 ) -> Result<Preferences, CoreError> {
