@@ -199,9 +199,9 @@ enum Daemon {
 }
 
 /// The change feed's options: the defaults with `--max-watchers`, and a test-only
-/// environment variable, `SUBCENTER_TEST_WATCH_STALL_MS`, which shortens how long a WatchChanges stream may stay
-/// stuck before it is cut off (30 s) so the interop suite can check the cut-off
-/// (Tests/interop/test_watch.py). It is not a flag and not for deployments: a server that
+/// environment variable, `SUBCENTER_TEST_WATCH_STALL_MS`, which shortens how long a
+/// WatchChanges stream may stay stuck before it is cut off (30 s) so the interop suite can
+/// check the cut-off (Tests/interop/test_watch.py). It is not a flag and not for deployments: a server that
 /// sees it says so.
 func feedOptions(maxWatchers: Int) -> ChangeFeed.Options {
   var feed = ChangeFeed.Options()

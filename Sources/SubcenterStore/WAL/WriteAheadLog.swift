@@ -188,9 +188,9 @@ public final class WriteAheadLog: Sendable {
   }
 
   /// `append` for the store's commit log (`WALCommitLog`): `completion` gets the record's
-  /// last seq or the error as a `CoreError`, then the feed (`notifyCommands(to:)`) is
-  /// told of the durable record. The log does the mapping, so no closure wraps
-  /// `completion` (one allocation a write).
+  /// last seq or the error as a `CoreError`; once a batch holding such records is durable
+  /// and their completions have run, the feed (`notifyCommands(to:)`) is told, once. The
+  /// log does the mapping, so no closure wraps `completion` (one allocation a write).
   func appendCommand(
     _ record: [UInt8], seqCount: UInt64,
     completion: @escaping @Sendable (Result<UInt64, CoreError>) -> Void
@@ -198,7 +198,7 @@ public final class WriteAheadLog: Sendable {
     try enqueue(record, seqCount: seqCount, .command(completion))
   }
 
-  /// The change feed told of each `appendCommand` record once it is durable.
+  /// The change feed told when `appendCommand` records become durable.
   func notifyCommands(to feed: ChangeFeed) { core.shared.withLock { $0.feed = feed } }
 
   private func enqueue(
@@ -320,22 +320,21 @@ final class WALCore: Sendable {
     enum Notify {
       /// `append`'s completion: the first seq, or the error.
       case record(WriteAheadLog.Completion)
-      /// `appendCommand`'s: the last seq, or the error as a `CoreError`; then `feed`.
+      /// `appendCommand`'s: the last seq, or the error as a `CoreError`.
       case command(@Sendable (Result<UInt64, CoreError>) -> Void)
     }
 
-    /// Tells the appender the record's `result` (its first seq, or the error), then
-    /// `feed` if it is a durable command.
-    func complete(_ result: Result<UInt64, StorageError>, feed: ChangeFeed? = nil) {
+    /// Whether the change feed is told when it is durable (`appendCommand`).
+    var isCommand: Bool {
+      if case .command = completion { return true }
+      return false
+    }
+
+    /// Tells the appender the record's `result` (its first seq, or the error).
+    func complete(_ result: Result<UInt64, StorageError>) {
       switch completion {
       case .record(let f): f(result)
-      case .command(let f):
-        switch result {
-        case .success(let first):
-          f(.success(first + seqCount - 1))
-          feed?.recordsDurable()
-        case .failure(let e): f(.failure(e.coreError))
-        }
+      case .command(let f): f(result.map { $0 + seqCount - 1 }.mapError { $0.coreError })
       }
     }
   }
@@ -580,10 +579,14 @@ final class WALWriter: @unchecked Sendable {
       return s.feed
     }
     var seq = first
+    var commands = false
     for i in batch.indices {
-      batch[i].complete(.success(seq), feed: feed)
+      batch[i].complete(.success(seq))
       seq += batch[i].seqCount
+      commands = commands || batch[i].isCommand
     }
+    // Once a batch: the feed only wakes its thread, which reads every durable record.
+    if commands { feed?.recordsDurable() }
   }
 
   /// Extends the active segment with zeros, a `preallocateBytes` chunk at a time, so the
