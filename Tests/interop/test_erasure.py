@@ -414,6 +414,12 @@ def test_find_erased_names_who_a_restored_backup_brings_back():
         done = _find_erased(restored, text)
         assert done.returncode == 0, done.stdout + done.stderr
 
+        # A receipts file that cannot be read is refused before anything is read.
+        ctl = str(support.binary("subcenterctl"))
+        unread = subprocess.run([ctl, "find-erased", restored, os.path.join(base, "missing.txt")],
+                                capture_output=True, text=True, timeout=60)
+        assert unread.returncode == 2 and "cannot read" in unread.stderr, unread.stderr
+
         # No secret.key: nothing to tell whose hashes they are.
         os.mkdir(os.path.join(base, "empty"))
         none = _find_erased(os.path.join(base, "empty"), text)
