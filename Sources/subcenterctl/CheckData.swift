@@ -272,17 +272,22 @@ enum CheckData {
     // The log as recovery reads it after the newest valid snapshot (nothing is repaired).
     if damaged == 0 {
       do throws(StorageError) {
-        var erased = 0
+        var (erased, starts) = (0, 0)
         let report = try WALReader.read(
           directory: directory, fileSystem: fs, after: after, repair: false,
           truncateDamaged: false
         ) { (_, payload) throws(StorageError) in
-          if try LogRecordCodec.decode(payload).1 == nil { erased += 1 }
+          guard try LogRecordCodec.decode(payload).1 == nil else { return }
+          if try LogRecordCodec.isSkippedSeqs(payload) { starts += 1 } else { erased += 1 }
         }
+        var skips: [String] = []
+        if erased > 0 { skips.append("\(erased) record(s) an erasure emptied") }
+        if starts > 0 { skips.append("\(starts) start(s)' skipped seqs") }
         say(
           "recovery would load \(base?.name ?? "no snapshot") and replay "
-            + "\(report.recordsRead - erased) log record(s), up to seq \(report.lastSeq)"
-            + (erased > 0 ? " (and skip \(erased) record(s) an erasure emptied)" : ""))
+            + "\(report.recordsRead - erased - starts) log record(s), up to seq "
+            + "\(report.lastSeq)"
+            + (skips.isEmpty ? "" : " (and skip \(skips.joined(separator: " and ")))"))
       } catch {
         bad("log: DAMAGED: \(describe(error, file: error.file))")
         truncateHelps = error.truncateHelps

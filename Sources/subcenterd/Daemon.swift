@@ -101,7 +101,10 @@ enum Daemon {
       for w in r.warnings { writeStderrLine("subcenterd: warning: \(w)") }
       writeStderrLine(
         "subcenterd: recovered \(r.snapshot ?? "no snapshot") (\(count(r.persons, "person"))) + "
-          + "\(count(r.recordsReplayed, "log record")); next seq \(r.nextSeq)")
+          + "\(count(r.recordsReplayed, "log record")); next seq "
+          + (r.skippedThrough.map {
+            "\($0 + 1) (seqs \(r.nextSeq)-\($0) skipped, so none given out before is reused)"
+          } ?? "\(r.nextSeq)"))
       writeStderrLine(
         "subcenterd: data \(options.dataDirectory) (fsync \(options.fsync)); "
           + "\(count(tokens.count, "token")); client certificates "

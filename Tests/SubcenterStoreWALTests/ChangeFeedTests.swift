@@ -666,14 +666,90 @@ private final class CollectingSink: ChangeSink {
     }
     d.close()
 
-    // After a restart the log reads back the same, and the next record follows the three.
+    // After a restart the log reads back the same, and the next record follows the seqs
+    // the start skipped (up to its time in microseconds).
     let d2 = try open(fs, clock)
     let again = CollectingSink()
     d2.changeFeed.watch(workspace: "acme", from: .after(f[1]), sink: again)
     write(d2.store, "e")
     again.wait(for: 5)
     #expect(again.events.map(\.seq).prefix(3) == [f[2], f[2] + 1, f[2] + 2])
-    #expect(again.events.last.map { $0.personID == "e" && $0.seq == f[2] + 4 } == true)
+    let skipped = UInt64(clock.nowMillis()) * 1000
+    #expect(again.events.last.map { $0.personID == "e" && $0.seq == skipped + 2 } == true)
+    d2.close()
+  }
+
+  /// A seq is never reused (SPEC §3): a backup restored over newer data gives its next
+  /// changes seqs above every seq handed out after the backup (each start skips the seqs
+  /// up to its time in microseconds), and a cursor from the lost changes is OUT_OF_RANGE,
+  /// saying why, while one from the backup's own changes resumes.
+  @Test func aRestoredBackupReusesNoSeq() throws {
+    let (fs, clock, d) = try setUp()
+    write(d.store, "a")
+    let backupNewest = fromOldest(d, events: 2).events.last!.seq
+    d.close()
+    let backup = try fs.list(cfDirectory).map { ($0, fs.contents("\(cfDirectory)/\($0)")!) }
+
+    clock.advance(by: 1)
+    let d2 = try open(fs, clock)
+    let skipped = UInt64(clock.nowMillis()) * 1000
+    write(d2.store, "b")
+    let lost = fromOldest(d2, events: 4)
+    let lostSeqs = lost.events.suffix(2).map(\.seq)
+    #expect(lostSeqs == [skipped + 1, skipped + 2], "\(lost.events.map(\.seq))")
+    d2.close()
+
+    // Restore the backup, a moment later.
+    for name in try fs.list(cfDirectory) { try fs.unlink("\(cfDirectory)/\(name)") }
+    for (name, bytes) in backup { fs.setContents("\(cfDirectory)/\(name)", bytes) }
+    clock.advance(by: 1)
+    let d3 = try open(fs, clock)
+    write(d3.store, "c")
+    let now = fromOldest(d3, events: 4)
+    #expect(now.events.map(\.personID) == ["a", "a", "c", "c"])
+    #expect(now.events.suffix(2).allSatisfy { $0.seq > lostSeqs[1] }, "\(now.events.map(\.seq))")
+
+    // A cursor among the lost changes' seqs names a seq this data never had.
+    let stale = CollectingSink()
+    d3.changeFeed.watch(workspace: "acme", from: .after(lostSeqs[0]), sink: stale)
+    stale.wait(for: 1)
+    guard case .outOfRange(let why)? = stale.end else {
+      Issue.record("a cursor from the lost changes resumed: \(String(describing: stale.end))")
+      return
+    }
+    #expect(stale.events.isEmpty && why.contains("never a seq of this data"), "\(why)")
+    // The backup's newest seq resumes, with the change made after the restore.
+    let resumed = CollectingSink()
+    d3.changeFeed.watch(workspace: "acme", from: .after(backupNewest), sink: resumed)
+    resumed.wait(for: 2)
+    #expect(resumed.end == nil && resumed.events.map(\.personID) == ["c", "c"])
+    d3.close()
+  }
+
+  /// Under `--fsync none` an OS crash may lose changes the feed already sent; the next
+  /// start gives no seq of theirs again.
+  @Test func changesLostUnderFsyncNoneLeaveTheirSeqsUnused() throws {
+    let (fs, clock, d) = try setUp(fsync: .none)
+    write(d.store, "a")
+    _ = try d.snapshot()  // durable: the workspace and "a"
+    write(d.store, "b")
+    let sent = fromOldest(d, events: 4)
+    let lostSeq = sent.events.last!.seq
+    fs.crash()
+    d.close()
+    fs.restart()
+    clock.advance(by: 1)
+    let d2 = try open(fs, clock, fsync: .none)
+    write(d2.store, "c")
+    // The log's records of "a" and "b" were never synced: only the snapshot kept "a".
+    let after = fromOldest(d2, events: 2)
+    #expect(after.events.map(\.personID) == ["c", "c"])
+    #expect(after.events.last!.seq > lostSeq)
+    let stale = CollectingSink()
+    d2.changeFeed.watch(workspace: "acme", from: .after(lostSeq), sink: stale)
+    stale.wait(for: 1)
+    #expect(stale.events.isEmpty)
+    if case .outOfRange? = stale.end {} else { Issue.record("\(String(describing: stale.end))") }
     d2.close()
   }
 

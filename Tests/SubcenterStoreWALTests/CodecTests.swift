@@ -344,10 +344,10 @@ enum Samples {
   }
 
   /// A record kind this version does not know (a newer version's) is refused as damage,
-  /// the message saying it may be a newer version's: LogRecord { seq 1, command 21 {} },
+  /// the message saying it may be a newer version's: LogRecord { seq 1, command 22 {} },
   /// SnapshotRecord { 9 {} }.
   @Test func anUnknownRecordKindMayBeANewerVersions() {
-    let log: [UInt8] = [0x08, 0x01, 0xAA, 0x01, 0x00]
+    let log: [UInt8] = [0x08, 0x01, 0xB2, 0x01, 0x00]
     do {
       _ = try LogRecordCodec.decode(log[...])
       Issue.record("an unknown log record decoded")

@@ -5,9 +5,11 @@ from_oldest, scope `read`, anonymous ids redacted without `pii`, and a forgotten
 earlier events replaced by the `forget` tombstone once erasure completes; a watcher that reads
 nothing is cut off with RESOURCE_EXHAUSTED at once, its unsent events dropped."""
 
+import os
 import queue
 import random
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -151,6 +153,55 @@ def test_watch_in_order_resume_and_restart():
         w = Watch(srv.channel, workspace=ws, from_oldest=True)
         assert len(w.take(20)) == 20 and w.quiet() == []
         w.cancel()
+    finally:
+        srv.close()
+
+
+@pytest.mark.deadline(120)
+def test_watch_seqs_are_not_reused_after_a_backup_is_restored():
+    """SPEC §3: a seq is never reused. A backup restored over newer data would give its next
+    changes the seqs of the changes it lost; every start skips seqs (to its time in
+    microseconds) instead, so a consumer's cursor from the lost changes is OUT_OF_RANGE and
+    says to start over, and one from before the backup resumes with the new changes."""
+    srv = DurableServer(tempfile.mkdtemp(prefix="watch-restore-")).start()
+    try:
+        sc = srv.client
+        ws = unique("wr")
+        sc.ConfigureWorkspace(pb.WorkspaceConfig(workspace=ws, channels=["email", "sms"]))
+        w = Watch(srv.channel, workspace=ws, from_oldest=True)
+        want = writes(sc, ws, "a")
+        before_backup = check(w.take(len(want)), want, 0)
+        w.cancel()
+        assert srv.terminate() == 0
+        backup = os.path.join(srv.base, "backup")
+        shutil.copytree(srv.data, backup)
+
+        srv.start()
+        w = Watch(srv.channel, workspace=ws, after_seq=before_backup)
+        want = writes(srv.client, ws, "lost")
+        lost = [e.seq for e in w.take(len(want))]
+        w.cancel()
+        assert srv.terminate() == 0
+        assert "skipped, so none given out before is reused" in srv.previous_output
+
+        shutil.rmtree(srv.data)
+        shutil.copytree(backup, srv.data)
+        srv.start()
+        want = writes(srv.client, ws, "after")
+        w = Watch(srv.channel, workspace=ws, after_seq=before_backup)
+        got = w.take(len(want))
+        check(got, want, before_backup)
+        assert got[0].seq > max(lost), ([e.seq for e in got], lost)
+        w.cancel()
+        w = Watch(srv.channel, workspace=ws, from_oldest=True)
+        seqs = [e.seq for e in w.take(10)]
+        assert not set(seqs) & set(lost) and w.quiet() == []
+        w.cancel()
+        for cursor in (lost[0], lost[-1]):
+            e = expect_code(OUT_OF_RANGE, lambda: first_error(srv.channel, workspace=ws,
+                                                              after_seq=cursor),
+                            "never a seq of this data")
+            assert "start over" in e.details(), e.details()
     finally:
         srv.close()
 

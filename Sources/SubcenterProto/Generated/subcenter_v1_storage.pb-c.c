@@ -727,6 +727,51 @@ void   subcenter__storage__v1__erased__free_unpacked
   assert(message->base.descriptor == &subcenter__storage__v1__erased__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   subcenter__storage__v1__skipped_seqs__init
+                     (Subcenter__Storage__V1__SkippedSeqs         *message)
+{
+  static const Subcenter__Storage__V1__SkippedSeqs init_value = SUBCENTER__STORAGE__V1__SKIPPED_SEQS__INIT;
+  *message = init_value;
+}
+size_t subcenter__storage__v1__skipped_seqs__get_packed_size
+                     (const Subcenter__Storage__V1__SkippedSeqs *message)
+{
+  assert(message->base.descriptor == &subcenter__storage__v1__skipped_seqs__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t subcenter__storage__v1__skipped_seqs__pack
+                     (const Subcenter__Storage__V1__SkippedSeqs *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &subcenter__storage__v1__skipped_seqs__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t subcenter__storage__v1__skipped_seqs__pack_to_buffer
+                     (const Subcenter__Storage__V1__SkippedSeqs *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &subcenter__storage__v1__skipped_seqs__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Subcenter__Storage__V1__SkippedSeqs *
+       subcenter__storage__v1__skipped_seqs__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Subcenter__Storage__V1__SkippedSeqs *)
+     protobuf_c_message_unpack (&subcenter__storage__v1__skipped_seqs__descriptor,
+                                allocator, len, data);
+}
+void   subcenter__storage__v1__skipped_seqs__free_unpacked
+                     (Subcenter__Storage__V1__SkippedSeqs *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &subcenter__storage__v1__skipped_seqs__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   subcenter__storage__v1__snapshot_record__init
                      (Subcenter__Storage__V1__SnapshotRecord         *message)
 {
@@ -1324,7 +1369,7 @@ const ProtobufCMessageDescriptor subcenter__storage__v1__workspace_config__descr
   (ProtobufCMessageInit) subcenter__storage__v1__workspace_config__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor subcenter__storage__v1__log_record__field_descriptors[16] =
+static const ProtobufCFieldDescriptor subcenter__storage__v1__log_record__field_descriptors[17] =
 {
   {
     "seq",
@@ -1518,6 +1563,18 @@ static const ProtobufCFieldDescriptor subcenter__storage__v1__log_record__field_
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "skipped_seqs",
+    21,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Subcenter__Storage__V1__LogRecord, command_case),
+    offsetof(Subcenter__Storage__V1__LogRecord, skipped_seqs),
+    &subcenter__storage__v1__skipped_seqs__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned subcenter__storage__v1__log_record__field_indices_by_name[] = {
   2,   /* field[2] = actor */
@@ -1534,6 +1591,7 @@ static const unsigned subcenter__storage__v1__log_record__field_indices_by_name[
   3,   /* field[3] = seq_count */
   8,   /* field[8] = set_global */
   7,   /* field[7] = set_preference */
+  16,   /* field[16] = skipped_seqs */
   12,   /* field[12] = suppress */
   13,   /* field[13] = unsuppress */
 };
@@ -1541,7 +1599,7 @@ static const ProtobufCIntRange subcenter__storage__v1__log_record__number_ranges
 {
   { 1, 0 },
   { 10, 5 },
-  { 0, 16 }
+  { 0, 17 }
 };
 const ProtobufCMessageDescriptor subcenter__storage__v1__log_record__descriptor =
 {
@@ -1551,7 +1609,7 @@ const ProtobufCMessageDescriptor subcenter__storage__v1__log_record__descriptor 
   "Subcenter__Storage__V1__LogRecord",
   "subcenter.storage.v1",
   sizeof(Subcenter__Storage__V1__LogRecord),
-  16,
+  17,
   subcenter__storage__v1__log_record__field_descriptors,
   subcenter__storage__v1__log_record__field_indices_by_name,
   2,  subcenter__storage__v1__log_record__number_ranges,
@@ -2344,6 +2402,24 @@ const ProtobufCMessageDescriptor subcenter__storage__v1__erased__descriptor =
   subcenter__storage__v1__erased__field_indices_by_name,
   0,  subcenter__storage__v1__erased__number_ranges,
   (ProtobufCMessageInit) subcenter__storage__v1__erased__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define subcenter__storage__v1__skipped_seqs__field_descriptors NULL
+#define subcenter__storage__v1__skipped_seqs__field_indices_by_name NULL
+#define subcenter__storage__v1__skipped_seqs__number_ranges NULL
+const ProtobufCMessageDescriptor subcenter__storage__v1__skipped_seqs__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "subcenter.storage.v1.SkippedSeqs",
+  "SkippedSeqs",
+  "Subcenter__Storage__V1__SkippedSeqs",
+  "subcenter.storage.v1",
+  sizeof(Subcenter__Storage__V1__SkippedSeqs),
+  0,
+  subcenter__storage__v1__skipped_seqs__field_descriptors,
+  subcenter__storage__v1__skipped_seqs__field_indices_by_name,
+  0,  subcenter__storage__v1__skipped_seqs__number_ranges,
+  (ProtobufCMessageInit) subcenter__storage__v1__skipped_seqs__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor subcenter__storage__v1__snapshot_record__field_descriptors[4] =

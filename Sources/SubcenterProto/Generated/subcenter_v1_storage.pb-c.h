@@ -31,6 +31,7 @@ typedef struct Subcenter__Storage__V1__Suppress Subcenter__Storage__V1__Suppress
 typedef struct Subcenter__Storage__V1__Unsuppress Subcenter__Storage__V1__Unsuppress;
 typedef struct Subcenter__Storage__V1__ExpireAnonymous Subcenter__Storage__V1__ExpireAnonymous;
 typedef struct Subcenter__Storage__V1__Erased Subcenter__Storage__V1__Erased;
+typedef struct Subcenter__Storage__V1__SkippedSeqs Subcenter__Storage__V1__SkippedSeqs;
 typedef struct Subcenter__Storage__V1__SnapshotRecord Subcenter__Storage__V1__SnapshotRecord;
 typedef struct Subcenter__Storage__V1__WorkspaceSnapshot Subcenter__Storage__V1__WorkspaceSnapshot;
 typedef struct Subcenter__Storage__V1__GlobalFlag Subcenter__Storage__V1__GlobalFlag;
@@ -165,7 +166,8 @@ typedef enum {
   SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_SUPPRESS = 17,
   SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_UNSUPPRESS = 18,
   SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_EXPIRE_ANONYMOUS = 19,
-  SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_ERASED = 20
+  SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_ERASED = 20,
+  SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_SKIPPED_SEQS = 21
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND__CASE)
 } Subcenter__Storage__V1__LogRecord__CommandCase;
 
@@ -213,6 +215,7 @@ struct  Subcenter__Storage__V1__LogRecord
     Subcenter__Storage__V1__Unsuppress *unsuppress;
     Subcenter__Storage__V1__ExpireAnonymous *expire_anonymous;
     Subcenter__Storage__V1__Erased *erased;
+    Subcenter__Storage__V1__SkippedSeqs *skipped_seqs;
   };
 };
 #define SUBCENTER__STORAGE__V1__LOG_RECORD__INIT \
@@ -424,6 +427,22 @@ struct  Subcenter__Storage__V1__Erased
 };
 #define SUBCENTER__STORAGE__V1__ERASED__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&subcenter__storage__v1__erased__descriptor) \
+     }
+
+
+/*
+ * The seqs a start skips (SPEC §3: a seq is never reused): the first record of every start
+ * of an existing data directory takes the seqs from the next one up to the start's time in
+ * microseconds, so seqs handed out before a restore of a backup, or lost with an
+ * acknowledged tail under `--fsync interval`/`none`, are not handed out again. Nothing to
+ * apply or show; a change-feed cursor among them is `OUT_OF_RANGE`.
+ */
+struct  Subcenter__Storage__V1__SkippedSeqs
+{
+  ProtobufCMessage base;
+};
+#define SUBCENTER__STORAGE__V1__SKIPPED_SEQS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&subcenter__storage__v1__skipped_seqs__descriptor) \
      }
 
 
@@ -899,6 +918,25 @@ Subcenter__Storage__V1__Erased *
 void   subcenter__storage__v1__erased__free_unpacked
                      (Subcenter__Storage__V1__Erased *message,
                       ProtobufCAllocator *allocator);
+/* Subcenter__Storage__V1__SkippedSeqs methods */
+void   subcenter__storage__v1__skipped_seqs__init
+                     (Subcenter__Storage__V1__SkippedSeqs         *message);
+size_t subcenter__storage__v1__skipped_seqs__get_packed_size
+                     (const Subcenter__Storage__V1__SkippedSeqs   *message);
+size_t subcenter__storage__v1__skipped_seqs__pack
+                     (const Subcenter__Storage__V1__SkippedSeqs   *message,
+                      uint8_t             *out);
+size_t subcenter__storage__v1__skipped_seqs__pack_to_buffer
+                     (const Subcenter__Storage__V1__SkippedSeqs   *message,
+                      ProtobufCBuffer     *buffer);
+Subcenter__Storage__V1__SkippedSeqs *
+       subcenter__storage__v1__skipped_seqs__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   subcenter__storage__v1__skipped_seqs__free_unpacked
+                     (Subcenter__Storage__V1__SkippedSeqs *message,
+                      ProtobufCAllocator *allocator);
 /* Subcenter__Storage__V1__SnapshotRecord methods */
 void   subcenter__storage__v1__snapshot_record__init
                      (Subcenter__Storage__V1__SnapshotRecord         *message);
@@ -1082,6 +1120,9 @@ typedef void (*Subcenter__Storage__V1__ExpireAnonymous_Closure)
 typedef void (*Subcenter__Storage__V1__Erased_Closure)
                  (const Subcenter__Storage__V1__Erased *message,
                   void *closure_data);
+typedef void (*Subcenter__Storage__V1__SkippedSeqs_Closure)
+                 (const Subcenter__Storage__V1__SkippedSeqs *message,
+                  void *closure_data);
 typedef void (*Subcenter__Storage__V1__SnapshotRecord_Closure)
                  (const Subcenter__Storage__V1__SnapshotRecord *message,
                   void *closure_data);
@@ -1129,6 +1170,7 @@ extern const ProtobufCMessageDescriptor subcenter__storage__v1__suppress__descri
 extern const ProtobufCMessageDescriptor subcenter__storage__v1__unsuppress__descriptor;
 extern const ProtobufCMessageDescriptor subcenter__storage__v1__expire_anonymous__descriptor;
 extern const ProtobufCMessageDescriptor subcenter__storage__v1__erased__descriptor;
+extern const ProtobufCMessageDescriptor subcenter__storage__v1__skipped_seqs__descriptor;
 extern const ProtobufCMessageDescriptor subcenter__storage__v1__snapshot_record__descriptor;
 extern const ProtobufCMessageDescriptor subcenter__storage__v1__workspace_snapshot__descriptor;
 extern const ProtobufCMessageDescriptor subcenter__storage__v1__global_flag__descriptor;

@@ -337,6 +337,8 @@ final class Watcher: @unchecked Sendable {
   private var queue: [ChangeEvent] = []
   private var head = 0
   private var blockedSince: UInt64?
+  /// The seqs a start skipped (`SkippedSeqs`) that the cursor fell among, when it did.
+  private var cursorSkipped: ClosedRange<UInt64>?
   /// Where reading got to: in `segment`, record `seq` (then `cursor + 1`) starts at byte
   /// `offset`.
   private var tail: (segment: WALSegmentFile, seq: UInt64, offset: Int)?
@@ -406,7 +408,17 @@ final class Watcher: @unchecked Sendable {
         }
         blockedSince = nil
         if cursor >= durable.seq { return nil }
-        if try !read(feed: feed, durable: durable) { return nil }
+        let more = try read(feed: feed, durable: durable)
+        if let skipped = cursorSkipped {
+          let (oldest, newest) = try feed.bounds()
+          return .outOfRange(
+            "after_seq \(lastSent) was never a seq of this data: seqs \(skipped.lowerBound) to "
+              + "\(skipped.upperBound) were skipped at a start, as the log ended before them (a "
+              + "backup was restored, or changes were lost under --fsync interval or none); "
+              + "start over (from_oldest, or a full read); the oldest retained seq is "
+              + "\(min(oldest, newest))")
+        }
+        if !more { return nil }
       }
     } catch let e as StorageError where e.errno == ENOENT {
       _ = e
@@ -428,6 +440,10 @@ final class Watcher: @unchecked Sendable {
     throws(StorageError)
   {
     let (_, command) = try LogRecordCodec.decode(payload)
+    // A resume inside a start's skipped seqs names a seq this data never had.
+    if command == nil, seq <= cursor, try LogRecordCodec.isSkippedSeqs(payload) {
+      cursorSkipped = seq...(end - 1)
+    }
     if let command, command.workspace == workspace {
       let events = ChangeEvents.events(seq: seq, command: command)
       if seq > cursor {

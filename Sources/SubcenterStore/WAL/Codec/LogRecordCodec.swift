@@ -233,8 +233,39 @@ public enum LogRecordCodec {
     return withExtendedLifetime(arena) { Proto.pack(&r) }
   }
 
+  /// The record a start writes first to skip seqs (`SkippedSeqs`), without its seq: the
+  /// log writer gives it the seqs (`DurableStore.open`). `at`: when the start happened.
+  public static func skippedSeqs(at: Int64) -> [UInt8] {
+    let arena = ProtoArena()
+    var r = Subcenter__Storage__V1__LogRecord()
+    subcenter__storage__v1__log_record__init(&r)
+    r.at = at
+    r.command_case = SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_SKIPPED_SEQS
+    r.skipped_seqs = arena.make(subcenter__storage__v1__skipped_seqs__init)
+    return withExtendedLifetime(arena) { Proto.pack(&r) }
+  }
+
+  /// Whether the record is a start's `SkippedSeqs` (field 21 of `LogRecord`); `decode`
+  /// gives no command for it, as for an erased record.
+  public static func isSkippedSeqs(_ payload: ArraySlice<UInt8>) throws(StorageError) -> Bool {
+    let found = payload.withUnsafeBytes { raw in
+      Result { () throws(StorageError) -> Bool in
+        var r = ProtoWireReader(raw)
+        var skipped = false
+        while !r.atEnd {
+          let (field, wire) = try r.key()
+          if field == 21 { skipped = true }
+          try r.skip(wire)
+        }
+        return skipped
+      }
+    }
+    return try found.get()
+  }
+
   /// Decodes a record: its seq (0 if it has none) and its command, nil for a record
-  /// erasure emptied (`erased(seq:)`: nothing to apply). A record that is not a valid
+  /// erasure emptied (`erased(seq:)`) or a start's skipped seqs (`skippedSeqs(at:)`):
+  /// nothing to apply. A record that is not a valid
   /// `LogRecord` of a known command is `damaged`.
   public static func decode(_ payload: ArraySlice<UInt8>) throws(StorageError)
     -> (seq: UInt64, command: Command?)
@@ -288,7 +319,7 @@ public enum LogRecordCodec {
       case 12, 13:
         if message != nil { return false }
         message = (field, try r.bytes(wire, "log record.command"))
-      case 10...20: return false
+      case 10...21: return false
       default: try r.skip(wire)
       }
     }
@@ -364,7 +395,8 @@ public enum LogRecordCodec {
       let actor = Proto.text(r.actor)
       let command: Command?
       switch r.command_case {
-      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_ERASED:
+      case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_ERASED,
+        SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_SKIPPED_SEQS:
         command = nil
       case SUBCENTER__STORAGE__V1__LOG_RECORD__COMMAND_CONFIGURE_WORKSPACE:
         let m = try present(r.configure_workspace, "configure_workspace")
