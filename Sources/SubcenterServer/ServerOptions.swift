@@ -22,6 +22,8 @@ public struct ServerOptions: Sendable {
   public var recoverTruncate: Bool
   /// WatchChanges streams open at once, server-wide (not in SPEC).
   public var maxWatchers: Int
+  /// Seconds a WatchChanges stream may stay stuck before it is cut off (not in SPEC).
+  public var watchStallLimitSeconds: Int
 
   /// Every flag of SPEC §6.
   public static let flagSpecs: [FlagSpec] =
@@ -41,6 +43,9 @@ public struct ServerOptions: Sendable {
       FlagSpec(
         "max-watchers", default: "1000",
         help: "WatchChanges streams open at once; more are refused RESOURCE_EXHAUSTED"),
+      FlagSpec(
+        "watch-stall-limit", default: "30",
+        help: "seconds a WatchChanges client may read nothing before it is cut off"),
       FlagSpec(
         "recover-truncate", value: false, help: "start from the last good record after damage"),
       FlagSpec("help", value: false, help: "print this text"),
@@ -81,5 +86,6 @@ public struct ServerOptions: Sendable {
     anonymousTTLSeconds = try flags.int("anonymous-ttl", in: 1...(10 * year)) ?? 2_592_000
     recoverTruncate = try flags.bool("recover-truncate")
     maxWatchers = try flags.int("max-watchers", in: 1...1_000_000) ?? 1000
+    watchStallLimitSeconds = try flags.int("watch-stall-limit", in: 1...3600) ?? 30
   }
 }

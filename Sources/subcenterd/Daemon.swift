@@ -87,7 +87,7 @@ enum Daemon {
           directory: options.dataDirectory, clock: SystemClock(), secret: secret,
           fsync: options.fsync, truncateDamaged: options.recoverTruncate,
           changeRetentionSeconds: options.changeRetentionSeconds,
-          feedOptions: feedOptions(maxWatchers: options.maxWatchers),
+          feedOptions: feedOptions(options),
           preallocateLogBytes: WriteAheadLog.Options.serverPreallocateBytes, log: log)
       } catch {
         writeStderrLine("subcenterd: cannot recover \(options.dataDirectory): \(error)")
@@ -201,25 +201,11 @@ enum Daemon {
   }
 }
 
-/// The change feed's options: the defaults with `--max-watchers`, and a test-only
-/// environment variable, `SUBCENTER_TEST_WATCH_STALL_MS`, which shortens how long a
-/// WatchChanges stream may stay stuck before it is cut off (30 s) so the interop suite can
-/// check the cut-off (Tests/interop/test_watch.py). It is not a flag and not for deployments: a server that
-/// sees it says so.
-func feedOptions(maxWatchers: Int) -> ChangeFeed.Options {
+/// The change feed's options: the defaults with `--max-watchers` and `--watch-stall-limit`.
+func feedOptions(_ options: ServerOptions) -> ChangeFeed.Options {
   var feed = ChangeFeed.Options()
-  feed.maxWatchers = maxWatchers
-  let name = "SUBCENTER_TEST_WATCH_STALL_MS"
-  guard let value = getenv(name).map({ String(cString: $0) }) else { return feed }
-  guard let ms = UInt64(value), (1...3_600_000).contains(ms) else {
-    writeStderrLine(
-      "subcenterd: warning: \(name)='\(value)' ignored (test only: milliseconds, 1 to 3600000)")
-    return feed
-  }
-  feed.stallLimitNanos = ms * 1_000_000
-  writeStderrLine(
-    "subcenterd: warning: \(name) set (test only): WatchChanges streams stuck for \(ms) ms "
-      + "are cut off")
+  feed.maxWatchers = options.maxWatchers
+  feed.stallLimitNanos = UInt64(options.watchStallLimitSeconds) * 1_000_000_000
   return feed
 }
 

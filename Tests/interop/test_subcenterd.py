@@ -85,12 +85,26 @@ def base_args(tmp_path):
                                         ("--max-connections", "0"),
                                         ("--max-connections", "1000001"),
                                         ("--max-watchers", "0"), ("--max-watchers", "1000001"),
+                                        ("--watch-stall-limit", "0"),
+                                        ("--watch-stall-limit", "3601"),
                                         ("--max-request-bytes-per-connection", "0")])
 def test_bad_flag_value_refused(tmp_path, flag, value):
     rc, out, err = run_to_exit("subcenterd", base_args(tmp_path) + [flag, value], timeout=10)
     assert rc is not None, f"subcenterd {flag} {value!r} kept running (stderr: {err[-2000:]})"
     assert rc != 0, f"subcenterd {flag} {value!r} exited 0 (stderr: {err[-2000:]})"
     assert flag.lstrip("-") in err, f"stderr does not name {flag}: {err[-2000:]!r}"
+
+
+def test_flag_values_at_their_upper_edges_start(start_server):
+    """The largest values --watch-stall-limit (3600 s) and --max-watchers (1,000,000) accept
+    start a serving server (one above is refused: test_bad_flag_value_refused)."""
+    server = start_server("subcenterd", server_args() + ["--watch-stall-limit", "3600",
+                                                         "--max-watchers", "1000000"])
+    env = Env(server)
+    try:
+        env.root.Identify(workspace="default", person_id="edge")
+    finally:
+        env.close()
 
 
 @pytest.mark.parametrize("grpc_host,admin_host", [("127.0.0.1", "127.0.0.1"),

@@ -678,8 +678,7 @@ def test_watch_out_of_range_names_the_newest_seq_when_nothing_is_retained():
 
 # --------------------------------------------------------------------------------------------
 # A watcher that reads nothing (SPEC §3 RESOURCE_EXHAUSTED for a consumer too slow): the server
-# runs with its stall limit cut from 30 s to STALL_MS by the test-only variable
-# SUBCENTER_TEST_WATCH_STALL_MS (Sources/subcenterd/Daemon.swift).
+# runs with its stall limit cut from 30 s to STALL_MS by --watch-stall-limit.
 
 STALL_MS = 1000
 EVENTS = 7200  # ~400 KB
@@ -690,9 +689,8 @@ def stall_server(start_server):
     """subcenterd with the short stall limit, a workspace whose EVENTS events are more than a
     stream buffers before it counts as stuck (256 KiB), and a root client. The events are many
     and small (ids short enough to need no memory of their own once decoded)."""
-    server = start_server("subcenterd", server_args() + ["--fsync", "interval:20"],
-                          env={"SUBCENTER_TEST_WATCH_STALL_MS": str(STALL_MS)})
-    assert "SUBCENTER_TEST_WATCH_STALL_MS set (test only)" in server.stderr_text()
+    server = start_server("subcenterd", server_args() + [
+        "--fsync", "interval:20", "--watch-stall-limit", str(STALL_MS // 1000)])
     channel = make_channel(server.port, unlimited=True)
     sc = Client(channel, TOKENS["sc-root"])
     ws = unique("ws-stall")
