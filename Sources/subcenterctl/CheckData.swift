@@ -282,7 +282,7 @@ enum CheckData {
         }
         var skips: [String] = []
         if erased > 0 { skips.append("\(erased) record(s) an erasure emptied") }
-        if starts > 0 { skips.append("\(starts) start(s)' skipped seqs") }
+        if starts > 0 { skips.append("\(starts) record(s) of seqs a start skipped") }
         say(
           "recovery would load \(base?.name ?? "no snapshot") and replay "
             + "\(report.recordsRead - erased - starts) log record(s), up to seq "

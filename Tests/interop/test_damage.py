@@ -564,6 +564,20 @@ def test_damage_check_data_refuses_a_directory_a_server_is_running_on(log_case):
         shutil.rmtree(srv.base, ignore_errors=True)
 
 
+def test_check_data_names_the_seqs_a_start_skipped(tmp_path):
+    """A start of an existing directory skips seqs (SPEC §3: never reused); check-data counts
+    that record apart from the changes recovery would replay."""
+    srv = DurableServer(str(tmp_path)).start()
+    try:
+        assert srv.terminate() == 0
+        srv.start()
+        assert srv.terminate() == 0
+        rc, text = _check_data(srv.data)
+        assert rc == 0 and "(and skip 1 record(s) of seqs a start skipped)" in text, text
+    finally:
+        srv.close()
+
+
 def test_damage_check_data_clean_and_damaged(log_case):
     srv = log_case.copy()
     data = srv.data
