@@ -524,6 +524,40 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(records.map(\.1) == [1, 2, 3, 7, 8, 9].map(Samples.command))
   }
 
+  /// A start's skipped seqs (`skip`) are written in front of the first batch only: a log
+  /// that writes nothing writes no record, and a first batch the full disk refuses leaves
+  /// the skip to the next, whose records get the seqs after it.
+  @Test func skippedSeqsGoWithTheFirstBatchThatIsWritten() throws {
+    let fs = try dataDirectory()
+    let skip = (record: LogRecordCodec.skippedSeqs(at: 1), through: UInt64(1000))
+    let idle = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 5, skip: skip)
+    idle.close()
+    #expect(try readLog(fs, after: 4).report.recordsRead == 0)
+    #expect(try readLog(fs, after: 4).report.nextSeq == 5)
+
+    let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 5, skip: skip)
+    let answers = Answers()
+    fs.setFreeSpace(30)
+    answers.append(Samples.command(1), to: wal)
+    answers.wait()
+    #expect(answers.acked.isEmpty && answers.failures.count == 1)
+    fs.setFreeSpace(nil)
+    answers.appendWhenAccepted(Samples.command(2), to: wal)
+    answers.append(Samples.command(3), to: wal)
+    answers.wait()
+    #expect(answers.acked == [1001: Samples.command(2), 1002: Samples.command(3)])
+    wal.close()
+
+    var skipped: [(UInt64, Bool)] = []
+    let report = try WALReader.read(
+      directory: "/data", fileSystem: fs, after: 4, repair: false, truncateDamaged: false
+    ) { (seq, payload) throws(StorageError) in
+      skipped.append((seq, try LogRecordCodec.isSkippedSeqs(payload)))
+    }
+    #expect(skipped.map(\.0) == [5, 1001, 1002] && skipped.map(\.1) == [true, false, false])
+    #expect(report.nextSeq == 1003)
+  }
+
   /// A log of 300-byte segments holding samples 1-4, one batch each (the next records
   /// soon make it rotate).
   private func smallSegmentLog() throws -> (FaultyFileSystem, WriteAheadLog, Answers) {

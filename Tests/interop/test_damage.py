@@ -565,15 +565,23 @@ def test_damage_check_data_refuses_a_directory_a_server_is_running_on(log_case):
 
 
 def test_check_data_names_the_seqs_a_start_skipped(tmp_path):
-    """A start of an existing directory skips seqs (SPEC §3: never reused); check-data counts
-    that record apart from the changes recovery would replay."""
+    """A start of an existing directory skips seqs (SPEC §3: never reused), with a record
+    written before its first change; check-data counts that record apart from the changes
+    recovery would replay. A start that changes nothing writes nothing."""
     srv = DurableServer(str(tmp_path)).start()
     try:
         assert srv.terminate() == 0
         srv.start()
         assert srv.terminate() == 0
         rc, text = _check_data(srv.data)
-        assert rc == 0 and "(and skip 1 record(s) of seqs a start skipped)" in text, text
+        assert rc == 0 and "replay 0 log record(s)" in text and "skip" not in text, text
+        srv.start()
+        srv.client.Identify(workspace="default", person_id="p-skip")
+        srv.kill9()  # no snapshot at the end: the log after the snapshot holds both records
+        rc, text = _check_data(srv.data)
+        assert rc == 0, text
+        assert ("replay 1 log record(s)" in text
+                and "(and skip 1 record(s) of seqs a start skipped)" in text), text
     finally:
         srv.close()
 

@@ -169,30 +169,21 @@ public final class DurableStore: Sendable {
 
   /// A seq is never reused (SPEC §3), yet the log a start finds may end before seqs that
   /// were handed out: a backup restored over newer data, or an acknowledged tail lost
-  /// under `--fsync interval`/`none` that the change feed had sent. So the first record of
-  /// every start of an existing directory (`next` > 1) takes the seqs from `next` up to the
-  /// start's time in microseconds (`SkippedSeqs`); the next change gets the one after.
-  /// Seqs handed out since the last start stay below that as long as fewer than a million
-  /// were taken per second on average since then, which this server cannot reach (each
-  /// start skips to the clock again). Returns the last seq skipped once the record is
-  /// durable, nil when the log is new or the clock is behind it.
-  private static func skipSeqs(_ wal: WriteAheadLog, next: UInt64, clock: any WallClock)
-    throws(StorageError) -> UInt64?
+  /// under `--fsync interval`/`none` that the change feed had sent. So every start of an
+  /// existing directory (`next` > 1) skips the seqs from `next` up to the start's time in
+  /// microseconds: the log writes a `SkippedSeqs` record taking them in front of its first
+  /// batch (so a start that writes nothing writes nothing, and a full disk fails only that
+  /// batch, as any), and the first change gets the seq after. Seqs handed out since the
+  /// last start stay below that as long as fewer than a million were taken per second on
+  /// average since then, which this server cannot reach. Nil when the log is new or the
+  /// clock is behind it.
+  private static func skippedSeqs(next: UInt64, clock: any WallClock)
+    -> (record: [UInt8], through: UInt64)?
   {
     let now = clock.nowMillis()
-    let last = UInt64(clamping: now) &* 1000
-    guard next > 1, last >= next else { return nil }
-    let done = DispatchSemaphore(value: 0)
-    let result = Mutex<Result<UInt64, StorageError>?>(nil)
-    try wal.append(LogRecordCodec.skippedSeqs(at: now), seqCount: last - next + 1) { r in
-      result.withLock { $0 = r }
-      done.signal()
-    }
-    done.wait()
-    switch result.withLock({ $0 })! {
-    case .success: return last
-    case .failure(let error): throw error
-    }
+    let through = UInt64(clamping: now) &* 1000
+    guard next > 1, through >= next else { return nil }
+    return (LogRecordCodec.skippedSeqs(at: now), through)
   }
 
   private init(
@@ -340,13 +331,12 @@ public final class DurableStore: Sendable {
     report.warnings += read.warnings
     report.warnings += read.discarded.map { "discarded \($0), which followed damage" }
 
+    let skip = skippedSeqs(next: read.nextSeq, clock: clock)
+    report.skippedThrough = skip?.through
     let wal = try WriteAheadLog(
-      directory: directory, fileSystem: fileSystem, nextSeq: read.nextSeq,
+      directory: directory, fileSystem: fileSystem, nextSeq: read.nextSeq, skip: skip,
       options: .init(fsync: fsync, preallocateBytes: preallocateLogBytes, log: log))
     commitLog.attach(wal)
-    // The store's own seq stays at the last change: a start that changes nothing makes no
-    // snapshot due.
-    report.skippedThrough = try skipSeqs(wal, next: read.nextSeq, clock: clock)
     do { try store.ensureDefaultWorkspace() } catch {
       throw StorageError(.unavailable, "cannot create workspace default: \(error)")
     }

@@ -153,14 +153,18 @@ public final class WriteAheadLog: Sendable {
 
   /// Opens the log in `directory` (which must exist) for records from `nextSeq` on, and
   /// starts the writer thread. Recovery must have run first: it gives `nextSeq`, and an
-  /// existing segment `wal-<nextSeq>.log` must hold no record.
+  /// existing segment `wal-<nextSeq>.log` must hold no record. With `skip`, the first
+  /// batch written is preceded by `skip.record` (without its seq) taking the seqs from
+  /// `nextSeq` through `skip.through`; records appended get seqs after those.
   public init(
-    directory: String, fileSystem: any FileSystem, nextSeq: UInt64, options: Options = Options()
+    directory: String, fileSystem: any FileSystem, nextSeq: UInt64,
+    skip: (record: [UInt8], through: UInt64)? = nil, options: Options = Options()
   ) throws(StorageError) {
     precondition(nextSeq >= 1, "seqs start at 1")
+    precondition(skip.map { $0.through >= nextSeq } ?? true, "a skip takes at least one seq")
     core = WALCore(
       directory: directory, fileSystem: fileSystem, options: options, nextSeq: nextSeq)
-    let writer = WALWriter(core: core, fileSystem: fileSystem, nextSeq: nextSeq)
+    let writer = WALWriter(core: core, fileSystem: fileSystem, nextSeq: nextSeq, skip: skip)
     try writer.openFirstSegment()
     let box = Unmanaged.passRetained(writer).toOpaque()
     var tid = pthread_t()
@@ -419,11 +423,18 @@ final class WALWriter: @unchecked Sendable {
   /// The last batch failed for lack of space (so the operator hears once per episode).
   private var outOfSpace = false
   private var buffer: [UInt8] = []
+  /// The record that skips seqs, written in front of the first batch (then nil), and the
+  /// last seq it takes (`WriteAheadLog.init`).
+  private var skip: (record: [UInt8], through: UInt64)?
 
-  init(core: WALCore, fileSystem: any FileSystem, nextSeq: UInt64) {
+  init(
+    core: WALCore, fileSystem: any FileSystem, nextSeq: UInt64,
+    skip: (record: [UInt8], through: UInt64)?
+  ) {
     self.core = core
     self.fs = fileSystem
     self.nextSeq = nextSeq
+    self.skip = skip
   }
 
   // MARK: The loop
@@ -500,7 +511,16 @@ final class WALWriter: @unchecked Sendable {
       return
     }
     buffer.removeAll(keepingCapacity: true)
-    let first = nextSeq
+    // The first seq written: the skip's while it is pending, else the batch's first.
+    let start = nextSeq
+    if let skip {
+      skip.record.withUnsafeBytes {
+        RecordFrame.append(
+          sequence: start, count: skip.through - start + 1, body: $0, to: &buffer)
+      }
+    }
+    let written = batch.count + (skip == nil ? 0 : 1)
+    let first = skip.map { $0.through + 1 } ?? start
     var end = first
     // By index: `for p in batch` would copy each record (retaining what it holds).
     for i in batch.indices {
@@ -514,7 +534,7 @@ final class WALWriter: @unchecked Sendable {
     do {
       if active == nil || (segmentRecords > 0 && segmentBytes + buffer.count > options.segmentSize)
       {
-        try rotate(firstSeq: first)
+        try rotate(firstSeq: start)
       }
     } catch {
       fail(batch, error)
@@ -543,7 +563,7 @@ final class WALWriter: @unchecked Sendable {
     }
     segmentBytes += buffer.count
     fileBytes = max(fileBytes, segmentBytes)
-    segmentRecords += batch.count
+    segmentRecords += written
     nextSeq = end
     unsynced = true
     core.shared.withLock { [segmentBytes] s in
@@ -560,13 +580,14 @@ final class WALWriter: @unchecked Sendable {
         if (try? fs.truncate(active!, to: Int64(before))) != nil { try? fs.syncData(active!) }
         segmentBytes = before
         fileBytes = before
-        segmentRecords -= batch.count
-        nextSeq = first
-        core.shared.withLock { $0.nextSeq = first }
+        segmentRecords -= written
+        nextSeq = start
+        core.shared.withLock { $0.nextSeq = start }
         fail(batch, error)
         return
       }
     }
+    skip = nil
     if outOfSpace {
       outOfSpace = false
       options.log("write-ahead log: writes are accepted again")
