@@ -92,6 +92,12 @@ final class PendingCommit: Sendable {
     self.answer = answer
   }
 
+  /// Appends the command to `log`, whose completion reaches the store through the commit.
+  /// (A method: the caller's `c.command` would be a copy of the command.)
+  func append(to log: any CommitLog) {
+    log.append(command) { [self] result in store.delivered(self, result) }
+  }
+
   /// Completes the call with `error`: the record did not become durable.
   func fail(_ error: CoreError) {
     answer.finish(command) { answer in
@@ -429,14 +435,14 @@ extension SubscriptionStore {
 
   /// `commit` with the call's answer and completion in one value (`CommitAnswer`).
   func commit(
-    _ command: Command, scope: LockScope, reservations: consuming Reservations = Reservations(),
-    answer: some CommitAnswer
+    _ command: consuming Command, scope: LockScope,
+    reservations: consuming Reservations = Reservations(), answer: some CommitAnswer
   ) throws(CoreError) -> PendingCommit {
     precondition(scope.identity || !reservations.touchesIdentity, "identity not in scope")
     precondition(scope.registry || reservations.workspace == nil, "registry not in scope")
     let c = PendingCommit(
       command: command, scope: scope, reservations: reservations, store: self, answer: answer)
-    log.append(command) { [c] result in c.store.delivered(c, result) }
+    c.append(to: log)
     try c.appendReturned()
     return c
   }
@@ -639,11 +645,11 @@ extension SubscriptionStore {
       return Applied(person: applyIdentify(c, h!, identity: &identity, shards: &shards))
     case .setPreference(let c):
       let (channel, topic) = try numbers(h!, channel: c.channel, topic: c.topic)
-      return shards.onPerson(h!, c.person) { shard, slot in
+      return shards.onPerson(h!, c.person, passing: c) { c, shard, slot in
         applySetPreference(c, channel: channel, topic: topic, shard: &shard, slot: slot)
       }
     case .setGlobal(let c):
-      return shards.onPerson(h!, c.person) { shard, slot in
+      return shards.onPerson(h!, c.person, passing: c) { c, shard, slot in
         applySetGlobal(c, shard: &shard, slot: slot)
       }
     case .recordSends(let c):
@@ -660,7 +666,7 @@ extension SubscriptionStore {
       return Applied(found: found)
     case .override(let c):
       let (channel, topic) = try numbers(h!, channel: c.channel, topic: c.topic)
-      return shards.onPerson(h!, c.person) { shard, slot in
+      return shards.onPerson(h!, c.person, passing: c) { c, shard, slot in
         applyOverride(c, channel: channel, topic: topic, shard: &shard, slot: slot)
       }
     case .forget(let c):

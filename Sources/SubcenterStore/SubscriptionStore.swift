@@ -336,15 +336,32 @@ struct LockedShards {
   mutating func onPerson(
     _ h: WorkspaceHandle, _ key: PersonKey, _ body: (inout Shard, UInt32) -> Void
   ) -> Applied {
+    onPerson(h, key, passing: ()) { _, shard, slot in body(&shard, slot) }
+  }
+
+  /// `onPerson`, passing `context` to `body`: a command handed over this way is borrowed,
+  /// where a closure that captures it copies it (retaining each of its strings).
+  mutating func onPerson<Context>(
+    _ h: WorkspaceHandle, _ key: PersonKey, passing context: borrowing Context,
+    _ body: (borrowing Context, inout Shard, UInt32) -> Void
+  ) -> Applied {
     let hash = KeyHash.person(h.number, key)
     let s = shardIndex(hash)
-    var out = Applied(found: false)
-    with(s) { shard in
-      if let slot = shard.find(workspace: h.number, key: key, hash: hash) {
-        body(&shard, slot)
-        out = Applied(found: true, location: (s, slot))
+    // As `with(s)`, without a closure (which would capture `context`).
+    if first?.index == s {
+      guard let slot = first!.shard.find(workspace: h.number, key: key, hash: hash) else {
+        return Applied(found: false)
       }
+      body(context, &first!.shard, slot)
+      return Applied(found: true, location: (s, slot))
     }
-    return out
+    guard let k = others.firstIndex(where: { $0.index == s }) else {
+      preconditionFailure("shard \(s) is not locked")
+    }
+    guard let slot = others[k].shard.find(workspace: h.number, key: key, hash: hash) else {
+      return Applied(found: false)
+    }
+    body(context, &others[k].shard, slot)
+    return Applied(found: true, location: (s, slot))
   }
 }
