@@ -325,10 +325,12 @@ struct LockScope: Sendable {
 }
 
 /// The state behind the locks of a `LockScope`, moved out of its mutexes while they are
-/// held (and back before they are released). Parts not in the scope are empty.
+/// held (and back before they are released). Parts not in the scope are nil or empty (a
+/// nil registry and identity state cost nothing to make and drop, where empty ones cost
+/// eight releases a command).
 struct Locked {
-  var registry = Registry()
-  var identity = IdentityState()
+  var registry: Registry?
+  var identity: IdentityState?
   var shards = LockedShards()
 }
 
@@ -369,15 +371,17 @@ extension SubscriptionStore {
     var locked = Locked()
     if scope.registry {
       return try registry.withLock { (reg: inout Registry) throws(E) -> R in
-        swap(&reg, &locked.registry)
-        defer { swap(&reg, &locked.registry) }
+        locked.registry = Registry()
+        swap(&reg, &locked.registry!)
+        defer { swap(&reg, &locked.registry!) }
         return try lockShards(scope.shards, &locked, body)
       }
     }
     if scope.identity, let h = scope.workspace {
       return try h.identity.withLock { (identity: inout IdentityState) throws(E) -> R in
-        swap(&identity, &locked.identity)
-        defer { swap(&identity, &locked.identity) }
+        locked.identity = IdentityState()
+        swap(&identity, &locked.identity!)
+        defer { swap(&identity, &locked.identity!) }
         return try lockShards(scope.shards, &locked, body)
       }
     }
@@ -631,18 +635,20 @@ extension SubscriptionStore {
 
   /// Applies a command to the state under its locks (`scope(of:)`): the live path and
   /// replay both come here. No validation, no clock, no request: the command alone says
-  /// what changes; a command naming a person that is gone changes nothing.
+  /// what changes; a command naming a person that is gone changes nothing. `registry` and
+  /// `identity` are set when the scope holds them.
   func apply(
-    _ command: Command, _ h: WorkspaceHandle?, registry: inout Registry,
-    identity: inout IdentityState, shards: inout LockedShards
+    _ command: Command, _ h: WorkspaceHandle?, registry: inout Registry?,
+    identity: inout IdentityState?, shards: inout LockedShards
   ) throws(CoreError) -> Applied {
     switch command {
     case .configureWorkspace(let c):
-      let model = try Workspace(c.config, previous: registry.handle(c.config.workspace)?.current)
-      applyConfigure(model, registry: &registry)
+      let model = try Workspace(
+        c.config, previous: registry!.handle(c.config.workspace)?.current)
+      applyConfigure(model, registry: &registry!)
       return Applied()
     case .identify(let c):
-      return Applied(person: applyIdentify(c, h!, identity: &identity, shards: &shards))
+      return Applied(person: applyIdentify(c, h!, identity: &identity!, shards: &shards))
     case .setPreference(let c):
       let (channel, topic) = try numbers(h!, channel: c.channel, topic: c.topic)
       return shards.onPerson(h!, c.person, passing: c) { c, shard, slot in
@@ -676,19 +682,19 @@ extension SubscriptionStore {
         found =
           shard.find(workspace: h!.number, key: c.person, hash: KeyHash.person(h!.number, c.person))
           != nil
-        applyForget(c, h!, identity: &identity, shard: &shard, shardIndex: s)
+        applyForget(c, h!, identity: &identity!, shard: &shard, shardIndex: s)
       }
       return Applied(found: found)
     case .suppress(let c):
-      applySuppress(c, h!, identity: &identity, shards: &shards)
+      applySuppress(c, h!, identity: &identity!, shards: &shards)
       return Applied()
     case .unsuppress(let c):
-      applyUnsuppress(c, identity: &identity)
+      applyUnsuppress(c, identity: &identity!)
       return Applied()
     case .expireAnonymous(let c):
       for s in shards.indices {
         shards.with(s) { shard in
-          applyExpire(c, h!, identity: &identity, shard: &shard, shardIndex: s)
+          applyExpire(c, h!, identity: &identity!, shard: &shard, shardIndex: s)
         }
       }
       return Applied()

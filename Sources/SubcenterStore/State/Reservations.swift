@@ -219,10 +219,10 @@ struct Reservations: Sendable {
   // MARK: Releasing (under the command's locks, when it is applied or has failed)
 
   func release(in locked: inout Locked) {
-    if let (id, _) = workspace { drop(&locked.registry.pending, id) }
-    for (k, _) in holders { drop(&locked.identity.pending.holders, k) }
-    for (k, _) in suppressed { drop(&locked.identity.pending.suppressed, k) }
-    for (k, _) in persons { drop(&locked.identity.pending.persons, k) }
+    if let (id, _) = workspace { drop(&locked.registry!.pending, id) }
+    for (k, _) in holders { drop(&locked.identity!.pending.holders, k) }
+    for (k, _) in suppressed { drop(&locked.identity!.pending.suppressed, k) }
+    for (k, _) in persons { drop(&locked.identity!.pending.persons, k) }
     slots.forEach { r in
       locked.shards.with(r.shard) { shard in
         guard let i = shard.pending.index(forKey: r.slot) else { return }
