@@ -357,9 +357,19 @@ extension Workspace {
     // Each row looks up to three entries; past a few entries, a table built once is cheaper
     // than scanning them for every row.
     if subject.explicitEntryCount > 16 && channels.count * (topics.count + 1) > 16 {
-      return effectiveRows(subject: IndexedSubject(subject), now: now)
+      return indexedEffectiveRows(subject: subject, now: now)
     }
     return effectiveRows(subject: subject, now: now)
+  }
+
+  /// `effectiveRows` of an `IndexedSubject`, in a function of its own: inlined, the
+  /// generic wrapper's type metadata was looked up on every call of `effective` (~330
+  /// instructions), used or not.
+  @inline(never)
+  private func indexedEffectiveRows<Subject: DecisionSubject>(subject: Subject, now: Int64)
+    -> [EffectiveState]
+  {
+    effectiveRows(subject: IndexedSubject(subject), now: now)
   }
 
   private func effectiveRows<Subject: DecisionSubject>(subject: Subject, now: Int64)
