@@ -267,7 +267,7 @@ extension SubscriptionStore {
           throw .resourceExhausted("a person holds at most \(UInt16.max) preference entries")
         }
         let cmd = Command.SetPreference(
-          workspace: h.id, person: PersonCodec.key(record), channel: channelName,
+          workspace: h.id, person: PersonCodec.key(record, foundBy: ref), channel: channelName,
           topic: topicName, state: state, source: source,
           noticeVersion: noticeVersion, at: at, actor: actor)
         let hold = SlotReservation(shard: s, slot: slot)
@@ -305,7 +305,7 @@ extension SubscriptionStore {
       let step = try withPersonForWrite(h, ref, &deps) {
         (shard, s, slot, _) throws(CoreError) -> Step<Preferences> in
         let cmd = Command.SetGlobal(
-          workspace: h.id, person: PersonCodec.key(shard.records[Int(slot)]),
+          workspace: h.id, person: PersonCodec.key(shard.records[Int(slot)], foundBy: ref),
           unsubscribed: unsubscribed, source: req.source, at: at, actor: actor)
         let hold = SlotReservation(shard: s, slot: slot)
         let c = try commit(
@@ -702,7 +702,12 @@ private struct PreferencesAnswer: CommitAnswer {
   func answer(_ command: Command, _ locked: inout Locked, _ applied: Applied)
     -> Result<Preferences, CoreError>
   {
-    preferencesAnswer(model, &locked, applied, at: command.at)
+    // The person's key as the command has it (the record's own bytes), and its time.
+    switch command {
+    case .setPreference(let c): preferencesAnswer(model, &locked, applied, c.person, at: c.at)
+    case .setGlobal(let c): preferencesAnswer(model, &locked, applied, c.person, at: c.at)
+    default: preconditionFailure("a preference answer to another command")
+    }
   }
 
   func complete(_ result: Result<Preferences, CoreError>) { completion(result) }
@@ -712,7 +717,7 @@ private struct PreferencesAnswer: CommitAnswer {
 /// `model` is the configuration the write was validated against (a ConfigureWorkspace
 /// applied meanwhile is ordered after the write, so the answer does not show it).
 private func preferencesAnswer(
-  _ model: Workspace, _ locked: inout Locked, _ applied: Applied, at: Int64
+  _ model: Workspace, _ locked: inout Locked, _ applied: Applied, _ key: PersonKey, at: Int64
 ) -> Result<Preferences, CoreError> {
   guard applied.found, let (s, slot) = applied.location else {
     return .failure(.notFound("person not found"))
@@ -720,7 +725,7 @@ private func preferencesAnswer(
   var answer: Preferences?
   locked.shards.with(s) { shard in
     answer = PersonCodec.preferences(
-      shard.records[Int(slot)], model: model, strings: shard.strings, now: at)
+      shard.records[Int(slot)], model: model, strings: shard.strings, now: at, key: key)
   }
   return .success(answer!)
 }

@@ -294,8 +294,11 @@ enum PersonCodec {
 
   /// What GetPreferences and the write RPCs answer with, read from the record: the person
   /// id, the global flag and the entries (no identifiers, history or sends decoded).
+  /// With `key`, the record's key when the caller has it (no String is made of the record's
+  /// bytes then).
   static func preferences(
-    _ r: borrowing PersonRecord, model: Workspace, strings: StringTable, now: Int64
+    _ r: borrowing PersonRecord, model: Workspace, strings: StringTable, now: Int64,
+    key: PersonKey? = nil
   ) -> Preferences {
     var rd = ByteReader(r.blob)
     let entriesStart = 8 + (Int(r.blob[6]) | Int(r.blob[7]) << 8)
@@ -309,7 +312,8 @@ enum PersonCodec {
       &rd, createdAt: createdAt, entriesStart: entriesStart, count: entryCount(r),
       strings: strings)
     let personID =
-      r.isAnonymous ? "" : String(decoding: r.blob[8..<entriesStart], as: UTF8.self)
+      r.isAnonymous
+      ? "" : key?.personID ?? String(decoding: r.blob[8..<entriesStart], as: UTF8.self)
     return withSubject(r) { subject in
       model.preferences(
         personID: personID, global: global, entries: entries, subject: subject, now: now)
@@ -491,6 +495,13 @@ enum PersonCodec {
   }
 
   // MARK: Reading in place
+
+  /// `key(r)` of the record `ref` found: the id `ref` holds when it names a person by it
+  /// (the record holds the same bytes), without making a String of the record's bytes.
+  static func key(_ r: borrowing PersonRecord, foundBy ref: PersonRef) -> PersonKey {
+    if case .personID(let id) = ref { return .person(id) }
+    return key(r)
+  }
 
   /// The key, without decoding anything else.
   static func key(_ r: borrowing PersonRecord) -> PersonKey {
