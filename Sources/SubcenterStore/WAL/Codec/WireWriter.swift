@@ -112,17 +112,18 @@ public struct WireWriter {
 
   /// A `string` or `bytes` field; with `always` (a set oneof member) even when empty.
   @inlinable public mutating func string(_ field: UInt64, _ value: String, always: Bool = false) {
-    let utf8 = value.utf8
-    let length = utf8.count
+    let length = value.utf8.count
     guard always || length != 0 else { return }
+    // `value` itself in the closure, not a `value.utf8` bound outside it: that copy of the
+    // string was retained and released around the write.
     write(room: 20 + length) { p in
       var n = Self.put(field << 3 | 2, at: p)
       n += Self.put(UInt64(length), at: p + n)
       let to = p + n
-      if utf8.withContiguousStorageIfAvailable({ to.update(from: $0.baseAddress!, count: length) })
-        == nil
-      {
-        for (i, b) in utf8.enumerated() { to[i] = b }
+      if value.utf8.withContiguousStorageIfAvailable({
+        to.update(from: $0.baseAddress!, count: length)
+      }) == nil {
+        for (i, b) in value.utf8.enumerated() { to[i] = b }
       }
       return n + length
     }
