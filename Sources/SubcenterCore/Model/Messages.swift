@@ -335,19 +335,32 @@ extension Workspace {
   ) -> Preferences {
     var shown: [PreferenceEntry] = []
     shown.reserveCapacity(entries.count)
-    for e in entries
-    where (e.channel == 0 || isConfigured(channel: e.channel))
-      && (e.topic == 0 || isConfigured(topic: e.topic))
-    {
-      shown.append(
-        PreferenceEntry(
-          channel: channelName(e.channel), topic: topicName(e.topic), state: e.state,
-          updatedAt: e.updatedAt, source: e.source, noticeVersion: e.noticeVersion))
+    for e in entries {
+      if let s = shownEntry(e) { shown.append(s) }
     }
-    return Preferences(
+    return preferences(personID: personID, global: global, shown: shown, subject: subject, now: now)
+  }
+
+  /// `preferences` of entries already as `shownEntry` shows them.
+  public func preferences<Subject: DecisionSubject>(
+    personID: String, global: GlobalFlag?, shown: [PreferenceEntry], subject: Subject,
+    now: Int64
+  ) -> Preferences {
+    Preferences(
       personID: personID, globalUnsubscribed: global?.unsubscribed ?? false,
       globalUpdatedAt: global?.updatedAt ?? 0, globalSource: global?.source ?? "",
       entries: shown, effective: effective(subject: subject, now: now))
+  }
+
+  /// An entry as `preferences` shows it; nil when its channel or topic is not configured.
+  public func shownEntry(_ e: PreferenceRecord) -> PreferenceEntry? {
+    guard
+      (e.channel == 0 || isConfigured(channel: e.channel))
+        && (e.topic == 0 || isConfigured(topic: e.topic))
+    else { return nil }
+    return PreferenceEntry(
+      channel: channelName(e.channel), topic: topicName(e.topic), state: e.state,
+      updatedAt: e.updatedAt, source: e.source, noticeVersion: e.noticeVersion)
   }
 
   /// The decision for every configured channel × ("" + every configured topic).

@@ -308,15 +308,21 @@ enum PersonCodec {
     rd.skipString()
     rd.skipString()
     for _ in 0..<Int(rd.varint()) { rd.skipString() }
-    let (global, entries) = readGlobalAndEntries(
-      &rd, createdAt: createdAt, entriesStart: entriesStart, count: entryCount(r),
-      strings: strings)
+    // The entries as the answer shows them, as they are read (no array of the stored ones).
+    let count = entryCount(r)
+    var shown: [PreferenceEntry] = []
+    shown.reserveCapacity(count)
+    let global = readGlobalAndEntries(
+      &rd, createdAt: createdAt, entriesStart: entriesStart, count: count, strings: strings
+    ) { e in
+      if let s = model.shownEntry(e) { shown.append(s) }
+    }
     let personID =
       r.isAnonymous
       ? "" : key?.personID ?? String(decoding: r.blob[8..<entriesStart], as: UTF8.self)
     return withSubject(r) { subject in
       model.preferences(
-        personID: personID, global: global, entries: entries, subject: subject, now: now)
+        personID: personID, global: global, shown: shown, subject: subject, now: now)
     }
   }
 
@@ -442,27 +448,38 @@ enum PersonCodec {
     _ rd: inout ByteReader, createdAt: Int64, entriesStart: Int, count: Int,
     strings: StringTable
   ) -> (GlobalFlag?, [PreferenceRecord]) {
+    var entries: [PreferenceRecord] = []
+    entries.reserveCapacity(count)
+    let global = readGlobalAndEntries(
+      &rd, createdAt: createdAt, entriesStart: entriesStart, count: count, strings: strings
+    ) { entries.append($0) }
+    return (global, entries)
+  }
+
+  /// `readGlobalAndEntries`, handing each entry to `body` as it is read.
+  private static func readGlobalAndEntries(
+    _ rd: inout ByteReader, createdAt: Int64, entriesStart: Int, count: Int,
+    strings: StringTable, _ body: (PreferenceRecord) -> Void
+  ) -> GlobalFlag? {
     var global: GlobalFlag?
     let g = rd.u8()
     if g != 0 {
       let at = createdAt &+ rd.zigzag()
       global = GlobalFlag(unsubscribed: g == 1, updatedAt: at, source: rd.ref(strings))
     }
-    var entries: [PreferenceRecord] = []
-    entries.reserveCapacity(count)
     for i in 0..<count {
       let o = entriesStart + 5 * i
       let at = createdAt &+ rd.zigzag()
       let source = rd.ref(strings)
       let notice = rd.ref(strings)
-      entries.append(
+      body(
         PreferenceRecord(
           channel: UInt16(rd.bytes[o]) | UInt16(rd.bytes[o + 1]) << 8,
           topic: UInt16(rd.bytes[o + 2]) | UInt16(rd.bytes[o + 3]) << 8,
           state: PreferenceState(rawValue: Int32(rd.bytes[o + 4])) ?? .unspecified,
           updatedAt: at, source: source, noticeVersion: notice))
     }
-    return (global, entries)
+    return global
   }
 
   /// The stored history alone.
