@@ -133,7 +133,7 @@ extension SubscriptionStore {
       !PersonCodec.setPreference(
         &shard.records[Int(slot)], channel: channel, topic: topic, state: cmd.state,
         source: cmd.source, noticeVersion: cmd.noticeVersion, at: cmd.at, actor: cmd.actor,
-        strings: &shard.strings)
+        strings: &shard.strings, scratch: &shard.scratch)
     else { return }
     changeDecoded(&shard, slot) {
       $0.setPreference(
@@ -147,7 +147,7 @@ extension SubscriptionStore {
     guard
       !PersonCodec.setGlobal(
         &shard.records[Int(slot)], unsubscribed: cmd.unsubscribed, source: cmd.source,
-        at: cmd.at, actor: cmd.actor, strings: &shard.strings)
+        at: cmd.at, actor: cmd.actor, strings: &shard.strings, scratch: &shard.scratch)
     else { return }
     changeDecoded(&shard, slot) {
       $0.setGlobal(unsubscribed: cmd.unsubscribed, source: cmd.source, at: cmd.at, actor: cmd.actor)

@@ -145,6 +145,7 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
     var globals = 0
     for round in 0..<2 {
       var strings = StringTable()
+      var scratch: [UInt8] = []
       if round == 1 {
         // A full table: every new string stays inline.
         for i in 0..<StringTable.maxEntries { _ = strings.id(for: "filler \(i)") }
@@ -173,10 +174,10 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
             global
             ? PersonCodec.setGlobal(
               &record, unsubscribed: state == .unsubscribed, source: source, at: at,
-              actor: "actor", strings: &strings)
+              actor: "actor", strings: &strings, scratch: &scratch)
             : PersonCodec.setPreference(
               &record, channel: channel, topic: topic, state: state, source: source,
-              noticeVersion: notice, at: at, actor: "actor", strings: &strings)
+              noticeVersion: notice, at: at, actor: "actor", strings: &strings, scratch: &scratch)
           if at < lastAt {
             #expect(!done, "a change sorting before the stored history is refused")
             #expect(record.blob == before)

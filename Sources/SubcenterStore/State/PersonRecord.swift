@@ -123,7 +123,7 @@ enum PersonCodec {
   static func setPreference(
     _ r: inout PersonRecord, channel: NameID, topic: NameID, state: PreferenceState,
     source: String, noticeVersion: String, at: Int64, actor: String,
-    strings: inout StringTable
+    strings: inout StringTable, scratch: inout [UInt8]
   ) -> Bool {
     let oldColdStart = coldStart(r.blob)
     let n = entryCount(r)
@@ -154,7 +154,8 @@ enum PersonCodec {
       seq: cold.nextHistorySeq, at: at, action: state == .subscribed ? .subscribe : .unsubscribe,
       channel: channel, topic: topic, source: source, actor: actor,
       detail: noticeVersion.isEmpty ? "" : "notice_version: \(noticeVersion)")
-    let tail = changeTail(r.blob, cold, history, strings: &strings) { old, tail, strings in
+    let tail = changeTail(r.blob, cold, history, strings: &strings, scratch: &scratch) {
+      old, tail, strings in
       tail.bytes.append(contentsOf: old[cold.identityStart..<before])
       tail.zigzag(at &- cold.createdAt)
       tail.ref(source, &strings)
@@ -177,7 +178,7 @@ enum PersonCodec {
       r.blob[4] = UInt8(truncatingIfNeeded: n + 1)
       r.blob[5] = UInt8(truncatingIfNeeded: (n + 1) >> 8)
     }
-    append(tail, to: &r)
+    append(tail, to: &r, keeping: &scratch)
     return true
   }
 
@@ -188,7 +189,7 @@ enum PersonCodec {
   /// sort before the stored ones.
   static func setGlobal(
     _ r: inout PersonRecord, unsubscribed: Bool, source: String, at: Int64, actor: String,
-    strings: inout StringTable
+    strings: inout StringTable, scratch: inout [UInt8]
   ) -> Bool {
     let oldColdStart = coldStart(r.blob)
     let n = entryCount(r)
@@ -197,7 +198,8 @@ enum PersonCodec {
     let history = HistoryRecord(
       seq: cold.nextHistorySeq, at: at, action: unsubscribed ? .unsubscribeAll : .resubscribe,
       channel: 0, topic: 0, source: source, actor: actor, detail: "")
-    let tail = changeTail(r.blob, cold, history, strings: &strings) { old, tail, strings in
+    let tail = changeTail(r.blob, cold, history, strings: &strings, scratch: &scratch) {
+      old, tail, strings in
       tail.bytes.append(contentsOf: old[cold.identityStart..<cold.globalStart])
       tail.u8(unsubscribed ? 1 : 2)
       tail.zigzag(at &- cold.createdAt)
@@ -205,7 +207,7 @@ enum PersonCodec {
       tail.bytes.append(contentsOf: old[cold.globalEnd..<cold.entriesEnd])
     }
     r.blob.removeSubrange(oldColdStart...)
-    append(tail, to: &r)
+    append(tail, to: &r, keeping: &scratch)
     r.flags =
       unsubscribed ? r.flags | PersonRecord.globalFlag : r.flags & ~PersonRecord.globalFlag
     return true
@@ -214,11 +216,16 @@ enum PersonCodec {
   /// What follows the stored history after an in-place change: `history`, then a new cold
   /// section whose fields from the identifiers to the entries' `middle` writes (from the
   /// old record's bytes); the change's time is the new `updatedAt` and last history time.
+  /// It is written in `scratch` (the shard's: its capacity spares an allocation a change),
+  /// which `append(_:to:keeping:)` gives back.
   private static func changeTail(
     _ blob: [UInt8], _ cold: ColdLayout, _ history: HistoryRecord, strings: inout StringTable,
+    scratch: inout [UInt8],
     middle: (UnsafeBufferPointer<UInt8>, inout ByteWriter, inout StringTable) -> Void
   ) -> (bytes: ByteWriter, coldOffset: Int) {
     var tail = ByteWriter()
+    swap(&tail.bytes, &scratch)
+    tail.bytes.removeAll(keepingCapacity: true)
     tail.bytes.reserveCapacity(blob.count - coldStart(blob) + 48)
     var previous = cold.lastHistoryAt
     writeHistory(history, previous: &previous, into: &tail, strings: &strings)
@@ -233,12 +240,15 @@ enum PersonCodec {
   }
 
   /// Appends a `changeTail` to a record whose old cold section was removed, pointing the
-  /// header at the new one.
-  private static func append(_ tail: (bytes: ByteWriter, coldOffset: Int), to r: inout PersonRecord)
-  {
+  /// header at the new one; the tail's buffer goes back to `scratch`.
+  private static func append(
+    _ tail: consuming (bytes: ByteWriter, coldOffset: Int), to r: inout PersonRecord,
+    keeping scratch: inout [UInt8]
+  ) {
     let newColdStart = UInt32(r.blob.count + tail.coldOffset)
     r.blob.append(contentsOf: tail.bytes.bytes)
     for i in 0..<4 { r.blob[i] = UInt8(truncatingIfNeeded: newColdStart >> (8 * i)) }
+    scratch = tail.bytes.bytes
   }
 
   /// Offsets in a record's cold section (see the layout above).

@@ -41,6 +41,9 @@ struct Shard {
   var freeSlots: [UInt32] = []
   var keys = SlotTable()
   var strings = StringTable()
+  /// Where `PersonCodec` builds a record's change before copying it in (kept: its capacity
+  /// spares an allocation a write).
+  var scratch: [UInt8] = []
   /// Single-person writes in flight, by slot (Reservations.swift); never read by readers.
   var pending: [UInt32: PendingSlot] = [:]
 
