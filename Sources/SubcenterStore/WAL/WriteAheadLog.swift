@@ -196,8 +196,8 @@ public final class WriteAheadLog: Sendable {
   /// and their completions have run, the feed (`notifyCommands(to:)`) is told, once. The
   /// log does the mapping, so no closure wraps `completion` (one allocation a write).
   func appendCommand(
-    _ record: [UInt8], seqCount: UInt64,
-    completion: @escaping @Sendable (Result<UInt64, CoreError>) -> Void
+    _ record: consuming [UInt8], seqCount: UInt64,
+    completion: consuming @escaping @Sendable (Result<UInt64, CoreError>) -> Void
   ) throws(StorageError) {
     try enqueue(record, seqCount: seqCount, .command(completion))
   }
@@ -206,17 +206,21 @@ public final class WriteAheadLog: Sendable {
   func notifyCommands(to feed: ChangeFeed) { core.shared.withLock { $0.feed = feed } }
 
   private func enqueue(
-    _ record: [UInt8], seqCount: UInt64, _ completion: WALCore.Pending.Notify
+    _ record: consuming [UInt8], seqCount: UInt64, _ completion: consuming WALCore.Pending.Notify
   ) throws(StorageError) {
     precondition(seqCount >= 1)
-    guard record.count <= RecordFrame.maxPayloadSize - 22 else {  // room for seq and count
-      throw StorageError(.invalid, "a log record of \(record.count) bytes is too large")
+    let size = record.count
+    guard size <= RecordFrame.maxPayloadSize - 22 else {  // room for seq and count
+      throw StorageError(.invalid, "a log record of \(size) bytes is too large")
     }
+    // Moved into the queue, not copied (a closure copies what it captures).
+    var pending: WALCore.Pending? = WALCore.Pending(
+      bytes: record, seqCount: seqCount, completion: completion)
     let (act, deferral) = try core.shared.withLock {
       (s) throws(StorageError) -> (Bool, TaskRunner?) in
       if let refusal = s.refusal { throw refusal }
-      s.queue.append(WALCore.Pending(bytes: record, seqCount: seqCount, completion: completion))
-      s.queuedBytes += record.count
+      s.queue.append(pending.take()!)
+      s.queuedBytes += size
       guard let deferral = s.readyDeferral else {
         s.ready = s.queue.count
         guard s.writerIdle else { return (false, nil) }
