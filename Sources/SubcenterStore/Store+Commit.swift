@@ -313,6 +313,48 @@ final class Applier: Sendable {
   let drainBudgetNanos = Atomic<UInt64>(10_000_000)
 }
 
+extension PendingCommit {
+  /// Applies the command (or fails it) and answers the call: `SubscriptionStore.drain`'s
+  /// step for one record, under `Applier.gate` (`last` is the gate's). A method of the
+  /// commit: a caller's `c.scope`, `c.reservations` or `c.answer` would each be a copy
+  /// (a retain and release of everything it holds).
+  fileprivate func process(_ result: Result<UInt64, CoreError>, _ last: inout UInt64) {
+    switch result {
+    case .success(let seq):
+      var ok = false
+      answer.finish(command) { answer in
+        store.withLocks(scope) { (locked: inout Locked) in
+          let applied: Result<Applied, CoreError>
+          do throws(CoreError) {
+            applied = .success(
+              try store.apply(
+                command, scope.workspace, registry: &locked.registry,
+                identity: &locked.identity, shards: &locked.shards))
+            ok = true
+          } catch {
+            applied = .failure(error)
+          }
+          reservations.release(in: &locked)
+          answer(&locked, applied)
+        }
+        if seq > last {
+          last = seq
+          store.applier.applied.store(seq, ordering: .releasing)
+        }
+        store.noteEvents(command, seq: seq, scope.workspace)
+        if ok, !ChangeEvents.removals(of: command).isEmpty {
+          store.applier.personsRemoved.withLock { $0 }?.run()
+        }
+      }
+      settle(ok)
+    case .failure(let error):
+      store.withLocks(scope) { (locked: inout Locked) in reservations.release(in: &locked) }
+      fail(error)
+      settle(false)
+    }
+  }
+}
+
 // MARK: Locks
 
 /// The locks a command's application takes (the same as its validation's, less the
@@ -558,7 +600,7 @@ extension SubscriptionStore {
     applier.gate.withLock { last in
       while true {
         for (i, (c, result)) in batch.enumerated() {
-          process(c, result, &last)
+          c.process(result, &last)
           if i + 1 < batch.count, monotonicNanos() > deadline {
             rest = batch[(i + 1)...]
             break
@@ -586,44 +628,6 @@ extension SubscriptionStore {
       }
     }
     if yielded { scheduleDrain() }
-  }
-
-  private func process(
-    _ c: PendingCommit, _ result: Result<UInt64, CoreError>, _ last: inout UInt64
-  ) {
-    switch result {
-    case .success(let seq):
-      var ok = false
-      c.answer.finish(c.command) { answer in
-        withLocks(c.scope) { (locked: inout Locked) in
-          let applied: Result<Applied, CoreError>
-          do throws(CoreError) {
-            applied = .success(
-              try apply(
-                c.command, c.scope.workspace, registry: &locked.registry,
-                identity: &locked.identity, shards: &locked.shards))
-            ok = true
-          } catch {
-            applied = .failure(error)
-          }
-          c.reservations.release(in: &locked)
-          answer(&locked, applied)
-        }
-        if seq > last {
-          last = seq
-          applier.applied.store(seq, ordering: .releasing)
-        }
-        noteEvents(c.command, seq: seq, c.scope.workspace)
-        if ok, !ChangeEvents.removals(of: c.command).isEmpty {
-          applier.personsRemoved.withLock { $0 }?.run()
-        }
-      }
-      c.settle(ok)
-    case .failure(let error):
-      withLocks(c.scope) { (locked: inout Locked) in c.reservations.release(in: &locked) }
-      c.fail(error)
-      c.settle(false)
-    }
   }
 
   /// Records `seq` as the workspace's newest change-feed event if its record has one (the
