@@ -5,6 +5,7 @@
 // there: a snapshot writes each person's strings in full (`StoreSnapshot.forEachPerson`),
 // never this table, so no forgotten person's text outlives erasure on disk because of it.
 
+import Glibc
 import SubcenterCore
 
 struct StringTable {
@@ -22,6 +23,9 @@ struct StringTable {
 
   /// The number of `s`, interning it if there is room; nil if it must stay inline.
   mutating func id(for s: String) -> UInt32? {
+    // The string's own bytes where it has them together (a native or small string): a
+    // copy for `withUTF8` was a retain and release a look-up.
+    if let id = s.utf8.withContiguousStorageIfAvailable({ b in id(for: b, s) }) { return id }
     var utf8 = s
     return utf8.withUTF8 { b in id(for: b, s) }
   }
@@ -57,8 +61,10 @@ struct StringTable {
   private func equals(_ n: Int, _ b: UnsafeBufferPointer<UInt8>) -> Bool {
     let start = Int(offsets[n])
     guard Int(offsets[n + 1]) - start == b.count else { return false }
-    for k in 0..<b.count where bytes[start + k] != b[k] { return false }
-    return true
+    // One `memcmp`, not a checked subscript a byte.
+    return bytes.withUnsafeBufferPointer {
+      memcmp($0.baseAddress! + start, b.baseAddress!, b.count) == 0
+    }
   }
 
   private mutating func place(_ n: Int, _ h: UInt32) {
