@@ -87,8 +87,7 @@ public enum Validate {
 
   /// True if `s` holds a C0 control, DEL or a C1 control character.
   public static func containsControl(_ s: String) -> Bool {
-    var s = s
-    return s.withUTF8 { bytes in
+    func scan(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
       // C1 controls (U+0080–U+009F) are encoded as C2 80 … C2 9F.
       var previous: UInt8 = 0
       for b in bytes {
@@ -97,6 +96,11 @@ public enum Validate {
       }
       return false
     }
+    // In place where the string has its bytes together (a copy for `withUTF8` is a retain
+    // and release).
+    if let found = s.utf8.withContiguousStorageIfAvailable(scan) { return found }
+    var s = s
+    return s.withUTF8(scan)
   }
 
   /// Normalizes an email: trimmed of whitespace, lower-cased; then at most 254 bytes,

@@ -542,14 +542,18 @@ enum PersonCodec {
   static func matches(_ r: borrowing PersonRecord, workspace: UInt16, key: PersonKey) -> Bool {
     guard r.workspace == workspace, r.isAnonymous == key.isAnonymous else { return false }
     let n = Int(r.blob[6]) | Int(r.blob[7]) << 8
-    var value = key.value
-    return value.withUTF8 { k in
+    func equal(_ k: UnsafeBufferPointer<UInt8>) -> Bool {
       guard k.count == n else { return false }
       return r.blob.withUnsafeBufferPointer { b in
         for i in 0..<n where b[8 + i] != k[i] { return false }
         return true
       }
     }
+    // In place where the key has its bytes together (a copy for `withUTF8` is a retain
+    // and release).
+    if let same = key.value.utf8.withContiguousStorageIfAvailable(equal) { return same }
+    var value = key.value
+    return value.withUTF8(equal)
   }
 
   /// The number of explicit entries (at most `UInt16.max`: the store refuses more).
@@ -817,6 +821,12 @@ enum KeyHash {
 
   @inline(__always)
   private static func combine(_ h: inout Hasher, _ s: String) {
+    // In place where the string has its bytes together (a copy for `withUTF8` is a retain
+    // and release).
+    let done: Void? = s.utf8.withContiguousStorageIfAvailable {
+      h.combine(bytes: UnsafeRawBufferPointer($0))
+    }
+    if done != nil { return }
     var s = s
     s.withUTF8 { h.combine(bytes: UnsafeRawBufferPointer($0)) }
   }
