@@ -346,12 +346,16 @@ final class VerifiedHeader {
 
   /// Whether `other` is the same header, compared in constant time without copying it.
   func matches(_ other: String) -> Bool {
-    var other = other
-    return other.withUTF8 { b in
+    func same(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
       guard b.count == header.count else { return false }
       var diff: UInt8 = 0
       for i in 0..<b.count { diff |= b[i] ^ header[i] }
       return diff == 0
     }
+    // In place where the string has its bytes together (a copy for `withUTF8` is a retain
+    // and release a call).
+    if let result = other.utf8.withContiguousStorageIfAvailable(same) { return result }
+    var other = other
+    return other.withUTF8(same)
   }
 }
