@@ -258,16 +258,17 @@ extension SubscriptionStore {
       let (source, noticeVersion) = (req.source, req.noticeVersion)
       let step = try withPersonForWrite(h, ref, &deps) {
         (shard, s, slot, deps) throws(CoreError) -> Step<Preferences> in
-        let record = shard.records[Int(slot)]
-        let pending = shard.pending[slot]
-        if PersonCodec.entryCount(record) + (pending?.writes ?? 0) >= Int(UInt16.max),
-          !PersonCodec.hasEntry(record, channel: channel, topic: topic)
+        // Read in place: the record or pending entry bound to a `let` is a copy (retains).
+        let entries = PersonCodec.entryCount(shard.records[Int(slot)])
+        if entries + (shard.pending[slot]?.writes ?? 0) >= Int(UInt16.max),
+          !PersonCodec.hasEntry(shard.records[Int(slot)], channel: channel, topic: topic)
         {
-          if let pending { deps.add(pending.last) }
+          if let pending = shard.pending[slot] { deps.add(pending.last) }
           throw .resourceExhausted("a person holds at most \(UInt16.max) preference entries")
         }
         let cmd = Command.SetPreference(
-          workspace: h.id, person: PersonCodec.key(record, foundBy: ref), channel: channelName,
+          workspace: h.id, person: PersonCodec.key(shard.records[Int(slot)], foundBy: ref),
+          channel: channelName,
           topic: topicName, state: state, source: source,
           noticeVersion: noticeVersion, at: at, actor: actor)
         let hold = SlotReservation(shard: s, slot: slot)
