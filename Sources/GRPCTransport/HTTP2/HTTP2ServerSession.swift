@@ -165,8 +165,11 @@ final class HTTP2ServerSession {
   /// Streams begun so far (the connection's watchdog tells idleness by it).
   private(set) var streamsBegun = 0
   /// The stream whose request header block has begun and not ended (HTTP/2 allows one at
-  /// a time), if any.
-  private(set) var headerBlockStream: Int32?
+  /// a time), if any: its headers go to it without a lookup. Not retained: `remove` clears
+  /// it.
+  private var headerBlock: Unmanaged<HTTP2Stream>?
+  /// The id of `headerBlock`'s stream.
+  var headerBlockStream: Int32? { headerBlock?._withUnsafeGuaranteedRef { $0.id } }
   /// The client's connection preface and first SETTINGS have arrived.
   fileprivate(set) var clientStarted = false
   private(set) var isDraining = false
@@ -341,6 +344,7 @@ final class HTTP2ServerSession {
     s.next?._withUnsafeGuaranteedRef { $0.prev = s.prev }
     s.prev = nil
     s.next = nil
+    if headerBlock?.toOpaque() == Unmanaged.passUnretained(s).toOpaque() { headerBlock = nil }
     activeStreams -= 1
     s.closed = true
     dropUnsentOutput(s)
@@ -376,9 +380,21 @@ final class HTTP2ServerSession {
     firstStream = unretained
     activeStreams += 1
     streamsBegun += 1
-    headerBlockStream = streamID
+    headerBlock = unretained
     blockMetadata.begin()
     nghttp2_session_set_stream_user_data(session, streamID, Unmanaged.passRetained(s).toOpaque())
+  }
+
+  /// Runs `body` on stream `id`, whose request header block is in progress: `headerBlock`,
+  /// not retained for the call (no handler runs from a header), or if it is not that one,
+  /// the stream nghttp2 holds.
+  @inline(__always)
+  fileprivate func withHeaderBlockStream(_ id: Int32, _ body: (HTTP2Stream) -> Void) {
+    if let b = headerBlock, b._withUnsafeGuaranteedRef({ $0.id == id }) {
+      b._withUnsafeGuaranteedRef(body)
+    } else {
+      _ = withStream(session, id, body)
+    }
   }
 
   fileprivate func header(
@@ -447,7 +463,7 @@ final class HTTP2ServerSession {
 
   /// Request headers complete: validate, route, and arm the deadline.
   fileprivate func requestHeadersDone(_ s: HTTP2Stream, endStream: Bool) {
-    headerBlockStream = nil
+    headerBlock = nil
     s.metadata = blockMetadata.end()
     if s.headersTooLarge {
       respondImmediately(
@@ -610,7 +626,6 @@ final class HTTP2ServerSession {
   }
 
   fileprivate func streamClosed(_ s: HTTP2Stream) {
-    if headerBlockStream == s.id { headerBlockStream = nil }
     nghttp2_session_set_stream_user_data(session, s.id, nil)
     remove(s)
   }
@@ -953,7 +968,7 @@ private let onHeader: nghttp2_on_header_callback = {
   // Request headers only; trailers from a client carry nothing we use.
   guard frame!.pointee.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
   withSession(user) { me in
-    withStream(session, frame!.pointee.hd.stream_id) { s in
+    me.withHeaderBlockStream(frame!.pointee.hd.stream_id) { s in
       me.header(s, name!, nlen, value!, vlen)
     }
   }
