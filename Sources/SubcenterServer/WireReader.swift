@@ -52,8 +52,11 @@ struct WireReader {
       }
       if byte >= 0x80 { ascii = false }
     }
-    // ASCII is valid UTF-8: decode without the (slower) validating initializer.
-    if ascii { return String(decoding: b, as: UTF8.self) }
+    // ASCII is valid UTF-8: copied in without a second scan (`String(decoding:)` would check
+    // the bytes again; a string of up to 15 ASCII bytes is made in place).
+    if ascii {
+      return String(unsafeUninitializedCapacity: b.count) { $0.initialize(fromContentsOf: b) }
+    }
     guard let s = String(validating: b, as: UTF8.self) else {
       throw RPCStatus(.invalidArgument, "\(field()): not valid UTF-8")
     }
