@@ -328,13 +328,16 @@ final class HTTP2ServerSession {
 
   /// The connection is gone: cancel every call still running.
   func cancelAll() {
-    while let s = firstStream?.takeUnretainedValue() {
+    while let first = firstStream {
+      // nghttp2's reference, taken over: the stream goes at the end of the iteration.
+      let s = first.takeRetainedValue()
       nghttp2_session_set_stream_user_data(session, s.id, nil)
       remove(s)
     }
   }
 
-  /// Unlinks `s`, cancels its call if unfinished, and drops nghttp2's reference.
+  /// Unlinks `s` and cancels its call if unfinished. The caller has taken over the reference
+  /// nghttp2's stream user data held (and cleared it).
   private func remove(_ s: HTTP2Stream) {
     if let p = s.prev {
       p._withUnsafeGuaranteedRef { $0.next = s.next }
@@ -350,7 +353,6 @@ final class HTTP2ServerSession {
     dropUnsentOutput(s)
     dropRequest(s)
     detach(s)
-    Unmanaged.passUnretained(s).release()
   }
 
   private func detach(_ s: HTTP2Stream) {
@@ -1004,7 +1006,10 @@ private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { session, _, id,
 }
 
 private let onStreamClose: nghttp2_on_stream_close_callback = { session, id, _, user in
-  if let s = streamOf(session, id) { withSession(user) { $0.streamClosed(s) } }
+  guard let p = nghttp2_session_get_stream_user_data(session, id) else { return 0 }
+  // nghttp2's reference, taken over: the stream goes once `streamClosed` is done with it.
+  let s = Unmanaged<HTTP2Stream>.fromOpaque(p).takeRetainedValue()
+  withSession(user) { $0.streamClosed(s) }
   return 0
 }
 
