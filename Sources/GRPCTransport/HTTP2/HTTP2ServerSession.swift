@@ -356,13 +356,11 @@ final class HTTP2ServerSession {
   }
 
   private func detach(_ s: HTTP2Stream) {
-    s.deadlineTimer?.cancel()
-    s.deadlineTimer = nil
-    s.partialMessageTimer?.cancel()
-    s.partialMessageTimer = nil
-    if let call = s.call {
+    s.deadlineTimer.take()?.cancel()
+    s.partialMessageTimer.take()?.cancel()
+    // Taken out of the stream (moved, not retained once more).
+    if let call = s.call.take() {
       call.stream = nil
-      s.call = nil
       if !s.finished {
         // The client reset the stream or went away before the answer: a cancelled call.
         s.finished = true
@@ -800,6 +798,7 @@ final class HTTP2ServerSession {
   /// Takes `n` bytes of `s`'s answer off the queued counts (the connection's and the
   /// call's): handed to nghttp2, or dropped.
   private func unqueue(_ n: Int, of s: HTTP2Stream) {
+    guard n != 0 else { return }
     queuedResponseBytes -= n
     s.call?.noteHandedOff(n)
   }
