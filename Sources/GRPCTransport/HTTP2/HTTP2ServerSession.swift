@@ -154,8 +154,8 @@ final class HTTP2ServerSession {
   let limits: SessionLimits
   let loop: any CallLoop
   /// Called when there is output to produce outside of a receive/produce cycle (a call
-  /// answered later). The owner flushes soon.
-  var onOutputPending: () -> Void = {}
+  /// answered later). The owner flushes soon. (Constants, so calling them retains nothing.)
+  let onOutputPending: () -> Void
   /// Open streams: a doubly linked list through the streams, which does not retain them;
   /// nghttp2's stream user data does, from a stream's first HEADERS until `remove`.
   private var firstStream: Unmanaged<HTTP2Stream>?
@@ -186,7 +186,7 @@ final class HTTP2ServerSession {
   /// client repeats it.
   private var blockMetadata = RepeatedMetadata()
   /// Counts answered calls (OK or not) for the server's metrics.
-  var onCallFinished: (RPCStatus.Code) -> Void = { _ in }
+  let onCallFinished: (RPCStatus.Code) -> Void
   /// Answer bytes queued on streams that nghttp2 has not taken yet.
   private(set) var queuedResponseBytes = 0
   /// Streams whose request ended while `queuedResponseBytes` was over the limit: their
@@ -207,10 +207,16 @@ final class HTTP2ServerSession {
     return false
   }
 
-  init(router: Router, limits: SessionLimits, loop: any CallLoop) throws(HTTP2Error) {
+  init(
+    router: Router, limits: SessionLimits, loop: any CallLoop,
+    onOutputPending: @escaping () -> Void = {},
+    onCallFinished: @escaping (RPCStatus.Code) -> Void = { _ in }
+  ) throws(HTTP2Error) {
     self.router = router
     self.limits = limits
     self.loop = loop
+    self.onOutputPending = onOutputPending
+    self.onCallFinished = onCallFinished
     var callbacks: OpaquePointer?
     nghttp2_session_callbacks_new(&callbacks)
     defer { nghttp2_session_callbacks_del(callbacks) }

@@ -115,14 +115,14 @@ final class ServerConnection {
         return
       }
       do {
-        let session = try HTTP2ServerSession(
-          router: server.router, limits: server.configuration.limits, loop: loop)
-        // The connection owns the session: these closures never outlive it.
-        session.onOutputPending = { [unowned(unsafe) self] in
-          if !self.isDirty { self.loop.markDirty(self) }
-        }
         let server = self.server
-        session.onCallFinished = { code in server.callFinished(code) }
+        // The connection owns the session: these closures never outlive it.
+        let session = try HTTP2ServerSession(
+          router: server.router, limits: server.configuration.limits, loop: loop,
+          onOutputPending: { [unowned(unsafe) self] in
+            if !self.isDirty { self.loop.markDirty(self) }
+          },
+          onCallFinished: { code in server.callFinished(code) })
         http2 = session
         if server.isShuttingDown { beginDrain() }
       } catch {
