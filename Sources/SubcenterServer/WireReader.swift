@@ -16,7 +16,17 @@ struct WireReader {
 
   static let malformed = RPCStatus(.internal, "could not parse the request message")
 
+  /// A varint: of one byte inline (keys and short lengths, nearly all), else `longVarint`.
+  @inline(__always)
   mutating func varint() throws(RPCStatus) -> UInt64 {
+    if i < bytes.count, bytes[i] < 0x80 {
+      i += 1
+      return UInt64(bytes[i - 1])
+    }
+    return try longVarint()
+  }
+
+  private mutating func longVarint() throws(RPCStatus) -> UInt64 {
     var v: UInt64 = 0
     var shift: UInt64 = 0
     while i < bytes.count, shift < 64 {
@@ -38,7 +48,7 @@ struct WireReader {
   mutating func lengthDelimited() throws(RPCStatus) -> UnsafeRawBufferPointer {
     let n = try varint()
     guard n <= UInt64(bytes.count - i) else { throw Self.malformed }
-    let slice = UnsafeRawBufferPointer(rebasing: bytes[i..<(i + Int(n))])
+    let slice = UnsafeRawBufferPointer(start: bytes.baseAddress! + i, count: Int(n))
     i += Int(n)
     return slice
   }
