@@ -29,6 +29,7 @@ public struct GRPCMessageDeframer {
 
   /// Consumes `bytes`, calling `onMessage` for each complete message. Throws
   /// RESOURCE_EXHAUSTED for a prefix over the limit and INTERNAL for a bad flag.
+  @inline(__always)
   public mutating func process(
     _ bytes: UnsafeRawBufferPointer, _ onMessage: (GRPCMessage) throws(RPCStatus) -> Void
   ) throws(RPCStatus) {
@@ -60,6 +61,15 @@ public struct GRPCMessageDeframer {
         }
         continue
       }
+      if body.isEmpty && n - i >= expected {
+        // The whole message is in this chunk: its array is made at once, nothing buffered.
+        let message = Array(UnsafeRawBufferPointer(rebasing: bytes[i..<(i + expected)]))
+        i += expected
+        expected = -1
+        try onMessage(GRPCMessage(compressed: compressed, bytes: message))
+        continue
+      }
+      if body.isEmpty { body.reserveCapacity(expected) }
       let take = min(expected - body.count, n - i)
       body.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[i..<(i + take)]))
       i += take
@@ -84,7 +94,6 @@ public struct GRPCMessageDeframer {
     }
     compressed = flag == 1
     expected = length
-    if length > 0 { body.reserveCapacity(length) }
   }
 }
 
