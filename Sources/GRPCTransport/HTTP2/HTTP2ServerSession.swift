@@ -673,7 +673,7 @@ final class HTTP2ServerSession {
       return
     }
     if s.outOffset == s.outbound.count {
-      s.outbound.removeAll(keepingCapacity: true)
+      if !s.outbound.isEmpty { s.outbound.removeAll(keepingCapacity: true) }
       s.outOffset = 0
       s.outbound.reserveCapacity(message.count + 5)
     } else if s.outOffset >= Self.sentBytesKept {
@@ -902,7 +902,12 @@ final class HTTP2ServerSession {
       answerBytesSent += n
       unqueue(n, of: s)
       if s.outOffset == s.outbound.count {
-        s.outbound.removeAll(keepingCapacity: s.outbound.count <= 64 * 1024)
+        if s.finished {
+          // No message follows: the buffer goes now instead of being emptied for reuse.
+          s.outbound = []
+        } else {
+          s.outbound.removeAll(keepingCapacity: s.outbound.count <= 64 * 1024)
+        }
         s.outOffset = 0
         if !s.drainedCallbacks.isEmpty {
           let cbs = s.drainedCallbacks
