@@ -21,6 +21,9 @@ public final class HealthService: GRPCService, @unchecked Sendable {
 
   private struct State {
     var statuses: [String: ServingStatus] = [:]
+    /// `statuses[""]`, the server's own status: what most checks ask for, read here without
+    /// hashing the name.
+    var serverStatus = ServingStatus.serving
     var watchers: [Watcher] = []
     var nextID = 0
   }
@@ -42,6 +45,7 @@ public final class HealthService: GRPCService, @unchecked Sendable {
     let toNotify = state.withLock { s -> [ServerCall] in
       guard s.statuses[service] != status else { return [] }
       s.statuses[service] = status
+      if service.isEmpty { s.serverStatus = status }
       return s.watchers.filter { $0.service == service }.map(\.call)
     }
     let message = Self.encode(status)
@@ -76,7 +80,9 @@ public final class HealthService: GRPCService, @unchecked Sendable {
         } else {
           throw RPCStatus(.internal, "could not parse HealthCheckRequest")
         }
-        guard let status = state.withLock({ $0.statuses[service] }) else {
+        guard
+          let status = state.withLock({ service.isEmpty ? $0.serverStatus : $0.statuses[service] })
+        else {
           throw RPCStatus(.notFound, "unknown service \(service)")
         }
         return Self.encode(status)
