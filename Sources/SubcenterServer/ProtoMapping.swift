@@ -254,37 +254,50 @@ enum ProtoMapping {
   /// spare bytes, for `ServerCall.respond(framed:)`.
   static let framePrefix = GRPCMessageFramer.prefixSize
 
-  /// Preferences (every write RPC answers with it), framed.
+  /// Preferences (every write RPC answers with it), framed. Written in one go into room
+  /// sized first (`WireWriter.withCursor`): a field of every kind, and each nested message,
+  /// takes `WireCursor.fieldRoom` bytes at most, plus its string's bytes.
   static func preferences(_ p: Preferences) -> [UInt8] {
-    var w = WireWriter(
-      capacity: 64 + 40 * (p.entries.count + p.effective.count), reserving: framePrefix)
-    w.string(1, p.personID)
-    w.bool(2, p.globalUnsubscribed)
-    w.int(3, p.globalUpdatedAt)
-    w.string(4, p.globalSource)
     // Fields read through the subscript, not from elements bound by `for e in`: that
     // copies each element (a retain and release of every String in it).
     let entries = p.entries
-    for i in entries.indices {
-      w.message(5) { m in
-        m.string(1, entries[i].channel)
-        m.string(2, entries[i].topic)
-        m.int(3, Int64(entries[i].state.rawValue))
-        m.int(4, entries[i].updatedAt)
-        m.string(5, entries[i].source)
-        m.string(6, entries[i].noticeVersion)
-      }
-    }
     let effective = p.effective
+    let room = WireCursor.fieldRoom
+    var bound = 4 * room + p.personID.utf8.count + p.globalSource.utf8.count
+    for i in entries.indices {
+      bound +=
+        7 * room + entries[i].channel.utf8.count + entries[i].topic.utf8.count
+        + entries[i].source.utf8.count + entries[i].noticeVersion.utf8.count
+    }
     for i in effective.indices {
-      w.message(6) { m in
-        m.string(1, effective[i].channel)
-        m.string(2, effective[i].topic)
-        m.bool(3, effective[i].allowed)
-        m.int(4, Int64(effective[i].reason.rawValue))
+      bound += 5 * room + effective[i].channel.utf8.count + effective[i].topic.utf8.count
+    }
+    var writer = WireWriter(capacity: bound, reserving: framePrefix)
+    writer.withCursor(bound: bound) { w in
+      w.string(1, p.personID)
+      w.bool(2, p.globalUnsubscribed)
+      w.int(3, p.globalUpdatedAt)
+      w.string(4, p.globalSource)
+      for i in entries.indices {
+        w.message(5) { m in
+          m.string(1, entries[i].channel)
+          m.string(2, entries[i].topic)
+          m.int(3, Int64(entries[i].state.rawValue))
+          m.int(4, entries[i].updatedAt)
+          m.string(5, entries[i].source)
+          m.string(6, entries[i].noticeVersion)
+        }
+      }
+      for i in effective.indices {
+        w.message(6) { m in
+          m.string(1, effective[i].channel)
+          m.string(2, effective[i].topic)
+          m.bool(3, effective[i].allowed)
+          m.int(4, Int64(effective[i].reason.rawValue))
+        }
       }
     }
-    return w.finish()
+    return writer.finish()
   }
 
   /// A DeliveryDecision (three small fields), framed.

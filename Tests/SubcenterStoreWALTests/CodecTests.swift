@@ -227,6 +227,37 @@ enum Samples {
     }
   }
 
+  /// Fields written through a cursor (`withCursor`) equal those written one by one, at the
+  /// lengths where a nested message's length prefix grows a byte.
+  @Test func cursorEqualsWriter() {
+    for n in [0, 1, 124, 125, 126, 127, 128, 200, 16_379, 16_380, 16_381, 16_384, 70_000] {
+      let text = String(repeating: "x", count: n)
+      var one = WireWriter(reserving: 5)
+      one.int(1, -7)
+      one.message(5) {
+        $0.string(1, text)
+        $0.bool(2, true)
+      }
+      one.string(3, "é")
+      one.bool(4, false)
+      one.int(6, 0)
+      let bound = 7 * WireCursor.fieldRoom + n + 2
+      var cursor = WireWriter(capacity: bound, reserving: 5)
+      cursor.withCursor(bound: bound) { w in
+        w.int(1, -7)
+        w.message(5) {
+          $0.string(1, text)
+          $0.bool(2, true)
+        }
+        w.string(3, "é")
+        w.bool(4, false)
+        w.int(6, 0)
+      }
+      #expect(cursor.count == one.count)
+      #expect(cursor.finish() == one.finish(), "string of \(n) bytes")
+    }
+  }
+
   /// Records read field by field read as protobuf-c reads them: every sample, every
   /// prefix of the fast ones (both refuse, or both read the same), reordered fields.
   @Test func directDecodingEqualsProtobufC() throws {

@@ -179,3 +179,104 @@ public struct WireWriter {
     return n
   }
 }
+
+extension WireWriter {
+  /// Writes fields in one go into room sized beforehand: `body` writes them through a
+  /// `WireCursor` over `bound` bytes after those written, with one check of room and
+  /// uniqueness for all of them. (Not `[UInt8](unsafeUninitializedCapacity:)`: its
+  /// allocation takes the standard library's unspecialized path, dearer than this room.)
+  @inlinable public mutating func withCursor(bound: Int, _ body: (inout WireCursor) -> Void) {
+    if storage.count - count < bound { grow(bound) }
+    let at = written
+    written = storage.withUnsafeMutableBufferPointer { b in
+      let base = b.baseAddress!
+      var c = WireCursor(base + at, end: base + at + bound)
+      body(&c)
+      return c.p - base
+    }
+  }
+}
+
+/// Writes protobuf fields, as `WireWriter` does, into room `WireWriter.withCursor` sized:
+/// each field checks the room left and stores its bytes. The room must hold
+/// `WireCursor.fieldRoom` bytes a field (a nested message counts as one) plus the bytes of
+/// its strings; a field past it stops the process.
+public struct WireCursor {
+  /// Room enough for any field's tag and length or value (two varints), and for a
+  /// message's tag and its longest length.
+  public static let fieldRoom = 20
+  @usableFromInline let end: UnsafeMutablePointer<UInt8>
+  /// Where the next field goes.
+  @usableFromInline var p: UnsafeMutablePointer<UInt8>
+
+  @inlinable init(_ start: UnsafeMutablePointer<UInt8>, end: UnsafeMutablePointer<UInt8>) {
+    p = start
+    self.end = end
+  }
+
+  /// Runs `body` at the next byte, which has `room` bytes after it; `body` returns how
+  /// many it wrote.
+  @inlinable @inline(__always) mutating func write(
+    room: Int, _ body: (UnsafeMutablePointer<UInt8>) -> Int
+  ) {
+    precondition(end - p >= room, "a field past the room WireWriter.withCursor was given")
+    p += body(p)
+  }
+
+  /// A varint field (`int64`, `uint64`, enums); negative values take ten bytes.
+  @inlinable public mutating func int(_ field: UInt64, _ value: Int64) {
+    guard value != 0 else { return }
+    write(room: 20) { p in
+      let n = WireWriter.put(field << 3, at: p)
+      return n + WireWriter.put(UInt64(bitPattern: value), at: p + n)
+    }
+  }
+
+  @inlinable public mutating func bool(_ field: UInt64, _ value: Bool) {
+    guard value else { return }
+    write(room: 11) { p in
+      let n = WireWriter.put(field << 3, at: p)
+      p[n] = 1
+      return n + 1
+    }
+  }
+
+  /// A `string` or `bytes` field (not written when empty).
+  @inlinable public mutating func string(_ field: UInt64, _ value: String) {
+    let length = value.utf8.count
+    guard length != 0 else { return }
+    write(room: 20 + length) { p in
+      var n = WireWriter.put(field << 3 | 2, at: p)
+      n += WireWriter.put(UInt64(length), at: p + n)
+      let to = p + n
+      if value.utf8.withContiguousStorageIfAvailable({
+        to.update(from: $0.baseAddress!, count: length)
+      }) == nil {
+        for (i, b) in value.utf8.enumerated() { to[i] = b }
+      }
+      return n + length
+    }
+  }
+
+  /// A length-delimited field whose message `body` writes in place, after a length fixed
+  /// up once it is known (as `WireWriter.message(_:_:)` does). Written even when empty.
+  @inlinable public mutating func message(_ field: UInt64, _ body: (inout WireCursor) -> Void) {
+    write(room: 11) { p in
+      let n = WireWriter.put(field << 3 | 2, at: p)
+      p[n] = 0
+      return n + 1
+    }
+    let at = p - 1
+    body(&self)
+    let length = p - at - 1
+    if length < 0x80 {
+      at.pointee = UInt8(truncatingIfNeeded: length)
+      return
+    }
+    // Move the message up to make room for the longer length.
+    let extra = WireWriter.varintSize(UInt64(length)) - 1
+    write(room: extra) { _ in extra }
+    (at + 1 + extra).update(from: at + 1, count: length)
+    _ = WireWriter.put(UInt64(length), at: at)
+  }
+}
