@@ -341,7 +341,8 @@ extension Workspace {
     return preferences(personID: personID, global: global, shown: shown, subject: subject, now: now)
   }
 
-  /// `preferences` of entries already as `shownEntry` shows them.
+  /// `preferences` of entries already as `shownEntry` shows them. Inlinable, as `effective`.
+  @inlinable
   public func preferences<Subject: DecisionSubject>(
     personID: String, global: GlobalFlag?, shown: [PreferenceEntry], subject: Subject,
     now: Int64
@@ -364,6 +365,9 @@ extension Workspace {
   }
 
   /// The decision for every configured channel × ("" + every configured topic).
+  /// Inlinable: specialized for the caller's subject (the store's packed record), its
+  /// look-ups are direct calls instead of protocol witnesses.
+  @inlinable
   public func effective<Subject: DecisionSubject>(subject: Subject, now: Int64)
     -> [EffectiveState]
   {
@@ -378,14 +382,15 @@ extension Workspace {
   /// `effectiveRows` of an `IndexedSubject`, in a function of its own: inlined, the
   /// generic wrapper's type metadata was looked up on every call of `effective` (~330
   /// instructions), used or not.
-  @inline(never)
-  private func indexedEffectiveRows<Subject: DecisionSubject>(subject: Subject, now: Int64)
+  @usableFromInline @inline(never)
+  func indexedEffectiveRows<Subject: DecisionSubject>(subject: Subject, now: Int64)
     -> [EffectiveState]
   {
     effectiveRows(subject: IndexedSubject(subject), now: now)
   }
 
-  private func effectiveRows<Subject: DecisionSubject>(subject: Subject, now: Int64)
+  @inlinable
+  func effectiveRows<Subject: DecisionSubject>(subject: Subject, now: Int64)
     -> [EffectiveState]
   {
     var out: [EffectiveState] = []
