@@ -697,6 +697,8 @@ struct ByteWriter {
     for i in 0..<4 { bytes[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
   }
 
+  /// Inlined (with `zigzag`): a write's history entry and cold section write a dozen.
+  @inline(__always)
   mutating func varint(_ value: UInt64) {
     var v = value
     while v >= 0x80 {
@@ -706,6 +708,7 @@ struct ByteWriter {
     bytes.append(UInt8(v))
   }
 
+  @inline(__always)
   mutating func zigzag(_ v: Int64) { varint(UInt64(bitPattern: (v << 1) ^ (v >> 63))) }
 
   mutating func string(_ s: String) {
