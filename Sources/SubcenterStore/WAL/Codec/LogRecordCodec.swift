@@ -39,19 +39,27 @@ public enum LogRecordCodec {
 
   /// The record's secret check, if it has one (field 5 of `LogRecord`).
   public static func secretCheck(in payload: ArraySlice<UInt8>) throws(StorageError) -> [UInt8]? {
+    try field(5, "log record.secret_check", in: payload)
+  }
+
+  /// The bytes of the record's length-delimited field `number` (the last one, as protobuf
+  /// reads a field given twice), nil if it has none.
+  private static func field(
+    _ number: UInt64, _ name: StaticString, in payload: ArraySlice<UInt8>
+  ) throws(StorageError) -> [UInt8]? {
     let found = payload.withUnsafeBytes { raw in
       Result { () throws(StorageError) -> [UInt8]? in
         var r = ProtoWireReader(raw)
-        var check: [UInt8]?
+        var bytes: [UInt8]?
         while !r.atEnd {
           let (field, wire) = try r.key()
-          if field == 5 {
-            check = Array(try r.bytes(wire, "log record.secret_check"))
+          if field == number {
+            bytes = Array(try r.bytes(wire, name))
           } else {
             try r.skip(wire)
           }
         }
-        return check
+        return bytes
       }
     }
     return try found.get()
@@ -248,19 +256,7 @@ public enum LogRecordCodec {
   /// Whether the record is a start's `SkippedSeqs` (field 21 of `LogRecord`); `decode`
   /// gives no command for it, as for an erased record.
   public static func isSkippedSeqs(_ payload: ArraySlice<UInt8>) throws(StorageError) -> Bool {
-    let found = payload.withUnsafeBytes { raw in
-      Result { () throws(StorageError) -> Bool in
-        var r = ProtoWireReader(raw)
-        var skipped = false
-        while !r.atEnd {
-          let (field, wire) = try r.key()
-          if field == 21 { skipped = true }
-          try r.skip(wire)
-        }
-        return skipped
-      }
-    }
-    return try found.get()
+    try field(21, "log record.skipped_seqs", in: payload) != nil
   }
 
   /// Decodes a record: its seq (0 if it has none) and its command, nil for a record
