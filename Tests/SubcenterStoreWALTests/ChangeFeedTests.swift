@@ -726,6 +726,41 @@ private final class CollectingSink: ChangeSink {
     d3.close()
   }
 
+  /// The skip's edges: a new directory skips nothing; a start whose clock (in
+  /// microseconds) is behind the log's next seq skips nothing either; one at or after it
+  /// (the first whole millisecond there) skips up to the clock.
+  @Test func aStartSkipsOnlyUpToItsClock() throws {
+    let fs = FaultyFileSystem()
+    try fs.createDirectory(cfDirectory)
+    func reopen(_ clock: ManualClock) throws -> (DurableStore, DurableStore.RecoveryReport) {
+      try DurableStore.open(
+        directory: cfDirectory, fileSystem: fs, clock: clock, secret: cfSecret, fsync: .always,
+        truncateDamaged: false, log: { _ in })
+    }
+    let (d, fresh) = try reopen(ManualClock(0))
+    #expect(fresh.skippedThrough == nil)
+    _ = awaitStoreCall { c in
+      d.store.configureWorkspace(
+        WorkspaceConfig(workspace: "acme", channels: ["email"]), actor: "a", mayCreate: true
+      ) { c($0.map { _ in 0 }) }
+    }
+    write(d.store, "a")
+    d.close()
+
+    let (d2, behind) = try reopen(ManualClock(0))
+    #expect(behind.skippedThrough == nil)
+    write(d2.store, "b")
+    let next = fromOldest(d2, events: 4).events.last!.seq + 1
+    d2.close()
+
+    let ms = Int64((next + 999) / 1000)
+    let (d3, at) = try reopen(ManualClock(ms))
+    #expect(at.nextSeq == next && at.skippedThrough == UInt64(ms) * 1000)
+    write(d3.store, "c")
+    #expect(fromOldest(d3, events: 6).events.last!.seq == UInt64(ms) * 1000 + 2)
+    d3.close()
+  }
+
   /// Under `--fsync none` an OS crash may lose changes the feed already sent; the next
   /// start gives no seq of theirs again.
   @Test func changesLostUnderFsyncNoneLeaveTheirSeqsUnused() throws {
