@@ -156,6 +156,9 @@ final class PendingCommit: Sendable {
 
 /// Ends a commit: runs its outcome (`PendingCommit.Outcome`), then completes the call
 /// with the answer built in it (a completion may write again: it runs with no lock held).
+/// Apart from `CommitAnswer`, which alone implements it, because it has no associated
+/// type: a commit holding `any CommitAnswer` instead opened the existential on every call
+/// (measured: ~830 more instructions a durable write).
 protocol CommitFinish: Sendable {
   func finish(_ command: Command, _ outcome: PendingCommit.Outcome)
 }

@@ -200,7 +200,9 @@ extension WireWriter {
 /// Writes protobuf fields, as `WireWriter` does, into room `WireWriter.withCursor` sized:
 /// each field checks the room left and stores its bytes. The room must hold
 /// `WireCursor.fieldRoom` bytes a field (a nested message counts as one) plus the bytes of
-/// its strings; a field past it stops the process.
+/// its strings; a field past it stops the process. Its field bodies repeat `WireWriter`'s:
+/// shared as static functions on a pointer, the answer's encoding took ~240 more
+/// instructions a call (measured), so each writer keeps its own.
 public struct WireCursor {
   /// Room enough for any field's tag and length or value (two varints), and for a
   /// message's tag and its longest length.
