@@ -12,6 +12,16 @@
 // accept4 is declared only under _GNU_SOURCE.
 extern int accept4(int sockfd, struct sockaddr *addr, socklen_t *addrlen, int flags);
 
+// The CPUs this process may run on (its affinity mask: `taskset`, a cpuset cgroup), or 0
+// when the kernel does not say. sched_getaffinity is declared only under _GNU_SOURCE.
+#include <sched.h>
+extern int sched_getaffinity(pid_t pid, size_t cpusetsize, cpu_set_t *mask);
+static inline int CLinux_affinity_cpu_count(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+  return __sched_cpucount(sizeof set, &set);
+}
+
 // Stable thread id for "am I on this loop?" checks.
 static inline unsigned long CLinux_pthread_self(void) { return (unsigned long)pthread_self(); }
 

@@ -53,7 +53,7 @@ public struct ServerOptions: Sendable {
 
   /// Parses and validates flags; TLS files are loaded here so a bad path fails at start.
   public init(flags: Flags) throws(FlagError) {
-    transport = try ServerConfiguration(flags: flags, defaultLoops: Flags.onlineCores)
+    transport = try ServerConfiguration(flags: flags, defaultLoops: UsableCores.count)
     adminListen = try flags.address("admin-listen") ?? SocketAddress(host: "127.0.0.1", port: 9090)
     let (grpc, admin) = (transport.listen, adminListen)
     let wildcards: Set = ["0.0.0.0", "::"]

@@ -11,7 +11,6 @@
 // write and before replay of the log after the snapshot.
 
 import Dispatch
-import Foundation
 import SubcenterCore
 import Synchronization
 
@@ -318,10 +317,11 @@ private struct BatchFailure: Error {
   var restored: Int
 }
 
-/// The worker threads of a `SnapshotRestorer`: at most one batch per core at a time.
+/// The worker threads of a `SnapshotRestorer`: at most one batch per core at a time
+/// (`DurableStore.cores`).
 private final class RestoreWorkers: @unchecked Sendable {
   private let group = DispatchGroup()
-  private let slots = DispatchSemaphore(value: max(1, ProcessInfo.processInfo.activeProcessorCount))
+  private let slots = DispatchSemaphore(value: DurableStore.cores)
   private let state = Mutex<(restored: Int, failure: BatchFailure?)>((0, nil))
 
   var restored: Int { state.withLock { $0.restored } }

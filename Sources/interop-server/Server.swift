@@ -13,7 +13,7 @@ enum InteropServer {
       flags = try Flags(
         arguments: args, environment: Flags.processEnvironment(),
         specs: ServerConfiguration.flagSpecs)
-      config = try ServerConfiguration(flags: flags, defaultLoops: Flags.onlineCores)
+      config = try ServerConfiguration(flags: flags, defaultLoops: UsableCores.count)
     } catch {
       writeStderrLine("interop-server: \(error)")
       return 2

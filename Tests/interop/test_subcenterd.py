@@ -4,6 +4,7 @@ import atexit
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -17,7 +18,8 @@ import time
 import grpc
 import pytest
 
-from interop_support import (RPC_TIMEOUT, SERVER_KEY, SERVER_PEM, admin_address, empty_pb2,
+from interop_support import (REPO, RPC_TIMEOUT, SERVER_KEY, SERVER_PEM, admin_address, binary,
+                             empty_pb2,
                              free_port, health_pb2,
                              health_stub,
                              make_channel, run_to_exit, shared_server_fixture, interop_stub,
@@ -629,3 +631,97 @@ def test_the_descriptor_limit_is_fitted_to_max_connections(tmp_path, soft, hard,
     finally:
         proc.kill()
         proc.wait()
+
+
+def _default_loops(tmp_path, preexec) -> int:
+    """Starts subcenterd without --loops, `preexec` run in the child first; returns how many
+    event loops its start line says it runs."""
+    proc = subprocess.Popen([str(binary("subcenterd"))] + base_args(tmp_path), cwd=str(REPO),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, preexec_fn=preexec)
+    try:
+        deadline = time.monotonic() + 20
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline().decode("utf-8", "replace")
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"listening on \S+ \((\d+) loops?,", line)
+            if m:
+                return int(m.group(1))
+        raise AssertionError(f"no start line: {''.join(lines)[-2000:]!r}")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_default_loops_follow_the_cpus_the_process_may_run_on(tmp_path):
+    """SPEC: `--loops` defaults to the cores; a process confined to one CPU (taskset, a
+    cpuset) runs one loop, not one per core online."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("one CPU: confining the server to one changes nothing")
+    assert _default_loops(tmp_path, lambda: os.sched_setaffinity(0, {cpus[-1]})) == 1
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _cpu_cgroup_dir():
+    """A new cgroup whose CPU quota this test may set (v2 `cpu.max` or v1
+    `cpu.cfs_quota_us`), as (directory, version); skips where none can be made."""
+    for line in _read("/proc/self/mountinfo").splitlines():
+        fields = line.split(" ")
+        dash = fields.index("-")
+        kind, point, options = fields[dash + 1], fields[4], fields[dash + 3].split(",")
+        if kind == "cgroup2" and "cpu" in _read(f"{point}/cgroup.subtree_control").split():
+            version = 2
+        elif kind == "cgroup" and "cpu" in options:
+            version = 1
+        else:
+            continue
+        path = f"{point}/subcenter-test-{os.getpid()}"
+        try:
+            os.mkdir(path)
+        except OSError:
+            continue
+        return path, version
+    pytest.skip("no cgroup with the CPU controller can be made here (not root, or none mounted)")
+
+
+@pytest.mark.parametrize("quota,loops", [(1.0, 1), (0.5, 1), (1.5, 2)])
+def test_default_loops_follow_the_cgroup_cpu_quota(tmp_path, quota, loops):
+    """A container's CPU limit (the cgroup's CPU quota) bounds the default loops, rounded
+    up: a limit of 1.5 CPUs runs 2 loops on a larger machine, one of 1 CPU or less runs 1."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: a quota of one changes nothing")
+    path, version = _cpu_cgroup_dir()
+    try:
+        period = 100000
+        if version == 2:
+            with open(f"{path}/cpu.max", "w") as f:
+                f.write(f"{int(quota * period)} {period}")
+        else:
+            with open(f"{path}/cpu.cfs_period_us", "w") as f:
+                f.write(str(period))
+            with open(f"{path}/cpu.cfs_quota_us", "w") as f:
+                f.write(str(int(quota * period)))
+
+        def join():
+            with open(f"{path}/cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+
+        assert _default_loops(tmp_path, join) == loops
+    finally:
+        for _ in range(50):  # the killed server leaves the cgroup a moment later
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.1)

@@ -40,9 +40,6 @@ public struct Flags: Sendable {
     return out
   }
 
-  /// Cores online: the default count of event loops.
-  public static var onlineCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
-
   private var values: [String: String] = [:]
   private var sources: [String: String] = [:]
   public let specs: [FlagSpec]

@@ -23,6 +23,7 @@
 // its persons), kept until the segment is rewritten or deleted: an erasure reads only the
 // segments that may hold a removed person's records, not the whole retained log.
 
+import CLinux
 import Dispatch
 import Glibc
 import SubcenterCore
@@ -634,7 +635,12 @@ public final class DurableStore: Sendable {
 
   /// Threads that read segments at once where many are read in one go: after a start,
   /// every retained segment into its summary, then the candidates of the erasure check.
-  static let segmentReaders = min(4, max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+  static let segmentReaders = min(4, cores)
+
+  /// The CPUs this process may run on (its affinity mask), for the threads a start and a
+  /// compaction use for a short while. A cgroup CPU quota (which `--loops` follows) only
+  /// throttles such a burst, so it is not read here.
+  static let cores = max(1, Int(CLinux_affinity_cpu_count()))
 
   /// Deletes the expired segments the newest snapshot covers (`RetentionPlan`). Returns
   /// true when an expired segment waits for a snapshot.
