@@ -194,6 +194,25 @@ def test_bearer_scheme_is_case_insensitive(sc, scheme):
     assert c.Identify(workspace=ws, person_id="p").person_id == "p"
 
 
+def test_bearer_and_its_token_may_be_separated_by_several_spaces(sc):
+    """SPEC §5 follows RFC 7235, whose credentials are the scheme, one or more spaces
+    (`1*SP`), then the token (README: "Bearer, spaces, and a token")."""
+    ws = sc.workspace()
+    c = sc.raw_client([("authorization", f"Bearer   {TOKENS['sc-root']}")])
+    assert c.GetWorkspace(workspace=ws).workspace == ws
+
+
+def test_scope_is_checked_before_the_workspace_is_looked_up(sc):
+    """SPEC §5: a known token without the scope is PERMISSION_DENIED; checked before the
+    request is read (README), so also on a workspace that does not exist (not NOT_FOUND) —
+    a caller without the scope cannot learn which workspaces exist."""
+    nows = unique("nows")
+    expect_code(PERMISSION_DENIED, lambda: sc.client("sc-check").GetWorkspace(workspace=nows))
+    expect_code(PERMISSION_DENIED, lambda: sc.client("sc-read").Identify(workspace=nows,
+                                                                          person_id="p"))
+    expect_code(NOT_FOUND, lambda: sc.client("sc-read").GetWorkspace(workspace=nows))
+
+
 @pytest.mark.parametrize("service", ["", "subcenter.v1.SubscriptionCenter"])
 def test_health_needs_no_token(sc, service):
     resp = health_stub(sc.channel).Check(health_pb2.HealthCheckRequest(service=service),

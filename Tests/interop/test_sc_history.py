@@ -166,3 +166,36 @@ def test_refused_changes_leave_no_history(sc):
         workspace=ws, person="p", channel="email"))
     after = history_tuples(sc.root.GetHistory(workspace=ws, person="p", page_size=1000))
     assert after == before
+
+
+@pytest.mark.deadline(60)
+def test_page_token_outlives_a_restart_and_a_crash(tmp_path):
+    """SPEC §3 GetHistory: `page_token` is an opaque cursor and entries added between pages
+    never shift later pages — also when the server restarts between two pages (from its final
+    snapshot, or after kill -9 from the log): the next page is the one the token named, and a
+    token of another person is still refused."""
+    from crash_support import DurableServer
+    srv = DurableServer(str(tmp_path)).start()
+    try:
+        c = srv.client
+        c.Identify(workspace="default", person_id="hp")
+        c.Identify(workspace="default", person_id="other")
+        for i in range(7):
+            c.Subscribe(workspace="default", person="hp", channel="email", source=f"s{i}")
+        full = history_tuples(c.GetHistory(workspace="default", person="hp", page_size=1000))
+        token = c.GetHistory(workspace="default", person="hp", page_size=3).next_page_token
+        for stop in (srv.terminate, srv.kill9):
+            stop()
+            srv.start()
+            c = srv.client
+            c.Subscribe(workspace="default", person="hp", channel="sms", source="late")
+            page = c.GetHistory(workspace="default", person="hp", page_size=3, page_token=token)
+            assert history_tuples(page) == full[3:6], stop.__name__
+            rest = c.GetHistory(workspace="default", person="hp", page_size=3,
+                                page_token=page.next_page_token)
+            assert history_tuples(rest) == full[6:] and rest.next_page_token == "", \
+                stop.__name__
+            expect_code(INVALID, lambda: c.GetHistory(workspace="default", person="other",
+                                                      page_token=token), field="page_token")
+    finally:
+        srv.close()

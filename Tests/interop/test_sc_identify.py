@@ -7,8 +7,8 @@ import pytest
 
 from sc_support import (ALREADY_EXISTS, Env, FAILED_PRECONDITION, INVALID, NOT_FOUND, TOKENS,
                         assert_decision, assert_recent, entries_map, expect_code, history_tuples,
-                        ident, now_ms, pb, pb_grpc, ref_anon, ref_email, ref_id, ref_phone,
-                        server_args, tick, topic)
+                        ident, limit, now_ms, pb, pb_grpc, ref_anon, ref_email, ref_id,
+                        ref_phone, server_args, tick, topic)
 
 
 def test_identify_creates_a_person(sc):
@@ -193,6 +193,26 @@ def test_merge_later_global_flag_of_the_person_wins(sc):
     assert_decision(d, True, "SUBSCRIBED", person_id="p", what="after merge")
 
 
+def test_merge_later_resubscribe_of_the_visitor_clears_the_persons_earlier_flag(sc):
+    """SPEC §3 Identify: "the later global flag wins" — also when the later one is the
+    visitor's Resubscribe (the flag cleared) after the person's UnsubscribeAll."""
+    ws = sc.workspace()
+    c = sc.root
+    c.Identify(workspace=ws, anonymous_id="mr-anon")
+    sc.person(ws, "mr")
+    c.UnsubscribeAll(workspace=ws, person="mr", source="person-all")
+    tick()
+    c.UnsubscribeAll(workspace=ws, person=ref_anon("mr-anon"), source="anon-all")
+    tick()
+    c.Resubscribe(workspace=ws, person=ref_anon("mr-anon"), source="anon-resub")
+    tick()
+    c.Identify(workspace=ws, person_id="mr", anonymous_id="mr-anon")
+    prefs = c.GetPreferences(workspace=ws, person="mr")
+    assert (prefs.global_unsubscribed, prefs.global_source) == (False, "anon-resub"), prefs
+    assert_decision(c.CheckDelivery(workspace=ws, person="mr", channel="email"), True,
+                    "SUBSCRIBED", "mr", "after the merge")
+
+
 def test_merge_into_a_new_person_id(sc):
     """SPEC §3 Identify: "If anonymous_id names an anonymous profile, merge it in" also when
     `person_id` is new: the visitor's choices and history become the new person's, the
@@ -320,6 +340,24 @@ def test_email_or_phone_without_person_id_is_invalid(sc):
                                                       person=ref_email("x@example.com")))
 
 
+def test_email_or_phone_with_only_an_anonymous_id_is_invalid_and_creates_nothing(sc):
+    """SPEC §3 Identify: "email or phone without person_id is INVALID_ARGUMENT" also when an
+    anonymous id is given: the call is refused whole, so no anonymous profile is created and
+    an existing one is left as it was."""
+    ws = sc.workspace()
+    c = sc.root
+    for fields in ({"email": "x@example.com"}, {"phone": "+14155550123"}):
+        expect_code(INVALID, lambda: c.Identify(workspace=ws, anonymous_id="new-cookie",
+                                                **fields), field=("person_id", *fields))
+    expect_code(NOT_FOUND, lambda: c.GetProfile(workspace=ws, person=ref_anon("new-cookie")))
+    before = c.Identify(workspace=ws, anonymous_id="old-cookie")
+    expect_code(INVALID, lambda: c.Identify(workspace=ws, anonymous_id="old-cookie",
+                                            email="x@example.com"), field=("person_id", "email"))
+    after = c.GetProfile(workspace=ws, person=ref_anon("old-cookie"))
+    assert (after.person_id, after.email, after.updated_at) == ("", "", before.updated_at), after
+    expect_code(NOT_FOUND, lambda: c.GetProfile(workspace=ws, person=ref_email("x@example.com")))
+
+
 def test_no_identifier_at_all_is_invalid(sc):
     ws = sc.workspace()
     expect_code(INVALID, lambda: sc.root.Identify(workspace=ws),
@@ -341,6 +379,33 @@ def _exists(c, ws, anon):
     except Exception as e:
         assert e.code() == NOT_FOUND, e
         return False
+
+
+def test_an_anonymous_profiles_updated_at_moves_with_changes_not_with_sends_or_overrides(sc):
+    """SPEC §1: an anonymous profile "not merged or changed" for the TTL is deleted, and §3
+    CheckDelivery is "read-only unless record_send": checks, counted sends and overrides leave
+    `updated_at` (what the TTL counts from) as it was; preference and global changes move it
+    (README, Anonymous TTL)."""
+    ws = sc.workspace(limits=[limit("email", 5, 3600)], allow_override=True)
+    c = sc.root
+    a = ref_anon("upd-cookie")
+    created = c.Identify(workspace=ws, anonymous_id="upd-cookie").updated_at
+    tick()
+    c.CheckDelivery(workspace=ws, person=a, channel="email")
+    c.CheckDelivery(workspace=ws, person=a, channel="email", record_send=True)
+    c.CheckDeliveryBatch(workspace=ws, channel="email", persons=[a], record_send=True)
+    c.OverrideForImportantMessage(workspace=ws, person=a, channel="email", message_id="m",
+                                  justification="j")
+    c.GetPreferences(workspace=ws, person=a)
+    assert c.GetProfile(workspace=ws, person=a).updated_at == created
+    assert c.Identify(workspace=ws, anonymous_id="upd-cookie").updated_at == created
+    tick()
+    c.Subscribe(workspace=ws, person=a, channel="sms")
+    subscribed = c.GetProfile(workspace=ws, person=a).updated_at
+    assert subscribed > created
+    tick()
+    c.UnsubscribeAll(workspace=ws, person=a)
+    assert c.GetProfile(workspace=ws, person=a).updated_at > subscribed
 
 
 @pytest.mark.deadline(60)

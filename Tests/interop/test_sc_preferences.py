@@ -153,6 +153,28 @@ def test_removed_topic_keeps_entries_hidden_and_readding_brings_them_back(sc):
     assert effective_map(got)[("email", "news")] == (False, "TOPIC_UNSUBSCRIBED")
 
 
+def test_removed_channel_keeps_entries_hidden_and_readding_brings_them_back(sc):
+    """As a removed topic (SPEC §3 ConfigureWorkspace), a channel removed from the workspace
+    hides people's entries for it and its `effective` rows; configured again, they come back
+    (README, "A channel removed from the workspace")."""
+    news = topic("news", "sub")
+    ws = sc.workspace(channels=["email", "sms"], topics=[news])
+    sc.person(ws, "p")
+    c = sc.root
+    c.Unsubscribe(workspace=ws, person="p", channel="sms", source="pc")
+    c.Subscribe(workspace=ws, person="p", channel="sms", topic="news", source="pc")
+    c.Subscribe(workspace=ws, person="p", channel="email", source="pc")
+    c.ConfigureWorkspace(sc.config(ws, channels=["email"], topics=[news]))
+    got = c.GetPreferences(workspace=ws, person="p")
+    assert entry_states(got) == {("email", ""): "SUBSCRIBED"}
+    assert set(effective_map(got)) == {("email", ""), ("email", "news")}
+    c.ConfigureWorkspace(sc.config(ws, channels=["email", "sms"], topics=[news]))
+    got = c.GetPreferences(workspace=ws, person="p")
+    assert entry_states(got) == {("email", ""): "SUBSCRIBED", ("sms", ""): "UNSUBSCRIBED",
+                                 ("sms", "news"): "SUBSCRIBED"}
+    assert effective_map(got)[("sms", "news")] == (False, "CHANNEL_UNSUBSCRIBED")
+
+
 def test_unknown_channel_or_topic_is_invalid_and_stores_nothing(sc):
     ws = sc.workspace(topics=[topic("news", "sub")])
     sc.person(ws, "p")

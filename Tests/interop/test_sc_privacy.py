@@ -187,6 +187,40 @@ def test_suppress_forgets_the_holder_but_not_its_other_identifiers(sc):
                     what="the suppressed email")
 
 
+def test_suppress_lists_each_forgotten_person_once(sc):
+    """SPEC §3 SuppressIdentifiers: `suppressed` counts every identifier newly suppressed and
+    `forgotten_person_ids` names the persons forgotten: one holding two of the identifiers is
+    forgotten (and listed) once, and every holder is forgotten."""
+    ws = sc.workspace()
+    c = sc.root
+    sc.person(ws, "two", email="two@example.com", phone="+14155550111")
+    sc.person(ws, "one", email="one@example.com")
+    sc.person(ws, "bystander", email="by@example.com")
+    r = c.SuppressIdentifiers(workspace=ws, identifiers=[
+        ident("email", "two@example.com"), ident("email", "one@example.com"),
+        ident("phone", "+14155550111")])
+    assert r.suppressed == 3, r
+    assert sorted(r.forgotten_person_ids) == ["one", "two"], r
+    for pid in ("one", "two"):
+        expect_code(NOT_FOUND, lambda: c.GetProfile(workspace=ws, person=pid))
+    assert c.GetProfile(workspace=ws, person="bystander").email == "by@example.com"
+
+
+def test_also_suppress_leaves_an_email_the_person_no_longer_had(sc):
+    """SPEC §3 ForgetPerson: `also_suppress` "suppresses every identifier it had" when
+    forgotten; an email an earlier Identify replaced "stops naming the person" and is not
+    suppressed (README, also_suppress)."""
+    ws = sc.workspace()
+    c = sc.root
+    sc.person(ws, "r", email="old-r@example.com")
+    c.Identify(workspace=ws, person_id="r", email="new-r@example.com")
+    c.ForgetPerson(workspace=ws, person="r", also_suppress=True)
+    assert c.Identify(workspace=ws, person_id="q", email="old-r@example.com").email == \
+        "old-r@example.com"
+    expect_code(FAILED_PRECONDITION, lambda: c.Identify(workspace=ws, person_id="q2",
+                                                        email="new-r@example.com"))
+
+
 def test_unsuppress_counts_removed_and_frees_the_identifier(sc):
     ws = sc.workspace()
     sc.root.SuppressIdentifiers(workspace=ws, identifiers=[ident("email", "u@example.com"),

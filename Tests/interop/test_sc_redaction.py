@@ -39,6 +39,18 @@ def test_profile_without_pii_is_redacted(sc, person):
     assert sorted(p.anonymous_ids) == sorted(["***" + ANON_LONG[-4:], "***", "***"])
 
 
+def test_redacted_is_set_without_pii_even_with_nothing_to_hide(sc):
+    """SPEC §5: "Without pii, every response sets redacted = true" — also for a person with no
+    email, phone or anonymous id, whose answer shows nothing masked."""
+    ws = sc.workspace()
+    p = sc.client("sc-write").Identify(workspace=ws, person_id="plain")
+    assert (p.person_id, p.redacted) == ("plain", True), p
+    assert sc.client("sc-read").GetProfile(workspace=ws, person="plain").redacted is True
+    assert sc.client("sc-read").GetHistory(workspace=ws, person="plain").redacted is True
+    assert sc.client("sc-read-pii").GetProfile(workspace=ws, person="plain").redacted is False
+    assert sc.client("sc-read-pii").GetHistory(workspace=ws, person="plain").redacted is False
+
+
 def test_lookups_by_identifier_work_without_pii(sc, person):
     r = sc.client("sc-read")
     for ref in (ref_email(EMAIL), ref_phone(PHONE), ref_anon(ANON_LONG)):

@@ -5,7 +5,7 @@ change nothing."""
 import grpc
 import pytest
 
-from sc_support import (INVALID, NOT_FOUND, TOKENS, assert_decision, entries_map, expect_code,
+from sc_support import (FAILED_PRECONDITION, INVALID, NOT_FOUND, TOKENS, assert_decision, entries_map, expect_code,
                         expect_not_found_for_person_calls,
                         history_tuples, ident, limit, make_email, pb, pb_string_field, raw_unary,
                         ref_anon, ref_email, ref_phone, topic, unique)
@@ -286,6 +286,36 @@ def test_suppress_reason_bounds(sc, ws):
     sc.root.Identify(workspace=ws, person_id="p", email="p@example.com")
 
 
+def test_suppressed_identifiers_at_their_bounds(sc, ws):
+    """SPEC §1's bounds hold for the identifiers of SuppressIdentifiers and
+    UnsuppressIdentifiers: a person id or anonymous id of 256 bytes and an email of 254 are
+    taken, one byte more is INVALID_ARGUMENT naming the identifier and the call suppresses
+    nothing; UnsuppressIdentifiers takes "the same request", so its `reason` is at most 256
+    bytes too, and a refused unsuppression frees nothing."""
+    c = sc.root
+    edge = [ident("person_id", "i" * 256), ident("anonymous_id", "a" * 256),
+            ident("email", make_email(254, local="edge"))]
+    assert c.SuppressIdentifiers(workspace=ws, identifiers=edge).suppressed == 3
+    fresh = ident("email", "fresh@example.com")
+    for over in (ident("person_id", "i" * 257), ident("anonymous_id", "a" * 257),
+                 ident("email", make_email(255, local="edge"))):
+        expect_code(INVALID, lambda: c.SuppressIdentifiers(workspace=ws,
+                                                           identifiers=[fresh, over]),
+                    field="identifiers[1]")
+        expect_code(INVALID, lambda: c.UnsuppressIdentifiers(workspace=ws,
+                                                             identifiers=[edge[0], over]),
+                    field="identifiers[1]")
+    assert c.Identify(workspace=ws, person_id="fresh", email="fresh@example.com").email == \
+        "fresh@example.com", "a refused suppression suppressed its other identifiers"
+    expect_code(INVALID, lambda: c.UnsuppressIdentifiers(workspace=ws, identifiers=edge,
+                                                         reason="r" * 257), field="reason")
+    expect_code(FAILED_PRECONDITION, lambda: c.Identify(workspace=ws, person_id="i" * 256))
+    assert c.UnsuppressIdentifiers(workspace=ws, identifiers=edge,
+                                   reason="r" * 256).suppressed == 3
+    assert c.Identify(workspace=ws, person_id="i" * 256, anonymous_id="a" * 256,
+                      email=make_email(254, local="edge")).person_id == "i" * 256
+
+
 # --------------------------------------------------------------------------------------------
 # ConfigureWorkspace
 
@@ -305,6 +335,11 @@ def _bad_configs(w):
         "window-0": (pb.WorkspaceConfig(limits=[limit("email", 1, 0)], **base), "window_seconds"),
         "window-31536001": (pb.WorkspaceConfig(limits=[limit("email", 1, 31_536_001)], **base),
                             "window_seconds"),
+        "window-negative": (pb.WorkspaceConfig(limits=[limit("email", 1, -60)], **base),
+                            "window_seconds"),
+        # proto3 enums are open: a newer client may send a number this server does not know
+        "default-unknown-number": (pb.WorkspaceConfig(
+            topics=[pb.Topic(id="t", name="T", default_state=7)], **base), "default_state"),
         "topic-name-257": (pb.WorkspaceConfig(topics=[topic("t", "sub", name="n" * 257)], **base),
                            "name"),
         "description-4097": (pb.WorkspaceConfig(

@@ -184,3 +184,41 @@ def test_admin_port_answers_until_the_final_snapshot_is_written():
         assert ("/readyz", 200) not in answered[first:], seen
     finally:
         srv.close()
+
+
+@pytest.mark.deadline(60)
+def test_sigint_stops_subcenterd_as_sigterm_does():
+    """SPEC §6: "On SIGTERM or SIGINT it stops accepting, sends GOAWAY, finishes calls in
+    flight (up to 10 s), writes a snapshot and exits 0": SIGINT (Ctrl-C in a terminal) too.
+    A ForgetPerson waiting for its erasure when the signal comes still gets its answer, and
+    the next start holds what was acknowledged."""
+    import os
+    import signal
+
+    from crash_support import DurableServer
+    from sc_support import NOT_FOUND, TOKENS, expect_code, pb, pb_grpc
+
+    srv = DurableServer(tempfile.mkdtemp(prefix="shutdown-")).start()
+    try:
+        c = srv.client
+        c.Identify(workspace="default", person_id="kept", email="kept@example.com")
+        c.Identify(workspace="default", person_id="gone")
+        forget = pb_grpc.SubscriptionCenterStub(srv.channel).ForgetPerson.future(
+            pb.ForgetRequest(workspace="default", person=pb.PersonRef(person_id="gone"),
+                             wait_for_erasure=True),
+            metadata=[("authorization", "Bearer " + TOKENS["sc-root"])], timeout=30)
+        snapshots = lambda: {n for n in os.listdir(srv.data) if n.endswith(".snap")}  # noqa: E731
+        srv.server.expected_exit = True
+        srv.server.proc.send_signal(signal.SIGINT)
+        assert forget.result(timeout=20).person_id == "gone"
+        assert srv.server.wait_exit(timeout=15) == 0
+        assert "final snapshot" in srv.server.stderr_text(), srv.server.output()
+        assert snapshots(), "no snapshot after SIGINT"
+        srv.terminate()
+        srv.start()
+        assert srv.client.GetProfile(workspace="default", person="kept").email == \
+            "kept@example.com"
+        expect_code(NOT_FOUND, lambda: srv.client.GetProfile(workspace="default",
+                                                             person="gone"))
+    finally:
+        srv.close()

@@ -302,6 +302,54 @@ def test_size_and_stream_limits_and_flags_from_the_environment(start_server):
         env.close()
 
 
+@pytest.mark.deadline(60)
+def test_every_setting_from_the_environment_alone(tmp_path):
+    """SPEC §6: each flag is "also read from the environment as SUBCENTER_<FLAG>, e.g.
+    SUBCENTER_LISTEN": a subcenterd given no flag at all listens, keeps its data and reads
+    its tokens and certificate where the environment says, with the fsync policy, loops and
+    snapshot interval it names; "--snapshot-interval: also snapshot after this many seconds
+    with changes" (and none while nothing changes)."""
+    import urllib.request
+    from interop_support import LIVE_SERVERS, ServerProcess, shutdown
+    from sc_support import write_tokens_file
+    port, admin = free_port(), free_port()
+    env = {"SUBCENTER_LISTEN": f"127.0.0.1:{port}", "SUBCENTER_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+           "SUBCENTER_DATA": str(tmp_path / "data"),
+           "SUBCENTER_TOKENS": write_tokens_file(str(tmp_path)),
+           "SUBCENTER_TLS_CERT": str(SERVER_PEM), "SUBCENTER_TLS_KEY": str(SERVER_KEY),
+           "SUBCENTER_FSYNC": "interval:5", "SUBCENTER_LOOPS": "1",
+           "SUBCENTER_SNAPSHOT_INTERVAL": "1"}
+
+    def snapshots_written() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("subcenter_snapshots_written_total "):
+                    return float(line.split()[1])
+        raise AssertionError("no subcenter_snapshots_written_total in /metrics")
+
+    server = ServerProcess("subcenterd", [], env=env, port=port, listen=False)
+    LIVE_SERVERS.append(server)
+    server.start()
+    client = Env(server)
+    try:
+        log = server.stderr_text()
+        assert f"data {tmp_path / 'data'} (fsync interval:5)" in log, log
+        assert f"listening on 127.0.0.1:{port} (1 loop," in log, log
+        assert snapshots_written() == 0
+        client.root.Identify(workspace="default", person_id="from-env")
+        deadline = time.monotonic() + 5
+        while snapshots_written() == 0:
+            assert time.monotonic() < deadline, "no snapshot within 5 s of a change"
+            time.sleep(0.1)
+        assert [f for f in os.listdir(tmp_path / "data") if f.endswith(".snap")]
+        time.sleep(2.5)
+        assert snapshots_written() == 1, \
+            "a snapshot was written with no change since the last one"
+    finally:
+        client.close()
+        shutdown(server, require_clean=True)
+
+
 def test_unknown_flag_refused(tmp_path):
     rc, out, err = run_to_exit("subcenterd", base_args(tmp_path) + ["--no-such-flag", "1"], timeout=10)
     assert rc not in (None, 0), f"exit {rc}, stderr {err[-2000:]!r}"
