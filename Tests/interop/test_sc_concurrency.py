@@ -7,10 +7,12 @@ import random
 import threading
 import time
 
+import grpc
 import pytest
 
 from interop_support import make_channel
-from sc_support import TOKENS, Client, effective_map, entry_states, limit, reason_name
+from sc_support import (TOKENS, Client, effective_map, entry_states, limit, pb, pb_grpc,
+                        reason_name)
 
 THREADS = 8
 PERSONS = [f"p{i:02d}" for i in range(50)]
@@ -155,3 +157,92 @@ def test_concurrent_recorded_sends_never_exceed_the_limit(sc):
     assert not any(t.is_alive() for t in threads), "a worker thread did not finish"
     assert not errors, errors[:5]
     assert sum(allowed) == 25, f"allowed per thread {allowed}, total {sum(allowed)}, limit 25"
+
+
+def _outcome(future) -> tuple:
+    try:
+        return ("OK", future.result(timeout=30))
+    except grpc.RpcError as e:
+        return (e.code().name, e.details())
+
+
+@pytest.mark.deadline(90)
+def test_racing_identity_claims_have_one_winner_and_suppression_always_wins(sc):
+    """SPEC §3 Identify and SuppressIdentifiers under races, calls sent at once on 8
+    connections (DESIGN: a write validates against the committed state plus the commands in
+    flight):
+    - 8 persons claiming one new email: exactly one is created with it, the others are
+      ALREADY_EXISTS and not created;
+    - 4 persons merging one anonymous profile: exactly one gets it (with its choices), the
+      others are ALREADY_EXISTS;
+    - an Identify and a suppression of its email: whichever comes first, the email ends up
+      suppressed and naming no one, and the person does not exist (refused, or forgotten)."""
+    channels = [make_channel(sc.port) for _ in range(THREADS)]
+    stubs = [pb_grpc.SubscriptionCenterStub(ch) for ch in channels]
+    md = [("authorization", "Bearer " + TOKENS["sc-root"])]
+    ws = sc.workspace()
+    c = sc.root
+    failures = []
+    try:
+        for rnd in range(20):
+            email = f"race{rnd}@example.com"
+            got = [_outcome(stubs[i].Identify.future(
+                pb.IdentifyRequest(workspace=ws, person_id=f"e{rnd}-{i}", email=email),
+                metadata=md, timeout=30)) for i in range(THREADS)]
+            winners = [i for i, r in enumerate(got) if r[0] == "OK"]
+            if len(winners) != 1 or {r[0] for r in got} != {"OK", "ALREADY_EXISTS"}:
+                failures.append(("email", rnd, [r[0] for r in got]))
+                continue
+            holder = c.GetProfile(workspace=ws, person=pb.PersonRef(email=email)).person_id
+            if holder != f"e{rnd}-{winners[0]}":
+                failures.append(("email holder", rnd, holder, winners))
+            for i in set(range(THREADS)) - set(winners):
+                try:
+                    c.GetProfile(workspace=ws, person=f"e{rnd}-{i}")
+                    failures.append(("email loser created", rnd, i))
+                except grpc.RpcError:
+                    pass
+
+            anon = f"race-cookie-{rnd}"
+            c.Identify(workspace=ws, anonymous_id=anon)
+            c.Unsubscribe(workspace=ws, person=pb.PersonRef(anonymous_id=anon), channel="sms")
+            got = [_outcome(stubs[i].Identify.future(
+                pb.IdentifyRequest(workspace=ws, person_id=f"m{rnd}-{i}", anonymous_id=anon),
+                metadata=md, timeout=30)) for i in range(4)]
+            winners = [i for i, r in enumerate(got) if r[0] == "OK"]
+            if len(winners) != 1 or {r[0] for r in got} != {"OK", "ALREADY_EXISTS"}:
+                failures.append(("merge", rnd, [r[0] for r in got]))
+                continue
+            winner = f"m{rnd}-{winners[0]}"
+            if c.GetProfile(workspace=ws, person=pb.PersonRef(anonymous_id=anon)).person_id \
+                    != winner or entry_states(c.GetPreferences(workspace=ws, person=winner)) \
+                    != {("sms", ""): "UNSUBSCRIBED"}:
+                failures.append(("merge result", rnd, winner))
+
+            email = f"sup{rnd}@example.com"
+            identify = stubs[rnd % THREADS].Identify.future(
+                pb.IdentifyRequest(workspace=ws, person_id=f"s{rnd}", email=email),
+                metadata=md, timeout=30)
+            suppress = stubs[(rnd + 1) % THREADS].SuppressIdentifiers.future(
+                pb.SuppressRequest(workspace=ws, identifiers=[
+                    pb.Identifier(kind=pb.IDENTIFIER_KIND_EMAIL, value=email)]),
+                metadata=md, timeout=30)
+            got_i, got_s = _outcome(identify), _outcome(suppress)
+            if got_i[0] not in ("OK", "FAILED_PRECONDITION") or got_s[0] != "OK":
+                failures.append(("suppress race", rnd, got_i[0], got_s[0]))
+                continue
+            forgotten = list(got_s[1].forgotten_person_ids)
+            if forgotten != ([f"s{rnd}"] if got_i[0] == "OK" else []):
+                failures.append(("forgotten", rnd, got_i[0], forgotten))
+            try:
+                c.GetProfile(workspace=ws, person=f"s{rnd}")
+                failures.append(("suppressed email's claimant exists", rnd, got_i[0]))
+            except grpc.RpcError:
+                pass
+            d = c.CheckDelivery(workspace=ws, person=pb.PersonRef(email=email), channel="email")
+            if reason_name(d.reason) != "SUPPRESSED":
+                failures.append(("decision", rnd, reason_name(d.reason)))
+    finally:
+        for ch in channels:
+            ch.close()
+    assert not failures, f"{len(failures)} races went wrong, first: {failures[:5]}"

@@ -1,11 +1,13 @@
 """CheckDelivery and CheckDeliveryBatch (SPEC §2, §3): every row of the decision table and its
 precedence, record_send and message limits, batches in order and at the 10,000 bound."""
 
+import random
 import time
 
 import pytest
 
-from sc_support import (INVALID, NOT_FOUND, assert_decision, effective_map, expect_code, ident,
+from sc_support import (INVALID, NOT_FOUND, assert_decision, effective_map, entries_map,
+                        expect_code, ident,
                         limit, reason_name, ref_anon, ref_email, ref_phone, topic,
                         unique)
 
@@ -332,3 +334,109 @@ def test_removed_topic_or_channel_is_unknown_to_batches_overrides_and_unsubscrib
     expect_code(INVALID, lambda: c.Subscribe(workspace=ws, person="p", channel="push"),
                 field="channel")
     assert list(c.GetPreferences(workspace=ws, person="p").entries) == []
+
+
+# --------------------------------------------------------------------------------------------
+# The whole table against a model of SPEC §2, on random workspaces and persons
+
+
+def model_decision(defaults: dict, limits: dict, state: dict, channel: str, topic_id: str):
+    """SPEC §2 rules 4–8 for a known, unsuppressed person: `state` holds `global` (bool),
+    `entries` ({(channel, topic): "S"|"U"}) and `sends` ({channel: recorded sends})."""
+    if state["global"]:
+        return (False, "GLOBAL_UNSUBSCRIBED")
+    if state["entries"].get((channel, "")) == "U":
+        return (False, "CHANNEL_UNSUBSCRIBED")
+    if topic_id:
+        entry = state["entries"].get((channel, topic_id)) or state["entries"].get(("", topic_id))
+        if entry == "U":
+            return (False, "TOPIC_UNSUBSCRIBED")
+        if entry is None and defaults[topic_id] == "unsub":
+            return (False, "TOPIC_NOT_OPTED_IN")
+    if channel in limits and state["sends"].get(channel, 0) >= limits[channel]:
+        return (False, "MESSAGE_LIMIT_REACHED")
+    return (True, "SUBSCRIBED")
+
+
+@pytest.mark.deadline(60)
+def test_random_states_decide_as_the_table_says_before_and_after_a_reconfiguration(sc):
+    """Random workspaces (channels, topics with either default, limits) and persons (entries
+    of every key shape, global flags, recorded sends): CheckDelivery with record_send, then
+    every (channel, topic) through CheckDelivery, the batch, an override in a workspace that
+    refuses overrides (rules 4–8, SPEC §2) and GetPreferences' `effective` all give the
+    model's decision; so do they after ConfigureWorkspace drops, adds and reorders channels
+    and topics, flips defaults and changes limits (entries of what is no longer configured
+    are hidden, not lost: SPEC §3). Seeded, so a failure repeats."""
+    rng = random.Random(20261206)
+    pool_c, pool_t = ["email", "sms", "push", "in_app", "web", "fax"], ["news", "promo", "tips"]
+    c = sc.root
+    failures = []
+
+    def draw():
+        channels = rng.sample(pool_c, rng.randint(1, 4))
+        topics = rng.sample(pool_t, rng.randint(0, 3))
+        defaults = {t: rng.choice(["sub", "unsub"]) for t in topics}
+        limits = {ch: rng.randint(1, 3) for ch in channels if rng.random() < 0.5}
+        return channels, topics, defaults, limits
+
+    def compare(ws, pid, state, channels, topics, defaults, limits, when):
+        prefs = c.GetPreferences(workspace=ws, person=pid)
+        want = {(ch, t): model_decision(defaults, limits, state, ch, t)
+                for ch in channels for t in [""] + topics}
+        if effective_map(prefs) != want:
+            failures.append((when, pid, "effective", effective_map(prefs), want, state))
+        shown = {k: v for k, v in state["entries"].items()
+                 if k[0] in ("", *channels) and k[1] in ("", *topics)}
+        got = {k: v[0] for k, v in entries_map(prefs).items()}
+        if got != {k: {"S": "SUBSCRIBED", "U": "UNSUBSCRIBED"}[v] for k, v in shown.items()}:
+            failures.append((when, pid, "entries", got, shown))
+        for (ch, t), w in want.items():
+            calls = {"check": check(sc, ws, pid, ch, t),
+                     "override": c.OverrideForImportantMessage(
+                         workspace=ws, person=pid, channel=ch, topic=t, message_id="m",
+                         justification="j"),
+                     "batch": c.CheckDeliveryBatch(workspace=ws, channel=ch, topic=t,
+                                                   persons=[pid]).decisions[0]}
+            for rpc, d in calls.items():
+                if (d.allowed, reason_name(d.reason)) != w:
+                    failures.append((when, pid, rpc, ch, t, reason_name(d.reason), w, state))
+
+    for round_ in range(5):
+        channels, topics, defaults, limits = draw()
+        ws = sc.workspace(channels=channels, topics=[topic(t, defaults[t]) for t in topics],
+                          limits=[limit(ch, n, 3600) for ch, n in limits.items()])
+        keys = [(ch, "") for ch in channels] + [("", t) for t in topics] + \
+            [(ch, t) for ch in channels for t in topics]
+        states = {}
+        for i in range(6):
+            pid = f"p{i}"
+            sc.person(ws, pid)
+            state = states[pid] = {"global": False, "entries": {}, "sends": {}}
+            for _ in range(rng.randint(0, 8)):
+                key, s = rng.choice(keys), rng.choice("SU")
+                (c.Subscribe if s == "S" else c.Unsubscribe)(workspace=ws, person=pid,
+                                                             channel=key[0], topic=key[1])
+                state["entries"][key] = s
+            if rng.random() < 0.25:
+                c.UnsubscribeAll(workspace=ws, person=pid)
+                state["global"] = rng.random() < 0.5
+                if not state["global"]:
+                    c.Resubscribe(workspace=ws, person=pid)
+            for _ in range(rng.randint(0, 4)):
+                ch, t = rng.choice(channels), rng.choice([""] + topics)
+                want = model_decision(defaults, limits, state, ch, t)
+                d = check(sc, ws, pid, ch, t, record=True)
+                if (d.allowed, reason_name(d.reason)) != want:
+                    failures.append((round_, pid, "record_send", ch, t, reason_name(d.reason),
+                                     want, state))
+                if d.allowed and ch in limits:
+                    state["sends"][ch] = state["sends"].get(ch, 0) + 1
+            compare(ws, pid, state, channels, topics, defaults, limits, f"round {round_}")
+        channels, topics, defaults, limits = draw()
+        c.ConfigureWorkspace(sc.config(ws, channels=channels,
+                                       topics=[topic(t, defaults[t]) for t in topics],
+                                       limits=[limit(ch, n, 3600) for ch, n in limits.items()]))
+        for pid, state in states.items():
+            compare(ws, pid, state, channels, topics, defaults, limits,
+                    f"round {round_}, reconfigured")
+    assert not failures, f"{len(failures)} disagreements with SPEC §2, first: {failures[:3]}"

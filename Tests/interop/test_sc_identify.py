@@ -1,12 +1,14 @@
 """Identify and GetProfile (SPEC §1, §3): create, update, identifiers kept, anonymous profiles
 and their TTL, merges, lookups by every PersonRef kind, ALREADY_EXISTS and FAILED_PRECONDITION."""
 
+import random
 import time
 
 import pytest
 
 from sc_support import (ALREADY_EXISTS, Env, FAILED_PRECONDITION, INVALID, NOT_FOUND, TOKENS,
-                        assert_decision, assert_recent, entries_map, expect_code, history_tuples,
+                        assert_decision, assert_recent, effective_map, entries_map, expect_code,
+                        history_tuples,
                         ident, limit, now_ms, pb, pb_grpc, ref_anon, ref_email, ref_id,
                         ref_phone, server_args, tick, topic)
 
@@ -211,6 +213,73 @@ def test_merge_later_resubscribe_of_the_visitor_clears_the_persons_earlier_flag(
     assert (prefs.global_unsubscribed, prefs.global_source) == (False, "anon-resub"), prefs
     assert_decision(c.CheckDelivery(workspace=ws, person="mr", channel="email"), True,
                     "SUBSCRIBED", "mr", "after the merge")
+
+
+@pytest.mark.deadline(60)
+def test_random_merges_keep_the_later_choice_per_key_and_join_counted_sends(sc):
+    """SPEC §3 Identify, on random histories of a person and an anonymous profile: after the
+    merge each preference key holds the later choice by set time (the `updated_at` the writes
+    answered; a tie goes to the person), the later global flag wins, and (README, Merges and
+    sends) the profile's counted sends join the person's, so every `effective` decision is
+    §2's for the merged state. Into a new person id too. Seeded, so a failure repeats."""
+    from test_sc_delivery import model_decision
+    rng = random.Random(1206)
+    channels, topics = ["email", "sms", "push"], ["news", "promo"]
+    defaults, limits = {"news": "sub", "promo": "unsub"}, {"sms": 3}
+    keys = [(ch, "") for ch in channels] + [("", t) for t in topics] + \
+        [(ch, t) for ch in channels for t in topics]
+    c = sc.root
+    failures = []
+    for round_ in range(12):
+        ws = sc.workspace(channels=channels, topics=[topic(t, defaults[t]) for t in topics],
+                          limits=[limit("sms", limits["sms"], 3600)])
+        anon = ref_anon("cookie")
+        c.Identify(workspace=ws, anonymous_id="cookie")
+        sides = {"anon": {"entries": {}, "global": None, "sends": 0}}
+        if round_ % 4:  # every fourth round merges into a new person id
+            sc.person(ws, "p")
+            sides["p"] = {"entries": {}, "global": None, "sends": 0}
+        for _ in range(rng.randint(0, 12)):
+            side = rng.choice(sorted(sides))
+            ref = anon if side == "anon" else "p"
+            op = rng.random()
+            if op < 0.6:
+                key, s = rng.choice(keys), rng.choice("SU")
+                r = (c.Subscribe if s == "S" else c.Unsubscribe)(workspace=ws, person=ref,
+                                                                 channel=key[0], topic=key[1])
+                at = [e.updated_at for e in r.entries if (e.channel, e.topic) == key][0]
+                sides[side]["entries"][key] = (s, at)
+            elif op < 0.8:
+                unsubscribed = rng.random() < 0.6
+                r = (c.UnsubscribeAll if unsubscribed else c.Resubscribe)(workspace=ws,
+                                                                          person=ref)
+                sides[side]["global"] = (unsubscribed, r.global_updated_at)
+            elif c.CheckDelivery(workspace=ws, person=ref, channel="sms",
+                                 record_send=True).allowed:
+                sides[side]["sends"] += 1
+        c.Identify(workspace=ws, person_id="p", anonymous_id="cookie")
+        person = sides.get("p", {"entries": {}, "global": None, "sends": 0})
+        entries = dict(person["entries"])
+        for key, (s, at) in sides["anon"]["entries"].items():
+            if key not in entries or entries[key][1] < at:
+                entries[key] = (s, at)
+        flag = person["global"]
+        if sides["anon"]["global"] and (flag is None or sides["anon"]["global"][1] > flag[1]):
+            flag = sides["anon"]["global"]
+        state = {"global": bool(flag and flag[0]),
+                 "entries": {k: v[0] for k, v in entries.items()},
+                 "sends": {"sms": person["sends"] + sides["anon"]["sends"]}}
+        prefs = c.GetPreferences(workspace=ws, person=ref_anon("cookie"))
+        got = {k: v[0][0] for k, v in entries_map(prefs).items()}
+        if (prefs.person_id, got, prefs.global_unsubscribed) != \
+                ("p", state["entries"], state["global"]):
+            failures.append((round_, "state", prefs.person_id, got, prefs.global_unsubscribed,
+                             sides))
+        want = {(ch, t): model_decision(defaults, limits, state, ch, t)
+                for ch in channels for t in [""] + topics}
+        if effective_map(prefs) != want:
+            failures.append((round_, "effective", effective_map(prefs), want, sides))
+    assert not failures, f"{len(failures)} merges disagree with SPEC §3, first: {failures[:2]}"
 
 
 def test_merge_into_a_new_person_id(sc):

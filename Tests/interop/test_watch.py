@@ -887,3 +887,23 @@ def test_a_watch_beyond_max_watchers_is_refused_until_one_ends(start_server):
     assert [x.person_id for x in c.take(1)] == ["p2"]
     assert [x.person_id for x in b.take(1)] == ["p2"]
     assert c.error is None and watch_metrics(server) == (2, 2)
+
+
+def test_watch_with_a_deadline_is_ended_by_the_server_deadline_exceeded(sc):
+    """SPEC §3 lists DEADLINE_EXCEEDED: a quiet WatchChanges stream whose `grpc-timeout`
+    passes is ended by the server itself (grpc-status 4 in its trailers, after its headers),
+    not left open for the client to cancel; other calls on the connection go on."""
+    ws = sc.workspace()
+    with RawH2(sc.port) as raw:
+        started = time.monotonic()
+        sid = raw.request("/subcenter.v1.SubscriptionCenter/WatchChanges",
+                          grpc_frame(pb.WatchRequest(workspace=ws).SerializeToString()),
+                          extra=md() + [("grpc-timeout", "300m")])
+        st = raw.wait(sid, timeout=5)
+        assert st.grpc_status == 4 and st.headers and not st.data, st.summary()
+        assert 0.25 < time.monotonic() - started < 3, time.monotonic() - started
+        ok = raw.wait(raw.request("/subcenter.v1.SubscriptionCenter/GetWorkspace",
+                                  grpc_frame(pb.GetWorkspaceRequest(
+                                      workspace=ws).SerializeToString()), extra=md()),
+                      timeout=5)
+        assert ok.grpc_status == 0, ok.summary()
