@@ -470,6 +470,37 @@ def test_refused_identify_changes_nothing(sc, ws):
                                                       person=ref_email("new@example.com")))
 
 
+# Fields of a newer .proto, one of each wire type (varint, length-delimited, 64- and 32-bit),
+# under field number 99.
+NEWER_FIELDS = (bytes([0x98, 0x06, 0x05]) + bytes([0x9A, 0x06, 0x02]) + b"hi"
+                + bytes([0x99, 0x06]) + bytes(8) + bytes([0x9D, 0x06]) + bytes(4))
+
+
+def test_fields_of_a_newer_proto_and_any_field_order_are_accepted(sc, ws):
+    """Protobuf's compatibility rules, which any client generated from a later `proto/`
+    relies on: fields the server does not know are skipped, in a request and in a nested
+    PersonRef, and fields may come in any order — for the requests the server decodes by
+    hand (PreferenceRequest, DeliveryRequest) as for the others."""
+    md = [("authorization", "Bearer " + TOKENS["sc-root"])]
+    ref = pb.PersonRef(person_id="p").SerializeToString() + NEWER_FIELDS
+    # person (2), channel (3), workspace (1), in that order, around unknown fields
+    body = (NEWER_FIELDS + bytes([0x12, len(ref)]) + ref + pb_string_field(3, b"sms")
+            + NEWER_FIELDS + pb_string_field(1, ws.encode()) + NEWER_FIELDS)
+    prefs = pb.Preferences.FromString(raw_unary(sc.channel, "Unsubscribe", body, md))
+    assert entries_map(prefs)[("sms", "")][0] == "UNSUBSCRIBED", prefs
+    d = pb.DeliveryDecision.FromString(raw_unary(sc.channel, "CheckDelivery", body, md))
+    assert_decision(d, False, "CHANNEL_UNSUBSCRIBED", "p", "CheckDelivery")
+    for method, request, answer in (
+            ("Identify", pb.IdentifyRequest(workspace=ws, person_id="newer"), pb.Profile),
+            ("GetHistory", pb.HistoryRequest(workspace=ws, person=pb.PersonRef(person_id="p")),
+             pb.HistoryResponse),
+            ("GetWorkspace", pb.GetWorkspaceRequest(workspace=ws), pb.WorkspaceConfig)):
+        got = answer.FromString(raw_unary(sc.channel, method, NEWER_FIELDS
+                                          + request.SerializeToString() + NEWER_FIELDS, md))
+        assert got.ListFields(), f"{method}: {got}"
+    assert sc.root.GetProfile(workspace=ws, person="newer").person_id == "newer"
+
+
 # --------------------------------------------------------------------------------------------
 # U+0000 inside a string: valid UTF-8 and a C0 control character. Identifiers refuse it; free
 # text either keeps it or is refused; no field may be cut short at it.
