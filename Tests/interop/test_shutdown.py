@@ -196,6 +196,7 @@ def test_sigint_stops_subcenterd_as_sigterm_does():
     import signal
 
     from crash_support import DurableServer
+    from interop_support import admin_metrics
     from sc_support import NOT_FOUND, TOKENS, expect_code, pb, pb_grpc
 
     srv = DurableServer(tempfile.mkdtemp(prefix="shutdown-")).start()
@@ -203,11 +204,17 @@ def test_sigint_stops_subcenterd_as_sigterm_does():
         c = srv.client
         c.Identify(workspace="default", person_id="kept", email="kept@example.com")
         c.Identify(workspace="default", person_id="gone")
+        records = admin_metrics(srv.server)[0]["subcenter_wal_records_total"]
         forget = pb_grpc.SubscriptionCenterStub(srv.channel).ForgetPerson.future(
             pb.ForgetRequest(workspace="default", person=pb.PersonRef(person_id="gone"),
                              wait_for_erasure=True),
             metadata=[("authorization", "Bearer " + TOKENS["sc-root"])], timeout=30)
         snapshots = lambda: {n for n in os.listdir(srv.data) if n.endswith(".snap")}  # noqa: E731
+        # The forget is in the log (its erasure follows ~100 ms later): the call is in flight.
+        deadline = time.monotonic() + 5
+        while admin_metrics(srv.server)[0]["subcenter_wal_records_total"] < records + 1:
+            assert time.monotonic() < deadline, "the ForgetPerson never reached the log"
+            time.sleep(0.005)
         srv.server.expected_exit = True
         srv.server.proc.send_signal(signal.SIGINT)
         assert forget.result(timeout=20).person_id == "gone"
