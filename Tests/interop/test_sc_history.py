@@ -199,3 +199,36 @@ def test_page_token_outlives_a_restart_and_a_crash(tmp_path):
                                                       page_token=token), field="page_token")
     finally:
         srv.close()
+
+
+def test_paging_is_stable_among_entries_of_the_same_millisecond(sc):
+    """SPEC §3 GetHistory: "entries added between pages never shift later pages" — also when
+    many entries share their millisecond (120 writes in flight together land in a handful of
+    milliseconds) and a burst of newer ones, in the same milliseconds as the last page's
+    entries or later, arrives between every two pages: the pages together are the history
+    as it was at the first page, each entry once."""
+    from sc_support import TOKENS, pb, pb_grpc
+    ws = sc.workspace()
+    sc.person(ws, "h")
+    stub = pb_grpc.SubscriptionCenterStub(sc.channel)
+    md = [("authorization", "Bearer " + TOKENS["sc-root"])]
+
+    def burst(tag: str, n: int) -> None:
+        calls = [stub.Subscribe.future(pb.PreferenceRequest(
+            workspace=ws, person=pb.PersonRef(person_id="h"), channel="email",
+            source=f"{tag}{i}"), metadata=md, timeout=30) for i in range(n)]
+        for call in calls:
+            call.result()
+
+    burst("s", 120)
+    full = history_tuples(sc.root.GetHistory(workspace=ws, person="h", page_size=1000))
+    assert len(full) == 121
+    got, token = [], ""
+    for _ in range(30):  # 121 entries in pages of 7: 18 pages
+        page = sc.root.GetHistory(workspace=ws, person="h", page_size=7, page_token=token)
+        got += history_tuples(page)
+        burst("late", 5)
+        token = page.next_page_token
+        if not token:
+            break
+    assert got == full, f"{len(got)} entries paged, {len(full)} in the history"
