@@ -25,6 +25,9 @@ static inline long CTLS_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) { return SSL_C
 static const long CTLS_MODE_RELEASE_BUFFERS = SSL_MODE_RELEASE_BUFFERS;
 static const long CTLS_MODE_ENABLE_PARTIAL_WRITE = SSL_MODE_ENABLE_PARTIAL_WRITE;
 static const long CTLS_MODE_ACCEPT_MOVING_WRITE_BUFFER = SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER;
+// SSL_set_mode and SSL_clear_mode are macros (a session's buffers kept or released).
+static inline long CTLS_SSL_set_mode(SSL *ssl, long mode) { return SSL_set_mode(ssl, mode); }
+static inline long CTLS_SSL_clear_mode(SSL *ssl, long mode) { return SSL_clear_mode(ssl, mode); }
 // SSL_OP_* constants are built with a macro Swift cannot see.
 static const uint64_t CTLS_OP_NO_COMPRESSION = SSL_OP_NO_COMPRESSION;
 static const uint64_t CTLS_OP_NO_RENEGOTIATION = SSL_OP_NO_RENEGOTIATION;
@@ -47,6 +50,9 @@ static inline int CTLS_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
 static inline void CTLS_BIO_set_mem_eof_return(BIO *b, int v) { (void)BIO_set_mem_eof_return(b, v); }
 // BIO_get_mem_data is a macro: borrow the pending bytes of a memory BIO.
 static inline long CTLS_BIO_get_mem_data(BIO *b, char **pp) { return BIO_get_mem_data(b, pp); }
+// BIO_clear_retry_flags and BIO_set_retry_read are macros (a BIO of our own's read).
+static inline void CTLS_BIO_clear_retry_flags(BIO *b) { BIO_clear_retry_flags(b); }
+static inline void CTLS_BIO_set_retry_read(BIO *b) { BIO_set_retry_read(b); }
 // BIO_reset is a macro.
 static inline int CTLS_BIO_reset(BIO *b) { return (int)BIO_reset(b); }
 // OPENSSL_free is a macro.

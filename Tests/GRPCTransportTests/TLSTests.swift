@@ -67,6 +67,31 @@ import Testing
     #expect(try one.withUnsafeMutableBytes { try s.read(into: $0) } == .closed)
   }
 
+  /// Buffers kept between reads and writes (a busy connection), then freed (a quiet one):
+  /// data goes both ways in either mode, also fed a byte at a time and taken in pieces.
+  @Test func keptBuffersAndPiecemealCiphertext() throws {
+    let s = try server()
+    let c = try client()
+    try TLSPump.handshake(client: c, server: s)
+    for keep in [true, false, true] {
+      s.keepsBuffers = keep
+      c.keepsBuffers = keep
+      let request = (0..<3000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+      try c.write(request)
+      for byte in c.takeOutput() { s.feed([byte]) }
+      #expect(try readAll(s) == request)
+
+      let answer = (0..<40_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+      try s.write(answer)
+      var piece = [UInt8](repeating: 0, count: 1000)
+      while s.pendingOutput > 0 {
+        let n = piece.withUnsafeMutableBytes { s.takeOutput(into: $0) }
+        c.feed(Array(piece[0..<n]))
+      }
+      #expect(try readAll(c) == answer)
+    }
+  }
+
   @Test func ipAddressServerName() throws {
     try TLSPump.handshake(client: client(serverName: "127.0.0.1"), server: server())
   }

@@ -77,6 +77,8 @@ final class ServerConnection {
     if n > 0 {
       tls.feed(UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n]))
       processTLSInput()
+      // A connection with calls keeps its TLS buffers until the watchdog finds it quiet.
+      if !tls.keepsBuffers, let http2, http2.activeStreams > 0 { tls.keepsBuffers = true }
     }
     if closed { return }
     if peerClosed {
@@ -279,6 +281,11 @@ final class ServerConnection {
       return
     }
     lastHeaderBlock = http2.headerBlockStream
+    // No call begun and no answer byte sent for a whole period: TLS frees its buffers
+    // (kept while the connection is busy).
+    if http2.streamsBegun == lastStreamsBegun && http2.answerBytesSent == lastAnswerBytesSent {
+      tls?.keepsBuffers = false
+    }
     let idleTimeout = server.configuration.idleTimeoutNanos
     // Calls that hold the connection without moving: a request that does not end (no
     // call here streams its request), or an answer the client takes none of.
