@@ -68,6 +68,86 @@ struct TestService: GRPCService {
     #expect(r.endStream && r.closed)
   }
 
+  /// Calls one after another on a connection reuse its closed streams: each call sees
+  /// only its own request, metadata and deadline, and gets its own answer.
+  @Test func reusedStreamsCarryNothingOver() throws {
+    var previous: ServerCall?
+    for round in 0..<3 {
+      let body = Array("ping \(round)".utf8)
+      let first = round == 0
+      let id = client.request(
+        path: "/test.Test/Hang",
+        headers: first ? [("x-trace", "abc"), ("grpc-timeout", "1S")] : [],
+        body: GRPCMessageFramer.frame(body))
+      harness.pump()
+      let call = try #require(service.held.current)
+      #expect(call !== previous && call.request == body)
+      #expect((call.metadata["x-trace"] == "abc") == first && (call.deadline != nil) == first)
+      call.respond(body)
+      harness.pump()
+      let r = try #require(client.responses[id])
+      #expect(r.data == GRPCMessageFramer.frame(body))
+      #expect(r.header("grpc-status", block: 1) == "0")
+      #expect(r.endStream && r.closed)
+      #expect(call.stream == nil)
+      previous = call
+    }
+  }
+
+  /// `HTTP2Stream.reuse` sets every field as `init` does: a stream with every field
+  /// changed, reused, reads the same as a new one. A field added to the stream must be
+  /// added to `reuse` (and to the list here).
+  @Test func reusedStreamEqualsNewOne() throws {
+    let server = harness.server
+    let s = HTTP2Stream(id: 1, session: server, maxMessageBytes: 100)
+    s.isPost = true
+    s.path = "/a/b"
+    s.contentType = .protobuf
+    s.grpcEncoding = "gzip"
+    s.timeoutNanos = 5
+    s.metadata.add("x", "y")
+    s.headerBytes = 7
+    s.headersTooLarge = true
+    let prefix: [UInt8] = [0, 0]
+    _ = prefix.withUnsafeBytes { b in try? s.deframer.process(b) { _ in } }
+    s.requestMessage = [1]
+    s.heldRequestBytes = 3
+    s.requestEnded = true
+    s.route = ServiceMethod(path: "/a/b") { _ in }
+    s.admission = s
+    s.admitted = true
+    s.call = ServerCall(
+      path: "/a/b", metadata: Metadata(), request: [], deadline: nil, loop: harness.loop,
+      stream: s, connection: server.context)
+    s.deadlineTimer = harness.loop.scheduleTimer(after: 1) {}
+    s.headersSent = true
+    s.finished = true
+    s.outbound = [1, 2]
+    s.outOffset = 1
+    s.pendingTrailers = HeaderList([("a", "b")])
+    s.pendingOKTrailers = true
+    s.deferred = true
+    s.drainedCallbacks = [{}]
+    s.partialMessageTimer = harness.loop.scheduleTimer(after: 1) {}
+    s.closed = true
+    s.prev = Unmanaged.passUnretained(s)
+    s.next = Unmanaged.passUnretained(s)
+    s.reuse(id: 3)
+    let fresh = HTTP2Stream(id: 3, session: server, maxMessageBytes: 100)
+    let reused = Mirror(reflecting: s).children.map { "\($0.label!): \($0.value)" }
+    let new = Mirror(reflecting: fresh).children.map { "\($0.label!): \($0.value)" }
+    #expect(reused == new)
+    #expect(
+      Mirror(reflecting: fresh).children.map { $0.label! } == [
+        "id", "session", "isPost", "path", "contentType", "grpcEncoding", "timeoutNanos",
+        "metadata", "headerBytes", "headersTooLarge", "deframer", "requestMessage",
+        "heldRequestBytes", "requestEnded", "route", "admission", "admitted", "call",
+        "deadlineTimer", "headersSent", "finished", "outbound", "outOffset",
+        "pendingTrailers", "pendingOKTrailers", "deferred", "drainedCallbacks",
+        "partialMessageTimer", "closed", "prev", "next",
+      ])
+  }
+
   @Test func unaryCallFedByteByByte() throws {
     let id = client.request(path: "/test.Test/Echo", body: GRPCMessageFramer.frame([1, 2, 3]))
     harness.pump(byteByByte: true)

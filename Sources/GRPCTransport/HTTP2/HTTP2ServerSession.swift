@@ -69,7 +69,7 @@ enum GRPCContentType: Equatable {
 }
 
 final class HTTP2Stream {
-  let id: Int32
+  private(set) var id: Int32
   // The session owns its streams and outlives them: it is not retained for the calls the
   // stream makes to it (`withSession`).
   private let session: Unmanaged<HTTP2ServerSession>
@@ -116,6 +116,43 @@ final class HTTP2Stream {
     self.id = id
     self.session = Unmanaged.passUnretained(session)
     deframer = GRPCMessageDeframer(maxMessageBytes: maxMessageBytes)
+  }
+
+  /// Makes a closed stream, which nothing else references any more, as `init` leaves a
+  /// new one (for stream `id`), so its session can reuse it for a new stream instead of
+  /// allocating one (`HTTP2ServerSession.spareStreams`). Every field `init` sets is set
+  /// here; a unit test compares a reused stream with a new one field by field.
+  func reuse(id: Int32) {
+    self.id = id
+    isPost = false
+    path = ""
+    contentType = .missing
+    grpcEncoding = nil
+    timeoutNanos = nil
+    metadata = Metadata()
+    headerBytes = 0
+    headersTooLarge = false
+    deframer = GRPCMessageDeframer(maxMessageBytes: deframer.maxMessageBytes)
+    requestMessage = nil
+    heldRequestBytes = 0
+    requestEnded = false
+    route = nil
+    admission = nil
+    admitted = false
+    call = nil
+    deadlineTimer = nil
+    headersSent = false
+    finished = false
+    outbound = []
+    outOffset = 0
+    pendingTrailers = nil
+    pendingOKTrailers = false
+    deferred = false
+    drainedCallbacks = []
+    partialMessageTimer = nil
+    closed = false
+    prev = nil
+    next = nil
   }
 
   func sendHeaders(_ metadata: Metadata) { withSession { $0.sendHeaders(self, metadata) } }
@@ -196,6 +233,12 @@ final class HTTP2ServerSession {
   private(set) var requestBytes = 0
   /// Answer bytes handed to nghttp2 so far (the watchdog tells a stuck answer by it).
   private(set) var answerBytesSent = 0
+  /// Closed streams kept for new ones (`HTTP2Stream.reuse`): a busy connection opens and
+  /// closes streams all the time, and an allocation and a free cost more than clearing
+  /// one. At most `maxSpareStreams`; dropped when the connection is quiet. Each holds the
+  /// reference nghttp2's stream user data held, which a reused one hands back to it.
+  private var spareStreams: [Unmanaged<HTTP2Stream>] = []
+  static let maxSpareStreams = 64
 
   /// Some call's request has begun and not ended (nor been answered).
   var hasRequestInProgress: Bool {
@@ -264,6 +307,7 @@ final class HTTP2ServerSession {
   }
 
   deinit {
+    dropSpareStreams()
     nghttp2_session_del(session)
     subcenter_pool_destroy(pool)
     pool.deallocate()
@@ -379,16 +423,23 @@ final class HTTP2ServerSession {
   // MARK: Request events (nghttp2 callbacks land here)
 
   fileprivate func beginHeaders(_ streamID: Int32) {
-    let s = HTTP2Stream(id: streamID, session: self, maxMessageBytes: limits.maxMessageBytes)
-    let unretained = Unmanaged.passUnretained(s)
-    s.next = firstStream
+    // A reference for nghttp2's stream user data: a spare's, or a new stream's.
+    let unretained: Unmanaged<HTTP2Stream>
+    if let spare = spareStreams.popLast() {
+      spare._withUnsafeGuaranteedRef { $0.reuse(id: streamID) }
+      unretained = spare
+    } else {
+      unretained = Unmanaged.passRetained(
+        HTTP2Stream(id: streamID, session: self, maxMessageBytes: limits.maxMessageBytes))
+    }
+    unretained._withUnsafeGuaranteedRef { $0.next = firstStream }
     firstStream?._withUnsafeGuaranteedRef { $0.prev = unretained }
     firstStream = unretained
     activeStreams += 1
     streamsBegun += 1
     headerBlock = unretained
     blockMetadata.begin()
-    nghttp2_session_set_stream_user_data(session, streamID, Unmanaged.passRetained(s).toOpaque())
+    nghttp2_session_set_stream_user_data(session, streamID, unretained.toOpaque())
   }
 
   /// Runs `body` on stream `id`, whose request header block is in progress: `headerBlock`,
@@ -631,9 +682,23 @@ final class HTTP2ServerSession {
     if let call = s.call { call.cancel() }
   }
 
-  fileprivate func streamClosed(_ s: HTTP2Stream) {
-    nghttp2_session_set_stream_user_data(session, s.id, nil)
-    remove(s)
+  /// Stream `closing` is closed: takes over nghttp2's reference to it. The stream goes
+  /// once done with, unless kept for a new one (nothing else references it any more).
+  fileprivate func streamClosed(_ closing: Unmanaged<HTTP2Stream>) {
+    closing._withUnsafeGuaranteedRef { s in
+      nghttp2_session_set_stream_user_data(session, s.id, nil)
+      remove(s)
+    }
+    var s = closing.takeRetainedValue()
+    if spareStreams.count < Self.maxSpareStreams && isKnownUniquelyReferenced(&s) {
+      spareStreams.append(Unmanaged.passRetained(s))
+    }
+  }
+
+  /// Frees the streams kept for reuse (the connection is quiet).
+  func dropSpareStreams() {
+    for s in spareStreams { s.release() }
+    spareStreams = []
   }
 
   /// Our side ended the stream while the client was still sending: tell it to stop.
@@ -1017,9 +1082,7 @@ private let onDataChunk: nghttp2_on_data_chunk_recv_callback = { session, _, id,
 
 private let onStreamClose: nghttp2_on_stream_close_callback = { session, id, _, user in
   guard let p = nghttp2_session_get_stream_user_data(session, id) else { return 0 }
-  // nghttp2's reference, taken over: the stream goes once `streamClosed` is done with it.
-  let s = Unmanaged<HTTP2Stream>.fromOpaque(p).takeRetainedValue()
-  withSession(user) { $0.streamClosed(s) }
+  withSession(user) { $0.streamClosed(Unmanaged<HTTP2Stream>.fromOpaque(p)) }
   return 0
 }
 

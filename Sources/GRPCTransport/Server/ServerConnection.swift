@@ -281,10 +281,11 @@ final class ServerConnection {
       return
     }
     lastHeaderBlock = http2.headerBlockStream
-    // No call begun and no answer byte sent for a whole period: TLS frees its buffers
-    // (kept while the connection is busy).
+    // No call begun and no answer byte sent for a whole period: TLS frees its buffers and
+    // HTTP/2 its spare streams (kept while the connection is busy).
     if http2.streamsBegun == lastStreamsBegun && http2.answerBytesSent == lastAnswerBytesSent {
       tls?.keepsBuffers = false
+      http2.dropSpareStreams()
     }
     let idleTimeout = server.configuration.idleTimeoutNanos
     // Calls that hold the connection without moving: a request that does not end (no
