@@ -257,7 +257,8 @@ enum ProtoMapping {
   /// Preferences (every write RPC answers with it), framed. Written in one go into room
   /// sized first (`WireWriter.withCursor`): a field of every kind, and each nested message,
   /// takes `WireCursor.fieldRoom` bytes at most, plus its string's bytes.
-  static func preferences(_ p: Preferences) -> [UInt8] {
+  /// Built in `buffer`'s memory (`ServerCall.answerBuffer`).
+  static func preferences(_ p: Preferences, reusing buffer: consuming [UInt8] = []) -> [UInt8] {
     // Fields read through the subscript, not from elements bound by `for e in`: that
     // copies each element (a retain and release of every String in it).
     let entries = p.entries
@@ -272,7 +273,7 @@ enum ProtoMapping {
     for i in effective.indices {
       bound += 5 * room + effective[i].channel.utf8.count + effective[i].topic.utf8.count
     }
-    var writer = WireWriter(capacity: bound, reserving: framePrefix)
+    var writer = WireWriter(reusing: buffer, capacity: bound, reserving: framePrefix)
     writer.withCursor(bound: bound) { w in
       w.string(1, p.personID)
       w.bool(2, p.globalUnsubscribed)

@@ -237,6 +237,17 @@ extension ServerCall {
     case .failure(let e): finish(e.rpcStatus)
     }
   }
+
+  /// `answerFramed` with an encoder that builds in the buffer the call lends
+  /// (`answerBuffer`).
+  func answerFramed<T>(
+    _ result: Result<T, CoreError>, _ encode: (T, consuming [UInt8]) -> [UInt8]
+  ) {
+    switch result {
+    case .success(let v): respond(framed: encode(v, answerBuffer()))
+    case .failure(let e): finish(e.rpcStatus)
+    }
+  }
 }
 
 /// Removes forgotten persons from disk within the erasure deadline (SPEC §4).

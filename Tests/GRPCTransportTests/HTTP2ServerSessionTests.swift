@@ -83,7 +83,11 @@ struct TestService: GRPCService {
       let call = try #require(service.held.current)
       #expect(call !== previous && call.request == body)
       #expect((call.metadata["x-trace"] == "abc") == first && (call.deadline != nil) == first)
-      call.respond(body)
+      // A reused stream lends the room its last answer left, empty.
+      var answer = call.answerBuffer()
+      #expect(answer.isEmpty && (answer.capacity > 0) == !first)
+      answer += [0, 0, 0, 0, 0] + body
+      call.respond(framed: answer)
       harness.pump()
       let r = try #require(client.responses[id])
       #expect(r.data == GRPCMessageFramer.frame(body))

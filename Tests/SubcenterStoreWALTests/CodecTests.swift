@@ -258,6 +258,25 @@ enum Samples {
     }
   }
 
+  /// A writer in a reused buffer (`init(reusing:)`, a sent answer's) writes the bytes a new
+  /// one writes, its reserved prefix zeroed, whatever the buffer held, and grows past it.
+  @Test func writerInReusedBufferEqualsNewOne() {
+    func write(_ w: inout WireWriter) {
+      w.string(1, "yy")
+      w.int(2, -3)
+      w.string(3, String(repeating: "z", count: 1500))
+    }
+    for old in [[], [UInt8](repeating: 0xAB, count: 3), [UInt8](repeating: 0xCD, count: 900)] {
+      var kept = old
+      kept.reserveCapacity(1000)
+      var reused = WireWriter(reusing: kept, capacity: 10, reserving: 5)
+      var fresh = WireWriter(capacity: 10, reserving: 5)
+      write(&reused)
+      write(&fresh)
+      #expect(reused.finish() == fresh.finish(), "a buffer of \(old.count) bytes")
+    }
+  }
+
   /// Records read field by field read as protobuf-c reads them: every sample, every
   /// prefix of the fast ones (both refuse, or both read the same), reordered fields.
   @Test func directDecodingEqualsProtobufC() throws {

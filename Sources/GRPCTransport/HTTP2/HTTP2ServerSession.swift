@@ -143,7 +143,12 @@ final class HTTP2Stream {
     deadlineTimer = nil
     headersSent = false
     finished = false
-    outbound = []
+    // Emptied, its room kept when small (an answer's, `takeAnswerRoom`).
+    if outbound.capacity > HTTP2ServerSession.keptAnswerRoom {
+      outbound = []
+    } else {
+      outbound.removeAll(keepingCapacity: true)
+    }
     outOffset = 0
     pendingTrailers = nil
     pendingOKTrailers = false
@@ -156,6 +161,15 @@ final class HTTP2Stream {
   }
 
   func sendHeaders(_ metadata: Metadata) { withSession { $0.sendHeaders(self, metadata) } }
+
+  /// The room an earlier answer left in `outbound` (a reused stream's), handed out empty
+  /// for the next answer to be built in; an empty array while the stream holds output.
+  func takeAnswerRoom() -> [UInt8] {
+    guard outbound.isEmpty else { return [] }
+    var room: [UInt8] = []
+    swap(&room, &outbound)
+    return room
+  }
   func sendMessage(_ message: [UInt8], whenDrained: (@Sendable () -> Void)?) {
     withSession { $0.sendMessage(self, message, whenDrained: whenDrained) }
   }
@@ -877,9 +891,13 @@ final class HTTP2ServerSession {
   /// Drops all of `s`'s answer bytes not yet handed to nghttp2, off the counts too.
   private func dropUnsentOutput(_ s: HTTP2Stream) {
     unqueue(s.outbound.count - s.outOffset, of: s)
-    s.outbound = []
+    // An empty buffer of at most `keptAnswerRoom` is the room a sent answer left: it stays.
+    if !s.outbound.isEmpty || s.outbound.capacity > Self.keptAnswerRoom { s.outbound = [] }
     s.outOffset = 0
   }
+
+  /// The capacity of an answer buffer a finished stream keeps for its next answer.
+  static let keptAnswerRoom = 1024
 
   /// Frees the wholly sent messages in front of `s.outbound`.
   private func dropSentMessages(_ s: HTTP2Stream) {
@@ -968,8 +986,9 @@ final class HTTP2ServerSession {
       unqueue(n, of: s)
       if s.outOffset == s.outbound.count {
         if s.finished {
-          // No message follows: the buffer goes now instead of being emptied for reuse.
-          s.outbound = []
+          // No message follows: a small buffer is kept, empty, for the answer of the next
+          // call the stream is reused for (`takeAnswerRoom`); a larger one goes now.
+          s.outbound.removeAll(keepingCapacity: s.outbound.capacity <= Self.keptAnswerRoom)
         } else {
           s.outbound.removeAll(keepingCapacity: s.outbound.count <= 64 * 1024)
         }

@@ -140,6 +140,14 @@ public final class ServerCall: @unchecked Sendable {
     }
   }
 
+  /// An empty buffer to build the answer for `respond(framed:)` in. On the loop thread,
+  /// the room an earlier call's answer left in the call's stream (a busy connection reuses
+  /// its streams), so that answer needs no allocation of its own; elsewhere, a new array.
+  public func answerBuffer() -> [UInt8] {
+    guard loop.inLoop, let s = stream else { return [] }
+    return s.takeAnswerRoom()
+  }
+
   /// `respond` for a message built with `GRPCMessageFramer.prefixSize` spare bytes in
   /// front (the transport writes the prefix there), which is then sent without a copy.
   public func respond(framed: consuming [UInt8]) {

@@ -49,6 +49,16 @@ public struct WireWriter {
     }
   }
 
+  /// `init(capacity:reserving:)` in `room`'s memory (emptied; grown if it is too small):
+  /// a buffer kept from an earlier message spares an allocation.
+  @inlinable public init(reusing room: consuming [UInt8], capacity: Int, reserving: Int = 0) {
+    storage = consume room
+    storage.removeAll(keepingCapacity: true)
+    storage.reserveCapacity(Swift.max(capacity + reserving, 16))
+    written = reserving
+    fillRoom()
+  }
+
   /// What was written so far (a copy; `finish()` hands over the bytes themselves).
   public var bytes: [UInt8] { Array(storage[..<count]) }
 
