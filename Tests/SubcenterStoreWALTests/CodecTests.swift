@@ -258,6 +258,35 @@ enum Samples {
     }
   }
 
+  /// A frame with a seq (and a seq count over one) holds field 1 (and field 4) as varints
+  /// ahead of the body, at every varint length.
+  @Test func framesWithSequence() {
+    func varint(_ value: UInt64) -> [UInt8] {
+      var v = value
+      var out: [UInt8] = []
+      while v >= 0x80 {
+        out.append(UInt8(truncatingIfNeeded: v) | 0x80)
+        v >>= 7
+      }
+      return out + [UInt8(v)]
+    }
+    let body: [UInt8] = [0x12, 0x01, 0x61]
+    for seq: UInt64 in [0, 1, 127, 128, 300, 1 << 53, .max] {
+      for count: UInt64 in [1, 2, 200, .max] {
+        var buf: [UInt8] = [9, 9]
+        body.withUnsafeBytes {
+          RecordFrame.append(sequence: seq, count: count, body: $0, to: &buf)
+        }
+        let payload = [0x08] + varint(seq) + (count > 1 ? [0x20] + varint(count) : []) + body
+        #expect(Array(buf[10...]) == payload, "seq \(seq), count \(count)")
+        buf.withUnsafeBytes { b in
+          #expect(
+            RecordFrame.parse(b, at: 2) == .record(payload: 10..<buf.count, next: buf.count))
+        }
+      }
+    }
+  }
+
   /// A writer in a reused buffer (`init(reusing:)`, a sent answer's) writes the bytes a new
   /// one writes, its reserved prefix zeroed, whatever the buffer held, and grows past it.
   @Test func writerInReusedBufferEqualsNewOne() {

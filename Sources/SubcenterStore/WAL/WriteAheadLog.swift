@@ -514,13 +514,17 @@ final class WALWriter: @unchecked Sendable {
       complete(batch, .failure(core.shared.withLock { $0.failure! }))
       return
     }
-    buffer.removeAll(keepingCapacity: true)
+    // The frames go into a local array (the buffer's memory, swapped in and back): a
+    // property written from the closures below is checked for exclusive access each time.
+    var frames: [UInt8] = []
+    swap(&frames, &buffer)
+    frames.removeAll(keepingCapacity: true)
     // The first seq written: the skip's while it is pending, else the batch's first.
     let start = nextSeq
     if let skip {
       skip.record.withUnsafeBytes {
         RecordFrame.append(
-          sequence: start, count: skip.through - start + 1, body: $0, to: &buffer)
+          sequence: start, count: skip.through - start + 1, body: $0, to: &frames)
       }
     }
     let written = batch.count + (skip == nil ? 0 : 1)
@@ -530,10 +534,11 @@ final class WALWriter: @unchecked Sendable {
     for i in batch.indices {
       let count = batch[i].seqCount
       batch[i].bytes.withUnsafeBytes {
-        RecordFrame.append(sequence: end, count: count, body: $0, to: &buffer)
+        RecordFrame.append(sequence: end, count: count, body: $0, to: &frames)
       }
       end += count
     }
+    swap(&frames, &buffer)
 
     do {
       if active == nil || (segmentRecords > 0 && segmentBytes + buffer.count > options.segmentSize)
