@@ -332,7 +332,8 @@ extension PendingCommit {
             applied = .success(
               try store.apply(
                 command, scope.workspace, registry: &locked.registry,
-                identity: &locked.identity, shards: &locked.shards))
+                identity: &locked.identity, shards: &locked.shards,
+                near: reservations.slots.firstLocation))
             ok = true
           } catch {
             applied = .failure(error)
@@ -643,10 +644,12 @@ extension SubscriptionStore {
   /// Applies a command to the state under its locks (`scope(of:)`): the live path and
   /// replay both come here. No validation, no clock, no request: the command alone says
   /// what changes; a command naming a person that is gone changes nothing. `registry` and
-  /// `identity` are set when the scope holds them.
+  /// `identity` are set when the scope holds them. `hint`, the first slot the command's
+  /// commit holds, is where a single-person write's record likely is (checked, not trusted).
   func apply(
     _ command: Command, _ h: WorkspaceHandle?, registry: inout Registry?,
-    identity: inout IdentityState?, shards: inout LockedShards
+    identity: inout IdentityState?, shards: inout LockedShards,
+    near hint: (shard: Int, slot: UInt32)? = nil
   ) throws(CoreError) -> Applied {
     switch command {
     case .configureWorkspace(let c):
@@ -658,11 +661,11 @@ extension SubscriptionStore {
       return Applied(person: applyIdentify(c, h!, identity: &identity!, shards: &shards))
     case .setPreference(let c):
       let (channel, topic) = try numbers(h!, channel: c.channel, topic: c.topic)
-      return shards.onPerson(h!, c.person, passing: c) { c, shard, slot in
+      return shards.onPerson(h!, c.person, near: hint, passing: c) { c, shard, slot in
         applySetPreference(c, channel: channel, topic: topic, shard: &shard, slot: slot)
       }
     case .setGlobal(let c):
-      return shards.onPerson(h!, c.person, passing: c) { c, shard, slot in
+      return shards.onPerson(h!, c.person, near: hint, passing: c) { c, shard, slot in
         applySetGlobal(c, shard: &shard, slot: slot)
       }
     case .recordSends(let c):
@@ -679,7 +682,7 @@ extension SubscriptionStore {
       return Applied(found: found)
     case .override(let c):
       let (channel, topic) = try numbers(h!, channel: c.channel, topic: c.topic)
-      return shards.onPerson(h!, c.person, passing: c) { c, shard, slot in
+      return shards.onPerson(h!, c.person, near: hint, passing: c) { c, shard, slot in
         applyOverride(c, channel: channel, topic: topic, shard: &shard, slot: slot)
       }
     case .forget(let c):

@@ -341,10 +341,19 @@ struct LockedShards {
 
   /// `onPerson`, passing `context` to `body`: a command handed over this way is borrowed,
   /// where a closure that captures it copies it (retaining each of its strings).
+  /// `hint`, where the person's record likely is (a live write's slot hold), spares
+  /// hashing the key when that slot holds it.
   mutating func onPerson<Context>(
-    _ h: WorkspaceHandle, _ key: PersonKey, passing context: borrowing Context,
+    _ h: WorkspaceHandle, _ key: PersonKey, near hint: (shard: Int, slot: UInt32)? = nil,
+    passing context: borrowing Context,
     _ body: (borrowing Context, inout Shard, UInt32) -> Void
   ) -> Applied {
+    if let hint, first?.index == hint.shard,
+      first!.shard.holds(slot: hint.slot, workspace: h.number, key: key)
+    {
+      body(context, &first!.shard, hint.slot)
+      return Applied(found: true, location: hint)
+    }
     let hash = KeyHash.person(h.number, key)
     let s = shardIndex(hash)
     // As `with(s)`, without a closure (which would capture `context`).

@@ -311,6 +311,38 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
     }
     #expect(table.count == model.values.reduce(0) { $0 + $1.count })
   }
+
+  /// A commit's slot hold spares hashing the key when applying it (`Shard.holds`): a slot
+  /// holds a key exactly when `find` returns that slot, removed persons and other
+  /// workspaces included.
+  @Test func slotHoldsWhatFindFinds() {
+    var shard = Shard()
+    var strings = StringTable()
+    var rng = SplitMix(seed: 11)
+    var people: [(key: PersonKey, workspace: UInt16)] = []
+    for n in 0..<40 {
+      let key = PersonKey("p\(n % 20)", anonymous: n % 7 == 0)
+      let workspace = UInt16(1 + n / 20)
+      let p = Person(key: key, at: 1_000)
+      _ = shard.insert(
+        PersonCodec.encode(p, workspace: workspace, strings: &strings),
+        hash: KeyHash.person(workspace, key))
+      people.append((key, workspace))
+    }
+    for _ in 0..<10 {
+      let (key, workspace) = people[Int(rng.next() % UInt64(people.count))]
+      let hash = KeyHash.person(workspace, key)
+      if let slot = shard.find(workspace: workspace, key: key, hash: hash) {
+        shard.remove(slot: slot, hash: hash)
+      }
+    }
+    for (key, workspace) in people + [(PersonKey("absent", anonymous: false), 1)] {
+      let found = shard.find(workspace: workspace, key: key, hash: KeyHash.person(workspace, key))
+      for slot in 0..<UInt32(shard.records.count + 2) {
+        #expect(shard.holds(slot: slot, workspace: workspace, key: key) == (found == slot))
+      }
+    }
+  }
 }
 
 @Suite struct RegistryTests {

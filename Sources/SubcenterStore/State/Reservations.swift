@@ -129,6 +129,10 @@ struct SlotReservations: Sendable {
     if first == nil { first = r } else { more.append(r) }
   }
 
+  /// Where the first hold is: for a single-person write, that person's record (see
+  /// `SubscriptionStore.apply`'s `near`).
+  var firstLocation: (shard: Int, slot: UInt32)? { first.map { ($0.shard, $0.slot) } }
+
   /// Calls `body` with each hold, in order.
   func forEach(_ body: (SlotReservation) -> Void) {
     guard let first else { return }

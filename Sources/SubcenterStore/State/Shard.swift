@@ -61,6 +61,13 @@ struct Shard {
     return found
   }
 
+  /// True if `slot` holds the live record of `key` in `workspace`: the slot `find` returns
+  /// (a person's live record is in one slot), found without hashing the key.
+  func holds(slot: UInt32, workspace: UInt16, key: PersonKey) -> Bool {
+    Int(slot) < records.count
+      && PersonCodec.matches(records[Int(slot)], workspace: workspace, key: key)
+  }
+
   /// Makes room for `n` more persons (restoring a snapshot of known size).
   mutating func reserve(_ n: Int) {
     records.reserveCapacity(records.count + n)
