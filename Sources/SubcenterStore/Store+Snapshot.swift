@@ -70,7 +70,7 @@ extension SubscriptionStore {
       let copies = shards.map { box in
         box.withLock { shard -> Shard in
           var copy = shard
-          copy.pending = [:]
+          copy.pending = SlotMap()
           return copy
         }
       }

@@ -312,6 +312,41 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
     #expect(table.count == model.values.reduce(0) { $0 + $1.count })
   }
 
+  /// `Shard.pending`'s map holds what a `Dictionary` holds through insertions, updates
+  /// and removals (runs of colliding slots, removals inside them, growth).
+  @Test func slotMapMatchesADictionary() {
+    var map = SlotMap<Int>()
+    var model: [UInt32: Int] = [:]
+    var rng = SplitMix(seed: 7)
+    for step in 0..<30_000 {
+      // Few distinct slots, some far apart, so runs and removals inside them are common.
+      let slot = UInt32(rng.next() % 96) * (step % 5 == 0 ? 65_537 : 1)
+      switch rng.next() % 3 {
+      case 0:
+        let v = map.update(slot, default: { 0 }) { value -> Int in
+          value += step
+          return value
+        }
+        model[slot, default: 0] += step
+        #expect(v == model[slot])
+      default:
+        let remove = rng.next() % 4 != 0
+        map.update(
+          slot,
+          removingIf: { value in
+            value += 1
+            return remove
+          })
+        if model[slot] != nil { model[slot]! += 1 }
+        if remove { model[slot] = nil }
+      }
+      #expect(map.count == model.count)
+    }
+    for slot in UInt32(0)..<96 {
+      for s in [slot, slot * 65_537] { #expect(map[s] == model[s], "slot \(s)") }
+    }
+  }
+
   /// A commit's slot hold spares hashing the key when applying it (`Shard.holds`): a slot
   /// holds a key exactly when `find` returns that slot, removed persons and other
   /// workspaces included.

@@ -194,7 +194,7 @@ struct Reservations: Sendable {
   /// reservation it is, this spares copying the whole `Reservations` kept in `c`.
   static func register(_ r: SlotReservation, shard: inout Shard, by c: PendingCommit) {
     // In place: one look-up of the slot, not a read and a write.
-    addHold(r, by: c, on: &shard.pending[r.slot, default: PendingSlot(last: c)])
+    shard.pending.update(r.slot, default: { PendingSlot(last: c) }) { addHold(r, by: c, on: &$0) }
   }
 
   private static func addHold(_ r: SlotReservation, by c: PendingCommit, on p: inout PendingSlot) {
@@ -229,8 +229,7 @@ struct Reservations: Sendable {
     for (k, _) in persons { drop(&locked.identity!.pending.persons, k) }
     slots.forEach { r in
       locked.shards.with(r.shard) { shard in
-        guard let i = shard.pending.index(forKey: r.slot) else { return }
-        if Self.removeHold(r, from: &shard.pending.values[i]) { shard.pending.remove(at: i) }
+        shard.pending.update(r.slot, removingIf: { Self.removeHold(r, from: &$0) })
       }
     }
   }

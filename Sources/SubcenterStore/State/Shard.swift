@@ -45,7 +45,7 @@ struct Shard {
   /// spares an allocation a write).
   var scratch: [UInt8] = []
   /// Single-person writes in flight, by slot (Reservations.swift); never read by readers.
-  var pending: [UInt32: PendingSlot] = [:]
+  var pending = SlotMap<PendingSlot>()
 
   /// The slot of `key` in `workspace`, if it is here (`hash` = `KeyHash.person`).
   @inline(__always)
