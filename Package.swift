@@ -70,7 +70,7 @@ let package = Package(
       name: "SubcenterServerTests",
       dependencies: [
         "SubcenterServer", "SubcenterStore", "SubcenterCore", "GRPCTransport",
-        "SubcenterTestSupport",
+        "SubcenterTestSupport", "SubcenterProto",
       ]),
   ],
   swiftLanguageModes: [.v6]

@@ -262,7 +262,9 @@ enum ProtoMapping {
     // Fields read through the subscript, not from elements bound by `for e in`: that
     // copies each element (a retain and release of every String in it).
     let entries = p.entries
-    let effective = p.effective
+    let effective = p.effectiveRows
+    let channels = p.names.channelNames
+    let topics = p.names.topicNames
     let room = WireCursor.fieldRoom
     var bound = 4 * room + p.personID.utf8.count + p.globalSource.utf8.count
     for i in entries.indices {
@@ -271,7 +273,9 @@ enum ProtoMapping {
         + entries[i].source.utf8.count + entries[i].noticeVersion.utf8.count
     }
     for i in effective.indices {
-      bound += 5 * room + effective[i].channel.utf8.count + effective[i].topic.utf8.count
+      bound +=
+        5 * room + channels[Int(effective[i].channel)].utf8.count
+        + topics[Int(effective[i].topic)].utf8.count
     }
     var writer = WireWriter(reusing: buffer, capacity: bound, reserving: framePrefix)
     writer.withCursor(bound: bound) { w in
@@ -291,8 +295,8 @@ enum ProtoMapping {
       }
       for i in effective.indices {
         w.message(6) { m in
-          m.string(1, effective[i].channel)
-          m.string(2, effective[i].topic)
+          m.string(1, channels[Int(effective[i].channel)])
+          m.string(2, topics[Int(effective[i].topic)])
           m.bool(3, effective[i].allowed)
           m.int(4, Int64(effective[i].reason.rawValue))
         }

@@ -234,6 +234,22 @@ public struct EffectiveState: Sendable, Equatable {
   }
 }
 
+/// An `EffectiveState` by the numbers of its channel and topic: a row holds no String, so
+/// building, encoding and freeing the rows of an answer costs no String handling a row.
+public struct EffectiveRow: Sendable, Equatable {
+  public var channel: NameID
+  public var topic: NameID
+  public var reason: DecisionReason
+  public var allowed: Bool { reason == .subscribed }
+
+  @inlinable
+  public init(channel: NameID, topic: NameID, reason: DecisionReason) {
+    self.channel = channel
+    self.topic = topic
+    self.reason = reason
+  }
+}
+
 /// A person's preferences (proto `Preferences`).
 public struct Preferences: Sendable, Equatable {
   public var personID: String
@@ -242,19 +258,33 @@ public struct Preferences: Sendable, Equatable {
   public var globalSource: String
   /// Entries whose channel and topic are configured, sorted by (channel, topic) number.
   public var entries: [PreferenceEntry]
+  /// Every configured channel × ("" + every configured topic), in configuration order, by
+  /// number: `names` names them (`effective` has them named).
+  public let effectiveRows: [EffectiveRow]
+  /// The configuration whose channel and topic numbers `effectiveRows` hold.
+  public let names: Workspace
+
   /// Every configured channel × ("" + every configured topic), in configuration order.
-  public var effective: [EffectiveState]
+  public var effective: [EffectiveState] { effectiveRows.map(names.effectiveState) }
 
   public init(
     personID: String, globalUnsubscribed: Bool, globalUpdatedAt: Int64, globalSource: String,
-    entries: [PreferenceEntry], effective: [EffectiveState]
+    entries: [PreferenceEntry], effectiveRows: [EffectiveRow], names: Workspace
   ) {
     self.personID = personID
     self.globalUnsubscribed = globalUnsubscribed
     self.globalUpdatedAt = globalUpdatedAt
     self.globalSource = globalSource
     self.entries = entries
-    self.effective = effective
+    self.effectiveRows = effectiveRows
+    self.names = names
+  }
+
+  /// Equal when they show the same: the rows compare by name, not by number.
+  public static func == (a: Preferences, b: Preferences) -> Bool {
+    a.personID == b.personID && a.globalUnsubscribed == b.globalUnsubscribed
+      && a.globalUpdatedAt == b.globalUpdatedAt && a.globalSource == b.globalSource
+      && a.entries == b.entries && a.effective == b.effective
   }
 }
 
@@ -350,7 +380,7 @@ extension Workspace {
     Preferences(
       personID: personID, globalUnsubscribed: global?.unsubscribed ?? false,
       globalUpdatedAt: global?.updatedAt ?? 0, globalSource: global?.source ?? "",
-      entries: shown, effective: effective(subject: subject, now: now))
+      entries: shown, effectiveRows: effectiveNumbered(subject: subject, now: now), names: self)
   }
 
   /// An entry as `preferences` shows it; nil when its channel or topic is not configured.
@@ -371,6 +401,21 @@ extension Workspace {
   public func effective<Subject: DecisionSubject>(subject: Subject, now: Int64)
     -> [EffectiveState]
   {
+    effectiveNumbered(subject: subject, now: now).map(effectiveState)
+  }
+
+  /// An effective row with its channel's and topic's names.
+  public func effectiveState(_ row: EffectiveRow) -> EffectiveState {
+    EffectiveState(
+      channel: channelName(row.channel), topic: topicName(row.topic), allowed: row.allowed,
+      reason: row.reason)
+  }
+
+  /// `effective` by number. Inlinable, as `effective`.
+  @inlinable
+  public func effectiveNumbered<Subject: DecisionSubject>(subject: Subject, now: Int64)
+    -> [EffectiveRow]
+  {
     // Each row looks up to three entries; past a few entries, a table built once is cheaper
     // than scanning them for every row.
     if subject.explicitEntryCount > 16 && channels.count * (topics.count + 1) > 16 {
@@ -384,16 +429,16 @@ extension Workspace {
   /// instructions), used or not.
   @usableFromInline @inline(never)
   func indexedEffectiveRows<Subject: DecisionSubject>(subject: Subject, now: Int64)
-    -> [EffectiveState]
+    -> [EffectiveRow]
   {
     effectiveRows(subject: IndexedSubject(subject), now: now)
   }
 
   @inlinable
   func effectiveRows<Subject: DecisionSubject>(subject: Subject, now: Int64)
-    -> [EffectiveState]
+    -> [EffectiveRow]
   {
-    var out: [EffectiveState] = []
+    var out: [EffectiveRow] = []
     out.reserveCapacity(channels.count * (topics.count + 1))
     for c in channels {
       for i in -1..<topics.count {
@@ -401,10 +446,7 @@ extension Workspace {
         // decideDelivery for a known, unsuppressed person without override, without
         // wrapping the subject in an Optional (a copy of it) per decision.
         let reason = choiceReason(target: target(channel: c, topic: t), person: subject, now: now)
-        out.append(
-          EffectiveState(
-            channel: channelName(c), topic: topicName(t), allowed: reason == .subscribed,
-            reason: reason))
+        out.append(EffectiveRow(channel: c, topic: t, reason: reason))
       }
     }
     return out
