@@ -217,7 +217,7 @@ extension SubscriptionStore {
     _ body: (inout Shard, Int, UInt32, inout Deps) throws(CoreError) -> R,
     _ shard: inout Shard, _ s: Int, _ slot: UInt32, _ deps: inout Deps
   ) throws(CoreError) -> R? {
-    if let p = shard.pending[slot], p.removed {
+    if shard.pending.read(slot, { $0.removed }) == true, let p = shard.pending[slot] {
       deps.add(p.last)
       deps.awaitingPersonChanges += 1
       return nil

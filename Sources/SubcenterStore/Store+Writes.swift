@@ -260,7 +260,7 @@ extension SubscriptionStore {
         (shard, s, slot, deps) throws(CoreError) -> Step<Preferences> in
         // Read in place: the record or pending entry bound to a `let` is a copy (retains).
         let entries = PersonCodec.entryCount(shard.records[Int(slot)])
-        if entries + (shard.pending[slot]?.writes ?? 0) >= Int(UInt16.max),
+        if entries + (shard.pending.read(slot) { $0.writes } ?? 0) >= Int(UInt16.max),
           !PersonCodec.hasEntry(shard.records[Int(slot)], channel: channel, topic: topic)
         {
           if let pending = shard.pending[slot] { deps.add(pending.last) }

@@ -343,7 +343,10 @@ private func randomPerson(_ rng: inout SplitMix) -> Person {
       #expect(map.count == model.count)
     }
     for slot in UInt32(0)..<96 {
-      for s in [slot, slot * 65_537] { #expect(map[s] == model[s], "slot \(s)") }
+      for s in [slot, slot * 65_537] {
+        #expect(map[s] == model[s], "slot \(s)")
+        #expect(map.read(s) { $0 + 1 } == model[s].map { $0 + 1 }, "slot \(s)")
+      }
     }
   }
 

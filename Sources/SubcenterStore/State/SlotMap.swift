@@ -20,6 +20,13 @@ struct SlotMap<Value> {
     return values[i]
   }
 
+  /// What `body` reads from the value of `slot`, nil if it has none: read in place, where
+  /// the subscript's copy retains and releases what the value holds.
+  func read<R>(_ slot: UInt32, _ body: (borrowing Value) -> R) -> R? {
+    guard let i = index(slot) else { return nil }
+    return body(values[i]!)
+  }
+
   /// Runs `body` on the value of `slot`, given `initial()` first if it has none.
   mutating func update<R>(
     _ slot: UInt32, default initial: () -> Value, _ body: (inout Value) -> R
