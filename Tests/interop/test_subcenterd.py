@@ -336,8 +336,11 @@ def test_every_setting_from_the_environment_alone(tmp_path):
         assert f"data {tmp_path / 'data'} (fsync interval:5)" in log, log
         assert f"listening on 127.0.0.1:{port} (1 loop," in log, log
         client.root.Identify(workspace="default", person_id="from-env")
-        written = metrics()["subcenter_wal_durable_seq"]
         deadline = time.monotonic() + 5
+        # interval:5 answers before the fsync: the record is durable a few ms later.
+        while (written := metrics()["subcenter_wal_durable_seq"]) == 0:
+            assert time.monotonic() < deadline, "the change is not durable 5 s later"
+            time.sleep(0.01)
         while metrics()["subcenter_snapshot_seq"] < written:
             assert time.monotonic() < deadline, "the change is in no snapshot 5 s later"
             time.sleep(0.1)
