@@ -704,7 +704,11 @@ final class HTTP2ServerSession {
       remove(s)
     }
     var s = closing.takeRetainedValue()
-    if spareStreams.count < Self.maxSpareStreams && isKnownUniquelyReferenced(&s) {
+    // Its timers capture it unowned (not counted here): `remove` cancelled them, and a
+    // stream with one still set is not reused.
+    if spareStreams.count < Self.maxSpareStreams && isKnownUniquelyReferenced(&s)
+      && s.deadlineTimer == nil && s.partialMessageTimer == nil
+    {
       spareStreams.append(Unmanaged.passRetained(s))
     }
   }
