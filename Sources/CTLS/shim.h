@@ -48,13 +48,9 @@ static inline int CTLS_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
 }
 // BIO_set_mem_eof_return is a macro: -1 makes an empty memory BIO "retry", not EOF.
 static inline void CTLS_BIO_set_mem_eof_return(BIO *b, int v) { (void)BIO_set_mem_eof_return(b, v); }
-// BIO_get_mem_data is a macro: borrow the pending bytes of a memory BIO.
-static inline long CTLS_BIO_get_mem_data(BIO *b, char **pp) { return BIO_get_mem_data(b, pp); }
 // BIO_clear_retry_flags and BIO_set_retry_read are macros (a BIO of our own's read).
 static inline void CTLS_BIO_clear_retry_flags(BIO *b) { BIO_clear_retry_flags(b); }
 static inline void CTLS_BIO_set_retry_read(BIO *b) { BIO_set_retry_read(b); }
-// BIO_reset is a macro.
-static inline int CTLS_BIO_reset(BIO *b) { return (int)BIO_reset(b); }
 // OPENSSL_free is a macro.
 static inline void CTLS_OPENSSL_free(void *p) { OPENSSL_free(p); }
 // ALPN select: SSL_select_next_proto takes `unsigned char **`, the callback's out is const.

@@ -1,4 +1,4 @@
-// One accepted socket: TLS over memory BIOs, then an HTTP/2 server session. Owned by
+// One accepted socket: TLS over buffers in memory, then an HTTP/2 server session. Owned by
 // the loop that accepted it, for life.
 
 import CLinux
