@@ -686,12 +686,11 @@ extension SubscriptionStore {
         applyOverride(c, channel: channel, topic: topic, shard: &shard, slot: slot)
       }
     case .forget(let c):
-      let s = shardIndex(KeyHash.person(h!.number, c.person))
+      let hash = KeyHash.person(h!.number, c.person)
+      let s = shardIndex(hash)
       var found = false
       shards.with(s) { shard in
-        found =
-          shard.find(workspace: h!.number, key: c.person, hash: KeyHash.person(h!.number, c.person))
-          != nil
+        found = shard.find(workspace: h!.number, key: c.person, hash: hash) != nil
         applyForget(c, h!, identity: &identity!, shard: &shard, shardIndex: s)
       }
       return Applied(found: found)
