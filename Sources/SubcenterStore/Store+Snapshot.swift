@@ -176,6 +176,9 @@ final class SnapshotRestorer {
   let fileName: String
   /// The persons restored so far (complete after `finish`).
   var persons: Int { workers.restored }
+  /// Whether the snapshot named the secret it was written under (snapshots written before
+  /// that check existed do not).
+  private(set) var sawSecretCheck = false
   private var batch = PersonBatch()
   /// The index and file offset of the next record.
   private var index = 0
@@ -212,6 +215,7 @@ final class SnapshotRestorer {
         try store.restore(suppressions: hashes, workspace: id)
       case .secretCheck(let check):
         guard check == store.hasher.secretCheck else { throw StorageError.wrongSecret }
+        sawSecretCheck = true
       case .person(let id, let person):
         try store.restore(person, workspace: id)
         workers.count(1)

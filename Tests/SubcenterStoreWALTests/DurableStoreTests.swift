@@ -676,7 +676,24 @@ private func dsDifference(_ got: SubscriptionStore, _ want: SubscriptionStore) -
     _ = try writer.commit()
     let old = try open(Array("another".utf8))
     #expect(old.store.persons(in: "acme").count == 3)
+    // Its format is older: the next snapshot is written though nothing changed (then
+    // with the check of the secret in use), and the one after that is not.
+    #expect(old.snapshotStatus.olderFormat && old.snapshotStatus.written == 0)
+    #expect(try old.snapshot() == seq)
+    #expect(!old.snapshotStatus.olderFormat && old.snapshotStatus.written == 1)
+    records = []
+    try SnapshotFile.read(name, directory: dsDirectory, fileSystem: fs) { records.append($0) }
+    #expect(
+      records.first == .secretCheck(IdentifierHasher(secret: Array("another".utf8)).secretCheck))
+    #expect(try old.snapshot() == seq)
+    #expect(old.snapshotStatus.written == 1)
     old.close()
+    // A snapshot in the present format is not rewritten when nothing changed.
+    let current = try open(Array("another".utf8))
+    #expect(!current.snapshotStatus.olderFormat)
+    #expect(try current.snapshot() == seq)
+    #expect(current.snapshotStatus.written == 0)
+    current.close()
   }
 
   @Test func diskFullRefusesTheWriteAndResumesWhenSpaceIsBack() throws {

@@ -151,6 +151,11 @@ public final class DurableStore: Sendable {
     /// Snapshots written, and attempts that failed (the state stays in the log).
     public var written: UInt64 = 0
     public var failed: UInt64 = 0
+    /// The newest snapshot on disk is in an older format (an earlier version wrote it,
+    /// without the secret check): the next snapshot is written even if nothing changed, so
+    /// a directory left without writes across upgrades does not keep a format that a later
+    /// version may no longer read.
+    public var olderFormat = false
   }
 
   /// What snapshots have done; never waits for one being written.
@@ -165,6 +170,8 @@ public final class DurableStore: Sendable {
     public var nextSeq: UInt64 = 1
     /// The last seq the start skipped (`skipSeqs`), nil when it skipped none.
     public var skippedThrough: UInt64?
+    /// The snapshot loaded is in an older format (`SnapshotStatus.olderFormat`).
+    public var snapshotInOlderFormat = false
     public var warnings: [String] = []
   }
 
@@ -189,7 +196,8 @@ public final class DurableStore: Sendable {
 
   private init(
     store: SubscriptionStore, wal: WriteAheadLog, directory: String, fileSystem: any FileSystem,
-    snapshotSeq: UInt64, changeRetentionMillis: Int64, clock: any WallClock,
+    snapshotSeq: UInt64, snapshotInOlderFormat: Bool, changeRetentionMillis: Int64,
+    clock: any WallClock,
     feedOptions: ChangeFeed.Options, log: @escaping @Sendable (String) -> Void
   ) {
     self.changeRetentionMillis = changeRetentionMillis
@@ -207,7 +215,10 @@ public final class DurableStore: Sendable {
     self.directory = directory
     self.fileSystem = fileSystem
     self.log = log
-    snapshots.withLock { $0.seq = snapshotSeq }
+    snapshots.withLock {
+      $0.seq = snapshotSeq
+      $0.olderFormat = snapshotInOlderFormat
+    }
   }
 
   /// Opens `directory`: loads the newest valid snapshot (falling back to an older one,
@@ -285,6 +296,7 @@ public final class DurableStore: Sendable {
       report.snapshot = info.name
       report.snapshotSeq = info.seq
       report.persons = restorer.persons
+      report.snapshotInOlderFormat = !restorer.sawSecretCheck
       break
     }
     if report.snapshot == nil && !snapshots.isEmpty {
@@ -343,7 +355,7 @@ public final class DurableStore: Sendable {
     }
     let durable = DurableStore(
       store: store, wal: wal, directory: directory, fileSystem: fileSystem,
-      snapshotSeq: report.snapshotSeq,
+      snapshotSeq: report.snapshotSeq, snapshotInOlderFormat: report.snapshotInOlderFormat,
       changeRetentionMillis: Int64(changeRetentionSeconds) * 1000, clock: clock,
       feedOptions: feedOptions, log: log)
     wal.notifyCommands(to: durable.changeFeed)
@@ -372,9 +384,9 @@ public final class DurableStore: Sendable {
   }
 
   private func writeSnapshotFile(force: Bool) throws(StorageError) -> UInt64 {
-    let last = snapshots.withLock { $0.seq }
+    let (last, olderFormat) = snapshots.withLock { ($0.seq, $0.olderFormat) }
     let state = store.snapshotState()
-    guard force || state.seq > last || last == 0 else { return last }
+    guard force || state.seq > last || last == 0 || olderFormat else { return last }
     let writer = try SnapshotWriter(directory: directory, seq: state.seq, fileSystem: fileSystem)
     do throws(StorageError) {
       try writer.append(.secretCheck(store.hasher.secretCheck))
@@ -400,6 +412,7 @@ public final class DurableStore: Sendable {
       s.seq = state.seq
       s.writtenAt = at
       s.written += 1
+      s.olderFormat = false
     }
     for old in try SnapshotFile.remove(
       except: state.seq, directory: directory, fileSystem: fileSystem)
