@@ -62,8 +62,9 @@ struct WireReader {
       }
       if byte >= 0x80 { ascii = false }
     }
-    // ASCII is valid UTF-8: copied in without a second scan (`String(decoding:)` would check
-    // the bytes again; a string of up to 15 ASCII bytes is made in place).
+    // ASCII is valid UTF-8: copied in place (a string of up to 15 bytes is stored inline).
+    // The initializer still validates what it was given (~110 instructions a string), but
+    // measured cheaper than `String(decoding:)`'s repairing path (~170).
     if ascii {
       return String(unsafeUninitializedCapacity: b.count) { $0.initialize(fromContentsOf: b) }
     }
