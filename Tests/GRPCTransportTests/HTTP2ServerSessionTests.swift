@@ -98,6 +98,45 @@ struct TestService: GRPCService {
     }
   }
 
+  /// A session keeps at most `maxSpareStreams` closed streams for reuse, however many
+  /// closed at once, and drops them all when told the connection is quiet.
+  @Test func spareStreamsStopAtTheirLimit() throws {
+    let limit = HTTP2ServerSession.maxSpareStreams
+    for n in [limit, limit + 6] {
+      harness.server.dropSpareStreams()
+      let ids = (0..<n).map { i in
+        client.request(path: "/test.Test/Echo", body: GRPCMessageFramer.frame([UInt8(i)]))
+      }
+      harness.pump()
+      for (i, id) in ids.enumerated() {
+        #expect(client.responses[id]?.data == GRPCMessageFramer.frame([UInt8(i)]))
+      }
+      #expect(harness.server.spareStreamCount == limit, "\(n) streams closed")
+    }
+    harness.server.dropSpareStreams()
+    #expect(harness.server.spareStreamCount == 0)
+  }
+
+  /// A finished stream keeps its answer's buffer for the next call only up to
+  /// `keptAnswerRoom` bytes of capacity.
+  @Test func onlyASmallAnswerBufferIsKept() throws {
+    for (size, kept) in [(1000, true), (HTTP2ServerSession.keptAnswerRoom + 1, false)] {
+      harness.server.dropSpareStreams()
+      for round in 0..<2 {
+        let id = client.request(path: "/test.Test/Hang", body: GRPCMessageFramer.frame([1]))
+        harness.pump()
+        let call = try #require(service.held.current)
+        let room = call.answerBuffer()
+        if round == 1 {
+          #expect((room.capacity > 0) == kept, "after an answer of \(size) bytes")
+        }
+        call.respond(framed: [UInt8](repeating: 0, count: size))
+        harness.pump()
+        #expect(client.responses[id]?.data.count == size)
+      }
+    }
+  }
+
   /// `HTTP2Stream.reuse` sets every field as `init` does: a stream with every field
   /// changed, reused, reads the same as a new one. A field added to the stream must be
   /// added to `reuse` (and to the list here).

@@ -253,6 +253,8 @@ final class HTTP2ServerSession {
   /// reference nghttp2's stream user data held, which a reused one hands back to it.
   private var spareStreams: [Unmanaged<HTTP2Stream>] = []
   static let maxSpareStreams = 64
+  /// How many closed streams are kept for reuse (tests).
+  var spareStreamCount: Int { spareStreams.count }
 
   /// Some call's request has begun and not ended (nor been answered).
   var hasRequestInProgress: Bool {
