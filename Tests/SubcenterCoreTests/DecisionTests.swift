@@ -254,7 +254,7 @@ private let cases: [DecisionCase] = [
     p.setPreference(
       channel: ws.channelID("sms")!, topic: 0, state: .unsubscribed, source: "", noticeVersion: "",
       at: now, actor: "t")
-    let grid = ws.effective(subject: p, now: now)
+    let grid = ws.effectiveNumbered(subject: p, now: now).map(ws.effectiveState)
     #expect(grid.count == 9)
     #expect(
       grid.map { "\($0.channel)/\($0.topic)" }.prefix(3) == ["email/", "email/news", "email/promo"])
@@ -282,7 +282,7 @@ private let cases: [DecisionCase] = [
       channel: ws.channelID("email")!, topic: 0, state: .unsubscribed, source: "",
       noticeVersion: "", at: now, actor: "t")
     #expect(p.explicitEntryCount == 31)
-    let grid = ws.effective(subject: p, now: now)
+    let grid = ws.effectiveNumbered(subject: p, now: now).map(ws.effectiveState)
     #expect(grid.count == 2 * 61)
     for row in grid {
       let target = ws.target(

@@ -371,7 +371,8 @@ extension Workspace {
     return preferences(personID: personID, global: global, shown: shown, subject: subject, now: now)
   }
 
-  /// `preferences` of entries already as `shownEntry` shows them. Inlinable, as `effective`.
+  /// `preferences` of entries already as `shownEntry` shows them. Inlinable, as
+  /// `effectiveNumbered`.
   @inlinable
   public func preferences<Subject: DecisionSubject>(
     personID: String, global: GlobalFlag?, shown: [PreferenceEntry], subject: Subject,
@@ -394,16 +395,6 @@ extension Workspace {
       updatedAt: e.updatedAt, source: e.source, noticeVersion: e.noticeVersion)
   }
 
-  /// The decision for every configured channel × ("" + every configured topic).
-  /// Inlinable: specialized for the caller's subject (the store's packed record), its
-  /// look-ups are direct calls instead of protocol witnesses.
-  @inlinable
-  public func effective<Subject: DecisionSubject>(subject: Subject, now: Int64)
-    -> [EffectiveState]
-  {
-    effectiveNumbered(subject: subject, now: now).map(effectiveState)
-  }
-
   /// An effective row with its channel's and topic's names.
   public func effectiveState(_ row: EffectiveRow) -> EffectiveState {
     EffectiveState(
@@ -411,7 +402,9 @@ extension Workspace {
       reason: row.reason)
   }
 
-  /// `effective` by number. Inlinable, as `effective`.
+  /// The decision for every configured channel × ("" + every configured topic), by number
+  /// (`effectiveState` names a row). Inlinable: specialized for the caller's subject (the
+  /// store's packed record), its look-ups are direct calls instead of protocol witnesses.
   @inlinable
   public func effectiveNumbered<Subject: DecisionSubject>(subject: Subject, now: Int64)
     -> [EffectiveRow]
