@@ -28,11 +28,14 @@ final class WakeEvent: @unchecked Sendable {
     mutex.deallocate()
   }
 
+  /// Signals after unlocking: the woken thread (often on the signaler's core, where it
+  /// runs at once) would otherwise block on the mutex still held and switch back, a
+  /// futex wait and wake and two context switches more per wake-up.
   func signal() {
     pthread_mutex_lock(mutex)
     signaled = true
-    pthread_cond_signal(cond)
     pthread_mutex_unlock(mutex)
+    pthread_cond_signal(cond)
   }
 
   /// Returns once signaled (consuming the signal) or, with a deadline, once the monotonic
