@@ -22,6 +22,25 @@ static inline int CLinux_affinity_cpu_count(void) {
   return __sched_cpucount(sizeof set, &set);
 }
 
+// Puts the calling thread under SCHED_BATCH (at the same nice level): it no longer
+// preempts the thread running on its core when it wakes up, but waits until that thread
+// blocks or its time slice ends; on an idle core it runs at once. Needs no privilege.
+// Returns 0 or an errno. SCHED_BATCH is defined only under _GNU_SOURCE.
+static inline int CLinux_set_batch_scheduling(void) {
+  struct sched_param p = {.sched_priority = 0};
+  return pthread_setschedparam(pthread_self(), 3 /* SCHED_BATCH */, &p);
+}
+
+// Names the calling thread (`top -H`, `ps -L`, perf, /proc/<pid>/task/*/comm); names
+// longer than 15 bytes are cut. pthread_setname_np is declared only under _GNU_SOURCE.
+extern int pthread_setname_np(pthread_t thread, const char *name);
+static inline void CLinux_set_thread_name(const char *name) {
+  char cut[16];
+  __builtin_strncpy(cut, name, 15);
+  cut[15] = 0;
+  pthread_setname_np(pthread_self(), cut);
+}
+
 // Stable thread id for "am I on this loop?" checks.
 static inline unsigned long CLinux_pthread_self(void) { return (unsigned long)pthread_self(); }
 

@@ -135,6 +135,21 @@ func dataDirectory() throws -> FaultyFileSystem {
 }
 
 @Suite struct WriteAheadLogTests {
+  /// The writer thread is named `log-writer` and runs under SCHED_BATCH (it does not
+  /// preempt the event loop on its core when it wakes: see "Scheduling" in
+  /// WriteAheadLog.swift), as the kernel reports in /proc/self/task/*/stat.
+  @Test func theWriterThreadIsNamedAndRunsUnderBatchScheduling() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
+    defer { wal.close() }
+    let answers = Answers()
+    answers.appendAndWait(Samples.command(1), to: wal)  // the writer thread has started
+    // Other tests' logs may be open too: every writer must be under SCHED_BATCH (3).
+    let policies = threadPolicies(named: "log-writer")
+    #expect(!policies.isEmpty, "no thread named log-writer")
+    #expect(policies.allSatisfy { $0 == 3 }, "scheduling policies \(policies)")
+  }
+
   /// With a readiness deferral, an append that finds the writer asleep hands the wake-up to the
   /// deferral: nothing is written until it runs it, then every record appended meanwhile
   /// goes in one batch. A deferral that declines (another thread) leaves the appender to
@@ -1083,4 +1098,35 @@ func dataDirectory() throws -> FaultyFileSystem {
     fs.restart()
     #expect(try SnapshotFile.list(directory: "/data", fileSystem: fs).map(\.seq) == [12])
   }
+}
+
+/// The scheduling policy (field 41 of /proc/self/task/<tid>/stat: 0 other, 3 batch) of
+/// every thread of this process named `name`.
+private func threadPolicies(named name: String) -> [Int] {
+  guard let dir = opendir("/proc/self/task") else { return [] }
+  defer { closedir(dir) }
+  var policies: [Int] = []
+  while let entry = readdir(dir) {
+    let tid = withUnsafeBytes(of: entry.pointee.d_name) {
+      String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+    }
+    guard tid.first?.isNumber == true, let stat = readSmallFile("/proc/self/task/\(tid)/stat"),
+      let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")"),
+      stat[stat.index(after: open)..<close] == name
+    else { continue }
+    // Fields after the comm start at field 3 (state).
+    let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+    if fields.count > 38, let policy = Int(fields[38]) { policies.append(policy) }
+  }
+  return policies
+}
+
+private func readSmallFile(_ path: String) -> String? {
+  let fd = open(path, O_RDONLY)
+  guard fd >= 0 else { return nil }
+  defer { close(fd) }
+  var bytes = [UInt8](repeating: 0, count: 4096)
+  let n = read(fd, &bytes, bytes.count)
+  guard n > 0 else { return nil }
+  return String(decoding: bytes[..<n], as: UTF8.self)
 }

@@ -6,6 +6,7 @@
 // probe. At the limit a new connection takes the place of the oldest one still waiting for
 // its request, so silent clients cannot keep a probe out either.
 
+import CLinux
 import Glibc
 import Synchronization
 
@@ -265,6 +266,7 @@ private func adminConnectionMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutab
 
 private func adminThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
   let server = Unmanaged<AdminHTTPServer>.fromOpaque(arg!).takeRetainedValue()
+  CLinux_set_thread_name("admin-http")
   server.serve()
   return nil
 }

@@ -1,6 +1,7 @@
 // The gRPC server: N event loops each with a SO_REUSEPORT listener, a routing table,
 // the health service, counters, and graceful shutdown.
 
+import CLinux
 import Glibc
 import Synchronization
 
@@ -213,6 +214,7 @@ public final class GRPCServer: @unchecked Sendable {
 /// Thread entry point of a loop (kept out of main.swift: see NOTES.md).
 private func loopThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
   let loop = Unmanaged<EventLoop>.fromOpaque(arg!).takeRetainedValue()
+  CLinux_set_thread_name("loop-\(loop.index)")
   loop.run()
   return nil
 }

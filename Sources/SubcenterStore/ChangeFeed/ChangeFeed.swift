@@ -31,6 +31,7 @@
 // - Erasure (DurableStore.compact) tells the feed the seqs it erased: queued events of
 //   those seqs are dropped and cached segment reads discarded.
 
+import CLinux
 import Glibc
 import SubcenterCore
 import Synchronization
@@ -320,6 +321,7 @@ public final class ChangeFeed: Sendable {
 
 private func changeFeedThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
   let feed = Unmanaged<ChangeFeed>.fromOpaque(arg!).takeRetainedValue()
+  CLinux_set_thread_name("change-feed")
   feed.run()
   return nil
 }

@@ -22,6 +22,15 @@
 // kernel CPU on a virtio disk, taken from the loop's core: at -c4 -m32 the log took 57-67
 // records a batch, 75-82 with whole passes, and ~7% more durable writes a second.
 //
+// Scheduling: the writer thread runs under SCHED_BATCH, so that waking up (an fsync done,
+// records made ready) does not preempt the event loop that shares its core: the writer
+// runs when the loop waits for events or its time slice ends (on an idle core, at once).
+// The loop's passes in the meantime join the next batch. With one core shared by a loop
+// and the writer (`make bench`'s durable writes), preempting the loop at every wake-up
+// cost two context switches a batch and kept batches at ~52 records; without it they
+// take ~110, the fsyncs and switches a write halve, and durable writes ran ~8% faster
+// (interleaved pairs; bench/RESULTS.md). A lone write on an idle server waits no longer.
+
 // Segments: the writer starts a new segment `wal-<next seq>.log` when it opens and when
 // the active one would grow past `segmentSize`. Before a segment is left it is synced
 // (whatever the policy), and a new segment's header and directory entry are synced before
@@ -34,6 +43,7 @@
 // record end the log (WALSegment.scan; recovery cuts them after a crash); a segment is cut
 // back to its records when it is left and at close.
 
+import CLinux
 import Glibc
 import SubcenterCore
 import Synchronization
@@ -849,6 +859,9 @@ final class WALWriter: @unchecked Sendable {
 /// The writer thread's entry point (a top-level function: see NOTES.md on main.swift).
 private func walWriterThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
   let writer = Unmanaged<WALWriter>.fromOpaque(arg!).takeRetainedValue()
+  CLinux_set_thread_name("log-writer")
+  // See "Scheduling" at the top of this file. Best effort: without it, only slower.
+  _ = CLinux_set_batch_scheduling()
   writer.run()
   return nil
 }
