@@ -135,19 +135,18 @@ func dataDirectory() throws -> FaultyFileSystem {
 }
 
 @Suite struct WriteAheadLogTests {
-  /// The writer thread is named `log-writer` and runs under SCHED_BATCH (it does not
-  /// preempt the event loop on its core when it wakes: see "Scheduling" in
-  /// WriteAheadLog.swift), as the kernel reports in /proc/self/task/*/stat.
+  /// With `FsyncPolicy.always`, the writer thread is named `log-writer` and runs under
+  /// SCHED_BATCH (it does not preempt the event loop on its core when it wakes: see
+  /// "Scheduling" in WriteAheadLog.swift), as the kernel reports in /proc/self/task/*/stat.
   @Test func theWriterThreadIsNamedAndRunsUnderBatchScheduling() throws {
     let fs = try dataDirectory()
     let wal = try WriteAheadLog(directory: "/data", fileSystem: fs, nextSeq: 1)
     defer { wal.close() }
     let answers = Answers()
     answers.appendAndWait(Samples.command(1), to: wal)  // the writer thread has started
-    // Other tests' logs may be open too: every writer must be under SCHED_BATCH (3).
+    // Other tests' logs (some under other policies) may be open too.
     let policies = threadPolicies(named: "log-writer")
-    #expect(!policies.isEmpty, "no thread named log-writer")
-    #expect(policies.allSatisfy { $0 == 3 }, "scheduling policies \(policies)")
+    #expect(policies.contains(3), "scheduling policies of the log writers: \(policies)")
   }
 
   /// With a readiness deferral, an append that finds the writer asleep hands the wake-up to the

@@ -22,14 +22,17 @@
 // kernel CPU on a virtio disk, taken from the loop's core: at -c4 -m32 the log took 57-67
 // records a batch, 75-82 with whole passes, and ~7% more durable writes a second.
 //
-// Scheduling: the writer thread runs under SCHED_BATCH, so that waking up (an fsync done,
-// records made ready) does not preempt the event loop that shares its core: the writer
-// runs when the loop waits for events or its time slice ends (on an idle core, at once).
-// The loop's passes in the meantime join the next batch. With one core shared by a loop
-// and the writer (`make bench`'s durable writes), preempting the loop at every wake-up
-// cost two context switches a batch and kept batches at ~52 records; without it they
-// take ~110, the fsyncs and switches a write halve, and durable writes ran ~8% faster
-// (interleaved pairs; bench/RESULTS.md). A lone write on an idle server waits no longer.
+// Scheduling: with `FsyncPolicy.always` the writer thread runs under SCHED_BATCH, so that
+// waking up (an fsync done, records made ready) does not preempt the event loop that
+// shares its core: the writer runs when the loop waits for events or its time slice ends
+// (on an idle core, at once). The loop's passes in the meantime join the next batch. With
+// one core shared by a loop and the writer (`make bench`'s durable writes), preempting the
+// loop at every wake-up cost two context switches a batch and kept batches at ~52
+// records; without it they take ~110, the fsyncs and switches a write halve, and durable
+// writes ran ~8% faster (interleaved pairs; bench/RESULTS.md). A lone write on an idle
+// server waits no longer. Under `interval` and `none` the writer applies the records
+// itself (no disk wait to overlap), and there SCHED_BATCH measured ~8% slower: it stays
+// under the default policy.
 
 // Segments: the writer starts a new segment `wal-<next seq>.log` when it opens and when
 // the active one would grow past `segmentSize`. Before a segment is left it is synced
@@ -861,7 +864,7 @@ private func walWriterThreadMain(_ arg: UnsafeMutableRawPointer?) -> UnsafeMutab
   let writer = Unmanaged<WALWriter>.fromOpaque(arg!).takeRetainedValue()
   CLinux_set_thread_name("log-writer")
   // See "Scheduling" at the top of this file. Best effort: without it, only slower.
-  _ = CLinux_set_batch_scheduling()
+  if writer.options.fsync == .always { _ = CLinux_set_batch_scheduling() }
   writer.run()
   return nil
 }
