@@ -451,14 +451,15 @@ func dataDirectory() throws -> FaultyFileSystem {
     func scan(_ s: WALSegmentFile) throws -> SegmentScan {
       try WALSegment.scan(s, directory: "/data", fileSystem: fs)
     }
-    // Left segments end with their last record; the active one in zeros, up to a chunk.
+    // Left segments end with their last record; the active one in zeros, up to a chunk
+    // (a chunk, or a step of a sixteenth when zeros were added ahead).
     for s in segments.dropLast() {
       let left = try scan(s)
       #expect(left.damage == nil && left.unwrittenBytes == 0)
     }
     let active = try scan(segments.last!)
     #expect(active.damage == nil && active.unwrittenBytes > 0)
-    #expect(active.bytes.count % 256 == 0)
+    #expect(active.bytes.count % 16 == 0)
     // Crashed now (the files as they are): recovery reads every record and cuts the
     // zeros, without a warning.
     let copy = try dataDirectory()
@@ -473,6 +474,54 @@ func dataDirectory() throws -> FaultyFileSystem {
     wal.close()
     #expect(try scan(segments.last!).unwrittenBytes == 0)
     #expect(try readLog(fs).records.count == 60)
+  }
+
+  /// With nothing to write, the writer keeps at least half a chunk of zeros ahead of the
+  /// records, adding a sixteenth of a chunk at a time, before a batch needs them.
+  @Test func zerosArePreallocatedAheadWhileTheWriterIsIdle() throws {
+    let fs = try dataDirectory()
+    let chunk = 4096
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(preallocateBytes: chunk))
+    let answers = Answers()
+    func activeScan() throws -> SegmentScan {
+      let active = try #require(try WALSegment.list(directory: "/data", fileSystem: fs).last)
+      return try WALSegment.scan(active, directory: "/data", fileSystem: fs)
+    }
+    // Records up to past half the first chunk (which the first batch preallocated).
+    var i = 1
+    repeat {
+      answers.appendAndWait(Samples.command(i), to: wal)
+      i += 1
+    } while try activeScan().validEnd < chunk * 6 / 10
+    var scan = try activeScan()
+    for _ in 0..<200 where scan.unwrittenBytes < chunk / 2 {
+      usleep(5_000)
+      scan = try activeScan()
+    }
+    #expect(scan.bytes.count > chunk, "zeros added before the records needed them")
+    #expect(scan.unwrittenBytes >= chunk / 2 && scan.unwrittenBytes < chunk / 2 + chunk / 16)
+    #expect(scan.bytes.count % (chunk / 16) == 0)
+    wal.close()
+    #expect(try readLog(fs).records.count == i - 1)
+  }
+
+  /// Zeros added ahead never take a segment past its size.
+  @Test func zerosPreallocatedAheadStopAtTheSegmentSize() throws {
+    let fs = try dataDirectory()
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1,
+      options: .init(segmentSize: 1000, preallocateBytes: 4096))
+    let answers = Answers()
+    for i in 1...40 {
+      answers.appendAndWait(Samples.command(i), to: wal)
+      usleep(1_000)  // idle: room to add zeros
+      for s in try WALSegment.list(directory: "/data", fileSystem: fs) {
+        #expect(try WALSegment.scan(s, directory: "/data", fileSystem: fs).bytes.count <= 1000)
+      }
+    }
+    wal.close()
+    #expect(try readLog(fs).records.count == 40)
   }
 
   @Test func preallocationOnAFullDiskFallsBackToPlainWrites() throws {

