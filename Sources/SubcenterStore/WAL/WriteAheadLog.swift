@@ -32,7 +32,13 @@
 // writes ran ~8% faster (interleaved pairs; bench/RESULTS.md). A lone write on an idle
 // server waits no longer. Under `interval` and `none` the writer applies the records
 // itself (no disk wait to overlap), and there SCHED_BATCH measured ~8% slower: it stays
-// under the default policy.
+// under the default policy. A thread the writer starts inherits SCHED_BATCH: that happens
+// when a completion hands work to Dispatch and Dispatch adds a worker (two of its workers
+// were under SCHED_BATCH after a run), so background work (snapshots, retention,
+// compaction) may run under SCHED_BATCH too, which only keeps it from preempting an event
+// loop when it wakes. Calling completions under the default policy instead (two
+// `sched_setscheduler` calls a batch) measured ~2.5% fewer durable writes (4 and 6
+// interleaved pairs), so it is not done.
 
 // Segments: the writer starts a new segment `wal-<next seq>.log` when it opens and when
 // the active one would grow past `segmentSize`. Before a segment is left it is synced
