@@ -859,7 +859,8 @@ private final class CollectingSink: ChangeSink {
     #expect(st.activeDurableBytes > WALSegment.headerSize)
     let size = try fs.size(
       fs.open(cfDirectory + "/" + WALSegment.fileName(firstSeq: st.activeSegment)))
-    #expect(size == 4 << 20 && st.activeDurableBytes < 4096)
+    // Zeros ahead: at least half a chunk (the writer adds them while idle).
+    #expect(size >= 2 << 20 && st.activeDurableBytes < 4096)
     d.close()
   }
 
