@@ -30,7 +30,8 @@
 // loop at every wake-up cost two context switches a batch and kept batches at ~52
 // records; without it they take ~110, the fsyncs and switches a write halve, and durable
 // writes ran ~8% faster (interleaved pairs; bench/RESULTS.md). A lone write on an idle
-// server waits no longer. Under `interval` and `none` the writer applies the records
+// server waits no longer; on a machine whose cores are all busy, the writer waits for a
+// loop to yield, and the worst durable write took ~2x as long beside a read flood. Under `interval` and `none` the writer applies the records
 // itself (no disk wait to overlap), and there SCHED_BATCH measured ~8% slower: it stays
 // under the default policy. A thread the writer starts inherits SCHED_BATCH: that happens
 // when a completion hands work to Dispatch and Dispatch adds a worker (two of its workers
@@ -39,7 +40,7 @@
 // loop when it wakes. Calling completions under the default policy instead (two
 // `sched_setscheduler` calls a batch) measured ~2.5% fewer durable writes (4 and 6
 // interleaved pairs), so it is not done.
-
+//
 // Segments: the writer starts a new segment `wal-<next seq>.log` when it opens and when
 // the active one would grow past `segmentSize`. Before a segment is left it is synced
 // (whatever the policy), and a new segment's header and directory entry are synced before
