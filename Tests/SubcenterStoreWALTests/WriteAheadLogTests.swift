@@ -493,7 +493,7 @@ func dataDirectory() throws -> FaultyFileSystem {
     repeat {
       answers.appendAndWait(Samples.command(i), to: wal)
       i += 1
-    } while try activeScan().validEnd < chunk * 6 / 10
+    } while try activeScan().validEnd < chunk * 6 / 10 && i < 200
     var scan = try activeScan()
     for _ in 0..<200 where scan.unwrittenBytes < chunk / 2 {
       usleep(5_000)
@@ -504,6 +504,44 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(scan.bytes.count % (chunk / 16) == 0)
     wal.close()
     #expect(try readLog(fs).records.count == i - 1)
+  }
+
+  /// On a full disk the writer stops adding zeros ahead for the segment (records written
+  /// over zeros already there go on), and the segment is cut to its records at close.
+  @Test func zerosAddedAheadStopOnAFullDisk() throws {
+    let fs = try dataDirectory()
+    let chunk = 4096
+    let wal = try WriteAheadLog(
+      directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(preallocateBytes: chunk))
+    let answers = Answers()
+    func activeScan() throws -> SegmentScan {
+      let active = try #require(try WALSegment.list(directory: "/data", fileSystem: fs).last)
+      return try WALSegment.scan(active, directory: "/data", fileSystem: fs)
+    }
+    answers.appendAndWait(Samples.command(1), to: wal)  // its batch preallocated a chunk
+    #expect(try activeScan().bytes.count == chunk)
+    fs.setFreeSpace(0)
+    var i = 2
+    repeat {
+      answers.appendAndWait(Samples.command(i), to: wal)
+      i += 1
+    } while try activeScan().validEnd < chunk * 6 / 10 && i < 200
+    usleep(20_000)  // idle, with less than half a chunk ahead: the disk refuses more zeros
+    #expect(try activeScan().bytes.count == chunk)
+    #expect(answers.failures.isEmpty, "records over preallocated zeros need no space")
+    fs.setFreeSpace(nil)
+    usleep(20_000)
+    #expect(try activeScan().bytes.count == chunk, "stopped for this segment")
+    answers.appendAndWait(Samples.command(i), to: wal)
+    wal.close()
+    for s in try WALSegment.list(directory: "/data", fileSystem: fs) {
+      #expect(try WALSegment.scan(s, directory: "/data", fileSystem: fs).unwrittenBytes == 0)
+    }
+    fs.crash()
+    fs.restart()
+    let (report, records) = try readLog(fs)
+    #expect(report.warnings.isEmpty)
+    #expect(Dictionary(uniqueKeysWithValues: records) == answers.acked)
   }
 
   /// Zeros added ahead never take a segment past its size.
@@ -542,6 +580,10 @@ func dataDirectory() throws -> FaultyFileSystem {
     let acked = answers.acked
     #expect(acked.values.contains(Samples.command(13)))
     wal.close()
+    // Closed: cut back to its records, whatever the failed zeros left.
+    for s in try WALSegment.list(directory: "/data", fileSystem: fs) {
+      #expect(try WALSegment.scan(s, directory: "/data", fileSystem: fs).unwrittenBytes == 0)
+    }
     fs.crash()
     fs.restart()
     let (report, records) = try readLog(fs)

@@ -682,7 +682,10 @@ final class WALWriter: @unchecked Sendable {
     let count = end - fileBytes
     let bytes = count == step ? zeros : Array(zeros[..<count])
     do { try fs.write(active!, bytes, at: Int64(fileBytes)) } catch {
+      // As `preallocate`: cut back, and count the step as the size the file may have
+      // (the cut may fail too), so the segment is cut to its records when it is left.
       try? fs.truncate(active!, to: Int64(fileBytes))
+      fileBytes = end
       aheadStopped = true
       return false
     }
