@@ -506,9 +506,11 @@ func dataDirectory() throws -> FaultyFileSystem {
     #expect(try readLog(fs).records.count == i - 1)
   }
 
-  /// On a full disk the writer stops adding zeros ahead for the segment (records written
-  /// over zeros already there go on), and the segment is cut to its records at close.
-  @Test func zerosAddedAheadStopOnAFullDisk() throws {
+  /// On a full disk a step of zeros the writer tries to add ahead is refused and cut back;
+  /// records written over zeros already there go on; once space is back and the records
+  /// have passed that step, zeros are added ahead again. At close the segment is cut to
+  /// its records.
+  @Test func zerosAddedAheadOnAFullDisk() throws {
     let fs = try dataDirectory()
     let chunk = 4096
     let wal = try WriteAheadLog(
@@ -518,21 +520,34 @@ func dataDirectory() throws -> FaultyFileSystem {
       let active = try #require(try WALSegment.list(directory: "/data", fileSystem: fs).last)
       return try WALSegment.scan(active, directory: "/data", fileSystem: fs)
     }
-    answers.appendAndWait(Samples.command(1), to: wal)  // its batch preallocated a chunk
-    #expect(try activeScan().bytes.count == chunk)
+    answers.appendAndWait(Samples.command(1), to: wal)
+    // At least half a chunk ahead once the writer is idle (its first batch preallocated a
+    // chunk, or it added zeros ahead before that batch came).
+    for _ in 0..<1000 where try activeScan().unwrittenBytes < chunk / 2 { usleep(2_000) }
+    let size = try activeScan().bytes.count
+    #expect(try activeScan().unwrittenBytes >= chunk / 2)
     fs.setFreeSpace(0)
+    let cutsBefore = fs.count(.truncate)
     var i = 2
     repeat {
       answers.appendAndWait(Samples.command(i), to: wal)
       i += 1
-    } while try activeScan().validEnd < chunk * 6 / 10 && i < 200
-    usleep(20_000)  // idle, with less than half a chunk ahead: the disk refuses more zeros
-    #expect(try activeScan().bytes.count == chunk)
+    } while try activeScan().unwrittenBytes >= chunk / 2 && i < 200
+    // Idle, with less than half a chunk ahead: the writer tries to add zeros, the disk
+    // refuses them, and the writer cuts the file back.
+    for _ in 0..<1000 where fs.count(.truncate) == cutsBefore { usleep(2_000) }
+    #expect(fs.count(.truncate) > cutsBefore, "no zeros were tried")
+    #expect(try activeScan().bytes.count == size)
     #expect(answers.failures.isEmpty, "records over preallocated zeros need no space")
+    // Space back: more records, and zeros are added ahead again.
     fs.setFreeSpace(nil)
-    usleep(20_000)
-    #expect(try activeScan().bytes.count == chunk, "stopped for this segment")
-    answers.appendAndWait(Samples.command(i), to: wal)
+    let start = i
+    repeat {
+      answers.appendAndWait(Samples.command(i), to: wal)
+      i += 1
+    } while try activeScan().bytes.count <= size && i < start + 200
+    #expect(try activeScan().bytes.count > size, "zeros added ahead again")
+    #expect(answers.failures.isEmpty)
     wal.close()
     for s in try WALSegment.list(directory: "/data", fileSystem: fs) {
       #expect(try WALSegment.scan(s, directory: "/data", fileSystem: fs).unwrittenBytes == 0)
@@ -542,6 +557,7 @@ func dataDirectory() throws -> FaultyFileSystem {
     let (report, records) = try readLog(fs)
     #expect(report.warnings.isEmpty)
     #expect(Dictionary(uniqueKeysWithValues: records) == answers.acked)
+    #expect(records.count == i - 1)
   }
 
   /// Zeros added ahead never take a segment past its size.

@@ -453,9 +453,8 @@ final class WALWriter: @unchecked Sendable {
   /// The last batch failed for lack of space (so the operator hears once per episode).
   private var outOfSpace = false
   private var buffer: [UInt8] = []
-  /// One step of zeros for `preallocateAhead`, and whether it stopped for this segment.
+  /// One step of zeros for `preallocateAhead`.
   private var zeros: [UInt8] = []
-  private var aheadStopped = false
   /// The record that skips seqs, written in front of the first batch (then nil), and the
   /// last seq it takes (`WriteAheadLog.init`).
   private var skip: (record: [UInt8], through: UInt64)?
@@ -670,23 +669,23 @@ final class WALWriter: @unchecked Sendable {
   /// wait for a whole chunk of zeros: the zeros are written while the writer would
   /// sleep, which under SCHED_BATCH is when the event loop has nothing to do (see the
   /// top of this file). Returns true when it wrote (the caller looks for work again
-  /// before the next step). Stops for the segment at the first failure (a full disk).
+  /// before the next step).
   private func preallocateAhead() -> Bool {
     let chunk = min(options.preallocateBytes, options.segmentSize)
     let step = max(chunk / 16, 1)
     let end = (fileBytes / step + 1) * step  // sizes stay multiples of a step
-    guard options.fsync == .always, chunk > 0, active != nil, !failed, !aheadStopped,
+    guard options.fsync == .always, chunk > 0, active != nil, !failed,
       fileBytes - segmentBytes < chunk / 2, end <= options.segmentSize
     else { return false }
     if zeros.count != step { zeros = [UInt8](repeating: 0, count: step) }
     let count = end - fileBytes
     let bytes = count == step ? zeros : Array(zeros[..<count])
     do { try fs.write(active!, bytes, at: Int64(fileBytes)) } catch {
-      // As `preallocate`: cut back, and count the step as the size the file may have
-      // (the cut may fail too), so the segment is cut to its records when it is left.
+      // As `preallocate`: cut back, and count the step as the size the file may have (the
+      // cut may fail too, and the segment is cut to its records when it is left); no more
+      // is tried before the records pass it.
       try? fs.truncate(active!, to: Int64(fileBytes))
       fileBytes = end
-      aheadStopped = true
       return false
     }
     fileBytes = end
@@ -823,7 +822,6 @@ final class WALWriter: @unchecked Sendable {
     activeName = WALSegment.fileName(firstSeq: firstSeq)
     segmentBytes = WALSegment.headerSize
     fileBytes = segmentBytes
-    aheadStopped = false
     segmentRecords = 0
     unsynced = false
     core.shared.withLock { s in
