@@ -653,15 +653,9 @@ final class WALWriter: @unchecked Sendable {
   /// zeros cannot be written (a full disk), the file is cut back, the batch is written as
   /// without preallocation, and no more is tried before the records pass that chunk.
   private func preallocate(for count: Int) {
-    let chunk = min(options.preallocateBytes, options.segmentSize)
-    guard options.fsync == .always, chunk > 0, segmentBytes + count > fileBytes else { return }
-    let end = (segmentBytes + count + chunk - 1) / chunk * chunk
-    do {
-      try fs.write(active!, [UInt8](repeating: 0, count: end - fileBytes), at: Int64(fileBytes))
-    } catch {
-      try? fs.truncate(active!, to: Int64(fileBytes))
-    }
-    fileBytes = end
+    let chunk = preallocationChunk
+    guard chunk > 0, segmentBytes + count > fileBytes else { return }
+    _ = extendWithZeros(to: (segmentBytes + count + chunk - 1) / chunk * chunk)
   }
 
   /// With nothing to write, extends the active segment's preallocated zeros by a step
@@ -671,24 +665,34 @@ final class WALWriter: @unchecked Sendable {
   /// top of this file). Returns true when it wrote (the caller looks for work again
   /// before the next step).
   private func preallocateAhead() -> Bool {
-    let chunk = min(options.preallocateBytes, options.segmentSize)
+    let chunk = preallocationChunk
     let step = max(chunk / 16, 1)
     let end = (fileBytes / step + 1) * step  // sizes stay multiples of a step
-    guard options.fsync == .always, chunk > 0, active != nil, !failed,
-      fileBytes - segmentBytes < chunk / 2, end <= options.segmentSize
+    guard chunk > 0, active != nil, !failed, fileBytes - segmentBytes < chunk / 2,
+      end <= options.segmentSize
     else { return false }
     if zeros.count != step { zeros = [UInt8](repeating: 0, count: step) }
+    return extendWithZeros(to: end)
+  }
+
+  /// The chunk of zeros the active segment is extended by (0: no preallocation, which
+  /// only `FsyncPolicy.always` uses).
+  private var preallocationChunk: Int {
+    options.fsync == .always ? min(options.preallocateBytes, options.segmentSize) : 0
+  }
+
+  /// Writes zeros from `fileBytes` to `end` (from the `preallocateAhead` step when it is
+  /// one). Best effort: when the disk refuses them, the file is cut back, and `end` still
+  /// counts as the size it may have (the cut may fail too; the segment is cut to its
+  /// records when it is left), so no more is tried before the records pass it.
+  private func extendWithZeros(to end: Int) -> Bool {
     let count = end - fileBytes
-    let bytes = count == step ? zeros : Array(zeros[..<count])
+    let bytes = count == zeros.count ? zeros : [UInt8](repeating: 0, count: count)
+    defer { fileBytes = end }
     do { try fs.write(active!, bytes, at: Int64(fileBytes)) } catch {
-      // As `preallocate`: cut back, and count the step as the size the file may have (the
-      // cut may fail too, and the segment is cut to its records when it is left); no more
-      // is tried before the records pass it.
       try? fs.truncate(active!, to: Int64(fileBytes))
-      fileBytes = end
       return false
     }
-    fileBytes = end
     return true
   }
 
