@@ -3,6 +3,7 @@
 // the log back after damage.
 
 import Dispatch
+import Foundation
 import Glibc
 import SubcenterCore
 import SubcenterStore
@@ -484,20 +485,16 @@ func dataDirectory() throws -> FaultyFileSystem {
     let wal = try WriteAheadLog(
       directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(preallocateBytes: chunk))
     let answers = Answers()
-    func activeScan() throws -> SegmentScan {
-      let active = try #require(try WALSegment.list(directory: "/data", fileSystem: fs).last)
-      return try WALSegment.scan(active, directory: "/data", fileSystem: fs)
-    }
     // Records up to past half the first chunk (which the first batch preallocated).
     var i = 1
     repeat {
       answers.appendAndWait(Samples.command(i), to: wal)
       i += 1
-    } while try activeScan().validEnd < chunk * 6 / 10 && i < 200
-    var scan = try activeScan()
+    } while try activeSegmentScan(fs).validEnd < chunk * 6 / 10 && i < 200
+    var scan = try activeSegmentScan(fs)
     for _ in 0..<200 where scan.unwrittenBytes < chunk / 2 {
       usleep(5_000)
-      scan = try activeScan()
+      scan = try activeSegmentScan(fs)
     }
     #expect(scan.bytes.count > chunk, "zeros added before the records needed them")
     #expect(scan.unwrittenBytes >= chunk / 2 && scan.unwrittenBytes < chunk / 2 + chunk / 16)
@@ -516,28 +513,24 @@ func dataDirectory() throws -> FaultyFileSystem {
     let wal = try WriteAheadLog(
       directory: "/data", fileSystem: fs, nextSeq: 1, options: .init(preallocateBytes: chunk))
     let answers = Answers()
-    func activeScan() throws -> SegmentScan {
-      let active = try #require(try WALSegment.list(directory: "/data", fileSystem: fs).last)
-      return try WALSegment.scan(active, directory: "/data", fileSystem: fs)
-    }
     answers.appendAndWait(Samples.command(1), to: wal)
     // At least half a chunk ahead once the writer is idle (its first batch preallocated a
     // chunk, or it added zeros ahead before that batch came).
-    for _ in 0..<1000 where try activeScan().unwrittenBytes < chunk / 2 { usleep(2_000) }
-    let size = try activeScan().bytes.count
-    #expect(try activeScan().unwrittenBytes >= chunk / 2)
+    for _ in 0..<1000 where try activeSegmentScan(fs).unwrittenBytes < chunk / 2 { usleep(2_000) }
+    let size = try activeSegmentScan(fs).bytes.count
+    #expect(try activeSegmentScan(fs).unwrittenBytes >= chunk / 2)
     fs.setFreeSpace(0)
     let cutsBefore = fs.count(.truncate)
     var i = 2
     repeat {
       answers.appendAndWait(Samples.command(i), to: wal)
       i += 1
-    } while try activeScan().unwrittenBytes >= chunk / 2 && i < 200
+    } while try activeSegmentScan(fs).unwrittenBytes >= chunk / 2 && i < 200
     // Idle, with less than half a chunk ahead: the writer tries to add zeros, the disk
     // refuses them, and the writer cuts the file back.
     for _ in 0..<1000 where fs.count(.truncate) == cutsBefore { usleep(2_000) }
     #expect(fs.count(.truncate) > cutsBefore, "no zeros were tried")
-    #expect(try activeScan().bytes.count == size)
+    #expect(try activeSegmentScan(fs).bytes.count == size)
     #expect(answers.failures.isEmpty, "records over preallocated zeros need no space")
     // Space back: more records, and zeros are added ahead again.
     fs.setFreeSpace(nil)
@@ -545,8 +538,8 @@ func dataDirectory() throws -> FaultyFileSystem {
     repeat {
       answers.appendAndWait(Samples.command(i), to: wal)
       i += 1
-    } while try activeScan().bytes.count <= size && i < start + 200
-    #expect(try activeScan().bytes.count > size, "zeros added ahead again")
+    } while try activeSegmentScan(fs).bytes.count <= size && i < start + 200
+    #expect(try activeSegmentScan(fs).bytes.count > size, "zeros added ahead again")
     #expect(answers.failures.isEmpty)
     wal.close()
     for s in try WALSegment.list(directory: "/data", fileSystem: fs) {
@@ -1206,33 +1199,23 @@ func dataDirectory() throws -> FaultyFileSystem {
   }
 }
 
+/// The scan of the newest segment in `/data`.
+private func activeSegmentScan(_ fs: FaultyFileSystem) throws -> SegmentScan {
+  let active = try #require(try WALSegment.list(directory: "/data", fileSystem: fs).last)
+  return try WALSegment.scan(active, directory: "/data", fileSystem: fs)
+}
+
 /// The scheduling policy (field 41 of /proc/self/task/<tid>/stat: 0 other, 3 batch) of
 /// every thread of this process named `name`.
 private func threadPolicies(named name: String) -> [Int] {
-  guard let dir = opendir("/proc/self/task") else { return [] }
-  defer { closedir(dir) }
-  var policies: [Int] = []
-  while let entry = readdir(dir) {
-    let tid = withUnsafeBytes(of: entry.pointee.d_name) {
-      String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
-    }
-    guard tid.first?.isNumber == true, let stat = readSmallFile("/proc/self/task/\(tid)/stat"),
+  let tids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+  return tids.compactMap { tid in
+    guard let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/stat", encoding: .utf8),
       let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")"),
       stat[stat.index(after: open)..<close] == name
-    else { continue }
+    else { return nil }
     // Fields after the comm start at field 3 (state).
     let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
-    if fields.count > 38, let policy = Int(fields[38]) { policies.append(policy) }
+    return fields.count > 38 ? Int(fields[38]) : nil
   }
-  return policies
-}
-
-private func readSmallFile(_ path: String) -> String? {
-  let fd = open(path, O_RDONLY)
-  guard fd >= 0 else { return nil }
-  defer { close(fd) }
-  var bytes = [UInt8](repeating: 0, count: 4096)
-  let n = read(fd, &bytes, bytes.count)
-  guard n > 0 else { return nil }
-  return String(decoding: bytes[..<n], as: UTF8.self)
 }
