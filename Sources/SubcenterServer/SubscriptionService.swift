@@ -221,6 +221,8 @@ extension CoreError: RPCStatusConvertible {
   }
 }
 
+// Each of these three spells out its switch: one shared helper taking a `send` closure
+// measured +400 instructions a durable write (callgrind, 20,000 Unsubscribe calls).
 extension ServerCall {
   /// Answers with `encode(value)` on success, or the error's status.
   func answer<T>(_ result: Result<T, CoreError>, _ encode: (T) -> [UInt8]) {
